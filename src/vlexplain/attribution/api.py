@@ -1,0 +1,184 @@
+"""``explain``: the public entry point for attributions."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from ..errors import InputError, MethodError
+from ..images import ImageLike, load_image
+from ..models.base import DualEncoder
+from .base import Explanation, Side, get_method, image_grid_size, pool_to_grid, run_explainer, upsample_grid
+from .targets import make_target
+
+TextLike = Union[str, Sequence[str]]
+
+
+def prepare_images(model: DualEncoder, images: ImageLike | Sequence[ImageLike]) -> Tensor:
+    """Paths, PIL images, arrays or tensors -> (N, 3, H, W) preprocessed pixels on the model's device."""
+    if isinstance(images, Tensor):
+        if images.dim() == 3:
+            images = images[None]
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise InputError(f"image tensors must be (3, H, W) or (N, 3, H, W), got {tuple(images.shape)}")
+        if tuple(images.shape[-2:]) != tuple(model.input_size):
+            raise InputError(
+                f"preprocessed image tensors must be {model.input_size[0]}x{model.input_size[1]} for this model, "
+                f"got {images.shape[-2]}x{images.shape[-1]}"
+            )
+        return images.to(model.device, model.dtype)
+    if isinstance(images, (str, Image.Image, np.ndarray)) or hasattr(images, "__fspath__"):
+        images = [images]  # type: ignore[list-item]
+    out = []
+    for im in images:  # type: ignore[union-attr]
+        if isinstance(im, np.ndarray):
+            im = Image.fromarray(im)
+        if isinstance(im, Tensor):
+            out.append(prepare_images(model, im))
+            continue
+        out.append(model.preprocess(load_image(im))[None].to(model.device, model.dtype))
+    if not out:
+        raise InputError("no images given")
+    return torch.cat(out)
+
+
+def _texts(texts: TextLike) -> list[str]:
+    if isinstance(texts, str):
+        texts = [texts]
+    texts = list(texts)
+    if not texts:
+        raise InputError("no texts given")
+    for t in texts:
+        if not isinstance(t, str) or not t.strip():
+            raise InputError("empty text: every text must contain at least one visible character")
+    return texts
+
+
+def _broadcast(n_img: int, n_txt: int) -> tuple[list[int], list[int]]:
+    if n_img == n_txt:
+        return list(range(n_img)), list(range(n_txt))
+    if n_img == 1:
+        return [0] * n_txt, list(range(n_txt))
+    if n_txt == 1:
+        return list(range(n_img)), [0] * n_img
+    raise InputError(f"{n_img} images and {n_txt} texts: pass equal numbers (zipped) or one of either (broadcast)")
+
+
+def explain(
+    model: DualEncoder,
+    images: ImageLike | Sequence[ImageLike],
+    texts: TextLike,
+    method: str = "m2ib",
+    *,
+    seed: int | None = 0,
+    generator: torch.Generator | None = None,
+    target: str = "cosine",
+    candidates: Sequence[str] | None = None,
+    sides: Sequence[Side] | None = None,
+    batch_size: int = 8,
+    **options: Any,
+) -> Explanation | list[Explanation]:
+    """Explain image-text pairs with a registered method.
+
+    Args:
+        model: a :class:`DualEncoder` from :func:`vlexplain.load_model`.
+        images: a path, PIL image, array, (3,H,W) or (N,3,H,W) preprocessed tensor, or a list.
+        texts: a string or a list of strings. Pairs are zipped; one image or one text broadcasts.
+        method: a name from :func:`vlexplain.list_methods`.
+        seed: seed for stochastic methods (each pair uses it, so results do not depend on batching).
+        generator: alternatively, a torch.Generator from which one seed is drawn for this call.
+        target: "cosine" (default), "logit" or "softmax" (needs ``candidates``).
+        candidates: candidate texts for the softmax target.
+        sides: which sides to explain (default: every side the method applies to).
+        batch_size: pairs per batch.
+        **options: the method's options (e.g. ``layer``, ``beta``, ``steps`` for m2ib).
+
+    Returns:
+        One :class:`Explanation` for one image and one text, else a list (one per pair).
+
+    Example:
+        >>> exp = explain(load_model("offline"), "cat.jpg", "a cat", method="m2ib")
+    """
+    single = (isinstance(texts, str)) and not _is_multi_image(images)
+    cls = get_method(method)
+    if sides is None:
+        sides = [s for s in ("image", "text") if cls.why_not(model, s) is None]  # type: ignore[arg-type]
+        if not sides:
+            raise MethodError(_not_applicable(cls, model))
+    for s in sides:
+        why = cls.why_not(model, s)
+        if why is not None:
+            raise MethodError(why + "; " + _applicable_list(model, s))
+    explainer = cls(model, **options)
+    pixels = prepare_images(model, images)
+    tlist = _texts(texts)
+    ii, ti = _broadcast(pixels.shape[0], len(tlist))
+    if generator is not None:
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    seed = 0 if seed is None else int(seed)
+    results: list[Explanation | None] = [None] * len(ii)
+    # group by text so that the softmax target can exclude the explained text from its candidates
+    groups: dict[str, list[int]] = {}
+    for k, t in enumerate(ti):
+        groups.setdefault(tlist[t] if target == "softmax" else "", []).append(k)
+    grid = image_grid_size(model) if "image" in sides else None
+    for gtext, members in groups.items():
+        tgt = make_target(model, target, list(candidates or []), exclude=gtext or None)
+        for start in range(0, len(members), batch_size):
+            chunk = members[start : start + batch_size]
+            px = pixels[[ii[k] for k in chunk]]
+            tb = model.tokenize([tlist[ti[k]] for k in chunk])
+            t0 = time.perf_counter()
+            img, tok, score = run_explainer(explainer, px, tb, tgt, [seed] * len(chunk), sides)
+            if model.device.type == "cuda":
+                torch.cuda.synchronize()
+            dt = (time.perf_counter() - t0) / len(chunk)
+            patch = full = None
+            if img is not None:
+                if tuple(img.shape[-2:]) == tuple(model.input_size):
+                    full, patch = img, pool_to_grid(img, grid)  # type: ignore[arg-type]
+                else:
+                    patch, full = img, upsample_grid(img, model.input_size)
+            settings = {**explainer.settings(), "seed": seed, "target": target, "model": model.name}
+            for j, k in enumerate(chunk):
+                cm = tb.content_mask[j]
+                results[k] = Explanation(
+                    image_map=None if full is None else full[j],
+                    patch_map=None if patch is None else patch[j],
+                    token_scores=None if tok is None else tok[j][cm],
+                    tokens=tb.shown_tokens(j),
+                    score=float(score[j]),
+                    method=cls.name,
+                    settings=settings,
+                    text=tlist[ti[k]],
+                    pixels=px[j],
+                    mean=tuple(model.mean),
+                    std=tuple(model.std),
+                    seconds=dt,
+                )
+    out = [r for r in results if r is not None]
+    return out[0] if single and len(out) == 1 else out
+
+
+def _is_multi_image(images: Any) -> bool:
+    if isinstance(images, Tensor):
+        return images.dim() == 4 and images.shape[0] > 1
+    if isinstance(images, (str, Image.Image, np.ndarray)) or hasattr(images, "__fspath__"):
+        return False
+    return True
+
+
+def _applicable_list(model: DualEncoder, side: str) -> str:
+    from .base import methods_for
+
+    ok = [n for n, s in methods_for(model).items() if side in s]
+    return f"methods that apply to the {side} side of this model: {', '.join(ok)}"
+
+
+def _not_applicable(cls, model: DualEncoder) -> str:
+    return f"{cls.name} does not apply to this model; " + _applicable_list(model, "image")

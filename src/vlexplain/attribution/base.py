@@ -1,0 +1,271 @@
+"""Explainer base class, the method registry and the Explanation result object.
+
+A method is one file with one class::
+
+    @register_method
+    class MyMethod(Explainer):
+        name = "my_method"
+        def attribute_image(self, batch: PairBatch) -> Tensor: ...   # (B, gh, gw) or (B, H, W)
+        def attribute_text(self, batch: PairBatch) -> Tensor: ...    # (B, T) per token position
+
+The base class handles batching, freezing the model, seeding, upsampling and building
+:class:`Explanation` objects; the CLI, the web explorer, benchmarks and contract tests read the
+registry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import MethodError
+from ..models.base import DualEncoder, TextBatch, Tower, frozen
+from .targets import Target
+
+Side = Literal["image", "text"]
+
+
+@dataclass
+class PairBatch:
+    """What a method sees: B image-text pairs and their fixed embeddings.
+
+    Attributes:
+        pixels: (B, 3, H, W) preprocessed images.
+        texts: the tokenised texts (B rows).
+        image_emb / text_emb: (B, d) unit-norm embeddings of the unmodified inputs (no grad).
+        target: the score to explain, ``target(image_emb, text_emb) -> (B,)``.
+        seeds: one seed per pair; stochastic methods draw each pair's noise from its own
+            generator so that a pair's result does not depend on the rest of the batch.
+    """
+
+    pixels: Tensor
+    texts: TextBatch
+    image_emb: Tensor
+    text_emb: Tensor
+    target: Target
+    seeds: list[int]
+
+    def __len__(self) -> int:
+        return int(self.pixels.shape[0])
+
+    def generators(self, device: torch.device | str | None = None) -> list[torch.Generator]:
+        dev = torch.device(device) if device is not None else self.pixels.device
+        return [torch.Generator(device=dev).manual_seed(s) for s in self.seeds]
+
+
+class Explainer:
+    """Base class of attribution methods. Subclasses set ``name`` and override the hooks.
+
+    Options are the keyword arguments of ``__init__`` after ``model``; they are recorded in
+    every Explanation's ``settings``.
+    """
+
+    name: ClassVar[str] = ""
+    #: short description for listings
+    summary: ClassVar[str] = ""
+    #: the method needs attention probabilities (ViT / transformer towers only)
+    needs_attention: ClassVar[bool] = False
+    #: the method needs gradients through the model
+    needs_gradients: ClassVar[bool] = True
+    #: sides the method explains
+    sides: ClassVar[tuple[Side, ...]] = ("image", "text")
+
+    def __init__(self, model: DualEncoder, **options: Any):
+        if options:
+            raise MethodError(f"unknown option(s) for {self.name}: {', '.join(sorted(options))}")
+        self.model = model
+
+    # --- hooks -------------------------------------------------------------------------------
+    def attribute_image(self, batch: PairBatch) -> Tensor:
+        """(B, gh, gw) token-grid map or (B, H, W) pixel map, raw values."""
+        raise NotImplementedError
+
+    def attribute_text(self, batch: PairBatch) -> Tensor:
+        """(B, T) score per token position (SOS/EOS/padding are dropped by the caller)."""
+        raise NotImplementedError
+
+    # --- applicability ------------------------------------------------------------------------
+    @classmethod
+    def why_not(cls, model: DualEncoder, side: Side) -> str | None:
+        """None if the method applies to this side of this model, else the reason."""
+        if side not in cls.sides:
+            return f"{cls.name} has no {side} side"
+        tower = model.tower(side)
+        if cls.needs_attention and not tower.has_attention:
+            return f"{cls.name} needs attention probabilities; the {side} tower of this model is a {tower.kind.upper()}"
+        return None
+
+    def settings(self) -> dict[str, Any]:
+        sig = inspect.signature(type(self).__init__)
+        out = {}
+        for k in list(sig.parameters)[2:]:
+            if sig.parameters[k].kind is inspect.Parameter.VAR_KEYWORD:
+                continue
+            v = getattr(self, k, sig.parameters[k].default)
+            out[k] = v if isinstance(v, (int, float, str, bool, type(None), list, tuple)) else repr(v)
+        return out
+
+
+_METHODS: dict[str, type[Explainer]] = {}
+
+
+def register_method(cls: type[Explainer]) -> type[Explainer]:
+    """Class decorator adding a method to the registry under ``cls.name``."""
+    if not cls.name:
+        raise ValueError("an Explainer needs a name")
+    _METHODS[cls.name] = cls
+    return cls
+
+
+def _load_builtin_methods() -> None:
+    import importlib
+    import pkgutil
+
+    from .. import attribution
+
+    for m in pkgutil.iter_modules(attribution.__path__):
+        if m.name not in ("base", "targets", "api", "upsample"):
+            importlib.import_module(f"{attribution.__name__}.{m.name}")
+
+
+def list_methods() -> list[str]:
+    """Names of all registered attribution methods."""
+    _load_builtin_methods()
+    return sorted(_METHODS)
+
+
+def get_method(name: str) -> type[Explainer]:
+    _load_builtin_methods()
+    if name not in _METHODS:
+        raise MethodError(f"unknown method {name!r}; available: {', '.join(sorted(_METHODS))}")
+    return _METHODS[name]
+
+
+def methods_for(model: DualEncoder) -> dict[str, list[Side]]:
+    """Which sides each registered method applies to on this model."""
+    out = {}
+    for n in list_methods():
+        cls = _METHODS[n]
+        sides = [s for s in ("image", "text") if cls.why_not(model, s) is None]  # type: ignore[arg-type]
+        if sides:
+            out[n] = sides
+    return out
+
+
+@dataclass
+class Explanation:
+    """The attribution of one image-text pair.
+
+    Attributes:
+        image_map: (H, W) map at the model's input resolution, raw values (None: no image side).
+        patch_map: (gh, gw) map at the token-grid resolution (None: no image side).
+        token_scores: (n,) one score per shown token (None: no text side).
+        tokens: the n shown tokens (SOS/EOS/padding left out).
+        score: cosine similarity of the pair.
+        method: the method's registry name.
+        settings: the method's options and the run's seed and target.
+        text: the text that was explained.
+        pixels: (3, H, W) the preprocessed image, for display.
+        mean, std: the normalisation of ``pixels``.
+        seconds: wall-clock time spent on this pair (batch time / batch size).
+    """
+
+    image_map: Tensor | None
+    patch_map: Tensor | None
+    token_scores: Tensor | None
+    tokens: list[str]
+    score: float
+    method: str
+    settings: dict[str, Any]
+    text: str = ""
+    pixels: Tensor | None = None
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
+    seconds: float = 0.0
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def image_rgb(self) -> Tensor:
+        """(3, H, W) the image in [0, 1] as the model saw it."""
+        assert self.pixels is not None
+        m = torch.tensor(self.mean, dtype=self.pixels.dtype, device=self.pixels.device).view(3, 1, 1)
+        s = torch.tensor(self.std, dtype=self.pixels.dtype, device=self.pixels.device).view(3, 1, 1)
+        return (self.pixels * s + m).clamp(0, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (maps as nested lists at patch resolution)."""
+        return {
+            "method": self.method,
+            "text": self.text,
+            "score": self.score,
+            "seconds": self.seconds,
+            "settings": self.settings,
+            "tokens": self.tokens,
+            "token_scores": None if self.token_scores is None else self.token_scores.float().cpu().tolist(),
+            "patch_map": None if self.patch_map is None else self.patch_map.float().cpu().tolist(),
+            "image_map_shape": None if self.image_map is None else list(self.image_map.shape),
+        }
+
+    def save(self, path_prefix: str) -> list[str]:
+        """Write ``PREFIX_overlay.png``, ``PREFIX_text.html``, ``PREFIX_text.png`` and ``PREFIX.json``."""
+        from ..viz.save import save_explanation
+
+        return save_explanation(self, path_prefix)
+
+    def to_html(self) -> str:
+        from ..viz.html import explanation_html
+
+        return explanation_html(self)
+
+    def _repr_html_(self) -> str:  # notebooks
+        return self.to_html()
+
+
+def upsample_grid(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """(B, gh, gw) -> (B, H, W), bilinear."""
+    return F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0].to(maps.dtype)
+
+
+def pool_to_grid(maps: Tensor, grid: tuple[int, int]) -> Tensor:
+    """(B, H, W) pixel maps -> (B, gh, gw) by area averaging."""
+    return F.adaptive_avg_pool2d(maps[:, None].float(), grid)[:, 0].to(maps.dtype)
+
+
+def image_grid_size(model: DualEncoder) -> tuple[int, int]:
+    """The image tower's token grid (ViT patches; CNN: the M2IB layer's feature map)."""
+    tower: Tower = model.image
+    with torch.no_grad():
+        x = torch.zeros(1, 3, *model.input_size, device=model.device, dtype=model.dtype)
+        h = tower.encode(x, stop=tower.default_layer())
+    if h.dim() == 4:
+        return int(h.shape[2]), int(h.shape[3])
+    return tower.grid_size(h.shape[1] - tower.num_prefix_tokens)
+
+
+def run_explainer(
+    explainer: Explainer,
+    pixels: Tensor,
+    texts: TextBatch,
+    target: Target,
+    seeds: Sequence[int],
+    sides: Sequence[Side],
+) -> tuple[Tensor | None, Tensor | None, Tensor]:
+    """Run one batch; returns (image maps (B,gh,gw) or (B,H,W), token scores (B,T), scores (B,))."""
+    model = explainer.model
+    with frozen(model):
+        with torch.no_grad():
+            ie = F.normalize(model.image.encode(pixels), dim=-1)
+            te = F.normalize(model.text.encode(texts), dim=-1)
+        batch = PairBatch(pixels, texts, ie, te, target, list(seeds))
+        img = explainer.attribute_image(batch).detach() if "image" in sides else None
+        txt = explainer.attribute_text(batch).detach() if "text" in sides else None
+    return img, txt, (ie * te).sum(-1)
+
+
+def replace_settings(e: Explanation, **kw: Any) -> Explanation:
+    return dataclasses.replace(e, settings={**e.settings, **kw})

@@ -1,0 +1,79 @@
+"""Transformer block arithmetic shared by the adapters.
+
+The adapters run a model's own parameters through these functions so that attention
+probabilities are available to methods (Chefer relevance, rollout) without hooks.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def attention(
+    q: Tensor, k: Tensor, v: Tensor, num_heads: int, mask: Tensor | None, need_attn: bool
+) -> tuple[Tensor, Tensor | None]:
+    """Multi-head attention on (B, T, D) projections.
+
+    Args:
+        mask: additive mask broadcastable to (B, heads, T, S), or None.
+        need_attn: compute explicit softmax probabilities (B, heads, T, S) and return them.
+    """
+    B, T, D = q.shape
+    S = k.shape[1]
+    hd = D // num_heads
+    q = q.view(B, T, num_heads, hd).transpose(1, 2)  # (B, h, T, hd)
+    k = k.view(B, S, num_heads, hd).transpose(1, 2)
+    v = v.view(B, S, num_heads, hd).transpose(1, 2)
+    if need_attn:
+        logits = (q @ k.transpose(-1, -2)) * hd**-0.5  # (B, h, T, S)
+        if mask is not None:
+            logits = logits + mask
+        probs = logits.softmax(-1)
+        out = probs @ v
+    else:
+        probs = None
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return out.transpose(1, 2).reshape(B, T, D), probs
+
+
+def prenorm_block(
+    h: Tensor,
+    *,
+    ln1: Callable[[Tensor], Tensor],
+    qkv: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]],
+    out_proj: Callable[[Tensor], Tensor],
+    ln2: Callable[[Tensor], Tensor],
+    mlp: Callable[[Tensor], Tensor],
+    num_heads: int,
+    mask: Tensor | None,
+    need_attn: bool,
+    ls1: Callable[[Tensor], Tensor] | None = None,
+    ls2: Callable[[Tensor], Tensor] | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """x + attn(ln1(x)); x + mlp(ln2(x)) — the CLIP / OpenCLIP / SigLIP block."""
+    q, k, v = qkv(ln1(h))
+    a, probs = attention(q, k, v, num_heads, mask, need_attn)
+    a = out_proj(a)
+    if ls1 is not None:
+        a = ls1(a)
+    h = h + a
+    m = mlp(ln2(h))
+    if ls2 is not None:
+        m = ls2(m)
+    return h + m, probs
+
+
+def causal_mask(T: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """(T, T) additive mask: 0 on and below the diagonal, -inf above."""
+    return torch.full((T, T), float("-inf"), device=device, dtype=dtype).triu(1)
+
+
+def padding_mask(attention_mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """(B, T) 1/0 mask -> (B, 1, 1, T) additive key mask."""
+    m = torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device)
+    m = m.masked_fill(attention_mask == 0, torch.finfo(dtype).min)
+    return m[:, None, None, :]

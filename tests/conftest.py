@@ -1,0 +1,92 @@
+"""Shared fixtures: tiny models of every adapter kind (random weights, no download)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def tiny_hf_clip(image_size: int = 64, patch: int = 16, layers: int = 3, seed: int = 0):
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(seed)
+    cfg = CLIPConfig(
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
+                         vocab_size=49408, max_position_embeddings=77),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
+                           image_size=image_size, patch_size=patch),
+        projection_dim=16,
+    )
+    return CLIPModel(cfg).eval()
+
+
+def tiny_siglip(image_size: int = 64, patch: int = 16, layers: int = 3, seed: int = 0):
+    from transformers import SiglipConfig, SiglipModel
+
+    torch.manual_seed(seed)
+    cfg = SiglipConfig(
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
+                         vocab_size=49408, max_position_embeddings=16, projection_size=32),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
+                           image_size=image_size, patch_size=patch),
+    )
+    return SiglipModel(cfg).eval()
+
+
+def tiny_open_clip(image_size: int = 64, patch: int = 16, layers: int = 3, seed: int = 0):
+    from open_clip.model import CLIP
+
+    torch.manual_seed(seed)
+    m = CLIP(
+        embed_dim=16,
+        vision_cfg=dict(image_size=image_size, patch_size=patch, width=32, layers=layers, head_width=8),
+        text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=4, layers=layers),
+    )
+    return m.eval()
+
+
+@pytest.fixture(scope="session")
+def hf_clip():
+    import vlexplain as vx
+
+    return vx.load_model(tiny_hf_clip())
+
+
+@pytest.fixture(scope="session")
+def siglip():
+    import vlexplain as vx
+
+    return vx.load_model(tiny_siglip())
+
+
+@pytest.fixture(scope="session")
+def oc_clip():
+    import vlexplain as vx
+
+    return vx.load_model(tiny_open_clip())
+
+
+@pytest.fixture(scope="session")
+def offline():
+    import vlexplain as vx
+
+    return vx.load_model("offline")
+
+
+TINY_KINDS = ["hf_clip", "oc_clip", "siglip"]
+ALL_KINDS = TINY_KINDS + ["offline"]
+
+
+@pytest.fixture
+def any_model(request):
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture(scope="session")
+def rng_images():
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(3, 3, 64, 64, generator=g)
