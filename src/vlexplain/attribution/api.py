@@ -114,7 +114,7 @@ def explain(
         why = cls.why_not(model, s)
         if why is not None:
             raise MethodError(why + "; " + _applicable_list(model, s))
-    explainer = cls(model, **options)
+    explainer = cls.create(model, **options)
     pixels = prepare_images(model, images)
     tlist = _texts(texts)
     ii, ti = _broadcast(pixels.shape[0], len(tlist))

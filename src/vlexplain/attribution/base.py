@@ -81,6 +81,21 @@ class Explainer:
             raise MethodError(f"unknown option(s) for {self.name}: {', '.join(sorted(options))}")
         self.model = model
 
+    @classmethod
+    def create(cls, model: DualEncoder, **options: Any) -> "Explainer":
+        """Build the method, turning unknown or bad options into a clear :class:`MethodError`."""
+        sig = inspect.signature(cls.__init__)
+        known = [k for k, p in list(sig.parameters.items())[2:] if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise MethodError(
+                f"unknown option(s) for {cls.name}: {', '.join(unknown)}; options: {', '.join(known) or 'none'}"
+            )
+        try:
+            return cls(model, **options)
+        except TypeError as e:
+            raise MethodError(f"bad options for {cls.name}: {e}") from None
+
     # --- hooks -------------------------------------------------------------------------------
     def attribute_image(self, batch: PairBatch) -> Tensor:
         """(B, gh, gw) token-grid map or (B, H, W) pixel map, raw values."""

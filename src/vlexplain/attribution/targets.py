@@ -56,8 +56,8 @@ def make_target(model, kind: str = "cosine", candidates: list[str] | None = None
         from ..errors import MethodError
 
         raise MethodError(f"unknown target {kind!r}; choose one of {', '.join(TARGETS)}")
-    scale = float(model.logit_scale)
-    bias = 0.0 if model.logit_bias is None else float(model.logit_bias)
+    scale = float(model.logit_scale.detach())
+    bias = 0.0 if model.logit_bias is None else float(model.logit_bias.detach())
     cand = None
     if kind == "softmax":
         texts = [c for c in (candidates or []) if c != exclude]

@@ -120,6 +120,10 @@ class Tower(nn.Module):
         """Text towers: the (B, T, D) input embeddings that :meth:`stem` would look up."""
         raise NotImplementedError(f"{type(self).__name__} has no token embeddings")
 
+    def block_modules(self) -> list[nn.Module]:
+        """The modules holding the parameters of blocks 0 .. num_blocks - 1, in order."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its block modules")
+
     # --- shared ---------------------------------------------------------------------------------
     def encode(
         self,

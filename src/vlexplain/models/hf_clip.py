@@ -45,6 +45,9 @@ class HFVisionTower(Tower):
     def num_blocks(self) -> int:
         return len(self.vm.encoder.layers)
 
+    def block_modules(self) -> list[nn.Module]:
+        return list(self.vm.encoder.layers)
+
     def stem(self, x: Tensor, inputs_embeds: Tensor | None = None) -> Tensor:
         h = self.vm.embeddings(x.to(self.vm.embeddings.patch_embedding.weight.dtype))
         if not self.siglip:
@@ -78,6 +81,9 @@ class HFTextTower(Tower):
     @property
     def num_blocks(self) -> int:
         return len(self.tm.encoder.layers)
+
+    def block_modules(self) -> list[nn.Module]:
+        return list(self.tm.encoder.layers)
 
     def token_embeddings(self, x: TextBatch) -> Tensor:
         return self.tm.embeddings.token_embedding(x.ids)

@@ -48,6 +48,9 @@ class EfficientNetTower(Tower):
     def num_blocks(self) -> int:
         return len(self.net.blocks)
 
+    def block_modules(self) -> list[nn.Module]:
+        return list(self.net.blocks)
+
     def stem(self, x: Tensor, inputs_embeds: Tensor | None = None) -> Tensor:
         return self.net.bn1(self.net.conv_stem(x))
 
@@ -82,6 +85,9 @@ class MiniLMTower(Tower):
     @property
     def num_blocks(self) -> int:
         return len(self.bert.encoder.layer)
+
+    def block_modules(self) -> list[nn.Module]:
+        return list(self.bert.encoder.layer)
 
     def token_embeddings(self, x: TextBatch) -> Tensor:
         return self.bert.embeddings.word_embeddings(x.ids)

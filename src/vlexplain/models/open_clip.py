@@ -60,6 +60,9 @@ class OpenCLIPVisionTower(Tower):
     def num_blocks(self) -> int:
         return len(self.v.transformer.resblocks)
 
+    def block_modules(self) -> list[nn.Module]:
+        return list(self.v.transformer.resblocks)
+
     def stem(self, x: Tensor, inputs_embeds: Tensor | None = None) -> Tensor:
         v = self.v
         x = v.conv1(x.to(v.conv1.weight.dtype))  # (B, D, g, g)
@@ -98,6 +101,9 @@ class OpenCLIPTextTower(Tower):
     @property
     def num_blocks(self) -> int:
         return len(self.t.transformer.resblocks)
+
+    def block_modules(self) -> list[nn.Module]:
+        return list(self.t.transformer.resblocks)
 
     def token_embeddings(self, x: TextBatch) -> Tensor:
         return self.t.token_embedding(x.ids)

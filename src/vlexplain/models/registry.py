@@ -108,12 +108,14 @@ def _load_hf(ident: str, tokenizer: Any, preprocess: Any) -> DualEncoder:
             f"(huggingface-cli download {ident}) and copy the cache or pass the directory, "
             "or use --model offline, which works without network."
         ) from None
-    if tokenizer is None:
+    tok_files = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "spiece.model")
+    has_tok = not local.is_dir() or any((local / f).exists() for f in tok_files)
+    if tokenizer is None and has_tok:
         try:
             tokenizer = transformers.AutoTokenizer.from_pretrained(ident)
         except (OSError, ValueError):
             tokenizer = None
-    if preprocess is None:
+    if preprocess is None and (not local.is_dir() or (local / "preprocessor_config.json").exists()):
         try:
             preprocess = transformers.AutoProcessor.from_pretrained(ident)
         except (OSError, ValueError, TypeError, ImportError):

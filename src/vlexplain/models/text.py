@@ -81,7 +81,7 @@ class TokenizerSpec:
 
 
 def _clean_token(s: str) -> str:
-    return s.replace("</w>", "").replace("Ġ", "").replace("▁", "").replace("##", "")
+    return s.replace("</w>", "").replace("Ġ", "").replace("▁", "")
 
 
 def from_hf_tokenizer(tok: Any, context_length: int, pool: PoolMode, pad_to_context: bool = False) -> TokenizerSpec:

@@ -1,0 +1,95 @@
+"""The ``vlexplain`` command line (typer). Subcommands live in :mod:`vlexplain.commands`.
+
+Every subcommand is a thin wrapper around the public API. Errors a user can fix print one line and
+exit with code 2 (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+import sys
+import warnings
+
+import typer
+
+app = typer.Typer(
+    name="vlexplain",
+    help="Explain CLIP-family vision-language models: which pixels and which words make an image and a text match.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+_DEBUG = {"on": False}
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+    _DEBUG["on"] = debug
+
+
+def _register_commands() -> None:
+    from . import commands
+
+    for m in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        mod = importlib.import_module(f"{commands.__name__}.{m.name}")
+        if hasattr(mod, "register"):
+            mod.register(app)
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    from .errors import VlexplainError
+
+    _quiet_libraries()
+    _register_commands()
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        app(args=argv, standalone_mode=False)
+    except VlexplainError as e:
+        if debug:
+            raise
+        typer.echo(f"error: {e}", err=True)
+        return 2
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        return 130
+    except SystemExit as e:
+        return int(e.code or 0)
+    except Exception as e:  # click usage errors and the like
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            return 2
+        if isinstance(e, click.exceptions.Abort):
+            return 1
+        if debug:
+            raise
+        typer.echo(f"error: {type(e).__name__}: {e} (run with --debug for the traceback)", err=True)
+        return 1
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

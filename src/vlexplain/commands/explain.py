@@ -1,0 +1,238 @@
+"""``vlexplain explain``, ``models``, ``methods`` and ``demo``."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from ..errors import InputError, MethodError
+
+ModelOpt = typer.Option("offline", "--model", "-m", help="Model spec (see `vlexplain models`).")
+
+
+def _slug(s: str, n: int = 40) -> str:
+    return re.sub(r"[^a-zA-Z0-9]+", "-", s).strip("-").lower()[:n] or "text"
+
+
+def parse_options(pairs: list[str]) -> dict[str, Any]:
+    """``["steps=5", "baseline=blur"]`` -> ``{"steps": 5, "baseline": "blur"}`` (JSON values where they parse)."""
+    out: dict[str, Any] = {}
+    for p in pairs:
+        if "=" not in p:
+            raise InputError(f"--option expects KEY=VALUE, got {p!r}")
+        k, v = p.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return out
+
+
+def load_model_cli(spec: str, device: Optional[str]):
+    import vlexplain as vx
+
+    from ..errors import InputError as _IE
+
+    if device is not None:
+        import torch
+
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise _IE(f"--device {device}: CUDA is not available on this machine")
+    with _status(f"loading model {spec}"):
+        return vx.load_model(spec, device=device)
+
+
+class _status:
+    def __init__(self, msg: str):
+        from rich.console import Console
+
+        self.s = Console(stderr=True).status(msg)
+
+    def __enter__(self):
+        self.s.__enter__()
+
+    def __exit__(self, *a):
+        self.s.__exit__(*a)
+
+
+def run_pairs(
+    model,
+    images: list[tuple[str, Any]],
+    texts: list[str],
+    *,
+    method: str,
+    out: Path,
+    zip_pairs: bool,
+    seed: int,
+    target: str,
+    options: dict[str, Any],
+    labels: dict[tuple[int, int], str] | None = None,
+    title: str = "vlexplain",
+) -> Path:
+    """Explain every (image, text) pair (or zipped pairs), write per-pair files and the gallery.
+
+    Inputs are validated (every image opened, every text checked, the method and options built)
+    before anything is written.
+    """
+    import vlexplain as vx
+    from rich.progress import Progress
+
+    from ..attribution.api import prepare_images
+    from ..images import load_image
+    from ..viz.gallery import write_gallery
+
+    if not texts:
+        raise InputError("give at least one --text")
+    for t in texts:
+        if not t.strip():
+            raise InputError("empty text: every --text must contain at least one visible character")
+    loaded = [(name, load_image(src)) for name, src in images]  # fails early on bad images
+    if zip_pairs:
+        if len(loaded) != len(texts):
+            raise InputError(f"--zip needs as many texts as images ({len(loaded)} images, {len(texts)} texts)")
+        pairs = [(i, i) for i in range(len(texts))]
+    else:
+        pairs = [(i, j) for i in range(len(loaded)) for j in range(len(texts))]
+    cls = vx.get_method(method)
+    cls.create(model, **options)  # validates options before any work
+    entries = []
+    out.mkdir(parents=True, exist_ok=True)
+    with Progress(transient=True) as prog:
+        task = prog.add_task(f"{method}", total=len(pairs))
+        for k, (i, j) in enumerate(pairs):
+            name, img = loaded[i]
+            px = prepare_images(model, img)
+            exp = vx.explain(model, px, texts[j], method=method, seed=seed, target=target,
+                             candidates=texts if target == "softmax" else None, **options)
+            prefix = f"{k:03d}_{_slug(Path(name).stem, 24)}_{_slug(texts[j])}"
+            exp.save(str(out / prefix))
+            entries.append({
+                "overlay": prefix + "_overlay.png" if exp.image_map is not None else None,
+                "text": texts[j], "tokens": exp.tokens,
+                "token_scores": None if exp.token_scores is None else exp.token_scores.tolist(),
+                "score": exp.score, "method": method, "seconds": exp.seconds, "json": prefix + ".json",
+                "image": Path(name).name, "label": (labels or {}).get((i, j)),
+            })
+            prog.advance(task)
+    sub = f"model {model.name} · method {method} · seed {seed} · target {target}"
+    return write_gallery(out, entries, title, sub)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def explain(
+        images: list[Path] = typer.Argument(..., help="Image files."),
+        text: list[str] = typer.Option(..., "--text", "-t", help="A text; repeat for several."),
+        model: str = ModelOpt,
+        method: str = typer.Option("m2ib", "--method", help="Attribution method (see `vlexplain methods`)."),
+        out: Path = typer.Option(Path("vlexplain-out"), "--out", "-o", help="Output directory."),
+        device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ..."),
+        seed: int = typer.Option(0, "--seed", help="Seed for stochastic methods."),
+        zip_pairs: bool = typer.Option(False, "--zip", help="Pair image i with text i instead of every image x text."),
+        target: str = typer.Option("cosine", "--target", help="cosine, logit or softmax (over the given texts)."),
+        layer: Optional[int] = typer.Option(None, "--layer", help="Block to attribute at (m2ib, gradcam)."),
+        beta: Optional[float] = typer.Option(None, "--beta", help="M2IB compression weight."),
+        steps: Optional[int] = typer.Option(None, "--steps", help="M2IB / integrated-gradients steps."),
+        option: list[str] = typer.Option([], "--option", help="Other method option KEY=VALUE; repeatable."),
+    ) -> None:
+        """Explain every IMAGE x TEXT pair: overlay PNGs, token highlights, JSON and an index.html gallery."""
+        opts = parse_options(option)
+        for k, v in (("layer", layer), ("beta", beta), ("steps", steps)):
+            if v is not None:
+                opts[k] = v
+        for p in images:  # check paths before loading a model
+            if not p.exists():
+                raise InputError(f"image not found: {p}")
+        m = load_model_cli(model, device)
+        index = run_pairs(m, [(str(p), p) for p in images], list(text), method=method, out=out,
+                          zip_pairs=zip_pairs, seed=seed, target=target, options=opts)
+        typer.echo(f"wrote {index}")
+
+    @app.command()
+    def models() -> None:
+        """The accepted model specs and which models are available offline right now."""
+        from rich.console import Console
+        from rich.table import Table
+
+        from ..models.registry import SPEC_FORMS, registered_loaders
+
+        Console().print(SPEC_FORMS, markup=False, highlight=False)
+        t = Table(title="built-in models")
+        t.add_column("spec")
+        t.add_column("available here")
+        t.add_column("description")
+        for e in registered_loaders():
+            t.add_row(e.prefix.rstrip(":") + ("shapes" if e.prefix.endswith(":") else ""),
+                      "yes" if e.available() else "no (install extra)", e.description)
+        Console().print(t)
+
+    @app.command()
+    def methods(model: Optional[str] = typer.Option(None, "--model", "-m", help="Show which methods apply to this model.")) -> None:
+        """Registered attribution methods (and, with --model, which sides they apply to)."""
+        from rich.console import Console
+        from rich.table import Table
+
+        import vlexplain as vx
+
+        m = load_model_cli(model, None) if model else None
+        t = Table(title="attribution methods" + (f" for {model}" if model else ""))
+        t.add_column("method")
+        t.add_column("image")
+        t.add_column("text")
+        t.add_column("description")
+        for name in vx.list_methods():
+            cls = vx.get_method(name)
+            if m is None:
+                sides = [s if s in cls.sides else "-" for s in ("image", "text")]
+            else:
+                sides = ["yes" if cls.why_not(m, s) is None else "no" for s in ("image", "text")]
+            t.add_row(name, sides[0], sides[1], cls.summary)
+        Console().print(t)
+
+    @app.command()
+    def demo(
+        out: Path = typer.Option(Path("vlexplain-demo"), "--out", "-o", help="Output directory."),
+        method: str = typer.Option("m2ib", "--method", help="Attribution method."),
+        device: Optional[str] = typer.Option(None, "--device"),
+        seed: int = typer.Option(0, "--seed"),
+    ) -> None:
+        """The offline model on real photos (cat, coffee, rocket, astronaut, Grace Hopper), matching and non-matching texts."""
+        from ..data.photos import demo_set
+
+        photos, texts, labels = demo_set()
+        if method not in __import__("vlexplain").list_methods():
+            raise MethodError(f"unknown method {method!r}")
+        m = load_model_cli("offline", device)
+        images = [(name, img) for name, img in photos]
+        index = _run_demo(m, images, texts, labels, method, out, seed)
+        typer.echo(f"wrote {index}  (open it in a browser)")
+
+
+def _run_demo(m, images, texts, labels, method, out, seed):
+    """Each photo with its own texts (zipped by the demo's plan)."""
+    from ..viz.gallery import write_gallery
+    import vlexplain as vx
+    from rich.progress import Progress
+
+    out.mkdir(parents=True, exist_ok=True)
+    entries = []
+    plan = [(i, t, labels[(i, t)]) for i in range(len(images)) for t in texts[i]]
+    with Progress(transient=True) as prog:
+        task = prog.add_task(f"demo ({method})", total=len(plan))
+        for k, (i, t, lab) in enumerate(plan):
+            name, img = images[i]
+            exp = vx.explain(m, img, t, method=method, seed=seed)
+            prefix = f"{k:03d}_{_slug(name, 24)}_{_slug(t)}"
+            exp.save(str(out / prefix))
+            entries.append({"overlay": prefix + "_overlay.png", "text": t, "tokens": exp.tokens,
+                            "token_scores": exp.token_scores.tolist() if exp.token_scores is not None else None,
+                            "score": exp.score, "method": method, "seconds": exp.seconds,
+                            "json": prefix + ".json", "image": name, "label": lab})
+            prog.advance(task)
+    return write_gallery(out, entries, "vlexplain demo — offline model",
+                         f"model offline (EfficientNet-Lite0 + MiniLM) · method {method} · seed {seed} · "
+                         "green = text that describes the photo, red = one that does not")
