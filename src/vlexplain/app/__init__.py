@@ -1,1 +1,6 @@
-"""vlexplain.app."""
+"""vlexplain.app: the web explorer behind ``vlexplain serve`` (needs the ``app`` extra: gradio).
+
+``app.py`` builds the Gradio Blocks, ``runner.py`` does the work without any web framework,
+``render.py`` draws the results and ``samples.py`` lists the built-in images. Importing this
+package does not import gradio.
+"""
