@@ -51,6 +51,7 @@ def fit_bottleneck(
     num_samples: int,
     seeds: list[int],
     init: float = 5.0,
+    bf16: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Fit one bottleneck per input row; return per-token capacity (B, T) and the hidden state.
 
@@ -62,6 +63,8 @@ def fit_bottleneck(
         steps, lr: Adam steps and learning rate on ``alpha``.
         num_samples: noise draws per step (the reference's batch of 10 copies).
         seeds: one seed per row.
+        bf16: run the blocks above the bottleneck under bfloat16 autocast (CUDA only; the
+            bottleneck parameters and the loss stay in float32).
     """
     with torch.no_grad():
         H = tower.encode(x, stop=layer)  # (B, T, D) or (B, C, h, w)
@@ -81,7 +84,8 @@ def fit_bottleneck(
         eps = _draw_noise(H, x, S, gens)  # (S, B, ...)
         z = lam * H + (1 - lam) * eps  # (S, B, ...)
         z = z.reshape(S * B, *H.shape[1:])
-        e = tower.encode(xs, start=layer, hidden=z)
+        with torch.autocast(H.device.type, dtype=torch.bfloat16, enabled=bf16 and H.device.type == "cuda"):
+            e = tower.encode(xs, start=layer, hidden=z).float()
         fit = F.cosine_similarity(e, tgt, dim=-1, eps=1e-6).view(S, B).mean(0)  # (B,)
         cap = kl_capacity(H, lam)
         capt = tower.tokens(cap) * tmask[..., None]
@@ -128,6 +132,7 @@ class M2IB(Explainer):
         beta: compression weight (0.1; 1.0 was used for the chest X-ray model).
         steps: Adam steps (10). lr: Adam learning rate on ``alpha`` (1.0).
         num_samples: noise draws per step (10).
+        bf16: bfloat16 autocast for the blocks above the bottleneck on CUDA (ignored on the CPU).
 
     Paper: Wang, Rudner, Wilson. Visual Explanations of Image-Text Representations via
     Multi-Modal Information Bottleneck Attribution. NeurIPS 2023.
@@ -147,6 +152,7 @@ class M2IB(Explainer):
         steps: int = 10,
         lr: float = 1.0,
         num_samples: int = 10,
+        bf16: bool = False,
     ):
         super().__init__(model)
         self.layer = layer
@@ -155,6 +161,7 @@ class M2IB(Explainer):
         if beta < 0 or steps < 1 or num_samples < 1 or lr <= 0:
             raise MethodError("m2ib needs beta >= 0, steps >= 1, num_samples >= 1 and lr > 0")
         self.beta, self.steps, self.lr, self.num_samples = beta, steps, lr, num_samples
+        self.bf16 = bf16
 
     @staticmethod
     def _check(tower: Tower, layer: int | None) -> int:
@@ -169,7 +176,7 @@ class M2IB(Explainer):
         with torch.enable_grad():
             return fit_bottleneck(
                 tower, x, target, layer=layer, beta=self.beta, steps=self.steps, lr=self.lr,
-                num_samples=self.num_samples, seeds=seeds,
+                num_samples=self.num_samples, seeds=seeds, bf16=self.bf16,
             )
 
     def attribute_image(self, batch: PairBatch) -> Tensor:

@@ -1,0 +1,120 @@
+"""Grad-CAM at a chosen block of either tower (Selvaraju et al., ICCV 2017).
+
+For the output ``H`` of block ``layer`` and the target ``y``:
+
+* ViT image tower: ``w_c = mean over patch tokens of dy/dH[t, c]``; the map is
+  ``relu(sum_c w_c * H[t, c])`` per patch token, arranged on the patch grid. Prefix tokens (CLS,
+  registers) are left out of both the channel weights and the map, as when a ViT's patch tokens
+  are reshaped into a feature map for Grad-CAM.
+* CNN image tower: the standard Grad-CAM on the (B, C, h, w) feature map, ``w_c`` the spatial mean
+  of the gradient.
+* Text tower: the same on token states, ``w_c`` the mean over real tokens (padding excluded) ->
+  one score per token position.
+
+The block output is captured with the tower's ``on_block`` callback, not with module hooks.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from ..errors import MethodError
+from ..models.base import TextBatch, Tower
+from .base import Explainer, PairBatch, register_method
+
+
+def check_layer(tower: Tower, layer: int | None) -> int:
+    """Resolve a block index (None: the tower's ``default_layer()``); raise MethodError if out of range."""
+    if layer is None:
+        return tower.default_layer()
+    n = tower.num_blocks
+    if not isinstance(layer, int) or not 0 <= layer < n:
+        raise MethodError(f"layer {layer} is out of range for the {tower.modality} tower (0..{n - 1})")
+    return layer
+
+
+def block_output_and_grad(
+    tower: Tower, x: Any, layer: int, target_fn: Callable[[Tensor], Tensor], inputs_embeds: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Run ``tower`` on ``x``; return the output of block ``layer`` and ``d sum(target_fn(emb)) / d it``.
+
+    Args:
+        tower: the tower to run; ``x`` its input batch.
+        layer: block whose output is captured.
+        target_fn: (B, d) un-normalised embedding -> (B,) scores; rows are summed before the
+            backward pass, so each row's gradient depends on that row only.
+    """
+    captured: dict[str, Tensor] = {}
+
+    def on_block(i: int, h: Tensor, attn: Tensor | None) -> Tensor | None:
+        if i != layer:
+            return None
+        if not h.requires_grad:
+            h = h.detach().requires_grad_(True)
+        captured["h"] = h
+        return h
+
+    with torch.enable_grad():
+        emb = tower.encode(x, on_block=on_block, inputs_embeds=inputs_embeds)
+        h = captured["h"]
+        (g,) = torch.autograd.grad(target_fn(emb).sum(), h)
+    return h.detach(), g
+
+
+def gradcam_scores(tower: Tower, h: Tensor, g: Tensor, x: Any) -> Tensor:
+    """Grad-CAM from a block output ``h`` and its gradient ``g``.
+
+    Returns:
+        (B, h, w) for CNN feature maps, (B, T) per token for token states (image prefix tokens
+        and text padding get 0).
+    """
+    if h.dim() == 4:  # (B, C, h, w)
+        w = g.mean((2, 3))  # (B, C)
+        return torch.relu((w[:, :, None, None] * h).sum(1))
+    if isinstance(x, TextBatch):
+        m = x.attention_mask.to(h.dtype)  # (B, T)
+    else:
+        m = torch.ones(h.shape[:2], dtype=h.dtype, device=h.device)
+        m[:, : tower.num_prefix_tokens] = 0
+    w = (g * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp_min(1)  # (B, D)
+    return torch.relu((h * w[:, None, :]).sum(-1)) * m  # (B, T)
+
+
+@register_method
+class GradCAM(Explainer):
+    """Grad-CAM on the output of one block of each tower.
+
+    Args:
+        model: the dual encoder.
+        layer: block whose output is used, for both towers (None: each tower's ``default_layer()``).
+        image_layer / text_layer: per-tower overrides of ``layer``.
+
+    Paper: Selvaraju et al. Grad-CAM: Visual Explanations from Deep Networks via Gradient-based
+    Localization. ICCV 2017.
+
+    Example:
+        >>> vx.explain(model, "cat.jpg", "a cat", method="gradcam", layer=8)
+    """
+
+    name = "gradcam"
+    summary = "gradient-weighted block activations (Grad-CAM)"
+
+    def __init__(self, model, layer: int | None = None, image_layer: int | None = None, text_layer: int | None = None):
+        super().__init__(model)
+        self.layer = layer
+        self.image_layer = check_layer(model.image, image_layer if image_layer is not None else layer)
+        self.text_layer = check_layer(model.text, text_layer if text_layer is not None else layer)
+
+    def attribute_image(self, batch: PairBatch) -> Tensor:
+        tower = self.model.image
+        h, g = block_output_and_grad(tower, batch.pixels, self.image_layer, lambda e: batch.target(e, batch.text_emb))
+        cam = gradcam_scores(tower, h, g, batch.pixels)
+        return cam if cam.dim() == 3 else tower.token_scores_to_grid(cam, h)
+
+    def attribute_text(self, batch: PairBatch) -> Tensor:
+        tower = self.model.text
+        h, g = block_output_and_grad(tower, batch.texts, self.text_layer, lambda e: batch.target(batch.image_emb, e))
+        return gradcam_scores(tower, h, g, batch.texts)
