@@ -1,0 +1,580 @@
+"""``evaluate``: explain a dataset of image-caption pairs with several methods and score the maps.
+
+A run directory holds::
+
+    config.json                  the resolved configuration (what produced the results)
+    manifest.json                finished shards, sample counts, completeness
+    shards/metrics-000000.parquet   one row per (sample, method): metrics, score, error reason
+    maps/maps-000000.safetensors    (``save_maps``) the maps, token scores and the model's input image
+
+Samples are grouped in shards of ``shard_size`` consecutive pairs (shard ``k`` holds samples
+``[k * S, (k + 1) * S)``). A shard is the unit of work: its files are written atomically, maps
+first and the metrics file last, so a shard is finished exactly when its metrics file exists. A run
+killed at any moment and resumed recomputes only unfinished shards; as every shard is computed in
+the same batches with the same seeds, the merged results equal those of an uninterrupted run.
+
+Under ``accelerate launch`` / ``torchrun`` each process takes the shards with
+``k % world_size == rank``; rank 0 writes the manifest after the others finish. (With accelerate,
+``--cpu --num_processes N`` starts one process unless an MPI hostfile is configured;
+``--multi_gpu --num_processes N`` starts N processes through torch.distributed.run, also on a
+machine without GPUs.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import InputError, MethodError, VlexplainError
+from . import io as rio
+
+CONFIG_VERSION = 1
+#: configuration keys that must match for ``resume`` to continue a run
+IDENTITY_KEYS = ("data", "num_samples", "model", "methods", "method_options", "metrics", "metric_options", "batch_size",
+                 "shard_size", "limit", "seed", "target", "save_maps")
+
+
+@dataclass
+class EvalConfig:
+    """The resolved configuration of a run (saved as ``config.json``)."""
+
+    data: dict[str, Any]  # the dataset: path, format, split
+    model: str  # model spec (or the in-memory model's name)
+    methods: list[str]  # attribution methods (registry names)
+    metrics: list[str]  # metrics (registry names)
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per method: its options
+    metric_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per metric: its options
+    batch_size: int = 8  # pairs explained together
+    shard_size: int = 64  # pairs per shard (a multiple of batch_size)
+    limit: int | None = None  # only the first `limit` pairs
+    num_samples: int = 0  # pairs evaluated (after `limit`); a changed data file cannot be resumed
+    seed: int = 0  # seed of every pair's explanation
+    target: str = "cosine"  # score explained: cosine or logit
+    save_maps: bool = False  # also write the maps (safetensors)
+    device: str = "cpu"  # where the model runs (not part of the run's identity)
+    metric_info: dict[str, dict[str, Any]] = field(default_factory=dict)  # side, primary, direction
+    world_size: int = 1  # processes that ran the evaluation
+    version: int = CONFIG_VERSION
+
+
+@dataclass
+class _Ctx:
+    cfg: EvalConfig
+    model: Any
+    ds: Any
+    out: Path
+    metric_fns: dict[str, MetricInfo]
+
+
+# --- distributed ---------------------------------------------------------------------------
+def dist_info() -> tuple[int, int]:
+    """(rank, world_size) from the launcher's environment (torchrun / accelerate, MPI), (0, 1) otherwise."""
+    env = os.environ
+
+    def first(*names: str, default: str) -> int:
+        for n in names:
+            if env.get(n, "").strip():
+                return int(env[n])
+        return int(default)
+
+    rank = first("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK", default="0")
+    world = first("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", default="1")
+    if not 0 <= rank < world:
+        raise InputError(f"bad launcher environment: rank {rank} with world size {world}")
+    return rank, world
+
+
+_DIST = {"owned": False}
+
+
+def _barrier(world: int) -> None:
+    """Wait for every process (a gloo group is created on first use when the launcher made none)."""
+    if world <= 1:
+        return
+    import datetime
+
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        raise InputError("WORLD_SIZE > 1 but torch.distributed is not available")
+    if not dist.is_initialized():
+        rank, world = dist_info()
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29500")
+        # ranks finish their shards at different times: wait long at the final barrier
+        dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(days=7))
+        _DIST["owned"] = True
+    dist.barrier()
+
+
+def _release_group() -> None:
+    if _DIST["owned"]:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        _DIST["owned"] = False
+
+
+# --- metrics registry ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class MetricInfo:
+    """What the runner needs to know about a metric."""
+
+    name: str
+    fn: Callable[..., dict[str, Any]]  # fn(model, pixels, texts, image_maps, token_maps, **extra)
+    side: str | None  # "image", "text" or None (either)
+    requires: tuple[str, ...]  # keywords that must be given: masks, method, per-row extras
+    primary: str | None  # output key that summarises the metric
+    higher_is_better: bool | None
+
+    def describe(self) -> dict[str, Any]:
+        return {"side": self.side, "requires": list(self.requires), "primary": self.primary,
+                "higher_is_better": self.higher_is_better}
+
+
+def resolve_metric(name: str) -> MetricInfo:
+    """A metric from the registry, or ``package.module:function`` following the same signature.
+
+    A plug-in function may carry the attributes ``side``, ``requires``, ``primary`` and
+    ``higher_is_better`` of :class:`vlexplain.metrics.MetricSpec`.
+    """
+    import importlib
+
+    if ":" in name:
+        mod, _, attr = name.partition(":")
+        try:
+            fn = getattr(importlib.import_module(mod), attr)
+        except (ImportError, AttributeError) as e:
+            raise InputError(f"cannot import metric {name!r}: {e}") from None
+    else:
+        from ..metrics import get_spec
+
+        fn = get_spec(name)
+    return MetricInfo(name, fn, getattr(fn, "side", None), tuple(getattr(fn, "requires", ())),
+                      getattr(fn, "primary", None), getattr(fn, "higher_is_better", None))
+
+
+# --- configuration -------------------------------------------------------------------------
+def _model_and_spec(model_spec_or_model: Any, device: str | None) -> tuple[Any, str]:
+    from ..models.registry import load_model
+
+    if isinstance(model_spec_or_model, (str, os.PathLike)):
+        spec = str(model_spec_or_model)
+        p = Path(spec).expanduser()
+        if p.exists():
+            spec = str(p.resolve())
+        return load_model(spec, device=device), spec
+    model = load_model(model_spec_or_model, device=device)
+    return model, getattr(model, "name", type(model).__name__)
+
+
+def _resolve_device(device: str | None, world: int) -> str | None:
+    if device in (None, "auto"):
+        device = "cuda" if torch.cuda.is_available() else None
+    if device == "cuda" and world > 1:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return device
+
+
+def _check_methods(model: Any, methods: Sequence[str]) -> None:
+    from ..attribution.base import get_method
+
+    if not methods:
+        raise MethodError("no methods given")
+    for m in methods:
+        cls = get_method(m)
+        if all(cls.why_not(model, s) is not None for s in ("image", "text")):  # type: ignore[arg-type]
+            raise MethodError(f"{m} does not apply to this model ({cls.why_not(model, 'image')})")
+
+
+def _prepare_dir(out: Path, cfg: EvalConfig, resume: bool) -> None:
+    cfg_path = out / rio.CONFIG
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} exists and is not a directory")
+    if cfg_path.exists():
+        old = rio.read_json(cfg_path)
+        if not resume:
+            raise InputError(f"{out} already holds a run; pass --resume to continue it or choose another directory")
+        new = _jsonable(dataclasses.asdict(cfg))
+        diff = [k for k in IDENTITY_KEYS if old.get(k) != new.get(k)]
+        if diff:
+            raise InputError(f"cannot resume {out}: the configuration differs in {', '.join(diff)}")
+    elif rio.finished_shards(out):
+        raise InputError(f"{out} holds result shards but no {rio.CONFIG}; choose another directory")
+
+
+def _jsonable(obj: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(obj, default=str, sort_keys=True))
+
+
+# --- main entry ----------------------------------------------------------------------------
+def evaluate(
+    data: Any,
+    model_spec_or_model: Any,
+    methods: Sequence[str],
+    metrics: Sequence[str],
+    out_dir: str | os.PathLike,
+    batch_size: int = 8,
+    limit: int | None = None,
+    resume: bool = False,
+    save_maps: bool = False,
+    method_options: dict[str, dict[str, Any]] | None = None,
+    *,
+    metric_options: dict[str, dict[str, Any]] | None = None,
+    shard_size: int | None = None,
+    seed: int = 0,
+    target: str = "cosine",
+    device: str | None = None,
+    progress: bool = True,
+) -> Path:
+    """Explain every pair of a dataset with each method, score the maps, write shards.
+
+    Args:
+        data: a path or :class:`~vlexplain.data.pairs.PairDataset` (see :func:`~vlexplain.data.pairs.open_pairs`).
+        model_spec_or_model: a model spec (see :func:`vlexplain.load_model`) or a model.
+        methods: attribution method names.
+        metrics: metric names from :func:`vlexplain.metrics.list_metrics`.
+        out_dir: the run directory.
+        batch_size: pairs explained and scored together.
+        limit: only the first ``limit`` pairs.
+        resume: continue a run in ``out_dir`` (finished shards are kept).
+        save_maps: also save maps, token scores and input images (safetensors).
+        method_options: per method, keyword options passed to :func:`vlexplain.explain`.
+        metric_options: per metric, keyword options passed to the metric.
+        shard_size: pairs per shard (default ``8 * batch_size``); rounded up to a multiple of ``batch_size``.
+        seed: the seed of every pair's explanation.
+        target: "cosine" or "logit".
+        device: "cpu", "cuda", "cuda:1"... (under a multi-process launcher "cuda" means this
+            process's local GPU).
+        progress: show a progress bar (rank 0 only).
+
+    Returns:
+        The run directory.
+
+    Example:
+        >>> evaluate("pairs.jsonl", "offline", ["m2ib"], ["deletion_image"], "runs/a")
+    """
+    from ..data.pairs import open_pairs
+
+    if batch_size < 1:
+        raise InputError("batch_size must be at least 1")
+    if limit is not None and limit < 0:
+        raise InputError("limit must be >= 0")
+    if target not in ("cosine", "logit"):
+        raise InputError(f"target must be 'cosine' or 'logit' for evaluation runs, got {target!r}")
+    rank, world = dist_info()
+    s = shard_size or 8 * batch_size
+    s = -(-s // batch_size) * batch_size
+    ds = open_pairs(data)
+    model, spec = _model_and_spec(model_spec_or_model, _resolve_device(device, world))
+    _check_methods(model, methods)
+    metric_fns = {m: resolve_metric(m) for m in metrics}
+    n_total = _count(ds, limit)  # validates every line before anything is written
+    cfg = EvalConfig(ds.describe(), spec, list(methods), list(metrics), dict(method_options or {}),
+                     dict(metric_options or {}), batch_size, s, limit, n_total, seed, target, save_maps,
+                     str(model.device), {k: v.describe() for k, v in metric_fns.items()}, world)
+    out = Path(out_dir).expanduser()
+    _prepare_dir(out, cfg, resume)
+    _barrier(world)  # every process checked the directory before anyone writes to it
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        rio.remove_temporaries(out)
+        rio.atomic_write_json(out / rio.CONFIG, _jsonable(dataclasses.asdict(cfg)))
+    _barrier(world)
+    ctx = _Ctx(cfg, model, ds, out, metric_fns)
+    _run_shards(ctx, n_total, rank, world, progress and rank == 0)
+    _barrier(world)
+    if rank == 0:
+        write_manifest(out, n_total, s)
+    _barrier(world)
+    _release_group()
+    return out
+
+
+def _count(ds: Any, limit: int | None) -> int:
+    """Number of pairs (a text-only pass that also validates every line of the file)."""
+    n = 0
+    for _ in ds.rows():
+        n += 1
+        if limit is not None and n >= limit:
+            break
+    return n
+
+
+def write_manifest(out: Path, n_total: int, shard_size: int, done: dict[int, Path] | None = None) -> dict[str, Any]:
+    """Write ``manifest.json`` from the shard files present (or the given finished shards)."""
+    done = rio.finished_shards(out) if done is None else done
+    n_shards = -(-n_total // shard_size) if shard_size else 0
+    man = {
+        "num_samples": n_total,
+        "shard_size": shard_size,
+        "num_shards": n_shards,
+        "finished": [f"{rio.SHARD_DIR}/{p.name}" for p in done.values()],
+        "missing": [k for k in range(n_shards) if k not in done],
+        "complete": all(k in done for k in range(n_shards)),
+    }
+    rio.atomic_write_json(out / rio.MANIFEST, man)
+    return man
+
+
+def _shards(ds: Any, n_total: int, size: int) -> Iterator[tuple[int, list[Any]]]:
+    buf: list[Any] = []
+    for row in ds.rows():
+        if row.index >= n_total:
+            break
+        buf.append(row)
+        if len(buf) == size:
+            yield row.index // size, buf
+            buf = []
+    if buf:
+        yield buf[0].index // size, buf
+
+
+def _run_shards(ctx: _Ctx, n_total: int, rank: int, world: int, show: bool) -> None:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    size = ctx.cfg.shard_size
+    finished = rio.finished_shards(ctx.out)
+    done = set(finished)
+    mine = [k for k in range(-(-n_total // size)) if k % world == rank and k not in done]
+    todo = sum(min(size, n_total - k * size) for k in mine)
+    cols = (TextColumn("[bold]evaluate"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*cols, console=Console(stderr=True), disable=not show, transient=False) as bar:
+        task = bar.add_task("pairs", total=todo)
+        for k, rows in _shards(ctx.ds, n_total, size):
+            if k % world != rank or k in done:
+                continue
+            finished[k] = _run_shard(ctx, k, rows)
+            bar.advance(task, len(rows))
+            if world == 1:
+                write_manifest(ctx.out, n_total, size, finished)
+
+
+def _run_shard(ctx: _Ctx, k: int, rows: list[Any]) -> Path:
+    records: list[dict[str, Any]] = []
+    tensors: dict[str, Tensor] = {}
+    meta: dict[str, str] = {}
+    bs = ctx.cfg.batch_size
+    for b in range(0, len(rows), bs):
+        recs, ten, met = _run_batch(ctx, rows[b : b + bs])
+        records += recs
+        tensors.update(ten)
+        meta.update(met)
+    if ctx.cfg.save_maps:
+        _write_maps(ctx.out / rio.MAPS_DIR / rio.maps_name(k), tensors, meta)
+    path = ctx.out / rio.SHARD_DIR / rio.shard_name(k)
+    _write_table(path, records, ctx.cfg.methods)  # last: its existence marks the shard finished
+    return path
+
+
+def _gt_mask(pair: Any, size: tuple[int, int]) -> Tensor | None:
+    """(H, W) bool ground truth in the model's input frame (shortest-side resize + centre crop)."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as F
+
+    if pair.mask is not None:
+        m = F.resize(pair.mask, min(size), interpolation=InterpolationMode.NEAREST)
+        m = F.center_crop(m, list(size))
+        return torch.from_numpy(np.asarray(m) > 127)
+    if pair.row.boxes is not None:
+        from ..metrics.localization import boxes_to_masks
+
+        w, h = pair.image.size
+        return boxes_to_masks([pair.row.boxes], size, image_sizes=[(h, w)])[0]
+    return None
+
+
+def _base_record(pair: Any, method: str) -> dict[str, Any]:
+    img = pair.row.image
+    return {"index": pair.index, "method": method, "caption": pair.caption,
+            "image": img if isinstance(img, str) else "", "error": pair.error}
+
+
+def _run_batch(ctx: _Ctx, rows: list[Any]) -> tuple[list[dict[str, Any]], dict[str, Tensor], dict[str, str]]:
+    """Load, explain and score one batch; rows that fail become error rows with their reason."""
+    pairs = [ctx.ds.load(r) for r in rows]
+    recs = {(p.index, m): _base_record(p, m) for p in pairs for m in ctx.cfg.methods}
+    tensors: dict[str, Tensor] = {}
+    meta: dict[str, str] = {}
+    ok = [p for p in pairs if p.error is None]
+    try:
+        _explain_batch(ctx, ok, recs, tensors, meta)
+    except VlexplainError as e:
+        if len(ok) == 1:  # this pair is the culprit
+            _mark_error(recs, ok[0], ctx.cfg.methods, str(e))
+        else:  # find the pair(s) that fail: one by one (deterministic, so resumes agree)
+            for p in ok:
+                try:
+                    _explain_batch(ctx, [p], recs, tensors, meta)
+                except VlexplainError as e1:
+                    _mark_error(recs, p, ctx.cfg.methods, str(e1))
+    return list(recs.values()), tensors, meta
+
+
+def _mark_error(recs: dict[tuple[int, str], dict[str, Any]], pair: Any, methods: list[str], reason: str) -> None:
+    for m in methods:
+        recs[(pair.index, m)] = {**_base_record(pair, m), "error": f"{pair.row.source}: {reason}"}
+
+
+def _explain_batch(ctx: _Ctx, ok: list[Any], recs: dict[tuple[int, str], dict[str, Any]],
+                   tensors: dict[str, Tensor], meta: dict[str, str]) -> None:
+    from ..attribution.api import explain
+
+    if not ok:
+        return
+    model, cfg = ctx.model, ctx.cfg
+    with torch.no_grad():
+        px = torch.stack([model.preprocess(p.image) for p in ok]).to(model.device, model.dtype)
+    caps = [p.caption for p in ok]
+    texts = model.tokenize(caps)
+    gts = [_gt_mask(p, tuple(model.input_size)) for p in ok]
+    out: dict[tuple[int, str], dict[str, Any]] = {}
+    ten: dict[str, Tensor] = {}
+    met: dict[str, str] = {}
+    if cfg.save_maps:
+        rgb = (model.denormalize(px) if hasattr(model, "denormalize") else px).clamp(0, 1)
+        for p, im in zip(ok, rgb):
+            ten[f"{p.index}.image"] = (im.float().cpu() * 255).round().to(torch.uint8).contiguous()
+    for m in cfg.methods:
+        exps = explain(model, px, caps, method=m, seed=cfg.seed, target=cfg.target, batch_size=len(ok),
+                       **cfg.method_options.get(m, {}))
+        vals = _metrics_for(ctx, m, px, texts, exps, ok, gts)
+        for j, (p, e) in enumerate(zip(ok, exps)):
+            r = out[(p.index, m)] = dict(recs[(p.index, m)])
+            r["score"] = float(e.score)
+            r["seconds"] = float(e.seconds)
+            for col, v in vals.items():
+                r[col] = v[j]
+            if cfg.save_maps:
+                _collect_maps(ten, met, f"{p.index}.{m}", e)
+    # nothing is recorded unless the whole batch succeeded
+    recs.update(out)
+    tensors.update(ten)
+    meta.update(met)
+
+
+def _collect_maps(tensors: dict[str, Tensor], meta: dict[str, str], key: str, e: Any) -> None:
+    import json
+
+    if e.image_map is not None:
+        tensors[f"{key}.image_map"] = e.image_map.float().cpu().contiguous()
+        tensors[f"{key}.patch_map"] = e.patch_map.float().cpu().contiguous()
+    if e.token_scores is not None:
+        tensors[f"{key}.token_scores"] = e.token_scores.float().cpu().contiguous()
+        meta[f"{key}.tokens"] = json.dumps(list(e.tokens))
+
+
+def _extra(info: MetricInfo, cfg: EvalConfig, method: str, pairs: list[Any], gts: list[Tensor | None],
+           device: torch.device) -> tuple[list[int], dict[str, Any]] | None:
+    """(rows to score, keywords) for one metric, or None when it cannot be scored on this batch.
+
+    ``masks`` come from the ground truth (rows without it are left out); ``method`` is the method
+    being evaluated (with its seed and options); other required keywords are read from the rows'
+    extra fields (e.g. ``cell_index`` and ``grid_n`` columns of a JSONL file).
+    """
+    idx = list(range(len(pairs)))
+    kw: dict[str, Any] = {}
+    for key in info.requires:
+        if key == "masks":
+            idx = [i for i in idx if gts[i] is not None]
+        elif key == "method":
+            kw.update(method=method, seed=cfg.seed, options=dict(cfg.method_options.get(method, {})))
+        else:
+            idx = [i for i in idx if key in pairs[i].row.extras]
+    if not idx:
+        return None
+    for key in info.requires:
+        if key == "masks":
+            kw["masks"] = torch.stack([gts[i] for i in idx]).to(device)  # type: ignore[misc]
+        elif key != "method":
+            vals = [pairs[i].row.extras[key] for i in idx]
+            kw[key] = vals[0] if all(v == vals[0] for v in vals) else torch.tensor(vals, device=device)
+    return idx, kw
+
+
+def _metrics_for(ctx: _Ctx, method: str, px: Tensor, texts: Any, exps: list[Any], pairs: list[Any],
+                 gts: list[Tensor | None]) -> dict[str, list[Any]]:
+    """Column name -> one value per pair (float, list of floats for curves, or None).
+
+    A metric of a side the method does not explain (a text metric for an image-only method), or
+    one that needs ground truth no pair of the batch has, leaves its columns empty (null).
+    """
+    from ..metrics import token_maps_from_explanations
+
+    n = len(exps)
+    image_maps = torch.stack([e.image_map.float() for e in exps]) if exps[0].image_map is not None else None
+    token_maps = token_maps_from_explanations(exps, texts) if exps[0].token_scores is not None else None
+    out: dict[str, list[Any]] = {}
+    for name, info in ctx.metric_fns.items():
+        if (info.side == "image" and image_maps is None) or (info.side == "text" and token_maps is None):
+            continue
+        got = _extra(info, ctx.cfg, method, pairs, gts, px.device)
+        if got is None:
+            continue
+        idx, kw = got
+        sel = None if len(idx) == n else idx
+
+        def pick(t: Any) -> Any:
+            return t if (t is None or sel is None) else t[sel]
+
+        res = info.fn(ctx.model, pick(px), texts if sel is None else texts.select(sel), pick(image_maps),
+                      pick(token_maps), **kw, **ctx.cfg.metric_options.get(name, {}))
+        for key, val in res.items():
+            col = name if len(res) == 1 else f"{name}.{key}"
+            vals: list[Any] = [None] * n
+            if isinstance(val, Tensor):
+                t = val.detach().float().cpu()
+                for jj, i in enumerate(idx):
+                    vals[i] = t[jj].tolist()
+            else:  # labels shared by the batch (e.g. the stages of a sanity check)
+                for i in idx:
+                    vals[i] = [str(v) for v in val] if isinstance(val, (list, tuple)) else str(val)
+            out[col] = vals
+    return out
+
+
+def _write_maps(path: Path, tensors: dict[str, Tensor], meta: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    rio.atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta or None))
+
+
+def _arrow_type(vals: list[Any]) -> Any:
+    import pyarrow as pa
+
+    v = next((v for v in vals if v is not None), None)
+    if isinstance(v, list):
+        return pa.list_(pa.string()) if v and isinstance(v[0], str) else pa.list_(pa.float64())
+    return pa.string() if isinstance(v, str) else pa.float64()
+
+
+def _write_table(path: Path, records: list[dict[str, Any]], methods: list[str]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    order = {m: i for i, m in enumerate(methods)}
+    records = sorted(records, key=lambda r: (r["index"], order[r["method"]]))
+    cols: list[str] = []
+    for r in records:
+        cols += [c for c in r if c not in cols]
+    fixed = {"index": pa.int64(), "method": pa.string(), "caption": pa.string(), "image": pa.string(),
+             "error": pa.string(), "score": pa.float64(), "seconds": pa.float64()}
+    arrays, fields = [], []
+    for c in cols:
+        vals = [r.get(c) for r in records]
+        typ = fixed.get(c) or _arrow_type(vals)
+        arrays.append(pa.array(vals, type=typ))
+        fields.append(pa.field(c, typ))
+    table = pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+    rio.atomic_write(path, lambda tmp: pq.write_table(table, tmp))
