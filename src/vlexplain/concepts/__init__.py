@@ -1,1 +1,33 @@
-"""vlexplain.concepts."""
+"""Concept-level explanations and DEAL fine-tuning (Li, Ma, Peng, ECCV 2024).
+
+* :mod:`.sets` — concept sets (``{class: [descriptors]}`` JSON, CSV or a dict) and validation;
+* :mod:`.relevance` — differentiable concept maps (last-block gradient-weighted attention
+  relevance) and figures;
+* :mod:`.metrics` — disentanglability, localizability, zero-shot accuracy, part metrics;
+* :mod:`.losses` / :mod:`.train` — DEAL losses and the fine-tuning loop;
+* :mod:`.evaluate` — dataset-level evaluation.
+"""
+
+from .losses import DealLosses, deal_losses, disentangle_loss, localize_loss, prediction_loss
+from .relevance import RELEASED_TEMPLATES, ConceptMaps, Templates, concept_maps, deal_maps, plot_concept_maps
+from .sets import ConceptSet, load_concepts
+from .train import DealConfig, TrainResult, deal_train
+
+__all__ = [
+    "ConceptSet",
+    "load_concepts",
+    "Templates",
+    "RELEASED_TEMPLATES",
+    "ConceptMaps",
+    "concept_maps",
+    "deal_maps",
+    "plot_concept_maps",
+    "DealLosses",
+    "deal_losses",
+    "disentangle_loss",
+    "localize_loss",
+    "prediction_loss",
+    "DealConfig",
+    "TrainResult",
+    "deal_train",
+]

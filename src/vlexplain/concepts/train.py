@@ -1,0 +1,391 @@
+"""DEAL fine-tuning: prediction loss + disentangle and localize losses on concept explanations.
+
+The explanation losses are differentiable through the explanations (``create_graph=True``), so
+they train the model; weights stay in fp32 (bf16 autocast on CUDA only); the run checkpoints
+(safetensors for the model, ``torch.save`` for the optimizer, read back with
+``weights_only=True``), resumes from its last checkpoint, logs every loss to ``log.csv`` (and to
+TensorBoard when installed), and stops on a NaN or exploding loss keeping the last good
+checkpoint. The same script runs under ``accelerate launch`` (gradients are averaged across
+processes; process 0 writes) and without accelerate (plain loop).
+
+Example:
+    >>> result = deal_train(model, cub("CUB_200_2011"), load_concepts("cub.json", k=5), "runs/deal", steps=5000)
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from ..errors import InputError
+from ..models.base import DualEncoder
+from .losses import PredictionLoss, deal_losses
+from .relevance import Templates
+from .sets import ConceptSet
+
+LOG_FIELDS = ("step", "total", "prediction", "disentangle", "localize", "lr", "grad_norm", "seconds")
+CKPT = "checkpoint"
+
+
+@dataclass
+class DealConfig:
+    """Settings of a DEAL run (saved as ``config.json`` beside the run's outputs)."""
+
+    steps: int = 5000  # optimiser steps
+    lr: float = 5e-7  # AdamW learning rate (published)
+    betas: tuple[float, float] = (0.9, 0.98)  # AdamW betas (published)
+    eps: float = 1e-6  # AdamW epsilon (published)
+    weight_decay: float = 1e-3  # AdamW weight decay (published)
+    batch_size: int = 32  # images per step and process
+    lambda_sep: float = 0.1  # weight of the disentangle loss (published)
+    lambda_con: float = 0.01  # weight of the localize loss (published)
+    prediction: PredictionLoss = "classes"  # "classes" (CE over all class prompts), "contrastive", "none"
+    k: int | None = 5  # descriptors per class (the released code uses the first 5)
+    category_template: str = Templates.category  # class prompt
+    concept_template: str = Templates.concept  # concept prompt
+    freeze_text: bool = False  # keep the text tower fixed
+    train_logit_scale: bool = False  # let the logit scale (and bias) train
+    max_grad_norm: float | None = None  # clip the gradient norm (None: no clipping, as published)
+    save_every: int = 500  # checkpoint every this many steps (and at the end)
+    seed: int = 0  # data order
+    amp: bool = True  # bf16 autocast on CUDA (never on CPU)
+    explode_factor: float = 20.0  # stop if the loss exceeds this multiple of its running mean
+    explode_warmup: int = 10  # steps before the explosion test starts
+    tensorboard: bool = True  # also log to TensorBoard when it is installed
+
+    @property
+    def templates(self) -> Templates:
+        return Templates(self.category_template, self.concept_template)
+
+
+@dataclass
+class TrainResult:
+    """What a run did: the last step reached, why it stopped, where its checkpoint is."""
+
+    step: int
+    stopped: str  # "done", or the reason the run stopped early
+    checkpoint: Path | None
+    last_losses: dict[str, float]
+
+
+def batch_indices(n: int, batch_size: int, step: int, seed: int, rank: int = 0, world: int = 1) -> list[int]:
+    """Indices of one process's batch at ``step``: slices of a stream of seeded permutations.
+
+    The stream is ``randperm(n, seed + epoch)`` concatenated over epochs, so a resumed run draws
+    exactly the batches it would have drawn without the interruption.
+    """
+    start = (step * world + rank) * batch_size
+    out: list[int] = []
+    perm_epoch, perm = -1, None
+    for p in range(start, start + batch_size):
+        e = p // n
+        if e != perm_epoch:
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + e)).tolist()
+            perm_epoch = e
+        out.append(perm[p % n])  # type: ignore[index]
+    return out
+
+
+def _load_batch(model: DualEncoder, dataset: Any, idx: Sequence[int], device: torch.device) -> tuple[Tensor, Tensor]:
+    ims, labels = [], []
+    for i in idx:
+        im, y = dataset[i]
+        if not isinstance(im, Tensor):
+            im = model.preprocess(im)
+        ims.append(im)
+        labels.append(int(y))
+    return torch.stack(ims).to(device, torch.float32), torch.tensor(labels, device=device)
+
+
+class _Dist:
+    """Accelerate when installed (multi-process aware), else a single-process stand-in."""
+
+    def __init__(self, device: torch.device):
+        try:
+            from accelerate import Accelerator
+
+            self.acc: Any = Accelerator(cpu=device.type == "cpu")
+        except ImportError:
+            self.acc = None
+        self.device = self.acc.device if self.acc is not None else device
+        self.rank = self.acc.process_index if self.acc is not None else 0
+        self.world = self.acc.num_processes if self.acc is not None else 1
+        self.main = self.rank == 0
+
+    def average_grads(self, params: list[torch.nn.Parameter]) -> None:
+        if self.world == 1:
+            return
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            p.grad = self.acc.reduce(p.grad, reduction="mean")
+
+    def agree(self, flag: bool) -> bool:
+        """True if ``flag`` holds on any process."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        return bool(self.acc.reduce(t, reduction="sum").item() > 0)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            self.acc.wait_for_everyone()
+
+
+def save_checkpoint(out_dir: Path, model: DualEncoder, opt: torch.optim.Optimizer, step: int) -> Path:
+    """Write ``out_dir/checkpoint`` (model.safetensors, optimizer.pt, state.json) atomically."""
+    from safetensors.torch import save_model
+
+    final, tmp, old = out_dir / CKPT, out_dir / (CKPT + ".tmp"), out_dir / (CKPT + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, str(tmp / "model.safetensors"))
+    torch.save({"optimizer": opt.state_dict(), "step": step}, tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step}))
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def find_checkpoint(out_dir: str | Path) -> Path | None:
+    """The run's last complete checkpoint folder, if any."""
+    out_dir = Path(out_dir)
+    for name in (CKPT, CKPT + ".old"):
+        c = out_dir / name
+        if (c / "state.json").is_file() and (c / "model.safetensors").is_file():
+            return c
+    return None
+
+
+def load_checkpoint(path: str | Path, model: DualEncoder, opt: torch.optim.Optimizer | None = None) -> int:
+    """Load a checkpoint folder into ``model`` (and ``opt``); returns its step."""
+    from safetensors.torch import load_model
+
+    path = Path(path)
+    load_model(model, str(path / "model.safetensors"), strict=True, device=str(model.device))
+    state = torch.load(path / "optimizer.pt", weights_only=True, map_location=model.device)
+    if opt is not None:
+        try:
+            opt.load_state_dict(state["optimizer"])
+        except ValueError as e:
+            raise InputError(
+                f"the optimizer state in {path} does not match this run's trainable parameters ({e}); "
+                "use the same freeze settings or start a new output folder"
+            ) from None
+    return int(state["step"])
+
+
+class _Log:
+    """``log.csv`` (rows after ``start`` dropped on resume) and optional TensorBoard."""
+
+    def __init__(self, out_dir: Path, start: int, tensorboard: bool):
+        self.path = out_dir / "log.csv"
+        rows = []
+        if self.path.is_file() and start > 0:
+            with self.path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start]
+        with self.path.open("w", newline="") as f:
+            w = csv.DictWriter(f, LOG_FIELDS)
+            w.writeheader()
+            w.writerows(rows)
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(out_dir / "tensorboard"))
+            except ImportError:
+                pass
+
+    def write(self, row: dict[str, float]) -> None:
+        with self.path.open("a", newline="") as f:
+            csv.DictWriter(f, LOG_FIELDS).writerow(row)
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "step":
+                    self.tb.add_scalar(f"deal/{k}", v, int(row["step"]))
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _trainable(model: DualEncoder, cfg: DealConfig) -> list[torch.nn.Parameter]:
+    text_ids = {id(p) for p in model.text.parameters()}
+    out = []
+    for name, p in model.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        scale = leaf in ("logit_scale", "logit_bias")
+        if (cfg.freeze_text and id(p) in text_ids) or (scale and not cfg.train_logit_scale):
+            p.requires_grad_(False)
+        if p.requires_grad:
+            out.append(p)
+    if not out:
+        raise InputError("nothing to train: every parameter of the model is frozen")
+    return out
+
+
+def deal_train(
+    model: DualEncoder,
+    dataset: Any,
+    concepts: ConceptSet,
+    out_dir: str | Path,
+    steps: int = 5000,
+    lr: float = 5e-7,
+    batch_size: int = 32,
+    lambda_sep: float = 0.1,
+    lambda_con: float = 0.01,
+    freeze_text: bool = False,
+    resume: bool = True,
+    progress: bool = True,
+    **options: Any,
+) -> TrainResult:
+    """Fine-tune ``model`` in place with the DEAL losses.
+
+    Args:
+        model: the dual encoder to train (moved to fp32 on the training device).
+        dataset: items ``(image, label)`` (PIL images or preprocessed tensors) with ``.classes``.
+        concepts: the concept set; aligned to ``dataset.classes`` (missing classes raise InputError).
+        out_dir: where ``config.json``, ``log.csv`` and ``checkpoint/`` go.
+        steps, lr, batch_size, lambda_sep, lambda_con, freeze_text: see :class:`DealConfig`.
+        resume: continue from ``out_dir/checkpoint`` when it exists.
+        progress: show a progress bar.
+        **options: any other :class:`DealConfig` field (betas, eps, weight_decay, prediction, k, ...).
+
+    Returns:
+        A :class:`TrainResult`; ``stopped`` names the reason when the run stopped early.
+    """
+    fields = {f.name for f in dataclasses.fields(DealConfig)}
+    unknown = set(options) - fields
+    if unknown:
+        raise InputError(f"unknown DEAL option(s): {', '.join(sorted(unknown))}")
+    cfg = DealConfig(steps=steps, lr=lr, batch_size=batch_size, lambda_sep=lambda_sep, lambda_con=lambda_con,
+                     freeze_text=freeze_text, **options)
+    classes = list(getattr(dataset, "classes", []) or [])
+    if not classes or len(dataset) == 0:
+        raise InputError("the dataset is empty or has no .classes")
+    concepts = concepts.align(classes)
+    if cfg.k is not None:
+        concepts = ConceptSet({c: d[: cfg.k] for c, d in concepts.concepts.items()}, concepts.source)
+    concepts.check_context(model, cfg.concept_template)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dist = _Dist(model.device)
+    if model.dtype != torch.float32:
+        model.float()  # fp32 master weights: 5e-7 steps round away in fp16
+    model.to(dist.device).eval()  # no dropout; normalisation statistics stay fixed
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        params = _trainable(model, cfg)
+        return _run(model, dataset, classes, concepts, cfg, out, dist, params, progress, resume)
+    finally:
+        for p, f in flags:  # freeze_text / logit-scale freezing last only as long as the run
+            p.requires_grad_(f)
+
+
+def _run(model, dataset, classes, concepts, cfg, out, dist, params, progress, resume) -> TrainResult:
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    start, ckpt = 0, find_checkpoint(out) if resume else None
+    if ckpt is not None:
+        start = load_checkpoint(ckpt, model, opt)
+    if dist.main:
+        (out / "stopped.json").unlink(missing_ok=True)
+        (out / "config.json").write_text(json.dumps({**dataclasses.asdict(cfg), "classes": len(classes)}, indent=1))
+    log = _Log(out, start, cfg.tensorboard) if dist.main else None
+    try:
+        return _loop(model, dataset, classes, concepts, cfg, out, dist, params, opt, start, ckpt, log, progress)
+    finally:
+        if log is not None:
+            log.close()
+
+
+def _loop(model, dataset, classes, concepts, cfg, out, dist, params, opt, start, ckpt, log, progress) -> TrainResult:
+    use_amp = cfg.amp and dist.device.type == "cuda"
+    ema: float | None = None
+    last: dict[str, float] = {}
+    stopped = "done"
+    bar = _progress(progress and dist.main, cfg.steps, start)
+    step = start
+    try:
+        for step in range(start, cfg.steps):
+            t0 = time.perf_counter()
+            idx = batch_indices(len(dataset), cfg.batch_size, step, cfg.seed, dist.rank, dist.world)
+            pixels, labels = _load_batch(model, dataset, idx, dist.device)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                losses = deal_losses(model, pixels, labels, classes, concepts, lambda_sep=cfg.lambda_sep,
+                                     lambda_con=cfg.lambda_con, prediction=cfg.prediction, k=cfg.k,
+                                     templates=cfg.templates)
+            vals = losses.as_floats()
+            reason = _bad_loss(vals["total"], ema, step - start, cfg)
+            if dist.agree(reason is not None):
+                stopped = f"step {step + 1}: " + (reason or "a loss on another process was not finite or exploded")
+                break
+            opt.zero_grad(set_to_none=True)
+            losses.total.backward()
+            dist.average_grads(params)
+            gn = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf")))
+            if dist.agree(not math.isfinite(gn)):
+                stopped = f"non-finite gradient norm at step {step + 1}"
+                break
+            opt.step()
+            ema = vals["total"] if ema is None else 0.9 * ema + 0.1 * vals["total"]
+            last = vals
+            if log is not None:
+                log.write({"step": step + 1, **vals, "lr": opt.param_groups[0]["lr"], "grad_norm": gn,
+                           "seconds": time.perf_counter() - t0})
+            if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+                if dist.main:
+                    ckpt = save_checkpoint(out, model, opt, step + 1)
+                dist.barrier()
+            if bar is not None:
+                bar[0].update(bar[1], advance=1, description=f"DEAL loss {vals['total']:.4g}")
+        else:
+            step = cfg.steps
+    except KeyboardInterrupt:
+        if dist.main and step > start:
+            ckpt = save_checkpoint(out, model, opt, step)
+        raise
+    finally:
+        if bar is not None:
+            bar[0].stop()
+    if stopped != "done" and dist.main:
+        (out / "stopped.json").write_text(json.dumps({"step": step, "reason": stopped}))
+    done = step if stopped == "done" else (load_step(ckpt) if ckpt is not None else 0)
+    return TrainResult(done, stopped, ckpt, last)
+
+
+def load_step(ckpt: Path) -> int:
+    return int(json.loads((ckpt / "state.json").read_text())["step"])
+
+
+def _bad_loss(total: float, ema: float | None, seen: int, cfg: DealConfig) -> str | None:
+    if not math.isfinite(total):
+        return f"loss is {total}"
+    if ema is not None and seen >= cfg.explode_warmup and total > cfg.explode_factor * max(abs(ema), 1e-8):
+        return f"loss exploded ({total:.4g} > {cfg.explode_factor} x running mean {ema:.4g})"
+    return None
+
+
+def _progress(show: bool, total: int, start: int):
+    if not show:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                 transient=True)
+    task = p.add_task("DEAL", total=total, completed=start)
+    p.start()
+    return p, task
