@@ -4,28 +4,17 @@ from __future__ import annotations
 
 from PIL import Image
 
-from ..errors import require
 
-# name -> (loader kind, key)
-PHOTOS = {
-    "cat": ("skimage", "chelsea"),
-    "coffee": ("skimage", "coffee"),
-    "rocket": ("skimage", "rocket"),
-    "astronaut": ("skimage", "astronaut"),
-    "grace_hopper": ("matplotlib", "grace_hopper.jpg"),
-}
+# demo name -> photo name in :data:`vlexplain.data.grids.PHOTOS`
+PHOTOS = {"cat": "chelsea", "coffee": "coffee", "rocket": "rocket", "astronaut": "astronaut",
+          "grace_hopper": "grace_hopper"}
 
 
 def load_photo(name: str) -> Image.Image:
-    """One of :data:`PHOTOS` as an RGB PIL image."""
-    kind, key = PHOTOS[name]
-    if kind == "skimage":
-        data = require("skimage.data", "offline")
-        return Image.fromarray(getattr(data, key)()).convert("RGB")
-    import matplotlib.cbook as cbook
+    """One of the demo photos (``cat``, ``coffee``, ``rocket``, ``astronaut``, ``grace_hopper``) as RGB."""
+    from .grids import load_photo as _load
 
-    with cbook.get_sample_data(key) as f:
-        return Image.open(f).convert("RGB")
+    return _load(PHOTOS.get(name, name)).copy()
 
 
 def demo_set() -> tuple[list[tuple[str, Image.Image]], list[list[str]], dict[tuple[int, str], str]]:
