@@ -254,12 +254,18 @@ def pool_to_grid(maps: Tensor, grid: tuple[int, int]) -> Tensor:
 def image_grid_size(model: DualEncoder) -> tuple[int, int]:
     """The image tower's token grid (ViT patches; CNN: the M2IB layer's feature map)."""
     tower: Tower = model.image
+    cached = getattr(model, "_vx_grid_size", None)
+    if cached is not None:
+        return cached
     with torch.no_grad():
         x = torch.zeros(1, 3, *model.input_size, device=model.device, dtype=model.dtype)
         h = tower.encode(x, stop=tower.default_layer())
     if h.dim() == 4:
-        return int(h.shape[2]), int(h.shape[3])
-    return tower.grid_size(h.shape[1] - tower.num_prefix_tokens)
+        grid = int(h.shape[2]), int(h.shape[3])
+    else:
+        grid = tower.grid_size(h.shape[1] - tower.num_prefix_tokens)
+    object.__setattr__(model, "_vx_grid_size", grid)
+    return grid
 
 
 def run_explainer(

@@ -108,9 +108,19 @@ class Tower(nn.Module):
         """Hidden state before block 0. ``inputs_embeds`` (text) replaces the token embeddings."""
         raise NotImplementedError
 
-    def block(self, i: int, h: Tensor, x: TowerInput, need_attn: bool = False) -> tuple[Tensor, Tensor | None]:
-        """Run block ``i``; return the new hidden state and (if asked) attention probs (B, heads, T, T)."""
+    def block(
+        self, i: int, h: Tensor, x: TowerInput, need_attn: bool = False, rows: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Run block ``i``; return the new hidden state and (if asked) attention probs (B, heads, T, T).
+
+        With ``rows`` (B,) (only for towers whose :meth:`pooled_positions` is not None) return just
+        the output at those query positions, (B, 1, D).
+        """
         raise NotImplementedError
+
+    def pooled_positions(self, x: TowerInput) -> Tensor | None:
+        """(B,) the one position per row the head reads (CLS, EOS), or None if it reads more."""
+        return None
 
     def head(self, h: Tensor, x: TowerInput) -> Tensor:
         """Final norm, pooling and projection: hidden after the last block -> (B, d) embedding."""
@@ -160,7 +170,15 @@ class Tower(nn.Module):
             raise ValueError("start needs a hidden state")
         if stop == -1:
             return h
+        fast_last = on_block is None and not need_attn and stop is None
         for i in range(start + 1, n):
+            rows = self.pooled_positions(x) if fast_last and i == n - 1 else None
+            if rows is not None:
+                # the head reads one position per row: compute the last block only there
+                out, _ = self.block(i, h, x, rows=rows)
+                ar = torch.arange(h.shape[0], device=h.device)
+                h = h.index_put((ar, rows), out[:, 0])
+                break
             h, attn = self.block(i, h, x, need_attn=need_attn and self.has_attention)
             if on_block is not None:
                 out = on_block(i, h, attn)

@@ -53,9 +53,21 @@ def prenorm_block(
     need_attn: bool,
     ls1: Callable[[Tensor], Tensor] | None = None,
     ls2: Callable[[Tensor], Tensor] | None = None,
+    rows: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    """x + attn(ln1(x)); x + mlp(ln2(x)) — the CLIP / OpenCLIP / SigLIP block."""
-    q, k, v = qkv(ln1(h))
+    """x + attn(ln1(x)); x + mlp(ln2(x)) — the CLIP / OpenCLIP / SigLIP block.
+
+    ``rows`` (B,) computes the block's output only at one query position per row (keys and values
+    still come from every token): (B, 1, D). Used for the last block when the head reads only
+    that position (CLS / EOS pooling).
+    """
+    x = ln1(h)
+    q, k, v = qkv(x)
+    if rows is not None:
+        ar = torch.arange(h.shape[0], device=h.device)
+        q, h = q[ar, rows][:, None], h[ar, rows][:, None]
+        if mask is not None:
+            mask = mask[rows][:, None, None, :] if mask.dim() == 2 else mask[ar, ..., rows, :][:, :, None]
     a, probs = attention(q, k, v, num_heads, mask, need_attn)
     a = out_proj(a)
     if ls1 is not None:

@@ -12,7 +12,7 @@ from .blocks import causal_mask, prenorm_block
 from .text import TokenizerSpec, clip_bpe_tokenizer, from_hf_tokenizer
 
 
-def _hf_block(layer: nn.Module, h: Tensor, mask: Tensor | None, need_attn: bool) -> tuple[Tensor, Tensor | None]:
+def _hf_block(layer: nn.Module, h: Tensor, mask: Tensor | None, need_attn: bool, rows: Tensor | None = None):
     at = layer.self_attn
     return prenorm_block(
         h,
@@ -24,6 +24,7 @@ def _hf_block(layer: nn.Module, h: Tensor, mask: Tensor | None, need_attn: bool)
         num_heads=at.num_heads,
         mask=mask,
         need_attn=need_attn,
+        rows=rows,
     )
 
 
@@ -54,8 +55,13 @@ class HFVisionTower(Tower):
             h = self.vm.pre_layrnorm(h)
         return h
 
-    def block(self, i: int, h: Tensor, x: Any, need_attn: bool = False):
-        return _hf_block(self.vm.encoder.layers[i], h, None, need_attn)
+    def block(self, i: int, h: Tensor, x: Any, need_attn: bool = False, rows: Tensor | None = None):
+        return _hf_block(self.vm.encoder.layers[i], h, None, need_attn, rows)
+
+    def pooled_positions(self, x: Any) -> Tensor | None:
+        if self.siglip:
+            return None  # attention-pooling head reads every token
+        return torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
 
     def head(self, h: Tensor, x: Any) -> Tensor:
         if self.siglip:
@@ -98,8 +104,13 @@ class HFTextTower(Tower):
             return None  # SigLIP texts are padded to the context length and attend to everything
         return causal_mask(h.shape[1], h.device, h.dtype)
 
-    def block(self, i: int, h: Tensor, x: TextBatch, need_attn: bool = False):
-        return _hf_block(self.tm.encoder.layers[i], h, self._mask(h), need_attn)
+    def block(self, i: int, h: Tensor, x: TextBatch, need_attn: bool = False, rows: Tensor | None = None):
+        return _hf_block(self.tm.encoder.layers[i], h, self._mask(h), need_attn, rows)
+
+    def pooled_positions(self, x: TextBatch) -> Tensor | None:
+        if self.siglip:
+            return torch.full((len(x),), x.ids.shape[1] - 1, dtype=torch.long, device=x.ids.device)
+        return x.pool_index
 
     def head(self, h: Tensor, x: TextBatch) -> Tensor:
         h = self.tm.final_layer_norm(h)

@@ -13,7 +13,7 @@ from .blocks import prenorm_block
 from .text import TokenizerSpec, clip_bpe_tokenizer
 
 
-def _oc_block(blk: nn.Module, h: Tensor, mask: Tensor | None, need_attn: bool):
+def _oc_block(blk: nn.Module, h: Tensor, mask: Tensor | None, need_attn: bool, rows: Tensor | None = None):
     mha: nn.MultiheadAttention = blk.attn
     D = h.shape[-1]
 
@@ -38,6 +38,7 @@ def _oc_block(blk: nn.Module, h: Tensor, mask: Tensor | None, need_attn: bool):
         need_attn=need_attn,
         ls1=ls1,
         ls2=ls2,
+        rows=rows,
     )
 
 
@@ -71,8 +72,13 @@ class OpenCLIPVisionTower(Tower):
         x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
         return v.ln_pre(x)
 
-    def block(self, i: int, h: Tensor, x: Any, need_attn: bool = False):
-        return _oc_block(self.v.transformer.resblocks[i], h, None, need_attn)
+    def block(self, i: int, h: Tensor, x: Any, need_attn: bool = False, rows: Tensor | None = None):
+        return _oc_block(self.v.transformer.resblocks[i], h, None, need_attn, rows)
+
+    def pooled_positions(self, x: Any) -> Tensor | None:
+        if self.v.pool_type != "tok":
+            return None
+        return torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
 
     def head(self, h: Tensor, x: Any) -> Tensor:
         v = self.v
@@ -112,11 +118,14 @@ class OpenCLIPTextTower(Tower):
         e = self.t.token_embedding(x.ids) if inputs_embeds is None else inputs_embeds
         return e + self.t.positional_embedding[: e.shape[1]].to(e.dtype)
 
-    def block(self, i: int, h: Tensor, x: TextBatch, need_attn: bool = False):
+    def pooled_positions(self, x: TextBatch) -> Tensor | None:
+        return x.pool_index
+
+    def block(self, i: int, h: Tensor, x: TextBatch, need_attn: bool = False, rows: Tensor | None = None):
         T = h.shape[1]
         m = self.t.attn_mask
         mask = None if m is None else m[:T, :T].to(h.dtype)
-        return _oc_block(self.t.transformer.resblocks[i], h, mask, need_attn)
+        return _oc_block(self.t.transformer.resblocks[i], h, mask, need_attn, rows)
 
     def head(self, h: Tensor, x: TextBatch) -> Tensor:
         h = self.t.ln_final(h)
