@@ -1,0 +1,560 @@
+"""The shapes world: procedural scenes with exact ground truth for objects, parts and texts.
+
+A scene is a background plus one to four objects drawn back to front (later objects occlude
+earlier ones). Every object belongs to a category built from coloured parts (a house is walls, a
+triangular roof and a door), and every part is drawn with one flat colour without anti-aliasing, so
+the part masks equal the rendered pixels exactly. Texts come in three kinds:
+
+* category captions: ``"a house"``;
+* coloured captions: ``"a red house"`` (the colour of the category's main part);
+* part descriptors in the style of DEAL concept sets: ``"a triangular roof"``, ``"a red roof"``.
+
+Some descriptors are shared between categories (``"two round black wheels"`` on cars and buses,
+``"a grey pole"`` on traffic lights and lamps). :meth:`Scene.text_masks` maps every text that is
+true of a scene to the union of the pixels it refers to.
+
+Example:
+    >>> scene = render_scene(seed=3)
+    >>> scene.image.shape
+    (64, 64, 3)
+    >>> masks = scene.text_masks()      # {"a house": bool (64, 64), "a triangular roof": ..., ...}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ..errors import InputError
+
+# ---------------------------------------------------------------------------------------------
+# Colours and vocabulary
+# ---------------------------------------------------------------------------------------------
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 35, 35),
+    "orange": (250, 140, 20),
+    "yellow": (250, 220, 30),
+    "green": (40, 160, 50),
+    "blue": (35, 80, 225),
+    "purple": (140, 50, 185),
+    "pink": (250, 130, 190),
+    "white": (250, 250, 250),
+    "black": (20, 20, 20),
+    "brown": (125, 75, 30),
+    "grey": (135, 135, 135),
+    "light blue": (150, 210, 250),
+}
+
+# Primitive shapes in unit coordinates of the object's box: (kind, coords).
+#   rect/ellipse: (x0, y0, x1, y1); polygon: ((x, y), ...); chord: (x0, y0, x1, y1) upper half.
+Prim = tuple[str, Any]
+
+
+@dataclass(frozen=True)
+class PartSpec:
+    """One part of a category.
+
+    Attributes:
+        name: the part's noun as used in colour descriptors ("roof" -> "a red roof").
+        prims: the primitives that draw it, in unit box coordinates.
+        colours: colours it may take (one is drawn per object).
+        descriptors: fixed descriptors true of this part whatever its colour.
+        colour_descriptor: template for a colour descriptor ("a {c} roof"), or "" for none.
+        differs_from: name of a part whose colour this part must not share.
+    """
+
+    name: str
+    prims: tuple[Prim, ...]
+    colours: tuple[str, ...]
+    descriptors: tuple[str, ...]
+    colour_descriptor: str = ""
+    differs_from: str = ""
+
+
+@dataclass(frozen=True)
+class CategorySpec:
+    """A category: its name, aspect ratio (width / height), main part and parts (drawn in order)."""
+
+    name: str
+    aspect: float
+    main: str
+    parts: tuple[PartSpec, ...]
+
+
+def _ellipses_ring(cx: float, cy: float, r: float, pr: float, n: int) -> tuple[Prim, ...]:
+    out = []
+    for k in range(n):
+        a = 2 * np.pi * k / n - np.pi / 2
+        x, y = cx + r * np.cos(a), cy + r * np.sin(a)
+        out.append(("ellipse", (x - pr, y - pr, x + pr, y + pr)))
+    return tuple(out)
+
+
+_WALL_COLOURS = ("red", "blue", "yellow", "white", "orange", "pink", "grey")
+_VEHICLE_COLOURS = ("red", "blue", "yellow", "green", "orange", "purple", "white")
+_BLACK_WHEELS = PartSpec(
+    "wheels",
+    (("ellipse", (0.08, 0.62, 0.32, 1.0)), ("ellipse", (0.68, 0.62, 0.92, 1.0))),
+    ("black",),
+    ("two round black wheels",),
+)
+
+CATEGORIES: tuple[CategorySpec, ...] = (
+    CategorySpec("house", 1.0, "walls", (
+        PartSpec("walls", (("rect", (0.1, 0.45, 0.9, 1.0)),), _WALL_COLOURS, ("square walls",), "{c} walls"),
+        PartSpec("roof", (("polygon", ((0.0, 0.47), (0.5, 0.02), (1.0, 0.47))),),
+                 ("brown", "red", "black", "grey", "blue"), ("a triangular roof",), "a {c} roof", "walls"),
+        PartSpec("door", (("rect", (0.4, 0.66, 0.6, 1.0)),), ("brown",), ("a small brown door",)),
+    )),
+    CategorySpec("tree", 0.75, "crown", (
+        PartSpec("trunk", (("rect", (0.38, 0.5, 0.62, 1.0)),), ("brown",), ("a brown trunk",)),
+        PartSpec("crown", (("ellipse", (0.0, 0.0, 1.0, 0.68)),), ("green", "orange", "yellow"),
+                 ("a round leafy crown",), "a {c} crown"),
+    )),
+    CategorySpec("snowman", 0.6, "body", (
+        PartSpec("body", (("ellipse", (0.02, 0.48, 0.98, 1.0)), ("ellipse", (0.18, 0.17, 0.82, 0.6))),
+                 ("white",), ("two stacked white balls",)),
+        PartSpec("hat", (("rect", (0.3, 0.0, 0.7, 0.2)), ("rect", (0.15, 0.16, 0.85, 0.23))),
+                 ("black", "red", "blue"), ("a tall hat",), "a {c} hat"),
+    )),
+    CategorySpec("car", 1.8, "body", (
+        PartSpec("body", (("rect", (0.0, 0.38, 1.0, 0.82)), ("polygon", ((0.18, 0.4), (0.3, 0.0), (0.7, 0.0), (0.82, 0.4)))),
+                 _VEHICLE_COLOURS, ("a short rounded body",), "a {c} body"),
+        PartSpec("windows", (("polygon", ((0.29, 0.36), (0.36, 0.1), (0.64, 0.1), (0.71, 0.36))),),
+                 ("light blue",), ("light blue windows",)),
+        _BLACK_WHEELS,
+    )),
+    CategorySpec("bus", 2.3, "body", (
+        PartSpec("body", (("rect", (0.0, 0.0, 1.0, 0.82)),), ("yellow", "red", "blue", "green", "orange"),
+                 ("a long boxy body",), "a {c} body"),
+        PartSpec("windows", tuple(("rect", (0.06 + 0.23 * k, 0.12, 0.23 + 0.23 * k, 0.45)) for k in range(4)),
+                 ("light blue",), ("light blue windows", "a row of square windows")),
+        _BLACK_WHEELS,
+    )),
+    CategorySpec("traffic light", 0.45, "box", (
+        PartSpec("pole", (("rect", (0.38, 0.7, 0.62, 1.0)),), ("grey",), ("a grey pole",)),
+        PartSpec("box", (("rect", (0.0, 0.0, 1.0, 0.78)),), ("black",), ("a black box",)),
+        PartSpec("red light", (("ellipse", (0.17, 0.03, 0.83, 0.26)),), ("red",), ("a red light", "three round lights")),
+        PartSpec("yellow light", (("ellipse", (0.17, 0.27, 0.83, 0.5)),), ("yellow",), ("a yellow light", "three round lights")),
+        PartSpec("green light", (("ellipse", (0.17, 0.51, 0.83, 0.74)),), ("green",), ("a green light", "three round lights")),
+    )),
+    CategorySpec("flower", 0.62, "petals", (
+        PartSpec("stem", (("rect", (0.44, 0.5, 0.56, 1.0)),), ("green",), ("a thin green stem",)),
+        PartSpec("petals", _ellipses_ring(0.5, 0.3, 0.3, 0.2, 6), ("red", "pink", "purple", "blue", "white", "orange"),
+                 ("round petals",), "{c} petals"),
+        PartSpec("centre", (("ellipse", (0.33, 0.14, 0.67, 0.46)),), ("yellow", "brown"), ("a round centre",),
+                 "a {c} centre", "petals"),
+    )),
+    CategorySpec("boat", 1.3, "hull", (
+        PartSpec("mast", (("rect", (0.45, 0.0, 0.51, 0.72)),), ("brown",), ("a thin mast",)),
+        PartSpec("sail", (("polygon", ((0.53, 0.02), (0.53, 0.66), (0.95, 0.66))),), ("white", "red", "yellow"),
+                 ("a triangular sail",), "a {c} sail"),
+        PartSpec("hull", (("polygon", ((0.0, 0.7), (1.0, 0.7), (0.8, 1.0), (0.2, 1.0))),),
+                 ("brown", "red", "blue", "white", "black"), ("a wide hull",), "a {c} hull", "sail"),
+    )),
+    CategorySpec("mushroom", 1.0, "cap", (
+        PartSpec("stem", (("rect", (0.34, 0.45, 0.66, 1.0)),), ("white",), ("a short white stem",)),
+        PartSpec("cap", (("chord", (0.0, 0.0, 1.0, 1.1)),), ("red", "brown", "orange", "purple"),
+                 ("a dome-shaped cap",), "a {c} cap"),
+        PartSpec("spots", (("ellipse", (0.2, 0.25, 0.34, 0.39)), ("ellipse", (0.45, 0.1, 0.59, 0.24)),
+                           ("ellipse", (0.66, 0.28, 0.8, 0.42))), ("white",), ("white spots",)),
+    )),
+    CategorySpec("lamp", 0.6, "shade", (
+        PartSpec("pole", (("rect", (0.44, 0.38, 0.56, 0.92)),), ("grey",), ("a grey pole",)),
+        PartSpec("base", (("rect", (0.15, 0.9, 0.85, 1.0)),), ("black", "grey"), ("a flat base",)),
+        PartSpec("shade", (("polygon", ((0.25, 0.0), (0.75, 0.0), (1.0, 0.42), (0.0, 0.42))),),
+                 ("red", "blue", "yellow", "green", "white", "orange", "purple"), ("a cone-shaped shade",), "a {c} shade"),
+    )),
+)
+
+CATEGORY_BY_NAME: dict[str, CategorySpec] = {c.name: c for c in CATEGORIES}
+
+
+def article(word: str) -> str:
+    """``"a"`` or ``"an"`` for a following word."""
+    return "an" if word[:1] in "aeiou" else "a"
+
+
+def category_caption(category: str, colour: str | None = None) -> str:
+    """``"a house"`` or ``"a red house"``."""
+    head = f"{colour} {category}" if colour else category
+    return f"{article(head)} {head}"
+
+
+def colour_descriptor(template: str, colour: str) -> str:
+    """Fill a colour-descriptor template, fixing the article (``"a {c} roof"`` -> ``"an orange roof"``)."""
+    s = template.format(c=colour)
+    if s.startswith("a "):
+        s = f"{article(s[2:])} {s[2:]}"
+    return s
+
+
+def concept_set() -> dict[str, list[str]]:
+    """Per category, its fixed part descriptors: the same format as DEAL concept JSON files."""
+    out: dict[str, list[str]] = {}
+    for c in CATEGORIES:
+        ds: list[str] = []
+        for p in c.parts:
+            ds.extend(d for d in p.descriptors if d not in ds)
+        out[c.name] = ds
+    return out
+
+
+def write_concept_set(path: str | os.PathLike) -> Path:
+    """Write :func:`concept_set` as JSON (``{"class": ["descriptor", ...]}``); returns the path."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(concept_set(), indent=2) + "\n")
+    return p
+
+
+def all_texts() -> list[str]:
+    """Every text the world can produce (captions, coloured captions, descriptors), sorted."""
+    texts: set[str] = set()
+    for c in CATEGORIES:
+        texts.add(category_caption(c.name))
+        main = next(p for p in c.parts if p.name == c.main)
+        texts.update(category_caption(c.name, col) for col in main.colours)
+        for p in c.parts:
+            texts.update(p.descriptors)
+            if p.colour_descriptor:
+                texts.update(colour_descriptor(p.colour_descriptor, col) for col in p.colours)
+    return sorted(texts)
+
+
+def vocabulary() -> list[str]:
+    """The words of :func:`all_texts`, sorted."""
+    words: set[str] = set()
+    for t in all_texts():
+        words.update(tokenize_words(t))
+    return sorted(words)
+
+
+def tokenize_words(text: str) -> list[str]:
+    """Lower-case words ("dome-shaped" stays one word; punctuation is dropped)."""
+    import re
+
+    return re.findall(r"[a-z0-9]+(?:-[a-z0-9]+)*", text.lower())
+
+
+# ---------------------------------------------------------------------------------------------
+# Scenes
+# ---------------------------------------------------------------------------------------------
+
+BACKGROUNDS = ("flat", "gradient", "noise", "stripes")
+MAX_PARTS = 16  # part labels of object i are 1 + i * MAX_PARTS + j
+
+
+@dataclass
+class PartInfo:
+    """A drawn part: its name, colour, pixel label and the descriptors true of it."""
+
+    name: str
+    colour: str
+    rgb: tuple[int, int, int]
+    label: int
+    descriptors: list[str]
+
+
+@dataclass
+class ObjectInfo:
+    """A drawn object (index = drawing order: later objects occlude earlier ones)."""
+
+    index: int
+    category: str
+    colour: str
+    flipped: bool
+    frame: tuple[int, int, int, int]  # the box it was drawn in, before occlusion: x, y, w, h
+    parts: list[PartInfo]
+
+    def captions(self) -> list[str]:
+        return [category_caption(self.category), category_caption(self.category, self.colour)]
+
+
+@dataclass
+class Scene:
+    """A rendered scene with its ground truth.
+
+    Attributes:
+        seed: the seed it was drawn from (same seed and options -> identical scene).
+        image: ``(S, S, 3)`` uint8 RGB.
+        labels: ``(S, S)`` uint8 part labels (0 = background, see :data:`MAX_PARTS`).
+        objects: the objects in drawing order.
+        background: background kind.
+    """
+
+    seed: int
+    image: np.ndarray
+    labels: np.ndarray
+    objects: list[ObjectInfo]
+    background: str
+
+    @property
+    def size(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def categories(self) -> list[str]:
+        """Categories present (sorted, no repeats)."""
+        return sorted({o.category for o in self.objects})
+
+    def pil(self) -> Image.Image:
+        return Image.fromarray(self.image)
+
+    def part_mask(self, obj: int, part: str) -> np.ndarray:
+        """Visible pixels of one part of object ``obj``."""
+        p = next((p for p in self.objects[obj].parts if p.name == part), None)
+        if p is None:
+            raise InputError(f"object {obj} ({self.objects[obj].category}) has no part {part!r}")
+        return self.labels == p.label
+
+    def object_mask(self, obj: int) -> np.ndarray:
+        """Visible pixels of object ``obj`` (union of its parts)."""
+        lo = 1 + obj * MAX_PARTS
+        return (self.labels >= lo) & (self.labels < lo + MAX_PARTS)
+
+    def object_texts(self, obj: int) -> list[str]:
+        """Every text true of object ``obj``: captions, then part descriptors."""
+        o = self.objects[obj]
+        out = o.captions()
+        for p in o.parts:
+            out.extend(d for d in p.descriptors if d not in out)
+        return out
+
+    def texts(self) -> list[str]:
+        """Every text true of the scene (sorted)."""
+        return sorted({t for i in range(len(self.objects)) for t in self.object_texts(i)})
+
+    def masks(self) -> dict[str, np.ndarray]:
+        """Named masks: ``"object{i}"`` and ``"object{i}/{part}"``."""
+        out: dict[str, np.ndarray] = {}
+        for o in self.objects:
+            out[f"object{o.index}"] = self.object_mask(o.index)
+            for p in o.parts:
+                out[f"object{o.index}/{p.name}"] = self.labels == p.label
+        return out
+
+    def text_references(self) -> dict[str, list[str]]:
+        """Text -> the names (keys of :meth:`masks`) of the masks it refers to."""
+        refs: dict[str, list[str]] = {}
+        for o in self.objects:
+            for t in o.captions():
+                refs.setdefault(t, []).append(f"object{o.index}")
+            for p in o.parts:
+                for d in p.descriptors:
+                    refs.setdefault(d, []).append(f"object{o.index}/{p.name}")
+        return {t: refs[t] for t in sorted(refs)}
+
+    def text_masks(self) -> dict[str, np.ndarray]:
+        """Text -> union of the visible pixels it refers to."""
+        named = self.masks()
+        return {t: np.logical_or.reduce([named[k] for k in ks]) for t, ks in self.text_references().items()}
+
+    def ground_truth(self) -> dict[str, Any]:
+        """JSON-ready ground truth: objects with boxes ``[x, y, w, h]`` and parts, and text references."""
+        named = self.masks()
+        objs = []
+        for o in self.objects:
+            parts = [{"name": p.name, "colour": p.colour, "mask": f"object{o.index}/{p.name}",
+                      "box": mask_box(named[f"object{o.index}/{p.name}"]), "descriptors": p.descriptors}
+                     for p in o.parts]
+            objs.append({"category": o.category, "colour": o.colour, "mask": f"object{o.index}",
+                         "box": mask_box(named[f"object{o.index}"]), "captions": o.captions(), "parts": parts})
+        return {"seed": self.seed, "size": self.size, "background": self.background, "objects": objs,
+                "texts": self.text_references()}
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``image.png``, ``masks.npz`` (named bool masks) and ``ground_truth.json``."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        self.pil().save(d / "image.png")
+        np.savez_compressed(d / "masks.npz", **{k.replace("/", "__"): v for k, v in self.masks().items()})
+        (d / "ground_truth.json").write_text(json.dumps(self.ground_truth(), indent=1) + "\n")
+        return d
+
+
+def mask_box(mask: np.ndarray) -> list[int]:
+    """Bounding box ``[x, y, w, h]`` of a bool mask (``[0, 0, 0, 0]`` when empty)."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return [0, 0, 0, 0]
+    return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+
+
+def _muted(rng: np.random.Generator) -> np.ndarray:
+    c = rng.uniform(70, 190, 3)
+    return c.mean() + (c - c.mean()) * rng.uniform(0.2, 0.7)
+
+
+def _background(rng: np.random.Generator, size: int, kind: str) -> np.ndarray:
+    a, b = _muted(rng), _muted(rng)
+    if kind == "flat":
+        img = np.broadcast_to(a, (size, size, 3))
+    elif kind == "gradient":
+        t = np.linspace(0.0, 1.0, size)
+        ang = rng.uniform(0, 2 * np.pi)
+        g = np.cos(ang) * t[None, :] + np.sin(ang) * t[:, None]
+        g = (g - g.min()) / max(g.max() - g.min(), 1e-6)
+        img = a + (b - a) * g[..., None]
+    elif kind == "noise":
+        img = a + rng.normal(0.0, rng.uniform(6, 16), (size, size, 1)) + rng.normal(0.0, 4, (size, size, 3))
+    else:  # stripes
+        period = int(rng.integers(4, 11)) * max(1, size // 64)
+        yy, xx = np.mgrid[0:size, 0:size]
+        coord = [xx, yy, xx + yy, xx - yy][int(rng.integers(4))]
+        img = np.where(((coord // period) % 2 == 0)[..., None], a, a * 0.6 + b * 0.4)
+    return np.clip(np.round(img), 0, 255).astype(np.uint8)
+
+
+def _draw_prim(draw: ImageDraw.ImageDraw, prim: Prim, w: int, h: int, fill: int) -> None:
+    kind, c = prim
+
+    def px(x: float, y: float) -> tuple[int, int]:
+        return (min(w - 1, max(0, round(x * w))), min(h - 1, max(0, round(y * h))))
+
+    if kind == "polygon":
+        draw.polygon([px(x, y) for x, y in c], fill=fill)
+        return
+    x0, y0 = px(c[0], c[1])
+    x1, y1 = round(c[2] * w) - 1, round(c[3] * h) - 1
+    x1, y1 = max(x0, x1), max(y0, y1)
+    if kind == "rect":
+        draw.rectangle((x0, y0, min(x1, w - 1), min(y1, h - 1)), fill=fill)
+    elif kind == "ellipse":
+        draw.ellipse((x0, y0, x1, y1), fill=fill)
+    elif kind == "chord":
+        draw.chord((x0, y0, x1, y1), 180, 360, fill=fill)
+    else:
+        raise ValueError(f"unknown primitive {kind}")
+
+
+def _object_layer(spec: CategorySpec, w: int, h: int, flip: bool) -> np.ndarray:
+    """(h, w) uint8: part j + 1 where part j is visible within the object, 0 elsewhere."""
+    layer = Image.new("L", (w, h), 0)
+    draw = ImageDraw.Draw(layer)
+    for j, part in enumerate(spec.parts):
+        for prim in part.prims:
+            _draw_prim(draw, prim, w, h, j + 1)
+    if flip:
+        layer = layer.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return np.asarray(layer)
+
+
+def _choose_colours(spec: CategorySpec, rng: np.random.Generator) -> dict[str, str]:
+    chosen: dict[str, str] = {}
+    for p in spec.parts:
+        options = [c for c in p.colours if c != chosen.get(p.differs_from)]
+        chosen[p.name] = options[int(rng.integers(len(options)))]
+    return chosen
+
+
+def _frame(spec: CategorySpec, rng: np.random.Generator, size: int, single: bool) -> tuple[int, int, int, int]:
+    long_side = size * (rng.uniform(0.45, 0.85) if single else rng.uniform(0.3, 0.55))
+    if spec.aspect >= 1:
+        w, h = long_side, long_side / spec.aspect
+    else:
+        w, h = long_side * spec.aspect, long_side
+    w, h = max(8, min(size, round(w))), max(8, min(size, round(h)))
+    x = int(rng.integers(0, size - w + 1))
+    y = int(rng.integers(0, size - h + 1))
+    return x, y, w, h
+
+
+def _layout(rng, size, specs, min_visible) -> tuple[np.ndarray, list] | None:
+    """Place objects back to front; None when some object or part ends up too occluded."""
+    labels = np.zeros((size, size), dtype=np.uint8)
+    placed = []
+    for i, spec in enumerate(specs):
+        frame = _frame(spec, rng, size, single=len(specs) == 1)
+        flip = bool(rng.integers(2))
+        layer = _object_layer(spec, frame[2], frame[3], flip)
+        x, y, w, h = frame
+        region = labels[y : y + h, x : x + w]
+        region[layer > 0] = (layer[layer > 0] + i * MAX_PARTS).astype(np.uint8)
+        full = [int((layer == j + 1).sum()) for j in range(len(spec.parts))]
+        placed.append((spec, frame, flip, full))
+    for i, (spec, _, _, full) in enumerate(placed):
+        vis = [int((labels == 1 + i * MAX_PARTS + j).sum()) for j in range(len(spec.parts))]
+        if sum(vis) < min_visible * sum(full) or any(f > 0 and v < 0.3 * f for v, f in zip(vis, full)):
+            return None
+        if any(f == 0 for f in full):
+            return None
+    return labels, placed
+
+
+def render_scene(
+    seed: int,
+    size: int = 64,
+    n_objects: int | None = None,
+    categories: Sequence[str] | None = None,
+    background: str | None = None,
+    min_visible: float = 0.5,
+) -> Scene:
+    """Draw a scene, deterministically from ``seed``.
+
+    Args:
+        seed: seed of the numpy Generator that draws everything.
+        size: image side in pixels (32..128).
+        n_objects: number of objects (1..4); default: drawn (1: 40 %, 2: 25 %, 3: 20 %, 4: 15 %).
+        categories: the objects' categories in drawing order (sets ``n_objects``); default: drawn.
+        background: one of :data:`BACKGROUNDS`; default: drawn.
+        min_visible: least visible fraction of every object after occlusion (every part keeps 30 %).
+
+    Returns:
+        The :class:`Scene`.
+    """
+    if not 32 <= size <= 128:
+        raise InputError(f"scene size must be between 32 and 128 pixels, got {size}")
+    if background is not None and background not in BACKGROUNDS:
+        raise InputError(f"unknown background {background!r}; choose from {', '.join(BACKGROUNDS)}")
+    if categories is not None:
+        unknown = [c for c in categories if c not in CATEGORY_BY_NAME]
+        if unknown or not 1 <= len(categories) <= 4:
+            raise InputError(f"categories must be 1 to 4 of {', '.join(CATEGORY_BY_NAME)}; got {list(categories)}")
+        n_objects = len(categories)
+    rng = np.random.default_rng(seed)
+    if n_objects is None:
+        n_objects = int(rng.choice([1, 2, 3, 4], p=[0.4, 0.25, 0.2, 0.15]))
+    if not 1 <= n_objects <= 4:
+        raise InputError(f"n_objects must be 1..4, got {n_objects}")
+    bg_kind = background or BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
+    image = _background(rng, size, bg_kind)
+    n = n_objects
+    while True:
+        specs = [CATEGORY_BY_NAME[c] for c in categories] if categories else [
+            CATEGORIES[int(rng.integers(len(CATEGORIES)))] for _ in range(n)]
+        for _ in range(40):
+            out = _layout(rng, size, specs, min_visible)
+            if out is not None:
+                return _paint(seed, image, out[0], out[1], rng, bg_kind)
+        if categories is None and n > 1:
+            n -= 1  # too crowded: drop an object
+        elif categories is not None and min_visible > 0.05:
+            min_visible *= 0.5
+        else:
+            raise InputError("cannot lay out the scene without hiding an object; use a larger size")
+
+
+def _paint(seed, image, labels, placed, rng, bg_kind) -> Scene:
+    image = image.copy()
+    objects = []
+    for i, (spec, frame, flip, _) in enumerate(placed):
+        colours = _choose_colours(spec, rng)
+        parts = []
+        for j, p in enumerate(spec.parts):
+            col = colours[p.name]
+            descs = list(p.descriptors)
+            if p.colour_descriptor:
+                descs.append(colour_descriptor(p.colour_descriptor, col))
+            label = 1 + i * MAX_PARTS + j
+            parts.append(PartInfo(p.name, col, COLOURS[col], label, descs))
+            image[labels == label] = COLOURS[col]
+        objects.append(ObjectInfo(i, spec.name, colours[spec.main], flip, frame, parts))
+    return Scene(seed, image, labels, objects, bg_kind)

@@ -1,0 +1,362 @@
+"""Train and evaluate a small CLIP on the shapes world (minutes on a CPU).
+
+Training is contrastive with several positives: each scene contributes one text about one of its
+objects (a category caption, a coloured caption or a part descriptor; the other objects are
+distractors). Image -> text: a softmax over every text of the world, whose target spreads evenly
+over the texts true of the image (a text fits an image when it fits any object in it). Text ->
+image: a softmax over the batch's images, whose target spreads evenly over the images the text fits.
+
+Training scenes use seeds from ``TRAIN_SEED_BASE * (seed + 1)`` upwards; evaluation uses seeds
+below ``TRAIN_SEED_BASE``, so the two never overlap.
+
+Example:
+    >>> train_shapes(minutes=6, out_dir="shapes_clip", seed=0)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .shapes import CATEGORIES, Scene, all_texts, category_caption, concept_set, render_scene, vocabulary
+from .testbed_models import CONTEXT_LENGTH, build_vocab, word_tokenizer
+
+TRAIN_SEED_BASE = 10_000_000
+MEAN = (0.48145466, 0.4578275, 0.40821073)  # the adapter's default (CLIP) normalisation
+STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class ShapesCLIPConfig:
+    """Architecture and training settings (saved beside the weights as ``train_config.json``)."""
+
+    image_size: int = 64  # scene side in pixels
+    patch_size: int = 8  # ViT patch side
+    vision_width: int = 64  # ViT hidden size
+    vision_layers: int = 4
+    text_width: int = 64  # text transformer hidden size
+    text_layers: int = 3
+    heads: int = 4  # attention heads in both towers
+    projection_dim: int = 64  # joint embedding size
+    batch_size: int = 64
+    lr: float = 1.5e-3  # peak AdamW learning rate (linear warm-up, cosine decay over the time budget)
+    warmup_steps: int = 30
+    weight_decay: float = 0.05
+    pool_size: int = 2000  # scenes kept in memory
+    refresh_per_step: int = 8  # pool scenes replaced by fresh ones after every step
+    caption_weights: tuple[float, float, float] = (0.3, 0.2, 0.5)  # caption, coloured caption, descriptor
+    rank_weight: float = 0.0  # weight of the category ranking loss (each present category vs all absent ones)
+    threads: int = 2  # torch CPU threads (on a busy machine 1 can be faster)
+    eval_every: int = 50  # steps between quick held-out accuracy checks (logged; 0: never)
+    save_every_s: float = 120.0  # seconds between checkpoints written to out_dir
+
+
+def build_model(cfg: ShapesCLIPConfig, vocab_size: int, seed: int) -> nn.Module:
+    """A randomly initialised transformers CLIPModel with the world's word vocabulary."""
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config=dict(
+            vocab_size=vocab_size, hidden_size=cfg.text_width, intermediate_size=4 * cfg.text_width,
+            num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.heads,
+            max_position_embeddings=CONTEXT_LENGTH, pad_token_id=0, bos_token_id=2, eos_token_id=3,
+        ),
+        vision_config=dict(
+            hidden_size=cfg.vision_width, intermediate_size=4 * cfg.vision_width, num_hidden_layers=cfg.vision_layers,
+            num_attention_heads=cfg.heads, image_size=cfg.image_size, patch_size=cfg.patch_size,
+        ),
+        projection_dim=cfg.projection_dim,
+    )
+    return CLIPModel(config)
+
+
+def scene_pixels(scenes: list[Scene]) -> Tensor:
+    """(N, 3, S, S) normalised float pixels, the same as the adapter's preprocessing at the native size."""
+    x = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float() / 255.0
+    return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+
+
+class _Pool:
+    """Training scenes in memory, refreshed a few at a time."""
+
+    def __init__(self, cfg: ShapesCLIPConfig, seed: int, text_index: dict[str, int]):
+        self.cfg, self.text_index = cfg, text_index
+        self.next_seed = TRAIN_SEED_BASE * (seed + 1)
+        self.rng = np.random.default_rng(seed)
+        n = cfg.pool_size
+        self.pixels = torch.empty((n, 3, cfg.image_size, cfg.image_size), dtype=torch.uint8)
+        self.truth = torch.zeros((n, len(text_index)), dtype=torch.bool)  # texts true of each scene
+        self.object_texts: list[list[list[int]]] = [[] for _ in range(n)]
+        for i in range(n):
+            self._fill(i)
+
+    def _fill(self, i: int) -> None:
+        s = render_scene(self.next_seed, size=self.cfg.image_size)
+        self.next_seed += 1
+        self.pixels[i] = torch.from_numpy(s.image).permute(2, 0, 1)
+        self.truth[i] = False
+        self.object_texts[i] = []
+        for k in range(len(s.objects)):
+            ids = [self.text_index[t] for t in s.object_texts(k)]
+            self.truth[i, ids] = True
+            self.object_texts[i].append(ids)
+
+    def refresh(self, k: int) -> None:
+        for i in self.rng.choice(len(self.object_texts), size=k, replace=False):
+            self._fill(int(i))
+
+    def batch(self, b: int) -> tuple[Tensor, Tensor, list[int]]:
+        """Pixels (B,3,S,S) normalised and flipped at random, truth (B, n_texts), one text id per scene."""
+        idx = self.rng.choice(len(self.object_texts), size=b, replace=False)
+        x = self.pixels[idx].float() / 255.0
+        flip = torch.from_numpy(self.rng.random(b) < 0.5)
+        x[flip] = x[flip].flip(-1)
+        x = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+        w = np.asarray(self.cfg.caption_weights, dtype=float)
+        chosen = []
+        for i in idx:
+            obj = self.object_texts[i][int(self.rng.integers(len(self.object_texts[i])))]
+            kind = int(self.rng.choice(3, p=w / w.sum()))
+            chosen.append(obj[kind] if kind < 2 else obj[2 + int(self.rng.integers(len(obj) - 2))])
+        return x, self.truth[idx], chosen
+
+
+def _embed(model: nn.Module, pixels: Tensor | None = None, ids: Tensor | None = None, am: Tensor | None = None) -> Tensor:
+    if pixels is not None:
+        e = model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output)
+    else:
+        e = model.text_projection(model.text_model(input_ids=ids, attention_mask=am).pooler_output)
+    return nn.functional.normalize(e, dim=-1)
+
+
+def multi_positive_loss(logits: Tensor, positives: Tensor) -> Tensor:
+    """Cross-entropy of row-wise softmax ``logits`` against targets spread evenly over ``positives``."""
+    target = positives.float() / positives.float().sum(-1, keepdim=True).clamp_min(1.0)
+    return -(target * logits.log_softmax(-1)).sum(-1).mean()
+
+
+def _lr_factor(step: int, frac: float, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+
+
+def train_shapes(
+    minutes: float = 6.0,
+    out_dir: str | Path = "shapes_clip",
+    seed: int = 0,
+    config: ShapesCLIPConfig | None = None,
+    progress: bool = True,
+    init_from: str | Path | None = None,
+) -> dict[str, Any]:
+    """Train a shapes-world CLIP for a wall-clock budget and save it.
+
+    Args:
+        minutes: training time budget (scene rendering for the initial pool included).
+        out_dir: where to write ``config.json``, ``model.safetensors``, ``vocab.json``,
+            ``train_config.json`` and ``train_log.csv`` (step, seconds, loss, lr).
+        seed: seeds the initialisation, the training scenes and the batch sampling.
+        config: architecture and optimisation settings.
+        progress: show a rich progress bar.
+        init_from: continue from the weights in this directory (same architecture) instead of a
+            random initialisation.
+
+    Returns:
+        ``{"steps", "seconds", "first_loss", "last_loss", "out_dir"}``.
+    """
+    cfg = config or ShapesCLIPConfig()
+    start, cpu0 = time.time(), time.process_time()
+    budget = max(1.0, 60.0 * minutes)
+    torch.set_num_threads(cfg.threads)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = build_vocab(vocabulary())
+    texts = all_texts()
+    text_batch = word_tokenizer(vocab)(texts)
+    if minutes < 10:  # short runs: a pool rendered in a fraction of the budget
+        cfg = ShapesCLIPConfig(**{**asdict(cfg), "pool_size": max(2 * cfg.batch_size, int(cfg.pool_size * minutes / 10))})
+    pool = _Pool(cfg, seed, {t: i for i, t in enumerate(texts)})
+    monitor = _Monitor(cfg, texts) if cfg.eval_every else None
+    if init_from is not None:
+        from transformers import CLIPModel
+
+        model = CLIPModel.from_pretrained(str(init_from)).train()
+    else:
+        model = build_model(cfg, len(vocab), seed).train()
+    cat_cols = torch.tensor([texts.index(category_caption(c.name)) for c in CATEGORIES])
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rows: list[dict[str, Any]] = []
+    step, last_save = 0, time.time()
+    with _progress(progress) as bar:
+        task = bar.add_task("training", total=budget, loss=float("nan"), acc=float("nan"))
+        while (elapsed := time.time() - start) < budget:
+            lr = cfg.lr * _lr_factor(step, elapsed / budget, cfg.warmup_steps)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            loss = _step(model, opt, pool, text_batch, cfg.batch_size, cat_cols, cfg.rank_weight)
+            pool.refresh(min(cfg.refresh_per_step, len(pool.object_texts)))
+            step += 1
+            acc = monitor(model, text_batch) if monitor and step % cfg.eval_every == 0 else float("nan")
+            rows.append({"step": step, "seconds": round(time.time() - start, 2),
+                         "cpu_seconds": round(time.process_time() - cpu0, 2), "loss": round(loss, 5),
+                         "lr": round(lr, 7), "heldout_accuracy": acc})
+            bar.update(task, completed=min(budget, time.time() - start), loss=loss,
+                       acc=acc if acc == acc else bar.tasks[0].fields["acc"])
+            if time.time() - last_save > cfg.save_every_s:
+                _save(model, out, vocab, cfg, rows, seed)
+                model.train()
+                last_save = time.time()
+    _save(model, out, vocab, cfg, rows, seed)
+    return {"steps": step, "seconds": round(time.time() - start, 1),
+            "cpu_seconds": round(time.process_time() - cpu0, 1),
+            "first_loss": rows[0]["loss"] if rows else float("nan"),
+            "last_loss": float(np.mean([r["loss"] for r in rows[-10:]])) if rows else float("nan"),
+            "out_dir": str(out)}
+
+
+class _Monitor:
+    """Quick held-out check during training: category accuracy on a few single-object scenes."""
+
+    def __init__(self, cfg: ShapesCLIPConfig, texts: list[str], n: int = 64):
+        scenes = [render_scene(5_000_000 + i, size=cfg.image_size, n_objects=1) for i in range(n)]
+        self.pixels = scene_pixels(scenes)
+        captions = [category_caption(c.name) for c in CATEGORIES]
+        self.cols = [texts.index(c) for c in captions]
+        self.truth = torch.tensor([captions.index(category_caption(s.objects[0].category)) for s in scenes])
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module, text_batch) -> float:
+        model.eval()
+        img = _embed(model, pixels=self.pixels)
+        txt = _embed(model, ids=text_batch.ids[self.cols], am=text_batch.attention_mask[self.cols])
+        model.train()
+        return float(((img @ txt.T).argmax(1) == self.truth).float().mean())
+
+
+def ranking_loss(logits: Tensor, present: Tensor) -> Tensor:
+    """Mean over (image, present class) of the cross-entropy of that class against the absent ones."""
+    absent = logits.masked_fill(present, float("-inf")).logsumexp(-1, keepdim=True)  # (B, 1)
+    per = torch.logaddexp(logits, absent) - logits  # (B, C)
+    return per[present].mean()
+
+
+def _step(model: nn.Module, opt: torch.optim.Optimizer, pool: _Pool, text_batch, batch_size: int,
+          cat_cols: Tensor | None = None, rank_weight: float = 0.0) -> float:
+    x, truth, chosen = pool.batch(min(batch_size, len(pool.object_texts)))
+    img = _embed(model, pixels=x)  # (B, d)
+    txt = _embed(model, ids=text_batch.ids, am=text_batch.attention_mask)  # (n_texts, d)
+    scale = model.logit_scale.exp().clamp(max=100.0)
+    logits = scale * img @ txt.T  # (B, n_texts)
+    uniq = sorted(set(chosen))
+    i2t = multi_positive_loss(logits, truth)
+    t2i = multi_positive_loss(logits[:, uniq].T, truth[:, uniq].T)
+    loss = 0.5 * (i2t + t2i)
+    if rank_weight and cat_cols is not None:
+        loss = loss + rank_weight * ranking_loss(logits[:, cat_cols], truth[:, cat_cols])
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return float(loss.detach())
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), TimeElapsedColumn(), TextColumn("/"),
+        TimeRemainingColumn(), TextColumn("loss {task.fields[loss]:.3f}  held-out acc {task.fields[acc]:.2f}"),
+        disable=not enabled, transient=False,
+    )
+
+
+def _save(model: nn.Module, out: Path, vocab: list[str], cfg: ShapesCLIPConfig, rows: list, seed: int) -> None:
+    model.save_pretrained(str(out), safe_serialization=True)
+    (out / "vocab.json").write_text(json.dumps({"tokens": vocab}) + "\n")
+    (out / "train_config.json").write_text(json.dumps({**asdict(cfg), "seed": seed}, indent=2) + "\n")
+    with open(out / "train_log.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["step", "seconds", "cpu_seconds", "loss", "lr", "heldout_accuracy"])
+        w.writeheader()
+        w.writerows({**r, "heldout_accuracy": "" if r["heldout_accuracy"] != r["heldout_accuracy"] else r["heldout_accuracy"]}
+                    for r in rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation on held-out scenes
+# ---------------------------------------------------------------------------------------------
+
+SINGLE_SEEDS = 0  # single-object evaluation scenes: seeds 0, 1, ...
+MULTI_SEEDS = 1_000_000  # multi-object evaluation scenes: seeds 1_000_000, ...
+
+
+@torch.no_grad()
+def _scores(model, scenes: list[Scene], texts: list[str], chunk: int = 256) -> Tensor:
+    """(N scenes, T texts) cosine similarities through the DualEncoder API."""
+    t = model.encode_text(model.tokenize(texts))
+    out = []
+    for i in range(0, len(scenes), chunk):
+        x = torch.stack([model.preprocess(s.pil()) for s in scenes[i : i + chunk]]).to(model.device)
+        out.append(model.encode_image(x) @ t.T)
+    return torch.cat(out).cpu()
+
+
+def _average_precision(scores: np.ndarray, relevant: np.ndarray) -> float:
+    order = np.argsort(-scores, kind="stable")
+    rel = relevant[order]
+    hits = np.cumsum(rel)
+    return float((hits[rel] / (np.nonzero(rel)[0] + 1)).mean()) if rel.any() else float("nan")
+
+
+def evaluate_shapes(model, n_single: int = 500, n_multi: int = 500, size: int = 64) -> dict[str, float]:
+    """Zero-shot bars of a shapes-world model on held-out scenes.
+
+    Args:
+        model: a :class:`~vlexplain.models.base.DualEncoder` (e.g. ``load_model("testbed:shapes")``).
+        n_single: single-object scenes (seeds ``SINGLE_SEEDS ...``).
+        n_multi: scenes with 2-4 objects (seeds ``MULTI_SEEDS ...``).
+        size: scene size.
+
+    Returns:
+        ``category_accuracy`` (top-1 of "a {category}" on single-object scenes),
+        ``multi_ranking`` (fraction of multi-object scenes where every present category's caption
+        scores above every absent one's), ``multi_top1`` (the best caption is a present category),
+        ``descriptor_top1`` (single-object scenes: the best concept-set descriptor is true of the
+        object), ``descriptor_map`` (mean over descriptors of the average precision of retrieving the
+        single-object scenes whose object has that part), ``descriptor_class_accuracy`` (category
+        = the class whose descriptors score highest on average, DEAL-style).
+    """
+    cats = [c.name for c in CATEGORIES]
+    captions = [category_caption(c) for c in cats]
+    concepts = concept_set()
+    descs = sorted({d for ds in concepts.values() for d in ds})
+    single = [render_scene(SINGLE_SEEDS + i, size=size, n_objects=1) for i in range(n_single)]
+    multi = [render_scene(MULTI_SEEDS + i, size=size, n_objects=2 + i % 3) for i in range(n_multi)]
+    s1 = _scores(model, single, captions + descs).numpy()
+    truth1 = np.array([cats.index(s.objects[0].category) for s in single])
+    res: dict[str, float] = {"category_accuracy": float((s1[:, : len(cats)].argmax(1) == truth1).mean())}
+    sd = s1[:, len(cats):]
+    has = np.array([[d in s.object_texts(0) for d in descs] for s in single])
+    res["descriptor_top1"] = float(has[np.arange(len(single)), sd.argmax(1)].mean())
+    aps = [_average_precision(sd[:, j], has[:, j]) for j in range(len(descs)) if has[:, j].any()]
+    res["descriptor_map"] = float(np.mean(aps))
+    by_class = np.stack([sd[:, [descs.index(d) for d in concepts[c]]].mean(1) for c in cats], 1)
+    res["descriptor_class_accuracy"] = float((by_class.argmax(1) == truth1).mean())
+    res.update(n_single=n_single, n_multi=n_multi, size=size)
+    if not multi:
+        return res
+    sm = _scores(model, multi, captions).numpy()
+    present = np.array([[c in s.categories for c in cats] for s in multi])
+    ok = [sm[i][present[i]].min() > sm[i][~present[i]].max() if (~present[i]).any() else True for i in range(len(multi))]
+    res["multi_ranking"] = float(np.mean(ok))
+    res["multi_top1"] = float(present[np.arange(len(multi)), sm.argmax(1)].mean())
+    return res

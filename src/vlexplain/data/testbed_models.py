@@ -1,0 +1,83 @@
+"""Models trained on the project's own testbeds, and the ``testbed:`` model specs.
+
+``vx.load_model("testbed:shapes")`` loads the small CLIP trained on the shapes world that ships in
+``vlexplain/assets/shapes_clip`` (a transformers ``save_pretrained`` directory plus ``vocab.json``).
+``testbed:shapes@DIR`` loads one trained with ``vlexplain testbed train-shapes --out DIR``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import ModelLoadError
+from ..models.base import DualEncoder
+from ..models.registry import register_loader
+from ..models.text import TokenizerSpec
+
+SPECIALS = ("<pad>", "<unk>", "<sos>", "<eos>")  # ids 0..3
+CONTEXT_LENGTH = 16
+
+
+def assets_dir() -> Path:
+    """Directory of the shipped shapes-world CLIP."""
+    return Path(__file__).resolve().parent.parent / "assets" / "shapes_clip"
+
+
+def build_vocab(words: Sequence[str]) -> list[str]:
+    """Token list: the special tokens, then the words (sorted, unique)."""
+    return list(SPECIALS) + sorted(set(words) - set(SPECIALS))
+
+
+def word_tokenizer(vocab: Sequence[str], context_length: int = CONTEXT_LENGTH) -> TokenizerSpec:
+    """A word-level :class:`TokenizerSpec` over ``vocab`` (unknown words map to ``<unk>``)."""
+    from .shapes import tokenize_words
+
+    index = {w: i for i, w in enumerate(vocab)}
+    unk = index["<unk>"]
+    return TokenizerSpec(
+        encode=lambda t: [index.get(w, unk) for w in tokenize_words(t)],
+        decode_token=lambda i: vocab[int(i)],
+        decode=lambda ids: " ".join(vocab[int(i)] for i in ids),
+        sos_id=index["<sos>"],
+        eos_id=index["<eos>"],
+        pad_id=index["<pad>"],
+        context_length=context_length,
+        pool="eos",
+    )
+
+
+def load_vocab(directory: Path) -> list[str]:
+    path = directory / "vocab.json"
+    if not path.exists():
+        raise ModelLoadError(f"{directory} has no vocab.json: not a shapes-world model directory")
+    return list(json.loads(path.read_text())["tokens"])
+
+
+def load_shapes_clip(directory: str | Path | None = None) -> DualEncoder:
+    """Load a shapes-world CLIP directory (default: the shipped one) as a :class:`DualEncoder`."""
+    from transformers import CLIPModel
+
+    from ..models.hf_clip import HFDualEncoder
+
+    d = Path(directory) if directory is not None else assets_dir()
+    if not (d / "config.json").exists() or not (d / "model.safetensors").exists():
+        raise ModelLoadError(
+            f"no trained shapes-world model in {d} (config.json + model.safetensors); "
+            "train one with: vlexplain testbed train-shapes --out DIR"
+        )
+    vocab = load_vocab(d)
+    model = CLIPModel.from_pretrained(str(d)).eval()
+    tok = word_tokenizer(vocab, model.config.text_config.max_position_embeddings)
+    enc = HFDualEncoder(model, tokenizer=tok, name=f"testbed:shapes@{d}" if directory else "testbed:shapes")
+    return enc.eval()
+
+
+@register_loader("testbed:", "small CLIPs trained on the project's testbeds: testbed:shapes[@DIR]",
+                 lambda: (assets_dir() / "model.safetensors").exists())
+def _load_testbed(spec: str) -> DualEncoder:
+    name, _, where = spec[len("testbed:"):].partition("@")
+    if name != "shapes":
+        raise ModelLoadError(f"unknown testbed model {spec!r}; available: testbed:shapes, testbed:shapes@DIR")
+    return load_shapes_clip(where or None)
