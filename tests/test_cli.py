@@ -117,3 +117,18 @@ def test_demo_runs_on_offline_model(tmp_path):
     html = (out / "index.html").read_text()
     assert html.count("class='card'") == 12 and "no match" in html
     assert len(list(out.glob("*_overlay.png"))) == 12
+
+
+def test_compare_writes_figure_json_html(clip_dir, photo, tmp_path):
+    out = tmp_path / "cmp"
+    rc = main(["compare", str(photo), "-t", "a cat", "-t", "a dog", "-m", str(clip_dir), "-o", str(out),
+               "--methods", "m2ib,gradcam,random", "--options", '{"m2ib": {"steps": 1, "num_samples": 2}}'])
+    assert rc == 0
+    d = json.loads((out / "compare.json").read_text())
+    assert list(d["results"]) == ["m2ib", "gradcam", "random"] and len(d["results"]["m2ib"]) == 2
+    assert (out / "compare.png").stat().st_size > 0 and "Token highlights" in (out / "index.html").read_text()
+
+
+def test_compare_refuses_inapplicable_method(photo, tmp_path, capsys):
+    rc = main(["compare", str(photo), "-t", "a cat", "-m", "offline", "--methods", "chefer", "-o", str(tmp_path / "c")])
+    assert rc == 2 and "methods that apply" in capsys.readouterr().err

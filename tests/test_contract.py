@@ -78,7 +78,7 @@ def _hook_state(model) -> dict[str, int]:
 
 def _close(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
     scale = float(b.abs().max()) if b.numel() else 0.0
-    torch.testing.assert_close(a, b, rtol=0, atol=1e-5 * scale + 1e-8, msg=lambda m: f"{what}: {m}")
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-4 * scale + 1e-8, msg=lambda m: f"{what}: {m}")
 
 
 def _check_one(e, model, sides, grid) -> None:
