@@ -331,7 +331,7 @@ def test_two_processes_equal_one(cli_setup):
     run = d / "two"
     # `--cpu --num_processes 2` starts a single process unless an MPI hostfile is configured;
     # `--multi_gpu` starts two processes through torch.distributed.run, also on a CPU-only machine.
-    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1",
            "--main_process_port", str(port), "-m", "vlexplain.cli", *args, "--out", str(run)]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
