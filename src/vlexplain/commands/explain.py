@@ -59,6 +59,18 @@ class _status:
         self.s.__exit__(*a)
 
 
+def save_entry(exp: Any, out: Path, prefix: str, image_name: str, label: str | None) -> dict[str, Any]:
+    """Write one pair's files under ``out/prefix*`` and return its gallery entry."""
+    exp.save(str(out / prefix))
+    return {
+        "overlay": prefix + "_overlay.png" if exp.image_map is not None else None,
+        "text": exp.text, "tokens": exp.tokens,
+        "token_scores": None if exp.token_scores is None else exp.token_scores.tolist(),
+        "score": exp.score, "method": exp.method, "seconds": exp.seconds, "json": prefix + ".json",
+        "image": image_name, "label": label,
+    }
+
+
 def run_pairs(
     model,
     images: list[tuple[str, Any]],
@@ -101,22 +113,17 @@ def run_pairs(
     cls.create(model, **options)  # validates options before any work
     entries = []
     out.mkdir(parents=True, exist_ok=True)
+    pixels: dict[int, Any] = {}  # each image is preprocessed once, whatever the number of texts
     with Progress(transient=True) as prog:
         task = prog.add_task(f"{method}", total=len(pairs))
         for k, (i, j) in enumerate(pairs):
             name, img = loaded[i]
-            px = prepare_images(model, img)
-            exp = vx.explain(model, px, texts[j], method=method, seed=seed, target=target,
+            if i not in pixels:
+                pixels[i] = prepare_images(model, img)
+            exp = vx.explain(model, pixels[i], texts[j], method=method, seed=seed, target=target,
                              candidates=texts if target == "softmax" else None, **options)
             prefix = f"{k:03d}_{_slug(Path(name).stem, 24)}_{_slug(texts[j])}"
-            exp.save(str(out / prefix))
-            entries.append({
-                "overlay": prefix + "_overlay.png" if exp.image_map is not None else None,
-                "text": texts[j], "tokens": exp.tokens,
-                "token_scores": None if exp.token_scores is None else exp.token_scores.tolist(),
-                "score": exp.score, "method": method, "seconds": exp.seconds, "json": prefix + ".json",
-                "image": Path(name).name, "label": (labels or {}).get((i, j)),
-            })
+            entries.append(save_entry(exp, out, prefix, Path(name).name, (labels or {}).get((i, j))))
             prog.advance(task)
     sub = f"model {model.name} · method {method} · seed {seed} · target {target}"
     return write_gallery(out, entries, title, sub)
@@ -227,11 +234,7 @@ def _run_demo(m, images, texts, labels, method, out, seed):
             name, img = images[i]
             exp = vx.explain(m, img, t, method=method, seed=seed)
             prefix = f"{k:03d}_{_slug(name, 24)}_{_slug(t)}"
-            exp.save(str(out / prefix))
-            entries.append({"overlay": prefix + "_overlay.png", "text": t, "tokens": exp.tokens,
-                            "token_scores": exp.token_scores.tolist() if exp.token_scores is not None else None,
-                            "score": exp.score, "method": method, "seconds": exp.seconds,
-                            "json": prefix + ".json", "image": name, "label": lab})
+            entries.append(save_entry(exp, out, prefix, name, lab))
             prog.advance(task)
     return write_gallery(out, entries, "vlexplain demo — offline model",
                          f"model offline (EfficientNet-Lite0 + MiniLM) · method {method} · seed {seed} · "

@@ -40,6 +40,10 @@ FOLDER_CAPTION_FILES = ("captions.jsonl", "captions.csv", "captions.tsv", "capti
 csv.field_size_limit(10_000_000)
 
 
+#: data-file suffix -> format
+_SUFFIX_KINDS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv"}
+
+
 @dataclass
 class PairRow:
     """One parsed row, before its image is opened.
@@ -174,10 +178,8 @@ class PairDataset:
         if self.format in ("jsonl", "csv", "cc_tsv"):
             return self.format
         suf = file.suffix.lower()
-        if suf in (".jsonl", ".json", ".ndjson"):
-            return "jsonl"
-        if suf == ".csv":
-            return "csv"
+        if suf in _SUFFIX_KINDS and _SUFFIX_KINDS[suf] != "tsv":
+            return _SUFFIX_KINDS[suf]
         if suf == ".txt":
             return "txt"
         if suf == ".tsv" or self.format == "tsv":
@@ -243,12 +245,8 @@ def detect_format(path: Path) -> Format:
             return "hf"
         return "folder"
     suf = path.suffix.lower()
-    if suf in (".jsonl", ".json", ".ndjson"):
-        return "jsonl"
-    if suf == ".csv":
-        return "csv"
-    if suf == ".tsv":
-        return "tsv"
+    if suf in _SUFFIX_KINDS:
+        return _SUFFIX_KINDS[suf]
     raise InputError(f"{path}: unknown data file type {suf!r} (expected .jsonl, .csv, .tsv, an image folder or a saved dataset)")
 
 
