@@ -1,6 +1,7 @@
 """Concept-level explanations and DEAL fine-tuning (Li, Ma, Peng, ECCV 2024).
 
 * :mod:`.sets` — concept sets (``{class: [descriptors]}`` JSON, CSV or a dict) and validation;
+* :mod:`.generate` — concept sets written by a chat model behind an OpenAI-compatible endpoint;
 * :mod:`.relevance` — differentiable concept maps (last-block gradient-weighted attention
   relevance) and figures;
 * :mod:`.metrics` — disentanglability, localizability, zero-shot accuracy, part metrics;
@@ -8,6 +9,7 @@
 * :mod:`.evaluate` — dataset-level evaluation.
 """
 
+from .generate import generate_concepts
 from .losses import DealLosses, deal_losses, disentangle_loss, localize_loss, prediction_loss
 from .relevance import RELEASED_TEMPLATES, ConceptMaps, Templates, concept_maps, deal_maps, plot_concept_maps
 from .sets import ConceptSet, load_concepts
@@ -16,6 +18,7 @@ from .train import DealConfig, TrainResult, deal_train
 __all__ = [
     "ConceptSet",
     "load_concepts",
+    "generate_concepts",
     "Templates",
     "RELEASED_TEMPLATES",
     "ConceptMaps",
