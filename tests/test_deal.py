@@ -545,26 +545,6 @@ def test_evaluate_concepts(tiny_cub, hf_clip):
     assert "localizability" in format_report(r)
 
 
-def test_cli_train_and_evaluate(tmp_path):
-    from vlexplain.cli import main
-
-    make_cub(tmp_path / "cub")
-    tiny_hf_clip().save_pretrained(tmp_path / "model")
-    (tmp_path / "c.json").write_text(json.dumps(CUB_CONCEPTS))
-    common = ["--data", str(tmp_path / "cub"), "--concepts", str(tmp_path / "c.json"), "--model", str(tmp_path / "model")]
-    rc = main(["deal", "train", *common, "--out", str(tmp_path / "run"), "--steps", "1", "--batch-size", "2",
-               "--k", "2", "--no-progress", "--freeze-text"])
-    assert rc == 0 and find_checkpoint(tmp_path / "run") is not None
-    rc = main(["deal", "evaluate", *common, "--checkpoint", str(tmp_path / "run"), "--split", "all", "--k", "2",
-               "--out", str(tmp_path / "ev" / "m.json"), "--figures", "1"])
-    assert rc == 0
-    r = json.loads((tmp_path / "ev" / "m.json").read_text())
-    assert r["images"] == 4 and 0 <= r["localizability"] <= 1
-    assert (tmp_path / "ev" / "deal_figures" / "0000.png").is_file()
-    assert main(["deal", "train", *common[:2], "--concepts", str(tmp_path / "nope.json"), "--model",
-                 str(tmp_path / "model"), "--out", str(tmp_path / "x")]) == 2
-
-
 def test_cnn_tower_uses_differentiable_gradcam(offline):
     """CNN image towers (no attention): Grad-CAM on the last block, written plainly here."""
     px = offline.preprocess(Image.new("RGB", (80, 64), (180, 40, 30)))[None]

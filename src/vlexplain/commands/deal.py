@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -12,114 +14,94 @@ from ..concepts.sets import CATEGORY_TEMPLATE as CATEGORY
 from ..concepts.sets import CONCEPT_TEMPLATE as CONCEPT
 from ..errors import InputError
 
+DATA_HELP = ("CUB_200_2011 folder, class folders (root/<class>/<image>), or shapes:N "
+             "(N single-object shapes-world scenes with exact part masks).")
+#: settings that must agree for two evaluations to be compared
+SAME = ("data", "split", "images", "k", "method", "category_template", "concept_template", "concepts_digest")
 
-def _load(spec: str, device: Optional[str], checkpoint: Optional[Path]):
+
+def _load(spec: str, device: Optional[str]):
     from .explain import load_model_cli
 
-    model = load_model_cli(spec, device)
-    if checkpoint is not None:
-        from ..concepts.train import find_checkpoint, load_checkpoint
-
-        ck = find_checkpoint(checkpoint) or (checkpoint if (checkpoint / "model.safetensors").is_file() else None)
-        if ck is None:
-            raise InputError(f"no DEAL checkpoint in {checkpoint} (expected model.safetensors or a checkpoint/ folder)")
-        step = load_checkpoint(ck, model)
-        typer.echo(f"loaded {ck} (step {step})", err=True)
-    return model
+    return load_model_cli(spec, device)
 
 
-def _data(path: Path, split: str, model):
+def _checkpoint(checkpoint: Path) -> Path:
+    from ..concepts.train import find_checkpoint
+
+    ck = find_checkpoint(checkpoint) or (checkpoint if (checkpoint / "model.safetensors").is_file() else None)
+    if ck is None:
+        raise InputError(f"no DEAL checkpoint in {checkpoint} (expected model.safetensors or a checkpoint/ folder)")
+    return ck
+
+
+def _load_checkpoint(model, ck: Path) -> int:
+    from ..concepts.train import load_checkpoint
+
+    step = load_checkpoint(ck, model)
+    typer.echo(f"loaded {ck} (step {step})", err=True)
+    return step
+
+
+def _run_config(ck: Path) -> dict[str, Any]:
+    """The training run's config.json (beside the checkpoint folder), or {}."""
+    for p in (ck / "config.json", ck.parent / "config.json"):
+        if p.is_file():
+            try:
+                cfg = json.loads(p.read_text())
+            except ValueError:
+                continue
+            if isinstance(cfg, dict) and "lambda_sep" in cfg:
+                return cfg
+    return {}
+
+
+def _is_shapes(data: str) -> bool:
+    from ..data.shapes_classes import is_shapes_spec
+
+    return is_shapes_spec(data)
+
+
+def _check_data(data: str) -> None:
+    if _is_shapes(data):
+        from ..data.shapes_classes import parse_shapes_spec
+
+        parse_shapes_spec(data)
+    elif not Path(data).exists():
+        raise InputError(f"--data {data}: not found ({DATA_HELP})")
+
+
+def _data(data: str, split: str, model):
+    if _is_shapes(data):
+        from ..data.shapes_classes import parse_shapes_spec, shapes_classes
+
+        return shapes_classes(parse_shapes_spec(data), split, transform=model.preprocess)
     from ..data.classes import open_class_dataset
 
-    if not path.exists():
-        raise InputError(f"--data {path}: not found (a CUB_200_2011 folder or class folders)")
-    return open_class_dataset(path, split, transform=model.preprocess)  # type: ignore[arg-type]
+    _check_data(data)
+    return open_class_dataset(Path(data), split, transform=model.preprocess)  # type: ignore[arg-type]
 
 
-def register(app: typer.Typer) -> None:
-    """Add the ``deal`` command group."""
-    deal = typer.Typer(help="DEAL: fine-tune a model so its concept explanations are disentangled and localized.",
-                       no_args_is_help=True)
+def _concepts(concepts: Optional[Path], data: str, k: Optional[int], classes):
+    from ..concepts.sets import load_concepts
 
-    @deal.command("train")
-    def train_cmd(
-        data: Path = typer.Option(..., "--data", help="CUB_200_2011 folder or class folders (root/<class>/<image>)."),
-        concepts: Path = typer.Option(..., "--concepts", help="Concept set: JSON {class: [descriptors]} or CSV class,descriptor."),
-        out: Path = typer.Option(..., "--out", help="Run folder (config.json, log.csv, checkpoint/)."),
-        model: str = typer.Option("offline", "--model", "-m", help="Model spec (see `vlexplain models`)."),
-        split: str = typer.Option("train", "--split", help="CUB split: train, test or all."),
-        steps: int = typer.Option(5000, "--steps", min=1, help="Optimiser steps."),
-        lr: float = typer.Option(5e-7, "--lr", help="AdamW learning rate."),
-        batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per step (per process)."),
-        lambda_sep: float = typer.Option(0.1, "--lambda-sep", help="Weight of the disentangle loss."),
-        lambda_con: float = typer.Option(0.01, "--lambda-con", help="Weight of the localize loss."),
-        k: int = typer.Option(5, "--k", min=1, help="Descriptors per class."),
-        prediction: str = typer.Option("classes", "--prediction", help="Prediction loss: classes, contrastive or none."),
-        weight_decay: float = typer.Option(1e-3, "--weight-decay", help="AdamW weight decay."),
-        freeze_text: bool = typer.Option(False, "--freeze-text", help="Keep the text tower fixed."),
-        category_template: str = typer.Option(CATEGORY, "--category-template", help="Class prompt ({class})."),
-        concept_template: str = typer.Option(CONCEPT, "--concept-template", help="Concept prompt ({class}, {descriptor})."),
-        save_every: int = typer.Option(500, "--save-every", min=1, help="Checkpoint every N steps."),
-        seed: int = typer.Option(0, "--seed", help="Data-order seed."),
-        fresh: bool = typer.Option(False, "--fresh", help="Ignore an existing checkpoint in --out (default: resume)."),
-        device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: the model's)."),
-        no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
-    ) -> None:
-        """Fine-tune with prediction + disentangle + localize losses (differentiable explanations)."""
-        from ..concepts.sets import load_concepts
-        from ..concepts.train import deal_train
+    if concepts is not None:
+        return load_concepts(concepts, k=k, classes=classes)
+    if not _is_shapes(data):
+        raise InputError("--concepts is required (a JSON or CSV concept set) unless --data is shapes:N")
+    from ..data.shapes import concept_set
 
-        if prediction not in ("classes", "contrastive", "none"):
-            raise InputError(f"--prediction {prediction!r}: use classes, contrastive or none")
-        _templates(category_template, concept_template)
-        m = _load(model, device, None)
-        ds = _data(data, split, m)
-        cs = load_concepts(concepts, k=k, classes=ds.classes)
-        r = deal_train(m, ds, cs, out, steps=steps, lr=lr, batch_size=batch_size, lambda_sep=lambda_sep,
-                       lambda_con=lambda_con, freeze_text=freeze_text, resume=not fresh, progress=not no_progress,
-                       k=k, prediction=prediction, weight_decay=weight_decay, save_every=save_every, seed=seed,
-                       category_template=category_template, concept_template=concept_template)
-        typer.echo(json.dumps({"step": r.step, "stopped": r.stopped, "checkpoint": str(r.checkpoint),
-                               "last_losses": r.last_losses}, indent=1))
-        if r.stopped != "done":
-            raise typer.Exit(3)
+    return load_concepts(concept_set(), k=k, classes=classes)
 
-    @deal.command("evaluate")
-    def evaluate_cmd(
-        data: Path = typer.Option(..., "--data", help="CUB_200_2011 folder or class folders."),
-        concepts: Path = typer.Option(..., "--concepts", help="Concept set (JSON or CSV)."),
-        model: str = typer.Option("offline", "--model", "-m", help="Model spec (see `vlexplain models`)."),
-        checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A DEAL run folder or checkpoint folder to load."),
-        split: str = typer.Option("test", "--split", help="CUB split: train, test or all."),
-        k: int = typer.Option(5, "--k", min=1, help="Descriptors per class."),
-        method: str = typer.Option("deal", "--method", help="Map method: deal, or any registered method (e.g. chefer, gradcam)."),
-        category_template: str = typer.Option(CATEGORY, "--category-template", help="Class prompt ({class})."),
-        concept_template: str = typer.Option(CONCEPT, "--concept-template", help="Concept prompt ({class}, {descriptor})."),
-        batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per batch."),
-        limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N images."),
-        out: Optional[Path] = typer.Option(None, "--out", help="Write the metrics to this JSON file."),
-        figures: int = typer.Option(0, "--figures", min=0, help="Also save concept-map figures of the first N images (next to --out)."),
-        device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1."),
-    ) -> None:
-        """Accuracy (standard / concept prompts), disentanglability, localizability, part metrics."""
-        from ..concepts.evaluate import evaluate_concepts, format_report
-        from ..concepts.sets import load_concepts
 
-        m = _load(model, device, checkpoint)
-        ds = _data(data, split, m)
-        cs = load_concepts(concepts, k=k, classes=ds.classes)
-        tpl = _templates(category_template, concept_template)
-        r = evaluate_concepts(m, ds, cs, k=k, method=method, batch_size=batch_size, max_images=limit, templates=tpl)
-        typer.echo(format_report(r))
-        if out is not None:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(out.name + ".tmp")
-            tmp.write_text(json.dumps(r, indent=1))
-            tmp.replace(out)
-        if figures:
-            _figures(m, ds, cs, k, method, figures, (out.parent if out is not None else Path(".")) / "deal_figures", tpl)
+def _prompts(data: str, category: Optional[str], concept: Optional[str], run: dict[str, Any]):
+    """Explicit templates, else the training run's, else the defaults for the data."""
+    from ..data.shapes_classes import SHAPES_CATEGORY_TEMPLATE, SHAPES_CONCEPT_TEMPLATE
 
-    app.add_typer(deal, name="deal")
+    shapes = _is_shapes(data)
+    category = category or run.get("category_template") or (SHAPES_CATEGORY_TEMPLATE if shapes else CATEGORY)
+    concept = concept or run.get("concept_template") or (SHAPES_CONCEPT_TEMPLATE if shapes else CONCEPT)
+    return _templates(category, concept)
 
 
 def _templates(category: str, concept: str):
@@ -133,16 +115,147 @@ def _templates(category: str, concept: str):
     return t
 
 
-def _figures(model, ds, cs, k, method, n, folder: Path, templates) -> None:
-    import torch
+def _digest(cs, classes, k) -> str:
+    sets = {c: list(cs.descriptors(c, k)) for c in classes}
+    return hashlib.sha256(json.dumps(sets, sort_keys=True).encode()).hexdigest()[:16]
 
-    from ..concepts.relevance import deal_maps, plot_concept_maps
 
-    for i in range(min(n, len(ds))):
-        x, y = ds[i]
-        px = x[None].to(model.device, model.dtype)
-        cm = deal_maps(model, px, [ds.classes[y]], cs, k=k, method=method, templates=templates)
-        with torch.no_grad():
-            rgb = model.denormalize(px[0])
-        p = plot_concept_maps(rgb, cm.category[0], cm.concepts[0], cm.texts[0], folder / f"{i:04d}.png")
-        typer.echo(f"wrote {p}", err=True)
+def register(app: typer.Typer) -> None:
+    """Add the ``deal`` command group."""
+    deal = typer.Typer(help="DEAL: fine-tune a model so its concept explanations are disentangled and localized.",
+                       no_args_is_help=True)
+
+    @deal.command("train")
+    def train_cmd(
+        data: str = typer.Option(..., "--data", help=DATA_HELP),
+        out: Path = typer.Option(..., "--out", help="Run folder (config.json, log.csv, checkpoint/)."),
+        concepts: Optional[Path] = typer.Option(None, "--concepts", help="Concept set: JSON {class: [descriptors]} or CSV class,descriptor (shapes:N: the world's part descriptors by default)."),
+        model: str = typer.Option("offline", "--model", "-m", help="Model spec (see `vlexplain models`)."),
+        split: str = typer.Option("train", "--split", help="Split: train, test or all (shapes: train or test)."),
+        steps: int = typer.Option(5000, "--steps", min=1, help="Optimiser steps."),
+        lr: float = typer.Option(5e-7, "--lr", help="AdamW learning rate."),
+        batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per step (per process)."),
+        lambda_sep: float = typer.Option(0.1, "--lambda-sep", help="Weight of the disentangle loss."),
+        lambda_con: float = typer.Option(0.01, "--lambda-con", help="Weight of the localize loss."),
+        k: int = typer.Option(5, "--k", min=1, help="Descriptors per class."),
+        prediction: str = typer.Option("classes", "--prediction", help="Prediction loss: classes, contrastive or none."),
+        weight_decay: float = typer.Option(1e-3, "--weight-decay", help="AdamW weight decay."),
+        freeze_text: bool = typer.Option(False, "--freeze-text", help="Keep the text tower fixed."),
+        category_template: Optional[str] = typer.Option(None, "--category-template", help=f"Class prompt ({{class}}; default {CATEGORY!r}, shapes 'a {{class}}')."),
+        concept_template: Optional[str] = typer.Option(None, "--concept-template", help=f"Concept prompt ({{class}}, {{descriptor}}; default {CONCEPT!r}, shapes '{{descriptor}}')."),
+        save_every: int = typer.Option(500, "--save-every", min=1, help="Checkpoint every N steps."),
+        seed: int = typer.Option(0, "--seed", help="Data-order seed."),
+        fresh: bool = typer.Option(False, "--fresh", help="Ignore an existing checkpoint in --out (default: resume)."),
+        device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: the model's)."),
+        no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
+    ) -> None:
+        """Fine-tune with prediction + disentangle + localize losses (differentiable explanations)."""
+        from ..concepts.train import deal_train
+
+        if prediction not in ("classes", "contrastive", "none"):
+            raise InputError(f"--prediction {prediction!r}: use classes, contrastive or none")
+        _check_data(data)
+        tpl = _prompts(data, category_template, concept_template, {})
+        m = _load(model, device)
+        ds = _data(data, split, m)
+        cs = _concepts(concepts, data, k, ds.classes)
+        r = deal_train(m, ds, cs, out, steps=steps, lr=lr, batch_size=batch_size, lambda_sep=lambda_sep,
+                       lambda_con=lambda_con, freeze_text=freeze_text, resume=not fresh, progress=not no_progress,
+                       k=k, prediction=prediction, weight_decay=weight_decay, save_every=save_every, seed=seed,
+                       category_template=tpl.category, concept_template=tpl.concept)
+        if r.main:  # under `accelerate launch`, process 0 reports for all
+            typer.echo(json.dumps({"step": r.step, "stopped": r.stopped, "checkpoint": str(r.checkpoint),
+                                   "world_size": r.world_size, "last_losses": r.last_losses}, indent=1))
+        if r.stopped != "done":
+            raise typer.Exit(3)
+
+    @deal.command("evaluate")
+    def evaluate_cmd(
+        data: str = typer.Option(..., "--data", help=DATA_HELP),
+        out: Path = typer.Option(..., "--out", help="Output folder: report.html, metrics.json, metrics.csv, gallery.npz."),
+        concepts: Optional[Path] = typer.Option(None, "--concepts", help="Concept set (JSON or CSV; shapes:N: the world's part descriptors by default)."),
+        model: str = typer.Option("offline", "--model", "-m", help="Model spec (see `vlexplain models`)."),
+        checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A DEAL run folder or checkpoint folder: the report compares the model before and after loading it."),
+        before: Optional[Path] = typer.Option(None, "--before", help="An earlier `deal evaluate` --out folder: its results are the 'before' column (nothing is evaluated twice)."),
+        split: str = typer.Option("test", "--split", help="Split: train, test or all (shapes: train or test)."),
+        k: Optional[int] = typer.Option(None, "--k", min=1, help="Descriptors per class (default: the run's, else 5)."),
+        method: str = typer.Option("deal", "--method", help="Map method: deal, or any registered method (e.g. chefer, gradcam)."),
+        category_template: Optional[str] = typer.Option(None, "--category-template", help="Class prompt ({class}; default: the run's, else the data's default)."),
+        concept_template: Optional[str] = typer.Option(None, "--concept-template", help="Concept prompt ({class}, {descriptor}; default: the run's, else the data's default)."),
+        batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per batch."),
+        limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N images."),
+        gallery: int = typer.Option(4, "--gallery", min=0, help="Images whose concept maps the report shows."),
+        device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1."),
+    ) -> None:
+        """Accuracy, disentanglability, localizability, ground-truth part metrics; report.html before/after."""
+        from ..concepts.evaluate import concept_gallery, evaluate_concepts
+        from ..concepts.report import read_report, write_report
+
+        _check_data(data)
+        ck = _checkpoint(checkpoint) if checkpoint is not None else None
+        run = _run_config(ck) if ck is not None else {}
+        earlier = read_report(before) if before is not None else None
+        k = k or run.get("k") or 5
+        tpl = _prompts(data, category_template, concept_template, run)
+        m = _load(model, device)
+        ds = _data(data, split, m)
+        cs = _concepts(concepts, data, k, ds.classes)
+        n = len(ds) if limit is None else min(len(ds), limit)
+        cfg: dict[str, Any] = {
+            "model": model, "checkpoint": str(ck.resolve()) if ck else None, "checkpoint_step": None,
+            "before": str(before.resolve()) if before else None,
+            "data": data if _is_shapes(data) else str(Path(data).resolve()), "split": split, "images": n,
+            "concepts": str(concepts.resolve()) if concepts else "shapes world (built in)",
+            "concepts_digest": _digest(cs, ds.classes, k), "k": k, "method": method,
+            "category_template": tpl.category, "concept_template": tpl.concept, "batch_size": batch_size,
+            "gallery": gallery, "device": str(m.device), "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        }
+        if earlier is not None:
+            _same(earlier[0], cfg, before)
+        idx = list(range(min(gallery, n)))
+        if earlier is not None and earlier[2]:  # show the images the earlier gallery shows
+            idx = [g["index"] for g in earlier[2] if g["index"] < n][:gallery]
+            earlier = (earlier[0], earlier[1], [g for g in earlier[2] if g["index"] in idx])
+
+        def run_one(name: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+            typer.echo(f"evaluating {name} ({n} images)", err=True)
+            r = evaluate_concepts(m, ds, cs, k=k, method=method, batch_size=batch_size, max_images=n, templates=tpl)
+            return r, concept_gallery(m, ds, cs, idx, k=k, templates=tpl, method=method)
+
+        columns: dict[str, Any] = {}
+        galleries: dict[str, Any] = {}
+        if earlier is not None:
+            columns["before"], galleries["before"] = earlier[1], earlier[2]
+        elif ck is not None:
+            columns["before"], galleries["before"] = run_one("the model before fine-tuning")
+        if ck is not None:
+            cfg["checkpoint_step"] = _load_checkpoint(m, ck)
+        if run:
+            cfg["training run"] = run
+        name = "after" if columns else "model"
+        columns[name], galleries[name] = run_one("the fine-tuned model" if ck is not None else "the model")
+        path = write_report(out, cfg, columns, galleries)
+        typer.echo(_summary(columns))
+        typer.echo(f"wrote {path}", err=True)
+
+    app.add_typer(deal, name="deal")
+
+
+def _same(earlier: dict[str, Any], cfg: dict[str, Any], folder: Path) -> None:
+    diff = [f"{key} {earlier.get(key)!r} there, {cfg.get(key)!r} here" for key in SAME if earlier.get(key) != cfg.get(key)]
+    if diff:
+        raise InputError(f"--before {folder} was evaluated with other settings ({'; '.join(diff)}); "
+                         "evaluate with the same data, split, limit, concepts, k, method and prompts")
+
+
+def _summary(columns: dict[str, Any]) -> str:
+    from ..concepts.report import METRICS, deltas, flatten
+
+    flat = {c: flatten(r) for c, r in columns.items()}
+    d = deltas(columns)
+    keys = [key for key, *_ in METRICS if any(key in f for f in flat.values())]
+    lines = []
+    for key in keys:
+        vals = "  ".join(f"{c} {flat[c][key]:.4g}" if key in flat[c] else f"{c} –" for c in columns)
+        lines.append(f"{key}: {vals}" + (f"  delta {d[key]:+.4g}" if key in d else ""))
+    return "\n".join(lines)

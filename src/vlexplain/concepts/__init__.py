@@ -6,7 +6,8 @@
   relevance) and figures;
 * :mod:`.metrics` — disentanglability, localizability, zero-shot accuracy, part metrics;
 * :mod:`.losses` / :mod:`.train` — DEAL losses and the fine-tuning loop;
-* :mod:`.evaluate` — dataset-level evaluation.
+* :mod:`.evaluate` — dataset-level evaluation (with ground truth: CUB keypoints, shapes-world masks);
+* :mod:`.report` — the before / after report (``report.html``, ``metrics.json``, ``metrics.csv``).
 """
 
 from .generate import generate_concepts

@@ -6,11 +6,14 @@
 * disentanglability (published form: from the per-image sum over concept pairs of the overlap)
   and the raw overlaps;
 * localizability (insertion test, every channel, each map with its own image);
-* with CUB part keypoints: concept pointing accuracy and the share of map energy inside the part
-  (parts are matched to descriptors by keywords, e.g. "bill" -> beak; descriptors naming no part
-  are left out; part masks are disks around the visible keypoints).
+* with ground truth: concept pointing accuracy, the share of map energy inside the part, and
+  the mean part area (what a map without information scores on both). CUB part keypoints are
+  matched to descriptors by keywords ("bill" -> beak; descriptors naming no part are left out)
+  and part masks are disks around the visible keypoints; shapes-world datasets give exact masks
+  (:meth:`~vlexplain.data.shapes_classes.ShapesClassDataset.concept_mask`).
 
-Concept maps are explained against each image's true class.
+Concept maps are explained against each image's true class. :func:`concept_gallery` returns the
+maps of a few images for a report.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch import Tensor
 
 from ..data.classes import disk_mask, to_preprocessed
 from ..models.base import DualEncoder
@@ -105,7 +109,7 @@ def evaluate_concepts(
     std = class_text_embeddings(model, classes, templates=templates)
     con = class_text_embeddings(model, classes, concepts, k=k, templates=templates)
     logits_s, logits_c, labels_all, overlaps, locs = [], [], [], [], []
-    point, energy = [], []
+    point, energy, area = [], [], []
     model_was_training = model.training
     model.eval()
     for bi, idx in enumerate(_batches(n, batch_size)):
@@ -126,39 +130,62 @@ def evaluate_concepts(
         texts = [cm.texts[int(i)][1 + int(j)] for i, j in zip(b, K)]
         _, per = localizability(model, px[b], cm.concepts[b, K], texts, blur_sigma=blur_sigma)
         locs.append(per.cpu())
-        if getattr(dataset, "samples", None) is not None and getattr(dataset, "has_parts", False):
-            p, e = _part_scores(model, dataset, idx, names, cm, concepts, k, part_radius)
+        if getattr(dataset, "has_parts", False):
+            p, e, a = _part_scores(model, dataset, idx, names, cm, concepts, k, part_radius)
             point += p
             energy += e
+            area += a
         if progress:
             print(f"evaluated {min(n, (bi + 1) * batch_size)}/{n} images", flush=True)
     model.train(model_was_training)
-    return _summary(n, logits_s, logits_c, labels_all, overlaps, locs, point, energy, method)
+    return _summary(n, logits_s, logits_c, labels_all, overlaps, locs, point, energy, area, method)
 
 
-def _part_scores(model, dataset, idx, names, cm, concepts, k, radius) -> tuple[list[float], list[float]]:
-    size = tuple(model.input_size)
-    point, energy = [], []
-    for row, i in enumerate(idx):
-        s = dataset.samples[i]
-        if not s.parts:
-            continue
+def truth_mask(dataset: Any, i: int, descriptor: str, size: tuple[int, int], radius: float = 0.08) -> Tensor | None:
+    """The ground-truth mask of what ``descriptor`` refers to in item ``i``, if the dataset knows it.
+
+    Args:
+        dataset: a dataset with ``concept_mask(i, descriptor, size)`` (exact masks, shapes world)
+            or with ``samples[i].parts`` keypoints (CUB).
+        i: the item.
+        descriptor: the concept's descriptor.
+        size: (H, W) model input size.
+        radius: CUB part disk radius as a fraction of the input side.
+
+    Returns:
+        An (H, W) bool mask in model-input coordinates, or None (no ground truth, or empty).
+    """
+    if hasattr(dataset, "concept_mask"):
+        mask = dataset.concept_mask(i, descriptor, size)
+    else:
+        samples = getattr(dataset, "samples", None)
+        s = samples[i] if samples is not None else None
+        names = [p for p in descriptor_parts(descriptor) if s is not None and p in s.parts]
+        if not names:
+            return None
         with Image.open(s.path) as im:
             wh = im.size
+        mask = disk_mask([to_preprocessed(s.parts[p], wh, size) for p in names], size, radius * min(size))
+    return mask if mask is not None and bool(mask.any()) else None
+
+
+def _part_scores(model, dataset, idx, names, cm, concepts, k, radius) -> tuple[list[float], list[float], list[float]]:
+    size = tuple(model.input_size)
+    point, energy, area = [], [], []
+    for row, i in enumerate(idx):
         for j, d in enumerate(concepts.descriptors(names[row], k)):
-            pts = [to_preprocessed(s.parts[p], wh, size) for p in descriptor_parts(d) if p in s.parts]
-            if not pts:
+            mask = truth_mask(dataset, i, d, size, radius)
+            if mask is None:
                 continue
-            mask = disk_mask(pts, size, radius * min(size)).to(cm.concepts.device)
-            if not mask.any():
-                continue
+            mask = mask.to(cm.concepts.device)
             m = cm.concepts[row, j][None]
             point.append(float(part_pointing(m, mask[None])[0]))
             energy.append(float(part_energy(m, mask[None])[0]))
-    return point, energy
+            area.append(float(mask.float().mean()))
+    return point, energy, area
 
 
-def _summary(n, logits_s, logits_c, labels_all, overlaps, locs, point, energy, method) -> dict[str, Any]:
+def _summary(n, logits_s, logits_c, labels_all, overlaps, locs, point, energy, area, method) -> dict[str, Any]:
     labels = torch.cat(labels_all)
     ov, npairs = torch.cat([o for o, _ in overlaps]), torch.cat([p for _, p in overlaps])
     keep = ~ov.isnan()
@@ -178,6 +205,7 @@ def _summary(n, logits_s, logits_c, labels_all, overlaps, locs, point, energy, m
     if point:
         out["part_pointing"] = 100.0 * sum(point) / len(point)
         out["part_energy"] = sum(energy) / len(energy)
+        out["part_area"] = sum(area) / len(area)
         out["part_maps"] = len(point)
     return out
 
@@ -194,3 +222,57 @@ def format_report(metrics: dict[str, Any], keys: Sequence[str] | None = None) ->
             v = f"{v:.4f}"
         lines.append(f"{k}: {v}")
     return "\n".join(lines)
+
+
+def concept_gallery(
+    model: DualEncoder,
+    dataset: Any,
+    concepts: ConceptSet,
+    indices: Sequence[int],
+    *,
+    k: int | None = 5,
+    templates: Templates = Templates(),
+    method: str = DEAL_RELEVANCE,
+    part_radius: float = 0.08,
+) -> list[dict[str, Any]]:
+    """The category and concept maps of a few images (for a report), explained against their true class.
+
+    Args:
+        model: the dual encoder.
+        dataset: items ``(image, label)`` with ``.classes``.
+        concepts: the concept set.
+        indices: the items to show.
+        k, templates, method, part_radius: as in :func:`evaluate_concepts`.
+
+    Returns:
+        One dict per image: ``index``, ``label`` (class name), ``predicted`` (top-1 class with the
+        category prompts), ``image`` ((H, W, 3) uint8 model input), ``texts`` (category prompt, then
+        concept prompts), ``maps`` ((1 + K, gh, gw) float32: category map, then concept maps) and
+        ``part_energy`` (per concept: share of its map inside the ground-truth mask, or None).
+    """
+    classes = list(dataset.classes)
+    concepts = concepts.align(classes)
+    std = class_text_embeddings(model, classes, templates=templates)
+    size = tuple(model.input_size)
+    out = []
+    for i in indices:
+        x, y = dataset[int(i)]
+        px = (x if isinstance(x, torch.Tensor) else model.preprocess(x))[None].to(model.device, model.dtype)
+        name = classes[int(y)]
+        cm = deal_maps(model, px, [name], concepts, k=k, templates=templates, method=method)
+        n_k = int(cm.mask[0].sum())
+        with torch.no_grad():
+            ie = F.normalize(model.encode_image(px).float(), dim=-1)
+            rgb = model.denormalize(px[0]).float().clamp(0, 1)
+        energy: list[float | None] = []
+        for j, d in enumerate(concepts.descriptors(name, k)):
+            mask = truth_mask(dataset, int(i), d, size, part_radius)
+            energy.append(None if mask is None else
+                          float(part_energy(cm.concepts[0, j][None].float(), mask[None].to(cm.concepts.device))[0]))
+        maps = torch.cat([cm.category[:1], cm.concepts[0, :n_k]]).detach().float().cpu()
+        out.append({
+            "index": int(i), "label": name, "predicted": classes[int((ie @ std.T).argmax())],
+            "image": (rgb.permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8"),
+            "texts": list(cm.texts[0][: 1 + n_k]), "maps": maps.numpy(), "part_energy": energy,
+        })
+    return out

@@ -5,8 +5,11 @@ they train the model; weights stay in fp32 (bf16 autocast on CUDA only); the run
 (safetensors for the model, ``torch.save`` for the optimizer, read back with
 ``weights_only=True``), resumes from its last checkpoint, logs every loss to ``log.csv`` (and to
 TensorBoard when installed), and stops on a NaN or exploding loss keeping the last good
-checkpoint. The same script runs under ``accelerate launch`` (gradients are averaged across
-processes; process 0 writes) and without accelerate (plain loop).
+checkpoint. The same script runs under ``accelerate launch``: process ``r`` of ``N`` takes the
+``r``-th slice of the global batch of ``N * batch_size`` images that a single process would draw,
+gradients and logged losses are averaged across processes, and process 0 alone writes. Every loss
+is a mean over images (``prediction="contrastive"`` excepted: it contrasts within each process's
+slice), so an N-process run equals a 1-process run with an N times larger batch.
 
 Example:
     >>> result = deal_train(model, cub("CUB_200_2011"), load_concepts("cub.json", k=5), "runs/deal", steps=5000)
@@ -75,7 +78,9 @@ class TrainResult:
     step: int
     stopped: str  # "done", or the reason the run stopped early
     checkpoint: Path | None
-    last_losses: dict[str, float]
+    last_losses: dict[str, float]  # the last step's losses, averaged over processes
+    world_size: int = 1  # processes that trained together
+    main: bool = True  # False on every process but the one that writes (rank 0)
 
 
 def batch_indices(n: int, batch_size: int, step: int, seed: int, rank: int = 0, world: int = 1) -> list[int]:
@@ -110,6 +115,8 @@ def _load_batch(model: DualEncoder, dataset: Any, idx: Sequence[int], device: to
 class _Dist:
     """Accelerate when installed (multi-process aware), else a single-process stand-in."""
 
+    BUCKET = 1 << 24  # gradient elements per all-reduce
+
     def __init__(self, device: torch.device):
         try:
             from accelerate import Accelerator
@@ -117,18 +124,37 @@ class _Dist:
             self.acc: Any = Accelerator(cpu=device.type == "cpu")
         except ImportError:
             self.acc = None
-        self.device = self.acc.device if self.acc is not None else device
         self.rank = self.acc.process_index if self.acc is not None else 0
         self.world = self.acc.num_processes if self.acc is not None else 1
+        # one process keeps the model's own device (e.g. cuda:1); launched processes get theirs
+        self.device = self.acc.device if self.world > 1 else device
         self.main = self.rank == 0
 
     def average_grads(self, params: list[torch.nn.Parameter]) -> None:
+        """Replace every gradient by its mean over processes (one all-reduce per bucket)."""
         if self.world == 1:
             return
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-            p.grad = self.acc.reduce(p.grad, reduction="mean")
+        buckets: list[list[torch.nn.Parameter]] = [[]]
+        for p in params:
+            last = buckets[-1]
+            if last and (p.grad.dtype != last[0].grad.dtype or sum(q.numel() for q in last) >= self.BUCKET):
+                buckets.append([])
+            buckets[-1].append(p)
+        for bucket in buckets:
+            flat = self.acc.reduce(torch.cat([q.grad.reshape(-1) for q in bucket]), reduction="mean")
+            for q, g in zip(bucket, flat.split([q.numel() for q in bucket])):
+                q.grad.copy_(g.view_as(q.grad))
+
+    def mean(self, values: dict[str, float]) -> dict[str, float]:
+        """The mean of each value over processes (a NaN on any process makes it NaN)."""
+        if self.world == 1:
+            return values
+        t = self.acc.reduce(torch.tensor(list(values.values()), dtype=torch.float64, device=self.device),
+                            reduction="mean")
+        return dict(zip(values, (float(v) for v in t.tolist())))
 
     def agree(self, flag: bool) -> bool:
         """True if ``flag`` holds on any process."""
@@ -303,7 +329,9 @@ def _run(model, dataset, classes, concepts, cfg, out, dist, params, progress, re
         start = load_checkpoint(ckpt, model, opt)
     if dist.main:
         (out / "stopped.json").unlink(missing_ok=True)
-        (out / "config.json").write_text(json.dumps({**dataclasses.asdict(cfg), "classes": len(classes)}, indent=1))
+        info = {"classes": len(classes), "images": len(dataset), "world_size": dist.world,
+                "global_batch_size": cfg.batch_size * dist.world}
+        (out / "config.json").write_text(json.dumps({**dataclasses.asdict(cfg), **info}, indent=1))
     log = _Log(out, start, cfg.tensorboard) if dist.main else None
     try:
         return _loop(model, dataset, classes, concepts, cfg, out, dist, params, opt, start, ckpt, log, progress)
@@ -328,7 +356,7 @@ def _loop(model, dataset, classes, concepts, cfg, out, dist, params, opt, start,
                 losses = deal_losses(model, pixels, labels, classes, concepts, lambda_sep=cfg.lambda_sep,
                                      lambda_con=cfg.lambda_con, prediction=cfg.prediction, k=cfg.k,
                                      templates=cfg.templates)
-            vals = losses.as_floats()
+            vals = dist.mean(losses.as_floats())  # the union batch's losses (each is a mean over images)
             reason = _bad_loss(vals["total"], ema, step - start, cfg)
             if dist.agree(reason is not None):
                 stopped = f"step {step + 1}: " + (reason or "a loss on another process was not finite or exploded")
@@ -348,15 +376,16 @@ def _loop(model, dataset, classes, concepts, cfg, out, dist, params, opt, start,
                            "seconds": time.perf_counter() - t0})
             if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
                 if dist.main:
-                    ckpt = save_checkpoint(out, model, opt, step + 1)
+                    save_checkpoint(out, model, opt, step + 1)
                 dist.barrier()
+                ckpt = out / CKPT
             if bar is not None:
                 bar[0].update(bar[1], advance=1, description=f"DEAL loss {vals['total']:.4g}")
         else:
             step = cfg.steps
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # each process stops on its own: no collective call here
         if dist.main and step > start:
-            ckpt = save_checkpoint(out, model, opt, step)
+            save_checkpoint(out, model, opt, step)
         raise
     finally:
         if bar is not None:
@@ -364,7 +393,7 @@ def _loop(model, dataset, classes, concepts, cfg, out, dist, params, opt, start,
     if stopped != "done" and dist.main:
         (out / "stopped.json").write_text(json.dumps({"step": step, "reason": stopped}))
     done = step if stopped == "done" else (load_step(ckpt) if ckpt is not None else 0)
-    return TrainResult(done, stopped, ckpt, last)
+    return TrainResult(done, stopped, ckpt, last, dist.world, dist.main)
 
 
 def load_step(ckpt: Path) -> int:
