@@ -222,6 +222,71 @@ def test_losses_against_hand_computed_values():
     r1b = -torch.log(torch.exp(torch.tensor(3.0)) / (torch.exp(torch.tensor(3.0)) + 1.0 + torch.exp(torch.tensor(-1.0))))
     assert torch.allclose(ranking_loss(logits, pos), (r0a + r0c + r1b) / 3)
 
+    # sigmoid: every (scene, text) pair is its own binary problem; summed over texts, mean over scenes
+    from vlexplain.data.shapes_train import sigmoid_loss
+
+    sp = torch.nn.functional.softplus
+    per_pair = torch.where(pos, sp(-logits), sp(logits))
+    assert torch.allclose(sigmoid_loss(logits, pos), per_pair.sum() / 2)
+
+
+def test_two_process_training_equals_one_process_on_the_union_batch(tmp_path):
+    """Two data-parallel processes of batch b take the same steps as one process of batch 2b."""
+    import vlexplain.data.shapes_train as st
+
+    cfg = st.ShapesCLIPConfig(vision_width=32, vision_layers=1, text_width=32, text_layers=1, projection_dim=16,
+                              batch_size=8, warmup_steps=1, lr=3e-3, eval_every=0, threads=1, pool_size=16,
+                              refresh_per_step=0)
+    two = st.train_shapes(minutes=5, out_dir=tmp_path / "two", seed=3, config=cfg, progress=False,
+                          processes=2, max_steps=3)
+    assert two["steps"] == 3 and two["processes"] == 2
+    cfg_one = st.ShapesCLIPConfig(**{**cfg.__dict__, "batch_size": 16})
+    pools = [st._Pool(cfg, 3, {t: i for i, t in enumerate(st.all_texts())}, rank) for rank in range(2)]
+
+    class Union:  # one process that draws exactly what the two processes drew, rank by rank
+        object_texts = [None] * 32
+
+        def batch(self, b):
+            parts = [p.batch(8) for p in pools]
+            return torch.cat([q[0] for q in parts]), torch.cat([q[1] for q in parts]), parts[0][2] + parts[1][2]
+
+        def refresh(self, k):
+            for p in pools:
+                p.refresh(k)
+
+    one = _one_process_reference(st, cfg_one, Union(), steps=3, seed=3)
+    from safetensors.torch import load_file
+
+    got = load_file(str(tmp_path / "two" / "model.safetensors"))
+    # keys' biases get no true gradient (softmax ignores a constant added to every key): Adam turns
+    # their rounding noise into arbitrary steps, so they are left out of the comparison
+    compared = [n for n in one.state_dict() if n in got and not n.endswith("k_proj.bias")]
+    assert len(compared) > 20
+    bad = [n for n in compared if not torch.allclose(got[n], one.state_dict()[n], atol=1e-5)]
+    assert not bad, bad
+    assert json.loads((tmp_path / "two" / "train_config.json").read_text())["processes"] == 2
+
+
+def _one_process_reference(st, cfg, pool, steps, seed):
+    """The plain single-process loop of the sigmoid loss on ``pool``'s batches."""
+    import math
+
+    texts = st.all_texts()
+    vocab = st.build_vocab(st.vocabulary())
+    tb = st.word_tokenizer(vocab)(texts)
+    model = st.build_model(cfg, len(vocab), seed).train()
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(10.0))
+    bias = torch.nn.Parameter(torch.tensor(-10.0))
+    opt = torch.optim.AdamW(list(model.parameters()) + [bias], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    cat_cols = torch.tensor([texts.index(st.category_caption(c.name)) for c in st.CATEGORIES])
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * st._lr_factor(step, step / steps, cfg.warmup_steps)
+        st._step(model, opt, pool, tb, 16, cat_cols, cfg.rank_weight, None, bias)
+        pool.refresh(cfg.refresh_per_step)
+    return model
+
 
 def test_unknown_testbed_model():
     import vlexplain as vx

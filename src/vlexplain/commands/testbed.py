@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import typer
+
+from ..errors import InputError
+
+
+def _cores() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        n = os.cpu_count() or 1
+    return max(1, min(2, n))
 
 
 def register(app: typer.Typer) -> None:
@@ -17,9 +28,12 @@ def register(app: typer.Typer) -> None:
         minutes: float = typer.Option(10.0, "--minutes", min=0.05, help="Wall-clock training budget."),
         out: Path = typer.Option(Path("shapes_clip"), "--out", help="Output directory (save_pretrained + vocab.json)."),
         seed: int = typer.Option(0, "--seed", help="Seed for initialisation and training scenes."),
-        threads: int = typer.Option(2, "--threads", min=1, help="torch CPU threads."),
+        processes: int = typer.Option(_cores(), "--processes", min=1, help="Data-parallel processes (default: one per core, at most 2)."),
+        threads: int = typer.Option(1, "--threads", min=1, help="torch CPU threads per process."),
+        steps: int = typer.Option(None, "--steps", min=1, help="Stop after this many steps even if time is left."),
+        loss: str = typer.Option("sigmoid", "--loss", help="sigmoid (binary loss per scene and text) or softmax (multi-positive)."),
         init_from: Path = typer.Option(None, "--init-from", help="Continue from the weights in this directory."),
-        rank_weight: float = typer.Option(0.0, "--rank-weight", min=0.0, help="Weight of the category ranking loss."),
+        rank_weight: float = typer.Option(1.0, "--rank-weight", min=0.0, help="Weight of the category ranking loss."),
         lr: float = typer.Option(1.5e-3, "--lr", min=0.0, help="Peak learning rate."),
         evaluate: bool = typer.Option(True, "--evaluate/--no-evaluate", help="Measure the bars on held-out scenes after training."),
     ) -> None:
@@ -27,9 +41,14 @@ def register(app: typer.Typer) -> None:
         from ..data.shapes_train import ShapesCLIPConfig, evaluate_shapes, train_shapes
         from ..data.testbed_models import load_shapes_clip
 
-        cfg = ShapesCLIPConfig(threads=threads, rank_weight=rank_weight, lr=lr)
-        info = train_shapes(minutes=minutes, out_dir=out, seed=seed, config=cfg, init_from=init_from)
-        typer.echo(f"trained {info['steps']} steps in {info['seconds']} s; loss {info['first_loss']:.3f} -> "
+        if loss not in ("sigmoid", "softmax"):
+            raise InputError(f"--loss {loss!r}: use sigmoid or softmax")
+        cfg = ShapesCLIPConfig(threads=threads, rank_weight=rank_weight, lr=lr, loss=loss)
+        info = train_shapes(minutes=minutes, out_dir=out, seed=seed, config=cfg, init_from=init_from,
+                            processes=processes, max_steps=steps)
+        (out / "train_info.json").write_text(json.dumps(info, indent=2) + "\n")
+        typer.echo(f"trained {info['steps']} steps x {processes} process(es) in {info['seconds']} s "
+                   f"({info['cpu_seconds']} CPU-s); loss {info['first_loss']:.3f} -> "
                    f"{info['last_loss']:.3f}; saved to {out}")
         if evaluate:
             metrics = evaluate_shapes(load_shapes_clip(out))

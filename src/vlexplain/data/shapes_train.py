@@ -31,6 +31,7 @@ from .shapes import CATEGORIES, Scene, all_texts, category_caption, concept_set,
 from .testbed_models import CONTEXT_LENGTH, build_vocab, word_tokenizer
 
 TRAIN_SEED_BASE = 10_000_000
+RANK_SEED_STRIDE = 1_000_000  # training-scene seeds of process r start r * stride above process 0's
 MEAN = (0.48145466, 0.4578275, 0.40821073)  # the adapter's default (CLIP) normalisation
 STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -53,7 +54,9 @@ class ShapesCLIPConfig:
     weight_decay: float = 0.05
     pool_size: int = 2000  # scenes kept in memory
     refresh_per_step: int = 8  # pool scenes replaced by fresh ones after every step
+    object_counts: tuple[float, float, float, float] = (0.25, 0.25, 0.25, 0.25)  # P(1..4 objects) of training scenes
     caption_weights: tuple[float, float, float] = (0.3, 0.2, 0.5)  # caption, coloured caption, descriptor
+    loss: str = "sigmoid"  # "sigmoid": independent binary loss per (scene, text); "softmax": multi-positive softmax
     rank_weight: float = 0.0  # weight of the category ranking loss (each present category vs all absent ones)
     threads: int = 2  # torch CPU threads (on a busy machine 1 can be faster)
     eval_every: int = 50  # steps between quick held-out accuracy checks (logged; 0: never)
@@ -89,10 +92,10 @@ def scene_pixels(scenes: list[Scene]) -> Tensor:
 class _Pool:
     """Training scenes in memory, refreshed a few at a time."""
 
-    def __init__(self, cfg: ShapesCLIPConfig, seed: int, text_index: dict[str, int]):
+    def __init__(self, cfg: ShapesCLIPConfig, seed: int, text_index: dict[str, int], rank: int = 0):
         self.cfg, self.text_index = cfg, text_index
-        self.next_seed = TRAIN_SEED_BASE * (seed + 1)
-        self.rng = np.random.default_rng(seed)
+        self.next_seed = TRAIN_SEED_BASE * (seed + 1) + RANK_SEED_STRIDE * rank  # each process its own scenes
+        self.rng = np.random.default_rng([seed, rank])
         n = cfg.pool_size
         self.pixels = torch.empty((n, 3, cfg.image_size, cfg.image_size), dtype=torch.uint8)
         self.truth = torch.zeros((n, len(text_index)), dtype=torch.bool)  # texts true of each scene
@@ -101,7 +104,8 @@ class _Pool:
             self._fill(i)
 
     def _fill(self, i: int) -> None:
-        s = render_scene(self.next_seed, size=self.cfg.image_size)
+        p = np.asarray(self.cfg.object_counts, dtype=float)
+        s = render_scene(self.next_seed, size=self.cfg.image_size, n_objects=1 + int(self.rng.choice(4, p=p / p.sum())))
         self.next_seed += 1
         self.pixels[i] = torch.from_numpy(s.image).permute(2, 0, 1)
         self.truth[i] = False
@@ -158,6 +162,8 @@ def train_shapes(
     config: ShapesCLIPConfig | None = None,
     progress: bool = True,
     init_from: str | Path | None = None,
+    processes: int = 1,
+    max_steps: int | None = None,
 ) -> dict[str, Any]:
     """Train a shapes-world CLIP for a wall-clock budget and save it.
 
@@ -170,42 +176,104 @@ def train_shapes(
         progress: show a rich progress bar.
         init_from: continue from the weights in this directory (same architecture) instead of a
             random initialisation.
+        processes: data-parallel worker processes (gloo all-reduce of the gradients). Each draws
+            its own scenes and a batch of ``config.batch_size`` per step, so a step sees
+            ``processes * batch_size`` scenes. On a CPU, one single-threaded process per core
+            trains faster than one process with several threads.
+        max_steps: stop after this many steps even if time is left.
 
     Returns:
-        ``{"steps", "seconds", "first_loss", "last_loss", "out_dir"}``.
+        ``{"steps", "seconds", "cpu_seconds", "first_loss", "last_loss", "out_dir", "processes"}``
+        (``cpu_seconds`` summed over the processes).
     """
     cfg = config or ShapesCLIPConfig()
+    if processes < 1:
+        raise ValueError(f"processes must be >= 1, got {processes}")
+    args = (minutes, str(out_dir), seed, cfg, progress, None if init_from is None else str(init_from), max_steps)
+    if processes == 1:
+        return _train(0, 1, None, *args)
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:  # a free port for the process group
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    results = ctx.SimpleQueue()
+    mp.spawn(_worker, args=(processes, port, results, args), nprocs=processes, join=True)
+    infos = [results.get() for _ in range(processes)]
+    info = next(i for i in infos if i["rank"] == 0)
+    if len({i["checksum"] for i in infos}) != 1:
+        raise RuntimeError("data-parallel workers ended with different weights")
+    info["cpu_seconds"] = round(sum(i["cpu_seconds"] for i in infos), 1)
+    return info
+
+
+def _worker(rank: int, world: int, port: int, results, args: tuple) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        results.put(_train(rank, world, dist, *args))
+    finally:
+        dist.destroy_process_group()
+
+
+def _train(rank: int, world: int, dist: Any, minutes: float, out_dir: str, seed: int, cfg: ShapesCLIPConfig,
+           progress: bool, init_from: str | None, max_steps: int | None) -> dict[str, Any]:
+    """The training loop of one process (``dist`` is ``torch.distributed`` when ``world > 1``)."""
     start, cpu0 = time.time(), time.process_time()
     budget = max(1.0, 60.0 * minutes)
     torch.set_num_threads(cfg.threads)
+    lead = rank == 0
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if lead:
+        out.mkdir(parents=True, exist_ok=True)
     vocab = build_vocab(vocabulary())
     texts = all_texts()
     text_batch = word_tokenizer(vocab)(texts)
     if minutes < 10:  # short runs: a pool rendered in a fraction of the budget
         cfg = ShapesCLIPConfig(**{**asdict(cfg), "pool_size": max(2 * cfg.batch_size, int(cfg.pool_size * minutes / 10))})
-    pool = _Pool(cfg, seed, {t: i for i, t in enumerate(texts)})
-    monitor = _Monitor(cfg, texts) if cfg.eval_every else None
+    pool = _Pool(cfg, seed, {t: i for i, t in enumerate(texts)}, rank)
+    monitor = _Monitor(cfg, texts) if cfg.eval_every and lead else None
     if init_from is not None:
         from transformers import CLIPModel
 
-        model = CLIPModel.from_pretrained(str(init_from)).train()
+        model = CLIPModel.from_pretrained(init_from).train()
     else:
-        model = build_model(cfg, len(vocab), seed).train()
+        model = build_model(cfg, len(vocab), seed).train()  # the same initial weights in every process
+    if cfg.loss not in ("sigmoid", "softmax"):
+        raise ValueError(f"loss must be 'sigmoid' or 'softmax', got {cfg.loss!r}")
+    bias = None
+    if cfg.loss == "sigmoid":  # SigLIP's start: scale 10, bias -10 (the bias is a training-only offset)
+        bias = nn.Parameter(torch.tensor(-10.0))
+        if init_from is None:
+            with torch.no_grad():
+                model.logit_scale.fill_(math.log(10.0))
+    params = [p for p in model.parameters() if p.requires_grad] + ([bias] if bias is not None else [])
     cat_cols = torch.tensor([texts.index(category_caption(c.name)) for c in CATEGORIES])
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sync = _GradSync(params, dist, world) if world > 1 else None
     rows: list[dict[str, Any]] = []
     step, last_save = 0, time.time()
-    with _progress(progress) as bar:
+    with _progress(progress and lead) as bar:
         task = bar.add_task("training", total=budget, loss=float("nan"), acc=float("nan"))
-        while (elapsed := time.time() - start) < budget:
-            lr = cfg.lr * _lr_factor(step, elapsed / budget, cfg.warmup_steps)
+        while True:
+            elapsed = time.time() - start
+            if sync is not None:
+                elapsed = sync.lead_value(elapsed)  # every process follows the lead's clock
+            if elapsed >= budget or (max_steps is not None and step >= max_steps):
+                break
+            done = max(elapsed / budget, step / max_steps if max_steps else 0.0)  # the schedule's progress
+            lr = cfg.lr * _lr_factor(step, done, cfg.warmup_steps)
             for g in opt.param_groups:
                 g["lr"] = lr
-            loss = _step(model, opt, pool, text_batch, cfg.batch_size, cat_cols, cfg.rank_weight)
+            loss = _step(model, opt, pool, text_batch, cfg.batch_size, cat_cols, cfg.rank_weight, sync, bias)
             pool.refresh(min(cfg.refresh_per_step, len(pool.object_texts)))
             step += 1
+            if not lead:
+                continue
             acc = monitor(model, text_batch) if monitor and step % cfg.eval_every == 0 else float("nan")
             rows.append({"step": step, "seconds": round(time.time() - start, 2),
                          "cpu_seconds": round(time.process_time() - cpu0, 2), "loss": round(loss, 5),
@@ -213,15 +281,41 @@ def train_shapes(
             bar.update(task, completed=min(budget, time.time() - start), loss=loss,
                        acc=acc if acc == acc else bar.tasks[0].fields["acc"])
             if time.time() - last_save > cfg.save_every_s:
-                _save(model, out, vocab, cfg, rows, seed)
+                _save(model, out, vocab, cfg, rows, seed, world)
                 model.train()
                 last_save = time.time()
-    _save(model, out, vocab, cfg, rows, seed)
+    if lead:
+        _save(model, out, vocab, cfg, rows, seed, world)
+    with torch.no_grad():
+        checksum = float(sum(p.double().sum() for p in model.parameters()))
     return {"steps": step, "seconds": round(time.time() - start, 1),
             "cpu_seconds": round(time.process_time() - cpu0, 1),
             "first_loss": rows[0]["loss"] if rows else float("nan"),
             "last_loss": float(np.mean([r["loss"] for r in rows[-10:]])) if rows else float("nan"),
-            "out_dir": str(out)}
+            "out_dir": str(out), "processes": world, "rank": rank, "checksum": checksum}
+
+
+class _GradSync:
+    """Averages gradients over the processes with one flat all-reduce per step."""
+
+    def __init__(self, params: list[nn.Parameter], dist: Any, world: int):
+        self.params, self.dist, self.world = params, dist, world
+
+    def __call__(self) -> None:
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        self.dist.all_reduce(flat)
+        flat /= self.world
+        i = 0
+        for p in self.params:
+            n = p.numel()
+            p.grad = flat[i : i + n].view_as(p).clone()
+            i += n
+
+    def lead_value(self, value: float) -> float:
+        t = torch.tensor([value], dtype=torch.float64)
+        self.dist.broadcast(t, src=0)
+        return float(t)
 
 
 class _Monitor:
@@ -243,6 +337,11 @@ class _Monitor:
         return float(((img @ txt.T).argmax(1) == self.truth).float().mean())
 
 
+def sigmoid_loss(logits: Tensor, positives: Tensor) -> Tensor:
+    """Binary cross-entropy of every (scene, text) pair, summed over texts, mean over scenes."""
+    return nn.functional.binary_cross_entropy_with_logits(logits, positives.to(logits.dtype), reduction="sum") / len(logits)
+
+
 def ranking_loss(logits: Tensor, present: Tensor) -> Tensor:
     """Mean over (image, present class) of the cross-entropy of that class against the absent ones."""
     absent = logits.masked_fill(present, float("-inf")).logsumexp(-1, keepdim=True)  # (B, 1)
@@ -251,21 +350,27 @@ def ranking_loss(logits: Tensor, present: Tensor) -> Tensor:
 
 
 def _step(model: nn.Module, opt: torch.optim.Optimizer, pool: _Pool, text_batch, batch_size: int,
-          cat_cols: Tensor | None = None, rank_weight: float = 0.0) -> float:
+          cat_cols: Tensor | None = None, rank_weight: float = 0.0, sync: _GradSync | None = None,
+          bias: Tensor | None = None) -> float:
     x, truth, chosen = pool.batch(min(batch_size, len(pool.object_texts)))
     img = _embed(model, pixels=x)  # (B, d)
     txt = _embed(model, ids=text_batch.ids, am=text_batch.attention_mask)  # (n_texts, d)
     scale = model.logit_scale.exp().clamp(max=100.0)
     logits = scale * img @ txt.T  # (B, n_texts)
-    uniq = sorted(set(chosen))
-    i2t = multi_positive_loss(logits, truth)
-    t2i = multi_positive_loss(logits[:, uniq].T, truth[:, uniq].T)
-    loss = 0.5 * (i2t + t2i)
+    if bias is not None:
+        loss = sigmoid_loss(logits + bias, truth)
+    else:
+        uniq = sorted(set(chosen))
+        i2t = multi_positive_loss(logits, truth)
+        t2i = multi_positive_loss(logits[:, uniq].T, truth[:, uniq].T)
+        loss = 0.5 * (i2t + t2i)
     if rank_weight and cat_cols is not None:
         loss = loss + rank_weight * ranking_loss(logits[:, cat_cols], truth[:, cat_cols])
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    if sync is not None:
+        sync()
+    nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
     opt.step()
     return float(loss.detach())
 
@@ -280,10 +385,12 @@ def _progress(enabled: bool):
     )
 
 
-def _save(model: nn.Module, out: Path, vocab: list[str], cfg: ShapesCLIPConfig, rows: list, seed: int) -> None:
+def _save(model: nn.Module, out: Path, vocab: list[str], cfg: ShapesCLIPConfig, rows: list, seed: int,
+          processes: int = 1) -> None:
     model.save_pretrained(str(out), safe_serialization=True)
     (out / "vocab.json").write_text(json.dumps({"tokens": vocab}) + "\n")
-    (out / "train_config.json").write_text(json.dumps({**asdict(cfg), "seed": seed}, indent=2) + "\n")
+    (out / "train_config.json").write_text(
+        json.dumps({**asdict(cfg), "seed": seed, "processes": processes}, indent=2) + "\n")
     with open(out / "train_log.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["step", "seconds", "cpu_seconds", "loss", "lr", "heldout_accuracy"])
         w.writeheader()
