@@ -20,22 +20,44 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 from ..errors import InputError, MethodError, VlexplainError, require  # noqa: E402
+from .concept_runner import (  # noqa: E402
+    CONCEPT_FILE_TYPES,
+    MAX_DESCRIPTORS,
+    concept_method_choices,
+    concept_presets,
+    parse_class,
+    parse_descriptors,
+    parse_templates,
+    read_concept_file,
+    run_concepts,
+)
 from .runner import ModelCache, method_choices, method_options_help, parse_options, parse_texts, run  # noqa: E402
-from .samples import sample_images  # noqa: E402
+from .samples import concept_suggestions, sample_images  # noqa: E402
 
 NOT_IMAGE = "That file is not an image vlexplain can read. Upload a PNG, JPEG, WebP, BMP, GIF or TIFF image."
 
-INTRO = """# vlexplain explorer
-Which pixels and which words make an image and a text match?
+TITLE = "# vlexplain explorer"
+
+INTRO = """Which pixels and which words make an image and a text match?
 **1.** Upload an image or pick a built-in photo. **2.** Type one or more texts, one per line.
 **3.** Choose the model and the attribution methods, then press **Explain**.
 Each heatmap shows the method's attribution for one text (red = high); the token table shows which
 words matter; the score is the cosine similarity of the image and text embeddings.
 """
 
+CONCEPTS_INTRO = """Which pixels does each visual concept of a class rest on? (DEAL concept explanations.)
+**1.** Upload an image or pick a built-in one. **2.** Type a class and its descriptors, one per line,
+or pick a class from a concept set: the built-in shapes world or your own file (JSON
+`{"class": ["descriptor", ...]}` or CSV `class,descriptor`). **3.** Press **Explain concepts**.
+The category map explains the image against the class prompt, each concept map against one concept
+prompt. **Disentanglability** is high when the concept maps cover different pixels;
+**localizability** is high when a map's top pixels alone recover its prompt's score.
+"""
+
 CSS = """
-#vx-scores table, #vx-tokens table {border-collapse: collapse; width: 100%; font-size: 0.95rem;}
-#vx-scores td, #vx-scores th, #vx-tokens td, #vx-tokens th {border-bottom: 1px solid #ddd; padding: 4px 8px; text-align: left;}
+#vx-scores table, #vx-tokens table, #vx-c-metrics table {border-collapse: collapse; width: 100%; font-size: 0.95rem;}
+#vx-scores td, #vx-scores th, #vx-tokens td, #vx-tokens th, #vx-c-metrics td, #vx-c-metrics th {border-bottom: 1px solid #ddd; padding: 4px 8px; text-align: left;}
+#vx-c-metrics table {margin-bottom: 0.8rem;}
 .vx-note {font-size: 0.85rem; color: #666;}
 """
 
@@ -94,6 +116,8 @@ class Explorer:
     def __init__(self, cache: ModelCache):
         self.cache = cache
         self.samples = sample_images()
+        self.concept_samples = concept_suggestions()
+        self.presets = concept_presets()
         self._out = tempfile.TemporaryDirectory(prefix="vlexplain-serve-")
 
     def check_upload(self, payload: Any) -> str:
@@ -177,9 +201,127 @@ class Explorer:
         status = f"Done: {len(texts)} text(s) × {len(methods)} method(s) in {dt:.1f} s on {model.name}."
         return scores_html(res), grid, tokens_html(res), [str(out / "vlexplain_grid.png"), str(js)], status
 
+    # --- the concepts tab ------------------------------------------------------------------------
+
+    def pick_concept_sample(self, label: str | None):
+        """A built-in image with its suggested class, descriptors and prompt templates."""
+        gr = _gradio()
+        if not label or label not in self.samples:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), ""
+        image, _ = self.samples[label]()
+        cls, descs, tpl = self.concept_samples[label]()
+        return (image, cls, "\n".join(descs), tpl.category, tpl.concept,
+                f"Loaded the built-in image '{label}' with a suggested class and descriptors "
+                f"(prompts `{tpl.category}` and `{tpl.concept}`).")
+
+    def _concept_set(self, label: str | None, uploaded: dict | None):
+        """(concept set, its prompt templates) for a menu label, or (None, None)."""
+        from ..concepts.relevance import Templates
+        from ..concepts.sets import ConceptSet
+
+        if label in self.presets:
+            load, tpl = self.presets[label]
+            return load(), tpl
+        if uploaded and label == uploaded.get("label"):
+            return ConceptSet({c: tuple(d) for c, d in uploaded["concepts"].items()}, uploaded["name"]), Templates()
+        return None, None
+
+    def upload_concepts(self, payload: Any, uploaded: dict | None):
+        """Read an uploaded concept file; select it, offer its classes and clear the upload box for the next file."""
+        gr = _gradio()
+        path = _image_path(payload)
+        if not path:
+            return gr.skip(), gr.skip(), uploaded, gr.skip(), ""
+        name = (payload.get("orig_name") if isinstance(payload, dict) else None) or Path(path).name
+        try:
+            cs = read_concept_file(path, Path(name).name)
+        except InputError as e:
+            raise _user_error(e) from None
+        label = f"uploaded: {cs.source}"
+        state = {"label": label, "name": cs.source, "concepts": {c: list(d) for c, d in cs.concepts.items()}}
+        lo, hi = cs.num_descriptors()
+        per = f"{lo}" if lo == hi else f"{lo}–{hi}"
+        return (
+            gr.Dropdown(choices=[*self.presets, label], value=label),
+            gr.Dropdown(choices=cs.classes, value=None),
+            state,
+            None,
+            f"Read {len(cs)} classes ({per} descriptors each) from {cs.source}: pick a class.",
+        )
+
+    def pick_concept_set(self, label: str | None, uploaded: dict | None):
+        """Offer the classes of the chosen concept set."""
+        gr = _gradio()
+        cs, _ = self._concept_set(label, uploaded)
+        if cs is None:
+            return gr.Dropdown(choices=[], value=None), ""
+        return gr.Dropdown(choices=cs.classes, value=None), f"{label}: {len(cs)} classes; pick one."
+
+    def pick_concept_class(self, label: str | None, cls: str | None, uploaded: dict | None):
+        """Fill the class, descriptor (at most MAX_DESCRIPTORS) and prompt boxes from the chosen set."""
+        gr = _gradio()
+        if not cls:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), ""
+        cs, tpl = self._concept_set(label, uploaded)
+        if cs is None:
+            raise _user_error(InputError("choose a concept set first (or upload a concept file)"))
+        try:
+            descs = cs.descriptors(cls)
+        except InputError as e:
+            raise _user_error(e) from None
+        note = f" (the first {MAX_DESCRIPTORS} of its {len(descs)})" if len(descs) > MAX_DESCRIPTORS else ""
+        descs = descs[:MAX_DESCRIPTORS]
+        return (cls, "\n".join(descs), tpl.category, tpl.concept,
+                f"'{cls}': {len(descs)} descriptors from {cs.source}{note}; prompts `{tpl.category}` and `{tpl.concept}`.")
+
+    def change_concept_model(self, spec: str, method: str | None, progress: Any = None):
+        """Load the model and offer the concept-map methods that apply to it."""
+        gr = _gradio()
+        try:
+            if progress is not None and spec not in self.cache:
+                progress(0, desc=f"loading {spec}")
+            model, _ = self.cache.get(spec)
+        except Exception as e:
+            first = str(_user_error(e).message).partition("\n")[0]
+            return gr.skip(), f"**Cannot load model `{spec}`**: {first}"
+        choices = concept_method_choices(model)
+        names = [n for _, n in choices]
+        return gr.Dropdown(choices=choices, value=method if method in names else names[0]), f"Model **{model.name}** ready."
+
+    def explain_concepts(self, payload, spec, method, cls_raw, descs_raw, options_raw, category_tpl, concept_tpl,
+                         progress: Any = None):
+        """Category and concept maps of the image, with its disentanglability and localizability."""
+        from .render import concept_metrics_html, concept_png, write_concept_json
+
+        try:
+            path = _image_path(payload)
+            if not path:
+                raise InputError("upload an image or pick a built-in one first")
+            image = _decode(path)
+            cls = parse_class(cls_raw)
+            descriptors = parse_descriptors(descs_raw, cls)
+            templates = parse_templates(category_tpl, concept_tpl)
+            method = (method or "").strip() or "deal"
+            options = parse_options(options_raw, [method]).get(method, {})
+            if progress is not None and spec not in self.cache:
+                progress(0, desc=f"loading {spec}")
+            model, lock = self.cache.get(spec)
+            if progress is not None:
+                progress(0.1, desc="waiting for the model" if lock.locked() else f"{method}: {1 + len(descriptors)} maps")
+            with lock:
+                res = run_concepts(model, image, cls, descriptors, method, options, templates, image_name=Path(path).name)
+            out = Path(tempfile.mkdtemp(dir=self._out.name))
+            fig = concept_png(res, out / "vlexplain_concepts.png")
+            js = write_concept_json(res, out / "vlexplain_concepts.json")
+        except Exception as e:
+            raise _user_error(e) from None
+        status = (f"Done: '{cls}' with {len(descriptors)} concept(s) by {method} in {res.seconds:.1f} s on "
+                  f"{model.name}.")
+        return fig, concept_metrics_html(res), [str(out / "vlexplain_concepts.png"), str(js)], status
+
 
 def build_app(model: str = "offline", max_upload_mb: float = 10, cache: ModelCache | None = None):
-    """Build the explorer's Blocks (the default model is loaded here, once)."""
+    """Build the explorer's Blocks: the Explain and Concepts tabs (the default model is loaded here, once)."""
     gr = _gradio()
     cache = cache or ModelCache()
     ex = Explorer(cache)
@@ -196,47 +338,125 @@ def build_app(model: str = "offline", max_upload_mb: float = 10, cache: ModelCac
         return ex.explain(path, texts_raw, spec, methods, options_raw, seed, progress)
 
     with gr.Blocks(title="vlexplain explorer", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
-        gr.Markdown(INTRO, elem_id="vx-intro")
-        with gr.Row():
-            with gr.Column(scale=2, min_width=320):
-                image = gr.Image(
-                    value=first_image, label=f"Image (PNG, JPEG, WebP…; up to {max_upload_mb:g} MB)", type="filepath",
-                    image_mode=None, sources=["upload", "clipboard"], format="png", height=280, elem_id="vx-image",
-                )
-                sample = gr.Dropdown(choices=list(ex.samples), value=first_sample, label="…or pick a built-in image",
-                                     elem_id="vx-sample")
-                texts = gr.Textbox(value=first_texts, lines=4, max_lines=8, label="Texts (one per line)",
-                                   elem_id="vx-texts")
-                model_box = gr.Dropdown(choices=_model_choices(model), value=model, allow_custom_value=True,
-                                        label="Model (or type any model spec)", elem_id="vx-model")
-                methods = gr.CheckboxGroup(choices=choices, value=["m2ib"] if "m2ib" in names else names[:1],
-                                           label="Methods (those that apply to this model)", elem_id="vx-methods")
-                run_btn = gr.Button("Explain", variant="primary", elem_id="vx-run")
-                status = gr.Markdown(elem_id="vx-status")
-                with gr.Accordion("Method options and seed", open=False):
-                    options = gr.Textbox(lines=3, label="Options: method.option=value, one per line",
-                                         placeholder="m2ib.steps=5\nm2ib.beta=0.1", elem_id="vx-options")
-                    seed = gr.Number(value=0, precision=0, label="Seed (stochastic methods)", elem_id="vx-seed")
-                with gr.Accordion("What the methods do", open=False):
-                    opts_help = gr.Markdown(method_options_help(names), elem_id="vx-options-help")
-            with gr.Column(scale=3, min_width=480):
-                gr.Markdown("### Scores")
-                scores = gr.HTML("<p class='vx-note'>Press <b>Explain</b>: each text's score appears here.</p>", elem_id="vx-scores")
-                gr.Markdown("### Heatmaps\nOne row per text, one column per method (its run time in brackets).")
-                grid = gr.Image(label="Heatmaps", show_label=False, type="numpy", format="png", interactive=False,
-                                elem_id="vx-grid")
-                gr.Markdown("### Token highlights")
-                tokens = gr.HTML("<p class='vx-note'>Which words matter, per text and method.</p>", elem_id="vx-tokens")
-                files = gr.File(label="Download: grid (PNG) and results (JSON)", file_count="multiple",
-                                interactive=False, elem_id="vx-download")
-        # preprocess=False: the callbacks decode the image themselves (clear message for non-images)
-        image.upload(ex.check_upload, inputs=image, outputs=status, api_name=False, preprocess=False)
-        sample.input(ex.pick_sample, inputs=sample, outputs=[image, texts, status], api_name=False)
-        model_box.change(on_model, inputs=[model_box, methods], outputs=[methods, opts_help, status], api_name=False)
-        run_btn.click(on_run, inputs=[image, texts, model_box, methods, options, seed],
-                      outputs=[scores, grid, tokens, files, status], api_name="explain", preprocess=False)
+        gr.Markdown(TITLE, elem_id="vx-title")
+        with gr.Tab("Explain", id="explain", elem_id="vx-tab-explain"):
+            gr.Markdown(INTRO, elem_id="vx-intro")
+            with gr.Row():
+                with gr.Column(scale=2, min_width=320):
+                    image = gr.Image(
+                        value=first_image, label=f"Image (PNG, JPEG, WebP…; up to {max_upload_mb:g} MB)", type="filepath",
+                        image_mode=None, sources=["upload", "clipboard"], format="png", height=280, elem_id="vx-image",
+                    )
+                    sample = gr.Dropdown(choices=list(ex.samples), value=first_sample, label="…or pick a built-in image",
+                                         elem_id="vx-sample")
+                    texts = gr.Textbox(value=first_texts, lines=4, max_lines=8, label="Texts (one per line)",
+                                       elem_id="vx-texts")
+                    model_box = gr.Dropdown(choices=_model_choices(model), value=model, allow_custom_value=True,
+                                            label="Model (or type any model spec)", elem_id="vx-model")
+                    methods = gr.CheckboxGroup(choices=choices, value=["m2ib"] if "m2ib" in names else names[:1],
+                                               label="Methods (those that apply to this model)", elem_id="vx-methods")
+                    run_btn = gr.Button("Explain", variant="primary", elem_id="vx-run")
+                    status = gr.Markdown(elem_id="vx-status")
+                    with gr.Accordion("Method options and seed", open=False):
+                        options = gr.Textbox(lines=3, label="Options: method.option=value, one per line",
+                                             placeholder="m2ib.steps=5\nm2ib.beta=0.1", elem_id="vx-options")
+                        seed = gr.Number(value=0, precision=0, label="Seed (stochastic methods)", elem_id="vx-seed")
+                    with gr.Accordion("What the methods do", open=False):
+                        opts_help = gr.Markdown(method_options_help(names), elem_id="vx-options-help")
+                with gr.Column(scale=3, min_width=480):
+                    gr.Markdown("### Scores")
+                    scores = gr.HTML("<p class='vx-note'>Press <b>Explain</b>: each text's score appears here.</p>", elem_id="vx-scores")
+                    gr.Markdown("### Heatmaps\nOne row per text, one column per method (its run time in brackets).")
+                    grid = gr.Image(label="Heatmaps", show_label=False, type="numpy", format="png", interactive=False,
+                                    elem_id="vx-grid")
+                    gr.Markdown("### Token highlights")
+                    tokens = gr.HTML("<p class='vx-note'>Which words matter, per text and method.</p>", elem_id="vx-tokens")
+                    files = gr.File(label="Download: grid (PNG) and results (JSON)", file_count="multiple",
+                                    interactive=False, elem_id="vx-download")
+            # preprocess=False: the callbacks decode the image themselves (clear message for non-images)
+            image.upload(ex.check_upload, inputs=image, outputs=status, api_name=False, preprocess=False)
+            sample.input(ex.pick_sample, inputs=sample, outputs=[image, texts, status], api_name=False)
+            model_box.change(on_model, inputs=[model_box, methods], outputs=[methods, opts_help, status], api_name=False)
+            run_btn.click(on_run, inputs=[image, texts, model_box, methods, options, seed],
+                          outputs=[scores, grid, tokens, files, status], api_name="explain", preprocess=False)
+        with gr.Tab("Concepts", id="concepts", elem_id="vx-tab-concepts"):
+            _concepts_tab(gr, ex, model, default_model, max_upload_mb)
     demo.vx_explorer = ex  # keeps the output folder alive as long as the app
     return demo
+
+
+def _concepts_tab(gr, ex: Explorer, model: str, default_model, max_upload_mb: float) -> None:
+    """The Concepts tab: a class and its descriptors -> category map, concept maps and DEAL metrics."""
+    from ..concepts.sets import CATEGORY_TEMPLATE, CONCEPT_TEMPLATE
+
+    shapes_samples = [k for k in ex.samples if k.startswith("shapes scene")]
+    first_sample = shapes_samples[0] if model.startswith("testbed:shapes") and shapes_samples else next(iter(ex.samples))
+    first_image, _ = ex.samples[first_sample]()
+    first_class, first_descs, first_tpl = ex.concept_samples[first_sample]()
+    methods = concept_method_choices(default_model)
+    presets = list(ex.presets)
+
+    def on_model(spec, method, progress=gr.Progress()):
+        return ex.change_concept_model(spec, method, progress)
+
+    def on_run(path, spec, method, cls_raw, descs_raw, options_raw, cat_tpl, con_tpl, progress=gr.Progress()):
+        return ex.explain_concepts(path, spec, method, cls_raw, descs_raw, options_raw, cat_tpl, con_tpl, progress)
+
+    gr.Markdown(CONCEPTS_INTRO, elem_id="vx-c-intro")
+    uploaded = gr.State(None)
+    with gr.Row():
+        with gr.Column(scale=2, min_width=320):
+            image = gr.Image(
+                value=first_image, label=f"Image (PNG, JPEG, WebP…; up to {max_upload_mb:g} MB)", type="filepath",
+                image_mode=None, sources=["upload", "clipboard"], format="png", height=240, elem_id="vx-c-image",
+            )
+            sample = gr.Dropdown(choices=list(ex.samples), value=first_sample, elem_id="vx-c-sample",
+                                 label="…or pick a built-in image (suggests a class and descriptors)")
+            cls = gr.Textbox(value=first_class, label="Class", max_lines=1, elem_id="vx-c-class")
+            descs = gr.Textbox(value="\n".join(first_descs), lines=4, max_lines=MAX_DESCRIPTORS,
+                               label=f"Descriptors (one per line, at most {MAX_DESCRIPTORS})", elem_id="vx-c-descriptors")
+            with gr.Group():
+                with gr.Row():
+                    set_pick = gr.Dropdown(choices=presets, value=presets[0] if presets else None, label="Concept set",
+                                           elem_id="vx-c-set")
+                    first_set = ex.presets[presets[0]][0]().classes if presets else []
+                    class_pick = gr.Dropdown(choices=first_set, value=None, label="…pick a class from it",
+                                             elem_id="vx-c-pick")
+                concept_file = gr.File(label="…or upload a concept file: JSON {class: [descriptors]} or CSV class,descriptor",
+                                       file_types=list(CONCEPT_FILE_TYPES), file_count="single", type="filepath",
+                                       height=130, elem_id="vx-c-file")
+            model_box = gr.Dropdown(choices=_model_choices(model), value=model, allow_custom_value=True,
+                                    label="Model (or type any model spec)", elem_id="vx-c-model")
+            method = gr.Dropdown(choices=methods, value=methods[0][1], label="Map method", elem_id="vx-c-method")
+            run_btn = gr.Button("Explain concepts", variant="primary", elem_id="vx-c-run")
+            status = gr.Markdown(elem_id="vx-c-status")
+            with gr.Accordion("Prompt templates and method options", open=False):
+                cat_tpl = gr.Textbox(value=first_tpl.category, label=f"Class prompt ({{class}}; default {CATEGORY_TEMPLATE!r})",
+                                     max_lines=1, elem_id="vx-c-category-template")
+                con_tpl = gr.Textbox(value=first_tpl.concept, max_lines=1, elem_id="vx-c-concept-template",
+                                     label=f"Concept prompt ({{class}}, {{descriptor}}; default {CONCEPT_TEMPLATE!r})")
+                options = gr.Textbox(lines=2, label="Options of a registered method: method.option=value, one per line",
+                                     placeholder="m2ib.steps=5", elem_id="vx-c-options")
+        with gr.Column(scale=3, min_width=480):
+            gr.Markdown("### Category and concept maps")
+            figure = gr.Image(label="Concept maps", show_label=False, type="numpy", format="png", interactive=False,
+                              elem_id="vx-c-figure")
+            gr.Markdown("### This image's disentanglability and localizability")
+            metrics = gr.HTML("<p class='vx-note'>Press <b>Explain concepts</b>: the metrics of this image appear here.</p>",
+                              elem_id="vx-c-metrics")
+            files = gr.File(label="Download: figure (PNG) and results (JSON)", file_count="multiple",
+                            interactive=False, elem_id="vx-c-download")
+    image.upload(ex.check_upload, inputs=image, outputs=status, api_name=False, preprocess=False)
+    sample.input(ex.pick_concept_sample, inputs=sample, outputs=[image, cls, descs, cat_tpl, con_tpl, status],
+                 api_name=False)
+    concept_file.upload(ex.upload_concepts, inputs=[concept_file, uploaded],
+                        outputs=[set_pick, class_pick, uploaded, concept_file, status], api_name=False, preprocess=False)
+    set_pick.input(ex.pick_concept_set, inputs=[set_pick, uploaded], outputs=[class_pick, status], api_name=False)
+    class_pick.input(ex.pick_concept_class, inputs=[set_pick, class_pick, uploaded],
+                     outputs=[cls, descs, cat_tpl, con_tpl, status], api_name=False)
+    model_box.change(on_model, inputs=[model_box, method], outputs=[method, status], api_name=False)
+    run_btn.click(on_run, inputs=[image, model_box, method, cls, descs, options, cat_tpl, con_tpl],
+                  outputs=[figure, metrics, files, status], api_name="concepts", preprocess=False)
 
 
 def launch(

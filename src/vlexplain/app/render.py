@@ -1,4 +1,5 @@
-"""Rendering a run for the explorer: the heatmap grid PNG, the scores and token tables, the JSON."""
+"""Rendering runs for the explorer: the heatmap grid PNG, the scores and token tables, the JSON;
+the concepts tab's figure and metrics table."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..viz.core import overlay, token_html
+from .concept_runner import ConceptRun
 from .runner import RunResult
 
 
@@ -99,4 +101,107 @@ def tokens_html(res: RunResult) -> str:
 def write_json(res: RunResult, path: str | os.PathLike) -> Path:
     p = Path(path)
     p.write_text(json.dumps(res.to_dict(), indent=1))
+    return p
+
+
+# --- the concepts tab --------------------------------------------------------------------------
+
+
+def concept_figure(run: ConceptRun, dpi: int = 100, per_row: int = 3):
+    """A matplotlib Figure: the image, the category map, then one map per concept (rows of ``per_row``)."""
+    from matplotlib.figure import Figure
+
+    n = 2 + len(run.descriptors)
+    cols = min(n, per_row)
+    rows = -(-n // cols)
+    fig = Figure(figsize=(2.8 * cols, 3.35 * rows + 0.5), dpi=dpi, layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    rgb = run.rgb
+    axes[0, 0].imshow(rgb.permute(1, 2, 0).numpy())
+    name = run.image_name if len(run.image_name) <= 30 else run.image_name[:14] + "…" + run.image_name[-14:]
+    axes[0, 0].set_title(f"image\n{name}", fontsize=9)
+    panels = [("category map", run.prompts[0], run.scores[0], run.category, None)]
+    for j, d in enumerate(run.descriptors):
+        panels.append((f"concept {j + 1}", run.prompts[1 + j], run.scores[1 + j], run.concepts[j],
+                       run.per_concept_localizability[j]))
+    for k, (head, prompt, score, m, loc) in enumerate(panels, 1):
+        ax = axes[k // cols, k % cols]
+        ax.imshow(overlay(rgb, m))
+        wrapped = textwrap.wrap(prompt, 32)
+        wrapped = "\n".join(wrapped[:2]) + ("…" if len(wrapped) > 2 else "")
+        extra = f"   localizability {loc:.3f}" if loc is not None else ""
+        ax.set_title(f"{head}\n{wrapped}\ncosine {score:.3f}{extra}", fontsize=9)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for k in range(n, rows * cols):
+        axes[k // cols, k % cols].axis("off")
+    dis = f"{run.disentanglability:.3f}" if run.disentanglability is not None else "n/a (one concept)"
+    fig.suptitle(f"class '{run.cls}' — model {run.model}, maps by {run.method}\n"
+                 f"disentanglability {dis}, localizability {run.localizability:.3f}", fontsize=10)
+    fig.supxlabel("red = high relevance, blue = low; each map min-max scaled", fontsize=9)
+    return fig
+
+
+def concept_png(run: ConceptRun, path: str | os.PathLike) -> np.ndarray:
+    """Write the concept figure to ``path`` and return it as an (H, W, 3) uint8 array."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = concept_figure(run)
+    canvas = FigureCanvasAgg(fig)
+    fig.savefig(path, format="png")
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def _val(key: str, value: float | None, digits: int = 4) -> str:
+    shown = "n/a" if value is None else f"{value:.{digits}f}"
+    return f"<td class='vx-val' data-key='{html.escape(key)}'>{shown}</td>"
+
+
+def concept_metrics_html(run: ConceptRun) -> str:
+    """HTML: this image's DEAL metrics, each prompt's score and localizability, and the pair overlaps."""
+    K = len(run.descriptors)
+    one = "needs two or more concepts" if K < 2 else ""
+    summary = [
+        ("disentanglability", run.disentanglability,
+         "published form: sigmoid(10 · (0.2 − S / 100)), S = sum over concept pairs of the overlap "
+         "(higher = concepts look at different pixels)" + (f"; {one}" if one else "")),
+        ("mean_pairwise_overlap", run.mean_overlap,
+         "raw: mean over concept pairs of Σ<sub>pixels</sub> h<sub>i</sub>·h<sub>j</sub> on the "
+         f"{run.concepts.shape[-2]}×{run.concepts.shape[-1]} map grid (lower = more disentangled)"),
+        ("pairwise_overlap_sum", run.overlap_sum, "S: the sum over concept pairs"),
+        ("localizability", run.localizability,
+         "insertion test: the concept prompt's score as the top 20…100 % pixels of its map are inserted into "
+         "a blurred copy, relative to the full image (mean over concepts and steps; higher = better)"),
+    ]
+    names = {"disentanglability": "Disentanglability", "mean_pairwise_overlap": "Mean pairwise overlap",
+             "pairwise_overlap_sum": "Sum of pair overlaps S", "localizability": "Localizability"}
+    rows = "".join(f"<tr><td><b>{names[k]}</b></td>{_val(k, v)}<td class='vx-note'>{d}</td></tr>" for k, v, d in summary)
+    out = [f"<table class='vx-concept-metrics'><thead><tr><th>this image</th><th>value</th><th>meaning</th></tr></thead>"
+           f"<tbody>{rows}</tbody></table>"]
+    prompt_rows = [f"<tr><td>category</td><td>{html.escape(run.prompts[0])}</td>{_val('score:category', run.scores[0])}"
+                   "<td>—</td></tr>"]
+    for j in range(K):
+        prompt_rows.append(
+            f"<tr><td>concept {j + 1}</td><td>{html.escape(run.prompts[1 + j])}</td>"
+            f"{_val(f'score:{j + 1}', run.scores[1 + j])}{_val(f'localizability:{j + 1}', run.per_concept_localizability[j])}</tr>"
+        )
+    out.append("<table class='vx-concept-prompts'><thead><tr><th>map</th><th>prompt</th><th>cosine similarity</th>"
+               f"<th>localizability</th></tr></thead><tbody>{''.join(prompt_rows)}</tbody></table>")
+    if K >= 2:
+        head = "".join(f"<th>{j + 1}</th>" for j in range(K))
+        body = []
+        for i in range(K):
+            cells = "".join("<td>·</td>" if i == j else f"<td>{float(run.pair_overlaps[i, j]):.2f}</td>" for j in range(K))
+            body.append(f"<tr><th>{i + 1}. {html.escape(run.descriptors[i])}</th>{cells}</tr>")
+        out.append("<p class='vx-note'>Overlap Σ<sub>pixels</sub> h<sub>i</sub>·h<sub>j</sub> of each pair of "
+                   "concept maps:</p>"
+                   f"<table class='vx-concept-pairs'><thead><tr><th></th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
+    return "".join(out)
+
+
+def write_concept_json(run: ConceptRun, path: str | os.PathLike) -> Path:
+    p = Path(path)
+    p.write_text(json.dumps(run.to_dict(), indent=1))
     return p

@@ -16,7 +16,7 @@ def register(app: typer.Typer) -> None:
         max_upload_mb: float = typer.Option(10.0, "--max-upload-mb", help="Largest accepted upload, in MB."),
         concurrency: int = typer.Option(2, "--concurrency", help="Requests processed at once (others wait in the queue)."),
     ) -> None:
-        """Open the web explorer: upload an image, type texts, compare methods' heatmaps."""
+        """Open the web explorer: compare methods' heatmaps for an image and texts; concept maps of a class."""
         os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
         from ..app.app import launch
 
