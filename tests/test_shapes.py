@@ -159,8 +159,13 @@ def test_shipped_model_files():
 def test_shipped_model_reaches_category_bar(shapes_clip):
     from vlexplain.data.shapes_train import evaluate_shapes
 
-    res = evaluate_shapes(shapes_clip, n_single=100, n_multi=0)
+    from vlexplain.data.testbed_models import assets_dir
+
+    recorded = json.loads((assets_dir() / "metrics.json").read_text())["metrics"]
+    res = evaluate_shapes(shapes_clip, n_single=recorded["n_single"], n_multi=0)  # the recorded held-out set
     assert res["category_accuracy"] >= 0.98, res
+    assert res["category_accuracy"] == pytest.approx(recorded["category_accuracy"], abs=1e-9)
+    assert res["descriptor_top1"] == pytest.approx(recorded["descriptor_top1"], abs=1e-9)
 
 
 def test_different_texts_give_different_embeddings(shapes_clip):
@@ -236,7 +241,7 @@ def test_two_process_training_equals_one_process_on_the_union_batch(tmp_path):
 
     cfg = st.ShapesCLIPConfig(vision_width=32, vision_layers=1, text_width=32, text_layers=1, projection_dim=16,
                               batch_size=8, warmup_steps=1, lr=3e-3, eval_every=0, threads=1, pool_size=16,
-                              refresh_per_step=0)
+                              refresh_per_step=0, rank_weight=0.0)  # the ranking loss is a mean over pairs per process
     two = st.train_shapes(minutes=5, out_dir=tmp_path / "two", seed=3, config=cfg, progress=False,
                           processes=2, max_steps=3)
     assert two["steps"] == 3 and two["processes"] == 2
