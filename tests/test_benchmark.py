@@ -162,3 +162,14 @@ def test_benchmark_grids_runs(tmp_path, tiny_shapes_dir):
     assert df["grid_pointing_game"].notna().all()
     # the center map's mass in the queried cell of a 2x2 grid is 1/4 by symmetry
     assert np.allclose(df[df["method"] == "center"]["grid_pointing_game"], 0.25, atol=1e-3)
+
+
+def test_grids_benchmark_budgets_and_caller_options():
+    from vlexplain.eval.benchmark import BENCHMARK_METHOD_OPTIONS, _with_benchmark_defaults
+
+    got = _with_benchmark_defaults("grids", ["rise", "m2ib"], {"rise": {"p_keep": 0.3}, "m2ib": {"steps": 5}})
+    # the testbed's budget stays unless the caller sets that option; methods not run get nothing
+    assert got == {"rise": {"n_masks": BENCHMARK_METHOD_OPTIONS["grids"]["rise"]["n_masks"], "p_keep": 0.3},
+                   "m2ib": {"steps": 5}}
+    assert _with_benchmark_defaults("grids", ["rise"], {"rise": {"n_masks": 1000}}) == {"rise": {"n_masks": 1000}}
+    assert _with_benchmark_defaults("shapes", ["rise"], None) == {}

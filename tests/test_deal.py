@@ -479,6 +479,24 @@ def test_train_checkpoint_and_resume(tmp_path, tiny_cub):
     torch.testing.assert_close(fresh.state_dict(), a.state_dict())
 
 
+@pytest.mark.parametrize("frozen", ["image", "text"])
+def test_freeze_one_tower(tmp_path, tiny_cub, frozen):
+    cs = load_concepts(CUB_CONCEPTS)
+    m = fresh_model()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    tower = {"image": m.image, "text": m.text}
+    names = {t: {id(p) for p in tower[t].parameters()} for t in tower}
+    deal_train(m, tiny_cub, cs, tmp_path / "run", steps=2, batch_size=2, lr=1e-3, progress=False,
+               **{f"freeze_{frozen}": True})
+    other = "text" if frozen == "image" else "image"
+    moved = {t: False for t in tower}
+    for name, p in m.named_parameters():
+        for t in tower:
+            if id(p) in names[t] and not torch.equal(p.detach(), before[name]):
+                moved[t] = True
+    assert not moved[frozen] and moved[other]
+
+
 def test_nan_loss_stops_and_keeps_checkpoint(tmp_path, tiny_cub, monkeypatch):
     cs = load_concepts(CUB_CONCEPTS)
     import vlexplain.concepts.train as train_mod

@@ -340,3 +340,26 @@ def test_two_processes_equal_one(cli_setup):
     assert man["complete"] and len(man["finished"]) == 6
     assert json.loads((run / "config.json").read_text())["world_size"] == 2
     _assert_same(_frame(run), _frame(ref))
+
+
+@pytest.mark.parametrize("metrics,save_maps,want", [
+    (["deletion_image"], False, ["image"]),
+    (["deletion_text"], False, ["text"]),
+    (["deletion_image", "deletion_text"], False, ["image", "text"]),
+    (["deletion_image"], True, ["image", "text"]),  # saved maps keep every side
+])
+def test_explains_only_the_sides_the_metrics_read(tmp_path, hf_clip, monkeypatch, metrics, save_maps, want):
+    import vlexplain.attribution.api as api
+
+    seen = []
+    real = api.explain
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        seen.append([s for s, v in (("image", out[0].image_map), ("text", out[0].token_scores)) if v is not None])
+        return out
+
+    monkeypatch.setattr(api, "explain", spy)
+    data = _write_data(tmp_path, 2, bad=False)
+    evaluate(data, hf_clip, ["saliency"], metrics, tmp_path / "run", batch_size=2, progress=False, save_maps=save_maps)
+    assert seen == [want]

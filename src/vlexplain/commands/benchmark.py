@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
         kind: str = typer.Argument(..., help="Testbed: shapes (shapes-world scenes) or grids (grids of real photos)."),
         methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods (default: all registered; random and center are always added)."),
         metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated metrics (default: those that apply to the testbed)."),
-        n: Optional[int] = typer.Option(None, "--n", min=1, help="Number of pairs (default: shapes 64, grids 24)."),
+        n: Optional[int] = typer.Option(None, "--n", min=1, help="Number of pairs (default: shapes 64, grids 16)."),
         model: Optional[str] = typer.Option(None, "--model", help="Model spec (default: shapes testbed:shapes, grids offline)."),
         out: Optional[Path] = typer.Option(None, "--out", help="Benchmark directory (default: benchmarks/runs/KIND)."),
         seed: int = typer.Option(0, "--seed", min=0, help="Selects the scenes / grids and seeds every explanation."),

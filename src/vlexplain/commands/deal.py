@@ -141,6 +141,7 @@ def register(app: typer.Typer) -> None:
         prediction: str = typer.Option("classes", "--prediction", help="Prediction loss: classes, contrastive or none."),
         weight_decay: float = typer.Option(1e-3, "--weight-decay", help="AdamW weight decay."),
         freeze_text: bool = typer.Option(False, "--freeze-text", help="Keep the text tower fixed."),
+        freeze_image: bool = typer.Option(False, "--freeze-image", help="Keep the image tower fixed."),
         category_template: Optional[str] = typer.Option(None, "--category-template", help=f"Class prompt ({{class}}; default {CATEGORY!r}, shapes 'a {{class}}')."),
         concept_template: Optional[str] = typer.Option(None, "--concept-template", help=f"Concept prompt ({{class}}, {{descriptor}}; default {CONCEPT!r}, shapes '{{descriptor}}')."),
         save_every: int = typer.Option(500, "--save-every", min=1, help="Checkpoint every N steps."),
@@ -160,7 +161,7 @@ def register(app: typer.Typer) -> None:
         ds = _data(data, split, m)
         cs = _concepts(concepts, data, k, ds.classes)
         r = deal_train(m, ds, cs, out, steps=steps, lr=lr, batch_size=batch_size, lambda_sep=lambda_sep,
-                       lambda_con=lambda_con, freeze_text=freeze_text, resume=not fresh, progress=not no_progress,
+                       lambda_con=lambda_con, freeze_text=freeze_text, freeze_image=freeze_image, resume=not fresh, progress=not no_progress,
                        k=k, prediction=prediction, weight_decay=weight_decay, save_every=save_every, seed=seed,
                        category_template=tpl.category, concept_template=tpl.concept)
         if r.main:  # under `accelerate launch`, process 0 reports for all

@@ -57,6 +57,7 @@ class DealConfig:
     category_template: str = Templates.category  # class prompt
     concept_template: str = Templates.concept  # concept prompt
     freeze_text: bool = False  # keep the text tower fixed
+    freeze_image: bool = False  # keep the image tower fixed
     train_logit_scale: bool = False  # let the logit scale (and bias) train
     max_grad_norm: float | None = None  # clip the gradient norm (None: no clipping, as published)
     save_every: int = 500  # checkpoint every this many steps (and at the end)
@@ -251,11 +252,13 @@ class _Log:
 
 def _trainable(model: DualEncoder, cfg: DealConfig) -> list[torch.nn.Parameter]:
     text_ids = {id(p) for p in model.text.parameters()}
+    image_ids = {id(p) for p in model.image.parameters()}
     out = []
     for name, p in model.named_parameters():
         leaf = name.rsplit(".", 1)[-1]
         scale = leaf in ("logit_scale", "logit_bias")
-        if (cfg.freeze_text and id(p) in text_ids) or (scale and not cfg.train_logit_scale):
+        frozen = (cfg.freeze_text and id(p) in text_ids) or (cfg.freeze_image and id(p) in image_ids)
+        if frozen or (scale and not cfg.train_logit_scale):
             p.requires_grad_(False)
         if p.requires_grad:
             out.append(p)

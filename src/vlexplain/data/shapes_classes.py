@@ -5,7 +5,8 @@ Every item is a single-object scene labelled by its category; the concept set is
 :meth:`ShapesClassDataset.concept_mask` gives the pixels a descriptor refers to, so concept maps
 can be scored against exact part masks. The ``test`` split is the held-out single-object scenes of
 :func:`~vlexplain.data.shapes_train.evaluate_shapes` (seeds 0, 1, ...); the ``train`` split uses
-seeds from :data:`TRAIN_SEEDS`, which neither that evaluation nor the shapes CLIP's training draws.
+seeds from :data:`TRAIN_SEEDS`, which neither that evaluation, the attribution benchmark
+(``vlexplain benchmark shapes``) nor the shapes CLIP's training draws.
 
 On the command line: ``--data shapes:N`` (N scenes of the chosen split).
 
@@ -28,7 +29,7 @@ from .shapes import CATEGORIES, Scene, render_scene
 from .shapes_train import SINGLE_SEEDS
 
 #: first seed of the ``train`` split (below the shapes CLIP's training seeds, above its evaluation seeds)
-TRAIN_SEEDS = 5_000_000
+TRAIN_SEEDS = 7_000_000
 #: prompts that match the texts the shapes CLIP was trained on ("a house", "a triangular roof")
 SHAPES_CATEGORY_TEMPLATE = "a {class}"
 SHAPES_CONCEPT_TEMPLATE = "{descriptor}"

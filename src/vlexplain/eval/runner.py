@@ -448,7 +448,7 @@ def _explain_batch(ctx: _Ctx, ok: list[Any], recs: dict[tuple[int, str], dict[st
             ten[f"{p.index}.image"] = (im.float().cpu() * 255).round().to(torch.uint8).contiguous()
     for m in cfg.methods:
         exps = explain(model, px, caps, method=m, seed=cfg.seed, target=cfg.target, batch_size=len(ok),
-                       **cfg.method_options.get(m, {}))
+                       sides=_sides_needed(ctx, m), **cfg.method_options.get(m, {}))
         vals = _metrics_for(ctx, m, px, texts, exps, ok, gts)
         for j, (p, e) in enumerate(zip(ok, exps)):
             r = out[(p.index, m)] = dict(recs[(p.index, m)])
@@ -501,6 +501,19 @@ def _extra(info: MetricInfo, cfg: EvalConfig, method: str, pairs: list[Any], gts
             vals = [pairs[i].row.extras[key] for i in idx]
             kw[key] = vals[0] if all(v == vals[0] for v in vals) else torch.tensor(vals, device=device)
     return idx, kw
+
+
+def _sides_needed(ctx: _Ctx, method: str) -> list[str] | None:
+    """The sides a method must explain: those the metrics read (every side when maps are saved, or
+    when a metric takes either side). None: every side the method applies to."""
+    from ..attribution.base import get_method
+
+    wanted = {info.side for info in ctx.metric_fns.values()}
+    if ctx.cfg.save_maps or None in wanted:
+        return None
+    cls = get_method(method)
+    chosen = [s for s in ("image", "text") if s in wanted and cls.why_not(ctx.model, s) is None]  # type: ignore[arg-type]
+    return chosen or None
 
 
 def _metrics_for(ctx: _Ctx, method: str, px: Tensor, texts: Any, exps: list[Any], pairs: list[Any],
