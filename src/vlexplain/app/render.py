@@ -49,15 +49,19 @@ def grid_figure(res: RunResult, dpi: int = 100):
     return fig
 
 
-def grid_png(res: RunResult, path: str | os.PathLike) -> np.ndarray:
-    """Write the grid to ``path`` and return it as an (H, W, 3) uint8 array."""
+def _png(fig, path: str | os.PathLike) -> np.ndarray:
+    """Write ``fig`` to ``path`` as PNG and return it as an (H, W, 3) uint8 array."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    fig = grid_figure(res)
     canvas = FigureCanvasAgg(fig)
     fig.savefig(path, format="png")
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def grid_png(res: RunResult, path: str | os.PathLike) -> np.ndarray:
+    """Write the grid to ``path`` and return it as an (H, W, 3) uint8 array."""
+    return _png(grid_figure(res), path)
 
 
 def scores_html(res: RunResult) -> str:
@@ -145,13 +149,7 @@ def concept_figure(run: ConceptRun, dpi: int = 100, per_row: int = 3):
 
 def concept_png(run: ConceptRun, path: str | os.PathLike) -> np.ndarray:
     """Write the concept figure to ``path`` and return it as an (H, W, 3) uint8 array."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    fig = concept_figure(run)
-    canvas = FigureCanvasAgg(fig)
-    fig.savefig(path, format="png")
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+    return _png(concept_figure(run), path)
 
 
 def _val(key: str, value: float | None, digits: int = 4) -> str:

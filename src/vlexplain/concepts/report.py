@@ -29,6 +29,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import InputError
+from ..viz.html import REPORT_CSS
 from ..viz.save import atomic_write, atomic_write_text
 
 METRICS_JSON, METRICS_CSV, GALLERY_NPZ, REPORT_HTML = "metrics.json", "metrics.csv", "gallery.npz", "report.html"
@@ -52,20 +53,12 @@ METRICS: tuple[tuple[str, str, bool | None, int], ...] = (
 #: the metrics that need ground truth (shown only when some column has them)
 TRUTH = ("part_pointing", "part_energy", "part_area", "part_maps")
 
-_CSS = """
-body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1200px;color:#222;padding:0 16px}
-h1{font-size:24px;margin-bottom:4px}h2{font-size:19px;margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}
-h3{font-size:14px;margin:18px 0 6px}
-.sub{color:#666;font-size:13px}
-table{border-collapse:collapse;font-size:13px;margin:8px 0}
-th,td{border:1px solid #ddd;padding:4px 8px;text-align:right;vertical-align:top}
-th{background:#f4f4f6}td.l,th.l{text-align:left}
+_CSS = REPORT_CSS + """
 td.up{background:#e6f4ea;color:#137333;font-weight:600}td.down{background:#fce8e6;color:#a50e0e;font-weight:600}
 table.maps td,table.maps th{text-align:center;vertical-align:middle;font-size:11px}
 table.maps th.t{max-width:128px;font-weight:normal;background:#fafafa}
 table.maps img{width:128px;height:128px;display:block}
 .e{color:#555;font-family:monospace}
-pre{background:#f6f8fa;padding:10px;font-size:12px;overflow-x:auto;border-radius:4px}
 """
 
 

@@ -19,20 +19,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..viz.html import REPORT_CSS
 from . import io as rio
 
 N_BOOT = 1000
 BOOT_SEED = 0
 GALLERY_K = 4
 
-_CSS = """
-body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1200px;color:#222;padding:0 16px}
-h1{font-size:24px;margin-bottom:4px}h2{font-size:19px;margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}
-h3{font-size:15px;margin:18px 0 6px}
-.sub{color:#666;font-size:13px}
-table{border-collapse:collapse;font-size:13px;margin:8px 0}
-th,td{border:1px solid #ddd;padding:4px 8px;text-align:right;vertical-align:top}
-th{background:#f4f4f6}td.l,th.l{text-align:left}
+_CSS = REPORT_CSS + """
 td.best{background:#e6f4ea;font-weight:600}
 .ci{color:#777;font-size:11px}
 .warn{background:#fff4e5;border:1px solid #f0c36d;padding:8px 12px;border-radius:4px}
@@ -41,7 +35,6 @@ td.best{background:#e6f4ea;font-weight:600}
 .card img{width:168px;height:168px;image-rendering:pixelated;display:block;margin-bottom:4px}
 .card .v{font-family:monospace}
 .curves{display:flex;flex-wrap:wrap;gap:12px}.curves img{width:380px;border:1px solid #eee}
-pre{background:#f6f8fa;padding:10px;font-size:12px;overflow-x:auto;border-radius:4px}
 """
 
 
