@@ -111,3 +111,26 @@ def test_two_processes_equal_one_with_double_batch(tmp_path):
         torch.testing.assert_close(m2.state_dict()[k], v, atol=2e-5, rtol=1e-4, msg=k)
         moved = max(moved, float((v - init[k]).abs().max()))
     assert moved > 100 * 2e-5
+
+
+def test_average_gradients_buckets_dtypes_and_missing_grads():
+    from vlexplain.distributed import average_gradients
+
+    ps = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(4)),
+          torch.nn.Parameter(torch.ones(2, dtype=torch.float64)), torch.nn.Parameter(torch.ones(5))]
+    for i, p in enumerate(ps):
+        if i != 1:  # parameter 1 has no gradient: it must be sent as zeros
+            p.grad = torch.arange(p.numel(), dtype=p.dtype).view_as(p) + i
+    calls = []
+
+    def fake_mean(t):  # stands in for the collective: records the buckets, maps g -> 2 g + 1
+        calls.append((t.dtype, t.numel()))
+        return 2 * t + 1
+
+    average_gradients(ps, fake_mean, bucket=5)
+    # buckets: [p0 (3 elements), p1 (4) -> 7 >= 5 closes it], [p2 float64], [p3 float32]
+    assert calls == [(torch.float32, 7), (torch.float64, 2), (torch.float32, 5)]
+    assert torch.equal(ps[0].grad, 2 * torch.arange(3.0) + 1)
+    assert torch.equal(ps[1].grad, torch.ones(4))
+    assert torch.equal(ps[2].grad, 2 * (torch.arange(2, dtype=torch.float64) + 2) + 1)
+    assert torch.equal(ps[3].grad, 2 * (torch.arange(5.0) + 3) + 1)

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
+from ..distributed import average_gradients
 from ..models.base import DualEncoder
 from .losses import PredictionLoss, deal_losses
 from .relevance import Templates
@@ -116,8 +117,6 @@ def _load_batch(model: DualEncoder, dataset: Any, idx: Sequence[int], device: to
 class _Dist:
     """Accelerate when installed (multi-process aware), else a single-process stand-in."""
 
-    BUCKET = 1 << 24  # gradient elements per all-reduce
-
     def __init__(self, device: torch.device):
         try:
             from accelerate import Accelerator
@@ -133,21 +132,8 @@ class _Dist:
 
     def average_grads(self, params: list[torch.nn.Parameter]) -> None:
         """Replace every gradient by its mean over processes (one all-reduce per bucket)."""
-        if self.world == 1:
-            return
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        buckets: list[list[torch.nn.Parameter]] = [[]]
-        for p in params:
-            last = buckets[-1]
-            if last and (p.grad.dtype != last[0].grad.dtype or sum(q.numel() for q in last) >= self.BUCKET):
-                buckets.append([])
-            buckets[-1].append(p)
-        for bucket in buckets:
-            flat = self.acc.reduce(torch.cat([q.grad.reshape(-1) for q in bucket]), reduction="mean")
-            for q, g in zip(bucket, flat.split([q.numel() for q in bucket])):
-                q.grad.copy_(g.view_as(q.grad))
+        if self.world > 1:
+            average_gradients(params, lambda t: self.acc.reduce(t, reduction="mean"))
 
     def mean(self, values: dict[str, float]) -> dict[str, float]:
         """The mean of each value over processes (a NaN on any process makes it NaN)."""

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..distributed import average_gradients
 from .shapes import CATEGORIES, Scene, all_texts, category_caption, concept_set, render_scene, vocabulary
 from .testbed_models import CONTEXT_LENGTH, build_vocab, word_tokenizer
 
@@ -192,6 +193,8 @@ def train_shapes(
     cfg = config or ShapesCLIPConfig()
     if processes < 1:
         raise ValueError(f"processes must be >= 1, got {processes}")
+    if cfg.loss not in ("sigmoid", "softmax"):  # checked before any scene is rendered or process started
+        raise ValueError(f"loss must be 'sigmoid' or 'softmax', got {cfg.loss!r}")
     args = (minutes, str(out_dir), seed, cfg, progress, None if init_from is None else str(init_from), max_steps)
     if processes == 1:
         return _train(0, 1, None, *args)
@@ -214,10 +217,10 @@ def train_shapes(
 
 
 def _worker(rank: int, world: int, port: int, results, args: tuple) -> None:
-    import torch.distributed as dist
-
     import os
     import threading
+
+    import torch.distributed as dist
 
     parent = os.getppid()
 
@@ -257,8 +260,6 @@ def _train(rank: int, world: int, dist: Any, minutes: float, out_dir: str, seed:
         model = CLIPModel.from_pretrained(init_from).train()
     else:
         model = build_model(cfg, len(vocab), seed).train()  # the same initial weights in every process
-    if cfg.loss not in ("sigmoid", "softmax"):
-        raise ValueError(f"loss must be 'sigmoid' or 'softmax', got {cfg.loss!r}")
     bias = None
     if cfg.loss == "sigmoid":  # SigLIP's start: scale 10, bias -10 (the bias is a training-only offset)
         bias = nn.Parameter(torch.tensor(-10.0))
@@ -312,21 +313,17 @@ def _train(rank: int, world: int, dist: Any, minutes: float, out_dir: str, seed:
 
 
 class _GradSync:
-    """Averages gradients over the processes with one flat all-reduce per step."""
+    """Averages gradients over the processes (flat all-reduces) and shares the lead's clock."""
 
     def __init__(self, params: list[nn.Parameter], dist: Any, world: int):
         self.params, self.dist, self.world = params, dist, world
 
     def __call__(self) -> None:
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
+        average_gradients(self.params, self._mean)
+
+    def _mean(self, flat: Tensor) -> Tensor:
         self.dist.all_reduce(flat)
-        flat /= self.world
-        i = 0
-        for p in self.params:
-            n = p.numel()
-            p.grad = flat[i : i + n].view_as(p).clone()
-            i += n
+        return flat.div_(self.world)
 
     def lead_value(self, value: float) -> float:
         t = torch.tensor([value], dtype=torch.float64)

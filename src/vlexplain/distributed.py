@@ -1,0 +1,42 @@
+"""Helpers shared by the data-parallel training loops (DEAL fine-tuning, the shapes-world CLIP)."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+#: gradient elements per all-reduce
+BUCKET = 1 << 24
+
+
+def average_gradients(params: Sequence[torch.nn.Parameter], mean: Callable[[Tensor], Tensor],
+                      bucket: int = BUCKET) -> None:
+    """Replace every parameter's gradient by its mean over processes, in place.
+
+    Gradients are flattened into buckets of one dtype and at most about ``bucket`` elements, so a
+    model costs a few collective calls rather than one per parameter. A missing gradient counts as
+    zeros (every process must send the same buckets).
+
+    Args:
+        params: the parameters, in the same order on every process.
+        mean: the collective: a flat tensor in, its element-wise mean over processes out (may
+            work in place), e.g. accelerate's ``reduce(t, reduction="mean")``.
+        bucket: elements per bucket.
+    """
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    buckets: list[list[torch.nn.Parameter]] = []
+    size = 0
+    for p in params:
+        if not buckets or p.grad.dtype != buckets[-1][0].grad.dtype or size >= bucket:
+            buckets.append([])
+            size = 0
+        buckets[-1].append(p)
+        size += p.numel()
+    for group in buckets:
+        flat = mean(torch.cat([q.grad.reshape(-1) for q in group]))
+        for q, g in zip(group, flat.split([q.numel() for q in group])):
+            q.grad.copy_(g.view_as(q.grad))
