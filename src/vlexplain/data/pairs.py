@@ -362,19 +362,21 @@ def _cell(key: str, value: str, ik: str, ck: str) -> Any:
         return value
 
 
-def _cc_rows(file: Path, base: Path) -> Iterator[PairRow]:
-    i = 0
+def _lines(file: Path) -> Iterator[tuple[str, str]]:
+    """``(where, line)`` for every non-blank line of a text file (BOM and line ends removed)."""
     with open(file, encoding="utf-8-sig") as f:
         for lineno, line in enumerate(f, 1):
             line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            parts = line.split("\t")
-            where = f"{file}:{lineno}"
-            if len(parts) != 2 or not parts[1].strip():
-                raise InputError(f"{where}: expected 'caption<TAB>image path', got {len(parts)} field(s)")
-            yield PairRow(i, parts[0], _resolve(parts[1].strip(), base), where)
-            i += 1
+            if line.strip():
+                yield f"{file}:{lineno}", line
+
+
+def _cc_rows(file: Path, base: Path) -> Iterator[PairRow]:
+    for i, (where, line) in enumerate(_lines(file)):
+        parts = line.split("\t")
+        if len(parts) != 2 or not parts[1].strip():
+            raise InputError(f"{where}: expected 'caption<TAB>image path', got {len(parts)} field(s)")
+        yield PairRow(i, parts[0], _resolve(parts[1].strip(), base), where)
 
 
 def _txt_rows(file: Path, base: Path, ik: str, ck: str) -> Iterator[PairRow]:
@@ -383,17 +385,11 @@ def _txt_rows(file: Path, base: Path, ik: str, ck: str) -> Iterator[PairRow]:
     if first.replace(" ", "") == f"{ik},{ck}":
         yield from _table_rows(file, base, ",", ik, ck)
         return
-    i = 0
-    with open(file, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            name, sep, cap = line.partition("\t")
-            if not sep or not name.strip():
-                raise InputError(f"{file}:{lineno}: expected 'image file<TAB>caption'")
-            yield PairRow(i, cap, _resolve(name.strip(), base), f"{file}:{lineno}")
-            i += 1
+    for i, (where, line) in enumerate(_lines(file)):
+        name, sep, cap = line.partition("\t")
+        if not sep or not name.strip():
+            raise InputError(f"{where}: expected 'image file<TAB>caption'")
+        yield PairRow(i, cap, _resolve(name.strip(), base), where)
 
 
 def _load_mask(src: Any) -> Image.Image:
