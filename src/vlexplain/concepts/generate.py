@@ -140,19 +140,15 @@ def read_classes(path: str | Path) -> list[str]:
 
 
 def _folder_classes(root: Path) -> list[str]:
-    from ..data.classes import cub_class_name
+    from ..data.classes import cub_classes, folder_classes
 
     for base in (root, root / "CUB_200_2011"):
-        table = base / "classes.txt"
-        if table.is_file():
-            rows = [ln.split(None, 1) for ln in table.read_text(encoding="utf-8").splitlines() if ln.strip()]
-            if any(len(r) != 2 or not r[0].isdigit() for r in rows):
-                raise InputError(f"{table}: expected '<id> <name>' lines")
-            return [cub_class_name(r[1].strip()) for r in sorted(rows, key=lambda r: int(r[0]))]
-    dirs = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not dirs:
-        raise InputError(f"--classes {root}: a folder with neither classes.txt nor class sub-folders")
-    return [d.replace("_", " ") for d in dirs]
+        if (base / "classes.txt").is_file():
+            return cub_classes(base)
+    try:
+        return folder_classes(root)
+    except InputError:
+        raise InputError(f"--classes {root}: a folder with neither classes.txt nor class sub-folders") from None
 
 
 def build_messages(cls: str, k: int, context: str | None = None, max_words: int = DEFAULT_MAX_WORDS) -> list[dict]:

@@ -84,20 +84,35 @@ class ClassDataset(torch.utils.data.Dataset):
         return ClassDataset([self.samples[i] for i in indices], self.classes, self.transform, self.root)
 
 
+def _class_dirs(root: Path) -> list[Path]:
+    dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not dirs:
+        raise InputError(f"{root} has no class sub-folders (expected root/<class>/<image>)")
+    return dirs
+
+
+def folder_classes(root: str | Path) -> list[str]:
+    """Class names of a ``root/<class>/<image>`` folder: its sub-folders, sorted, ``_`` -> space."""
+    return [_dir_class(d) for d in _class_dirs(Path(root))]
+
+
+def _dir_class(d: Path) -> str:
+    return d.name.replace("_", " ")
+
+
 def image_folder(root: str | Path, transform: Callable[[Any], Any] | None = None) -> ClassDataset:
     """Read ``root/<class>/<image>`` (sub-folders sorted by name; hidden files ignored)."""
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"dataset folder not found: {root}")
-    dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not dirs:
-        raise InputError(f"{root} has no class sub-folders (expected root/<class>/<image>)")
-    samples, classes = [], []
+    dirs = _class_dirs(root)
+    classes = [_dir_class(d) for d in dirs]
+    samples = []
     for label, d in enumerate(dirs):
-        classes.append(d.name.replace("_", " "))
         files = sorted(f for f in d.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith("."))
         samples += [ClassSample(f, label) for f in files]
-    empty = [c for c, d in zip(classes, dirs) if not any(s.label == classes.index(c) for s in samples)]
+    have = {s.label for s in samples}
+    empty = [c for label, c in enumerate(classes) if label not in have]
     if empty:
         raise InputError(f"class folder(s) without images in {root}: {', '.join(empty[:6])}")
     return ClassDataset(samples, classes, transform, root)
@@ -123,6 +138,20 @@ def cub_class_name(raw: str) -> str:
     return name.replace("_", " ")
 
 
+def cub_classes(root: str | Path) -> list[str]:
+    """Class names of a CUB-200-2011 folder, in class-id order (from ``classes.txt``)."""
+    path = Path(root) / "classes.txt"
+    class_rows = _table(path, 2)
+    ids = []
+    for r in class_rows:
+        if not r[0].isdigit():
+            raise InputError(f"{path}: expected '<id> <name>' lines, got {' '.join(r)!r}")
+        ids.append(int(r[0]))
+    if sorted(ids) != list(range(1, len(ids) + 1)):
+        raise InputError(f"{path}: class ids must be 1..{len(ids)}")
+    return [cub_class_name(" ".join(r[1:])) for r in sorted(class_rows, key=lambda r: int(r[0]))]
+
+
 def cub(root: str | Path, split: Split = "train", transform: Callable[[Any], Any] | None = None) -> ClassDataset:
     """Read the CUB-200-2011 layout (see the module docstring).
 
@@ -137,11 +166,7 @@ def cub(root: str | Path, split: Split = "train", transform: Callable[[Any], Any
     names = {r[0]: r[1] for r in _table(root / "images.txt", 2)}
     is_train = {r[0]: r[1] == "1" for r in _table(root / "train_test_split.txt", 2)}
     labels = {r[0]: int(r[1]) for r in _table(root / "image_class_labels.txt", 2)}
-    class_rows = _table(root / "classes.txt", 2)
-    class_ids = [int(r[0]) for r in class_rows]
-    if sorted(class_ids) != list(range(1, len(class_ids) + 1)):
-        raise InputError(f"{root / 'classes.txt'}: class ids must be 1..{len(class_ids)}")
-    classes = [cub_class_name(" ".join(r[1:])) for r in sorted(class_rows, key=lambda r: int(r[0]))]
+    classes = cub_classes(root)
     boxes = {}
     if (root / "bounding_boxes.txt").is_file():
         boxes = {r[0]: tuple(float(v) for v in r[1:5]) for r in _table(root / "bounding_boxes.txt", 5)}
