@@ -147,3 +147,12 @@ def _wait_toast(page, pattern: str) -> str:
     loc = page.get_by_text(re.compile(pattern, re.I)).first
     loc.wait_for(timeout=30_000)
     return loc.inner_text()
+
+
+def _screenshot(page, env_var: str, default: Path) -> Path:
+    """Save a full-page screenshot (to ``$env_var`` when set) and check it holds a page."""
+    shot = Path(os.environ.get(env_var, default))
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    return shot

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from app_support import CHEAP_M2IB, _get, _open, _pick_methods, _upload, _wait_toast, browser, files, server  # noqa: F401 (fixtures)
+from app_support import CHEAP_M2IB, _get, _open, _pick_methods, _screenshot, _upload, _wait_toast, browser, files, server  # noqa: F401 (fixtures)
 
 pytest.importorskip("gradio", reason="the web explorer needs the 'app' extra: pip install 'vlexplain[app]'")
 
@@ -84,10 +81,7 @@ def test_browser_end_to_end(server, browser, files, tmp_path):
     m2 = [e for e in data["explanations"] if e["method"] == "m2ib"]
     assert all(e["settings"]["steps"] == 3 and e["settings"]["num_samples"] == 2 for e in m2)
 
-    shot = Path(os.environ.get("VLEXPLAIN_SCREENSHOT", tmp_path / "explorer.png"))
-    shot.parent.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(shot), full_page=True)
-    assert shot.stat().st_size > 10_000
+    _screenshot(page, "VLEXPLAIN_SCREENSHOT", tmp_path / "explorer.png")
     page.close()
 
 

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from app_support import SERVER_THREADS, _get, _open, _wait_toast, browser, files, server  # noqa: F401 (fixtures)
+from app_support import SERVER_THREADS, _get, _open, _screenshot, _wait_toast, browser, files, server  # noqa: F401 (fixtures)
 
 pytest.importorskip("gradio", reason="the web explorer needs the 'app' extra: pip install 'vlexplain[app]'")
 
@@ -99,10 +97,7 @@ def test_browser_concepts_tab(server, browser, files, tmp_path):
     assert data["disentanglability"] == pytest.approx(want["disentanglability"], abs=2e-4)
     assert len(data["concept_maps"]) == 3
 
-    shot = Path(os.environ.get("VLEXPLAIN_CONCEPTS_SCREENSHOT", tmp_path / "explorer_concepts.png"))
-    shot.parent.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(shot), full_page=True)
-    assert shot.stat().st_size > 10_000
+    _screenshot(page, "VLEXPLAIN_CONCEPTS_SCREENSHOT", tmp_path / "explorer_concepts.png")
     page.close()
 
 

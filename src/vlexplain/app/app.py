@@ -320,6 +320,14 @@ class Explorer:
         return fig, concept_metrics_html(res), [str(out / "vlexplain_concepts.png"), str(js)], status
 
 
+def _image_input(gr, value: str | None, max_upload_mb: float, height: int, elem_id: str):
+    """The image upload of both tabs (a file path; upload or clipboard; the size limit in its label)."""
+    return gr.Image(
+        value=value, label=f"Image (PNG, JPEG, WebP…; up to {max_upload_mb:g} MB)", type="filepath",
+        image_mode=None, sources=["upload", "clipboard"], format="png", height=height, elem_id=elem_id,
+    )
+
+
 def build_app(model: str = "offline", max_upload_mb: float = 10, cache: ModelCache | None = None):
     """Build the explorer's Blocks: the Explain and Concepts tabs (the default model is loaded here, once)."""
     gr = _gradio()
@@ -343,10 +351,7 @@ def build_app(model: str = "offline", max_upload_mb: float = 10, cache: ModelCac
             gr.Markdown(INTRO, elem_id="vx-intro")
             with gr.Row():
                 with gr.Column(scale=2, min_width=320):
-                    image = gr.Image(
-                        value=first_image, label=f"Image (PNG, JPEG, WebP…; up to {max_upload_mb:g} MB)", type="filepath",
-                        image_mode=None, sources=["upload", "clipboard"], format="png", height=280, elem_id="vx-image",
-                    )
+                    image = _image_input(gr, first_image, max_upload_mb, 280, "vx-image")
                     sample = gr.Dropdown(choices=list(ex.samples), value=first_sample, label="…or pick a built-in image",
                                          elem_id="vx-sample")
                     texts = gr.Textbox(value=first_texts, lines=4, max_lines=8, label="Texts (one per line)",
@@ -406,10 +411,7 @@ def _concepts_tab(gr, ex: Explorer, model: str, default_model, max_upload_mb: fl
     uploaded = gr.State(None)
     with gr.Row():
         with gr.Column(scale=2, min_width=320):
-            image = gr.Image(
-                value=first_image, label=f"Image (PNG, JPEG, WebP…; up to {max_upload_mb:g} MB)", type="filepath",
-                image_mode=None, sources=["upload", "clipboard"], format="png", height=240, elem_id="vx-c-image",
-            )
+            image = _image_input(gr, first_image, max_upload_mb, 240, "vx-c-image")
             sample = gr.Dropdown(choices=list(ex.samples), value=first_sample, elem_id="vx-c-sample",
                                  label="…or pick a built-in image (suggests a class and descriptors)")
             cls = gr.Textbox(value=first_class, label="Class", max_lines=1, elem_id="vx-c-class")
