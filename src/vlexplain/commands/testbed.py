@@ -34,7 +34,8 @@ def register(app: typer.Typer) -> None:
         loss: str = typer.Option("sigmoid", "--loss", help="sigmoid (binary loss per scene and text) or softmax (multi-positive)."),
         init_from: Path = typer.Option(None, "--init-from", help="Continue from the weights in this directory."),
         rank_weight: float = typer.Option(1.0, "--rank-weight", min=0.0, help="Weight of the category ranking loss."),
-        lr: float = typer.Option(1.5e-3, "--lr", min=0.0, help="Peak learning rate."),
+        lr: float = typer.Option(2e-3, "--lr", min=0.0, help="Peak learning rate."),
+        batch_size: int = typer.Option(128, "--batch-size", min=1, help="Scenes per step and process."),
         evaluate: bool = typer.Option(True, "--evaluate/--no-evaluate", help="Measure the bars on held-out scenes after training."),
     ) -> None:
         """Train a small CLIP on the shapes world; writes weights, vocab.json and train_log.csv."""
@@ -43,7 +44,7 @@ def register(app: typer.Typer) -> None:
 
         if loss not in ("sigmoid", "softmax"):
             raise InputError(f"--loss {loss!r}: use sigmoid or softmax")
-        cfg = ShapesCLIPConfig(threads=threads, rank_weight=rank_weight, lr=lr, loss=loss)
+        cfg = ShapesCLIPConfig(threads=threads, rank_weight=rank_weight, lr=lr, loss=loss, batch_size=batch_size)
         info = train_shapes(minutes=minutes, out_dir=out, seed=seed, config=cfg, init_from=init_from,
                             processes=processes, max_steps=steps)
         (out / "train_info.json").write_text(json.dumps(info, indent=2) + "\n")

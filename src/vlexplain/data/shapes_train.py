@@ -50,12 +50,12 @@ class ShapesCLIPConfig:
     heads: int = 4  # attention heads in both towers
     activation: str = "gelu"  # MLP activation of both towers (transformers name; faster than quick_gelu on a CPU)
     projection_dim: int = 64  # joint embedding size
-    batch_size: int = 64
-    lr: float = 1.5e-3  # peak AdamW learning rate (linear warm-up, cosine decay over the time budget)
+    batch_size: int = 128  # scenes per step and process (1.36x the scenes per CPU-second of 64 on a CPU core)
+    lr: float = 2e-3  # peak AdamW learning rate (linear warm-up, cosine decay over the time budget)
     warmup_steps: int = 30
     weight_decay: float = 0.05
     pool_size: int = 2000  # scenes kept in memory
-    refresh_per_step: int = 8  # pool scenes replaced by fresh ones after every step
+    refresh_per_step: int = 16  # pool scenes replaced by fresh ones after every step
     object_counts: tuple[float, float, float, float] = (0.25, 0.25, 0.25, 0.25)  # P(1..4 objects) of training scenes
     caption_weights: tuple[float, float, float] = (0.3, 0.2, 0.5)  # caption, coloured caption, descriptor
     loss: str = "sigmoid"  # "sigmoid": independent binary loss per (scene, text); "softmax": multi-positive softmax
