@@ -497,6 +497,25 @@ def test_freeze_one_tower(tmp_path, tiny_cub, frozen):
     assert not moved[frozen] and moved[other]
 
 
+def test_image_blocks_trains_only_the_last_blocks(tmp_path, tiny_cub):
+    cs = load_concepts(CUB_CONCEPTS)
+    m = fresh_model()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    blocks = m.image.block_modules()
+    last = {id(p) for p in blocks[-1].parameters()}
+    image = {id(p) for p in m.image.parameters()}
+    text = {id(p) for p in m.text.parameters()}
+    deal_train(m, tiny_cub, cs, tmp_path / "run", steps=2, batch_size=2, lr=1e-3, progress=False, image_blocks=1)
+    changed = {id(p) for n, p in m.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert changed & last and changed & text  # the last image block and the text tower train
+    assert not (changed & image) - last  # stem, earlier blocks and head of the image tower do not
+    assert all(p.requires_grad for p in m.image.parameters())  # flags restored after the run
+    for bad in (0, len(blocks) + 1):
+        with pytest.raises(InputError, match="image_blocks must be"):
+            deal_train(fresh_model(), tiny_cub, cs, tmp_path / f"bad{bad}", steps=1, batch_size=2, progress=False,
+                       image_blocks=bad)
+
+
 def test_nan_loss_stops_and_keeps_checkpoint(tmp_path, tiny_cub, monkeypatch):
     cs = load_concepts(CUB_CONCEPTS)
     import vlexplain.concepts.train as train_mod

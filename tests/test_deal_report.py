@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import vlexplain as vx
-from vlexplain.concepts.evaluate import concept_gallery, evaluate_concepts
+from vlexplain.concepts.evaluate import concept_gallery, evaluate_concepts, paired_interval
 from vlexplain.concepts.relevance import Templates, deal_maps
 from vlexplain.concepts.report import flatten, read_report, write_report
 from vlexplain.concepts.sets import load_concepts
@@ -80,6 +80,16 @@ def test_evaluate_shapes_ground_truth(hf_clip):
     assert r["part_pointing"] == pytest.approx(100 * np.mean(point))
     assert r["part_energy"] == pytest.approx(np.mean(energy), rel=1e-5)
     assert r["part_area"] == pytest.approx(np.mean(area), rel=1e-6)
+    # per-item scores (for paired intervals): the same maps, each with its image
+    per = r["per_item"]
+    np.testing.assert_allclose(per["part_pointing"]["values"], 100 * np.array(point))
+    np.testing.assert_allclose(per["part_energy"]["values"], energy, rtol=1e-5)
+    assert per["part_pointing"]["image"].tolist() == [0, 0, 1, 1, 2, 2]
+    assert per["localizability"]["image"].tolist() == [0, 0, 1, 1, 2, 2]
+    for key, want in (("localizability", r["localizability"]), ("mean_pairwise_overlap", r["mean_pairwise_overlap"]),
+                      ("accuracy_standard.top1", r["accuracy_standard"]["top1"]),
+                      ("accuracy_concepts.top1", r["accuracy_concepts"]["top1"])):
+        assert per[key]["values"].mean() == pytest.approx(want, rel=1e-5)
 
     g = concept_gallery(hf_clip, ds, cs, [0, 2], k=2, templates=SHAPES_PROMPTS)
     assert [x["index"] for x in g] == [0, 2]
@@ -161,6 +171,58 @@ def test_report_before_after(tmp_path):
         read_report(tmp_path / "nothing")
 
 
+def test_paired_interval():
+    rng = np.random.default_rng(1)
+    images = np.repeat(np.arange(400), 3)  # 400 images, 3 maps each
+    effect = rng.normal(0.0, 1.0, 400)[images]  # maps of one image move together
+    before = {"values": rng.normal(0.0, 1.0, images.size), "image": images}
+    after = {"values": before["values"] + 0.3 + effect + rng.normal(0.0, 0.5, images.size), "image": images}
+    lo, hi = paired_interval(before, after)
+    d = (after["values"] - before["values"]).reshape(400, 3).mean(1)  # per-image mean change
+    half = 1.96 * d.std(ddof=1) / np.sqrt(400)  # the normal-theory interval of the mean over images
+    assert lo < d.mean() < hi
+    assert (hi - lo) == pytest.approx(2 * half, rel=0.12)
+    naive = 1.96 * (after["values"] - before["values"]).std(ddof=1) / np.sqrt(images.size)
+    assert hi - lo > 1.3 * 2 * naive  # resampling maps as if independent would be far too narrow
+    same = paired_interval(before, before)
+    assert same == (0.0, 0.0)
+    shifted = paired_interval(before, {"values": before["values"] + 2.0, "image": images})
+    assert shifted == pytest.approx((2.0, 2.0))
+    assert paired_interval(before, {"values": after["values"][:-1], "image": images[:-1]}) is None  # not paired
+    assert paired_interval(before, {"values": after["values"], "image": images[::-1]}) is None
+
+
+def test_report_paired_intervals(tmp_path):
+    rng = np.random.default_rng(0)
+    img = np.repeat(np.arange(50), 2)
+    before = {**_metrics(60.0, 0.4, 3.0, 0.6, 20.0),
+              "per_item": {"part_pointing": {"values": 100.0 * (rng.random(100) < 0.2), "image": img}}}
+    after = {**_metrics(72.5, 0.45, 3.5, 0.55, 60.0),
+             "per_item": {"part_pointing": {"values": 100.0 * (rng.random(100) < 0.6), "image": img}}}
+    path = write_report(tmp_path, {"model": "m"}, {"before": before, "after": after})
+    doc = json.loads((tmp_path / "metrics.json").read_text())
+    lo, hi = doc["delta_ci"]["part_pointing"]
+    assert list(doc["delta_ci"]) == ["part_pointing"] and lo < doc["delta"]["part_pointing"] < hi and lo > 0
+    assert "per_item" not in doc["metrics"]["before"]  # per-item scores live in scores.npz
+    rows = _table(path.read_text())
+    cls, text = rows["part_pointing"][2]
+    assert cls == " class='up'" and text.startswith("+") and f"[{lo:.2f}, {hi:.2f}]" in text
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        table = {r["metric"]: r for r in csv.DictReader(f)}
+    assert float(table["part_pointing"]["delta_low"]) == pytest.approx(lo)
+    assert table["localizability"]["delta_low"] == ""  # no per-item scores: no interval
+    _, back, _ = read_report(tmp_path)  # read back with its per-item scores, for a later comparison
+    np.testing.assert_array_equal(back["per_item"]["part_pointing"]["values"], after["per_item"]["part_pointing"]["values"])
+    # one map of one image gained: +1 point, but an interval that reaches 0 leaves it unshaded
+    one = before["per_item"]["part_pointing"]["values"].copy()
+    one[np.flatnonzero(one == 0)[0]] = 100.0
+    small = {**before, "part_pointing": 21.0, "per_item": {"part_pointing": {"values": one, "image": img}}}
+    page = write_report(tmp_path / "small", {"model": "m"}, {"before": before, "after": small})
+    lo, hi = json.loads((tmp_path / "small" / "metrics.json").read_text())["delta_ci"]["part_pointing"]
+    assert lo == 0.0 < hi
+    assert _table(page.read_text())["part_pointing"][2][0] == ""
+
+
 def test_report_single_column(tmp_path):
     m = _metrics(60.0, 0.4, 3.0, 0.6, 20.0)
     del m["part_pointing"], m["part_energy"], m["part_area"], m["part_maps"]
@@ -214,6 +276,7 @@ def test_cli_train_and_evaluate(tmp_path):
     assert rc == 0
     doc2 = json.loads((tmp_path / "ev2" / "metrics.json").read_text())
     assert doc2["metrics"] == doc["metrics"] and doc2["delta"] == doc["delta"]
+    assert doc2["delta_ci"] == doc["delta_ci"] and "localizability" in doc["delta_ci"]  # per-item scores read back
     # an earlier output with other settings is refused, and nothing is written
     rc = main(["deal", "evaluate", *common, "--checkpoint", str(tmp_path / "run"), "--split", "train",
                "--before", str(tmp_path / "base"), "--out", str(tmp_path / "ev3")])
@@ -241,6 +304,8 @@ def test_cli_evaluate_shapes(tmp_path):
     for r in doc["metrics"].values():
         assert r["images"] == 3 and r["part_maps"] == 6 and 0 <= r["part_pointing"] <= 100
     assert doc["metrics"]["before"]["part_energy"] != doc["metrics"]["after"]["part_energy"]
+    lo, hi = doc["delta_ci"]["part_energy"]
+    assert lo <= doc["delta"]["part_energy"] <= hi
     page = (out / "report.html").read_text()
     assert "in part " in page and "ground truth: concept pointing" in page
     assert main(["deal", "evaluate", "--model", "testbed:shapes", "--data", "shapes:0", "--out", str(tmp_path / "x")]) == 2

@@ -142,6 +142,7 @@ def register(app: typer.Typer) -> None:
         weight_decay: float = typer.Option(1e-3, "--weight-decay", help="AdamW weight decay."),
         freeze_text: bool = typer.Option(False, "--freeze-text", help="Keep the text tower fixed."),
         freeze_image: bool = typer.Option(False, "--freeze-image", help="Keep the image tower fixed."),
+        image_blocks: Optional[int] = typer.Option(None, "--image-blocks", min=1, help="Of the image tower, train only its last N blocks."),
         category_template: Optional[str] = typer.Option(None, "--category-template", help=f"Class prompt ({{class}}; default {CATEGORY!r}, shapes 'a {{class}}')."),
         concept_template: Optional[str] = typer.Option(None, "--concept-template", help=f"Concept prompt ({{class}}, {{descriptor}}; default {CONCEPT!r}, shapes '{{descriptor}}')."),
         save_every: int = typer.Option(500, "--save-every", min=1, help="Checkpoint every N steps."),
@@ -161,7 +162,8 @@ def register(app: typer.Typer) -> None:
         ds = _data(data, split, m)
         cs = _concepts(concepts, data, k, ds.classes)
         r = deal_train(m, ds, cs, out, steps=steps, lr=lr, batch_size=batch_size, lambda_sep=lambda_sep,
-                       lambda_con=lambda_con, freeze_text=freeze_text, freeze_image=freeze_image, resume=not fresh, progress=not no_progress,
+                       lambda_con=lambda_con, freeze_text=freeze_text, freeze_image=freeze_image,
+                       image_blocks=image_blocks, resume=not fresh, progress=not no_progress,
                        k=k, prediction=prediction, weight_decay=weight_decay, save_every=save_every, seed=seed,
                        category_template=tpl.category, concept_template=tpl.concept)
         if r.main:  # under `accelerate launch`, process 0 reports for all
@@ -250,13 +252,15 @@ def _same(earlier: dict[str, Any], cfg: dict[str, Any], folder: Path) -> None:
 
 
 def _summary(columns: dict[str, Any]) -> str:
-    from ..concepts.report import METRICS, deltas, flatten
+    from ..concepts.report import METRICS, delta_intervals, deltas, flatten
 
     flat = {c: flatten(r) for c, r in columns.items()}
     d = deltas(columns)
+    ci = delta_intervals(columns)
     keys = [key for key, *_ in METRICS if any(key in f for f in flat.values())]
     lines = []
     for key in keys:
         vals = "  ".join(f"{c} {flat[c][key]:.4g}" if key in flat[c] else f"{c} –" for c in columns)
-        lines.append(f"{key}: {vals}" + (f"  delta {d[key]:+.4g}" if key in d else ""))
+        band = f" [{ci[key][0]:+.4g}, {ci[key][1]:+.4g}]" if key in ci else ""
+        lines.append(f"{key}: {vals}" + (f"  delta {d[key]:+.4g}{band}" if key in d else ""))
     return "\n".join(lines)

@@ -19,8 +19,9 @@ maps of a few images for a report.
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -101,15 +102,17 @@ def evaluate_concepts(
         progress: print one line per batch.
 
     Returns:
-        A JSON-ready dict of metrics (accuracies in percent).
+        A dict of metrics (accuracies in percent), JSON-ready except ``per_item``: for each averaged
+        metric, ``{"values", "image"}`` numpy arrays of its items (images, or concept maps) and the
+        image each item belongs to, for paired comparisons (:func:`paired_interval`).
     """
     classes = list(dataset.classes)
     concepts = concepts.align(classes)
     n = len(dataset) if max_images is None else min(len(dataset), max_images)
     std = class_text_embeddings(model, classes, templates=templates)
     con = class_text_embeddings(model, classes, concepts, k=k, templates=templates)
-    logits_s, logits_c, labels_all, overlaps, locs = [], [], [], [], []
-    point, energy, area = [], [], []
+    logits_s, logits_c, labels_all, overlaps, locs, loc_img = [], [], [], [], [], []
+    point, energy, area, part_img = [], [], [], []
     model_was_training = model.training
     model.eval()
     for bi, idx in enumerate(_batches(n, batch_size)):
@@ -130,15 +133,19 @@ def evaluate_concepts(
         texts = [cm.texts[int(i)][1 + int(j)] for i, j in zip(b, K)]
         _, per = localizability(model, px[b], cm.concepts[b, K], texts, blur_sigma=blur_sigma)
         locs.append(per.cpu())
+        loc_img.append(torch.tensor(idx)[b.cpu()])
         if getattr(dataset, "has_parts", False):
-            p, e, a = _part_scores(model, dataset, idx, names, cm, concepts, k, part_radius)
+            p, e, a, g = _part_scores(model, dataset, idx, names, cm, concepts, k, part_radius)
             point += p
             energy += e
             area += a
+            part_img += g
         if progress:
             print(f"evaluated {min(n, (bi + 1) * batch_size)}/{n} images", flush=True)
     model.train(model_was_training)
-    return _summary(n, logits_s, logits_c, labels_all, overlaps, locs, point, energy, area, method)
+    out = _summary(n, logits_s, logits_c, labels_all, overlaps, locs, point, energy, area, method)
+    out["per_item"] = _per_item(logits_s, logits_c, labels_all, overlaps, locs, loc_img, point, energy, part_img)
+    return out
 
 
 def truth_mask(dataset: Any, i: int, descriptor: str, size: tuple[int, int], radius: float = 0.08) -> Tensor | None:
@@ -169,9 +176,9 @@ def truth_mask(dataset: Any, i: int, descriptor: str, size: tuple[int, int], rad
     return mask if mask is not None and bool(mask.any()) else None
 
 
-def _part_scores(model, dataset, idx, names, cm, concepts, k, radius) -> tuple[list[float], list[float], list[float]]:
+def _part_scores(model, dataset, idx, names, cm, concepts, k, radius) -> tuple[list[float], ...]:
     size = tuple(model.input_size)
-    point, energy, area = [], [], []
+    point, energy, area, image = [], [], [], []
     for row, i in enumerate(idx):
         for j, d in enumerate(concepts.descriptors(names[row], k)):
             mask = truth_mask(dataset, i, d, size, radius)
@@ -182,7 +189,8 @@ def _part_scores(model, dataset, idx, names, cm, concepts, k, radius) -> tuple[l
             point.append(float(part_pointing(m, mask[None])[0]))
             energy.append(float(part_energy(m, mask[None])[0]))
             area.append(float(mask.float().mean()))
-    return point, energy, area
+            image.append(i)
+    return point, energy, area, image
 
 
 def _summary(n, logits_s, logits_c, labels_all, overlaps, locs, point, energy, area, method) -> dict[str, Any]:
@@ -210,11 +218,56 @@ def _summary(n, logits_s, logits_c, labels_all, overlaps, locs, point, energy, a
     return out
 
 
+def _per_item(logits_s, logits_c, labels_all, overlaps, locs, loc_img, point, energy, part_img) -> dict[str, Any]:
+    """Each averaged metric's per-item values with the image each belongs to (for paired intervals)."""
+    labels = torch.cat(labels_all)
+    images = torch.arange(len(labels))
+    ov = torch.cat([o for o, _ in overlaps])
+    keep = ~ov.isnan()
+    out = {
+        "accuracy_standard.top1": (100.0 * (torch.cat(logits_s).argmax(1) == labels).double(), images),
+        "accuracy_concepts.top1": (100.0 * (torch.cat(logits_c).argmax(1) == labels).double(), images),
+        "mean_pairwise_overlap": (ov[keep].double(), images[keep]),
+        "localizability": (torch.cat(locs).double(), torch.cat(loc_img)),
+    }
+    if point:
+        out["part_pointing"] = (100.0 * torch.tensor(point, dtype=torch.float64), torch.tensor(part_img))
+        out["part_energy"] = (torch.tensor(energy, dtype=torch.float64), torch.tensor(part_img))
+    return {k: {"values": v.numpy(), "image": g.long().numpy()} for k, (v, g) in out.items()}
+
+
+def paired_interval(before: Mapping[str, Any], after: Mapping[str, Any], resamples: int = 2000,
+                    level: float = 0.95, seed: int = 0) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of ``mean(after) - mean(before)`` over paired items.
+
+    Items are resampled by image (every item of a drawn image comes along), since the maps of one
+    image are not independent. Both sides must hold the same items (same data, same order).
+
+    Args:
+        before, after: ``{"values": (N,), "image": (N,)}`` per-item values of one metric.
+
+    Returns:
+        (low, high), or None when the items do not pair up.
+    """
+    a, b = np.asarray(after["values"], float), np.asarray(before["values"], float)
+    ga, gb = np.asarray(after["image"]), np.asarray(before["image"])
+    if a.shape != b.shape or not np.array_equal(ga, gb) or a.size == 0:
+        return None
+    groups, inv = np.unique(ga, return_inverse=True)
+    sums = np.bincount(inv, weights=a - b, minlength=len(groups))
+    counts = np.bincount(inv, minlength=len(groups)).astype(float)
+    rng = np.random.default_rng(seed)
+    w = rng.multinomial(len(groups), np.full(len(groups), 1.0 / len(groups)), size=resamples).astype(float)
+    boot = (w @ sums) / np.maximum(w @ counts, 1e-12)
+    lo, hi = np.percentile(boot, [50 * (1 - level), 50 * (1 + level)])
+    return float(lo), float(hi)
+
+
 def format_report(metrics: dict[str, Any], keys: Sequence[str] | None = None) -> str:
     """One line per metric, for printing."""
     lines = []
     for k, v in metrics.items():
-        if keys is not None and k not in keys:
+        if (keys is not None and k not in keys) or k == "per_item":
             continue
         if isinstance(v, dict):
             v = ", ".join(f"{a} {b:.2f}" for a, b in v.items())

@@ -5,7 +5,11 @@
 * ``metrics.json``: the configuration, every column's metrics (as returned by
   :func:`~vlexplain.concepts.evaluate.evaluate_concepts`), the flattened ``delta`` (last column
   minus first) and the gallery's captions;
-* ``metrics.csv``: one row per metric (``metric, <columns...>, delta, higher_is_better``);
+  and, where both columns hold per-item scores, ``delta_ci``: the 95 % paired bootstrap interval of
+  each delta (images resampled);
+* ``metrics.csv``: one row per metric (``metric, <columns...>, delta, delta_low, delta_high,
+  higher_is_better``);
+* ``scores.npz``: every column's per-item scores (so a later comparison can pair them);
 * ``gallery.npz``: the gallery's images and maps (read back by :func:`read_report`, so a later
   evaluation can be compared with this one without evaluating the model again);
 * ``report.html``: one self-contained page (inline CSS, base64 PNGs): the metric table with
@@ -33,6 +37,7 @@ from ..viz.html import REPORT_CSS
 from ..viz.save import atomic_write, atomic_write_text
 
 METRICS_JSON, METRICS_CSV, GALLERY_NPZ, REPORT_HTML = "metrics.json", "metrics.csv", "gallery.npz", "report.html"
+SCORES_NPZ = "scores.npz"
 
 #: (flattened key, label, higher is better (None: neither), decimals)
 METRICS: tuple[tuple[str, str, bool | None, int], ...] = (
@@ -59,6 +64,7 @@ table.maps td,table.maps th{text-align:center;vertical-align:middle;font-size:11
 table.maps th.t{max-width:128px;font-weight:normal;background:#fafafa}
 table.maps img{width:128px;height:128px;display:block}
 .e{color:#555;font-family:monospace}
+.ci{color:#666;font-weight:400;font-size:11px}
 """
 
 
@@ -91,6 +97,23 @@ def deltas(columns: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
     return {k: b[k] - a[k] for k in a if k in b}
 
 
+def delta_intervals(columns: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[float, float]]:
+    """95 % paired bootstrap intervals of :func:`deltas`, for metrics whose per-item scores pair up."""
+    from .evaluate import paired_interval
+
+    names = list(columns)
+    if len(names) < 2:
+        return {}
+    a, b = columns[names[0]].get("per_item") or {}, columns[names[-1]].get("per_item") or {}
+    out = {}
+    for key in a:
+        if key in b:
+            ci = paired_interval(a[key], b[key])
+            if ci is not None:
+                out[key] = ci
+    return out
+
+
 def _fmt(v: float | None, decimals: int) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
@@ -120,7 +143,8 @@ def _overlay(image: np.ndarray, heat: np.ndarray | None, side: int = 128) -> np.
     return overlay(rgb, torch.from_numpy(np.asarray(heat, dtype=np.float32)))
 
 
-def _table_html(columns: Mapping[str, Mapping[str, Any]], delta: Mapping[str, float]) -> str:
+def _table_html(columns: Mapping[str, Mapping[str, Any]], delta: Mapping[str, float],
+                ci: Mapping[str, tuple[float, float]]) -> str:
     names = list(columns)
     flat = {c: flatten(m) for c, m in columns.items()}
     head = "".join(f"<th>{html.escape(c)}</th>" for c in names) + ("<th>Δ</th>" if delta else "")
@@ -131,15 +155,20 @@ def _table_html(columns: Mapping[str, Mapping[str, Any]], delta: Mapping[str, fl
         if delta:
             d = delta.get(key)
             cls = ""
-            if d is not None and hib is not None and not math.isnan(d) and abs(d) >= 0.5 * 10 ** -max(dec, 0):
+            lo, hi = ci.get(key, (None, None))
+            clear = lo is None or lo > 0 or hi < 0  # with an interval: only when it excludes 0
+            if d is not None and hib is not None and not math.isnan(d) and abs(d) >= 0.5 * 10 ** -max(dec, 0) and clear:
                 cls = " class='up'" if (d > 0) == hib else " class='down'"
             sign = "+" if d is not None and d > 0 else ""
-            cells += f"<td{cls}>{sign}{_fmt(d, dec)}</td>"
+            band = f" <span class='ci'>[{_fmt(lo, dec)}, {_fmt(hi, dec)}]</span>" if lo is not None else ""
+            cells += f"<td{cls}>{sign}{_fmt(d, dec)}{band}</td>"
         body.append(f"<tr data-metric='{html.escape(key)}'><td class='l'>{html.escape(label)}{arrow}</td>{cells}</tr>")
     return (f"<table><tr><th class='l'>metric</th>{head}</tr>{''.join(body)}</table>"
             "<p class='sub'>↑ higher is better, ↓ lower is better"
             + ("; Δ = " + html.escape(names[-1]) + " − " + html.escape(names[0])
-               + "; green: better, red: worse." if delta else ".") + "</p>")
+               + "; green: better, red: worse" + ("; [a, b]: 95 % paired bootstrap interval of Δ (images "
+                                                  "resampled), coloured only when it excludes 0" if ci else "")
+               + "." if delta else ".") + "</p>")
 
 
 def _gallery_html(galleries: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
@@ -214,10 +243,13 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     galleries = {c: list(g) for c, g in (galleries or {}).items()}
     delta = deltas(columns)
+    ci = delta_intervals(columns)
+    per_item = {c: m.get("per_item") or {} for c, m in columns.items()}
+    columns = {c: {k: v for k, v in m.items() if k != "per_item"} for c, m in columns.items()}
     meta = {c: [{k: v for k, v in g.items() if k not in ("image", "maps")} for g in items]
             for c, items in galleries.items()}
     doc = {"config": dict(config), "columns": list(columns), "metrics": {c: dict(m) for c, m in columns.items()},
-           "delta": delta, "gallery": meta}
+           "delta": delta, "delta_ci": {k: list(v) for k, v in ci.items()}, "gallery": meta}
     arrays = {}
     for c, items in galleries.items():
         for n, g in enumerate(items):
@@ -229,14 +261,22 @@ def write_report(
             np.savez_compressed(f, **arrays)
 
     atomic_write(out / GALLERY_NPZ, write_npz)
+    scores = {f"{c}/{k}/{part}": np.asarray(v[part]) for c, items in per_item.items()
+              for k, v in items.items() for part in ("values", "image")}
+
+    def write_scores(p: str) -> None:
+        with open(p, "wb") as f:
+            np.savez_compressed(f, **scores)
+
+    atomic_write(out / SCORES_NPZ, write_scores)
     flat = {c: flatten(m) for c, m in columns.items()}
-    rows = [[key, *(flat[c].get(key, "") for c in columns), delta.get(key, ""), "" if hib is None else hib]
-            for key, _, hib, _ in _rows(columns)]
+    rows = [[key, *(flat[c].get(key, "") for c in columns), delta.get(key, ""), *ci.get(key, ("", "")),
+             "" if hib is None else hib] for key, _, hib, _ in _rows(columns)]
 
     def write_csv(p: str) -> None:
         with open(p, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["metric", *columns, "delta", "higher_is_better"])
+            w.writerow(["metric", *columns, "delta", "delta_low", "delta_high", "higher_is_better"])
             w.writerows(rows)
 
     atomic_write(out / METRICS_CSV, write_csv)
@@ -248,7 +288,7 @@ def write_report(
         f"step {config['checkpoint_step']}" if config.get("checkpoint_step") is not None else None,
         config.get("data"), f"{config['images']} images" if config.get("images") else None) if v)
     body = [f"<h1>{html.escape(title)}</h1><div class='sub'>{sub}</div>",
-            "<h2>Metrics</h2>", _table_html(columns, delta),
+            "<h2>Metrics</h2>", _table_html(columns, delta, ci),
             "<h2>Concept maps</h2>", _gallery_html(galleries),
             "<h2>Configuration</h2>", _config_html(config)]
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
@@ -277,6 +317,12 @@ def read_report(folder: str | Path, column: str | None = None) -> tuple[dict[str
         metrics = doc["metrics"][col]
     except (ValueError, KeyError, IndexError, TypeError):
         raise InputError(f"{path} is not a `vlexplain deal evaluate` result (or has no column {column!r})") from None
+    if (folder / SCORES_NPZ).is_file():  # per-item scores, for paired intervals
+        with np.load(folder / SCORES_NPZ) as z:
+            keys = {name.split("/")[1] for name in z.files if name.startswith(col + "/")}
+            if keys:
+                metrics = {**metrics, "per_item": {k: {"values": z[f"{col}/{k}/values"], "image": z[f"{col}/{k}/image"]}
+                                                   for k in keys}}
     items = [dict(g) for g in doc.get("gallery", {}).get(col, [])]
     if items:
         if not (folder / GALLERY_NPZ).is_file():

@@ -59,6 +59,7 @@ class DealConfig:
     concept_template: str = Templates.concept  # concept prompt
     freeze_text: bool = False  # keep the text tower fixed
     freeze_image: bool = False  # keep the image tower fixed
+    image_blocks: int | None = None  # train only the image tower's last N blocks (stem, earlier blocks, head fixed)
     train_logit_scale: bool = False  # let the logit scale (and bias) train
     max_grad_norm: float | None = None  # clip the gradient norm (None: no clipping, as published)
     save_every: int = 500  # checkpoint every this many steps (and at the end)
@@ -239,11 +240,23 @@ class _Log:
 def _trainable(model: DualEncoder, cfg: DealConfig) -> list[torch.nn.Parameter]:
     text_ids = {id(p) for p in model.text.parameters()}
     image_ids = {id(p) for p in model.image.parameters()}
+    if cfg.image_blocks is not None and not cfg.freeze_image:
+        try:
+            blocks = model.image.block_modules()
+        except NotImplementedError as e:
+            raise InputError(f"image_blocks: {e}") from None
+        if not 1 <= cfg.image_blocks <= len(blocks):
+            raise InputError(f"image_blocks must be 1..{len(blocks)} (the image tower's blocks), got {cfg.image_blocks}")
+        tail = {id(p) for b in blocks[len(blocks) - cfg.image_blocks :] for p in b.parameters()}
+        image_ids -= tail  # what stays in image_ids is frozen below
+        image_frozen = True
+    else:
+        image_frozen = cfg.freeze_image
     out = []
     for name, p in model.named_parameters():
         leaf = name.rsplit(".", 1)[-1]
         scale = leaf in ("logit_scale", "logit_bias")
-        frozen = (cfg.freeze_text and id(p) in text_ids) or (cfg.freeze_image and id(p) in image_ids)
+        frozen = (cfg.freeze_text and id(p) in text_ids) or (image_frozen and id(p) in image_ids)
         if frozen or (scale and not cfg.train_logit_scale):
             p.requires_grad_(False)
         if p.requires_grad:
