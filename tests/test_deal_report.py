@@ -213,6 +213,9 @@ def test_report_paired_intervals(tmp_path):
     assert table["localizability"]["delta_low"] == ""  # no per-item scores: no interval
     _, back, _ = read_report(tmp_path)  # read back with its per-item scores, for a later comparison
     np.testing.assert_array_equal(back["per_item"]["part_pointing"]["values"], after["per_item"]["part_pointing"]["values"])
+    (tmp_path / "scores.npz").write_bytes(b"not a zip")
+    with pytest.raises(InputError, match="scores.npz cannot be read"):
+        read_report(tmp_path)
     # one map of one image gained: +1 point, but an interval that reaches 0 leaves it unshaded
     one = before["per_item"]["part_pointing"]["values"].copy()
     one[np.flatnonzero(one == 0)[0]] = 100.0

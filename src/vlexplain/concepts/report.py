@@ -318,11 +318,14 @@ def read_report(folder: str | Path, column: str | None = None) -> tuple[dict[str
     except (ValueError, KeyError, IndexError, TypeError):
         raise InputError(f"{path} is not a `vlexplain deal evaluate` result (or has no column {column!r})") from None
     if (folder / SCORES_NPZ).is_file():  # per-item scores, for paired intervals
-        with np.load(folder / SCORES_NPZ) as z:
-            keys = {name.split("/")[1] for name in z.files if name.startswith(col + "/")}
-            if keys:
-                metrics = {**metrics, "per_item": {k: {"values": z[f"{col}/{k}/values"], "image": z[f"{col}/{k}/image"]}
-                                                   for k in keys}}
+        try:
+            with np.load(folder / SCORES_NPZ) as z:
+                keys = {name.split("/")[1] for name in z.files if name.startswith(col + "/")}
+                per = {k: {"values": z[f"{col}/{k}/values"], "image": z[f"{col}/{k}/image"]} for k in keys}
+        except (OSError, ValueError, KeyError, IndexError) as e:
+            raise InputError(f"{folder / SCORES_NPZ} cannot be read ({e}); evaluate that model again") from None
+        if per:
+            metrics = {**metrics, "per_item": per}
     items = [dict(g) for g in doc.get("gallery", {}).get(col, [])]
     if items:
         if not (folder / GALLERY_NPZ).is_file():
