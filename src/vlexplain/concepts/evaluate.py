@@ -249,18 +249,14 @@ def paired_interval(before: Mapping[str, Any], after: Mapping[str, Any], resampl
     Returns:
         (low, high), or None when the items do not pair up.
     """
+    from ..eval.report import bootstrap_ci
+
     a, b = np.asarray(after["values"], float), np.asarray(before["values"], float)
     ga, gb = np.asarray(after["image"]), np.asarray(before["image"])
     if a.shape != b.shape or not np.array_equal(ga, gb) or a.size == 0:
         return None
-    groups, inv = np.unique(ga, return_inverse=True)
-    sums = np.bincount(inv, weights=a - b, minlength=len(groups))
-    counts = np.bincount(inv, minlength=len(groups)).astype(float)
-    rng = np.random.default_rng(seed)
-    w = rng.multinomial(len(groups), np.full(len(groups), 1.0 / len(groups)), size=resamples).astype(float)
-    boot = (w @ sums) / np.maximum(w @ counts, 1e-12)
-    lo, hi = np.percentile(boot, [50 * (1 - level), 50 * (1 + level)])
-    return float(lo), float(hi)
+    _, lo, hi = bootstrap_ci(a - b, n_boot=resamples, seed=seed, level=level, groups=ga)
+    return lo, hi
 
 
 def format_report(metrics: dict[str, Any], keys: Sequence[str] | None = None) -> str:

@@ -238,9 +238,10 @@ class _Log:
 
 
 def _trainable(model: DualEncoder, cfg: DealConfig) -> list[torch.nn.Parameter]:
-    text_ids = {id(p) for p in model.text.parameters()}
-    image_ids = {id(p) for p in model.image.parameters()}
-    if cfg.image_blocks is not None and not cfg.freeze_image:
+    frozen = {id(p) for p in model.text.parameters()} if cfg.freeze_text else set()
+    if cfg.freeze_image:
+        frozen |= {id(p) for p in model.image.parameters()}
+    elif cfg.image_blocks is not None:
         try:
             blocks = model.image.block_modules()
         except NotImplementedError as e:
@@ -248,16 +249,11 @@ def _trainable(model: DualEncoder, cfg: DealConfig) -> list[torch.nn.Parameter]:
         if not 1 <= cfg.image_blocks <= len(blocks):
             raise InputError(f"image_blocks must be 1..{len(blocks)} (the image tower's blocks), got {cfg.image_blocks}")
         tail = {id(p) for b in blocks[len(blocks) - cfg.image_blocks :] for p in b.parameters()}
-        image_ids -= tail  # what stays in image_ids is frozen below
-        image_frozen = True
-    else:
-        image_frozen = cfg.freeze_image
+        frozen |= {id(p) for p in model.image.parameters()} - tail  # stem, earlier blocks, head
     out = []
     for name, p in model.named_parameters():
-        leaf = name.rsplit(".", 1)[-1]
-        scale = leaf in ("logit_scale", "logit_bias")
-        frozen = (cfg.freeze_text and id(p) in text_ids) or (image_frozen and id(p) in image_ids)
-        if frozen or (scale and not cfg.train_logit_scale):
+        scale = name.rsplit(".", 1)[-1] in ("logit_scale", "logit_bias")
+        if id(p) in frozen or (scale and not cfg.train_logit_scale):
             p.requires_grad_(False)
         if p.requires_grad:
             out.append(p)

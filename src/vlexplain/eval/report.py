@@ -39,22 +39,37 @@ td.best{background:#e6f4ea;font-weight:600}
 
 
 # --- statistics ----------------------------------------------------------------------------
-def bootstrap_ci(values: np.ndarray, n_boot: int = N_BOOT, seed: int = BOOT_SEED, level: float = 0.95) -> tuple[float, float, float]:
+def bootstrap_ci(values: np.ndarray, n_boot: int = N_BOOT, seed: int = BOOT_SEED, level: float = 0.95,
+                 groups: np.ndarray | None = None) -> tuple[float, float, float]:
     """(mean, low, high): percentile bootstrap interval of the mean (NaN values dropped).
 
     ``n_boot`` resamples with replacement from ``numpy.random.default_rng(seed)``; drawn in chunks
-    so that memory stays small for large runs.
+    so that memory stays small for large runs. With ``groups`` (one label per value) whole groups
+    are resampled (a cluster bootstrap: the values of one image move together), and each resample's
+    mean is its values' sum over its values' count.
     """
     v = np.asarray(values, dtype=np.float64)
-    v = v[~np.isnan(v)]
+    keep = ~np.isnan(v)
+    v = v[keep]
     if v.size == 0:
         return float("nan"), float("nan"), float("nan")
     rng = np.random.default_rng(seed)
     means = np.empty(n_boot)
-    chunk = max(1, min(n_boot, 2_000_000 // v.size))
-    for a in range(0, n_boot, chunk):
-        b = min(n_boot, a + chunk)
-        means[a:b] = v[rng.integers(0, v.size, size=(b - a, v.size))].mean(1)
+    if groups is None:
+        chunk = max(1, min(n_boot, 2_000_000 // v.size))
+        for a in range(0, n_boot, chunk):
+            b = min(n_boot, a + chunk)
+            means[a:b] = v[rng.integers(0, v.size, size=(b - a, v.size))].mean(1)
+    else:
+        _, inv = np.unique(np.asarray(groups)[keep], return_inverse=True)
+        g = int(inv.max()) + 1
+        sums = np.bincount(inv, weights=v, minlength=g)
+        counts = np.bincount(inv, minlength=g).astype(np.float64)
+        chunk = max(1, min(n_boot, 2_000_000 // g))
+        for a in range(0, n_boot, chunk):
+            b = min(n_boot, a + chunk)
+            w = rng.multinomial(g, np.full(g, 1.0 / g), size=b - a).astype(np.float64)  # draws per group
+            means[a:b] = (w @ sums) / np.maximum(w @ counts, 1e-12)
     lo, hi = np.percentile(means, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
     return float(v.mean()), float(lo), float(hi)
 
