@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -435,8 +436,15 @@ def _draw_prim(draw: ImageDraw.ImageDraw, prim: Prim, w: int, h: int, fill: int)
         raise ValueError(f"unknown primitive {kind}")
 
 
-def _object_layer(spec: CategorySpec, w: int, h: int, flip: bool) -> np.ndarray:
-    """(h, w) uint8: part j + 1 where part j is visible within the object, 0 elsewhere."""
+def _object_layer(spec: CategorySpec, w: int, h: int, flip: bool) -> tuple[np.ndarray, list[int]]:
+    """(h, w) uint8: part j + 1 where part j is visible within the object, 0 elsewhere (read-only,
+    shared between calls), and each part's pixel count."""
+    return _cached_layer(spec.name, w, h, flip)
+
+
+@lru_cache(maxsize=8192)  # frames take few distinct sizes: most scenes reuse drawn layers
+def _cached_layer(category: str, w: int, h: int, flip: bool) -> tuple[np.ndarray, list[int]]:
+    spec = CATEGORY_BY_NAME[category]
     layer = Image.new("L", (w, h), 0)
     draw = ImageDraw.Draw(layer)
     for j, part in enumerate(spec.parts):
@@ -444,7 +452,9 @@ def _object_layer(spec: CategorySpec, w: int, h: int, flip: bool) -> np.ndarray:
             _draw_prim(draw, prim, w, h, j + 1)
     if flip:
         layer = layer.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return np.asarray(layer)
+    arr = np.array(layer)
+    arr.setflags(write=False)
+    return arr, np.bincount(arr.ravel(), minlength=len(spec.parts) + 1)[1:].tolist()
 
 
 def _choose_colours(spec: CategorySpec, rng: np.random.Generator) -> dict[str, str]:
@@ -474,14 +484,15 @@ def _layout(rng, size, specs, min_visible) -> tuple[np.ndarray, list] | None:
     for i, spec in enumerate(specs):
         frame = _frame(spec, rng, size, single=len(specs) == 1)
         flip = bool(rng.integers(2))
-        layer = _object_layer(spec, frame[2], frame[3], flip)
+        layer, full = _object_layer(spec, frame[2], frame[3], flip)
         x, y, w, h = frame
         region = labels[y : y + h, x : x + w]
-        region[layer > 0] = (layer[layer > 0] + i * MAX_PARTS).astype(np.uint8)
-        full = [int((layer == j + 1).sum()) for j in range(len(spec.parts))]
+        inside = layer > 0
+        region[inside] = (layer[inside] + i * MAX_PARTS).astype(np.uint8)
         placed.append((spec, frame, flip, full))
+    counts = np.bincount(labels.ravel(), minlength=1 + len(placed) * MAX_PARTS)
     for i, (spec, _, _, full) in enumerate(placed):
-        vis = [int((labels == 1 + i * MAX_PARTS + j).sum()) for j in range(len(spec.parts))]
+        vis = [int(counts[1 + i * MAX_PARTS + j]) for j in range(len(spec.parts))]
         if sum(vis) < min_visible * sum(full) or any(f > 0 and v < 0.3 * f for v, f in zip(vis, full)):
             return None
         if any(f == 0 for f in full):
