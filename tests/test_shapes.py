@@ -241,7 +241,8 @@ def test_two_process_training_equals_one_process_on_the_union_batch(tmp_path):
 
     cfg = st.ShapesCLIPConfig(vision_width=32, vision_layers=1, text_width=32, text_layers=1, projection_dim=16,
                               batch_size=8, warmup_steps=1, lr=3e-3, eval_every=0, threads=1, pool_size=16,
-                              refresh_per_step=0, rank_weight=0.0)  # the ranking loss is a mean over pairs per process
+                              refresh_per_step=0, rank_weight=0.0,  # the ranking loss is a mean over pairs per process
+                              token_drop=0.0)
     two = st.train_shapes(minutes=5, out_dir=tmp_path / "two", seed=3, config=cfg, progress=False,
                           processes=2, max_steps=3)
     assert two["steps"] == 3 and two["processes"] == 2

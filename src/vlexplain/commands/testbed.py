@@ -36,6 +36,8 @@ def register(app: typer.Typer) -> None:
         rank_weight: float = typer.Option(1.0, "--rank-weight", min=0.0, help="Weight of the category ranking loss."),
         lr: float = typer.Option(2e-3, "--lr", min=0.0, help="Peak learning rate."),
         batch_size: int = typer.Option(128, "--batch-size", min=1, help="Scenes per step and process."),
+        token_drop: float = typer.Option(0.25, "--token-drop", min=0.0, max=0.95, help="Share of patch tokens each training image leaves out."),
+        init: str = typer.Option("mimetic", "--init", help="Image tower start: mimetic (fast from scratch) or default (transformers')."),
         evaluate: bool = typer.Option(True, "--evaluate/--no-evaluate", help="Measure the bars on held-out scenes after training."),
     ) -> None:
         """Train a small CLIP on the shapes world; writes weights, vocab.json and train_log.csv."""
@@ -44,7 +46,10 @@ def register(app: typer.Typer) -> None:
 
         if loss not in ("sigmoid", "softmax"):
             raise InputError(f"--loss {loss!r}: use sigmoid or softmax")
-        cfg = ShapesCLIPConfig(threads=threads, rank_weight=rank_weight, lr=lr, loss=loss, batch_size=batch_size)
+        if init not in ("mimetic", "default"):
+            raise InputError(f"--init {init!r}: use mimetic or default")
+        cfg = ShapesCLIPConfig(threads=threads, rank_weight=rank_weight, lr=lr, loss=loss, batch_size=batch_size,
+                               token_drop=token_drop, init=init)
         info = train_shapes(minutes=minutes, out_dir=out, seed=seed, config=cfg, init_from=init_from,
                             processes=processes, max_steps=steps)
         (out / "train_info.json").write_text(json.dumps(info, indent=2) + "\n")

@@ -1,10 +1,15 @@
 """Train and evaluate a small CLIP on the shapes world (minutes on a CPU).
 
-Training is contrastive with several positives: each scene contributes one text about one of its
-objects (a category caption, a coloured caption or a part descriptor; the other objects are
-distractors). Image -> text: a softmax over every text of the world, whose target spreads evenly
-over the texts true of the image (a text fits an image when it fits any object in it). Text ->
-image: a softmax over the batch's images, whose target spreads evenly over the images the text fits.
+Every scene of a batch is scored against every text of the world. With the default sigmoid loss
+each (scene, text) pair is its own binary problem, the text being true of the scene when it fits
+any object in it (category caption, coloured caption, part descriptor); ``loss="softmax"`` uses a
+softmax over texts whose target spreads evenly over the true ones (and one over images). A ranking
+loss adds each present category against the absent ones. Learning per CPU-second is what limits a
+model trained from scratch in minutes, so the image tower starts from a structured initialisation
+(:func:`vlexplain.data.vit_init.structured_init`) and each training image shows it a random 75 % of
+its patch tokens (token dropping; at test time it sees them all). Scenes live in a pool that is
+partly re-rendered after every step; images are flipped and shifted by a few pixels at random, so a
+scene seen again is rarely seen the same way.
 
 Training scenes use seeds from ``TRAIN_SEED_BASE * (seed + 1)`` upwards; evaluation uses seeds
 below ``TRAIN_SEED_BASE``, so the two never overlap.
@@ -30,6 +35,7 @@ from torch import Tensor, nn
 from ..distributed import average_gradients
 from .shapes import CATEGORIES, Scene, all_texts, category_caption, concept_set, render_scene, vocabulary
 from .testbed_models import CONTEXT_LENGTH, build_vocab, word_tokenizer
+from .vit_init import structured_init
 
 TRAIN_SEED_BASE = 10_000_000
 RANK_SEED_STRIDE = 1_000_000  # training-scene seeds of process r start r * stride above process 0's
@@ -49,13 +55,18 @@ class ShapesCLIPConfig:
     text_layers: int = 3
     heads: int = 4  # attention heads in both towers
     activation: str = "gelu"  # MLP activation of both towers (transformers name; faster than quick_gelu on a CPU)
+    token_drop: float = 0.25  # share of patch tokens each training image leaves out at random (none at test time)
+    init: str = "mimetic"  # image tower start: "mimetic" (see structured_init) or "default" (transformers')
+    mimetic_qk: tuple[float, float] = (0.7, 0.7)  # (alpha, beta): each head's W_q^T W_k ~ alpha Z + beta I
+    mimetic_vo: tuple[float, float] = (0.4, 0.4)  # (alpha, beta): W_o W_v ~ alpha Z - beta I
     projection_dim: int = 64  # joint embedding size
     batch_size: int = 128  # scenes per step and process (1.36x the scenes per CPU-second of 64 on a CPU core)
     lr: float = 2e-3  # peak AdamW learning rate (linear warm-up, cosine decay over the time budget)
     warmup_steps: int = 30
     weight_decay: float = 0.05
     pool_size: int = 2000  # scenes kept in memory
-    refresh_per_step: int = 16  # pool scenes replaced by fresh ones after every step
+    refresh_per_step: int = 64  # pool scenes replaced by fresh ones after every step (each seen about twice)
+    shift: int = 4  # training images move by up to this many pixels each way (border pixels repeated)
     object_counts: tuple[float, float, float, float] = (0.25, 0.25, 0.25, 0.25)  # P(1..4 objects) of training scenes
     caption_weights: tuple[float, float, float] = (0.3, 0.2, 0.5)  # caption, coloured caption, descriptor
     loss: str = "sigmoid"  # "sigmoid": independent binary loss per (scene, text); "softmax": multi-positive softmax
@@ -84,7 +95,12 @@ def build_model(cfg: ShapesCLIPConfig, vocab_size: int, seed: int) -> nn.Module:
         ),
         projection_dim=cfg.projection_dim,
     )
-    return CLIPModel(config)
+    model = CLIPModel(config)
+    if cfg.init == "mimetic":
+        structured_init(model.vision_model, cfg.mimetic_qk, cfg.mimetic_vo)
+    elif cfg.init != "default":
+        raise ValueError(f"init must be 'mimetic' or 'default', got {cfg.init!r}")
+    return model
 
 
 def scene_pixels(scenes: list[Scene]) -> Tensor:
@@ -100,6 +116,7 @@ class _Pool:
         self.cfg, self.text_index = cfg, text_index
         self.next_seed = TRAIN_SEED_BASE * (seed + 1) + RANK_SEED_STRIDE * rank  # each process its own scenes
         self.rng = np.random.default_rng([seed, rank])
+        self.gen = torch.Generator().manual_seed(int(self.rng.integers(2**62)))  # token dropping
         n = cfg.pool_size
         self.pixels = torch.empty((n, 3, cfg.image_size, cfg.image_size), dtype=torch.uint8)
         self.truth = torch.zeros((n, len(text_index)), dtype=torch.bool)  # texts true of each scene
@@ -129,6 +146,8 @@ class _Pool:
         x = self.pixels[idx].float() / 255.0
         flip = torch.from_numpy(self.rng.random(b) < 0.5)
         x[flip] = x[flip].flip(-1)
+        if self.cfg.shift > 0:
+            x = random_shift(x, self.cfg.shift, self.gen)
         x = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
         w = np.asarray(self.cfg.caption_weights, dtype=float)
         chosen = []
@@ -139,8 +158,28 @@ class _Pool:
         return x, self.truth[idx], chosen
 
 
-def _embed(model: nn.Module, pixels: Tensor | None = None, ids: Tensor | None = None, am: Tensor | None = None) -> Tensor:
-    if pixels is not None:
+def random_shift(x: Tensor, shift: int, gen: torch.Generator | None = None) -> Tensor:
+    """Each image of ``x`` (B, C, H, W) moved by its own integer offset in [-shift, shift] on both
+    axes; pixels moved in from outside repeat the border."""
+    b, _, h, w = x.shape
+    padded = nn.functional.pad(x, (shift, shift, shift, shift), mode="replicate")
+    dy, dx = (torch.randint(0, 2 * shift + 1, (b, 1), generator=gen) for _ in range(2))
+    rows, cols = dy + torch.arange(h), dx + torch.arange(w)  # (B, H), (B, W)
+    out = padded[torch.arange(b)[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def _embed(model: nn.Module, pixels: Tensor | None = None, ids: Tensor | None = None, am: Tensor | None = None,
+           keep: Tensor | None = None) -> Tensor:
+    """Unit-norm embeddings of images or texts; ``keep`` (B, k) patch indices: the image tower sees
+    only those patch tokens (and the class token), after position embeddings are added."""
+    if pixels is not None and keep is not None:
+        vm = model.vision_model
+        h = vm.embeddings(pixels)  # (B, 1 + n, d), positions included
+        kept = h[:, 1:].gather(1, keep[..., None].expand(-1, -1, h.shape[-1]))
+        out = vm.encoder(inputs_embeds=vm.pre_layrnorm(torch.cat([h[:, :1], kept], 1))).last_hidden_state
+        e = model.visual_projection(vm.post_layernorm(out[:, 0]))
+    elif pixels is not None:
         e = model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output)
     else:
         e = model.text_projection(model.text_model(input_ids=ids, attention_mask=am).pooler_output)
@@ -195,6 +234,10 @@ def train_shapes(
         raise ValueError(f"processes must be >= 1, got {processes}")
     if cfg.loss not in ("sigmoid", "softmax"):  # checked before any scene is rendered or process started
         raise ValueError(f"loss must be 'sigmoid' or 'softmax', got {cfg.loss!r}")
+    if cfg.init not in ("mimetic", "default"):
+        raise ValueError(f"init must be 'mimetic' or 'default', got {cfg.init!r}")
+    if not 0.0 <= cfg.token_drop < 1.0:
+        raise ValueError(f"token_drop must be in [0, 1), got {cfg.token_drop}")
     args = (minutes, str(out_dir), seed, cfg, progress, None if init_from is None else str(init_from), max_steps)
     if processes == 1:
         return _train(0, 1, None, *args)
@@ -284,7 +327,7 @@ def _train(rank: int, world: int, dist: Any, minutes: float, out_dir: str, seed:
             lr = cfg.lr * _lr_factor(step, done, cfg.warmup_steps)
             for g in opt.param_groups:
                 g["lr"] = lr
-            loss = _step(model, opt, pool, text_batch, cfg.batch_size, cat_cols, cfg.rank_weight, sync, bias)
+            loss = _step(model, opt, pool, text_batch, cfg.batch_size, cat_cols, cfg.rank_weight, sync, bias, cfg.token_drop)
             pool.refresh(min(cfg.refresh_per_step, len(pool.object_texts)))
             step += 1
             if not lead:
@@ -373,9 +416,13 @@ def ranking_loss(logits: Tensor, present: Tensor) -> Tensor:
 
 def _step(model: nn.Module, opt: torch.optim.Optimizer, pool: _Pool, text_batch, batch_size: int,
           cat_cols: Tensor | None = None, rank_weight: float = 0.0, sync: _GradSync | None = None,
-          bias: Tensor | None = None) -> float:
+          bias: Tensor | None = None, token_drop: float = 0.0) -> float:
     x, truth, chosen = pool.batch(min(batch_size, len(pool.object_texts)))
-    img = _embed(model, pixels=x)  # (B, d)
+    keep = None
+    if token_drop > 0:  # each image keeps its own random subset of patch tokens (cheaper steps)
+        n = model.vision_model.embeddings.num_patches
+        keep = torch.rand(len(x), n, generator=pool.gen).argsort(1)[:, : n - int(round(token_drop * n))]
+    img = _embed(model, pixels=x, keep=keep)  # (B, d)
     txt = _embed(model, ids=text_batch.ids, am=text_batch.attention_mask)  # (n_texts, d)
     scale = model.logit_scale.exp().clamp(max=100.0)
     logits = scale * img @ txt.T  # (B, n_texts)
