@@ -132,3 +132,16 @@ def test_compare_writes_figure_json_html(clip_dir, photo, tmp_path):
 def test_compare_refuses_inapplicable_method(photo, tmp_path, capsys):
     rc = main(["compare", str(photo), "-t", "a cat", "-m", "offline", "--methods", "chefer", "-o", str(tmp_path / "c")])
     assert rc == 2 and "methods that apply" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, option", [
+    (["testbed", "train-shapes", "--token-drop", "1.0"], "--token-drop"),
+    (["testbed", "train-shapes", "--minutes", "0"], "--minutes"),
+    (["explain"], "images"),
+])
+def test_usage_errors_name_the_option(tmp_path, capsys, monkeypatch, args, option):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert option in err and "Traceback" not in err and "BadParameter" not in err
+    assert not any(tmp_path.iterdir())  # nothing written

@@ -73,18 +73,34 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:
         return int(e.code or 0)
     except Exception as e:  # click usage errors and the like
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
+        usage, abort = _click_exceptions()
+        if isinstance(e, usage):
+            e.show()  # names the option and its allowed range
             return 2
-        if isinstance(e, click.exceptions.Abort):
+        if isinstance(e, abort):
             return 1
         if debug:
             raise
         typer.echo(f"error: {type(e).__name__}: {e} (run with --debug for the traceback)", err=True)
         return 1
     return 0
+
+
+def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """Click's usage-error and abort classes, and those of the click copy newer typer versions carry."""
+    import click
+
+    modules = [click.exceptions]
+    try:
+        from typer._click import exceptions as vendored  # typer >= 0.2x parses with its own click copy
+    except ImportError:
+        pass
+    else:
+        modules.append(vendored)
+    def found(name: str) -> tuple[type, ...]:
+        return tuple(getattr(m, name) for m in modules if hasattr(m, name))
+
+    return found("ClickException"), found("Abort")
 
 
 def run() -> None:
