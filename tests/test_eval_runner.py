@@ -19,7 +19,7 @@ import vlexplain as vx
 from vlexplain.errors import InputError
 from vlexplain.eval import evaluate, load_maps, load_results, report
 from vlexplain.eval.report import bootstrap_ci
-from vlexplain.eval.runner import write_manifest
+from vlexplain.eval.runner import pair_seed, write_manifest
 
 M2IB = {"m2ib": {"steps": 2, "num_samples": 2}}
 METRIC_OPTS = {"deletion_image": {"n_steps": 4}, "insertion_text": {"n_steps": 2}}
@@ -118,7 +118,8 @@ def test_values_match_direct_calls(run_a, hf_clip):
     imgs = [Image.open(d / "img" / f"{i}.png").convert("RGB") for i in (0, 1)]
     px = torch.stack([hf_clip.preprocess(im) for im in imgs])
     caps = ["a photo of thing 0", "a photo of thing 1"]
-    exps = vx.explain(hf_clip, px, caps, method="m2ib", seed=0, batch_size=2, **M2IB["m2ib"])
+    exps = vx.explain(hf_clip, px, caps, method="m2ib", seed=[pair_seed(0, 0), pair_seed(0, 1)], batch_size=2,
+                      **M2IB["m2ib"])
     tb = hf_clip.tokenize(caps)
     dele = get_metric("deletion_image")(hf_clip, px, tb, torch.stack([e.image_map for e in exps]), None, n_steps=4)
     ins = get_metric("insertion_text")(hf_clip, px, tb, None, token_maps_from_explanations(exps, tb), n_steps=2)
@@ -214,8 +215,40 @@ def test_a_failing_pair_becomes_an_error_row(tmp_path, hf_clip, monkeypatch):
     df = load_results(out).to_pandas()
     assert df["error"].isna().tolist() == [True, False, True]
     assert "p.jsonl:2" in df["error"][1] and "poisoned caption" in df["error"][1]
-    exps = vx.explain(hf_clip, [tmp_path / "0.png"], ["fine"], method="random", seed=0)
+    exps = vx.explain(hf_clip, [tmp_path / "0.png"], ["fine"], method="random", seed=pair_seed(0, 0))
     assert df["poison:mean"][0] == pytest.approx(float(exps[0].image_map.mean()), abs=1e-6)
+
+
+def test_every_pair_has_its_own_seed(tmp_path, hf_clip, monkeypatch):
+    """The same pair repeated gets a different random map each time (one seed per pair, not one per
+    run), each equal to explain() with that pair's seed, whatever the batch size."""
+    (tmp_path / "first.py").write_text(
+        "def value(model, pixels, texts, image_maps, token_maps):\n"
+        "    return {'v': image_maps.flatten(1)[:, 0]}\n"
+        "value.side = 'image'\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    Image.new("RGB", (64, 64), "gray").save(tmp_path / "0.png")
+    (tmp_path / "same.jsonl").write_text((json.dumps({"image": "0.png", "caption": "a thing"}) + "\n") * 6)
+    runs = [evaluate(tmp_path / "same.jsonl", hf_clip, ["random"], ["first:value"], tmp_path / f"run{b}",
+                     batch_size=b, shard_size=6, seed=3, progress=False) for b in (1, 3)]
+    vals = [load_results(r).to_pandas()["first:value"].to_numpy() for r in runs]
+    assert np.array_equal(vals[0], vals[1])  # batching does not change a pair's seed
+    assert len(set(vals[0].tolist())) == 6  # six draws, not one draw repeated
+    exps = vx.explain(hf_clip, [tmp_path / "0.png"] * 6, ["a thing"] * 6, method="random",
+                      seed=[pair_seed(3, i) for i in range(6)])
+    assert np.allclose(vals[0], [float(e.image_map.flatten()[0]) for e in exps], atol=1e-6)
+    assert [e.settings["seed"] for e in exps] == [pair_seed(3, i) for i in range(6)]
+    assert len({pair_seed(s, i) for s in range(3) for i in range(100)}) == 300
+    with pytest.raises(InputError, match="got 2 seeds for 6 image-text pairs"):
+        vx.explain(hf_clip, [tmp_path / "0.png"] * 6, ["a thing"] * 6, method="random", seed=[1, 2])
+    # a run written before per-pair seeds (config version 1) is not resumed with the new seeding
+    cfg_path = runs[0] / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg_path.write_text(json.dumps({**cfg, "version": 1}))
+    with pytest.raises(InputError, match="configuration differs in version"):
+        evaluate(tmp_path / "same.jsonl", hf_clip, ["random"], ["first:value"], runs[0], batch_size=1, shard_size=6,
+                 seed=3, resume=True, progress=False)
 
 
 def test_report(run_a):

@@ -75,7 +75,7 @@ def explain(
     texts: TextLike,
     method: str = "m2ib",
     *,
-    seed: int | None = 0,
+    seed: int | Sequence[int] | None = 0,
     generator: torch.Generator | None = None,
     target: str = "cosine",
     candidates: Sequence[str] | None = None,
@@ -90,7 +90,9 @@ def explain(
         images: a path, PIL image, array, (3,H,W) or (N,3,H,W) preprocessed tensor, or a list.
         texts: a string or a list of strings. Pairs are zipped; one image or one text broadcasts.
         method: a name from :func:`vlexplain.list_methods`.
-        seed: seed for stochastic methods (each pair uses it, so results do not depend on batching).
+        seed: seed for stochastic methods: one int that every pair uses (a pair's result then does not
+            depend on batching or on the other pairs), or one int per pair (what the evaluation runner
+            passes, so that a random reference or a noise draw is not the same for every pair).
         generator: alternatively, a torch.Generator from which one seed is drawn for this call.
         target: "cosine" (default), "logit" or "softmax" (needs ``candidates``).
         candidates: candidate texts for the softmax target.
@@ -120,7 +122,7 @@ def explain(
     ii, ti = _broadcast(pixels.shape[0], len(tlist))
     if generator is not None:
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    seed = 0 if seed is None else int(seed)
+    seeds = _pair_seeds(seed, len(ii))
     results: list[Explanation | None] = [None] * len(ii)
     # group by text so that the softmax target can exclude the explained text from its candidates
     groups: dict[str, list[int]] = {}
@@ -134,7 +136,7 @@ def explain(
             px = pixels[[ii[k] for k in chunk]]
             tb = model.tokenize([tlist[ti[k]] for k in chunk])
             t0 = time.perf_counter()
-            img, tok, score = run_explainer(explainer, px, tb, tgt, [seed] * len(chunk), sides)
+            img, tok, score = run_explainer(explainer, px, tb, tgt, [seeds[k] for k in chunk], sides)
             if model.device.type == "cuda":
                 torch.cuda.synchronize()
             dt = (time.perf_counter() - t0) / len(chunk)
@@ -144,7 +146,7 @@ def explain(
                     full, patch = img, pool_to_grid(img, grid)  # type: ignore[arg-type]
                 else:
                     patch, full = img, upsample_grid(img, model.input_size)
-            settings = {**explainer.settings(), "seed": seed, "target": target, "model": model.name}
+            settings = {**explainer.settings(), "target": target, "model": model.name}
             for j, k in enumerate(chunk):
                 cm = tb.content_mask[j]
                 results[k] = Explanation(
@@ -154,7 +156,7 @@ def explain(
                     tokens=tb.shown_tokens(j),
                     score=float(score[j]),
                     method=cls.name,
-                    settings=settings,
+                    settings={**settings, "seed": seeds[k]},
                     text=tlist[ti[k]],
                     pixels=px[j],
                     mean=tuple(model.mean),
@@ -163,6 +165,18 @@ def explain(
                 )
     out = [r for r in results if r is not None]
     return out[0] if single and len(out) == 1 else out
+
+
+def _pair_seeds(seed: int | Sequence[int] | None, n: int) -> list[int]:
+    """One seed per pair from ``explain``'s ``seed`` argument."""
+    if seed is None:
+        return [0] * n
+    if isinstance(seed, (int, np.integer)):
+        return [int(seed)] * n
+    seeds = [int(s) for s in seed]
+    if len(seeds) != n:
+        raise InputError(f"got {len(seeds)} seeds for {n} image-text pairs; give one seed, or one per pair")
+    return seeds
 
 
 def _is_multi_image(images: Any) -> bool:

@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
         n: Optional[int] = typer.Option(None, "--n", min=1, help="Number of pairs (default: shapes 64, grids 16)."),
         model: Optional[str] = typer.Option(None, "--model", help="Model spec (default: shapes testbed:shapes, grids offline)."),
         out: Optional[Path] = typer.Option(None, "--out", help="Benchmark directory (default: benchmarks/runs/KIND)."),
-        seed: int = typer.Option(0, "--seed", min=0, help="Selects the scenes / grids and seeds every explanation."),
+        seed: int = typer.Option(0, "--seed", min=0, help="Selects the scenes / grids and seeds the explanations (each pair its own seed)."),
         batch_size: int = typer.Option(8, "--batch-size", min=1, help="Pairs explained together."),
         resume: bool = typer.Option(False, "--resume", help="Continue an interrupted benchmark in --out."),
         grid: int = typer.Option(2, "--grid", min=2, help="Grid side for grids (2: 2x2, 3: 3x3)."),

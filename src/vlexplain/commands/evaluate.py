@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
         save_maps: bool = typer.Option(False, "--save-maps", help="Also save maps and input images (safetensors)."),
         device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda when available, else cpu; under a multi-process launcher cuda means each process's own GPU)."),
         shard_size: Optional[int] = typer.Option(None, "--shard-size", min=1, help="Pairs per shard (default 8 x batch size)."),
-        seed: int = typer.Option(0, "--seed", help="Seed of every explanation."),
+        seed: int = typer.Option(0, "--seed", help="Run seed: each pair is explained with its own seed derived from it and the pair's index."),
         target: str = typer.Option("cosine", "--target", help="Score to explain: cosine or logit."),
         method_options: Optional[str] = typer.Option(None, "--method-options", help='JSON (or a JSON file): {"m2ib": {"steps": 5}}.'),
         metric_options: Optional[str] = typer.Option(None, "--metric-options", help='JSON (or a JSON file): {"deletion_image": {"n_steps": 8}}.'),

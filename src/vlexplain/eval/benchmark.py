@@ -256,7 +256,8 @@ def run_benchmark(
         metrics: metric names (default: :data:`DEFAULT_METRICS` of the testbed).
         n: number of pairs (default :data:`DEFAULT_N`).
         model: a model spec or model (default :data:`DEFAULT_MODEL`).
-        seed: selects the data (scene / grid seeds) and seeds every explanation.
+        seed: selects the data (scene / grid seeds) and seeds the explanations (each pair its own
+            seed, see :func:`~vlexplain.eval.runner.pair_seed`).
         batch_size: pairs explained together.
         resume: continue an interrupted benchmark in ``out``.
         grid: grid side for ``grids`` (2: 2x2, 3: 3x3).

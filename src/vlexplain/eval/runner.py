@@ -35,10 +35,11 @@ from torch import Tensor
 from ..errors import InputError, MethodError, VlexplainError
 from . import io as rio
 
-CONFIG_VERSION = 1
+#: 2: every pair is explained with its own seed (:func:`pair_seed`); version 1 gave every pair ``seed``
+CONFIG_VERSION = 2
 #: configuration keys that must match for ``resume`` to continue a run
 IDENTITY_KEYS = ("data", "num_samples", "model", "methods", "method_options", "metrics", "metric_options", "batch_size",
-                 "shard_size", "limit", "seed", "target", "save_maps")
+                 "shard_size", "limit", "seed", "target", "save_maps", "version")
 
 
 @dataclass
@@ -55,7 +56,7 @@ class EvalConfig:
     shard_size: int = 64  # pairs per shard (a multiple of batch_size)
     limit: int | None = None  # only the first `limit` pairs
     num_samples: int = 0  # pairs evaluated (after `limit`); a changed data file cannot be resumed
-    seed: int = 0  # seed of every pair's explanation
+    seed: int = 0  # the run's seed: pair i is explained with pair_seed(seed, i)
     target: str = "cosine"  # score explained: cosine or logit
     save_maps: bool = False  # also write the maps (safetensors)
     device: str = "cpu"  # where the model runs (not part of the run's identity)
@@ -252,7 +253,7 @@ def evaluate(
         method_options: per method, keyword options passed to :func:`vlexplain.explain`.
         metric_options: per metric, keyword options passed to the metric.
         shard_size: pairs per shard (default ``8 * batch_size``); rounded up to a multiple of ``batch_size``.
-        seed: the seed of every pair's explanation.
+        seed: the run's seed; pair ``i`` is explained with ``pair_seed(seed, i)`` (its own seed).
         target: "cosine" or "logit".
         device: "cpu", "cuda", "cuda:1"... (under a multi-process launcher "cuda" means this
             process's local GPU).
@@ -401,6 +402,16 @@ def _base_record(pair: Any, method: str) -> dict[str, Any]:
             "image": img if isinstance(img, str) else "", "error": pair.error}
 
 
+def pair_seed(seed: int, index: int) -> int:
+    """The seed pair ``index`` of a run with seed ``seed`` is explained with.
+
+    Each pair gets its own, so stochastic methods (the ``random`` reference, M2IB's noise, RISE's
+    masks) draw independently for every pair instead of repeating one draw across the dataset, and
+    a pair's seed does not depend on batching, sharding or the number of processes.
+    """
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
+
+
 def _run_batch(ctx: _Ctx, rows: list[Any]) -> tuple[list[dict[str, Any]], dict[str, Tensor], dict[str, str]]:
     """Load, explain and score one batch; rows that fail become error rows with their reason."""
     pairs = [ctx.ds.load(r) for r in rows]
@@ -447,7 +458,8 @@ def _explain_batch(ctx: _Ctx, ok: list[Any], recs: dict[tuple[int, str], dict[st
         for p, im in zip(ok, rgb):
             ten[f"{p.index}.image"] = (im.float().cpu() * 255).round().to(torch.uint8).contiguous()
     for m in cfg.methods:
-        exps = explain(model, px, caps, method=m, seed=cfg.seed, target=cfg.target, batch_size=len(ok),
+        seeds = [pair_seed(cfg.seed, p.index) for p in ok]
+        exps = explain(model, px, caps, method=m, seed=seeds, target=cfg.target, batch_size=len(ok),
                        sides=_sides_needed(ctx, m), **cfg.method_options.get(m, {}))
         vals = _metrics_for(ctx, m, px, texts, exps, ok, gts)
         for j, (p, e) in enumerate(zip(ok, exps)):
