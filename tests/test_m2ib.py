@@ -32,16 +32,37 @@ def _layer_module(raw, kind, modality, layer):
     return tower.resblocks[layer]
 
 
+def _hook(raw, kind, modality, layer, fn):
+    """Replace the output of block ``layer`` (or, for -1, the input of block 0) by ``fn(it)``."""
+    if layer >= 0:
+        def post(m, inp, out):
+            return (fn(out[0]),) + tuple(out[1:]) if isinstance(out, tuple) else fn(out)
+
+        return _layer_module(raw, kind, modality, layer).register_forward_hook(post)
+
+    def pre(m, args, kwargs):
+        if args:
+            return (fn(args[0]),) + tuple(args[1:]), kwargs
+        key = next(k for k in ("hidden_states", "q_x", "x") if k in kwargs)
+        return args, {**kwargs, key: fn(kwargs[key])}
+
+    return _layer_module(raw, kind, modality, 0).register_forward_pre_hook(pre, with_kwargs=True)
+
+
 def reference_m2ib(raw, kind, modality, pixels, ids, *, layer, beta, steps, lr, S, seed, n_real=None):
     """Per-token capacity (T,) of the released algorithm for one pair."""
     g = torch.Generator().manual_seed(seed)
     x_mod = pixels if modality == "image" else ids
     x_other = ids if modality == "image" else pixels
     other = "text" if modality == "image" else "image"
-    module = _layer_module(raw, kind, modality, layer)
     with torch.no_grad():
         H = {}
-        h = module.register_forward_hook(lambda m, i, o: H.__setitem__("h", o[0] if isinstance(o, tuple) else o))
+
+        def keep(x):
+            H["h"] = x
+            return x
+
+        h = _hook(raw, kind, modality, layer, keep)
         _features(raw, kind, modality, x_mod)
         h.remove()
     T, D = H["h"].shape[1:]
@@ -50,20 +71,18 @@ def reference_m2ib(raw, kind, modality, pixels, ids, *, layer, beta, steps, lr, 
     opt = torch.optim.Adam([alpha], lr=lr)
     state = {}
 
-    def bottleneck(m, inp, out):
-        x = out[0] if isinstance(out, tuple) else out
+    def bottleneck(x):
         lam = torch.sigmoid(alpha).expand(x.shape[0], -1, -1)
         mu = x * lam
         var = (1 - lam) ** 2
         state["cap"] = -0.5 * (1 + torch.log(var) - mu**2 - var)
         eps = torch.zeros_like(x)
         eps[:, :n] = torch.randn((S, n, D), generator=g)
-        z = mu + var.sqrt() * eps
-        return (z,) + tuple(out[1:]) if isinstance(out, tuple) else z
+        return mu + var.sqrt() * eps
 
     for _ in range(steps):
         opt.zero_grad()
-        hk = module.register_forward_hook(bottleneck)
+        hk = _hook(raw, kind, modality, layer, bottleneck)
         try:
             e = _features(raw, kind, modality, x_mod.expand(S, *x_mod.shape[1:]))
         finally:
@@ -82,7 +101,9 @@ CASES = [("hf", tiny_hf_clip), ("oc", tiny_open_clip)]
 
 @pytest.mark.parametrize("kind,make", CASES)
 @pytest.mark.parametrize("modality", ["image", "text"])
-def test_fast_equals_reference(kind, make, modality):
+@pytest.mark.parametrize("layer", [1, -1])
+def test_fast_equals_reference(kind, make, modality, layer):
+    """Block 1's output, and (layer -1) the input of block 0."""
     raw = make(layers=3)
     model = vx.load_model(make(layers=3))
     g = torch.Generator().manual_seed(1)
@@ -96,8 +117,8 @@ def test_fast_equals_reference(kind, make, modality):
         ids = open_clip.tokenize([text])  # padded to 77 as OpenCLIP's encode_text requires
     else:
         ids = tb.ids
-    opts = dict(layer=1, beta=0.1, steps=4, lr=1.0, num_samples=3)
-    ref = reference_m2ib(raw, kind, modality, pixels, ids, layer=1, beta=0.1, steps=4, lr=1.0, S=3, seed=7,
+    opts = dict(layer=layer, beta=0.1, steps=4, lr=1.0, num_samples=3)
+    ref = reference_m2ib(raw, kind, modality, pixels, ids, layer=layer, beta=0.1, steps=4, lr=1.0, S=3, seed=7,
                          n_real=n_real if modality == "text" else None)
     exp = vx.explain(model, pixels, text, method="m2ib", seed=7, sides=[modality], **opts)
     if modality == "image":
@@ -161,6 +182,8 @@ def test_default_layers(hf_clip, offline):
 def test_bad_options(hf_clip):
     with pytest.raises(MethodError, match="out of range"):
         M2IB(hf_clip, layer=7)
+    with pytest.raises(MethodError, match=r"out of range .*\(-1\.\.2; -1 is the input of block 0\)"):
+        M2IB(hf_clip, text_layer=-2)
     with pytest.raises(MethodError, match="unknown option"):
         M2IB.create(hf_clip, stepz=3)
     with pytest.raises(MethodError):

@@ -58,7 +58,7 @@ def fit_bottleneck(
     Args:
         tower: the tower to bottleneck; ``x`` its input batch (B rows).
         target: (B, d) unit-norm embedding of the other modality.
-        layer: the bottleneck sits on the output of this block.
+        layer: the bottleneck sits on the output of this block (-1: on the input of block 0).
         beta: weight of the compression term.
         steps, lr: Adam steps and learning rate on ``alpha``.
         num_samples: noise draws per step (the reference's batch of 10 copies).
@@ -127,7 +127,10 @@ class M2IB(Explainer):
     Args:
         model: the dual encoder.
         layer: block whose output is bottlenecked, for the image and text tower (None: 9 of 12,
-            the same relative depth in other towers; block 4 of the offline model's CNN).
+            the same relative depth in other towers; block 4 of the offline model's CNN); -1: the
+            input of block 0 (token or patch embeddings with positions), useful for shallow towers
+            whose pooled token has gathered the whole text after the first block (see the shapes
+            benchmark in benchmarks/RESULTS.md).
         image_layer / text_layer: per-tower overrides of ``layer``.
         beta: compression weight (0.1; 1.0 was used for the chest X-ray model).
         steps: Adam steps (10). lr: Adam learning rate on ``alpha`` (1.0).
@@ -168,8 +171,9 @@ class M2IB(Explainer):
         if layer is None:
             return tower.default_layer()
         n = tower.num_blocks
-        if not 0 <= layer < n:
-            raise MethodError(f"layer {layer} is out of range for the {tower.modality} tower (0..{n - 1})")
+        if not -1 <= layer < n:
+            raise MethodError(f"layer {layer} is out of range for the {tower.modality} tower (-1..{n - 1}; "
+                              "-1 is the input of block 0)")
         return layer
 
     def _fit(self, tower: Tower, x: Any, target: Tensor, layer: int, seeds: list[int]):
