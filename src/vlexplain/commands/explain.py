@@ -141,7 +141,7 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="Seed for stochastic methods."),
         zip_pairs: bool = typer.Option(False, "--zip", help="Pair image i with text i instead of every image x text."),
         target: str = typer.Option("cosine", "--target", help="cosine, logit or softmax (over the given texts)."),
-        layer: Optional[int] = typer.Option(None, "--layer", help="Block to attribute at (m2ib, gradcam)."),
+        layer: Optional[int] = typer.Option(None, "--layer", help="Block to attribute at (m2ib, gradcam; for m2ib -1 is the input of block 0)."),
         beta: Optional[float] = typer.Option(None, "--beta", help="M2IB compression weight."),
         steps: Optional[int] = typer.Option(None, "--steps", help="M2IB / integrated-gradients steps."),
         option: list[str] = typer.Option([], "--option", help="Other method option KEY=VALUE; repeatable."),
