@@ -217,6 +217,16 @@ def test_gradcam_cnn_matches_captum(offline):
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-6 * float(ref.detach().abs().max()))
 
 
+def test_gradcam_default_layers(hf_clip, offline):
+    """CNN image tower: the last stage (the Grad-CAM paper's last convolutional layer); a ViT's last
+    block would pass gradients to its class token only, so ViTs and text towers keep default_layer()."""
+    assert GradCAM(offline).image_layer == offline.image.num_blocks - 1 == 6
+    assert GradCAM(offline).text_layer == offline.text.default_layer()
+    assert GradCAM(offline, layer=2).image_layer == 2 and GradCAM(offline, image_layer=3).image_layer == 3
+    assert GradCAM(hf_clip).image_layer == hf_clip.image.default_layer() < hf_clip.image.num_blocks - 1
+    assert GradCAM(hf_clip).text_layer == hf_clip.text.default_layer()
+
+
 def test_gradcam_bad_layer(hf_clip):
     with pytest.raises(MethodError, match="out of range"):
         GradCAM(hf_clip, layer=3)

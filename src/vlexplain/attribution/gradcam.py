@@ -26,10 +26,11 @@ from ..models.base import TextBatch, Tower
 from .base import Explainer, PairBatch, register_method
 
 
-def check_layer(tower: Tower, layer: int | None) -> int:
-    """Resolve a block index (None: the tower's ``default_layer()``); raise MethodError if out of range."""
+def check_layer(tower: Tower, layer: int | None, default: int | None = None) -> int:
+    """Resolve a block index (None: ``default``, else the tower's ``default_layer()``); raise
+    MethodError if out of range."""
     if layer is None:
-        return tower.default_layer()
+        return tower.default_layer() if default is None else default
     n = tower.num_blocks
     if not isinstance(layer, int) or not 0 <= layer < n:
         raise MethodError(f"layer {layer} is out of range for the {tower.modality} tower (0..{n - 1})")
@@ -89,7 +90,9 @@ class GradCAM(Explainer):
 
     Args:
         model: the dual encoder.
-        layer: block whose output is used, for both towers (None: each tower's ``default_layer()``).
+        layer: block whose output is used, for both towers (None: the last stage of a CNN image
+            tower, as in the Grad-CAM paper; each other tower's ``default_layer()``, as a ViT's
+            last block passes gradients only to its class token).
         image_layer / text_layer: per-tower overrides of ``layer``.
 
     Paper: Selvaraju et al. Grad-CAM: Visual Explanations from Deep Networks via Gradient-based
@@ -105,7 +108,8 @@ class GradCAM(Explainer):
     def __init__(self, model, layer: int | None = None, image_layer: int | None = None, text_layer: int | None = None):
         super().__init__(model)
         self.layer = layer
-        self.image_layer = check_layer(model.image, image_layer if image_layer is not None else layer)
+        cnn_last = model.image.num_blocks - 1 if model.image.kind == "cnn" else None
+        self.image_layer = check_layer(model.image, image_layer if image_layer is not None else layer, cnn_last)
         self.text_layer = check_layer(model.text, text_layer if text_layer is not None else layer)
 
     def attribute_image(self, batch: PairBatch) -> Tensor:
