@@ -1,0 +1,92 @@
+"""Why gradient methods score at chance on the photo grids (offline model).
+
+For the grids of ``vlexplain benchmark grids`` (seed 0), explains each (grid, query) pair with a few
+methods and prints, per method:
+
+* ``mass``: the grid pointing game (share of the map's positive mass in the queried cell; chance
+  1/4 on 2 x 2 grids), what the benchmark ranks by;
+* ``top cell``: how often the queried cell holds more positive mass than any other cell (chance
+  1/4): does the map *point* to the right cell, however diffuse it is;
+* both again split by whether the queried cell *dominates* the grid's embedding (its crop,
+  embedded alone, is the closest of the cells to the whole grid's embedding). The offline model's
+  image embedding is a ConSE mixture (softmax over ImageNet classes times the class names' text
+  embeddings), so one cell can take over the softmax.
+
+Then the largest class probability of the model's softmax per grid (is it saturated?) and Grad-CAM
+at every stage of the CNN (is the layer the problem?).
+
+Run: ``python benchmarks/grids_probe.py [N]`` (N grids, default 48; a few minutes on a CPU).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+
+import vlexplain as vx
+from vlexplain.data.grids import grid_dataset
+from vlexplain.eval.benchmark import BENCHMARK_METHOD_OPTIONS, GRIDS_SEED_BASE
+from vlexplain.eval.runner import pair_seed
+
+METHODS = ["m2ib", "gradcam", "saliency", "gradient_x_input", "integrated_gradients"]
+
+
+def cell_masses(maps: torch.Tensor, n: int) -> torch.Tensor:
+    """(B, n*n) positive mass of each cell (row-major) of (B, H, W) maps."""
+    b, h, w = maps.shape
+    pos = maps.clamp_min(0)[:, : h - h % n, : w - w % n]
+    return pos.reshape(b, n, h // n, n, w // n).sum((2, 4)).reshape(b, n * n)
+
+
+def dominant(model, grids) -> np.ndarray:
+    """Row-major index of the cell whose crop's embedding is closest to the whole grid's."""
+    out = []
+    for g in grids:
+        w, h = g.image.size
+        n = g.rows
+        cells = [g.image.crop((c * w // n, r * h // n, (c + 1) * w // n, (r + 1) * h // n))
+                 for r in range(n) for c in range(n)]
+        with torch.no_grad():
+            e = torch.nn.functional.normalize(
+                model.encode_image(torch.stack([model.preprocess(x) for x in [g.image] + cells])), dim=-1)
+        out.append(int((e[1:] @ e[0]).argmax()))
+    return np.array(out)
+
+
+def score(model, grids, query: np.ndarray, method: str, **opts) -> tuple[np.ndarray, np.ndarray]:
+    """Per grid: the queried cell's share of the positive mass, and whether it holds the most."""
+    n = len(grids)
+    exps = vx.explain(model, [g.image for g in grids], [g.text for g in grids], method=method,
+                      seed=[pair_seed(0, i) for i in range(n)], sides=["image"], **opts)
+    masses = cell_masses(torch.stack([e.image_map.float() for e in exps]), 2)
+    share = (masses[torch.arange(n), torch.from_numpy(query)] / masses.sum(1).clamp_min(1e-12)).numpy()
+    return share, (masses.argmax(1).numpy() == query).astype(float)
+
+
+def main(n: int = 48) -> None:
+    model = vx.load_model("offline")
+    grids = grid_dataset(n, seed=GRIDS_SEED_BASE, rows=2)
+    query = np.array([g.query for g in grids])
+    is_dom = dominant(model, grids) == query
+    print(f"{n} grids (2 x 2); the queried cell dominates the grid's embedding in {int(is_dom.sum())}")
+    print(f"{'method':<22}{'mass':>7}{'top cell':>10}   {'dominant: mass / top':>22}   {'other: mass / top':>19}")
+    for m in METHODS:
+        share, top = score(model, grids, query, m, **BENCHMARK_METHOD_OPTIONS["grids"].get(m, {}))
+        print(f"{m:<22}{share.mean():>7.3f}{top.mean():>10.3f}   "
+              f"{share[is_dom].mean():>13.3f} / {top[is_dom].mean():.3f}   "
+              f"{share[~is_dom].mean():>10.3f} / {top[~is_dom].mean():.3f}")
+    tower = model.image
+    with torch.no_grad():
+        px = torch.stack([model.preprocess(g.image) for g in grids])
+        p_max = tower.class_logits(tower.encode(px, stop=tower.num_blocks - 1)).softmax(-1).amax(-1).numpy()
+    print(f"largest class probability per grid: min {p_max.min():.3f}, median {np.median(p_max):.3f}, "
+          f"max {p_max.max():.3f}")
+    for layer in range(tower.num_blocks):
+        share, top = score(model, grids, query, "gradcam", image_layer=layer)
+        print(f"gradcam at stage {layer}: mass {share.mean():.3f}, top cell {top.mean():.3f}")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 48)
