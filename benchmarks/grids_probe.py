@@ -29,25 +29,23 @@ import vlexplain as vx
 from vlexplain.data.grids import grid_dataset
 from vlexplain.eval.benchmark import BENCHMARK_METHOD_OPTIONS, GRIDS_SEED_BASE
 from vlexplain.eval.runner import pair_seed
+from vlexplain.metrics.gridpg import cell_masks, grid_pointing_game
 
 METHODS = ["m2ib", "gradcam", "saliency", "gradient_x_input", "integrated_gradients"]
 
 
 def cell_masses(maps: torch.Tensor, n: int) -> torch.Tensor:
-    """(B, n*n) positive mass of each cell (row-major) of (B, H, W) maps."""
-    b, h, w = maps.shape
-    pos = maps.clamp_min(0)[:, : h - h % n, : w - w % n]
-    return pos.reshape(b, n, h // n, n, w // n).sum((2, 4)).reshape(b, n * n)
+    """(B, n*n) positive mass of each cell (row-major) of (B, H, W) maps, cells as the metric cuts them."""
+    cells = cell_masks(tuple(maps.shape[-2:]), n, maps.device)  # (n*n, H, W)
+    return torch.einsum("bhw,chw->bc", maps.clamp_min(0), cells.to(maps.dtype))
 
 
 def dominant(model, grids) -> np.ndarray:
     """Row-major index of the cell whose crop's embedding is closest to the whole grid's."""
     out = []
     for g in grids:
-        w, h = g.image.size
-        n = g.rows
-        cells = [g.image.crop((c * w // n, r * h // n, (c + 1) * w // n, (r + 1) * h // n))
-                 for r in range(n) for c in range(n)]
+        boxes = [g.cell_box(i) for i in range(g.rows * g.cols)]
+        cells = [g.image.crop((x, y, x + w, y + h)) for x, y, w, h in boxes]
         with torch.no_grad():
             e = torch.nn.functional.normalize(
                 model.encode_image(torch.stack([model.preprocess(x) for x in [g.image] + cells])), dim=-1)
@@ -56,13 +54,14 @@ def dominant(model, grids) -> np.ndarray:
 
 
 def score(model, grids, query: np.ndarray, method: str, **opts) -> tuple[np.ndarray, np.ndarray]:
-    """Per grid: the queried cell's share of the positive mass, and whether it holds the most."""
+    """Per grid: the queried cell's share of the positive mass (the benchmark's grid pointing game;
+    NaN for a map without positive mass), and whether it holds the most."""
     n = len(grids)
     exps = vx.explain(model, [g.image for g in grids], [g.text for g in grids], method=method,
                       seed=[pair_seed(0, i) for i in range(n)], sides=["image"], **opts)
-    masses = cell_masses(torch.stack([e.image_map.float() for e in exps]), 2)
-    share = (masses[torch.arange(n), torch.from_numpy(query)] / masses.sum(1).clamp_min(1e-12)).numpy()
-    return share, (masses.argmax(1).numpy() == query).astype(float)
+    maps = torch.stack([e.image_map.float() for e in exps])
+    share = grid_pointing_game(maps, torch.from_numpy(query), 2).numpy()
+    return share, (cell_masses(maps, 2).argmax(1).numpy() == query).astype(float)
 
 
 def main(n: int = 48) -> None:
@@ -74,9 +73,9 @@ def main(n: int = 48) -> None:
     print(f"{'method':<22}{'mass':>7}{'top cell':>10}   {'dominant: mass / top':>22}   {'other: mass / top':>19}")
     for m in METHODS:
         share, top = score(model, grids, query, m, **BENCHMARK_METHOD_OPTIONS["grids"].get(m, {}))
-        print(f"{m:<22}{share.mean():>7.3f}{top.mean():>10.3f}   "
-              f"{share[is_dom].mean():>13.3f} / {top[is_dom].mean():.3f}   "
-              f"{share[~is_dom].mean():>10.3f} / {top[~is_dom].mean():.3f}")
+        print(f"{m:<22}{np.nanmean(share):>7.3f}{top.mean():>10.3f}   "
+              f"{np.nanmean(share[is_dom]):>13.3f} / {top[is_dom].mean():.3f}   "
+              f"{np.nanmean(share[~is_dom]):>10.3f} / {top[~is_dom].mean():.3f}")
     tower = model.image
     with torch.no_grad():
         px = torch.stack([model.preprocess(g.image) for g in grids])
@@ -85,7 +84,7 @@ def main(n: int = 48) -> None:
           f"max {p_max.max():.3f}")
     for layer in range(tower.num_blocks):
         share, top = score(model, grids, query, "gradcam", image_layer=layer)
-        print(f"gradcam at stage {layer}: mass {share.mean():.3f}, top cell {top.mean():.3f}")
+        print(f"gradcam at stage {layer}: mass {np.nanmean(share):.3f}, top cell {top.mean():.3f}")
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 
 import vlexplain as vx
-from vlexplain.data.shapes import category_caption, render_scene
-from vlexplain.eval.benchmark import shapes_seeds
+from vlexplain.data.shapes import render_scene
+from vlexplain.eval.benchmark import SCENE_SIZE, shapes_query, shapes_seeds
 from vlexplain.eval.runner import pair_seed
 
 
@@ -24,8 +24,8 @@ def main(n: int = 64, draws: int = 10) -> None:
     torch.manual_seed(0)
     model = vx.load_model("testbed:shapes")
     seeds = shapes_seeds(n)
-    scenes = [render_scene(s, size=64) for s in seeds]
-    caps = [category_caption(sc.objects[s % len(sc.objects)].category) for s, sc in zip(seeds, scenes)]
+    scenes = [render_scene(s, size=SCENE_SIZE) for s in seeds]
+    caps = [shapes_query(sc)[1] for sc in scenes]
     keep = [i for i, c in enumerate(caps) if len(c.split()) == 2]
     caps, scenes = [caps[i] for i in keep], [scenes[i] for i in keep]
     pixels = torch.stack([model.preprocess(sc.pil()) for sc in scenes])

@@ -97,6 +97,15 @@ def shapes_seeds(n: int, seed: int = 0) -> list[int]:
     return [first + i for i in range(n)]
 
 
+def shapes_query(scene: Any) -> tuple[int, str]:
+    """The object a benchmark scene is queried about (``scene.seed % len(objects)``) and its
+    category caption."""
+    from ..data.shapes import category_caption
+
+    obj = scene.seed % len(scene.objects)
+    return obj, category_caption(scene.objects[obj].category)
+
+
 def make_shapes_data(out_dir: str | os.PathLike, n: int, seed: int = 0, size: int = SCENE_SIZE) -> Path:
     """Render ``n`` held-out scenes; write ``images/``, ``masks/`` and ``pairs.jsonl`` under ``out_dir``.
 
@@ -107,7 +116,7 @@ def make_shapes_data(out_dir: str | os.PathLike, n: int, seed: int = 0, size: in
     Returns:
         The JSONL file (``image``, ``caption``, ``mask``, ``scene_seed``, ``object``, ``category``).
     """
-    from ..data.shapes import category_caption, render_scene
+    from ..data.shapes import render_scene
 
     d = Path(out_dir)
     (d / "images").mkdir(parents=True, exist_ok=True)
@@ -115,9 +124,8 @@ def make_shapes_data(out_dir: str | os.PathLike, n: int, seed: int = 0, size: in
     rows = []
     for i, s in enumerate(shapes_seeds(n, seed)):
         scene = render_scene(s, size=size)
-        obj = s % len(scene.objects)
+        obj, caption = shapes_query(scene)
         cat = scene.objects[obj].category
-        caption = category_caption(cat)
         mask = scene.text_masks()[caption]
         img, msk = f"images/{i:06d}.png", f"masks/{i:06d}.png"
         scene.pil().save(d / img)

@@ -457,8 +457,8 @@ def _explain_batch(ctx: _Ctx, ok: list[Any], recs: dict[tuple[int, str], dict[st
         rgb = (model.denormalize(px) if hasattr(model, "denormalize") else px).clamp(0, 1)
         for p, im in zip(ok, rgb):
             ten[f"{p.index}.image"] = (im.float().cpu() * 255).round().to(torch.uint8).contiguous()
+    seeds = [pair_seed(cfg.seed, p.index) for p in ok]
     for m in cfg.methods:
-        seeds = [pair_seed(cfg.seed, p.index) for p in ok]
         exps = explain(model, px, caps, method=m, seed=seeds, target=cfg.target, batch_size=len(ok),
                        sides=_sides_needed(ctx, m), **cfg.method_options.get(m, {}))
         vals = _metrics_for(ctx, m, px, texts, exps, ok, gts)
