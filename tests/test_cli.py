@@ -137,6 +137,8 @@ def test_compare_refuses_inapplicable_method(photo, tmp_path, capsys):
 @pytest.mark.parametrize("args, option", [
     (["testbed", "train-shapes", "--token-drop", "1.0"], "--token-drop"),
     (["testbed", "train-shapes", "--minutes", "0"], "--minutes"),
+    (["testbed", "train-shapes", "--image-layers", "0"], "--image-layers"),
+    (["testbed", "train-shapes", "--activation", "swish"], "--activation"),
     (["explain"], "images"),
 ])
 def test_usage_errors_name_the_option(tmp_path, capsys, monkeypatch, args, option):
@@ -145,3 +147,19 @@ def test_usage_errors_name_the_option(tmp_path, capsys, monkeypatch, args, optio
     err = capsys.readouterr().err
     assert option in err and "Traceback" not in err and "BadParameter" not in err
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_train_shapes_recipe_options_reach_the_model(tmp_path):
+    out = tmp_path / "m"
+    rc = main(["testbed", "train-shapes", "--minutes", "0.2", "--steps", "1", "--processes", "1", "--no-evaluate",
+               "--image-layers", "2", "--activation", "relu", "--out", str(out)])
+    assert rc == 0
+    cfg = json.loads((out / "config.json").read_text())["vision_config"]
+    assert (cfg["num_hidden_layers"], cfg["hidden_act"]) == (2, "relu")
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["vision_layers"] == 2
+    from vlexplain.data.shapes_train import ShapesCLIPConfig
+
+    default = ShapesCLIPConfig()  # options left out take the recipe's defaults, not a copy of them
+    for key in ("batch_size", "lr", "rank_weight", "token_drop", "loss", "init"):
+        assert saved[key] == getattr(default, key), key
