@@ -6,11 +6,11 @@ the machine's load; then each model is measured on the same held-out scenes (300
 500 multi-object). Prints steps, the bars and each recipe's multi-object ranking against the first
 recipe's.
 
-Run (two recipes on a 2-core machine, about 11 minutes):
-    python benchmarks/shapes_recipes.py --minutes 10 "" "vision_layers=3"
+Run (the default recipe against the shipped model's; two recipes on a 2-core machine, about 11 minutes):
+    python benchmarks/shapes_recipes.py --minutes 10 "" "vision_layers=4 activation=gelu batch_size=128"
 
-A recipe is a space-separated list of ``key=value`` (values in JSON, strings quoted:
-``activation='"relu"'``); the empty string is the default recipe. With one core per recipe each
+A recipe is a space-separated list of ``key=value`` (values in JSON; a bare word is a string:
+``activation=relu``); the empty string is the default recipe. With one core per recipe each
 run sees half the scenes of ``vlexplain testbed train-shapes`` (two processes), so compare recipes
 with each other, not with the shipped model.
 """
@@ -28,7 +28,10 @@ def _parse(recipe: str) -> dict:
     out = {}
     for item in recipe.split():
         key, _, value = item.partition("=")
-        out[key] = json.loads(value)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:  # a bare word is a string: activation=relu
+            out[key] = value
     return out
 
 
@@ -54,11 +57,16 @@ def main() -> None:
     args = ap.parse_args()
     from vlexplain.data.shapes_train import ShapesCLIPConfig
 
+    defaults = ShapesCLIPConfig()
     for r in args.recipes:  # bad overrides fail before anything trains
         try:
-            ShapesCLIPConfig(**_parse(r))
-        except (TypeError, ValueError) as e:
-            ap.error(f"recipe {r!r}: {e} (write key=value with JSON values: lr=3e-3 activation='\"relu\"')")
+            for key, value in _parse(r).items():
+                if not hasattr(defaults, key):
+                    raise ValueError(f"no setting {key!r} in ShapesCLIPConfig")
+                if isinstance(value, str) != isinstance(getattr(defaults, key), str):
+                    raise ValueError(f"{key}={value!r}: expected a value like {getattr(defaults, key)!r}")
+        except ValueError as e:
+            ap.error(f"recipe {r!r}: {e} (write key=value: lr=3e-3 activation=relu)")
     root = Path(args.out or tempfile.mkdtemp(prefix="shapes-recipes-"))
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
