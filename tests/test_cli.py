@@ -152,10 +152,10 @@ def test_usage_errors_name_the_option(tmp_path, capsys, monkeypatch, args, optio
 def test_train_shapes_recipe_options_reach_the_model(tmp_path):
     out = tmp_path / "m"
     rc = main(["testbed", "train-shapes", "--minutes", "0.2", "--steps", "1", "--processes", "1", "--no-evaluate",
-               "--image-layers", "2", "--activation", "relu", "--out", str(out)])
+               "--image-layers", "2", "--activation", "gelu", "--out", str(out)])
     assert rc == 0
     cfg = json.loads((out / "config.json").read_text())["vision_config"]
-    assert (cfg["num_hidden_layers"], cfg["hidden_act"]) == (2, "relu")
+    assert (cfg["num_hidden_layers"], cfg["hidden_act"]) == (2, "gelu")  # both differ from the defaults
     saved = json.loads((out / "train_config.json").read_text())
     assert saved["vision_layers"] == 2
     from vlexplain.data.shapes_train import ShapesCLIPConfig

@@ -40,8 +40,8 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(96, "--batch-size", min=1, help="Scenes per step and process."),
         token_drop: float = typer.Option(0.25, "--token-drop", min=0.0, max=0.95, help="Share of patch tokens each training image leaves out."),
         init: str = typer.Option("mimetic", "--init", help="Image tower start: mimetic (fast from scratch) or default (transformers')."),
-        image_layers: int = typer.Option(None, "--image-layers", min=1, max=12, help="Transformer blocks of the image tower [default: the recipe's, 3]."),
-        activation: str = typer.Option(None, "--activation", help="MLP activation of both towers: gelu, relu or quick_gelu [default: the recipe's, relu]."),
+        image_layers: int = typer.Option(None, "--image-layers", min=1, max=12, help="Transformer blocks of the image tower (default: the recipe's, 3)."),
+        activation: str = typer.Option(None, "--activation", help="MLP activation of both towers: gelu, relu or quick_gelu (default: the recipe's, relu)."),
         evaluate: bool = typer.Option(True, "--evaluate/--no-evaluate", help="Measure the bars on held-out scenes after training."),
     ) -> None:
         """Train a small CLIP on the shapes world; writes weights, vocab.json and train_log.csv."""
