@@ -241,6 +241,18 @@ class Explanation:
         return self.to_html()
 
 
+def check_layer(tower: Tower, layer: int | None, default: int | None = None, lowest: int = 0) -> int:
+    """Resolve a block index (None: ``default``, else the tower's ``default_layer()``); raise
+    MethodError unless ``lowest <= layer < tower.num_blocks`` (-1 names the input of block 0)."""
+    if layer is None:
+        return tower.default_layer() if default is None else default
+    n = tower.num_blocks
+    if not isinstance(layer, int) or not lowest <= layer < n:
+        note = "; -1 is the input of block 0" if lowest < 0 else ""
+        raise MethodError(f"layer {layer} is out of range for the {tower.modality} tower ({lowest}..{n - 1}{note})")
+    return layer
+
+
 def upsample_grid(maps: Tensor, size: tuple[int, int]) -> Tensor:
     """(B, gh, gw) -> (B, H, W), bilinear."""
     return F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0].to(maps.dtype)

@@ -21,20 +21,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from ..errors import MethodError
 from ..models.base import TextBatch, Tower
-from .base import Explainer, PairBatch, register_method
-
-
-def check_layer(tower: Tower, layer: int | None, default: int | None = None) -> int:
-    """Resolve a block index (None: ``default``, else the tower's ``default_layer()``); raise
-    MethodError if out of range."""
-    if layer is None:
-        return tower.default_layer() if default is None else default
-    n = tower.num_blocks
-    if not isinstance(layer, int) or not 0 <= layer < n:
-        raise MethodError(f"layer {layer} is out of range for the {tower.modality} tower (0..{n - 1})")
-    return layer
+from .base import Explainer, PairBatch, check_layer, register_method
 
 
 def block_output_and_grad(

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ..errors import MethodError
 from ..models.base import TextBatch, Tower
-from .base import Explainer, PairBatch, register_method
+from .base import Explainer, PairBatch, check_layer, register_method
 
 
 def kl_capacity(h: Tensor, lam: Tensor) -> Tensor:
@@ -159,22 +159,12 @@ class M2IB(Explainer):
     ):
         super().__init__(model)
         self.layer = layer
-        self.image_layer = self._check(model.image, image_layer if image_layer is not None else layer)
-        self.text_layer = self._check(model.text, text_layer if text_layer is not None else layer)
+        self.image_layer = check_layer(model.image, image_layer if image_layer is not None else layer, lowest=-1)
+        self.text_layer = check_layer(model.text, text_layer if text_layer is not None else layer, lowest=-1)
         if beta < 0 or steps < 1 or num_samples < 1 or lr <= 0:
             raise MethodError("m2ib needs beta >= 0, steps >= 1, num_samples >= 1 and lr > 0")
         self.beta, self.steps, self.lr, self.num_samples = beta, steps, lr, num_samples
         self.bf16 = bf16
-
-    @staticmethod
-    def _check(tower: Tower, layer: int | None) -> int:
-        if layer is None:
-            return tower.default_layer()
-        n = tower.num_blocks
-        if not -1 <= layer < n:
-            raise MethodError(f"layer {layer} is out of range for the {tower.modality} tower (-1..{n - 1}; "
-                              "-1 is the input of block 0)")
-        return layer
 
     def _fit(self, tower: Tower, x: Any, target: Tensor, layer: int, seeds: list[int]):
         with torch.enable_grad():
