@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from ..distributed import average_gradients
 from .shapes import CATEGORIES, Scene, all_texts, category_caption, concept_set, render_scene, vocabulary
+from .optim import Muon, Optimizers
 from .testbed_models import CONTEXT_LENGTH, build_vocab, word_tokenizer
 from .vit_init import structured_init
 
@@ -62,6 +63,8 @@ class ShapesCLIPConfig:
     projection_dim: int = 64  # joint embedding size
     batch_size: int = 96  # scenes per step and process (in a fixed time, more steps beat bigger batches down to ~96)
     lr: float = 2e-3  # peak AdamW learning rate (linear warm-up, cosine decay over the time budget)
+    optimizer: str = "adamw"  # "adamw", or "muon": Muon for the blocks' weight matrices, AdamW for the rest
+    muon_lr: float = 2e-3  # Muon's peak learning rate (update RMS matched to AdamW's, so comparable to lr)
     warmup_steps: int = 30
     weight_decay: float = 0.05
     pool_size: int = 2000  # scenes kept in memory
@@ -236,6 +239,8 @@ def train_shapes(
         raise ValueError(f"loss must be 'sigmoid' or 'softmax', got {cfg.loss!r}")
     if cfg.init not in ("mimetic", "default"):
         raise ValueError(f"init must be 'mimetic' or 'default', got {cfg.init!r}")
+    if cfg.optimizer not in ("adamw", "muon"):
+        raise ValueError(f"optimizer must be 'adamw' or 'muon', got {cfg.optimizer!r}")
     if not 0.0 <= cfg.token_drop < 1.0:
         raise ValueError(f"token_drop must be in [0, 1), got {cfg.token_drop}")
     args = (minutes, str(out_dir), seed, cfg, progress, None if init_from is None else str(init_from), max_steps)
@@ -311,7 +316,7 @@ def _train(rank: int, world: int, dist: Any, minutes: float, out_dir: str, seed:
                 model.logit_scale.fill_(math.log(10.0))
     params = [p for p in model.parameters() if p.requires_grad] + ([bias] if bias is not None else [])
     cat_cols = torch.tensor([texts.index(category_caption(c.name)) for c in CATEGORIES])
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = _optimizer(model, bias, cfg)
     sync = _GradSync(params, dist, world) if world > 1 else None
     rows: list[dict[str, Any]] = []
     step, last_save = 0, time.time()
@@ -326,7 +331,7 @@ def _train(rank: int, world: int, dist: Any, minutes: float, out_dir: str, seed:
             done = max(elapsed / budget, step / max_steps if max_steps else 0.0)  # the schedule's progress
             lr = cfg.lr * _lr_factor(step, done, cfg.warmup_steps)
             for g in opt.param_groups:
-                g["lr"] = lr
+                g["lr"] = g["peak_lr"] * _lr_factor(step, done, cfg.warmup_steps)
             loss = _step(model, opt, pool, text_batch, cfg.batch_size, cat_cols, cfg.rank_weight, sync, bias, cfg.token_drop)
             pool.refresh(min(cfg.refresh_per_step, len(pool.object_texts)))
             step += 1
@@ -353,6 +358,28 @@ def _train(rank: int, world: int, dist: Any, minutes: float, out_dir: str, seed:
             "first_loss": rows[0]["loss"] if rows else float("nan"),
             "last_loss": float(np.mean([r["loss"] for r in rows[-10:]])) if rows else float("nan"),
             "out_dir": str(out), "processes": world, "rank": rank, "checksum": checksum}
+
+
+def _optimizer(model: nn.Module, bias: Tensor | None, cfg: ShapesCLIPConfig) -> Optimizers:
+    """AdamW over every parameter, or with ``optimizer="muon"`` Muon over the transformer blocks'
+    2-D weight matrices (attention and MLP, both towers) and AdamW over embeddings, norms, biases,
+    projections and the logit scale. Each group's ``peak_lr`` is what the schedule scales."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if cfg.optimizer == "adamw":
+        hidden: list[Tensor] = []
+    elif cfg.optimizer == "muon":
+        hidden = [p for n, p in named if ".encoder.layers." in n and p.ndim == 2]
+    else:
+        raise ValueError(f"optimizer must be 'adamw' or 'muon', got {cfg.optimizer!r}")
+    ids = {id(p) for p in hidden}
+    rest = [p for _, p in named if id(p) not in ids] + ([bias] if bias is not None else [])
+    opts: list[torch.optim.Optimizer] = [torch.optim.AdamW(rest, lr=cfg.lr, weight_decay=cfg.weight_decay)]
+    opts[0].param_groups[0]["peak_lr"] = cfg.lr
+    if hidden:
+        muon = Muon(hidden, lr=cfg.muon_lr, weight_decay=cfg.weight_decay)
+        muon.param_groups[0]["peak_lr"] = cfg.muon_lr
+        opts.append(muon)
+    return Optimizers(opts)
 
 
 class _GradSync:
