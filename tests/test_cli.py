@@ -139,6 +139,8 @@ def test_compare_refuses_inapplicable_method(photo, tmp_path, capsys):
     (["testbed", "train-shapes", "--minutes", "0"], "--minutes"),
     (["testbed", "train-shapes", "--image-layers", "0"], "--image-layers"),
     (["testbed", "train-shapes", "--activation", "swish"], "--activation"),
+    (["testbed", "train-shapes", "--optimizer", "sgd"], "--optimizer"),
+    (["testbed", "train-shapes", "--muon-lr", "-1"], "--muon-lr"),
     (["explain"], "images"),
 ])
 def test_usage_errors_name_the_option(tmp_path, capsys, monkeypatch, args, option):
@@ -152,14 +154,14 @@ def test_usage_errors_name_the_option(tmp_path, capsys, monkeypatch, args, optio
 def test_train_shapes_recipe_options_reach_the_model(tmp_path):
     out = tmp_path / "m"
     rc = main(["testbed", "train-shapes", "--minutes", "0.2", "--steps", "1", "--processes", "1", "--no-evaluate",
-               "--image-layers", "2", "--activation", "gelu", "--out", str(out)])
+               "--image-layers", "2", "--activation", "gelu", "--optimizer", "adamw", "--out", str(out)])
     assert rc == 0
     cfg = json.loads((out / "config.json").read_text())["vision_config"]
     assert (cfg["num_hidden_layers"], cfg["hidden_act"]) == (2, "gelu")  # both differ from the defaults
     saved = json.loads((out / "train_config.json").read_text())
-    assert saved["vision_layers"] == 2
+    assert saved["vision_layers"] == 2 and saved["optimizer"] == "adamw"
     from vlexplain.data.shapes_train import ShapesCLIPConfig
 
     default = ShapesCLIPConfig()  # options left out take the recipe's defaults, not a copy of them
-    for key in ("batch_size", "lr", "rank_weight", "token_drop", "loss", "init"):
+    for key in ("batch_size", "lr", "rank_weight", "token_drop", "loss", "init", "muon_lr"):
         assert saved[key] == getattr(default, key), key

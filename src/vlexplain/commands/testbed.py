@@ -11,6 +11,7 @@ import typer
 from ..errors import InputError
 
 ACTIVATIONS = ("gelu", "relu", "quick_gelu")  # MLP activations offered for the shapes-world CLIP
+OPTIMIZERS = ("adamw", "muon")
 
 
 def _cores() -> int:
@@ -36,12 +37,14 @@ def register(app: typer.Typer) -> None:
         loss: str = typer.Option("sigmoid", "--loss", help="sigmoid (binary loss per scene and text) or softmax (multi-positive)."),
         init_from: Path = typer.Option(None, "--init-from", help="Continue from the weights in this directory."),
         rank_weight: float = typer.Option(1.0, "--rank-weight", min=0.0, help="Weight of the category ranking loss."),
-        lr: float = typer.Option(2e-3, "--lr", min=0.0, help="Peak learning rate."),
+        lr: float = typer.Option(2e-3, "--lr", min=0.0, help="Peak AdamW learning rate (embeddings, norms, biases, projections; every parameter with --optimizer adamw)."),
         batch_size: int = typer.Option(96, "--batch-size", min=1, help="Scenes per step and process."),
         token_drop: float = typer.Option(0.25, "--token-drop", min=0.0, max=0.95, help="Share of patch tokens each training image leaves out."),
         init: str = typer.Option("mimetic", "--init", help="Image tower start: mimetic (fast from scratch) or default (transformers')."),
         image_layers: int = typer.Option(None, "--image-layers", min=1, max=12, help="Transformer blocks of the image tower (default: the recipe's, 3)."),
         activation: str = typer.Option(None, "--activation", help="MLP activation of both towers: gelu, relu or quick_gelu (default: the recipe's, relu)."),
+        optimizer: str = typer.Option(None, "--optimizer", help="muon (Muon for the blocks' matrices, AdamW for the rest) or adamw (AdamW for all) (default: the recipe's, muon)."),
+        muon_lr: float = typer.Option(None, "--muon-lr", min=0.0, help="Muon's peak learning rate (default: the recipe's, 0.008)."),
         evaluate: bool = typer.Option(True, "--evaluate/--no-evaluate", help="Measure the bars on held-out scenes after training."),
     ) -> None:
         """Train a small CLIP on the shapes world; writes weights, vocab.json and train_log.csv."""
@@ -56,8 +59,13 @@ def register(app: typer.Typer) -> None:
         activation = activation or ShapesCLIPConfig.activation
         if activation not in ACTIVATIONS:
             raise InputError(f"--activation {activation!r}: use {', '.join(ACTIVATIONS)}")
+        optimizer = optimizer or ShapesCLIPConfig.optimizer
+        if optimizer not in OPTIMIZERS:
+            raise InputError(f"--optimizer {optimizer!r}: use {' or '.join(OPTIMIZERS)}")
+        muon_lr = ShapesCLIPConfig.muon_lr if muon_lr is None else muon_lr
         cfg = ShapesCLIPConfig(threads=threads, rank_weight=rank_weight, lr=lr, loss=loss, batch_size=batch_size,
-                               token_drop=token_drop, init=init, vision_layers=image_layers, activation=activation)
+                               token_drop=token_drop, init=init, vision_layers=image_layers, activation=activation,
+                               optimizer=optimizer, muon_lr=muon_lr)
         info = train_shapes(minutes=minutes, out_dir=out, seed=seed, config=cfg, init_from=init_from,
                             processes=processes, max_steps=steps)
         (out / "train_info.json").write_text(json.dumps(info, indent=2) + "\n")
