@@ -6,8 +6,8 @@ the machine's load; then each model is measured on the same held-out scenes (300
 500 multi-object). Prints steps, the bars and each recipe's multi-object ranking against the first
 recipe's.
 
-Run (the default recipe against the shipped model's; two recipes on a 2-core machine, about 11 minutes):
-    python benchmarks/shapes_recipes.py --minutes 10 "" "vision_layers=4 activation=gelu batch_size=128"
+Run (the default recipe, Muon, against AdamW; two recipes on a 2-core machine, about 11 minutes):
+    python benchmarks/shapes_recipes.py --minutes 10 "" "optimizer=adamw"
 
 A recipe is a space-separated list of ``key=value`` (values in JSON; a bare word is a string:
 ``activation=relu``); the empty string is the default recipe. With one core per recipe each
