@@ -11,7 +11,6 @@ import typer
 from ..errors import InputError
 
 ACTIVATIONS = ("gelu", "relu", "quick_gelu")  # MLP activations offered for the shapes-world CLIP
-OPTIMIZERS = ("adamw", "muon")
 
 
 def _cores() -> int:
@@ -48,7 +47,7 @@ def register(app: typer.Typer) -> None:
         evaluate: bool = typer.Option(True, "--evaluate/--no-evaluate", help="Measure the bars on held-out scenes after training."),
     ) -> None:
         """Train a small CLIP on the shapes world; writes weights, vocab.json and train_log.csv."""
-        from ..data.shapes_train import ShapesCLIPConfig, evaluate_shapes, train_shapes
+        from ..data.shapes_train import OPTIMIZERS, ShapesCLIPConfig, evaluate_shapes, train_shapes
         from ..data.testbed_models import load_shapes_clip
 
         if loss not in ("sigmoid", "softmax"):

@@ -40,7 +40,8 @@ class Muon(torch.optim.Optimizer):
     """Muon for 2-D weight matrices (see the module docstring).
 
     Args:
-        params: 2-D tensors only (embeddings, biases and norms belong to another optimiser).
+        params: 2-D tensors only, or parameter groups of them (embeddings, biases and norms belong
+            to another optimiser).
         lr: learning rate; each matrix's step is scaled by ``0.2 * sqrt(max(rows, cols))`` so that
             its RMS matches a typical AdamW step of the same ``lr``.
         weight_decay: decoupled weight decay (multiplied by ``lr``).
@@ -48,7 +49,7 @@ class Muon(torch.optim.Optimizer):
         ns_steps: Newton-Schulz iterations.
     """
 
-    def __init__(self, params: Iterable[Tensor], lr: float = 1e-3, weight_decay: float = 0.1,
+    def __init__(self, params: Iterable[Tensor] | Iterable[dict], lr: float = 1e-3, weight_decay: float = 0.1,
                  momentum: float = 0.95, ns_steps: int = 5):
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, ns_steps=ns_steps))
         for group in self.param_groups:

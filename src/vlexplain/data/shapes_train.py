@@ -44,6 +44,7 @@ TRAIN_SEED_BASE = 10_000_000
 RANK_SEED_STRIDE = 1_000_000  # training-scene seeds of process r start r * stride above process 0's
 MEAN = (0.48145466, 0.4578275, 0.40821073)  # the adapter's default (CLIP) normalisation
 STD = (0.26862954, 0.26130258, 0.27577711)
+OPTIMIZERS = ("muon", "adamw")  # ShapesCLIPConfig.optimizer's choices
 
 
 @dataclass
@@ -241,8 +242,7 @@ def train_shapes(
         raise ValueError(f"loss must be 'sigmoid' or 'softmax', got {cfg.loss!r}")
     if cfg.init not in ("mimetic", "default"):
         raise ValueError(f"init must be 'mimetic' or 'default', got {cfg.init!r}")
-    if cfg.optimizer not in ("adamw", "muon"):
-        raise ValueError(f"optimizer must be 'adamw' or 'muon', got {cfg.optimizer!r}")
+    _check_optimizer(cfg.optimizer)
     if not 0.0 <= cfg.token_drop < 1.0:
         raise ValueError(f"token_drop must be in [0, 1), got {cfg.token_drop}")
     args = (minutes, str(out_dir), seed, cfg, progress, None if init_from is None else str(init_from), max_steps)
@@ -331,9 +331,10 @@ def _train(rank: int, world: int, dist: Any, minutes: float, out_dir: str, seed:
             if elapsed >= budget or (max_steps is not None and step >= max_steps):
                 break
             done = max(elapsed / budget, step / max_steps if max_steps else 0.0)  # the schedule's progress
-            lr = cfg.lr * _lr_factor(step, done, cfg.warmup_steps)
+            factor = _lr_factor(step, done, cfg.warmup_steps)
+            lr = cfg.lr * factor  # AdamW's, logged
             for g in opt.param_groups:
-                g["lr"] = g["peak_lr"] * _lr_factor(step, done, cfg.warmup_steps)
+                g["lr"] = g["peak_lr"] * factor
             loss = _step(model, opt, pool, text_batch, cfg.batch_size, cat_cols, cfg.rank_weight, sync, bias, cfg.token_drop)
             pool.refresh(min(cfg.refresh_per_step, len(pool.object_texts)))
             step += 1
@@ -366,22 +367,22 @@ def _optimizer(model: nn.Module, bias: Tensor | None, cfg: ShapesCLIPConfig) -> 
     """AdamW over every parameter, or with ``optimizer="muon"`` Muon over the transformer blocks'
     2-D weight matrices (attention and MLP, both towers) and AdamW over embeddings, norms, biases,
     projections and the logit scale. Each group's ``peak_lr`` is what the schedule scales."""
+    _check_optimizer(cfg.optimizer)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if cfg.optimizer == "adamw":
-        hidden: list[Tensor] = []
-    elif cfg.optimizer == "muon":
-        hidden = [p for n, p in named if ".encoder.layers." in n and p.ndim == 2]
-    else:
-        raise ValueError(f"optimizer must be 'adamw' or 'muon', got {cfg.optimizer!r}")
+    muon = cfg.optimizer == "muon"
+    hidden = [p for n, p in named if muon and ".encoder.layers." in n and p.ndim == 2]
     ids = {id(p) for p in hidden}
     rest = [p for _, p in named if id(p) not in ids] + ([bias] if bias is not None else [])
-    opts: list[torch.optim.Optimizer] = [torch.optim.AdamW(rest, lr=cfg.lr, weight_decay=cfg.weight_decay)]
-    opts[0].param_groups[0]["peak_lr"] = cfg.lr
+    opts: list[torch.optim.Optimizer] = [
+        torch.optim.AdamW([{"params": rest, "peak_lr": cfg.lr}], lr=cfg.lr, weight_decay=cfg.weight_decay)]
     if hidden:
-        muon = Muon(hidden, lr=cfg.muon_lr, weight_decay=cfg.weight_decay)
-        muon.param_groups[0]["peak_lr"] = cfg.muon_lr
-        opts.append(muon)
+        opts.append(Muon([{"params": hidden, "peak_lr": cfg.muon_lr}], lr=cfg.muon_lr, weight_decay=cfg.weight_decay))
     return Optimizers(opts)
+
+
+def _check_optimizer(name: str) -> None:
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
 
 
 class _GradSync:
