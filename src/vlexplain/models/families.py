@@ -1,0 +1,77 @@
+"""The table of supported model families.
+
+One entry per family of dual encoders that vlexplain explains (OpenCLIP ViT, OpenCLIP
+ModifiedResNet, transformers CLIP, SigLIP 2, ...). Each family module registers its entries with
+:func:`register_family`; the contract tests iterate over :func:`families` (building each family's
+tiny random-weight model offline), and ``vlexplain models`` and the README's table are generated
+from it, so the list of what is supported cannot drift from the code.
+
+Example:
+    >>> from vlexplain.models.families import families
+    >>> [f.key for f in families()][:1]  # doctest: +SKIP
+    ['offline']
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+#: modules that register families when imported (one per library and tower kind)
+FAMILY_MODULES: tuple[str, ...] = (
+    "vlexplain.models.offline",
+    "vlexplain.models.hf_clip",
+    "vlexplain.models.open_clip",
+)
+
+
+@dataclass(frozen=True)
+class Family:
+    """One family of dual encoders.
+
+    Attributes:
+        key: short stable identifier, used as a test id (``"open_clip-vit"``).
+        name: what users call it (``"OpenCLIP ViT"``).
+        library: ``"open_clip"``, ``"transformers"`` or ``"vlexplain"``.
+        examples: model specs or architecture names of this family users will know.
+        tiny: builds a tiny random-weight model of the family, offline (no download); returns an
+            in-memory model object that :func:`vlexplain.load_model` accepts (or a ``DualEncoder``).
+        image_tower: ``"vit"`` or ``"cnn"`` (or ``"hybrid"``): what the image tower is.
+        notes: anything a user should know (pooling, layout, limits).
+    """
+
+    key: str
+    name: str
+    library: str
+    examples: str
+    tiny: Callable[[], Any]
+    image_tower: str = "vit"
+    notes: str = ""
+
+
+_FAMILIES: dict[str, Family] = {}
+
+
+def register_family(family: Family) -> Family:
+    """Add ``family`` to the table (a second registration with the same key replaces the first)."""
+    _FAMILIES[family.key] = family
+    return family
+
+
+def families() -> list[Family]:
+    """Every registered family, in registration order (family modules are imported first)."""
+    for mod in FAMILY_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ImportError:  # a family whose library is not installed is simply not listed
+            pass
+    return list(_FAMILIES.values())
+
+
+def get_family(key: str) -> Family:
+    """The family registered under ``key`` (KeyError naming the known keys otherwise)."""
+    fams = {f.key: f for f in families()}
+    if key not in fams:
+        raise KeyError(f"unknown family {key!r}; known: {', '.join(fams)}")
+    return fams[key]
