@@ -215,13 +215,16 @@ def topk_accuracy(logits: Tensor, labels: Tensor, ks: Sequence[int] = (1, 5)) ->
 def part_pointing(maps: Tensor, part_masks: Tensor) -> Tensor:
     """(N,) 1.0 where the maximum of each map (upsampled to the mask size) lies inside the part mask.
 
+    Where several pixels tie at the maximum, the share of them inside the part mask (as
+    :func:`vlexplain.metrics.localization.pointing_game` scores ties).
+
     Args:
         maps: (N, gh, gw) or (N, H, W) maps.
         part_masks: (N, H, W) boolean masks of the part each map should point at.
     """
-    up = _to_size(maps, part_masks.shape[-2:])
-    idx = up.flatten(1).argmax(1)
-    return part_masks.flatten(1).gather(1, idx[:, None])[:, 0].float()
+    from ..metrics.localization import tied_max_share
+
+    return tied_max_share(_to_size(maps, part_masks.shape[-2:]), part_masks)
 
 
 def part_energy(maps: Tensor, part_masks: Tensor, eps: float = 1e-8) -> Tensor:

@@ -8,6 +8,7 @@ mask covering the whole image for AUROC, a map without positive mass for the ene
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -36,34 +37,66 @@ def disk(radius: int, device=None) -> Tensor:
 
 
 def dilate(masks: Tensor, radius: int) -> Tensor:
-    """Dilate (B, H, W) bool masks by a disk of ``radius`` pixels (convolution; pixels outside count as 0)."""
+    """Dilate (B, H, W) bool masks by a disk of ``radius`` pixels (pixels outside the image count as 0).
+
+    A pixel is set when some mask pixel lies within Euclidean distance ``radius`` of it. The disk
+    is split into rows: row ``dy`` of the disk is a horizontal run of half-width
+    ``floor(sqrt(radius**2 - dy**2))``, so the dilation is the union over ``dy`` of a 1-D max-pool
+    shifted by ``dy`` rows (O(radius) passes instead of a (2r+1)^2 convolution).
+    """
+    masks = masks.bool()
     if radius <= 0:
-        return masks.bool()
-    k = disk(radius, masks.device).float()[None, None]
-    out = F.conv2d(masks[:, None].float(), k, padding=radius)[:, 0]
-    return out > 0.5
+        return masks
+    b, h, w = masks.shape
+    x = masks.float().reshape(b * h, 1, w)
+    out = torch.zeros_like(masks)
+    for dy in range(0, min(radius, h - 1) + 1):
+        half = int(math.isqrt(radius * radius - dy * dy))
+        run = F.max_pool1d(x, 2 * half + 1, stride=1, padding=half).reshape(b, h, w) > 0.5 if half else masks
+        if dy == 0:
+            out |= run
+        else:  # row y gets the runs of rows y - dy and y + dy
+            out[:, dy:] |= run[:, :-dy]
+            out[:, :-dy] |= run[:, dy:]
+    return out
+
+
+def tied_max_share(maps: Tensor, regions: Tensor) -> Tensor:
+    """Share of each map's maximal pixels that lie in ``regions``: the expected hit of a pointing
+    game that picks one of the tied maxima uniformly at random.
+
+    Args:
+        maps: (B, H, W) maps.
+        regions: (B, H, W) bool, the pixels that count as a hit.
+
+    Returns:
+        (B,) in [0, 1]: 1.0 or 0.0 where the maximum is unique; k / n where k of the n pixels equal
+        to the maximum lie in the region (a constant map scores the region's share of the image).
+        A map with NaN values is scored on its other pixels.
+    """
+    flat = maps.reshape(maps.shape[0], -1).float()
+    flat = torch.nan_to_num(flat, nan=float("-inf"))
+    top = flat == flat.max(1, keepdim=True).values  # (B, H*W) the tied maxima (never empty)
+    inside = (top & regions.reshape(regions.shape[0], -1).to(top.device)).sum(1)
+    return inside.float() / top.sum(1).float()
 
 
 def pointing_game(maps: Tensor, masks: Tensor, tolerance: int = 15) -> Tensor:
     """Pointing game (Zhang et al., 2016): 1.0 if the map's maximum lies within ``tolerance`` px of the mask.
 
     "Within" means inside the mask dilated by a disk of radius ``tolerance`` (Euclidean distance to
-    the nearest mask pixel <= tolerance, computed exactly). The maximum is the first one in
-    row-major order when several pixels tie. Tolerance is in pixels of the masks' resolution.
+    the nearest mask pixel <= tolerance, computed exactly). Tolerance is in pixels of the masks'
+    resolution. When several pixels tie at the maximum (plateaus, upsampled token grids), the
+    score is the share of the tied maxima that lie within the tolerance: the expected hit of a
+    uniformly random choice among them (neither the first in row-major order, a bias towards the
+    top-left, nor "any tied maximum", which lets a constant map always hit).
 
     Returns:
-        (B,) 1.0 hit / 0.0 miss, NaN for empty masks.
+        (B,) in [0, 1] (1.0 hit / 0.0 miss for a unique maximum), NaN for empty masks.
     """
     maps, masks = _prepare(maps, masks)
-    b, h, w = maps.shape
-    idx = maps.reshape(b, -1).argmax(1)
-    py, px = (idx // w).float(), (idx % w).float()
-    yy = torch.arange(h, device=maps.device, dtype=torch.float32).view(1, h, 1)
-    xx = torch.arange(w, device=maps.device, dtype=torch.float32).view(1, 1, w)
-    d2 = (yy - py.view(b, 1, 1)) ** 2 + (xx - px.view(b, 1, 1)) ** 2
-    d2 = torch.where(masks, d2, torch.full_like(d2, float("inf")))
-    hit = (d2.reshape(b, -1).min(1).values <= tolerance**2).float()
-    return torch.where(masks.reshape(b, -1).any(1), hit, torch.full_like(hit, float("nan")))
+    hit = tied_max_share(maps, dilate(masks, tolerance))
+    return torch.where(masks.flatten(1).any(1), hit, torch.full_like(hit, float("nan")))
 
 
 def energy_pointing_game(maps: Tensor, masks: Tensor) -> Tensor:
