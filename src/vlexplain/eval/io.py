@@ -34,10 +34,27 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _umask() -> int:
-    old = os.umask(0)
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux: /proc).
+
+    Setting the umask to read it back would briefly change it for every thread of the process
+    (the web explorer writes files from several threads).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
     os.umask(old)
     return old
+
+
+def file_mode() -> int:
+    """The mode an ordinary new file gets: 0o666 less the umask."""
+    return 0o666 & ~current_umask()
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -50,7 +67,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
     os.close(fd)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
+        os.chmod(tmp, file_mode())  # mkstemp creates 0600; give the usual permissions
         write(tmp)
         with open(tmp, "rb+") as f:
             f.flush()

@@ -21,12 +21,15 @@ if TYPE_CHECKING:
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> None:
-    """Call ``write(tmp_path)`` then rename the temporary file to ``path``."""
+    """Call ``write(tmp_path)`` then rename the temporary file to ``path`` (mode 0o666 less the umask)."""
+    from ..eval.io import file_mode
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, file_mode())  # mkstemp creates 0600; the renamed file respects the umask
         write(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -48,11 +51,26 @@ def _mpl():
     return plt
 
 
+#: characters per line of a wrapped figure title, and the most lines shown (the rest is elided)
+TITLE_CHARS, TITLE_LINES = 70, 6
+
+
+def wrap_title(text: str, width: int = TITLE_CHARS, max_lines: int = TITLE_LINES) -> str:
+    """Wrap a (possibly long) title into lines of ``width`` characters, at most ``max_lines``."""
+    import textwrap
+
+    return textwrap.fill(" ".join(text.split()), width=width, max_lines=max_lines, placeholder=" \u2026",
+                         break_long_words=True)
+
+
 def overlay_figure(exp: "Explanation", path: str | os.PathLike, title: str | None = None) -> None:
-    """Image | heatmap overlay with a colour bar in the map's raw units."""
+    """Image | heatmap overlay with a colour bar in the map's raw units; a long title is wrapped."""
     plt = _mpl()
     rgb = exp.image_rgb().cpu()
-    fig, axes = plt.subplots(1, 2, figsize=(7.6, 3.9), gridspec_kw={"width_ratios": [1, 1.22]})
+    head = wrap_title(title or f"\u201c{exp.text}\u201d   cosine {exp.score:.3f}")
+    extra = 0.2 * head.count("\n")  # inches for the title's extra lines
+    fig, axes = plt.subplots(1, 2, figsize=(7.6, 3.9 + extra), gridspec_kw={"width_ratios": [1, 1.22]},
+                             layout="constrained")
     axes[0].imshow(rgb.permute(1, 2, 0).numpy())
     axes[0].set_title("image", fontsize=10)
     if exp.image_map is not None:
@@ -66,30 +84,56 @@ def overlay_figure(exp: "Explanation", path: str | os.PathLike, title: str | Non
     axes[1].set_title(f"{exp.method}", fontsize=10)
     for a in axes:
         a.axis("off")
-    fig.suptitle(title or f"\u201c{exp.text}\u201d   cosine {exp.score:.3f}", fontsize=11)
-    fig.tight_layout()
+    fig.suptitle(head, fontsize=11)
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
     plt.close(fig)
 
 
-def text_figure(exp: "Explanation", path: str | os.PathLike) -> None:
-    """PNG of the tokens coloured by their scores."""
+def _token_lines(widths: list[float], room: float, gap: float) -> list[list[int]]:
+    """Greedy line breaking: token indices per line, each line at most ``room`` wide (a wider token gets its own line)."""
+    lines: list[list[int]] = [[]]
+    x = 0.0
+    for i, w in enumerate(widths):
+        if lines[-1] and x + w > room:
+            lines.append([])
+            x = 0.0
+        lines[-1].append(i)
+        x += w + gap
+    return lines
+
+
+def text_figure(exp: "Explanation", path: str | os.PathLike, max_width: float = 12.0) -> None:
+    """PNG of the tokens coloured by their scores, wrapped onto as many lines as they need.
+
+    Args:
+        exp: the explanation.
+        path: the PNG to write.
+        max_width: the figure's widest width in inches (longer texts wrap).
+    """
+    from matplotlib.font_manager import FontProperties
+
     plt = _mpl()
     toks = exp.tokens
     scores = exp.token_scores
     n = normalize_map(scores).cpu().numpy() if scores is not None and len(toks) else np.zeros(len(toks))
-    width = max(3.0, min(14.0, 0.16 * sum(len(t) + 2 for t in toks) + 1.0))
-    fig = plt.figure(figsize=(width, 0.9))
-    ax = fig.add_axes([0, 0, 1, 1])
-    ax.axis("off")
+    dpi, line_h, pad, gap = 110, 0.42, 0.12, 0.1  # inches
+    font = FontProperties(family="monospace", size=13)
+    fig = plt.figure(figsize=(max_width, 1.0), dpi=dpi)
     renderer = fig.canvas.get_renderer()
-    x = 0.01
-    for t, v in zip(toks, n):
-        txt = ax.text(x, 0.5, t, fontsize=13, family="monospace", va="center",
-                      bbox=dict(boxstyle="round,pad=0.25", fc=(1.0, 1 - v, 1 - v), ec="none"))
-        bb = txt.get_window_extent(renderer=renderer)
-        x += bb.width / fig.bbox.width + 0.012
-    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
+    widths = [renderer.get_text_width_height_descent(t or " ", font, ismath=False)[0] / dpi + 0.1 for t in toks]
+    lines = _token_lines(widths, max_width - 2 * pad, gap)
+    used = max((sum(widths[i] + gap for i in ln) - gap for ln in lines if ln), default=0.0)
+    width = max(3.0, min(max_width, used + 2 * pad))
+    height = max(0.9, len(lines) * line_h + 2 * pad)
+    fig.set_size_inches(width, height)
+    for row, ln in enumerate(lines):
+        x = pad
+        y = 1.0 - (pad + (row + 0.5) * line_h) / height
+        for i in ln:
+            fig.text(x / width, y, toks[i], fontproperties=font, va="center",
+                     bbox=dict(boxstyle="round,pad=0.25", fc=(1.0, 1 - n[i], 1 - n[i]), ec="none"))
+            x += widths[i] + gap
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=dpi))
     plt.close(fig)
 
 
