@@ -80,7 +80,7 @@ def test_two_processes_equal_one_with_double_batch(tmp_path):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--num_cpu_threads_per_process", "1", "--main_process_port", str(port),
-           "-m", "vlexplain.cli", "deal", "train", "--data", str(tmp_path / "data"), "--concepts",
+           "-m", "vlexplain.cli", "deal", "train", "--data", str(tmp_path / "data"), "--split", "all", "--concepts",
            str(tmp_path / "c.json"), "--model", str(tmp_path / "model"), "--out", str(two), "--steps", "3",
            "--batch-size", "2", "--lr", str(LR), "--k", "2", "--save-every", "1", "--no-progress"]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)

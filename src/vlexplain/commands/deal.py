@@ -14,8 +14,11 @@ from ..concepts.sets import CATEGORY_TEMPLATE as CATEGORY
 from ..concepts.sets import CONCEPT_TEMPLATE as CONCEPT
 from ..errors import InputError
 
-DATA_HELP = ("CUB_200_2011 folder, class folders (root/<class>/<image>), or shapes:N "
+DATA_HELP = ("CUB_200_2011 folder, split folders (root/train|val|test/<class>/<image>), class folders "
+             "(root/<class>/<image>, split by --test-fraction / --split-seed), or shapes:N "
              "(N single-object shapes-world scenes with exact part masks).")
+SPLIT_HELP = ("Split: train, val, test or all (CUB: its train/test file; split folders: the folder; flat class "
+              "folders: a seeded per-class split; shapes: train or test).")
 #: settings that must agree for two evaluations to be compared
 SAME = ("data", "split", "images", "k", "method", "category_template", "concept_template", "concepts_digest")
 
@@ -71,15 +74,25 @@ def _check_data(data: str) -> None:
         raise InputError(f"--data {data}: not found ({DATA_HELP})")
 
 
-def _data(data: str, split: str, model):
+def _data(data: str, split: str, model, rule: tuple[float, float, int] | None = None):
+    """The dataset's ``split``; ``rule`` = (test fraction, val fraction, seed) of flat class folders."""
     if _is_shapes(data):
         from ..data.shapes_classes import parse_shapes_spec, shapes_classes
 
         return shapes_classes(parse_shapes_spec(data), split, transform=model.preprocess)
-    from ..data.classes import open_class_dataset
+    from ..data.classes import DEFAULT_TEST_FRACTION, open_class_dataset
 
     _check_data(data)
-    return open_class_dataset(Path(data), split, transform=model.preprocess)  # type: ignore[arg-type]
+    tf, vf, seed = rule or (DEFAULT_TEST_FRACTION, 0.0, 0)
+    return open_class_dataset(Path(data), split, transform=model.preprocess,  # type: ignore[arg-type]
+                              test_fraction=tf, val_fraction=vf, split_seed=seed)
+
+
+def _describe(ds, data: str, split: str) -> dict[str, Any]:
+    """What was read: layout, split, split rule, image count."""
+    if hasattr(ds, "describe"):
+        return ds.describe()
+    return {"path": data, "layout": "shapes world", "split": split, "images": len(ds)}
 
 
 def _concepts(concepts: Optional[Path], data: str, k: Optional[int], classes):
@@ -131,7 +144,10 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", help="Run folder (config.json, log.csv, checkpoint/)."),
         concepts: Optional[Path] = typer.Option(None, "--concepts", help="Concept set: JSON {class: [descriptors]} or CSV class,descriptor (shapes:N: the world's part descriptors by default)."),
         model: str = typer.Option("offline", "--model", "-m", help="Model spec (see `vlexplain models`)."),
-        split: str = typer.Option("train", "--split", help="Split: train, test or all (shapes: train or test)."),
+        split: str = typer.Option("train", "--split", help=SPLIT_HELP),
+        test_fraction: float = typer.Option(0.2, "--test-fraction", help="Flat class folders: each class's share of test images."),
+        val_fraction: float = typer.Option(0.0, "--val-fraction", help="Flat class folders: each class's share of val images."),
+        split_seed: int = typer.Option(0, "--split-seed", help="Flat class folders: the split's seed."),
         steps: int = typer.Option(5000, "--steps", min=1, help="Optimiser steps."),
         lr: float = typer.Option(5e-7, "--lr", help="AdamW learning rate."),
         batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per step (per process)."),
@@ -159,8 +175,9 @@ def register(app: typer.Typer) -> None:
         _check_data(data)
         tpl = _prompts(data, category_template, concept_template, {})
         m = _load(model, device)
-        ds = _data(data, split, m)
+        ds = _data(data, split, m, (test_fraction, val_fraction, split_seed))
         cs = _concepts(concepts, data, k, ds.classes)
+        typer.echo(f"training on the {split} split: {len(ds)} images", err=True)
         r = deal_train(m, ds, cs, out, steps=steps, lr=lr, batch_size=batch_size, lambda_sep=lambda_sep,
                        lambda_con=lambda_con, freeze_text=freeze_text, freeze_image=freeze_image,
                        image_blocks=image_blocks, resume=not fresh, progress=not no_progress,
@@ -180,7 +197,10 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Option("offline", "--model", "-m", help="Model spec (see `vlexplain models`)."),
         checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A DEAL run folder or checkpoint folder: the report compares the model before and after loading it."),
         before: Optional[Path] = typer.Option(None, "--before", help="An earlier `deal evaluate` --out folder: its results are the 'before' column (nothing is evaluated twice)."),
-        split: str = typer.Option("test", "--split", help="Split: train, test or all (shapes: train or test)."),
+        split: str = typer.Option("test", "--split", help=SPLIT_HELP),
+        test_fraction: Optional[float] = typer.Option(None, "--test-fraction", help="Flat class folders: each class's share of test images (default: the training run's, else 0.2)."),
+        val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Flat class folders: each class's share of val images (default: the training run's, else 0)."),
+        split_seed: Optional[int] = typer.Option(None, "--split-seed", help="Flat class folders: the split's seed (default: the training run's, else 0)."),
         k: Optional[int] = typer.Option(None, "--k", min=1, help="Descriptors per class (default: the run's, else 5)."),
         method: str = typer.Option("deal", "--method", help="Map method: deal, or any registered method (e.g. chefer, gradcam)."),
         category_template: Optional[str] = typer.Option(None, "--category-template", help="Class prompt ({class}; default: the run's, else the data's default)."),
@@ -201,13 +221,20 @@ def register(app: typer.Typer) -> None:
         k = k or run.get("k") or 5
         tpl = _prompts(data, category_template, concept_template, run)
         m = _load(model, device)
-        ds = _data(data, split, m)
+        trained = run.get("data") or {}
+        rule = (test_fraction if test_fraction is not None else trained.get("test_fraction", 0.2),
+                val_fraction if val_fraction is not None else trained.get("val_fraction", 0.0),
+                split_seed if split_seed is not None else trained.get("split_seed", 0))
+        ds = _data(data, split, m, rule)
         cs = _concepts(concepts, data, k, ds.classes)
         n = len(ds) if limit is None else min(len(ds), limit)
+        read = _describe(ds, data, split)
+        _warn_overlap(trained, read)
         cfg: dict[str, Any] = {
             "model": model, "checkpoint": str(ck.resolve()) if ck else None, "checkpoint_step": None,
             "before": str(before.resolve()) if before else None,
             "data": data if _is_shapes(data) else str(Path(data).resolve()), "split": split, "images": n,
+            "data_split": read,
             "concepts": str(concepts.resolve()) if concepts else "shapes world (built in)",
             "concepts_digest": _digest(cs, ds.classes, k), "k": k, "method": method,
             "category_template": tpl.category, "concept_template": tpl.concept, "batch_size": batch_size,
@@ -244,8 +271,21 @@ def register(app: typer.Typer) -> None:
     app.add_typer(deal, name="deal")
 
 
+def _warn_overlap(trained: dict[str, Any], read: dict[str, Any]) -> None:
+    """Say so when the evaluated images include the ones the checkpoint was trained on."""
+    rule = ("test_fraction", "val_fraction", "split_seed")
+    if not trained or trained.get("path") != read.get("path") or trained.get("layout") != read.get("layout"):
+        return
+    a, b = trained.get("split"), read.get("split")
+    same_rule = all(trained.get(r) == read.get(r) for r in rule)
+    if a == b or "all" in (a, b) or (read.get("layout") == "class folders" and not same_rule):
+        typer.echo(f"warning: the {b} split evaluated here {'may share' if a != b and 'all' not in (a, b) else 'shares'} "
+                   f"images with the {a} split the checkpoint was trained on", err=True)
+
+
 def _same(earlier: dict[str, Any], cfg: dict[str, Any], folder: Path) -> None:
-    diff = [f"{key} {earlier.get(key)!r} there, {cfg.get(key)!r} here" for key in SAME if earlier.get(key) != cfg.get(key)]
+    keys = SAME + (("data_split",) if "data_split" in earlier else ())
+    diff = [f"{key} {earlier.get(key)!r} there, {cfg.get(key)!r} here" for key in keys if earlier.get(key) != cfg.get(key)]
     if diff:
         raise InputError(f"--before {folder} was evaluated with other settings ({'; '.join(diff)}); "
                          "evaluate with the same data, split, limit, concepts, k, method and prompts")

@@ -329,6 +329,8 @@ def _run(model, dataset, classes, concepts, cfg, out, dist, params, progress, re
         (out / "stopped.json").unlink(missing_ok=True)
         info = {"classes": len(classes), "images": len(dataset), "world_size": dist.world,
                 "global_batch_size": cfg.batch_size * dist.world}
+        if callable(getattr(dataset, "describe", None)):  # the data read: layout, split, split rule
+            info["data"] = dataset.describe()
         (out / "config.json").write_text(json.dumps({**dataclasses.asdict(cfg), **info}, indent=1))
     log = _Log(out, start, cfg.tensorboard) if dist.main else None
     try:
