@@ -126,6 +126,14 @@ class Tower(nn.Module):
         """Final norm, pooling and projection: hidden after the last block -> (B, d) embedding."""
         raise NotImplementedError
 
+    def project_tokens(self, h: Tensor, x: TowerInput) -> Tensor:
+        """The head's final norm and projection applied to every token: (B, T, D) -> (B, T, d).
+
+        Defined for towers whose head reads one token through a norm and a linear projection
+        (CLIP's CLS / EOS pooling); dense methods (MaskCLIP, CLIP Surgery) read patch features so.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no per-token projection")
+
     def token_embeddings(self, x: TowerInput) -> Tensor:
         """Text towers: the (B, T, D) input embeddings that :meth:`stem` would look up."""
         raise NotImplementedError(f"{type(self).__name__} has no token embeddings")

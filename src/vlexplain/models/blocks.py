@@ -6,7 +6,10 @@ probabilities are available to methods (Chefer relevance, rollout) without hooks
 
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -68,7 +71,12 @@ def prenorm_block(
         q, h = q[ar, rows][:, None], h[ar, rows][:, None]
         if mask is not None:
             mask = mask[rows][:, None, None, :] if mask.dim() == 2 else mask[ar, ..., rows, :][:, :, None]
-    a, probs = attention(q, k, v, num_heads, mask, need_attn)
+    records = _RECORDS.get()
+    if records is not None and rows is None:
+        a, probs = attention(q, k, v, num_heads, mask, need_attn or _RECORD_PROBS.get())
+        records.append(BlockRecord(h, q, k, v, a, probs, num_heads, mask, out_proj, ls1, ln2, mlp, ls2))
+    else:
+        a, probs = attention(q, k, v, num_heads, mask, need_attn)
     a = out_proj(a)
     if ls1 is not None:
         a = ls1(a)
@@ -77,6 +85,64 @@ def prenorm_block(
     if ls2 is not None:
         m = ls2(m)
     return h + m, probs
+
+
+@dataclass
+class BlockRecord:
+    """What one :func:`prenorm_block` call saw, captured under :func:`record_blocks`.
+
+    Attributes:
+        h: (B, T, D) the block's input (residual stream).
+        q, k, v: (B, T, D) the projections of ``ln1(h)``, heads concatenated.
+        attn: (B, T, D) the attention output before the output projection (heads concatenated).
+        probs: (B, heads, T, S) attention probabilities (None unless asked for).
+        num_heads: the block's head count. mask: the additive attention mask it used.
+    """
+
+    h: Tensor
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    attn: Tensor
+    probs: Tensor | None
+    num_heads: int
+    mask: Tensor | None
+    out_proj: Callable[[Tensor], Tensor]
+    ls1: Callable[[Tensor], Tensor] | None
+    ln2: Callable[[Tensor], Tensor]
+    mlp: Callable[[Tensor], Tensor]
+    ls2: Callable[[Tensor], Tensor] | None
+
+    def attn_branch(self, a: Tensor) -> Tensor:
+        """(B, T, D) attention output before out_proj -> what the block adds to the residual stream."""
+        a = self.out_proj(a)
+        return a if self.ls1 is None else self.ls1(a)
+
+    def mlp_branch(self, h: Tensor) -> Tensor:
+        """(B, T, D) residual stream after attention -> what the MLP adds to it."""
+        m = self.mlp(self.ln2(h))
+        return m if self.ls2 is None else self.ls2(m)
+
+
+_RECORDS: ContextVar[list[BlockRecord] | None] = ContextVar("vlexplain_block_records", default=None)
+_RECORD_PROBS: ContextVar[bool] = ContextVar("vlexplain_block_record_probs", default=False)
+
+
+@contextlib.contextmanager
+def record_blocks(probs: bool = False) -> Iterator[list[BlockRecord]]:
+    """Capture a :class:`BlockRecord` of every full-sequence :func:`prenorm_block` call in this context.
+
+    Records are appended in call order (block ``i`` of a run from the stem is ``records[i]``); calls
+    that compute only the pooled rows (``rows``) are not recorded. ``probs``: also compute explicit
+    attention probabilities. Outside the context the blocks run exactly as before.
+    """
+    records: list[BlockRecord] = []
+    t1, t2 = _RECORDS.set(records), _RECORD_PROBS.set(probs)
+    try:
+        yield records
+    finally:
+        _RECORDS.reset(t1)
+        _RECORD_PROBS.reset(t2)
 
 
 def causal_mask(T: int, device: torch.device, dtype: torch.dtype) -> Tensor:

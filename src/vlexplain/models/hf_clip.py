@@ -70,6 +70,11 @@ class HFVisionTower(Tower):
         pooled = self.vm.post_layernorm(h[:, 0])
         return self.projection(pooled)
 
+    def project_tokens(self, h: Tensor, x: Any) -> Tensor:
+        if self.siglip:
+            raise NotImplementedError("the SigLIP image head pools with attention; it has no per-token projection")
+        return self.projection(self.vm.post_layernorm(h))
+
 
 class HFTextTower(Tower):
     """Causal CLIP text tower (pooled at EOS) or bidirectional SigLIP text tower (last token)."""
@@ -118,6 +123,10 @@ class HFTextTower(Tower):
             return self.tm.head(h[:, -1])
         pooled = h[torch.arange(h.shape[0], device=h.device), x.pool_index]
         return self.projection(pooled)
+
+    def project_tokens(self, h: Tensor, x: TextBatch) -> Tensor:
+        h = self.tm.final_layer_norm(h)
+        return self.tm.head(h) if self.siglip else self.projection(h)
 
 
 class HFDualEncoder(DualEncoder):

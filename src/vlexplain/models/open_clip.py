@@ -89,6 +89,12 @@ class OpenCLIPVisionTower(Tower):
             pooled = h[:, 0] if v.pool_type == "tok" else h[:, 1:].mean(1)
         return pooled @ v.proj if v.proj is not None else pooled
 
+    def project_tokens(self, h: Tensor, x: Any) -> Tensor:
+        if self.v.pool_type != "tok":
+            raise NotImplementedError("this OpenCLIP ViT pools by averaging, not one token")
+        t = self.v.ln_post(h)
+        return t @ self.v.proj if self.v.proj is not None else t
+
 
 class OpenCLIPTextTower(Tower):
     modality = "text"
@@ -134,6 +140,12 @@ class OpenCLIPTextTower(Tower):
         if proj is None:
             return pooled
         return proj(pooled) if isinstance(proj, nn.Linear) else pooled @ proj
+
+    def project_tokens(self, h: Tensor, x: TextBatch) -> Tensor:
+        t, proj = self.t.ln_final(h), self.t.text_projection
+        if proj is None:
+            return t
+        return proj(t) if isinstance(proj, nn.Linear) else t @ proj
 
 
 class OpenCLIPDualEncoder(DualEncoder):

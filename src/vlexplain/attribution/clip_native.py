@@ -1,0 +1,113 @@
+"""Shared plumbing of the CLIP-native methods (Grad-ECLIP, LeGrad, CLIP Surgery, MaskCLIP).
+
+These methods read a transformer block's internals (query, key, value, the attention output before
+its projection) and the model's own head applied per token. Both come through the Tower protocol:
+:func:`~vlexplain.models.blocks.record_blocks` captures what every block computed (for towers whose
+blocks run through :func:`~vlexplain.models.blocks.prenorm_block`), and
+:meth:`~vlexplain.models.base.Tower.project_tokens` applies the final norm and projection to every
+token. :func:`capabilities` probes a tower once for both, so methods can refuse clearly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..errors import MethodError
+from ..models.base import DualEncoder, Tower
+from ..models.blocks import BlockRecord, record_blocks
+from .base import Side
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a tower offers the CLIP-native methods."""
+
+    records: bool  # its blocks run through prenorm_block (q, k, v, attention output can be recorded)
+    pooled: bool  # its head reads one token per row (CLS / EOS), so a "pooled token" exists
+    projects: bool  # Tower.project_tokens is defined (final norm + projection per token)
+
+
+def _dummy_input(model: DualEncoder, side: Side) -> Any:
+    if side == "image":
+        return torch.zeros(1, 3, *model.input_size, device=model.device, dtype=model.dtype)
+    return model.tokenize(["a photo"])
+
+
+def capabilities(model: DualEncoder, side: Side) -> Capabilities:
+    """Probe one tower (cached on the tower): a stem and one block on a dummy input."""
+    tower: Tower = model.tower(side)
+    cached = tower.__dict__.get("_vx_native_caps")
+    if cached is not None:
+        return cached
+    if not tower.has_attention or tower.num_blocks < 1:
+        caps = Capabilities(False, False, False)
+    else:
+        x = _dummy_input(model, side)
+        with torch.no_grad():
+            h = tower.encode(x, stop=-1)
+            with record_blocks() as recs:
+                tower.encode(x, hidden=h, stop=0)
+            try:
+                tower.project_tokens(h, x)
+                projects = True
+            except NotImplementedError:
+                projects = False
+        caps = Capabilities(len(recs) == 1, tower.pooled_positions(x) is not None, projects)
+    object.__setattr__(tower, "_vx_native_caps", caps)
+    return caps
+
+
+def why_not_native(
+    name: str, model: DualEncoder, side: Side, *, pooled: bool = False, projects: bool = False
+) -> str | None:
+    """The reason a CLIP-native method cannot run on ``side`` of ``model`` (None: it can)."""
+    tower = model.tower(side)
+    caps = capabilities(model, side)
+    if not caps.records:
+        return (
+            f"{name} reads query, key and value vectors inside the transformer blocks; "
+            f"the {side} tower of this model ({tower.kind.upper()}, {type(tower).__name__}) does not expose them"
+        )
+    if pooled and not caps.pooled:
+        return f"{name} reads the token the head pools (CLS / EOS); the {side} tower of this model pools with attention"
+    if projects and not caps.projects:
+        return (
+            f"{name} reads every token through the head's final norm and projection; "
+            f"the {side} tower of this model has no such per-token projection"
+        )
+    return None
+
+
+def run_tail(tower: Tower, x: Any, first: int, *, grad: bool, probs: bool = False) -> tuple[Tensor, list[BlockRecord]]:
+    """Run blocks ``first`` .. last with recording; the blocks below run once without a graph.
+
+    Returns the hidden state after the last block (B, T, D) and one record per block run. With
+    ``grad`` the input of block ``first`` requires grad, so every recorded tensor is differentiable.
+    """
+    n = tower.num_blocks
+    with torch.no_grad():
+        h0 = tower.encode(x, stop=first - 1)
+    if grad:
+        h0 = h0.detach().requires_grad_(True)
+    with record_blocks(probs=probs) as recs:
+        h = tower.encode(x, start=first - 1, hidden=h0, stop=n - 1)
+    if len(recs) != n - first:
+        raise MethodError(f"the {tower.modality} tower recorded {len(recs)} of its last {n - first} blocks")
+    return h, recs
+
+
+def check_count(tower: Tower, value: Any, option: str, method: str) -> int:
+    """A number of last blocks: an int in 1 .. num_blocks."""
+    n = tower.num_blocks
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= n:
+        raise MethodError(f"{method}: {option} must be a number of last blocks in 1..{n} for the {tower.modality} tower")
+    return value
+
+
+def to_grid(tower: Tower, scores: Tensor) -> Tensor:
+    """(B, T) per-token scores of an image tower -> (B, gh, gw), prefix tokens dropped."""
+    return tower.token_scores_to_grid(scores, scores[..., None])
