@@ -17,6 +17,13 @@ ImageLike = Union[str, os.PathLike, Image.Image, torch.Tensor, np.ndarray]
 
 # Pillow's decompression-bomb guard stays on; 89 M pixels (Pillow's default) is the limit.
 MAX_PIXELS = 89_478_485
+#: the most pixels an image may have after preprocessing resizes its shortest side to the model's
+#: input size (before the centre crop): 16 M pixels, about 64 MB while resizing. A thin image
+#: (a 5000 x 1 strip) is small on disk and as decoded, but resized to a 224-pixel short side it
+#: would take 1.1 M x 224 pixels (about 1 GB).
+MAX_RESIZED_PIXELS = 16 * 2**20
+#: warn when the centre crop keeps less than this share of the resized image
+CROP_WARN_SHARE = 0.5
 
 
 def load_image(source: str | os.PathLike | Image.Image) -> Image.Image:
@@ -70,13 +77,56 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def resized_size(image_size: tuple[int, int], input_size: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) of an image of ``image_size`` (width, height) once its shortest side is
+    resized to ``min(input_size)``, as CLIP preprocessing does before its centre crop."""
+    w, h = image_size
+    s = min(input_size)
+    if w <= h:
+        return s, int(s * h / w)
+    return int(s * w / h), s
+
+
+def check_image_size(image: Image.Image | tuple[int, int], input_size: tuple[int, int], name: str = "",
+                     warn: bool = True) -> None:
+    """Refuse an image whose preprocessing would allocate too much; warn when the crop drops most of it.
+
+    Checked before anything is resized. ``image`` is a Pillow image or its (width, height),
+    ``input_size`` the model's (H, W). Raises :class:`InputError` saying how to fix the image
+    (crop it).
+    """
+    w, h = image.size if isinstance(image, Image.Image) else image
+    what = f"image {name}" if name else "image"
+    if w < 1 or h < 1:
+        raise InputError(f"{what} has no pixels ({w}x{h})")
+    rw, rh = resized_size((w, h), input_size)
+    if rw * rh > MAX_RESIZED_PIXELS:
+        ratio = MAX_RESIZED_PIXELS // (min(input_size) ** 2)
+        raise InputError(
+            f"{what} is too elongated ({w}x{h} pixels): resizing its short side to {min(input_size)} pixels would "
+            f"make it {rw}x{rh} ({rw * rh:,} pixels, the limit is {MAX_RESIZED_PIXELS:,}); crop it to the part "
+            f"you want explained, at most {ratio}:1"
+        )
+    kept = min(1.0, input_size[0] / rh) * min(1.0, input_size[1] / rw)
+    if warn and kept < CROP_WARN_SHARE:
+        warnings.warn(
+            f"{what} ({w}x{h} pixels) is much longer on one side: the model sees only its centre "
+            f"{100 * kept:.3g} % (crop it to the part you want explained)",
+            stacklevel=3,
+        )
+
+
 def default_preprocess(
     image: Image.Image, size: tuple[int, int], mean: tuple[float, ...], std: tuple[float, ...]
 ) -> torch.Tensor:
-    """CLIP preprocessing: bicubic resize of the shortest side, centre crop, normalise -> (3, H, W)."""
+    """CLIP preprocessing: bicubic resize of the shortest side, centre crop, normalise -> (3, H, W).
+
+    Images whose resize would be too large are refused first (:func:`check_image_size`).
+    """
     from torchvision.transforms import functional as F
     from torchvision.transforms import InterpolationMode
 
+    check_image_size(image, size)
     image = to_rgb(image)
     image = F.resize(image, min(size), interpolation=InterpolationMode.BICUBIC, antialias=True)
     image = F.center_crop(image, list(size))

@@ -94,7 +94,7 @@ def run_pairs(
     from rich.progress import Progress
 
     from ..attribution.api import prepare_images
-    from ..images import load_image
+    from ..images import check_image_size, load_image
     from ..viz.gallery import write_gallery
 
     if not texts:
@@ -103,6 +103,8 @@ def run_pairs(
         if not t.strip():
             raise InputError("empty text: every --text must contain at least one visible character")
     loaded = [(name, load_image(src)) for name, src in images]  # fails early on bad images
+    for name, img in loaded:  # too elongated for the model's preprocessing: refused before writing
+        check_image_size(img, tuple(model.input_size), name, warn=False)
     if zip_pairs:
         if len(loaded) != len(texts):
             raise InputError(f"--zip needs as many texts as images ({len(loaded)} images, {len(texts)} texts)")

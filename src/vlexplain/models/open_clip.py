@@ -185,8 +185,9 @@ class OpenCLIPDualEncoder(DualEncoder):
 
     def preprocess(self, image: Any) -> Tensor:
         if self._preprocess is not None:
-            from ..images import to_rgb
+            from ..images import check_image_size, to_rgb
 
+            check_image_size(image, self.input_size)  # before open_clip's transform resizes it
             return self._preprocess(to_rgb(image))
         return super().preprocess(image)
 

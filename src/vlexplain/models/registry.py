@@ -166,6 +166,9 @@ def load_model(
     Example:
         >>> model = load_model("offline")
     """
+    from ..devices import check_device
+
+    device = check_device(device)  # a bad or absent device is refused before anything loads
     if isinstance(spec, nn.Module):
         model = wrap_model(spec, tokenizer, preprocess)
     elif isinstance(spec, (str, os.PathLike)):
