@@ -308,7 +308,7 @@ def _jsonl_rows(file: Path, base: Path, ik: str, ck: str) -> Iterator[PairRow]:
             if i == 0 and line.lstrip().startswith("["):
                 raise InputError(f"{where}: a JSON array; write JSON Lines instead (one object per line)")
             try:
-                rec = json.loads(line)
+                rec = json.loads(line.rstrip("\r\n"))  # with its newline an error at the end reads "line 2 column 1"
             except json.JSONDecodeError as e:
                 raise InputError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
             yield _record(i, rec, where, base, ik, ck)
