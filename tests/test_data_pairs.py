@@ -102,9 +102,11 @@ def test_csv_malformed(images):
     f.write_text("image,caption\nimg/0.png,a\nimg/1.png,b,extra\n")
     with pytest.raises(InputError, match=rf"{f}:3: expected 2 fields"):
         list(open_pairs(f).rows())
-    f.write_text("path,text\nimg/0.png,a\n")
-    with pytest.raises(InputError, match=rf"{f}:1: the header needs columns 'image' and 'caption'"):
+    f.write_text("picture,words\nimg/0.png,a\n")
+    with pytest.raises(InputError, match=rf"{f}:1: no image column among the columns found \(picture, words\); "
+                       "name it with --image-key"):
         list(open_pairs(f).rows())
+    assert [r.caption for r in open_pairs(f, image_key="picture", caption_key="words").rows()] == ["a"]
     f.write_text('image,caption,boxes\nimg/0.png,a,"[[1,2,3,4]"\n')
     with pytest.raises(InputError, match=rf"{f}:2: 'boxes' is not valid JSON"):
         list(open_pairs(f).rows())
@@ -141,9 +143,11 @@ def test_image_folder_with_captions_files(images):
 def test_unknown_and_missing_sources(tmp_path):
     with pytest.raises(InputError, match="data not found"):
         PairDataset(tmp_path / "nothing.jsonl")
-    (tmp_path / "x.parquet").write_bytes(b"")
-    with pytest.raises(InputError, match="unknown data file type"):
-        open_pairs(tmp_path / "x.parquet")
+    (tmp_path / "x.bin").write_bytes(b"")
+    with pytest.raises(InputError, match="unknown data file type '.bin'"):
+        open_pairs(tmp_path / "x.bin")
+    with pytest.raises(InputError, match=r"^--data: the data is a URL \(https://example.com/pairs.tsv\); .*download"):
+        open_pairs("https://example.com/pairs.tsv")
 
 
 def test_rows_are_streamed_without_opening_images(images, monkeypatch):

@@ -53,10 +53,9 @@ def _texts(texts: TextLike) -> list[str]:
     texts = list(texts)
     if not texts:
         raise InputError("no texts given")
-    for t in texts:
-        if not isinstance(t, str) or not t.strip():
-            raise InputError("empty text: every text must contain at least one visible character")
-    return texts
+    from ..textclean import clean_texts
+
+    return clean_texts(texts)  # no visible character: InputError; control characters removed (a warning)
 
 
 def _broadcast(n_img: int, n_txt: int) -> tuple[list[int], list[int]]:

@@ -1,15 +1,27 @@
-"""Image-caption pair datasets read lazily from files, folders or saved Hugging Face datasets.
+"""Image-caption pair datasets read lazily from the layouts CLIP users store them in.
 
-Accepted sources (see :func:`open_pairs`):
+Accepted sources (see :func:`open_pairs`; the README has a table with the command for each):
 
-* ``*.jsonl``: one JSON object per line with ``image`` and ``caption`` (optional ``boxes``: COCO
-  ``[x, y, w, h]`` boxes in pixels of the original image, optional ``mask``: a PNG path).
-* ``*.csv`` / ``*.tsv`` with a header naming ``image`` and ``caption`` (optional ``boxes`` as a
-  JSON list in the cell, optional ``mask``).
-* a Conceptual-Captions-style ``*.tsv`` without header: ``caption<TAB>image path`` per line.
+* ``*.jsonl``: one JSON object per line with an image path and a caption (optional ``boxes``:
+  COCO ``[x, y, w, h]`` boxes in pixels of the original image, optional ``mask``: a PNG path).
+* ``*.csv`` / ``*.tsv`` with a header row (``image``/``caption``, OpenCLIP's ``filepath``/``title``,
+  ``url``/``caption``, ``image``/``text``, or any columns named with ``image_key`` / ``caption_key``),
+  or without one: ``caption<TAB>image`` (Conceptual Captions) or ``image<TAB>caption`` per line.
 * a folder of images with ``captions.jsonl``, ``captions.csv``, ``captions.tsv`` or
-  ``captions.txt`` (``file<TAB>caption`` per line, or a CSV with an ``image,caption`` header).
+  ``captions.txt`` (``file<TAB>caption`` per line, or a CSV with a header).
+* COCO: a ``captions_*.json`` annotation file with ``images`` (the image folder) and optionally
+  ``instances`` (``instances_*.json``: boxes or segmentation masks as ground truth).
+* webdataset shards: a ``.tar`` file, a folder of them, or a brace pattern
+  (``shards/{00000..00009}.tar``); each sample is a ``jpg``/``png``/``webp`` with a ``txt`` or
+  ``json`` caption, as OpenCLIP and img2dataset write them.
+* Parquet: a ``.parquet`` file or a folder of them (image bytes, HF image structs or paths, and a
+  caption column); needs pyarrow (the ``eval`` extra).
 * a Hugging Face ``datasets`` dataset saved with ``save_to_disk`` (needs ``pip install datasets``).
+
+Folders holding ``train`` / ``val`` / ``test`` sub-folders (or Parquet files named
+``<split>-*.parquet``) and saved ``DatasetDict`` s have splits: ``split`` picks one. A caption field
+holding a list of captions gives its first caption, or with ``all_captions`` one pair per caption
+(:attr:`PairDataset.notes` says so). URLs are refused with one line: nothing is downloaded.
 
 Relative image paths are resolved against the folder of the data file. Iteration is streaming:
 :meth:`PairDataset.rows` parses text only, :meth:`PairDataset.load` opens one image. A malformed
@@ -19,82 +31,51 @@ image makes :meth:`PairDataset.load` return a :class:`Pair` with ``error`` set i
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
-from dataclasses import dataclass, field
+import re
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
 from PIL import Image
 
-from ..errors import InputError, MissingExtraError
+from ..errors import InputError
 from ..images import load_image
+from .rows import Captions, Columns, LazyBytes, MissingImage, Pair, PairRow, is_url, open_bytes, refuse_url
+from .rows import check_boxes as _check_boxes  # noqa: F401  (kept importable from here)
 
-Format = Literal["jsonl", "csv", "tsv", "cc_tsv", "folder", "hf"]
+__all__ = ["Pair", "PairRow", "PairDataset", "open_pairs", "detect_format", "FORMATS"]
+
+Format = Literal["jsonl", "csv", "tsv", "cc_tsv", "folder", "hf", "coco", "webdataset", "parquet"]
+FORMATS = ("jsonl", "csv", "tsv", "folder", "hf", "coco", "webdataset", "parquet")
 
 #: caption files looked for, in this order, inside an image folder
 FOLDER_CAPTION_FILES = ("captions.jsonl", "captions.csv", "captions.tsv", "captions.txt")
-
-csv.field_size_limit(10_000_000)
-
+#: folder names holding one split of a dataset each
+SPLIT_DIRS = ("train", "training", "val", "valid", "validation", "test", "testing")
+BRACE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 
 #: data-file suffix -> format
-_SUFFIX_KINDS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv"}
-
-
-@dataclass
-class PairRow:
-    """One parsed row, before its image is opened.
-
-    Attributes:
-        index: 0-based position in the dataset (the sample id used by evaluation runs).
-        caption: the text.
-        image: an image path (absolute), or an in-memory image (HF datasets).
-        source: ``file:line`` (or ``dataset[index]``) for messages.
-        boxes: COCO ``[x, y, w, h]`` boxes in original-image pixels, or None.
-        mask: path of a ground-truth mask PNG, or None.
-        extras: the row's other fields (e.g. ``cell_index`` for metrics that need it).
-    """
-
-    index: int
-    caption: str
-    image: Any
-    source: str
-    boxes: list[list[float]] | None = None
-    mask: Any = None
-    extras: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Pair:
-    """A row with its image opened (or the reason it could not be)."""
-
-    row: PairRow
-    image: Image.Image | None = None
-    mask: Image.Image | None = None
-    error: str | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def index(self) -> int:
-        return self.row.index
-
-    @property
-    def caption(self) -> str:
-        return self.row.caption
+_SUFFIX_KINDS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".tar": "webdataset",
+                 ".parquet": "parquet"}
 
 
 class PairDataset:
     """A lazily read collection of image-caption pairs.
 
     Args:
-        source: the data file, folder or saved dataset.
-        format: one of :data:`Format`; detected from the path when None.
-        split: for a saved ``DatasetDict``, which split (default: the only one, else "test").
-        image_key / caption_key: column names (defaults ``image`` / ``caption``; Hugging Face
-            datasets also try ``text``).
+        source: the data file, folder, saved dataset or shard pattern.
+        format: one of :data:`FORMATS`; detected from the path when None.
+        split: for sources with splits (saved ``DatasetDict``, split folders, ``<split>-*.parquet``),
+            which split (default: the only one, else "test").
+        image_key / caption_key: the image and caption columns (default: the known names, see
+            :data:`~vlexplain.data.rows.IMAGE_KEYS`); box_key / mask_key: the ground-truth columns
+            (default ``boxes`` / ``mask`` when present).
+        all_captions: a list of captions gives one pair per caption (default: its first caption).
+        images: COCO: the image folder (default: ``../<name>`` for ``captions_<name>.json``).
+        instances: COCO: an ``instances_*.json`` file whose boxes / masks are the ground truth.
+        coco_ground_truth: COCO: "boxes" or "masks" (segmentations).
+        coco_match: COCO: "caption" (the categories the caption names) or "all" (every object).
     """
 
     def __init__(
@@ -102,46 +83,97 @@ class PairDataset:
         source: str | os.PathLike,
         format: Format | None = None,
         split: str | None = None,
-        image_key: str = "image",
-        caption_key: str = "caption",
+        image_key: str | None = None,
+        caption_key: str | None = None,
+        box_key: str | None = None,
+        mask_key: str | None = None,
+        all_captions: bool = False,
+        images: str | os.PathLike | None = None,
+        instances: str | os.PathLike | None = None,
+        coco_ground_truth: str = "boxes",
+        coco_match: str = "caption",
     ):
+        if is_url(str(source)):
+            refuse_url(str(source), "--data", "the data")
         self.path = Path(source).expanduser()
-        if not self.path.exists():
-            raise InputError(f"data not found: {self.path}")
         self.format: Format = format or detect_format(self.path)
-        self.split = split
-        self.image_key = image_key
-        self.caption_key = caption_key
+        if self.format == "cc_tsv":
+            self.format = "tsv"
+        if self.format not in FORMATS:
+            raise InputError(f"unknown data format {self.format!r}; use one of {', '.join(FORMATS)}")
+        if not self.path.exists() and not (self.format == "webdataset" and BRACE.search(str(self.path))):
+            raise InputError(f"data not found: {self.path}")
+        self.requested_split = split
+        self.columns = Columns(image_key, caption_key, box_key, mask_key)
+        self.all_captions = all_captions
+        self.captions = Captions(all_captions)
+        self.images, self.instances = images, instances
+        self.coco_ground_truth, self.coco_match = coco_ground_truth, coco_match
+        self.notes: list[str] = []  # things the user should know about how the data was read
         self._hf = None
+        self._reader: Any = None
+        self.split = split
+        self.root = self._split_root(split)
 
+    # --- description -------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
-        """JSON-ready description (for run configurations)."""
-        return {"path": str(self.path.resolve()), "format": self.format, "split": self.split}
+        """JSON-ready description (for run configurations): what was read, which split, how."""
+        out: dict[str, Any] = {"path": str(self.path.resolve()) if self.path.exists() else str(self.path),
+                               "format": self.format, "split": self.split or "all"}
+        if self.captions.columns_used:
+            out["columns"] = self.captions.columns_used
+        if self.all_captions:
+            out["all_captions"] = True
+        if self._reader is not None and hasattr(self._reader, "describe"):
+            out.update(self._reader.describe())
+        notes = self.notes + self.captions.notes
+        if notes:
+            out["notes"] = notes
+        return out
 
     # --- iteration -------------------------------------------------------------------------
     def rows(self) -> Iterator[PairRow]:
         """Parse the rows in order without opening images (streaming)."""
-        if self.format == "hf":
-            yield from self._hf_rows()
-            return
-        file = self._caption_file() if self.format == "folder" else self.path
-        kind = self._file_kind(file)
-        base = file.parent
-        if kind == "jsonl":
-            yield from _jsonl_rows(file, base, self.image_key, self.caption_key)
-        elif kind in ("csv", "tsv"):
-            yield from _table_rows(file, base, "," if kind == "csv" else "\t", self.image_key, self.caption_key)
-        elif kind == "cc_tsv":
-            yield from _cc_rows(file, base)
-        else:  # txt captions in a folder
-            yield from _txt_rows(file, base, self.image_key, self.caption_key)
+        from . import tables
+
+        fmt, root = self.format, self.root
+        if fmt == "hf":
+            from .hf import hf_rows
+
+            yield from hf_rows(self, self._load_hf())
+        elif fmt == "coco":
+            from .coco import CocoReader
+
+            self._reader = self._reader or CocoReader(root, self.images, self.instances, self.coco_ground_truth,
+                                                      self.coco_match, self.columns)
+            yield from self._reader.rows(self.captions)
+        elif fmt == "webdataset":
+            from .webdataset import WebdatasetReader
+
+            self._reader = self._reader or WebdatasetReader(root, self.columns)
+            yield from self._reader.rows(self.captions)
+        elif fmt == "parquet":
+            from .parquet import ParquetReader
+
+            self._reader = self._reader or ParquetReader(root, self.columns, self.split)
+            yield from self._reader.rows(self.captions)
+        else:
+            file = self._caption_file(root) if fmt == "folder" else root
+            kind = self._file_kind(file)
+            base = file.parent
+            if kind == "jsonl":
+                yield from tables.jsonl_rows(file, base, self.columns, self.captions)
+            elif kind in ("csv", "tsv"):
+                yield from tables.table_rows(file, base, "," if kind == "csv" else "\t", self.columns, self.captions)
+            else:  # txt captions in a folder
+                yield from tables.txt_rows(file, base, self.columns, self.captions)
 
     def __iter__(self) -> Iterator[Pair]:
         for row in self.rows():
             yield self.load(row)
 
     def __len__(self) -> int:
-        if self.format == "hf":
+        if self.format == "hf" and not self.all_captions:
             return len(self._load_hf())
         n = 0
         for _ in self.rows():
@@ -153,13 +185,14 @@ class PairDataset:
         if not row.caption.strip():
             return Pair(row, error=f"{row.source}: empty caption")
         try:
-            image = load_image(row.image)
+            image = _open(row.image, row.source)
         except InputError as e:
-            return Pair(row, error=f"{row.source}: {e}")
+            msg = str(e)
+            return Pair(row, error=msg if msg.startswith(row.source) else f"{row.source}: {msg}")
         mask = None
         if row.mask is not None:
             try:
-                mask = _load_mask(row.mask)
+                mask = _load_mask(row.mask() if callable(row.mask) else row.mask)
             except InputError as e:
                 return Pair(row, error=f"{row.source}: mask: {e}")
             if mask.size != image.size:
@@ -168,67 +201,59 @@ class PairDataset:
         return Pair(row, image=image, mask=mask)
 
     # --- helpers -----------------------------------------------------------------------------
-    def _caption_file(self) -> Path:
+    def _split_root(self, split: str | None) -> Path:
+        """The folder / file of the requested split (folders with train / val / test sub-folders)."""
+        p = self.path
+        if self.format == "hf" or (self.format == "parquet" and p.is_dir() and _parquet_splits(p)):
+            return p  # the split is chosen by the reader
+        subs = [d for d in sorted(p.iterdir()) if d.is_dir() and d.name.lower() in SPLIT_DIRS] if p.is_dir() else []
+        if not subs:
+            if split is not None and split != "all":
+                raise InputError(f"--split {split}: {p} holds a single split (no train / val / test folders or "
+                                 "saved splits); leave --split out")
+            self.split = None
+            return p
+        names = {d.name.lower(): d for d in subs}
+        if split is None:
+            if len(subs) == 1:
+                split = subs[0].name
+            elif "test" in names:
+                split = "test"
+            else:
+                raise InputError(f"{p} has the splits {', '.join(d.name for d in subs)}; pass --split NAME")
+        if split.lower() not in names:
+            raise InputError(f"{p} has no split {split!r} (splits: {', '.join(d.name for d in subs)}); pass --split NAME")
+        self.split = names[split.lower()].name
+        root = names[split.lower()]
+        if self.format == "folder":  # the split folder decides its own layout
+            self.format = detect_format(root)
+        return root
+
+    def _caption_file(self, root: Path) -> Path:
         for name in FOLDER_CAPTION_FILES:
-            if (self.path / name).is_file():
-                return self.path / name
-        raise InputError(f"{self.path}: an image folder needs one of {', '.join(FOLDER_CAPTION_FILES)} beside the images")
+            if (root / name).is_file():
+                return root / name
+        raise InputError(f"{root}: an image folder needs one of {', '.join(FOLDER_CAPTION_FILES)} beside the images "
+                         "(or: .tar shards, .parquet files, a saved dataset)")
 
     def _file_kind(self, file: Path) -> str:
-        if self.format in ("jsonl", "csv", "cc_tsv"):
+        if self.format in ("jsonl", "csv", "tsv"):
             return self.format
         suf = file.suffix.lower()
-        if suf in _SUFFIX_KINDS and _SUFFIX_KINDS[suf] != "tsv":
-            return _SUFFIX_KINDS[suf]
+        if suf in (".jsonl", ".ndjson", ".json"):
+            return "jsonl"
+        if suf in (".csv", ".tsv"):
+            return suf[1:]
         if suf == ".txt":
             return "txt"
-        if suf == ".tsv" or self.format == "tsv":
-            return "tsv" if _has_header(file, "\t", self.image_key, self.caption_key) else "cc_tsv"
         raise InputError(f"{file}: unknown data file type {suf!r} (expected .jsonl, .csv, .tsv or a folder)")
 
-    def _hf_rows(self) -> Iterator[PairRow]:
-        ds = self._load_hf()
-        cols = set(ds.column_names)
-        ik = self.image_key
-        ck = self.caption_key if self.caption_key in cols else ("text" if "text" in cols else self.caption_key)
-        for key in (ik, ck):
-            if key not in cols:
-                raise InputError(f"{self.path}: the dataset has no column {key!r} (columns: {', '.join(sorted(cols))})")
-        base = self.path
-        for i in range(len(ds)):
-            rec = ds[i]
-            img = rec[ik]
-            if isinstance(img, str):
-                img = _resolve(img, base)
-            elif isinstance(img, dict) and img.get("bytes") is not None:
-                img = Image.open(io.BytesIO(img["bytes"]))
-            elif isinstance(img, dict) and img.get("path"):
-                img = _resolve(img["path"], base)
-            cap = rec[ck]
-            if isinstance(cap, list):
-                cap = cap[0] if cap else ""
-            boxes = _check_boxes(rec.get("boxes"), f"{self.path}[{i}]")
-            extras = {k: v for k, v in rec.items() if k not in (ik, ck, "boxes", "mask")}
-            yield PairRow(i, str(cap), img, f"{self.path}[{i}]", boxes, rec.get("mask"), extras)
-
     def _load_hf(self):
-        if self._hf is not None:
-            return self._hf
-        try:
-            import datasets
-        except ImportError:
-            raise MissingExtraError(
-                f"{self.path} is a saved Hugging Face dataset; reading it needs the 'datasets' package: pip install datasets"
-            ) from None
-        obj = datasets.load_from_disk(str(self.path))
-        if isinstance(obj, datasets.DatasetDict):
-            splits = list(obj.keys())
-            split = self.split or (splits[0] if len(splits) == 1 else "test")
-            if split not in obj:
-                raise InputError(f"{self.path}: no split {split!r}; splits: {', '.join(splits)} (pass split=...)")
-            obj = obj[split]
-        self._hf = obj
-        return obj
+        from .hf import load_hf
+
+        if self._hf is None:
+            self._hf = load_hf(self)
+        return self._hf
 
 
 def open_pairs(source: str | os.PathLike | PairDataset, **kwargs: Any) -> PairDataset:
@@ -240,161 +265,67 @@ def open_pairs(source: str | os.PathLike | PairDataset, **kwargs: Any) -> PairDa
 
 def detect_format(path: Path) -> Format:
     """Guess the format of a data path."""
+    if is_url(str(path)):
+        refuse_url(str(path), "--data", "the data")
+    if BRACE.search(path.name) or path.name.lower().endswith((".tar", ".tar.gz", ".tgz")):
+        return "webdataset"
     if path.is_dir():
         if any((path / n).exists() for n in ("dataset_info.json", "state.json", "dataset_dict.json")):
             return "hf"
+        if any((path / n).is_file() for n in FOLDER_CAPTION_FILES):
+            return "folder"
+        if next(iter(sorted(path.glob("*.tar"))), None) is not None:
+            return "webdataset"
+        if next(iter(sorted(path.glob("*.parquet"))), None) is not None:
+            return "parquet"
         return "folder"
     suf = path.suffix.lower()
+    if suf == ".json":
+        return "coco" if _is_coco(path) else "jsonl"
     if suf in _SUFFIX_KINDS:
-        return _SUFFIX_KINDS[suf]
-    raise InputError(f"{path}: unknown data file type {suf!r} (expected .jsonl, .csv, .tsv, an image folder or a saved dataset)")
+        return _SUFFIX_KINDS[suf]  # type: ignore[return-value]
+    raise InputError(f"{path}: unknown data file type {suf!r} (expected .jsonl, .json (COCO), .csv, .tsv, .tar, "
+                     ".parquet, an image folder or a saved dataset)")
 
 
-# --- parsers --------------------------------------------------------------------------------
-def _resolve(p: Any, base: Path) -> Any:
-    if not isinstance(p, str):
-        return p
-    q = Path(p).expanduser()
-    return str(q if q.is_absolute() else base / q)
-
-
-def _check_boxes(value: Any, where: str) -> list[list[float]] | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
+def _is_coco(path: Path) -> bool:
+    """A COCO annotation file: one JSON object with ``images`` and ``annotations``."""
+    if not path.is_file():
+        return False
+    with open(path, encoding="utf-8-sig") as f:
+        head = f.read(1)
+        while head.isspace():
+            head = f.read(1)
+        if head != "{":
+            return False
         try:
-            value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{where}: 'boxes' is not valid JSON ({e.msg})") from None
-    if not isinstance(value, (list, tuple)):
-        raise InputError(f"{where}: 'boxes' must be a list of [x, y, w, h] boxes")
-    if len(value) == 4 and all(isinstance(v, (int, float)) for v in value):
-        value = [value]  # a single box
-    out = []
-    for b in value:
-        if not isinstance(b, (list, tuple)) or len(b) != 4 or not all(isinstance(v, (int, float)) for v in b):
-            raise InputError(f"{where}: each box must be [x, y, w, h] (COCO, pixels), got {b!r}")
-        if b[2] < 0 or b[3] < 0:
-            raise InputError(f"{where}: box {list(b)} has a negative width or height")
-        out.append([float(v) for v in b])
-    return out
+            obj = json.loads(head + f.read())
+        except json.JSONDecodeError:
+            return False  # JSON Lines (or broken: the JSON Lines reader says where)
+    return isinstance(obj, dict) and "images" in obj and "annotations" in obj
 
 
-def _record(i: int, rec: Any, where: str, base: Path, ik: str, ck: str) -> PairRow:
-    if not isinstance(rec, dict):
-        raise InputError(f"{where}: expected an object with {ik!r} and {ck!r}, got {type(rec).__name__}")
-    for key in (ik, ck):
-        if key not in rec or rec[key] is None:
-            raise InputError(f"{where}: missing {key!r}")
-    img = rec[ik]
-    if not isinstance(img, str) or not img.strip():
-        raise InputError(f"{where}: {ik!r} must be a non-empty path")
-    cap = rec[ck]
-    if not isinstance(cap, str):
-        raise InputError(f"{where}: {ck!r} must be a string")
-    mask = rec.get("mask") or None
-    extras = {k: v for k, v in rec.items() if k not in (ik, ck, "boxes", "mask")}
-    return PairRow(i, cap, _resolve(img, base), where, _check_boxes(rec.get("boxes"), where),
-                   _resolve(mask, base) if mask else None, extras)
+def _parquet_splits(folder: Path) -> list[str]:
+    from .parquet import parquet_splits
+
+    return parquet_splits(folder)
 
 
-def _jsonl_rows(file: Path, base: Path, ik: str, ck: str) -> Iterator[PairRow]:
-    i = 0
-    with open(file, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{file}:{lineno}"
-            if i == 0 and line.lstrip().startswith("["):
-                raise InputError(f"{where}: a JSON array; write JSON Lines instead (one object per line)")
-            try:
-                rec = json.loads(line.rstrip("\r\n"))  # with its newline an error at the end reads "line 2 column 1"
-            except json.JSONDecodeError as e:
-                raise InputError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-            yield _record(i, rec, where, base, ik, ck)
-            i += 1
-
-
-def _has_header(file: Path, delim: str, ik: str, ck: str) -> bool:
-    with open(file, encoding="utf-8-sig", newline="") as f:
-        first = f.readline()
-    fields = [c.strip().lower() for c in first.rstrip("\r\n").split(delim)]
-    return ik in fields and ck in fields
-
-
-def _table_rows(file: Path, base: Path, delim: str, ik: str, ck: str) -> Iterator[PairRow]:
-    with open(file, encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f, delimiter=delim)
-        try:
-            header = [h.strip() for h in next(reader)]
-        except StopIteration:
-            return
-        except csv.Error as e:
-            raise InputError(f"{file}:1: malformed header ({e})") from None
-        low = [h.lower() for h in header]
-        for key in (ik, ck):
-            if key not in low:
-                raise InputError(f"{file}:1: the header needs columns {ik!r} and {ck!r}, got {header}")
-        i = 0
-        while True:
-            try:
-                cells = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as e:
-                raise InputError(f"{file}:{reader.line_num}: malformed line ({e})") from None
-            where = f"{file}:{reader.line_num}"
-            if not cells or all(not c.strip() for c in cells):
-                continue
-            if len(cells) != len(header):
-                raise InputError(f"{where}: expected {len(header)} fields ({', '.join(header)}), got {len(cells)}")
-            yield _record(i, {k: _cell(k, v, ik, ck) for k, v in zip(low, cells)}, where, base, ik, ck)
-            i += 1
-
-
-def _cell(key: str, value: str, ik: str, ck: str) -> Any:
-    """CSV cell -> value: numbers and JSON in extra columns are decoded, the rest stays text."""
-    if key in (ik, ck, "boxes", "mask"):
-        return value
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError:
-        return value
-
-
-def _lines(file: Path) -> Iterator[tuple[str, str]]:
-    """``(where, line)`` for every non-blank line of a text file (BOM and line ends removed)."""
-    with open(file, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if line.strip():
-                yield f"{file}:{lineno}", line
-
-
-def _cc_rows(file: Path, base: Path) -> Iterator[PairRow]:
-    for i, (where, line) in enumerate(_lines(file)):
-        parts = line.split("\t")
-        if len(parts) != 2 or not parts[1].strip():
-            raise InputError(f"{where}: expected 'caption<TAB>image path', got {len(parts)} field(s)")
-        yield PairRow(i, parts[0], _resolve(parts[1].strip(), base), where)
-
-
-def _txt_rows(file: Path, base: Path, ik: str, ck: str) -> Iterator[PairRow]:
-    with open(file, encoding="utf-8-sig") as f:
-        first = f.readline().strip().lower()
-    if first.replace(" ", "") == f"{ik},{ck}":
-        yield from _table_rows(file, base, ",", ik, ck)
-        return
-    for i, (where, line) in enumerate(_lines(file)):
-        name, sep, cap = line.partition("\t")
-        if not sep or not name.strip():
-            raise InputError(f"{where}: expected 'image file<TAB>caption'")
-        yield PairRow(i, cap, _resolve(name.strip(), base), where)
+def _open(image: Any, where: str) -> Image.Image:
+    if isinstance(image, MissingImage):
+        raise InputError(image.why)
+    if isinstance(image, LazyBytes):
+        image = image.read()
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return open_bytes(bytes(image), where)
+    return load_image(image)
 
 
 def _load_mask(src: Any) -> Image.Image:
     if isinstance(src, Image.Image):
         return src.convert("L")
+    if isinstance(src, (bytes, bytearray, LazyBytes)):
+        return open_bytes(src.read() if isinstance(src, LazyBytes) else bytes(src), "mask").convert("L")
     path = Path(src)
     if not path.is_file():
         raise InputError(f"mask not found: {path}")
