@@ -81,6 +81,7 @@ class ShapesCLIPConfig:
     eval_every: int = 50  # steps between quick held-out accuracy checks (logged; 0: never)
     save_every_s: float = 120.0  # seconds between checkpoints written to out_dir
 
+    spurious: float | None = None  # P: the main object's badge is drawn with probability P (else none or another's; shapes_cue)
 
 def build_model(cfg: ShapesCLIPConfig, vocab_size: int, seed: int) -> nn.Module:
     """A randomly initialised transformers CLIPModel with the world's word vocabulary."""
@@ -132,7 +133,14 @@ class _Pool:
 
     def _fill(self, i: int) -> None:
         p = np.asarray(self.cfg.object_counts, dtype=float)
-        s = render_scene(self.next_seed, size=self.cfg.image_size, n_objects=1 + int(self.rng.choice(4, p=p / p.sum())))
+        n_obj = 1 + int(self.rng.choice(4, p=p / p.sum()))
+        if self.cfg.spurious is None:
+            s = render_scene(self.next_seed, size=self.cfg.image_size, n_objects=n_obj)
+        else:  # a badge cue that the captions never mention
+            from .shapes_cue import render_cue_scene, training_badge
+
+            badge = training_badge(self.rng, self.cfg.spurious)
+            s = render_cue_scene(self.next_seed, badge, size=self.cfg.image_size, n_objects=n_obj)
         self.next_seed += 1
         self.pixels[i] = torch.from_numpy(s.image).permute(2, 0, 1)
         self.truth[i] = False

@@ -488,7 +488,7 @@ def _collect_maps(tensors: dict[str, Tensor], meta: dict[str, str], key: str, e:
 
 
 def _extra(info: MetricInfo, cfg: EvalConfig, method: str, pairs: list[Any], gts: list[Tensor | None],
-           device: torch.device) -> tuple[list[int], dict[str, Any]] | None:
+           device: torch.device, size: tuple[int, int] | None = None) -> tuple[list[int], dict[str, Any]] | None:
     """(rows to score, keywords) for one metric, or None when it cannot be scored on this batch.
 
     ``masks`` come from the ground truth (rows without it are left out); ``method`` is the method
@@ -513,6 +513,14 @@ def _extra(info: MetricInfo, cfg: EvalConfig, method: str, pairs: list[Any], gts
             vals = [pairs[i].row.extras[key] for i in idx]
             kw[key] = vals[0] if all(v == vals[0] for v in vals) else torch.tensor(vals, device=device)
     return idx, kw
+        elif key == "cue_mask":  # region masks: PNG paths relative to the pairs file, as the input's frame
+            from ..metrics.cue import load_cue_masks
+
+            base = Path(cfg.data.get("path", "."))
+            base = base if base.is_dir() else base.parent
+            paths = [pairs[i].row.extras[key] for i in idx]
+            paths = [p if not p or Path(p).is_absolute() else str(base / p) for p in paths]
+            kw[key] = load_cue_masks(paths, size or (0, 0)).to(device)
 
 
 def _sides_needed(ctx: _Ctx, method: str) -> list[str] | None:
@@ -544,7 +552,7 @@ def _metrics_for(ctx: _Ctx, method: str, px: Tensor, texts: Any, exps: list[Any]
     for name, info in ctx.metric_fns.items():
         if (info.side == "image" and image_maps is None) or (info.side == "text" and token_maps is None):
             continue
-        got = _extra(info, ctx.cfg, method, pairs, gts, px.device)
+        got = _extra(info, ctx.cfg, method, pairs, gts, px.device, tuple(px.shape[-2:]))
         if got is None:
             continue
         idx, kw = got

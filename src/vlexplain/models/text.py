@@ -41,17 +41,19 @@ class TokenizerSpec:
     def __call__(self, texts: Sequence[str] | str, device: torch.device | str = "cpu") -> TextBatch:
         if isinstance(texts, str):
             texts = [texts]
-        rows, dropped = [], []
+        from ..textclean import clean_text, preview
+
+        rows, dropped, cleaned = [], [], []
         room = self.context_length - (2 if self.sos_id is not None else 1)
         for t in texts:
-            if not isinstance(t, str) or not t.strip():
-                raise InputError("empty text: every text must contain at least one visible character")
+            t = clean_text(t)  # InputError without a visible character; control characters removed
+            cleaned.append(t)
             body = self.encode(t)
             if len(body) > room:
                 cut = self.decode(body[room:]).strip()
                 warnings.warn(
-                    f"text longer than the model's context ({self.context_length} tokens) was truncated; "
-                    f"dropped: {cut!r}",
+                    f"text {preview(t)!r} has {len(body)} tokens, more than the model's context holds ({room}); "
+                    f"its last {len(body) - room} were dropped, from {preview(cut, 4)!r}",
                     stacklevel=3,
                 )
                 dropped.append(cut)
@@ -77,7 +79,7 @@ class TokenizerSpec:
             tokens.append(toks)
         if self.pad_to_context:  # the tower attends to the padding too (SigLIP)
             am[:] = 1
-        return TextBatch(ids.to(device), am.to(device), pool.to(device), content.to(device), tokens, list(texts), dropped)
+        return TextBatch(ids.to(device), am.to(device), pool.to(device), content.to(device), tokens, cleaned, dropped)
 
 
 def _clean_token(s: str) -> str:
