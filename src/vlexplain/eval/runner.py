@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError, MethodError, VlexplainError
+from ..interrupt import track
 from . import io as rio
 
 #: 2: every pair is explained with its own seed (:func:`pair_seed`); version 1 gave every pair ``seed``
@@ -351,13 +352,16 @@ def _run_shards(ctx: _Ctx, n_total: int, rank: int, world: int, show: bool) -> N
     mine = [k for k in range(-(-n_total // size)) if k % world == rank and k not in done]
     todo = sum(min(size, n_total - k * size) for k in mine)
     cols = (TextColumn("[bold]evaluate"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*cols, console=Console(stderr=True), disable=not show, transient=False) as bar:
+    kept = sum(min(size, n_total - k * size) for k in done)
+    with Progress(*cols, console=Console(stderr=True), disable=not show, transient=False) as bar, \
+            track("pairs", n_total, done=kept) as work:  # what an interruption reports
         task = bar.add_task("pairs", total=todo)
         for k, rows in _shards(ctx.ds, n_total, size):
             if k % world != rank or k in done:
                 continue
             finished[k] = _run_shard(ctx, k, rows)
             bar.advance(task, len(rows))
+            work.advance(len(rows))
             if world == 1:
                 write_manifest(ctx.out, n_total, size, finished)
 
@@ -509,10 +513,6 @@ def _extra(info: MetricInfo, cfg: EvalConfig, method: str, pairs: list[Any], gts
     for key in info.requires:
         if key == "masks":
             kw["masks"] = torch.stack([gts[i] for i in idx]).to(device)  # type: ignore[misc]
-        elif key != "method":
-            vals = [pairs[i].row.extras[key] for i in idx]
-            kw[key] = vals[0] if all(v == vals[0] for v in vals) else torch.tensor(vals, device=device)
-    return idx, kw
         elif key == "cue_mask":  # region masks: PNG paths relative to the pairs file, as the input's frame
             from ..metrics.cue import load_cue_masks
 
@@ -521,6 +521,10 @@ def _extra(info: MetricInfo, cfg: EvalConfig, method: str, pairs: list[Any], gts
             paths = [pairs[i].row.extras[key] for i in idx]
             paths = [p if not p or Path(p).is_absolute() else str(base / p) for p in paths]
             kw[key] = load_cue_masks(paths, size or (0, 0)).to(device)
+        elif key != "method":
+            vals = [pairs[i].row.extras[key] for i in idx]
+            kw[key] = vals[0] if all(v == vals[0] for v in vals) else torch.tensor(vals, device=device)
+    return idx, kw
 
 
 def _sides_needed(ctx: _Ctx, method: str) -> list[str] | None:
