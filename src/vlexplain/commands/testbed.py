@@ -45,6 +45,8 @@ def register(app: typer.Typer) -> None:
         optimizer: str = typer.Option(None, "--optimizer", help="muon (Muon for the blocks' matrices, AdamW for the rest) or adamw (AdamW for all) (default: the recipe's, muon)."),
         muon_lr: float = typer.Option(None, "--muon-lr", min=0.0, help="Muon's peak learning rate (default: the recipe's, 0.008)."),
         evaluate: bool = typer.Option(True, "--evaluate/--no-evaluate", help="Measure the bars on held-out scenes after training."),
+        save_every: float = typer.Option(120.0, "--save-every", min=0.1, help="Seconds between saves of the weights to --out (Ctrl-C saves too)."),
+        spurious: float = typer.Option(None, "--spurious", help="Train with a badge cue: the main object's category badge is drawn with this probability P (otherwise no badge or another category's); captions never mention it. 0.9 gives the shipped testbed:spurious."),
     ) -> None:
         """Train a small CLIP on the shapes world; writes weights, vocab.json and train_log.csv."""
         from ..data.shapes_train import OPTIMIZERS, ShapesCLIPConfig, evaluate_shapes, train_shapes
@@ -62,9 +64,12 @@ def register(app: typer.Typer) -> None:
         if optimizer not in OPTIMIZERS:
             raise InputError(f"--optimizer {optimizer!r}: use {' or '.join(OPTIMIZERS)}")
         muon_lr = ShapesCLIPConfig.muon_lr if muon_lr is None else muon_lr
+        if spurious is not None and not 0.0 <= spurious <= 1.0:
+            raise InputError(f"--spurious {spurious}: give a probability between 0 and 1")
         cfg = ShapesCLIPConfig(threads=threads, rank_weight=rank_weight, lr=lr, loss=loss, batch_size=batch_size,
                                token_drop=token_drop, init=init, vision_layers=image_layers, activation=activation,
-                               optimizer=optimizer, muon_lr=muon_lr)
+                               optimizer=optimizer, muon_lr=muon_lr, spurious=spurious)
+        cfg.save_every_s = save_every
         info = train_shapes(minutes=minutes, out_dir=out, seed=seed, config=cfg, init_from=init_from,
                             processes=processes, max_steps=steps)
         (out / "train_info.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -73,6 +78,10 @@ def register(app: typer.Typer) -> None:
                    f"{info['last_loss']:.3f}; saved to {out}")
         if evaluate:
             metrics = evaluate_shapes(load_shapes_clip(out))
+            if spurious is not None:
+                from ..data.spurious import evaluate_spurious
+
+                metrics["groups"] = evaluate_spurious(load_shapes_clip(out))
             (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
             typer.echo(json.dumps(metrics, indent=2))
 

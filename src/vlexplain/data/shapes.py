@@ -251,6 +251,7 @@ def tokenize_words(text: str) -> list[str]:
 
 BACKGROUNDS = ("flat", "gradient", "noise", "stripes")
 MAX_PARTS = 16  # part labels of object i are 1 + i * MAX_PARTS + j
+BADGE_LABEL = 255  # label of the pixels of a cue badge (shapes_cue)
 
 
 @dataclass
@@ -289,6 +290,8 @@ class Scene:
         labels: ``(S, S)`` uint8 part labels (0 = background, see :data:`MAX_PARTS`).
         objects: the objects in drawing order.
         background: background kind.
+        badge: the cue badge drawn on top, if any (:mod:`vlexplain.data.shapes_cue`); its pixels
+            carry the label :data:`BADGE_LABEL` and belong to no object.
     """
 
     seed: int
@@ -296,6 +299,12 @@ class Scene:
     labels: np.ndarray
     objects: list[ObjectInfo]
     background: str
+    badge: Any = None
+
+    @property
+    def badge_mask(self) -> np.ndarray:
+        """Pixels of the badge (all False without one)."""
+        return self.labels == BADGE_LABEL
 
     @property
     def size(self) -> int:
@@ -340,6 +349,8 @@ class Scene:
             out[f"object{o.index}"] = self.object_mask(o.index)
             for p in o.parts:
                 out[f"object{o.index}/{p.name}"] = self.labels == p.label
+        if self.badge is not None:
+            out["badge"] = self.badge_mask
         return out
 
     def text_references(self) -> dict[str, list[str]]:
@@ -368,8 +379,11 @@ class Scene:
                      for p in o.parts]
             objs.append({"category": o.category, "colour": o.colour, "mask": f"object{o.index}",
                          "box": mask_box(named[f"object{o.index}"]), "captions": o.captions(), "parts": parts})
-        return {"seed": self.seed, "size": self.size, "background": self.background, "objects": objs,
-                "texts": self.text_references()}
+        out = {"seed": self.seed, "size": self.size, "background": self.background, "objects": objs,
+               "texts": self.text_references()}
+        if self.badge is not None:
+            out["badge"] = {**self.badge.as_dict(), "mask": "badge", "box": mask_box(self.badge_mask)}
+        return out
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``image.png``, ``masks.npz`` (named bool masks) and ``ground_truth.json``."""

@@ -100,7 +100,34 @@ def summary_table(df: Any, cfg: dict[str, Any]) -> list[dict[str, Any]]:
             n = int(sub[col].notna().sum())
             rows.append({"method": method, "metric": metric, "column": col, "n": n, "mean": mean,
                          "ci_low": lo, "ci_high": hi, "higher_is_better": hib})
+        rows.extend(_aggregate_rows(method, sub, cfg))
     return rows
+
+
+def _aggregate_rows(method: str, sub: Any, cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """Metrics whose dataset value is not a mean over pairs (``MetricSpec.aggregate``, e.g.
+    Spearman's rho of two per-pair outputs): the value and a bootstrap interval over pairs."""
+    from ..metrics import get_spec
+    from ..metrics.cue import spearman_ci
+
+    out = []
+    for m in cfg.get("metrics", []):
+        try:
+            spec = get_spec(m)
+        except Exception:  # a plug-in metric: averaged like any other
+            continue
+        kind, _, cols = spec.aggregate.partition(":")
+        if kind != "spearman":
+            continue
+        a, b = (f"{m}.{c}" for c in cols.split(","))
+        if a not in sub or b not in sub:
+            continue
+        x, y = (sub[c].to_numpy(dtype=np.float64, na_value=np.nan) for c in (a, b))
+        rho, lo, hi = spearman_ci(x, y, N_BOOT, BOOT_SEED)
+        out.append({"method": method, "metric": m, "column": f"{m}.{spec.primary}",
+                    "n": int((np.isfinite(x) & np.isfinite(y)).sum()), "mean": rho, "ci_low": lo, "ci_high": hi,
+                    "higher_is_better": spec.higher_is_better})
+    return out
 
 
 # --- figures -------------------------------------------------------------------------------

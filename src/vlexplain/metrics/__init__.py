@@ -33,6 +33,7 @@ from torch import Tensor
 from ..errors import InputError, MethodError
 from ._common import image_maps_from_explanations, token_maps_from_explanations
 from .confidence import confidence_image, confidence_text
+from .cue import cue_pointing, cue_reliance_rank, cue_share
 from .deletion_insertion import deletion_image, deletion_text, insertion_image, insertion_text
 from .gridpg import grid_pointing_game
 from .localization import auroc, boxes_to_masks, energy_pointing_game, pointing_game
@@ -55,6 +56,9 @@ class MetricSpec:
         requires: keywords that must be passed (ground truth or other inputs).
         needs_ground_truth: whether ``requires`` holds ground truth annotations.
         summary: one line for listings.
+        aggregate: "" when the dataset value is the mean of ``primary`` over pairs; otherwise how
+            it is computed from the per-pair outputs: ``"spearman:A,B"`` is Spearman's rho of
+            outputs ``A`` and ``B`` over the pairs (``primary`` then names that rho).
     """
 
     name: str
@@ -65,6 +69,7 @@ class MetricSpec:
     requires: tuple[str, ...] = ()
     needs_ground_truth: bool = False
     summary: str = ""
+    aggregate: str = ""
 
     def __call__(self, model, pixels, texts, image_maps=None, token_maps=None, **extra: Any) -> dict[str, Any]:
         missing = [k for k in self.requires if extra.get(k) is None]
@@ -107,6 +112,19 @@ def _gridpg(model, pixels, texts, image_maps, token_maps, *, cell_index, grid_n:
     return {"grid_pointing_game": grid_pointing_game(image_maps, cell_index, int(grid_n))}
 
 
+def _cue_share(model, pixels, texts, image_maps, token_maps, *, cue_mask: Tensor):
+    return {"cue_share": cue_share(image_maps.to(cue_mask.device), cue_mask)}
+
+
+def _cue_pointing(model, pixels, texts, image_maps, token_maps, *, cue_mask: Tensor):
+    return {"cue_pointing": cue_pointing(image_maps.to(cue_mask.device), cue_mask)}
+
+
+def _cue_reliance(model, pixels, texts, image_maps, token_maps, *, cue_mask: Tensor, reliance):
+    out = cue_reliance_rank(image_maps.to(cue_mask.device), cue_mask, reliance)
+    return {"cue_share": out["cue_share"], "reliance": out["reliance"]}  # rho: over the dataset
+
+
 _REGISTRY: dict[str, MetricSpec] = {
     s.name: s
     for s in [
@@ -132,6 +150,13 @@ _REGISTRY: dict[str, MetricSpec] = {
                    summary="AUROC of the map as a pixel classifier of the mask"),
         MetricSpec("grid_pointing_game", _gridpg, "image", "grid_pointing_game", True, ("cell_index", "grid_n"), True,
                    summary="share of positive map mass in the queried cell of an n x n grid"),
+        MetricSpec("cue_share", _cue_share, "image", "cue_share", False, ("cue_mask",), True,
+                   summary="share of positive map mass on a cue's mask (cue_mask column)"),
+        MetricSpec("cue_pointing", _cue_pointing, "image", "cue_pointing", False, ("cue_mask",), True,
+                   summary="map maximum on a cue's mask (cue_mask column)"),
+        MetricSpec("cue_reliance_rank", _cue_reliance, "image", "spearman", True, ("cue_mask", "reliance"), True,
+                   summary="Spearman rho over pairs of cue share vs true reliance (cue_mask, reliance columns)",
+                   aggregate="spearman:cue_share,reliance"),
         MetricSpec("cascading_randomization", cascading_randomization, "image", "ssim", False, ("method",), False,
                    summary="similarity of maps after randomising image blocks top down (lower is better)"),
     ]
@@ -165,6 +190,9 @@ __all__ = [
     "boxes_to_masks",
     "cascading_randomization",
     "confidence_image",
+    "cue_pointing",
+    "cue_reliance_rank",
+    "cue_share",
     "confidence_text",
     "deletion_image",
     "deletion_text",

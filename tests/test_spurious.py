@@ -1,0 +1,228 @@
+"""The spurious-cue testbed: badge renderer, true reliance, group evaluation and the cue metrics."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vlexplain.data.shapes import BADGE_LABEL, CATEGORIES, render_scene
+from vlexplain.data.shapes_cue import (BADGE_COLOURS, BADGE_MODES, CORNERS, glyph, main_object, render_cue_scene,
+                                        training_badge)
+from vlexplain.errors import InputError
+from vlexplain.metrics import get_metric, get_spec, list_metrics
+from vlexplain.metrics.cue import average_ranks, cue_pointing, cue_reliance_rank, cue_share, spearman
+
+CATS = [c.name for c in CATEGORIES]
+
+
+# --- renderer ---------------------------------------------------------------------------------
+def test_scenes_without_a_badge_are_unchanged():
+    # pinned before the badge existed: the shapes world draws the same pixels for the same seed
+    digest = hashlib.sha256(b"".join(render_scene(s).image.tobytes() for s in range(20))).hexdigest()
+    assert digest == PINNED_SHAPES_DIGEST
+    for s in range(20):
+        a, b = render_scene(s), render_cue_scene(s, "none")
+        assert np.array_equal(a.image, b.image) and np.array_equal(a.labels, b.labels) and b.badge is None
+        assert "badge" not in b.masks() and not b.badge_mask.any()
+
+
+@pytest.mark.parametrize("size", [64, 128])
+def test_counterfactuals_identical_outside_the_badge(size):
+    for seed in range(60):
+        plain = render_cue_scene(seed, "none", size=size)
+        own, other = render_cue_scene(seed, "own", size=size), render_cue_scene(seed, "other", size=size)
+        main = plain.objects[main_object(plain)].category
+        assert own.badge.category == main and own.badge.mode == "own"
+        assert other.badge.category != main and other.badge.mode == "other"
+        assert own.badge.corner == other.badge.corner  # one draw per seed, whatever the badge
+        for s in (own, other):
+            m = s.badge_mask
+            assert np.array_equal(s.image[~m], plain.image[~m])  # pixel-identical outside
+            assert np.array_equal(s.labels[~m], plain.labels[~m])
+            # the mask is exactly the glyph, in the badge's colour, in its corner
+            k = size // 64
+            assert m.sum() == glyph(s.badge.category).sum() * k * k
+            assert (s.image[m] == BADGE_COLOURS[s.badge.category]).all()
+            top, left = s.badge.corner.startswith("top"), s.badge.corner.endswith("left")
+            y0, x0 = (2 * k if top else size - 7 * k), (2 * k if left else size - 7 * k)
+            expected = np.zeros((size, size), dtype=bool)
+            expected[y0 : y0 + 5 * k, x0 : x0 + 5 * k] = np.kron(glyph(s.badge.category), np.ones((k, k), dtype=bool))
+            assert np.array_equal(m, expected)
+            # object masks exclude the badge; the named "badge" mask is the badge
+            assert not any((v & m).any() for k_, v in s.masks().items() if k_ != "badge")
+            assert np.array_equal(s.masks()["badge"], m) and (s.labels[m] == BADGE_LABEL).all()
+            assert s.ground_truth()["badge"]["category"] == s.badge.category
+
+
+def test_badges_are_distinct_and_named_badges_work():
+    glyphs = {c: glyph(c).tobytes() for c in CATS}
+    assert len(set(glyphs.values())) == len(CATS) and len(set(BADGE_COLOURS.values())) == len(CATS)
+    s = render_cue_scene(4, "car", n_objects=1)
+    assert s.badge.category == "car" and s.badge.mode == ("own" if s.objects[0].category == "car" else "other")
+    assert {render_cue_scene(i, "own").badge.corner for i in range(40)} == set(CORNERS)
+    with pytest.raises(InputError, match="badge must be"):
+        render_cue_scene(0, "sticker")
+
+
+def test_training_badge_frequencies():
+    rng = np.random.default_rng(0)
+    draws = [training_badge(rng, 0.9) for _ in range(20000)]
+    freq = {m: draws.count(m) / len(draws) for m in BADGE_MODES}
+    assert abs(freq["own"] - 0.9) < 0.01 and abs(freq["none"] - 0.05) < 0.01 and abs(freq["other"] - 0.05) < 0.01
+    assert {training_badge(rng, 1.0) for _ in range(100)} == {"own"}
+
+
+# --- a model that reads only the badge --------------------------------------------------------
+class BadgeReader:
+    """Image embedding: one-hot of the badge colour present (a 0.5 'nothing' axis otherwise);
+    text embedding: one-hot of the category. Reliance is then exact by hand."""
+
+    name, device, dtype = "badge-reader", torch.device("cpu"), torch.float32
+
+    def preprocess(self, im):
+        return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).float()
+
+    def encode_image(self, x):
+        cols = torch.tensor([BADGE_COLOURS[c] for c in CATS], dtype=torch.float32)  # (C, 3)
+        hits = (x.permute(0, 2, 3, 1)[:, :, :, None, :] == cols).all(-1).flatten(1, 2).any(1).float()  # (B, C)
+        none = (hits.sum(1, keepdim=True) == 0).float()
+        return torch.cat([hits, none], 1)
+
+    def tokenize(self, texts):
+        return list(texts)
+
+    def encode_text(self, texts):
+        out = torch.zeros(len(texts), len(CATS) + 1)
+        for i, t in enumerate(texts):
+            out[i, [j for j, c in enumerate(CATS) if t == f"{'an' if c[0] in 'aeiou' else 'a'} {c}"]] = 1.0
+        return out
+
+
+def test_reliance_by_hand():
+    from vlexplain.data.spurious import reliance
+
+    m = BadgeReader()
+    seeds = range(6)
+    own = [render_cue_scene(s, "own") for s in seeds]
+    other = [render_cue_scene(s, "other") for s in seeds]
+    plain = [render_cue_scene(s, "none") for s in seeds]
+    caps = [f"a {s.badge.category}" if s.badge.category[0] not in "aeiou" else f"an {s.badge.category}" for s in own]
+    # with its own badge the caption's axis lights up (cosine 1); without, cosine 0
+    assert np.allclose(reliance(m, own, plain, caps), 1.0)
+    assert np.allclose(reliance(m, other, plain, caps), 0.0)
+    assert np.allclose(reliance(m, plain, plain, caps), 0.0)  # the counterfactual of itself
+    with pytest.raises(ValueError):
+        reliance(m, own, plain[:2], caps)
+
+
+def test_group_evaluation_of_a_badge_reader():
+    from vlexplain.data.spurious import evaluate_spurious
+
+    r = evaluate_spurious(BadgeReader(), n=40)
+    assert r["accuracy_aligned"] == 1.0 and r["accuracy_conflicting"] == 0.0
+    assert r["conflicting_follows_badge"] == 1.0
+    assert r["aligned_minus_conflicting"] == 1.0 and r["worst_group_accuracy"] == 0.0
+    # absent: every caption ties at cosine 0, argmax picks the first category
+    assert r["accuracy_absent"] == pytest.approx(np.mean([render_scene(i, n_objects=1).objects[0].category == CATS[0]
+                                                            for i in range(40)]))
+    assert r["mean_accuracy"] == pytest.approx((1.0 + r["accuracy_absent"]) / 3)
+    assert r["mean_reliance_aligned"] == pytest.approx(1.0) and r["mean_reliance_conflicting"] == pytest.approx(0.0)
+
+
+# --- metrics ----------------------------------------------------------------------------------
+def test_cue_share_and_pointing_by_hand():
+    maps = torch.tensor([[[1.0, 2.0, 0.0], [-5.0, 3.0, 0.0], [0.0, 0.0, 4.0]],
+                         [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]],
+                         [[1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0]]])
+    masks = torch.zeros(3, 3, 3, dtype=torch.bool)
+    masks[0, 0, :2] = True  # values 1, 2 of positive mass 10
+    masks[1, 0, 0] = True
+    masks[2, 2, 2] = True  # one of three tied maxima
+    share = cue_share(maps, masks)
+    assert share[0] == pytest.approx(0.3) and torch.isnan(share[1]) and share[2] == pytest.approx(1 / 3)
+    pt = cue_pointing(maps, masks)
+    assert pt[0] == 0.0 and pt[2] == pytest.approx(1 / 3)
+    masks[0, 2, 2] = True
+    assert cue_pointing(maps, masks)[0] == 1.0
+    empty = torch.zeros(1, 3, 3, dtype=torch.bool)
+    assert torch.isnan(cue_share(maps[:1], empty)).all() and torch.isnan(cue_pointing(maps[:1], empty)).all()
+
+
+def test_spearman_by_hand():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # ranks x (1, 2, 3, 4), y (1, 3, 2, 4): rho = 1 - 6 * (0 + 1 + 1 + 0) / (4 * 15) = 0.8
+    assert spearman([0.1, 0.2, 0.3, 0.4], [5, 7, 6, 9]) == pytest.approx(0.8)
+    assert np.allclose(average_ranks(np.array([3.0, 1.0, 3.0, 2.0])), [3.5, 1, 3.5, 2])
+    assert np.isnan(spearman([1, 2], [1, 2])) and np.isnan(spearman([1, 1, 1], [1, 2, 3]))
+    assert spearman([1, 2, np.nan, 3, 4], [1, 2, 5, 3, 4]) == pytest.approx(1.0)  # NaN pairs left out
+
+
+def test_cue_reliance_rank_by_hand():
+    maps = torch.zeros(4, 2, 2)
+    maps[:, 0, 0] = torch.tensor([1.0, 3.0, 2.0, 0.5])  # on the cue
+    maps[:, 1, 1] = 1.0  # elsewhere: shares 1/2, 3/4, 2/3, 1/3
+    masks = torch.zeros(4, 2, 2, dtype=torch.bool)
+    masks[:, 0, 0] = True
+    out = cue_reliance_rank(maps, masks, torch.tensor([0.1, 0.3, 0.2, -0.1]))
+    assert out["spearman"] == pytest.approx(1.0)
+    assert torch.allclose(out["cue_share"], torch.tensor([0.5, 0.75, 2 / 3, 1 / 3]))
+    out = cue_reliance_rank(maps, masks, torch.tensor([0.3, 0.1, 0.2, 0.0]))
+    # share ranks (2, 4, 3, 1), reliance ranks (4, 2, 3, 1): d^2 = 4 + 4 + 0 + 0 = 8 -> 1 - 6 * 8 / 60 = 0.2
+    assert out["spearman"] == pytest.approx(0.2)
+
+
+def test_registry_entries():
+    for name in ("cue_share", "cue_pointing", "cue_reliance_rank"):
+        assert name in list_metrics(side="image", ground_truth=True)
+        assert "cue_mask" in get_spec(name).requires
+    assert get_spec("cue_reliance_rank").aggregate == "spearman:cue_share,reliance"
+    maps = torch.rand(2, 8, 8)
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    masks[:, :2, :2] = True
+    out = get_metric("cue_share")(None, None, None, maps, None, cue_mask=masks)
+    assert torch.allclose(out["cue_share"], cue_share(maps, masks))
+    with pytest.raises(InputError, match="needs cue_mask"):
+        get_metric("cue_share")(None, None, None, maps, None)
+
+
+def test_evaluate_reads_cue_mask_and_reliance_columns(tmp_path, hf_clip):
+    from vlexplain.eval import io as rio
+    from vlexplain.eval.report import summary_table
+    from vlexplain.eval.runner import evaluate
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(tmp_path / f"im{i}.png")
+        cue = np.zeros((48, 40), dtype=np.uint8)
+        cue[20 - 2 * i : 26 + 2 * i, 16 - 2 * i : 22 + 2 * i] = 255  # cues of growing size at the centre
+        Image.fromarray(cue).save(tmp_path / f"cue{i}.png")
+        rows.append({"image": f"im{i}.png", "caption": "a photo", "cue_mask": f"cue{i}.png", "reliance": 0.1 * i})
+    rows.append({"image": "im0.png", "caption": "a photo"})  # no cue: left out of the cue metrics
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = evaluate(tmp_path / "p.jsonl", hf_clip, ["center"], ["cue_share", "cue_pointing", "cue_reliance_rank"],
+                   tmp_path / "run", batch_size=3, progress=False, save_maps=True)
+    df = rio.load_results(run).to_pandas().sort_values("index")
+    assert df["cue_share"].isna().tolist() == [False] * 5 + [True]
+    # by hand from the center map and the cue mask in the model's input frame
+    from vlexplain.attribution.api import explain
+    from vlexplain.metrics.cue import load_cue_masks
+
+    size = tuple(hf_clip.input_size)
+    px = torch.stack([hf_clip.preprocess(Image.open(tmp_path / f"im{i}.png")) for i in range(5)])
+    maps = torch.stack([e.image_map.float() for e in explain(hf_clip, px, ["a photo"] * 5, method="center")])
+    masks = load_cue_masks([str(tmp_path / f"cue{i}.png") for i in range(5)], size)
+    assert np.allclose(df["cue_share"].to_numpy()[:5], cue_share(maps, masks).numpy(), atol=1e-6)
+    # growing cues take growing shares of the centre map: rho with the growing reliance is 1
+    cfg = rio.read_json(run / rio.CONFIG)
+    rho = [r for r in summary_table(df, cfg) if r["metric"] == "cue_reliance_rank" and r["column"].endswith("spearman")]
+    assert len(rho) == 1 and rho[0]["mean"] == pytest.approx(1.0) and rho[0]["n"] == 5
+
+
+PINNED_SHAPES_DIGEST = "96c3936a1d33fd9a00eb5c4d92ad6d9f3750f1b4d633d23a440e117820c2bd82"
