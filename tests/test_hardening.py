@@ -204,3 +204,35 @@ def test_bad_devices_are_refused_before_loading(device, msg):
 
     with pytest.raises(InputError, match=msg):  # checked first: an unknown spec would be a ModelLoadError
         vx.load_model("no-such-model-spec", device=device)
+
+
+# --- texts ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("text", ["\x00", "\x00\x00\x00", "\x01\x02\n", " \u200b\ufeff ", "\t\r\n "])
+def test_texts_without_a_visible_character_are_refused(hf_clip, text):
+    import vlexplain as vx
+    from vlexplain.errors import InputError
+
+    with pytest.raises(InputError, match="visible character"):
+        vx.explain(hf_clip, torch.zeros(3, 64, 64), text, method="center")
+    with pytest.raises(InputError, match="visible character"):
+        hf_clip.tokenize([text])
+
+
+def test_control_characters_inside_a_text_are_removed_with_a_warning(hf_clip):
+    import vlexplain as vx
+    from vlexplain.textclean import clean_text
+
+    with pytest.warns(UserWarning, match=r"removed control characters \(U\+0000, U\+007F\) from the text 'acat'"):
+        e = vx.explain(hf_clip, torch.zeros(3, 64, 64), "a\x00ca\x7ft", method="center")
+    assert e.text == "acat" and e.tokens == hf_clip.tokenize(["acat"]).shown_tokens(0)
+    assert clean_text("a red\tcar\non the road") == "a red\tcar\non the road"  # whitespace stays, no warning
+    assert clean_text("caf\u00e9 \U0001f600") == "caf\u00e9 \U0001f600"
+
+
+def test_over_length_warning_shows_first_words_and_token_count(hf_clip):
+    text = "one two three four five six seven eight nine ten " * 20  # 200 words
+    with pytest.warns(UserWarning) as rec:
+        hf_clip.tokenize([text])
+    msg = str(rec[0].message)
+    assert "'one two three four five six seven eight \u2026' has 200 tokens" in msg and "its last 125" in msg
+    assert len(msg) < 250  # not the whole dropped text
