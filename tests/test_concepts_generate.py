@@ -3,82 +3,17 @@
 from __future__ import annotations
 
 import json
-import re
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from llm_support import POOL, FakeServer, completion
 from vlexplain.cli import main
-from vlexplain.concepts.generate import chat_url, generate_concepts, parse_descriptors, read_classes, ReplyError
-from vlexplain.concepts.sets import load_concepts
+from vlexplain.concepts.generate import (CACHE_EXCERPT, REASK_EXCERPT, GenerationError, ReplyError, chat_url,
+                                         generate_concepts, parse_descriptors, read_classes)
+from vlexplain.concepts.sets import load_concepts, normalize_name
 from vlexplain.errors import InputError
-
-POOL = ["Red crest", "Black face mask", "Short, thick bill", "Long tail feathers", "Grey wings", "Brown legs",
-        "Pale belly", "Dark eyes"]
-
-
-def completion(text: str) -> dict:
-    return {"id": "x", "object": "chat.completion", "choices": [
-        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}]}
-
-
-class FakeServer:
-    """Records every request; answers from ``script`` first, then with a valid reply.
-
-    A script entry is ``(status, body)``, ``(status, body, headers)`` or ``("sleep", seconds)``;
-    a str body is sent as the reply's text inside a chat completion when status is 200.
-    """
-
-    def __init__(self) -> None:
-        self.requests: list[dict] = []
-        self.script: list[tuple] = []
-        self.lock = threading.Lock()
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep the test output clean
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with owner.lock:
-                    owner.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
-                    step = owner.script.pop(0) if owner.script else None
-                if step is not None and step[0] == "sleep":
-                    time.sleep(step[1])
-                    step = None
-                if step is None:
-                    user = body["messages"][1]["content"]
-                    k = int(re.search(r"List (\d+) ", user).group(1))
-                    step = (200, json.dumps({"descriptors": POOL[:k]}))
-                status, payload = step[0], step[1]
-                headers = step[2] if len(step) > 2 else {}
-                if status == 200 and isinstance(payload, str):
-                    payload = completion(payload)
-                data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    for h, v in headers.items():
-                        self.send_header(h, v)
-                    self.end_headers()
-                    self.wfile.write(data)
-                except OSError:  # the client gave up waiting
-                    pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture
@@ -276,12 +211,160 @@ def test_cli_errors(tmp_path, capsys):
     assert rc == 2 and err.startswith("error: --classes") and "not found" in err
     classes = tmp_path / "classes.txt"
     classes.write_text("Cardinal\n")
+    rc = main(["concepts", "generate", "--classes", str(classes), "--base-url", f"http://127.0.0.1:{free_port()}/v1",
+               "--model", "m", "--out", str(out), "--cache", str(tmp_path / "cache"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "connection refused" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def free_port() -> int:
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    rc = main(["concepts", "generate", "--classes", str(classes), "--base-url", f"http://127.0.0.1:{port}/v1",
-               "--model", "m", "--out", str(out), "--retries", "0", "--cache", str(tmp_path / "cache"),
-               "--no-progress"])
+        return s.getsockname()[1]
+
+
+# --- time limits that mean what they say; visible waits ----------------------------------------
+def test_timeout_bounds_the_whole_reply(server, sleeps, tmp_path):
+    """A server that trickles a valid reply one byte at a time (for ~25 s) is cut off at --timeout."""
+    server.script = [("trickle", 0.1)]
+    with pytest.raises(InputError, match=r"no complete reply within 0.6 s \(gave up after 1 attempt"):
+        gen(server, sleeps, tmp_path, classes=["Cardinal"], timeout=0.6, retries=0)
+    deadline = time.monotonic() + 30
+    while server.cut == 0 and time.monotonic() < deadline:  # the client hung up before the reply's end
+        time.sleep(0.05)
+    assert server.cut == 1 and len(server.requests) == 1
+    # a timeout is retried once (not `retries` times), visibly
+    said = []
+    server.script = [("trickle", 0.1), ("trickle", 0.1)]
+    with pytest.raises(InputError, match="gave up after 2 attempt"):
+        gen(server, sleeps, tmp_path, classes=["Cardinal"], timeout=0.5, retries=4, backoff=0.25, notify=said.append)
+    assert len(server.requests) == 3 and sleeps == [0.25]
+    assert said == ["Cardinal: no complete reply within 0.5 s; retrying in 0.25 s (attempt 2 of at most 5)"]
+
+
+def test_connection_refused_fails_at_once(sleeps, tmp_path):
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    with pytest.raises(InputError, match="connection refused; is the server running"):
+        generate_concepts(["Cardinal"], url, "m", 4, cache_dir=tmp_path, retries=4, sleep=sleeps.append)
+    assert sleeps == []
+
+
+def test_retries_and_slow_replies_are_reported(server, sleeps, tmp_path):
+    said = []
+    server.script = [(429, {"error": {"message": "slow down"}}, {"Retry-After": "3"}), (502, "bad gateway"),
+                     ("sleep", 1.0)]
+    out = gen(server, sleeps, tmp_path, classes=["Cardinal"], backoff=0.5, notify=said.append, notice_after=0.2)
+    assert out["Cardinal"] == POOL[:4] and sleeps == [3.0, 1.0]
+    assert said[:2] == ["Cardinal: HTTP 429: slow down; retrying in 3 s (attempt 2 of at most 4)",
+                        "Cardinal: HTTP 502: bad gateway; retrying in 1 s (attempt 3 of at most 4)"]
+    assert len(said) == 3 and said[2].startswith(f"Cardinal: waiting for fake-llm at {server.url}/chat/completions")
+
+
+def test_cli_reports_retries_unless_quiet(server, tmp_path, capsys):
+    classes = tmp_path / "classes.txt"
+    classes.write_text("Cardinal\n")
+    busy = (503, {"error": {"message": "loading model"}}, {"Retry-After": "0"})
+    args = ["concepts", "generate", "--classes", str(classes), "--base-url", server.url, "--model", "fake-llm",
+            "--k", "4", "--out", str(tmp_path / "c.json"), "--cache", str(tmp_path / "cache"), "--refresh"]
+    for flags, shown in ((["--no-progress"], True), ([], True), (["--quiet"], False)):
+        server.script = [busy]
+        assert main(args + flags) == 0
+        err = capsys.readouterr().err
+        assert ("Cardinal: HTTP 503: loading model; retrying in 0 s (attempt 2 of at most 5)" in err) == shown, flags
+
+
+# --- re-asks, the cache, per-class failures, Markdown lists ---------------------------------------
+def test_reask_sends_only_the_last_bad_answer_cut_short(server, sleeps, tmp_path):
+    first, second = "x" * 300_000, "y" * 300_000
+    server.script = [(200, first), (200, second)]
+    out = gen(server, sleeps, tmp_path, classes=["Cardinal"])
+    assert out["Cardinal"] == POOL[:4] and len(server.requests) == 3
+    for r, bad in zip(server.requests[1:], (first, second)):
+        msgs = r["body"]["messages"]
+        assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user"]
+        assert msgs[2]["content"] == bad[:REASK_EXCERPT] + " [... 299000 more characters cut]"
+        assert "not valid JSON" in msgs[3]["content"]
+    assert len(json.dumps(server.requests[2]["body"])) < 5_000
+
+
+def test_cache_keeps_descriptors_and_a_bounded_excerpt(server, sleeps, tmp_path):
+    chatter = "Let me think about cardinals. " * 20_000  # 600 kB before the answer
+    reply = chatter + json.dumps({"descriptors": POOL[:4]})
+    server.script = [(200, reply)]
+    assert gen(server, sleeps, tmp_path, classes=["Cardinal"])["Cardinal"] == POOL[:4]
+    (path,) = (tmp_path / "cache").glob("*.json")
+    entry = json.loads(path.read_text(encoding="utf-8"))
+    assert entry["descriptors"] == POOL[:4] and entry["reply_chars"] == len(reply)
+    assert entry["reply_excerpt"].startswith("Let me think") and len(entry["reply_excerpt"]) < CACHE_EXCERPT + 50
+    assert path.stat().st_size < 4_000
+
+
+def test_a_refused_class_is_skipped_and_listed(server, sleeps, tmp_path, capsys):
+    server.script = [(400, {"error": {"message": "prompt rejected by the content filter"}})]
+    with pytest.raises(GenerationError) as e:
+        gen(server, sleeps, tmp_path, classes=["Cardinal", "Blue Jay", "Robin"])
+    assert e.value.failed == {"Cardinal": "HTTP 400: prompt rejected by the content filter"}
+    assert "1 of 3 class(es) got no descriptors: 'Cardinal' (HTTP 400" in str(e.value)
+    assert len(server.requests) == 3 and len(list((tmp_path / "cache").glob("*.json"))) == 2
+    assert capsys.readouterr().err == ("Cardinal: no descriptors (HTTP 400: prompt rejected by the content filter); "
+                                       "going on with the other classes\n")
+    # unusable replies fail their class too; the CLI exits non-zero naming every failed class, writes nothing
+    classes = tmp_path / "classes.txt"
+    classes.write_text("Cardinal\nBlue Jay\nRobin\nWren\n")
+    out = tmp_path / "concepts.json"
+    server.script = [(200, "no idea"), (200, "still no idea"), (413, "too large")]
+    rc = main(["concepts", "generate", "--classes", str(classes), "--base-url", server.url, "--model", "fake-llm",
+               "--k", "4", "--out", str(out), "--cache", str(tmp_path / "cache"), "--retries", "1", "--quiet"])
     err = capsys.readouterr().err
-    assert rc == 2 and "no answer" in err and len(err.strip().splitlines()) == 1
-    assert not out.exists()
+    assert rc == 2 and not out.exists() and len(err.strip().splitlines()) == 1
+    assert "error: 2 of 4 class(es) got no descriptors: 'Cardinal' (the answer is not valid JSON" in err and "'Wren' (HTTP 413: too large)" in err
+    assert len(server.requests) == 3 + 3  # Cardinal twice, Wren once; Blue Jay and Robin from the cache
+    # a rerun asks only for the failed classes
+    assert main(["concepts", "generate", "--classes", str(classes), "--base-url", server.url, "--model", "fake-llm",
+                 "--k", "4", "--out", str(out), "--cache", str(tmp_path / "cache"), "--quiet"]) == 0
+    assert len(server.requests) == 8 and list(load_concepts(out).classes) == ["Cardinal", "Blue Jay", "Robin", "Wren"]
+
+
+def test_markdown_lists_are_answers_when_every_line_is_a_descriptor(server, sleeps, tmp_path):
+    md = "- Red crest\n- **Black face mask**\n\n* `Short, thick bill`\n1. Grey wings.\n2) Pale belly\n"
+    assert parse_descriptors(md, "Cardinal", 5) == ["Red crest", "Black face mask", "Short, thick bill",
+                                                    "Grey wings", "Pale belly"]
+    assert parse_descriptors("```markdown\n- Red crest\n- Grey wings\n```", "Cardinal", 2) == ["Red crest", "Grey wings"]
+    for bad in ("Here they are:\n- Red crest\n- Grey wings", "- Red crest\nGrey wings", "Red crest, grey wings"):
+        with pytest.raises(ReplyError, match="not valid JSON"):
+            parse_descriptors(bad, "Cardinal", 2)
+    server.script = [(200, "- Red crest\n- Black face mask\n- Grey wings\n- Pale belly")]
+    assert gen(server, sleeps, tmp_path, classes=["Cardinal"])["Cardinal"] == ["Red crest", "Black face mask",
+                                                                              "Grey wings", "Pale belly"]
+    assert len(server.requests) == 1
+
+
+# --- class names in every script -------------------------------------------------------------------
+UNICODE_NAMES = ["Сорока", "北京鸭", "Pâté", "Pât", "Robin 🐦", "🐟", "🐠", "Straße", "Ｗｒｅｎ"]
+
+
+def test_unicode_class_names(server, sleeps, tmp_path):
+    p = tmp_path / "classes.txt"
+    p.write_text("\n".join(UNICODE_NAMES) + "\n", encoding="utf-8")
+    assert read_classes(p) == UNICODE_NAMES
+    assert [normalize_name(n) for n in UNICODE_NAMES] == ["сорока", "北京鸭", "pâté", "pât", "robin", "🐟", "🐠",
+                                                          "strasse", "wren"]
+    for a, b in (("Сорока", "сорока"), ("Straße", "STRASSE"), ("Robin 🐦", "robin"), ("Wren", "Ｗｒｅｎ")):
+        p.write_text(f"{a}\n{b}\n", encoding="utf-8")
+        with pytest.raises(InputError, match="repeated class names"):
+            read_classes(p)
+    out = gen(server, sleeps, tmp_path, classes=UNICODE_NAMES)
+    assert list(out) == UNICODE_NAMES and len(server.requests) == len(UNICODE_NAMES)
+    assert '"Сорока"' in server.requests[0]["body"]["messages"][1]["content"]
+    files = sorted(f.name for f in (tmp_path / "cache").glob("*.json"))
+    assert len(files) == len(UNICODE_NAMES)  # one per class: no two share a file
+    slugs = sorted(f.rsplit("-", 1)[0] for f in files)
+    assert slugs == sorted(["сорока", "北京鸭", "pâté", "pât", "robin", "class", "class", "strasse", "wren"])
+    assert all(len(f.encode()) < 120 and not set(f) & set('/\\:*?"<>|') for f in files)
+    # rerun from the cache; the set aligns with case- and width-folded names
+    assert gen(server, sleeps, tmp_path, classes=UNICODE_NAMES) == out and len(server.requests) == len(UNICODE_NAMES)
+    from vlexplain.concepts.sets import ConceptSet
+
+    aligned = ConceptSet({c: tuple(d) for c, d in out.items()}).align(["СОРОКА", "PÂTÉ", "Pât", "wren"])
+    assert aligned.classes == ["СОРОКА", "PÂTÉ", "Pât", "wren"] and aligned.descriptors("PÂTÉ") == POOL[:4]

@@ -27,13 +27,19 @@ def register(app: typer.Typer) -> None:
         context: Optional[str] = typer.Option(None, "--context", help="What the classes are, e.g. 'bird species'; added to the prompt."),
         cache: Optional[Path] = typer.Option(None, "--cache", help="Reply cache folder (default ~/.cache/vlexplain/concepts)."),
         refresh: bool = typer.Option(False, "--refresh", help="Ignore cached replies and ask again."),
-        retries: int = typer.Option(4, "--retries", min=0, help="Further attempts after a transient error or an unusable reply."),
-        timeout: float = typer.Option(60.0, "--timeout", min=0.1, help="Seconds to wait for one reply."),
+        retries: int = typer.Option(4, "--retries", min=0, help="Further attempts after a 429/5xx error (one after a timeout) or an unusable reply."),
+        timeout: float = typer.Option(60.0, "--timeout", min=0.1, help="Seconds one whole reply may take (a refused connection fails at once)."),
         temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="Sampling temperature."),
         max_words: int = typer.Option(8, "--max-words", min=1, help="Longest descriptor accepted, in words (at most 12)."),
-        no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
+        no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar (retries and slow replies are still reported)."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="Say nothing about retries and slow replies."),
     ) -> None:
-        """Ask a chat model for K short, visually distinct descriptors per class; writes a concept set."""
+        """Ask a chat model for K short, visually distinct descriptors per class; writes a concept set.
+
+        Finished classes are cached, so an interrupted run continues where it stopped when rerun.
+        A class whose request is refused or whose replies stay unusable is skipped: the others are
+        still asked, then the command lists the failed classes and exits with code 2.
+        """
         from ..concepts.generate import generate_concepts, read_classes
         from ..concepts.sets import load_concepts
         from ..viz.save import atomic_write_text
@@ -49,7 +55,8 @@ def register(app: typer.Typer) -> None:
         result = generate_concepts(
             names, base_url, model, k, api_key_env=api_key_env, require_key=False if no_key else None,
             context=context, cache_dir=cache, use_cache=not refresh, retries=retries, timeout=timeout,
-            temperature=temperature, max_words=max_words, progress=not no_progress, on_class=note,
+            temperature=temperature, max_words=max_words, progress=not no_progress and not quiet, quiet=quiet,
+            on_class=note,
         )
         try:
             atomic_write_text(out, json.dumps(result, indent=1, ensure_ascii=False) + "\n")

@@ -9,38 +9,35 @@ request for the classes already done::
     concepts = generate_concepts(["Cardinal", "Blue Jay"], "http://localhost:8000/v1", "llama3")
     # {'Cardinal': ['Red crest', 'Black face mask', ...], 'Blue Jay': [...]}
 
-The base URL is what an OpenAI client takes as ``base_url`` (``https://api.openai.com/v1``,
-``http://localhost:11434/v1``): requests go to ``{base_url}/chat/completions``. A URL with no path
-(``http://localhost:8000``) gets ``/v1`` appended, and a URL that already ends in
-``/chat/completions`` is used as it is.
+The base URL is what an OpenAI client takes as ``base_url`` (see :func:`vlexplain.concepts.chat.chat_url`).
+Class names may be in any script: they are matched after NFKC normalisation and case folding
+(:func:`vlexplain.concepts.sets.normalize_name`), and cache files are named by a readable slug plus
+a short hash, so "Pâté" and "Pât", or "Сорока" and "北京鸭", stay apart.
 """
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
-import http.client
 import json
 import os
 import re
-import socket
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
+import unicodedata
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..errors import InputError
+from ..interrupt import track
+from .chat import MAX_WAIT, ChatClient, RequestError, ServerError, chat_url, is_loopback, stderr_notify  # noqa: F401
 from .sets import MAX_WORDS, _norm_descriptor, normalize_name, validate
 
 #: bump when the prompt changes, so cached replies of an older prompt are not reused
 PROMPT_VERSION = 1
 #: longest descriptor accepted from the model, in words (the published sets use 2-6)
 DEFAULT_MAX_WORDS = 8
-#: longest wait between two attempts, in seconds (also caps a server's Retry-After)
-MAX_WAIT = 120.0
-_LOOPBACK = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
+#: characters of a bad answer sent back with a re-ask, and of a reply kept in the cache
+REASK_EXCERPT = 1000
+CACHE_EXCERPT = 2000
 
 SYSTEM_PROMPT = (
     "You write short visual descriptors of object categories for a vision-language model. "
@@ -53,35 +50,18 @@ class ReplyError(ValueError):
     """A reply of the model that is not a usable list of descriptors."""
 
 
-class _Retryable(Exception):
-    """A transient failure (HTTP 429/5xx, timeout, lost connection); ``wait`` is the server's hint."""
+class GenerationError(InputError):
+    """Some classes got no descriptors; ``failed`` maps each to the reason (the others are cached)."""
 
-    def __init__(self, message: str, wait: float | None = None) -> None:
+    def __init__(self, message: str, failed: dict[str, str]) -> None:
         super().__init__(message)
-        self.wait = wait
+        self.failed = failed
 
 
 def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/vlexplain/concepts`` (``~/.cache/vlexplain/concepts`` by default)."""
     root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(root) / "vlexplain" / "concepts"
-
-
-def chat_url(base_url: str) -> str:
-    """The chat-completions URL of an OpenAI-style base URL (see the module docstring)."""
-    url = base_url.strip()
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise InputError(f"--base-url {base_url!r}: expected an http(s) URL such as http://localhost:8000/v1")
-    path = parts.path.rstrip("/")
-    if not path.endswith("/chat/completions"):
-        path = (path or "/v1") + "/chat/completions"
-    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
-
-
-def is_loopback(url: str) -> bool:
-    """Whether ``url`` points at this machine (then no API key is needed)."""
-    return (urllib.parse.urlsplit(url).hostname or "").lower() in _LOOPBACK
 
 
 def read_classes(path: str | Path) -> list[str]:
@@ -170,6 +150,13 @@ def build_messages(cls: str, k: int, context: str | None = None, max_words: int 
 
 _FENCE = re.compile(r"```[a-zA-Z]*\s*(.*?)```", re.S)
 _BULLET = re.compile(r"^\s*(?:[-*\u2022]+|\d+[.)])\s*")
+_LIST_LINE = re.compile(r"^\s*(?:[-*+\u2022\u2013]|\d{1,3}[.)])\s+\S")  # a Markdown list item
+_MARKUP = re.compile(r"^(\*\*|__|\*|_|`|\"|')(.+)\1$")
+
+
+def excerpt(text: str, n: int) -> str:
+    """``text`` cut to ``n`` characters, saying how much was cut."""
+    return text if len(text) <= n else f"{text[:n]} [... {len(text) - n} more characters cut]"
 
 
 def _load_json(text: str) -> Any:
@@ -184,16 +171,39 @@ def _load_json(text: str) -> Any:
                 return json.loads(c[i : j + 1])
             except json.JSONDecodeError:
                 pass
-    raise ReplyError('the answer is not valid JSON; answer with {"descriptors": [...]} only')
+    items = _markdown_list(text)
+    if items is not None:
+        return items
+    raise ReplyError('the answer is not valid JSON (nor a Markdown list with one descriptor on every line); '
+                     'answer with {"descriptors": [...]} only')
+
+
+def _markdown_list(text: str) -> list[str] | None:
+    """The items of a reply that is a Markdown list and nothing else (a fenced one too), else None."""
+    fenced = _FENCE.fullmatch(text.strip())
+    lines = [ln for ln in (fenced.group(1) if fenced else text).splitlines() if ln.strip()]
+    if not lines or not all(_LIST_LINE.match(ln) for ln in lines):
+        return None
+    items = []
+    for ln in lines:
+        item = _BULLET.sub("", ln).strip()
+        while (m := _MARKUP.match(item)) is not None:  # **bold**, `code`, "quoted"
+            item = m.group(2).strip()
+        items.append(item)
+    return items
+
+
+def _short(d: str, n: int = 60) -> str:
+    return repr(d if len(d) <= n else d[:n] + "...")
 
 
 def parse_descriptors(text: str, cls: str, k: int, max_words: int = DEFAULT_MAX_WORDS) -> list[str]:
     """Read the descriptors from a model's reply and check them.
 
     Accepts ``{"descriptors": [...]}`` (any single key holding a list will do) or a bare list, also
-    inside a code fence; strips bullets, numbering and final periods; drops empty strings, repeats,
-    descriptors of more than ``max_words`` words and descriptors that only repeat the class name;
-    keeps the first ``k`` that are left.
+    inside a code fence, or a Markdown list whose every line is a descriptor; strips bullets,
+    numbering and final periods; drops empty strings, repeats, descriptors of more than
+    ``max_words`` words and descriptors that only repeat the class name; keeps the first ``k``.
 
     Returns:
         Exactly ``k`` descriptors.
@@ -217,18 +227,18 @@ def parse_descriptors(text: str, cls: str, k: int, max_words: int = DEFAULT_MAX_
     cls_key = normalize_name(cls)
     for item in items:
         if not isinstance(item, str):
-            dropped.append(f"{item!r} (not a string)")
+            dropped.append(f"{_short(str(item))} (not a string)")
             continue
         d = _BULLET.sub("", " ".join(item.split())).strip().rstrip(".").strip()
         key = _norm_descriptor(d)
         if not d:
             continue
         if key in seen:
-            dropped.append(f"{d!r} (a repeat)")
+            dropped.append(f"{_short(d)} (a repeat)")
         elif len(d.split()) > max_words:
-            dropped.append(f"{d!r} (more than {max_words} words)")
+            dropped.append(f"{_short(d)} (more than {max_words} words)")
         elif normalize_name(d) == cls_key:
-            dropped.append(f"{d!r} (only the category name)")
+            dropped.append(f"{_short(d)} (only the category name)")
         else:
             seen.add(key)
             out.append(d)
@@ -238,116 +248,25 @@ def parse_descriptors(text: str, cls: str, k: int, max_words: int = DEFAULT_MAX_
     return out[:k]
 
 
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _server_message(body: bytes) -> str:
-    text = body.decode("utf-8", "replace").strip()
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError:
-        return text[:300]
-    err = obj.get("error") if isinstance(obj, dict) else None
-    if isinstance(err, dict) and err.get("message"):
-        return str(err["message"])[:300]
-    if isinstance(err, str):
-        return err[:300]
-    if isinstance(obj, dict) and obj.get("message"):
-        return str(obj["message"])[:300]
-    return text[:300]
-
-
-class ChatClient:
-    """Minimal OpenAI-compatible chat client (stdlib only) with retries and exponential backoff.
-
-    Args:
-        base_url: the OpenAI-style base URL (see :func:`chat_url`).
-        model: the model name sent with each request.
-        api_key: sent as ``Authorization: Bearer``; None or "" sends no header.
-        timeout: seconds to wait for one reply.
-        retries: further attempts after a 429, a 5xx, a timeout or a lost connection.
-        backoff: first wait in seconds; doubled after each failure (capped at :data:`MAX_WAIT`);
-            a ``Retry-After`` header takes precedence.
-        sleep: the function that waits (tests pass a recorder).
-    """
-
-    def __init__(self, base_url: str, model: str, api_key: str | None = None, *, timeout: float = 60.0,
-                 retries: int = 4, backoff: float = 1.0, sleep: Callable[[float], Any] = time.sleep) -> None:
-        self.url = chat_url(base_url)
-        self.model = model
-        self.api_key = api_key or None
-        self.timeout, self.retries, self.backoff, self.sleep = timeout, retries, backoff, sleep
-        self.requests = 0
-        handlers = [urllib.request.ProxyHandler({})] if is_loopback(self.url) else []
-        self._opener = urllib.request.build_opener(*handlers)
-
-    def complete(self, messages: list[dict], temperature: float = 0.0) -> str:
-        """Send one chat request (retrying transient failures); returns the reply's text.
-
-        Raises:
-            InputError: an HTTP error other than 429/5xx (with the server's message), or a
-                transient failure that persists after ``retries`` further attempts.
-        """
-        body = json.dumps({"model": self.model, "messages": messages, "temperature": temperature}).encode()
-        attempt = 0
-        while True:
-            try:
-                return self._post(body)
-            except _Retryable as e:
-                if attempt >= self.retries:
-                    raise InputError(f"{self.url}: {e} (gave up after {attempt + 1} attempt(s))") from None
-                wait = e.wait if e.wait is not None else self.backoff * 2**attempt
-                self.sleep(min(wait, MAX_WAIT))
-                attempt += 1
-
-    def _post(self, body: bytes) -> str:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-        self.requests += 1
-        try:
-            with self._opener.open(req, timeout=self.timeout) as r:
-                raw = r.read()
-        except urllib.error.HTTPError as e:
-            msg = _server_message(e.read() or b"") or e.reason
-            if e.code == 429 or e.code >= 500:
-                raise _Retryable(f"HTTP {e.code}: {msg}", _retry_after(e.headers.get("Retry-After"))) from None
-            hint = " (is the base URL right? most servers expect it to end in /v1)" if e.code == 404 else ""
-            raise InputError(f"{self.url}: HTTP {e.code}: {msg}{hint}") from None
-        except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, http.client.HTTPException) as e:
-            reason = getattr(e, "reason", e)
-            raise _Retryable(f"no answer ({reason or type(e).__name__})") from None
-        try:
-            reply = json.loads(raw)
-            content = reply["choices"][0]["message"]["content"]
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError):
-            raise _Retryable(f"the server's answer is not a chat completion: {raw[:200]!r}") from None
-        if not isinstance(content, str):
-            raise _Retryable("the server's answer has no text content")
-        return content
-
-
 def _cache_key(url: str, model: str, cls: str, k: int, context: str | None, temperature: float, max_words: int) -> str:
     spec = {"url": url, "model": model, "class": cls, "k": k, "context": context or "", "temperature": temperature,
             "max_words": max_words, "prompt": PROMPT_VERSION}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
 
 
+def cache_slug(cls: str, n: int = 40) -> str:
+    """A readable, file-system-safe part of a cache file name: letters and digits of any script.
+
+    NFKC and case folding as in :func:`normalize_name`; everything else becomes ``-``. The hash
+    that follows it in the file name keeps names apart that share a slug.
+    """
+    name = unicodedata.normalize("NFKC", cls).casefold()
+    kept = "".join(c if unicodedata.category(c)[0] in "LN" else "-" for c in name)
+    return re.sub(r"-+", "-", kept).strip("-")[:n] or "class"
+
+
 def _cache_path(cache_dir: Path, key: str, cls: str) -> Path:
-    slug = re.sub(r"[^0-9a-z]+", "-", cls.lower()).strip("-")[:40] or "class"
-    return cache_dir / f"{slug}-{key}.json"
+    return cache_dir / f"{cache_slug(cls)}-{key}.json"
 
 
 def _read_cache(path: Path, cls: str, k: int, max_words: int) -> list[str] | None:
@@ -379,6 +298,9 @@ def generate_concepts(
     backoff: float = 1.0,
     sleep: Callable[[float], Any] = time.sleep,
     progress: bool = False,
+    quiet: bool = False,
+    notify: Callable[[str], Any] | None = None,
+    notice_after: float = 10.0,
     on_class: Callable[[str, list[str], bool], Any] | None = None,
 ) -> dict[str, list[str]]:
     """Ask a chat model for ``k`` descriptors per class.
@@ -391,18 +313,20 @@ def generate_concepts(
         api_key_env: environment variable holding the API key.
         require_key: whether a missing key is an error; None: required unless the server is on
             this machine (localhost).
-        context: a few words on what the classes are ("bird species", "satellite images of land
-            use"), added to the prompt.
+        context: a few words on what the classes are ("bird species"), added to the prompt.
         cache_dir: where replies are kept (default :func:`default_cache_dir`).
         use_cache: False ignores cached replies (new replies are still stored).
-        retries: further attempts per request after a transient failure, and further requests per
-            class after an unusable reply (the problem is sent back to the model).
-        timeout: seconds to wait for one reply.
+        retries: further attempts per request after a 429 / 5xx / lost connection (one after a
+            timeout), and further requests per class after an unusable reply.
+        timeout: seconds one whole reply may take (a connection refused fails at once).
         temperature: sampling temperature sent with each request.
         max_words: longest descriptor accepted, in words.
         backoff: first wait after a transient failure, in seconds (doubled each time).
         sleep: the function that waits between attempts.
         progress: show a progress bar.
+        quiet: say nothing about retries and slow replies.
+        notify: where those lines go (default: stderr, or above the progress bar).
+        notice_after: seconds a reply may take before a line says what is awaited.
         on_class: called as ``on_class(name, descriptors, from_cache)`` after each class.
 
     Returns:
@@ -410,9 +334,10 @@ def generate_concepts(
         :func:`vlexplain.concepts.sets.validate`.
 
     Raises:
-        InputError: bad arguments, a missing key, an HTTP error the server will not recover from,
-            a server that stays unreachable, or classes whose replies stayed unusable (the others
-            are cached, so a rerun only asks for those).
+        GenerationError: classes whose requests were refused (HTTP 400/413/422) or whose replies
+            stayed unusable; every other class was asked and cached first.
+        InputError: bad arguments, a missing key, or a server that cannot be used (connection
+            refused, HTTP 401/404, failures that persist); finished classes stay cached.
     """
     if k < 1:
         raise InputError(f"--k must be at least 1, got {k}")
@@ -430,73 +355,101 @@ def generate_concepts(
     if not key and (require_key if require_key is not None else not is_loopback(url)):
         raise InputError(f"no API key: set the environment variable {api_key_env or 'OPENAI_API_KEY'} "
                          "(or name another with --api-key-env; --no-key for servers that need none)")
-    client = ChatClient(url, model, key, timeout=timeout, retries=retries, backoff=backoff, sleep=sleep)
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-
-    from ..viz.save import atomic_write_text
-
-    out: dict[str, list[str]] = {}
-    failed: list[str] = []
     bar = _progress(progress, len(names))
+    say = None if quiet else notify or (_bar_notify(bar[0]) if bar is not None else stderr_notify)
+    client = ChatClient(url, model, key, timeout=timeout, retries=retries, backoff=backoff, sleep=sleep,
+                        notify=say, notice_after=notice_after)
+    out: dict[str, list[str]] = {}
+    failed: dict[str, str] = {}
+    resume = "rerun the same command (finished classes are cached)"
     try:
-        for cls in names:
-            path = _cache_path(cache, _cache_key(url, model, cls, k, context, temperature, max_words), cls)
-            ds = _read_cache(path, cls, k, max_words) if use_cache else None
-            cached = ds is not None
-            if ds is None:
-                try:
-                    ds, raw = _ask(client, cls, k, context, temperature, max_words, retries)
-                except ReplyError as e:
-                    failed.append(f"{cls!r} ({e})")
-                else:
-                    entry = {"class": cls, "descriptors": ds, "model": model, "url": url, "k": k,
-                             "prompt_version": PROMPT_VERSION, "reply": raw}
-                    try:
-                        atomic_write_text(path, json.dumps(entry, indent=1, ensure_ascii=False))
-                    except OSError as e:
-                        raise InputError(f"cannot write the cache {path}: {e}") from None
-            if ds is not None:
-                out[cls] = ds
-                if on_class is not None:
-                    on_class(cls, ds, cached)
-            if bar is not None:
-                bar[0].update(bar[1], advance=1, description=cls[:30])
+        with track("classes", len(names), resume=resume) as work:
+            for cls in names:
+                path = _cache_path(cache, _cache_key(url, model, cls, k, context, temperature, max_words), cls)
+                ds = _read_cache(path, cls, k, max_words) if use_cache else None
+                cached = ds is not None
+                if ds is None:
+                    ds = _generate_one(client, cls, k, context, temperature, max_words, retries, path, failed, say)
+                if ds is not None:
+                    out[cls] = ds
+                    work.advance()
+                    if on_class is not None:
+                        on_class(cls, ds, cached)
+                if bar is not None:
+                    bar[0].update(bar[1], advance=1, description=cls[:30])
     finally:
         if bar is not None:
             bar[0].stop()
     if failed:
-        raise InputError(f"{len(failed)} class(es) got no usable descriptors after {retries + 1} request(s) each: "
-                         f"{'; '.join(failed[:3])}{' ...' if len(failed) > 3 else ''}; the {len(out)} other(s) are "
-                         "cached, so a rerun only asks again for these")
+        shown = "; ".join(f"{c!r} ({r})" for c, r in list(failed.items())[:10])
+        more = f"; and {len(failed) - 10} more" if len(failed) > 10 else ""
+        raise GenerationError(f"{len(failed)} of {len(names)} class(es) got no descriptors: {shown}{more}; the "
+                              f"{len(out)} other(s) are cached, so a rerun only asks again for these", failed)
     return {c: list(d) for c, d in validate(out, f"from {model}", max_words).items()}
+
+
+def _generate_one(client: ChatClient, cls: str, k: int, context: str | None, temperature: float, max_words: int,
+                  retries: int, path: Path, failed: dict[str, str], say: Callable[[str], Any] | None
+                  ) -> list[str] | None:
+    """Ask for one class and cache the answer; a refused request or unusable replies fail only this class."""
+    from ..viz.save import atomic_write_text
+
+    try:
+        ds, raw = _ask(client, cls, k, context, temperature, max_words, retries)
+    except (ReplyError, RequestError) as e:
+        failed[cls] = str(e) if isinstance(e, RequestError) else f"{e}, after {retries + 1} request(s)"
+        if say is not None:
+            say(f"{cls}: no descriptors ({failed[cls]}); going on with the other classes")
+        return None
+    entry = {"class": cls, "descriptors": ds, "model": client.model, "url": client.url, "k": k,
+             "prompt_version": PROMPT_VERSION, "reply_excerpt": excerpt(raw, CACHE_EXCERPT), "reply_chars": len(raw)}
+    try:
+        atomic_write_text(path, json.dumps(entry, indent=1, ensure_ascii=False))
+    except OSError as e:
+        raise InputError(f"cannot write the cache {path}: {e}") from None
+    return ds
 
 
 def _ask(client: ChatClient, cls: str, k: int, context: str | None, temperature: float, max_words: int,
          retries: int) -> tuple[list[str], str]:
-    """Request descriptors of one class; an unusable reply is sent back with the problem stated."""
-    messages = build_messages(cls, k, context, max_words)
+    """Request descriptors of one class; an unusable reply is sent back (cut short) with the problem stated.
+
+    Each re-ask carries only the last bad answer, so a huge bad reply does not grow every later request.
+    """
+    base = build_messages(cls, k, context, max_words)
+    messages = base
     for attempt in range(retries + 1):
-        text = client.complete(messages, temperature)
+        text = client.complete(messages, temperature, label=cls)
         try:
             return parse_descriptors(text, cls, k, max_words), text
         except ReplyError as e:
             if attempt == retries:
                 raise
-            messages = messages + [
-                {"role": "assistant", "content": text},
+            client.say(f"{cls}: unusable answer ({e}); asking again ({attempt + 2} of {retries + 1})")
+            messages = base + [
+                {"role": "assistant", "content": excerpt(text, REASK_EXCERPT)},
                 {"role": "user", "content": f"That answer cannot be used: {e}. Answer again with a JSON object "
                                             f'{{"descriptors": [...]}} holding exactly {k} short, distinct descriptors.'},
             ]
     raise AssertionError("unreachable")
 
 
+def _bar_notify(bar: Any) -> Callable[[str], None]:
+    def say(message: str) -> None:  # printed above the bar
+        bar.console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+    return say
+
+
 def _progress(show: bool, total: int):
     if not show:
         return None
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     p = Progress(TextColumn("{task.description:<30}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                 transient=True)
+                 transient=True, console=Console(stderr=True))
     task = p.add_task("concepts", total=total)
     p.start()
     return p, task

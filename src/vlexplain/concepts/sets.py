@@ -14,6 +14,7 @@ import csv
 import difflib
 import json
 import re
+import unicodedata
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +33,16 @@ CONCEPT_TEMPLATE = "{class}, which has {descriptor}."
 
 
 def normalize_name(name: str) -> str:
-    """Key used to match class names across sources: lower case, punctuation and ``_`` -> spaces."""
-    name = re.sub(r"^\d+\.", "", name.strip())  # CUB folder prefixes such as "017."
-    name = name.replace("'", "")
-    return " ".join(re.sub(r"[^0-9a-z]+", " ", name.lower()).split())
+    """Key used to match class names across sources: NFKC, case folded, punctuation and ``_`` -> spaces.
+
+    Letters, digits and combining marks of every script are kept ("Сорока" -> "сорока", "Pâté" ->
+    "pâté", "北京鸭" stays); a name with none (only symbols, e.g. emoji) keys on its folded symbols.
+    """
+    name = unicodedata.normalize("NFKC", name).strip()
+    name = re.sub(r"^\d+\.", "", name)  # CUB folder prefixes such as "017."
+    name = name.replace("'", "").replace("\u2019", "").casefold()
+    key = " ".join("".join(c if unicodedata.category(c)[0] in "LNM" else " " for c in name).split())
+    return key or " ".join(name.split())
 
 
 def _norm_descriptor(d: str) -> str:
