@@ -98,6 +98,7 @@ class Tower(nn.Module):
     kind: TowerKind
     num_prefix_tokens: int = 0  # image towers: tokens before the patch tokens (CLS, registers)
     has_attention: bool = True  # whether :meth:`block` can report attention probabilities
+    grid: tuple[int, int] | None = None  # ViT image towers: (gh, gw) patch grid of the model's input size
 
     @property
     def num_blocks(self) -> int:
@@ -211,10 +212,13 @@ class Tower(nn.Module):
         return s.reshape(s.shape[0], gh, gw)
 
     def grid_size(self, num_patches: int) -> tuple[int, int]:
-        g = int(round(num_patches**0.5))
-        if g * g != num_patches:
-            raise ValueError(f"cannot arrange {num_patches} patch tokens on a square grid")
-        return g, g
+        """(gh, gw) of the patch tokens: the tower's own :attr:`grid`, never a guess."""
+        if self.grid is None:
+            raise ValueError(f"{type(self).__name__} does not declare its patch grid (Tower.grid)")
+        gh, gw = self.grid
+        if gh * gw != num_patches:
+            raise ValueError(f"{num_patches} patch tokens do not fill this image tower's {gh}x{gw} patch grid")
+        return gh, gw
 
     def default_layer(self) -> int:
         """Block whose output M2IB bottlenecks by default: block 9 of 12, same relative depth elsewhere."""

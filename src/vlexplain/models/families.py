@@ -21,7 +21,12 @@ from typing import Any, Callable
 #: modules that register families when imported (one per library and tower kind)
 FAMILY_MODULES: tuple[str, ...] = (
     "vlexplain.models.offline",
+    "vlexplain.models.builtin_families",
     "vlexplain.models.hf_clip",
+    "vlexplain.models.hf_siglip2",
+    "vlexplain.models.hf_align",
+    "vlexplain.models.hf_bert_clips",
+    "vlexplain.models.hf_blip",
     "vlexplain.models.open_clip",
 )
 

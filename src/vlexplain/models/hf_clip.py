@@ -1,4 +1,4 @@
-"""Adapter for Hugging Face transformers ``CLIPModel`` and ``SiglipModel``."""
+"""Adapters for transformers ``CLIPModel`` and ``SiglipModel``."""
 
 from __future__ import annotations
 
@@ -7,40 +7,28 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .base import DualEncoder, TextBatch, Tower
-from .blocks import causal_mask, prenorm_block
-from .text import TokenizerSpec, clip_bpe_tokenizer, from_hf_tokenizer
+from ..errors import ModelLoadError
+from .base import TextBatch, Tower
+from .blocks import causal_mask
+from .families import Family, register_family
+from .hf_common import ClipViTTower, HFAdapter, HFEntry, clip_block, register_hf, resolve_tokenizer
+from .text import TokenizerSpec, clip_bpe_tokenizer
 
 
-def _hf_block(layer: nn.Module, h: Tensor, mask: Tensor | None, need_attn: bool, rows: Tensor | None = None):
-    at = layer.self_attn
-    return prenorm_block(
-        h,
-        ln1=layer.layer_norm1,
-        qkv=lambda x: (at.q_proj(x), at.k_proj(x), at.v_proj(x)),
-        out_proj=at.out_proj,
-        ln2=layer.layer_norm2,
-        mlp=layer.mlp,
-        num_heads=at.num_heads,
-        mask=mask,
-        need_attn=need_attn,
-        rows=rows,
-    )
-
-
-class HFVisionTower(Tower):
-    """ViT image tower of CLIPModel (CLS pooling) or SiglipModel (attention-pooling head, no CLS)."""
+class SiglipVisionTower(Tower):
+    """SigLIP ViT: no class token, attention-pooling (MAP) head after the final norm."""
 
     modality = "image"
     kind = "vit"
+    num_prefix_tokens = 0
 
-    def __init__(self, vision_model: nn.Module, projection: nn.Module | None, siglip: bool):
+    def __init__(self, vision_model: nn.Module):
         super().__init__()
         self.vm = vision_model
-        self.projection = projection
-        self.siglip = siglip
-        self.num_prefix_tokens = 0 if siglip else 1
-        self.num_heads = vision_model.config.num_attention_heads
+        cfg = vision_model.config
+        self.num_heads = cfg.num_attention_heads
+        g = cfg.image_size // cfg.patch_size
+        self.grid = (g, g)
 
     @property
     def num_blocks(self) -> int:
@@ -50,30 +38,13 @@ class HFVisionTower(Tower):
         return list(self.vm.encoder.layers)
 
     def stem(self, x: Tensor, inputs_embeds: Tensor | None = None) -> Tensor:
-        h = self.vm.embeddings(x.to(self.vm.embeddings.patch_embedding.weight.dtype))
-        if not self.siglip:
-            h = self.vm.pre_layrnorm(h)
-        return h
+        return self.vm.embeddings(x.to(self.vm.embeddings.patch_embedding.weight.dtype))
 
     def block(self, i: int, h: Tensor, x: Any, need_attn: bool = False, rows: Tensor | None = None):
-        return _hf_block(self.vm.encoder.layers[i], h, None, need_attn, rows)
-
-    def pooled_positions(self, x: Any) -> Tensor | None:
-        if self.siglip:
-            return None  # attention-pooling head reads every token
-        return torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        return clip_block(self.vm.encoder.layers[i], h, None, need_attn, self.num_heads, rows)
 
     def head(self, h: Tensor, x: Any) -> Tensor:
-        if self.siglip:
-            h = self.vm.post_layernorm(h)
-            return self.vm.head(h)
-        pooled = self.vm.post_layernorm(h[:, 0])
-        return self.projection(pooled)
-
-    def project_tokens(self, h: Tensor, x: Any) -> Tensor:
-        if self.siglip:
-            raise NotImplementedError("the SigLIP image head pools with attention; it has no per-token projection")
-        return self.projection(self.vm.post_layernorm(h))
+        return self.vm.head(self.vm.post_layernorm(h))
 
 
 class HFTextTower(Tower):
@@ -110,7 +81,7 @@ class HFTextTower(Tower):
         return causal_mask(h.shape[1], h.device, h.dtype)
 
     def block(self, i: int, h: Tensor, x: TextBatch, need_attn: bool = False, rows: Tensor | None = None):
-        return _hf_block(self.tm.encoder.layers[i], h, self._mask(h), need_attn, rows)
+        return clip_block(self.tm.encoder.layers[i], h, self._mask(h), need_attn, self.num_heads, rows)
 
     def pooled_positions(self, x: TextBatch) -> Tensor | None:
         if self.siglip:
@@ -129,60 +100,87 @@ class HFTextTower(Tower):
         return self.tm.head(h) if self.siglip else self.projection(h)
 
 
-class HFDualEncoder(DualEncoder):
-    """A transformers CLIPModel or SiglipModel behind the DualEncoder protocol."""
+class HFDualEncoder(HFAdapter):
+    """A transformers CLIPModel or SiglipModel behind the DualEncoder protocol.
+
+    Without a tokenizer, models whose text embedding table has CLIP's 49408 rows use the CLIP BPE
+    vocabulary that ships with open_clip; any other vocabulary must be passed.
+    """
 
     def __init__(self, model: nn.Module, tokenizer: Any = None, processor: Any = None, name: str = "hf"):
-        super().__init__()
-        self.model = model
-        self.name = name
+        super().__init__(model, name)
         self.siglip = "siglip" in type(model).__name__.lower()
-        vcfg = model.config.vision_config
-        tcfg = model.config.text_config
-        self.image = HFVisionTower(model.vision_model, getattr(model, "visual_projection", None), self.siglip)
+        vcfg, tcfg = model.config.vision_config, model.config.text_config
+        if self.siglip:
+            self.image: Tower = SiglipVisionTower(model.vision_model)
+            self.mean, self.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+        else:
+            self.image = ClipViTTower(model.vision_model, model.visual_projection)
         self.text = HFTextTower(model.text_model, getattr(model, "text_projection", None), self.siglip)
         self.input_size = (vcfg.image_size, vcfg.image_size)
-        if self.siglip:
-            self.mean, self.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-        if processor is not None and getattr(processor, "image_processor", None) is not None:
-            ip = processor.image_processor
-            self.mean, self.std = tuple(ip.image_mean), tuple(ip.image_std)
+        self._use_processor(processor)
         ctx = tcfg.max_position_embeddings
         pool = "last" if self.siglip else "eos"
-        if tokenizer is None and processor is not None:
-            tokenizer = getattr(processor, "tokenizer", None)
-        if isinstance(tokenizer, TokenizerSpec):
-            self._tok = tokenizer
-        elif tokenizer is not None:
-            self._tok = from_hf_tokenizer(tokenizer, ctx, pool, pad_to_context=self.siglip)
-        else:
-            if tcfg.vocab_size < 49408:
-                from ..errors import ModelLoadError
+        table = model.text_model.embeddings.token_embedding
 
-                raise ModelLoadError(
-                    f"this model's vocabulary ({tcfg.vocab_size} tokens) is not CLIP's BPE vocabulary; "
-                    "pass its tokenizer: load_model(model, tokenizer=...)"
-                )
-            self._tok = clip_bpe_tokenizer(ctx, pool, pad_to_context=self.siglip)
+        def clip_bpe() -> TokenizerSpec | None:
+            if table.num_embeddings != 49408:
+                return None
+            return clip_bpe_tokenizer(ctx, pool, pad_to_context=self.siglip)  # type: ignore[arg-type]
+
+        self._tok = resolve_tokenizer(tokenizer, processor, table, type(model).__name__, ctx, pool,
+                                      pad_to_context=self.siglip, fallback=clip_bpe)
         if not self.siglip and self._tok.eos_id != tcfg.eos_token_id and tcfg.eos_token_id != 2:
-            from ..errors import ModelLoadError
-
             raise ModelLoadError(
                 f"the tokenizer's end-of-text id ({self._tok.eos_id}) differs from the model config's "
                 f"eos_token_id ({tcfg.eos_token_id}): the text tower would pool at the wrong position"
             )
 
-    def tokenize(self, texts) -> TextBatch:
-        return self._tok(texts, device=self.device)
 
-    @property
-    def pad_token_id(self) -> int:
-        return self._tok.pad_id
+def _clip(model: nn.Module, tokenizer: Any = None, processor: Any = None, name: str = "hf") -> HFDualEncoder:
+    return HFDualEncoder(model, tokenizer, processor, name)
 
-    @property
-    def logit_scale(self) -> Tensor:
-        return self.model.logit_scale.exp()
 
-    @property
-    def logit_bias(self) -> Tensor | None:
-        return getattr(self.model, "logit_bias", None)
+register_hf(HFEntry(("clip",), "CLIPModel", _clip, "hf-clip"))
+register_hf(HFEntry(("siglip",), "SiglipModel", _clip, "hf-siglip"))
+
+
+def tiny_clip(image_size: int = 64, patch: int = 16, layers: int = 3, seed: int = 0) -> nn.Module:
+    """A random-weight CLIPModel with the real architecture at a tiny width (CLIP's 49408 vocabulary)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(seed)
+    cfg = CLIPConfig(
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
+                         vocab_size=49408, max_position_embeddings=77),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
+                           image_size=image_size, patch_size=patch),
+        projection_dim=16,
+    )
+    return CLIPModel(cfg).eval()
+
+
+def tiny_siglip(image_size: int = 64, patch: int = 16, layers: int = 3, seed: int = 0) -> nn.Module:
+    """A random-weight SiglipModel at a tiny width (texts padded to a 16-token context)."""
+    from transformers import SiglipConfig, SiglipModel
+
+    torch.manual_seed(seed)
+    cfg = SiglipConfig(
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
+                         vocab_size=49408, max_position_embeddings=16, projection_size=32),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
+                           image_size=image_size, patch_size=patch),
+    )
+    return SiglipModel(cfg).eval()
+
+
+register_family(Family(
+    key="hf-clip", name="CLIP (transformers CLIPModel)", library="transformers",
+    examples="hf:openai/clip-vit-base-patch32, hf:openai/clip-vit-large-patch14", tiny=tiny_clip,
+    notes="class-token ViT; causal text tower pooled at [EOS]",
+))
+register_family(Family(
+    key="hf-siglip", name="SigLIP (transformers SiglipModel)", library="transformers",
+    examples="hf:google/siglip-base-patch16-224", tiny=tiny_siglip,
+    notes="no class token, attention-pooling head; texts padded to the context, pooled at the last position",
+))

@@ -56,6 +56,7 @@ class OpenCLIPVisionTower(Tower):
         if getattr(visual, "attn_pool", None) is not None:
             raise ModelLoadError("OpenCLIP ViT towers with attentional pooling are not supported")
         self.v = visual
+        self.grid = (int(visual.grid_size[0]), int(visual.grid_size[1]))
 
     @property
     def num_blocks(self) -> int:

@@ -16,12 +16,13 @@ from .base import DualEncoder
 SPEC_FORMS = """accepted model specs:
   offline                                  built-in EfficientNet-Lite0 + MiniLM model (no download)
   testbed:shapes                           the small CLIP trained on the shapes world (ships with vlexplain)
-  hf:ORG/NAME                              a transformers CLIPModel / SiglipModel (hub id, needs network or cache)
+  hf:ORG/NAME                              a transformers dual encoder, hub id (network or the local cache):
+                                           CLIP, SigLIP, SigLIP 2, ALIGN, AltCLIP, Chinese-CLIP, BLIP retrieval
   open_clip:ARCH/PRETRAINED                an OpenCLIP model, e.g. open_clip:ViT-B-32/laion2b_s34b_b79k
   open_clip:ARCH/PATH.pt                   an OpenCLIP architecture with a local checkpoint file
   open_clip:ARCH                           an OpenCLIP architecture with random weights (for timing)
-  PATH                                     a local save_pretrained directory (CLIP or SigLIP)
-  an in-memory CLIPModel, SiglipModel or OpenCLIP model object"""
+  PATH                                     a local save_pretrained directory of any of those (class from model_type)
+  an in-memory transformers model of those classes or an OpenCLIP model object (`vlexplain models`)"""
 
 
 @dataclass
@@ -79,10 +80,14 @@ def wrap_model(model: Any, tokenizer: Any = None, preprocess: Any = None, name: 
     if isinstance(model, DualEncoder):
         return model
     cls = type(model).__name__
-    if hasattr(model, "vision_model") and hasattr(model, "text_model") and hasattr(model, "config"):
-        from .hf_clip import HFDualEncoder
+    if any(k.__module__.startswith("transformers.") for k in type(model).__mro__):
+        from .hf_common import entry_for_model, hf_entries
 
-        return HFDualEncoder(model, tokenizer=tokenizer, processor=preprocess, name=name or cls)
+        entry = entry_for_model(model)
+        if entry is None:
+            known = ", ".join(e.model_class for e in hf_entries())
+            raise ModelLoadError(f"cannot explain a transformers {cls}; supported transformers dual encoders: {known}")
+        return entry.adapter(model, tokenizer, preprocess, name or cls)
     if hasattr(model, "visual") and hasattr(model, "encode_text"):
         from .open_clip import OpenCLIPDualEncoder
 
@@ -91,36 +96,57 @@ def wrap_model(model: Any, tokenizer: Any = None, preprocess: Any = None, name: 
 
 
 def _load_hf(ident: str, tokenizer: Any, preprocess: Any) -> DualEncoder:
+    """A hub id or a local save_pretrained directory; the class comes from the config's model_type."""
     transformers = require("transformers", "core")
+    from .hf_common import entry_for_type, supported_model_types
+    from .hub import hub_offline, offline_error
+
     local = Path(ident).expanduser()
+    is_dir = local.is_dir()
+    what = str(local) if is_dir else f"hf:{ident}"
+    kw: dict[str, Any] = {"local_files_only": True} if is_dir or hub_offline() else {}
     try:
-        config = transformers.AutoConfig.from_pretrained(ident)
-        if config.model_type not in ("clip", "siglip", "siglip2"):
-            raise ModelLoadError(f"{ident} is a {config.model_type!r} model; vlexplain loads CLIP and SigLIP models")
-        model_cls = transformers.SiglipModel if config.model_type.startswith("siglip") else transformers.CLIPModel
-        model = model_cls.from_pretrained(ident)
+        config = transformers.AutoConfig.from_pretrained(ident, **kw)
     except (OSError, ValueError) as e:
-        if local.exists():
-            raise ModelLoadError(f"cannot load the model in {local}: {str(e).splitlines()[0]}") from None
+        if is_dir:
+            raise ModelLoadError(f"cannot read the model configuration in {local}: {str(e).splitlines()[0][:160]}") from None
+        if kw:
+            raise offline_error(what, "a local save_pretrained directory (--model PATH)") from None
         raise ModelLoadError(
             f"hub model {ident!r} is neither in the local Hugging Face cache nor downloadable here "
             f"({str(e).splitlines()[0][:120]}). Download it on a machine with network access "
             f"(huggingface-cli download {ident}) and copy the cache or pass the directory, "
             "or use --model offline, which works without network."
         ) from None
-    tok_files = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "spiece.model")
-    has_tok = not local.is_dir() or any((local / f).exists() for f in tok_files)
-    if tokenizer is None and has_tok:
+    entry = entry_for_type(config.model_type)
+    if entry is None:
+        raise ModelLoadError(
+            f"{what} is a {config.model_type!r} model; vlexplain loads these transformers model types: "
+            f"{', '.join(supported_model_types())}"
+        )
+    archs = list(getattr(config, "architectures", None) or [])
+    if entry.architectures and archs and not set(archs) & set(entry.architectures):
+        raise ModelLoadError(
+            f"{what} is a {archs[0]} checkpoint; for model type {config.model_type!r} vlexplain explains "
+            f"{' / '.join(entry.architectures)} checkpoints (the ones with image-text contrastive heads)"
+        )
+    try:
+        model = getattr(transformers, entry.model_class).from_pretrained(ident, **kw)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise ModelLoadError(f"cannot load {what} as a {entry.model_class}: {str(e).splitlines()[0][:160]}") from None
+    tok_files = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "spiece.model",
+                 "sentencepiece.bpe.model")
+    if tokenizer is None and (not is_dir or any((local / f).exists() for f in tok_files)):
         try:
-            tokenizer = transformers.AutoTokenizer.from_pretrained(ident)
-        except (OSError, ValueError):
+            tokenizer = transformers.AutoTokenizer.from_pretrained(ident, **kw)
+        except (OSError, ValueError, KeyError):
             tokenizer = None
-    if preprocess is None and (not local.is_dir() or (local / "preprocessor_config.json").exists()):
+    if preprocess is None and (not is_dir or (local / "preprocessor_config.json").exists()):
         try:
-            preprocess = transformers.AutoProcessor.from_pretrained(ident)
-        except (OSError, ValueError, TypeError, ImportError):
+            preprocess = transformers.AutoProcessor.from_pretrained(ident, **kw)
+        except (OSError, ValueError, TypeError, ImportError, KeyError):
             preprocess = None
-    return wrap_model(model.eval(), tokenizer, preprocess, name=f"hf:{ident}")
+    return wrap_model(model.eval(), tokenizer, preprocess, name=what)
 
 
 def _load_open_clip(rest: str, tokenizer: Any, preprocess: Any) -> DualEncoder:

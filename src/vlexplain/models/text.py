@@ -11,7 +11,7 @@ import torch
 from ..errors import InputError
 from .base import TextBatch
 
-PoolMode = Literal["eos", "last", "mean"]
+PoolMode = Literal["eos", "last", "mean", "first"]
 
 
 @dataclass
@@ -24,7 +24,8 @@ class TokenizerSpec:
         decode: ids -> text (to report what truncation dropped).
         sos_id / eos_id / pad_id: special ids (sos None when the model has no start token).
         context_length: the tower's maximum sequence length.
-        pool: where the tower pools: first EOS, last position, or mean over real tokens.
+        pool: where the tower pools: first EOS, last position, mean over real tokens, or the first
+            token ([CLS] of BERT-style towers).
         pad_to_context: always pad to the context length (SigLIP).
     """
 
@@ -74,7 +75,7 @@ class TokenizerSpec:
             ids[i, : len(r)] = torch.tensor(r)
             am[i, : len(r)] = 1
             content[i, off : len(r) - 1] = True
-            pool[i] = {"eos": len(r) - 1, "last": T - 1, "mean": -1}[self.pool]
+            pool[i] = {"eos": len(r) - 1, "last": T - 1, "mean": -1, "first": 0}[self.pool]
             toks = [self.decode_token(j) for j in r] + [""] * (T - len(r))
             tokens.append(toks)
         if self.pad_to_context:  # the tower attends to the padding too (SigLIP)
@@ -92,6 +93,8 @@ def from_hf_tokenizer(tok: Any, context_length: int, pool: PoolMode, pad_to_cont
     eos = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
     if pool == "last":  # SigLIP: no start token, EOS appended, pooled at the last position
         sos = None
+    if pool == "first" and getattr(tok, "cls_token_id", None) is not None:
+        sos = tok.cls_token_id  # pooled at [CLS] (BLIP's tokenizer names [DEC] its bos token)
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos
     return TokenizerSpec(
         encode=lambda t: tok(t, add_special_tokens=False)["input_ids"],
