@@ -29,9 +29,9 @@ import torch
 from torch import Tensor
 
 from ..errors import MethodError
-from ..models.base import DualEncoder, TextBatch, Tower
+from ..models.base import TextBatch, Tower
 from .base import Explainer, PairBatch, Side, register_method
-from .clip_native import capabilities, to_grid, why_not_native
+from .clip_native import capabilities, to_grid
 
 Pooling = Literal["mean", "head"]
 
@@ -118,10 +118,6 @@ class LeGrad(Explainer):
             return self.pooling
         tower = self.model.tower(side)
         return "mean" if tower.num_prefix_tokens > 0 and capabilities(self.model, side).pooled else "head"
-
-    @classmethod
-    def why_not(cls, model: DualEncoder, side: Side) -> str | None:
-        return super().why_not(model, side) or why_not_native(cls.name, model, side)
 
     def _blocks(self, tower: Tower) -> int:
         return min(self.blocks, tower.num_blocks)
