@@ -236,3 +236,165 @@ def test_over_length_warning_shows_first_words_and_token_count(hf_clip):
     msg = str(rec[0].message)
     assert "'one two three four five six seven eight \u2026' has 200 tokens" in msg and "its last 125" in msg
     assert len(msg) < 250  # not the whole dropped text
+
+
+# --- the web explorer: bounded model cache, allow-list, one-line logs -------------------------------
+class _Model:
+    def __init__(self, spec):
+        self.spec = spec
+
+
+def test_model_cache_keeps_the_most_recently_used_few():
+    import gc
+    import weakref
+
+    from vlexplain.app.runner import ModelCache
+
+    calls = []
+
+    def loader(spec):
+        calls.append(spec)
+        return _Model(spec)
+
+    cache = ModelCache(loader)  # default: 2 models
+    a = weakref.ref(cache.get("a")[0])
+    cache.get("b")
+    cache.get("a")  # a is now the most recent
+    cache.get("c")  # drops b, the least recently used
+    assert cache.loaded() == ["a", "c"] and "b" not in cache and calls == ["a", "b", "c"]
+    cache.get("b")  # loaded again; drops a
+    assert cache.loaded() == ["c", "b"] and calls == ["a", "b", "c", "b"]
+    gc.collect()
+    assert a() is None  # nothing else holds a dropped model: its memory is freed
+    one = ModelCache(loader, max_models=1)
+    for s in "xyzxy":
+        one.get(s)
+    assert one.loaded() == ["y"]
+
+
+def test_model_cache_allow_list_refuses_other_specs():
+    from vlexplain.app.runner import ModelCache
+    from vlexplain.errors import InputError
+
+    cache = ModelCache(_Model, allowed=["offline", "testbed:shapes"])
+    assert cache.get(" offline ")[0].spec == "offline"
+    for spec in ("open_clip:ViT-L-14/laion2b", "/etc", "hf:org/name", ""):
+        with pytest.raises(InputError, match="choose one of: offline, testbed:shapes|no model given"):
+            cache.get(spec)
+    assert cache.loaded() == ["offline"]
+    with pytest.raises(InputError):
+        ModelCache(_Model, max_models=0)
+
+
+@pytest.mark.parametrize("host,models,expected", [
+    ("127.0.0.1", None, None), ("localhost", None, None), ("::1", None, None),
+    ("0.0.0.0", None, ["m0"]), ("192.168.1.5", None, ["m0"]), ("0.0.0.0", ["m0", "m1"], ["m0", "m1"]),
+])
+def test_launch_restricts_models_unless_bound_to_loopback(monkeypatch, host, models, expected):
+    import vlexplain.app.app as appmod
+
+    seen = {}
+
+    class Demo:
+        def queue(self, **kw):
+            pass
+
+    def fake_build(model, max_upload_mb, cache):
+        seen["cache"] = cache
+        return Demo()
+
+    monkeypatch.setattr(appmod, "build_app", fake_build)
+    monkeypatch.setattr(appmod, "_serve", lambda *a: None)
+    appmod.launch(model="m0", host=host, models=models, max_models=3)
+    assert seen["cache"].allowed == expected and seen["cache"].max_models == 3
+
+
+def test_launch_port_in_use_is_a_one_line_error(monkeypatch):
+    import vlexplain.app.app as appmod
+    from vlexplain.errors import InputError
+
+    class Demo:
+        def queue(self, **kw):
+            pass
+
+    def busy(*a):
+        raise OSError("Cannot find empty port in range: 7860-7860")
+
+    monkeypatch.setattr(appmod, "build_app", lambda *a: Demo())
+    monkeypatch.setattr(appmod, "_serve", busy)
+    with pytest.raises(InputError, match="cannot serve on 127.0.0.1:7860: Cannot find empty port"):
+        appmod.launch(model="m0")
+
+
+def test_user_errors_are_logged_in_one_line_without_traceback(caplog):
+    pytest.importorskip("gradio")
+    from vlexplain.app.app import Explorer
+    from vlexplain.app.runner import ModelCache
+
+    ex = Explorer(ModelCache(lambda spec: pytest.fail("no model is needed here")))
+    with caplog.at_level("WARNING", logger="vlexplain.app"):
+        with pytest.raises(Exception) as err:
+            ex.explain(None, "a cat", "offline", ["center"], "", 0)
+    assert err.value.print_exception is False  # gradio prints no traceback for it
+    msgs = [r.getMessage() for r in caplog.records if r.name == "vlexplain.app"]
+    assert msgs == ["request refused: upload an image or pick a built-in photo first"]
+
+
+# --- evaluate: the run identity includes the data's content -------------------------------------
+def _pairs(d, captions):
+    import json
+
+    from PIL import Image
+
+    (d / "img").mkdir(exist_ok=True)
+    for i in range(len(captions)):
+        if not (d / "img" / f"{i}.png").exists():
+            Image.new("RGB", (40, 30), (40 * i, 90, 160)).save(d / "img" / f"{i}.png")
+    f = d / "pairs.jsonl"
+    f.write_text("".join(json.dumps({"image": f"img/{i}.png", "caption": c}) + "\n" for i, c in enumerate(captions)))
+    return f
+
+
+def test_resume_refuses_changed_data_and_says_what_changed(tmp_path, hf_clip):
+    import os
+
+    from vlexplain.errors import InputError
+    from vlexplain.eval.runner import evaluate
+
+    caps = ["a red square", "a blue sky", "a green field", "a cat"]
+    data = _pairs(tmp_path, caps)
+    out = tmp_path / "run"
+    kw = dict(batch_size=2, shard_size=2, metric_options={"deletion_image": {"n_steps": 2}}, progress=False)
+    evaluate(data, hf_clip, ["random"], ["deletion_image"], out, **kw)
+    evaluate(data, hf_clip, ["random"], ["deletion_image"], out, resume=True, **kw)  # unchanged: resumes
+    # the same number of rows, one caption edited: the first shard's rows and the file changed
+    _pairs(tmp_path, ["a red circle"] + caps[1:])
+    with pytest.raises(InputError, match=r"the data file pairs.jsonl changed; the rows \(captions, image paths, "
+                                         r"boxes\) of samples 0-1 changed; start a new run"):
+        evaluate(data, hf_clip, ["random"], ["deletion_image"], out, resume=True, **kw)
+    # captions restored, an image of the second shard rewritten (size or mtime)
+    _pairs(tmp_path, caps)
+    from PIL import Image
+
+    Image.new("RGB", (41, 30)).save(tmp_path / "img" / "3.png")
+    os.utime(tmp_path / "img" / "3.png", ns=(1, 1))
+    with pytest.raises(InputError, match=r"the image files \(size or modification time\) of samples 2-3 changed"):
+        evaluate(data, hf_clip, ["random"], ["deletion_image"], out, resume=True, **kw)
+
+
+def test_resume_of_a_run_without_a_data_fingerprint_is_refused(tmp_path, hf_clip):
+    import json
+
+    from vlexplain.errors import InputError
+    from vlexplain.eval.runner import evaluate
+
+    data = _pairs(tmp_path, ["a", "b"])
+    out = tmp_path / "run"
+    kw = dict(batch_size=2, shard_size=2, metric_options={"deletion_image": {"n_steps": 2}}, progress=False)
+    evaluate(data, hf_clip, ["random"], ["deletion_image"], out, **kw)
+    cfg = json.loads((out / "config.json").read_text())
+    assert set(cfg["data_identity"]) == {"files", "rows", "images"} and len(cfg["data_identity"]["rows"]) == 1
+    del cfg["data_identity"]
+    (out / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(InputError, match="records no fingerprint of its data"):
+        evaluate(data, hf_clip, ["random"], ["deletion_image"], out, resume=True, **kw)

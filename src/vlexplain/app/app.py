@@ -14,6 +14,7 @@ import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+import logging  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -31,8 +32,10 @@ from .concept_runner import (  # noqa: E402
     read_concept_file,
     run_concepts,
 )
-from .runner import ModelCache, method_choices, method_options_help, parse_options, parse_texts, run  # noqa: E402
+from .runner import DEFAULT_MAX_MODELS, ModelCache, method_choices, method_options_help, parse_options, parse_texts, run  # noqa: E402
 from .samples import concept_suggestions, sample_images  # noqa: E402
+
+_LOG = logging.getLogger("vlexplain.app")
 
 NOT_IMAGE = "That file is not an image vlexplain can read. Upload a PNG, JPEG, WebP, BMP, GIF or TIFF image."
 
@@ -91,9 +94,11 @@ def _decode(path: str):
         raise InputError(NOT_IMAGE) from None
 
 
-def _model_choices(default: str) -> list[str]:
+def _model_choices(default: str, allowed: list[str] | None = None) -> list[str]:
     from ..models.registry import registered_loaders
 
+    if allowed is not None:
+        return list(allowed)
     choices = ["offline"]
     for entry in registered_loaders():
         if entry.prefix == "testbed:" and entry.available():
@@ -103,10 +108,16 @@ def _model_choices(default: str) -> list[str]:
     return choices
 
 
+def _model_label(cache: ModelCache) -> str:
+    return "Model (or type any model spec)" if cache.allowed is None else "Model (those this server offers)"
+
+
 def _user_error(e: Exception):
+    """The page's message for an error; a user's error is logged as one line, anything else with its traceback."""
     gr = _gradio()
     if isinstance(e, VlexplainError):
-        return gr.Error(str(e), duration=20)
+        _LOG.warning("request refused: %s", str(e).partition("\n")[0])
+        return gr.Error(str(e), duration=20, print_exception=False)
     return gr.Error(f"{type(e).__name__}: {e}", duration=20)
 
 
@@ -329,9 +340,15 @@ def _image_input(gr, value: str | None, max_upload_mb: float, height: int, elem_
 
 
 def build_app(model: str = "offline", max_upload_mb: float = 10, cache: ModelCache | None = None):
-    """Build the explorer's Blocks: the Explain and Concepts tabs (the default model is loaded here, once)."""
+    """Build the explorer's Blocks: the Explain and Concepts tabs (the default model is loaded here).
+
+    The model menus offer the cache's allowed specs when it has a list, else the built-in models
+    and any spec typed in.
+    """
     gr = _gradio()
     cache = cache or ModelCache()
+    if cache.allowed is not None and model.strip() not in cache.allowed:
+        raise InputError(f"the default model {model!r} is not among the allowed models ({', '.join(cache.allowed)})")
     ex = Explorer(cache)
     default_model, _ = cache.get(model)
     choices = method_choices(default_model)
@@ -356,8 +373,9 @@ def build_app(model: str = "offline", max_upload_mb: float = 10, cache: ModelCac
                                          elem_id="vx-sample")
                     texts = gr.Textbox(value=first_texts, lines=4, max_lines=8, label="Texts (one per line)",
                                        elem_id="vx-texts")
-                    model_box = gr.Dropdown(choices=_model_choices(model), value=model, allow_custom_value=True,
-                                            label="Model (or type any model spec)", elem_id="vx-model")
+                    model_box = gr.Dropdown(choices=_model_choices(model, cache.allowed), value=model,
+                                            allow_custom_value=cache.allowed is None, label=_model_label(cache),
+                                            elem_id="vx-model")
                     methods = gr.CheckboxGroup(choices=choices, value=["m2ib"] if "m2ib" in names else names[:1],
                                                label="Methods (those that apply to this model)", elem_id="vx-methods")
                     run_btn = gr.Button("Explain", variant="primary", elem_id="vx-run")
@@ -427,8 +445,9 @@ def _concepts_tab(gr, ex: Explorer, model: str, default_model, max_upload_mb: fl
                 concept_file = gr.File(label="…or upload a concept file: JSON {class: [descriptors]} or CSV class,descriptor",
                                        file_types=list(CONCEPT_FILE_TYPES), file_count="single", type="filepath",
                                        height=130, elem_id="vx-c-file")
-            model_box = gr.Dropdown(choices=_model_choices(model), value=model, allow_custom_value=True,
-                                    label="Model (or type any model spec)", elem_id="vx-c-model")
+            model_box = gr.Dropdown(choices=_model_choices(model, ex.cache.allowed), value=model,
+                                    allow_custom_value=ex.cache.allowed is None, label=_model_label(ex.cache),
+                                    elem_id="vx-c-model")
             method = gr.Dropdown(choices=methods, value=methods[0][1], label="Map method", elem_id="vx-c-method")
             run_btn = gr.Button("Explain concepts", variant="primary", elem_id="vx-c-run")
             status = gr.Markdown(elem_id="vx-c-status")
@@ -469,14 +488,33 @@ def launch(
     concurrency: int = 2,
     max_queue: int = 32,
     quiet: bool = False,
+    models: list[str] | None = None,
+    max_models: int = DEFAULT_MAX_MODELS,
 ) -> None:
-    """Build and serve the explorer with safe settings (blocks until interrupted)."""
+    """Build and serve the explorer with safe settings (blocks until interrupted).
+
+    Args:
+        models: the only model specs clients may choose (None: any spec on a loopback address;
+            on any other address only ``model``, so that no client can make the server load
+            arbitrary models).
+        max_models: the most models kept loaded at once (least recently used dropped first).
+    """
     if max_upload_mb <= 0:
         raise InputError("--max-upload-mb must be positive")
     if concurrency < 1:
         raise InputError("--concurrency must be at least 1")
-    demo = build_app(model, max_upload_mb)
+    if models is None and not is_loopback(host):
+        models = [model]
+    cache = ModelCache(max_models=max_models, allowed=models)
+    demo = build_app(model, max_upload_mb, cache)
     demo.queue(default_concurrency_limit=concurrency, max_size=max_queue)
+    try:
+        _serve(demo, host, port, max_upload_mb, quiet)
+    except OSError as e:  # the port is taken, the address is not this machine's
+        raise InputError(f"cannot serve on {host}:{port}: {e}; choose another --port or --host") from None
+
+
+def _serve(demo: Any, host: str, port: int, max_upload_mb: float, quiet: bool) -> None:
     demo.launch(
         server_name=host,
         server_port=port,
@@ -494,3 +532,16 @@ def launch(
         run_history=False,
         footer_links=["api", "settings"],
     )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    h = host.strip().strip("[]")
+    if h.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False

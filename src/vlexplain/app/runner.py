@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import inspect
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -17,34 +18,79 @@ MAX_TEXTS = 8  # texts per request
 MAX_TEXT_CHARS = 300  # characters per text
 
 
+#: models a server keeps loaded unless told otherwise (each OpenCLIP ViT-B/32 takes ~600 MB)
+DEFAULT_MAX_MODELS = 2
+
+
 class ModelCache:
-    """Loads each model spec once and shares it; one lock per model serialises its use.
+    """Loads model specs on demand and keeps the most recently used few; one lock per model.
 
     Methods attach hooks and toggle gradients on the shared model, so two requests must not run
     on the same model at once; requests on different models run in parallel.
+
+    Args:
+        loader: spec -> model (default :func:`vlexplain.load_model`).
+        max_models: the most models kept loaded; loading another first drops the least recently
+            used one (a request still running on a dropped model keeps it until it finishes).
+        allowed: the only specs that may be loaded (None: any spec); others are refused with
+            :class:`InputError` naming the allowed ones.
     """
 
-    def __init__(self, loader: Callable[[str], DualEncoder] | None = None):
+    def __init__(self, loader: Callable[[str], DualEncoder] | None = None, max_models: int = DEFAULT_MAX_MODELS,
+                 allowed: Sequence[str] | None = None):
         if loader is None:
             from ..models.registry import load_model
 
             loader = load_model
+        if max_models < 1:
+            raise InputError(f"the server must keep at least one model loaded, got max_models={max_models}")
         self._loader = loader
-        self._models: dict[str, tuple[DualEncoder, threading.Lock]] = {}
+        self.max_models = int(max_models)
+        self.allowed = None if allowed is None else [a.strip() for a in allowed if a.strip()]
+        if self.allowed is not None and not self.allowed:
+            raise InputError("the list of allowed models is empty")
+        self._models: OrderedDict[str, tuple[DualEncoder, threading.Lock]] = OrderedDict()
         self._load_lock = threading.Lock()
 
-    def get(self, spec: str) -> tuple[DualEncoder, threading.Lock]:
-        """The model for ``spec`` and its lock (loading it on first use)."""
-        spec = spec.strip()
+    def check(self, spec: str) -> str:
+        """The cleaned spec, or :class:`InputError` when it is empty or not allowed here."""
+        spec = (spec or "").strip()
         if not spec:
             raise InputError("no model given: choose 'offline' or type a model spec")
+        if self.allowed is not None and spec not in self.allowed:
+            raise InputError(f"model {spec!r} is not offered by this server; choose one of: {', '.join(self.allowed)}")
+        return spec
+
+    def get(self, spec: str) -> tuple[DualEncoder, threading.Lock]:
+        """The model for ``spec`` and its lock (loading it on first use, dropping the least recently used)."""
+        spec = self.check(spec)
         with self._load_lock:
-            if spec not in self._models:
-                self._models[spec] = (self._loader(spec), threading.Lock())
-            return self._models[spec]
+            if spec in self._models:
+                self._models.move_to_end(spec)
+                return self._models[spec]
+            while len(self._models) >= self.max_models:  # make room before loading: memory stays bounded
+                self._models.popitem(last=False)
+                _release_memory()
+            entry = (self._loader(spec), threading.Lock())
+            self._models[spec] = entry
+            return entry
+
+    def loaded(self) -> list[str]:
+        """The specs loaded now, least recently used first."""
+        return list(self._models)
 
     def __contains__(self, spec: str) -> bool:
-        return spec.strip() in self._models
+        return (spec or "").strip() in self._models
+
+
+def _release_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def method_choices(model: DualEncoder) -> list[tuple[str, str]]:

@@ -62,6 +62,7 @@ class EvalConfig:
     device: str = "cpu"  # where the model runs (not part of the run's identity)
     metric_info: dict[str, dict[str, Any]] = field(default_factory=dict)  # side, primary, direction
     world_size: int = 1  # processes that ran the evaluation
+    data_identity: dict[str, Any] = field(default_factory=dict)  # fingerprint of the data (eval.identity)
     version: int = CONFIG_VERSION
 
 
@@ -208,6 +209,11 @@ def _prepare_dir(out: Path, cfg: EvalConfig, resume: bool) -> None:
         diff = [k for k in IDENTITY_KEYS if old.get(k) != new.get(k)]
         if diff:
             raise InputError(f"cannot resume {out}: the configuration differs in {', '.join(diff)}")
+        from .identity import describe_change
+
+        change = describe_change(old.get("data_identity"), new["data_identity"], cfg.shard_size, cfg.num_samples)
+        if change:  # the same settings on other data: finished shards would mix with new ones
+            raise InputError(f"cannot resume {out}: {change}; start a new run in another directory")
     elif rio.finished_shards(out):
         raise InputError(f"{out} holds result shards but no {rio.CONFIG}; choose another directory")
 
@@ -284,6 +290,9 @@ def evaluate(
     cfg = EvalConfig(ds.describe(), spec, list(methods), list(metrics), dict(method_options or {}),
                      dict(metric_options or {}), batch_size, s, limit, n_total, seed, target, save_maps,
                      str(model.device), {k: v.describe() for k, v in metric_fns.items()}, world)
+    from .identity import data_identity
+
+    cfg.data_identity = data_identity(ds, n_total, s)  # what a resume must find unchanged
     out = Path(out_dir).expanduser()
     _prepare_dir(out, cfg, resume)
     _barrier(world)  # every process checked the directory before anyone writes to it
