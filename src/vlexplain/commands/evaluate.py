@@ -32,12 +32,54 @@ def _options(value: Optional[str], flag: str) -> dict[str, dict[str, Any]]:
     return obj
 
 
+def open_data(data: Path, split: Optional[str], image_key: Optional[str], caption_key: Optional[str],
+              box_key: Optional[str], mask_key: Optional[str], all_captions: bool, images: Optional[Path],
+              instances: Optional[Path], coco_ground_truth: str, coco_match: str):
+    """The command line's data options -> a :class:`~vlexplain.data.pairs.PairDataset`."""
+    from ..data.pairs import open_pairs
+
+    if coco_ground_truth not in ("boxes", "masks"):
+        raise InputError(f"--coco-ground-truth {coco_ground_truth!r}: use boxes or masks")
+    if coco_match not in ("caption", "all"):
+        raise InputError(f"--coco-match {coco_match!r}: use caption or all")
+    ds = open_pairs(data, split=split, image_key=image_key, caption_key=caption_key, box_key=box_key,
+                    mask_key=mask_key, all_captions=all_captions, images=images, instances=instances,
+                    coco_ground_truth=coco_ground_truth, coco_match=coco_match)
+    if (images is not None or instances is not None) and ds.format != "coco":
+        raise InputError(f"--images / --instances go with a COCO captions file; {data} is read as {ds.format}")
+    return ds
+
+
+#: the data options shared by the commands that read pairs (``evaluate``, ``benchmark``)
+DATA_HELP = ("Pairs: .jsonl/.csv/.tsv file, image folder with captions, COCO captions_*.json, webdataset .tar "
+             "shard(s) (a file, folder or {000..009} pattern), .parquet file(s), or a saved HF dataset.")
+
+
+def data_options():
+    """Typer parameters for the data options (used as defaults of each command's signature)."""
+    return dict(
+        split=typer.Option(None, "--split", help="Split to read: a split folder (train/val/test), a saved DatasetDict's split, <split>-*.parquet files."),
+        image_key=typer.Option(None, "--image-key", help="Image column / field / webdataset extension (default: image, filepath, file_name, img, jpg, png, url ...)."),
+        caption_key=typer.Option(None, "--caption-key", help="Caption column / field (default: caption, text, title, sentences, txt ...)."),
+        box_key=typer.Option(None, "--box-key", help="Column of COCO [x, y, w, h] boxes (default: boxes)."),
+        mask_key=typer.Option(None, "--mask-key", help="Column of ground-truth mask paths (default: mask)."),
+        all_captions=typer.Option(False, "--all-captions", help="A list of captions (or COCO's captions of an image) gives one pair per caption (default: the first)."),
+        images=typer.Option(None, "--images", help="COCO: the image folder (default: ../<split> beside annotations/)."),
+        instances=typer.Option(None, "--instances", help="COCO: instances_*.json whose boxes / masks are the ground truth."),
+        coco_ground_truth=typer.Option("boxes", "--coco-ground-truth", help="COCO ground truth: boxes or masks (segmentations)."),
+        coco_match=typer.Option("caption", "--coco-match", help="COCO: the objects whose category the caption names (caption) or every object (all)."),
+    )
+
+
+_D = data_options()
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``evaluate`` and ``report`` commands."""
 
     @app.command("evaluate")
     def evaluate_cmd(
-        data: Path = typer.Option(..., "--data", help="Pairs: .jsonl/.csv/.tsv file, image folder with captions, or saved HF dataset."),
+        data: Path = typer.Option(..., "--data", help=DATA_HELP),
         model: str = typer.Option(..., "--model", help="Model spec (offline, hf:ORG/NAME, open_clip:ARCH/TAG, a directory)."),
         methods: str = typer.Option(..., "--methods", help="Comma-separated attribution methods, e.g. m2ib,gradcam."),
         metrics: str = typer.Option(..., "--metrics", help="Comma-separated metrics (vlexplain.metrics.list_metrics(), or module:function)."),
@@ -53,20 +95,42 @@ def register(app: typer.Typer) -> None:
         method_options: Optional[str] = typer.Option(None, "--method-options", help='JSON (or a JSON file): {"m2ib": {"steps": 5}}.'),
         metric_options: Optional[str] = typer.Option(None, "--metric-options", help='JSON (or a JSON file): {"deletion_image": {"n_steps": 8}}.'),
         no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
+        skip_missing: bool = typer.Option(False, "--skip-missing", help="Run without the metrics whose ground truth the data lacks (warned), instead of refusing."),
+        split: Optional[str] = _D["split"],
+        image_key: Optional[str] = _D["image_key"],
+        caption_key: Optional[str] = _D["caption_key"],
+        box_key: Optional[str] = _D["box_key"],
+        mask_key: Optional[str] = _D["mask_key"],
+        all_captions: bool = _D["all_captions"],
+        images: Optional[Path] = _D["images"],
+        instances: Optional[Path] = _D["instances"],
+        coco_ground_truth: str = _D["coco_ground_truth"],
+        coco_match: str = _D["coco_match"],
     ) -> None:
         """Explain every pair of a dataset with each method and score the maps with each metric."""
-        from ..eval.runner import evaluate
+        from ..eval.problems import read_summary, summary_line
+        from ..eval.runner import dist_info, evaluate
 
+        ds = open_data(data, split, image_key, caption_key, box_key, mask_key, all_captions, images, instances,
+                       coco_ground_truth, coco_match)
         run_dir = evaluate(
-            data, model, _names(methods, "methods"), _names(metrics, "metrics"), out,
+            ds, model, _names(methods, "methods"), _names(metrics, "metrics"), out,
             batch_size=batch_size, limit=limit, resume=resume, save_maps=save_maps,
             method_options=_options(method_options, "--method-options"),
             metric_options=_options(metric_options, "--metric-options"),
             shard_size=shard_size, seed=seed, target=target, device=device, progress=not no_progress,
+            skip_missing=skip_missing,
         )
-        from ..eval.runner import dist_info
-
         if dist_info()[0] == 0:
+            d = ds.describe()
+            for note in d.get("notes", []):
+                typer.echo(f"note: {note}", err=True)
+            split_txt = f" (split {d['split']})" if d.get("split") not in (None, "all") else ""
+            n = read_summary(run_dir).get("num_samples", "?")
+            typer.echo(f"{n} pairs from {d['format']} data{split_txt}", err=True)
+            line = summary_line(run_dir)
+            if line:
+                typer.echo(f"warning: {line}", err=True)
             typer.echo(f"results in {run_dir}  (vlexplain report {run_dir})")
 
     @app.command("report")

@@ -63,6 +63,7 @@ class EvalConfig:
     metric_info: dict[str, dict[str, Any]] = field(default_factory=dict)  # side, primary, direction
     world_size: int = 1  # processes that ran the evaluation
     data_identity: dict[str, Any] = field(default_factory=dict)  # fingerprint of the data (eval.identity)
+    skipped_metrics: dict[str, str] = field(default_factory=dict)  # metric -> why it was left out (skip_missing)
     version: int = CONFIG_VERSION
 
 
@@ -243,6 +244,7 @@ def evaluate(
     target: str = "cosine",
     device: str | None = None,
     progress: bool = True,
+    skip_missing: bool = False,
 ) -> Path:
     """Explain every pair of a dataset with each method, score the maps, write shards.
 
@@ -264,9 +266,14 @@ def evaluate(
         device: "cpu", "cuda", "cuda:1"... (under a multi-process launcher "cuda" means this
             process's local GPU).
         progress: show a progress bar (rank 0 only).
+        skip_missing: run without the metrics whose ground truth no pair has (a warning names
+            them) instead of refusing the run.
 
     Returns:
-        The run directory.
+        The run directory (``problems.jsonl`` lists failed pairs, see :mod:`vlexplain.eval.problems`).
+
+    Raises:
+        AllPairsFailedError: every pair failed (the run directory is written all the same).
 
     Example:
         >>> evaluate("pairs.jsonl", "offline", ["m2ib"], ["deletion_image"], "runs/a")
@@ -286,10 +293,16 @@ def evaluate(
     model, spec = _model_and_spec(model_spec_or_model, _resolve_device(device, world))
     _check_methods(model, methods)
     metric_fns = {m: resolve_metric(m) for m in metrics}
-    n_total = _count(ds, limit)  # validates every line before anything is written
+    from . import problems
+
+    n_total, have = problems.scan(ds, limit)  # validates every line before anything is written
+    metric_fns, skipped = problems.check_metrics(metric_fns, have, str(getattr(ds, "path", "the data")),
+                                                 skip_missing, show=rank == 0)
+    metrics = list(metric_fns)
     cfg = EvalConfig(ds.describe(), spec, list(methods), list(metrics), dict(method_options or {}),
                      dict(metric_options or {}), batch_size, s, limit, n_total, seed, target, save_maps,
-                     str(model.device), {k: v.describe() for k, v in metric_fns.items()}, world)
+                     str(model.device), {k: v.describe() for k, v in metric_fns.items()}, world,
+                     skipped_metrics=skipped)
     from .identity import data_identity
 
     cfg.data_identity = data_identity(ds, n_total, s)  # what a resume must find unchanged
@@ -306,8 +319,10 @@ def evaluate(
     _barrier(world)
     if rank == 0:
         write_manifest(out, n_total, s)
+        problems.write_summary(out, n_total)  # problems.jsonl; counts in the manifest
     _barrier(world)
     _release_group()
+    problems.raise_if_all_failed(out)
     return out
 
 
@@ -459,6 +474,9 @@ def _explain_batch(ctx: _Ctx, ok: list[Any], recs: dict[tuple[int, str], dict[st
     caps = [p.caption for p in ok]
     texts = model.tokenize(caps)
     gts = [_gt_mask(p, tuple(model.input_size)) for p in ok]
+    from .problems import empty_ground_truth
+
+    gt_notes = empty_ground_truth(ok, gts)  # ground truth the crop cut away: warned, not scored
     out: dict[tuple[int, str], dict[str, Any]] = {}
     ten: dict[str, Tensor] = {}
     met: dict[str, str] = {}
@@ -474,6 +492,8 @@ def _explain_batch(ctx: _Ctx, ok: list[Any], recs: dict[tuple[int, str], dict[st
         for j, (p, e) in enumerate(zip(ok, exps)):
             r = out[(p.index, m)] = dict(recs[(p.index, m)])
             r["score"] = float(e.score)
+            if p.index in gt_notes:
+                r["warning"] = gt_notes[p.index]
             r["seconds"] = float(e.seconds)
             for col, v in vals.items():
                 r[col] = v[j]
@@ -611,7 +631,7 @@ def _write_table(path: Path, records: list[dict[str, Any]], methods: list[str]) 
     for r in records:
         cols += [c for c in r if c not in cols]
     fixed = {"index": pa.int64(), "method": pa.string(), "caption": pa.string(), "image": pa.string(),
-             "error": pa.string(), "score": pa.float64(), "seconds": pa.float64()}
+             "error": pa.string(), "warning": pa.string(), "score": pa.float64(), "seconds": pa.float64()}
     arrays, fields = [], []
     for c in cols:
         vals = [r.get(c) for r in records]
