@@ -17,14 +17,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_open_clip
 from torch import nn
 
 import vlexplain as vx
 from vlexplain.attribution.clip_surgery import NEUTRAL_PROMPTS, TEMPLATES
 from vlexplain.errors import MethodError
 from vlexplain.models.blocks import record_blocks
-
-from conftest import tiny_open_clip
 
 TEXT = "a photo of a small cat"
 
@@ -35,8 +34,8 @@ def _oc(layers: int = 3, head_width: int = 8, seed: int = 0):
     torch.manual_seed(seed)
     return CLIP(
         embed_dim=16,
-        vision_cfg=dict(image_size=64, patch_size=16, width=32, layers=layers, head_width=head_width),
-        text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=4, layers=layers),
+        vision_cfg={"image_size": 64, "patch_size": 16, "width": 32, "layers": layers, "head_width": head_width},
+        text_cfg={"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 4, "layers": layers},
     ).eval()
 
 
@@ -257,7 +256,7 @@ def ref_v_final(visual, x):
     with torch.no_grad():
         qkv = torch.stack((q, k, v), dim=0)
         qkv = linear(qkv, targetTR.attn.out_proj.weight, targetTR.attn.out_proj.bias)
-        q_out, k_out, v_out = qkv[0], qkv[1], qkv[2]
+        q_out, k_out, v_out = qkv[0], qkv[1], qkv[2]  # noqa: F841 (as released)
         v_final = v_out + x_in
         v_final = v_final + targetTR.mlp(targetTR.ln_2(v_final))
         v_final = v_final.permute(1, 0, 2)
@@ -407,7 +406,7 @@ def ref_encode_text_with_prompt_ensemble(model, texts, prompt_templates):
 
 
 def ref_clip_feature_surgery(image_features, text_features, redundant_feats=None, t=2):
-    if redundant_feats != None:  # noqa: E711 (as released)
+    if redundant_feats != None:  # as released
         similarity = image_features @ (text_features - redundant_feats).t()
     else:
         # weights to restrain influence of obvious classes on others
@@ -645,10 +644,32 @@ def test_refusals(siglip, offline) -> None:
     assert vx.get_method("grad_eclip").why_not(offline, "text") is not None
     assert vx.get_method("legrad").why_not(offline, "text") is None
     oc = vx.load_model(tiny_open_clip())
-    for bad in (dict(image_blocks=0), dict(image_blocks=9), dict(text_blocks=True)):
+    for bad in ({"image_blocks": 0}, {"image_blocks": 9}, {"text_blocks": True}):
         with pytest.raises(MethodError, match="last blocks"):
             vx.explain(oc, torch.zeros(3, 64, 64), "a cat", method="grad_eclip", **bad)
     with pytest.raises(MethodError, match="blocks"):
         vx.explain(oc, torch.zeros(3, 64, 64), "a cat", method="legrad", blocks=0)
     with pytest.raises(MethodError, match="neutral_prompts"):
         vx.explain(oc, torch.zeros(3, 64, 64), "a cat", method="clip_surgery", neutral_prompts=[])
+
+
+def test_clip_surgery_neutral_feature_follows_weight_updates() -> None:
+    raw = _oc()
+    model = vx.load_model(raw)
+    px = _pixels()
+    first = vx.explain(model, px, TEXT, method="clip_surgery").patch_map
+    cached = model.text.__dict__["_vx_neutral_feature"][1]
+    assert torch.equal(vx.explain(model, px, TEXT, method="clip_surgery").patch_map, first)  # cached
+    w = raw.ln_final.bias
+    with torch.no_grad():
+        w.add_(0.5)  # an in-place update, as an optimiser step makes
+    try:
+        with torch.no_grad():
+            r = ref_encode_text_with_prompt_ensemble(raw, [""], TEMPLATES)[0]
+        from vlexplain.attribution.clip_surgery import CLIPSurgery
+
+        torch.testing.assert_close(CLIPSurgery(model).redundant_feature(), r, rtol=1e-4, atol=1e-6)
+        assert not torch.allclose(r, cached, atol=1e-3)  # the update did change the neutral feature
+    finally:
+        with torch.no_grad():
+            w.sub_(0.5)

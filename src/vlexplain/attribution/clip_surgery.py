@@ -25,7 +25,7 @@ projection (CLIP ViTs). Training-free and gradient-free.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -113,6 +113,7 @@ class CLIPSurgery(Explainer):
     """
 
     name = "clip_surgery"
+    paper = "Li et al. CLIP Surgery for Better Explainability with Enhancement in Open-Vocabulary Tasks. arXiv 2304.05653, 2023"
     summary = "v-v attention dual path + feature surgery against redundant text features (Li et al. 2023)"
     needs_attention = True
     needs_gradients = False
@@ -129,20 +130,28 @@ class CLIPSurgery(Explainer):
         if type(self).why_not(model, "image") is None:
             n = model.image.num_blocks
             self._blocks = check_count(model.image, (n + 1) // 2 if blocks is None else blocks, "blocks", self.name)
-        self._redundant: Tensor | None = None
 
     @classmethod
     def why_not(cls, model: DualEncoder, side: Side) -> str | None:
         return super().why_not(model, side) or why_not_native(cls.name, model, side, projects=True)
 
     def redundant_feature(self) -> Tensor:
-        """(d,) unit-norm mean embedding of the neutral prompts (computed once per explainer)."""
-        if self._redundant is None:
-            prompts = self.neutral_prompts or list(NEUTRAL_PROMPTS)
-            with torch.no_grad():
-                e = F.normalize(self.model.text.encode(self.model.tokenize(prompts)), dim=-1)
-            self._redundant = F.normalize(e.mean(0), dim=-1)
-        return self._redundant
+        """(d,) unit-norm mean embedding of the neutral prompts.
+
+        Cached on the text tower, keyed by the prompts and the parameters' in-place version
+        counters, so it is recomputed after any update of the text tower's weights.
+        """
+        prompts = tuple(self.neutral_prompts or NEUTRAL_PROMPTS)
+        tower = self.model.text
+        key = (prompts, tuple((id(p), p._version) for p in tower.parameters()))
+        cached = tower.__dict__.get("_vx_neutral_feature")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        with torch.no_grad():
+            e = F.normalize(tower.encode(self.model.tokenize(list(prompts))), dim=-1)
+        r = F.normalize(e.mean(0), dim=-1)
+        object.__setattr__(tower, "_vx_neutral_feature", (key, r))
+        return r
 
     def attribute_image(self, batch: PairBatch) -> Tensor:
         tower = self.model.image

@@ -21,7 +21,8 @@ attention head (SigLIP's image tower) have no pooled token and are refused.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -90,6 +91,7 @@ class GradECLIP(Explainer):
     """
 
     name = "grad_eclip"
+    paper = "Zhao et al. Gradient-based Visual Explanation for Transformer-based CLIP. ICML 2024"
     summary = "attention-output gradient x values, query-key weighted (Zhao et al., ICML 2024)"
     needs_attention = True
 

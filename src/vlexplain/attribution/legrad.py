@@ -23,7 +23,8 @@ normalises the summed map; we keep the raw mean over blocks (the normalisation i
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -96,6 +97,7 @@ class LeGrad(Explainer):
     """
 
     name = "legrad"
+    paper = "Bousselham et al. LeGrad: An Explainability Method for Vision Transformers via Feature Formation Sensitivity. arXiv 2404.03214, 2024"
     summary = "layer-wise positive gradients of the read-out score w.r.t. attention (Bousselham et al. 2024)"
     needs_attention = True
 

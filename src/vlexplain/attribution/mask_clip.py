@@ -36,6 +36,7 @@ class MaskCLIP(Explainer):
     """
 
     name = "mask_clip"
+    paper = "Zhou, Loy, Dai. Extract Free Dense Labels from CLIP. ECCV 2022"
     summary = "value embeddings of the last block through the head, cosine with the text (Zhou et al., ECCV 2022)"
     needs_attention = True
     needs_gradients = False
