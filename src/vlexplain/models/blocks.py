@@ -7,9 +7,9 @@ probabilities are available to methods (Chefer relevance, rollout) without hooks
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
