@@ -57,6 +57,7 @@ class AttentionRollout(Explainer):
 
     name = "attention_rollout"
     summary = "attention rollout (gradient-free)"
+    paper = "Abnar & Zuidema. Quantifying Attention Flow in Transformers. ACL 2020"
     needs_attention = True
     needs_gradients = False
 

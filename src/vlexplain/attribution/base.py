@@ -69,6 +69,8 @@ class Explainer:
     name: ClassVar[str] = ""
     #: short description for listings
     summary: ClassVar[str] = ""
+    #: the paper that introduced the method (authors, title, venue year), for listings
+    paper: ClassVar[str] = ""
     #: the method needs attention probabilities (ViT / transformer towers only)
     needs_attention: ClassVar[bool] = False
     #: the method needs gradients through the model

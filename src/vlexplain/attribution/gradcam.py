@@ -92,6 +92,7 @@ class GradCAM(Explainer):
 
     name = "gradcam"
     summary = "gradient-weighted block activations (Grad-CAM)"
+    paper = "Selvaraju et al. Grad-CAM: Visual Explanations from Deep Networks via Gradient-based Localization. ICCV 2017"
 
     def __init__(self, model, layer: int | None = None, image_layer: int | None = None, text_layer: int | None = None):
         super().__init__(model)

@@ -25,6 +25,7 @@ class GradientXInput(Explainer):
 
     name = "gradient_x_input"
     summary = "input times gradient (signed)"
+    paper = "Shrikumar et al. Not Just a Black Box: Learning Important Features Through Propagating Activation Differences. 2016"
 
     def __init__(self, model):
         super().__init__(model)

@@ -88,6 +88,7 @@ class IntegratedGradients(Explainer):
 
     name = "integrated_gradients"
     summary = "integrated gradients from a baseline (attributions sum to the score difference)"
+    paper = "Sundararajan, Taly & Yan. Axiomatic Attribution for Deep Networks. ICML 2017"
 
     def __init__(
         self,

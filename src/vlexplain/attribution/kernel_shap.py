@@ -129,6 +129,7 @@ class KernelShap(Explainer):
 
     name = "kernel_shap"
     summary = "Kernel SHAP: Shapley values of image regions and tokens (no gradients)"
+    paper = "Lundberg & Lee. A Unified Approach to Interpreting Model Predictions. NeurIPS 2017"
     needs_gradients = False
 
     def __init__(

@@ -86,6 +86,7 @@ class Rise(Explainer):
 
     name = "rise"
     summary = "RISE: saliency from randomly masked inputs (no gradients)"
+    paper = "Petsiuk, Das & Saenko. RISE: Randomized Input Sampling for Explanation of Black-box Models. BMVC 2018"
     needs_gradients = False
 
     def __init__(

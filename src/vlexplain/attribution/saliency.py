@@ -48,6 +48,7 @@ class Saliency(Explainer):
 
     name = "saliency"
     summary = "input-gradient magnitude (pixels: max over channels; tokens: L2 norm)"
+    paper = "Simonyan, Vedaldi & Zisserman. Deep Inside Convolutional Networks: Visualising Image Classification Models and Saliency Maps. ICLR workshop 2014"
 
     def __init__(self, model):
         super().__init__(model)
