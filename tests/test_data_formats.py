@@ -237,3 +237,63 @@ def test_hf_datasetdict_named_columns_and_split(tmp_path):
     tr = open_pairs(tmp_path / "saved", split="train", all_captions=True)
     assert [(p.caption, _grey(p)) for p in tr] == [("caption 0", 0), ("other 0", 0), ("caption 1", 30),
                                                    ("other 1", 30)]
+
+
+# --- through evaluate --------------------------------------------------------------------------------
+
+
+def test_evaluate_cli_reads_named_columns_of_a_datasetdict_split(tmp_path, capsys):
+    datasets = pytest.importorskip("datasets")
+    from conftest import tiny_hf_clip
+    from vlexplain.cli import main
+
+    tiny_hf_clip().save_pretrained(tmp_path / "model")
+    paths = [str(_img(tmp_path / f"{i}.png", 30 * i)) for i in range(3)]
+    mk = lambda idx: datasets.Dataset.from_dict(  # noqa: E731
+        {"img": [paths[i] for i in idx], "sentences": [[f"caption {i}", "other"] for i in idx]})
+    datasets.DatasetDict({"train": mk([0, 1]), "validation": mk([2])}).save_to_disk(str(tmp_path / "saved"))
+    common = ["--data", str(tmp_path / "saved"), "--model", str(tmp_path / "model"), "--methods", "random",
+              "--metrics", "deletion_image", "--no-progress"]
+    assert main(["evaluate", *common, "--out", str(tmp_path / "x")]) == 2
+    assert "no split 'test'; splits: train, validation (pass --split NAME)" in capsys.readouterr().err
+    assert main(["evaluate", *common, "--split", "validation", "--image-key", "img", "--caption-key", "sentences",
+                 "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert "note: 'sentences' holds lists of captions: the first caption of each is used" in err
+    assert "1 pair from hf data (split validation)" in err
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["data"]["split"] == "validation" and cfg["num_samples"] == 1
+    assert cfg["data"]["columns"] == {"image": "img", "caption": "sentences"}
+
+
+def test_evaluate_scores_coco_boxes_matched_to_captions(tmp_path, hf_clip):
+    from vlexplain.eval import evaluate, load_results
+
+    caps, inst = _coco(tmp_path)
+    ds = open_pairs(caps, instances=inst, all_captions=True)
+    out = evaluate(ds, hf_clip, ["random"], ["energy_pointing_game"], tmp_path / "run", progress=False)
+    df = load_results(out).to_pandas().sort_values("index")
+    # pairs: "Two dogs and a man." (dog + person boxes), "A park in summer" (none), "A cat on a sofa" (none)
+    assert df["energy_pointing_game"].notna().tolist() == [True, False, False]
+    assert json.loads((out / "config.json").read_text())["data"]["coco"]["without_ground_truth"] == 2
+
+
+def test_webdataset_resume_reads_only_the_unfinished_shards_images(tmp_path, hf_clip, monkeypatch):
+    from vlexplain.eval import evaluate, load_results
+
+    d = tmp_path / "shards"
+    d.mkdir()
+    for s in range(2):
+        _shard(d / f"{s:05d}.tar", [(f"{2 * s + i:09d}", {"png": _png(10 * (2 * s + i)), "txt": f"pair {2 * s + i}".encode()})
+                                    for i in range(2)])
+    run = evaluate(d, hf_clip, ["random"], ["deletion_image"], tmp_path / "run", batch_size=2, shard_size=2,
+                   progress=False)
+    first = load_results(run).to_pandas()
+    (run / "shards" / "metrics-000001.parquet").unlink()  # as if the run had stopped after its first shard
+    reads = []
+    real = LazyBytes.read
+    monkeypatch.setattr(LazyBytes, "read", lambda self: reads.append(self.offset) or real(self))
+    evaluate(d, hf_clip, ["random"], ["deletion_image"], run, batch_size=2, shard_size=2, resume=True, progress=False)
+    assert len(reads) == 2  # pairs 2 and 3 only
+    again = load_results(run).to_pandas()
+    assert again.sort_values("index")["deletion_image.auc"].tolist() == first.sort_values("index")["deletion_image.auc"].tolist()
