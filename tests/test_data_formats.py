@@ -297,3 +297,19 @@ def test_webdataset_resume_reads_only_the_unfinished_shards_images(tmp_path, hf_
     assert len(reads) == 2  # pairs 2 and 3 only
     again = load_results(run).to_pandas()
     assert again.sort_values("index")["deletion_image.auc"].tolist() == first.sort_values("index")["deletion_image.auc"].tolist()
+
+
+def test_split_folders_of_pairs_and_split_on_a_single_file(tmp_path):
+    for split, v in (("train", 10), ("test", 20)):
+        _img(tmp_path / "pairs" / split / "a.png", v)
+        (tmp_path / "pairs" / split / "captions.txt").write_text(f"a.png\t{split} image\n")
+    ds = open_pairs(tmp_path / "pairs")  # two splits: test by default, and said so
+    assert [(p.caption, _grey(p)) for p in ds] == [("test image", 20)] and ds.describe()["split"] == "test"
+    tr = open_pairs(tmp_path / "pairs", split="train")
+    assert [(p.caption, _grey(p)) for p in tr] == [("train image", 10)]
+    with pytest.raises(InputError, match=r"no split 'val' \(splits: test, train\)"):
+        open_pairs(tmp_path / "pairs", split="val")
+    f = tmp_path / "one.jsonl"
+    f.write_text(json.dumps({"image": "pairs/train/a.png", "caption": "x"}) + "\n")
+    with pytest.raises(InputError, match="holds a single split"):
+        open_pairs(f, split="train")

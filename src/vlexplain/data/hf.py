@@ -32,6 +32,12 @@ def load_hf(pd: Any):
 
 def hf_rows(pd: Any, ds: Any) -> Iterator[PairRow]:
     cols = pd.columns.resolve(list(ds.column_names), str(pd.path))
+    feature = ds.features.get(cols.image)
+    if getattr(feature, "decode", False) and type(feature).__name__ == "Image":
+        import datasets
+
+        # rows carry the encoded bytes / path; the image is decoded only when its pair is loaded
+        ds = ds.cast_column(cols.image, datasets.Image(decode=False))
     base = pd.path
 
     def image(img: Any, where: str) -> Any:
