@@ -45,7 +45,7 @@ def test_counterfactuals_identical_outside_the_badge(size):
             assert np.array_equal(s.image[~m], plain.image[~m])  # pixel-identical outside
             assert np.array_equal(s.labels[~m], plain.labels[~m])
             # the mask is exactly the glyph, in the badge's colour, in its corner
-            k = size // 64
+            k = size // 32  # pixels per glyph cell
             assert m.sum() == glyph(s.badge.category).sum() * k * k
             assert (s.image[m] == BADGE_COLOURS[s.badge.category]).all()
             top, left = s.badge.corner.startswith("top"), s.badge.corner.endswith("left")
@@ -226,3 +226,78 @@ def test_evaluate_reads_cue_mask_and_reliance_columns(tmp_path, hf_clip):
 
 
 PINNED_SHAPES_DIGEST = "96c3936a1d33fd9a00eb5c4d92ad6d9f3750f1b4d633d23a440e117820c2bd82"
+
+
+# --- the benchmark -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_shapes_dir(tmp_path_factory):
+    from vlexplain.data.shapes import vocabulary
+    from vlexplain.data.shapes_train import ShapesCLIPConfig, build_model
+    from vlexplain.data.testbed_models import build_vocab
+
+    d = tmp_path_factory.mktemp("tiny_clip")
+    vocab = build_vocab(vocabulary())
+    cfg = ShapesCLIPConfig(patch_size=16, vision_width=32, vision_layers=2, text_width=32, text_layers=2,
+                           heads=2, projection_dim=16)
+    build_model(cfg, len(vocab), seed=0).eval().save_pretrained(str(d), safe_serialization=True)
+    (d / "vocab.json").write_text(json.dumps({"tokens": vocab}))
+    return d
+
+
+def test_benchmark_spurious_cli_end_to_end(tmp_path, tiny_shapes_dir, capsys):
+    from vlexplain.cli import main
+    from vlexplain.data.spurious import reliance
+    from vlexplain.eval import io as rio
+    from vlexplain.eval.spurious_bench import SPURIOUS_SEED_BASE
+    from vlexplain.models.registry import load_model
+
+    torch.set_num_threads(1)
+    out = tmp_path / "bench"
+    args = ["benchmark", "spurious", "--n", "3", "--model", f"testbed:shapes@{tiny_shapes_dir}", "--out", str(out),
+            "--methods", "saliency", "--no-progress"]
+    assert main(args) == 0
+    md = (out / "leaderboard.md").read_text()
+    assert md.strip() in capsys.readouterr().out
+    for heading in ("### `spurious`", "### `shapes`", "### Difference `spurious` − `shapes`", "### Cue share by group"):
+        assert heading in md
+    assert "| cue_reliance_rank ↑ |" in md.replace("| rank | method ", "")
+    # the data: three groups of the same seeds; badges only where they belong; reliance per model
+    models = {"spurious": load_model(f"testbed:shapes@{tiny_shapes_dir}"), "shapes": load_model("testbed:shapes")}
+    for tag, model in models.items():
+        rows = [json.loads(x) for x in (out / "data" / f"pairs_{tag}.jsonl").read_text().splitlines()]
+        assert [r["group"] for r in rows] == ["aligned"] * 3 + ["absent"] * 3 + ["conflicting"] * 3
+        assert [r["scene_seed"] for r in rows] == [SPURIOUS_SEED_BASE + i for i in range(3)] * 3
+        assert all(("cue_mask" in r) == (r["group"] != "absent") for r in rows)
+        badged = [r for r in rows if "cue_mask" in r]
+        scenes = [render_cue_scene(r["scene_seed"], "own" if r["group"] == "aligned" else "other") for r in badged]
+        plain = [render_cue_scene(r["scene_seed"], "none") for r in badged]
+        want = reliance(model, scenes, plain, [r["caption"] for r in badged])
+        assert np.allclose([r["reliance"] for r in badged], want, atol=1e-6)
+        for r, s in zip(badged, scenes):
+            assert np.array_equal(np.asarray(Image.open(out / "data" / r["cue_mask"])) > 127, s.badge_mask)
+        df = rio.load_results(out / f"run_{tag}").to_pandas()
+        assert set(df["method"]) == {"saliency", "random", "center"} and df["error"].isna().all()
+        assert df[df["index"].isin([3, 4, 5])]["cue_share"].isna().all()  # absent group: no cue
+    # the center reference ignores the model: its differences are 0 (but cue_reliance_rank's, which
+    # ranks against each model's own reliance)
+    diff = md.split("### Difference")[1].split("###")[0]
+    center_row = next(x for x in diff.splitlines() if x.startswith("| center |"))
+    assert all(c.strip() == "+0.000 [+0.000, +0.000]" for c in center_row.split("|")[3:-1])
+    assert main(args) == 2  # an existing benchmark is refused without --resume
+
+
+def test_shipped_spurious_model_is_biased():
+    """testbed:spurious loads and leans on the badge: the group numbers of its metrics.json, re-measured."""
+    from vlexplain.data.spurious import evaluate_spurious
+    from vlexplain.data.testbed_models import spurious_dir
+    from vlexplain.models.registry import load_model
+
+    torch.set_num_threads(1)
+    model = load_model("testbed:spurious")
+    assert model.name == "testbed:spurious"
+    r = evaluate_spurious(model, n=150)
+    shipped = json.loads((spurious_dir() / "metrics.json").read_text())["groups"]
+    assert r["aligned_minus_conflicting"] >= 0.15  # shipped (500 scenes): >= 0.2
+    assert shipped["aligned_minus_conflicting"] >= 0.2
+    for g in ("aligned", "absent", "conflicting"):  # the first 150 of the shipped 500 scenes
+        assert abs(r[f"accuracy_{g}"] - shipped[f"accuracy_{g}"]) < 0.08

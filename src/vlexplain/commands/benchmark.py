@@ -15,11 +15,11 @@ def register(app: typer.Typer) -> None:
 
     @app.command("benchmark")
     def benchmark_cmd(
-        kind: str = typer.Argument(..., help="Testbed: shapes (shapes-world scenes) or grids (grids of real photos)."),
+        kind: str = typer.Argument(..., help="Testbed: shapes (shapes-world scenes), grids (grids of real photos) or spurious (a badge cue: testbed:spurious vs testbed:shapes)."),
         methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods (default: all registered; random and center are always added)."),
         metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated metrics (default: those that apply to the testbed)."),
-        n: Optional[int] = typer.Option(None, "--n", min=1, help="Number of pairs (default: shapes 64, grids 16)."),
-        model: Optional[str] = typer.Option(None, "--model", help="Model spec (default: shapes testbed:shapes, grids offline)."),
+        n: Optional[int] = typer.Option(None, "--n", min=1, help="Number of pairs (default: shapes 64, grids 16; spurious: 24 scenes per group)."),
+        model: Optional[str] = typer.Option(None, "--model", help="Model spec (default: shapes testbed:shapes, grids offline; spurious: the biased model, testbed:spurious, compared with testbed:shapes)."),
         out: Optional[Path] = typer.Option(None, "--out", help="Benchmark directory (default: benchmarks/runs/KIND)."),
         seed: int = typer.Option(0, "--seed", min=0, help="Selects the scenes / grids and seeds the explanations (each pair its own seed)."),
         batch_size: int = typer.Option(8, "--batch-size", min=1, help="Pairs explained together."),
@@ -34,6 +34,22 @@ def register(app: typer.Typer) -> None:
         """Benchmark attribution methods on a testbed with ground truth; print the Markdown leaderboard."""
         from ..eval.benchmark import run_benchmark
 
+        if kind == "spurious":
+            from ..eval.spurious_bench import DEFAULT_METRICS, MODELS, run_spurious_benchmark
+
+            mets = _names(metrics, "metrics") if metrics else list(DEFAULT_METRICS)
+            if sanity and "cascading_randomization" not in mets:
+                mets.append("cascading_randomization")
+            sp = run_spurious_benchmark(
+                out or Path("benchmarks") / "runs" / kind,
+                methods=_names(methods, "methods") if methods else None, metrics=mets, n=n,
+                models={**MODELS, "spurious": model} if model else None, seed=seed, batch_size=batch_size,
+                resume=resume, method_options=_options(method_options, "--method-options"),
+                metric_options=_options(metric_options, "--metric-options"), device=device, progress=not no_progress,
+            )
+            typer.echo(sp.markdown)
+            typer.echo(f"leaderboard: {sp.leaderboard}\nreports: " + ", ".join(str(r / "report.html") for r in sp.runs.values()))
+            return
         res = run_benchmark(
             kind, out or Path("benchmarks") / "runs" / kind,
             methods=_names(methods, "methods") if methods else None,

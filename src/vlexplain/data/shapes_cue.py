@@ -1,7 +1,9 @@
 """A spurious cue for the shapes world: a small coloured badge, one design per category.
 
 A badge is a 5 x 5 glyph (a plus for houses, a cross for trees, ...) in a colour no part of the
-world uses, drawn without anti-aliasing in one corner of the scene. :func:`render_cue_scene` draws
+world uses, drawn without anti-aliasing in one corner of the scene, 4 px from both borders; at
+64 px a glyph cell is 2 x 2 px, so the badge spans 10 x 10 px (2.4 % of the image) and holds 36-64
+coloured pixels. :func:`render_cue_scene` draws
 the scene of :func:`~vlexplain.data.shapes.render_scene` first, from the same seed and with the
 same random stream, and then the badge on top from a separate stream, so the same seed gives
 
@@ -66,7 +68,7 @@ BADGE_COLOURS: dict[str, tuple[int, int, int]] = {
     "lamp": (200, 255, 160),  # mint
 }
 GLYPH = 5  # glyph side in cells
-MARGIN = 2  # pixels between the badge and the image border at 64 px
+MARGIN = 2  # glyph cells between the badge and the image border
 
 
 def glyph(category: str) -> np.ndarray:
@@ -120,7 +122,7 @@ def render_cue_scene(seed: int, badge: str = "own", size: int = 64, scale: int |
         badge: ``"own"`` (the main object's category's badge), ``"other"`` (another category's,
             drawn from the seed), ``"none"``, or a category name.
         size: image side in pixels.
-        scale: pixels per glyph cell (default ``max(1, size // 64)``).
+        scale: pixels per glyph cell (default ``max(1, size // 32)``: 2 at 64 px).
         **scene_options: the other options of :func:`~vlexplain.data.shapes.render_scene`.
 
     Returns:
@@ -141,7 +143,7 @@ def render_cue_scene(seed: int, badge: str = "own", size: int = 64, scale: int |
         design, mode = other_category(cat, draw), "other"
     else:
         design, mode = badge, "own" if badge == cat else "other"
-    s = scale or max(1, size // 64)
+    s = scale or max(1, size // 32)
     mask = _place(np.kron(glyph(design), np.ones((s, s), dtype=bool)), size, corner, MARGIN * s)
     image, labels = scene.image.copy(), scene.labels.copy()
     image[mask] = BADGE_COLOURS[design]

@@ -119,3 +119,49 @@ def evaluate_spurious(model: Any, n: int = 500, size: int = 64, seed0: int = SPU
         res[f"mean_reliance_{g}"] = float((sims[g][rows, truth] - sims["absent"][rows, truth]).mean())
     res.update(n=n, size=size, seeds=f"{seed0}..{seed0 + n - 1} (one object each)")
     return res
+
+
+class SpuriousClassDataset(torch.utils.data.Dataset):
+    """Single-object scenes labelled by category, badged as the biased model's training scenes
+    (the category's badge with probability ``p``, otherwise none or another's, in equal shares).
+
+    Seeds start at :data:`~vlexplain.data.shapes_classes.TRAIN_SEEDS` (``split="train"``, the
+    class-dataset seeds that no evaluation draws) or at ``SPURIOUS_EVAL_SEEDS`` (``"test"``);
+    each item's badge is drawn from its own seed, so an item is the same whenever it is read.
+
+    Attributes:
+        classes: the world's categories (label order).
+        seeds, badges: per item, its scene seed and badge mode.
+    """
+
+    has_parts = False
+
+    def __init__(self, n: int, p: float = 0.9, split: str = "train", size: int = 64, transform: Any = None):
+        from ..errors import InputError
+        from .shapes_classes import TRAIN_SEEDS
+        from .shapes_cue import training_badge
+
+        if split not in ("train", "test"):
+            raise InputError(f"split must be train or test, got {split!r}")
+        if not 0.0 <= p <= 1.0:
+            raise InputError(f"p must be a probability, got {p}")
+        base = TRAIN_SEEDS if split == "train" else SPURIOUS_EVAL_SEEDS
+        self.seeds = [base + i for i in range(n)]
+        self.badges = [training_badge(np.random.default_rng([s, 1]), p) for s in self.seeds]
+        self.size, self.transform = size, transform
+        self.classes = [c.name for c in CATEGORIES]
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def scene(self, i: int) -> Scene:
+        return render_cue_scene(self.seeds[i], self.badges[i], size=self.size, n_objects=1)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        s = self.scene(i)
+        im = s.pil()
+        return (self.transform(im) if self.transform is not None else im), self.classes.index(s.objects[0].category)
+
+    @property
+    def labels(self) -> list[int]:
+        return [self.classes.index(self.scene(i).objects[0].category) for i in range(len(self))]

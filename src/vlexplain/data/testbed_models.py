@@ -3,6 +3,9 @@
 ``vx.load_model("testbed:shapes")`` loads the small CLIP trained on the shapes world that ships in
 ``vlexplain/assets/shapes_clip`` (a transformers ``save_pretrained`` directory plus ``vocab.json``).
 ``testbed:shapes@DIR`` loads one trained with ``vlexplain testbed train-shapes --out DIR``.
+``testbed:spurious`` loads the shipped model trained with a badge cue
+(``vlexplain testbed train-shapes --spurious 0.9``, ``vlexplain/assets/spurious_clip``;
+:mod:`vlexplain.data.spurious`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,11 @@ CONTEXT_LENGTH = 16
 def assets_dir() -> Path:
     """Directory of the shipped shapes-world CLIP."""
     return Path(__file__).resolve().parent.parent / "assets" / "shapes_clip"
+
+
+def spurious_dir() -> Path:
+    """Directory of the shipped shapes-world CLIP trained with the badge cue (``testbed:spurious``)."""
+    return assets_dir().parent / "spurious_clip"
 
 
 def build_vocab(words: Sequence[str]) -> list[str]:
@@ -55,8 +63,9 @@ def load_vocab(directory: Path) -> list[str]:
     return list(json.loads(path.read_text())["tokens"])
 
 
-def load_shapes_clip(directory: str | Path | None = None) -> DualEncoder:
-    """Load a shapes-world CLIP directory (default: the shipped one) as a :class:`DualEncoder`."""
+def load_shapes_clip(directory: str | Path | None = None, name: str | None = None) -> DualEncoder:
+    """Load a shapes-world CLIP directory (default: the shipped one) as a :class:`DualEncoder`
+    (``name``: the model's name, default ``testbed:shapes[@DIR]``)."""
     from transformers import CLIPModel
 
     from ..models.hf_clip import HFDualEncoder
@@ -70,14 +79,18 @@ def load_shapes_clip(directory: str | Path | None = None) -> DualEncoder:
     vocab = load_vocab(d)
     model = CLIPModel.from_pretrained(str(d)).eval()
     tok = word_tokenizer(vocab, model.config.text_config.max_position_embeddings)
-    enc = HFDualEncoder(model, tokenizer=tok, name=f"testbed:shapes@{d}" if directory else "testbed:shapes")
+    name = name or (f"testbed:shapes@{d}" if directory else "testbed:shapes")
+    enc = HFDualEncoder(model, tokenizer=tok, name=name)
     return enc.eval()
 
 
-@register_loader("testbed:", "small CLIPs trained on the project's testbeds: testbed:shapes[@DIR]",
+@register_loader("testbed:", "small CLIPs trained on the project's testbeds: testbed:shapes[@DIR], testbed:spurious",
                  lambda: (assets_dir() / "model.safetensors").exists())
 def _load_testbed(spec: str) -> DualEncoder:
     name, _, where = spec[len("testbed:"):].partition("@")
+    if name == "spurious" and not where:
+        return load_shapes_clip(spurious_dir(), name="testbed:spurious")
     if name != "shapes":
-        raise ModelLoadError(f"unknown testbed model {spec!r}; available: testbed:shapes, testbed:shapes@DIR")
+        raise ModelLoadError(f"unknown testbed model {spec!r}; available: testbed:shapes, testbed:shapes@DIR, "
+                             "testbed:spurious")
     return load_shapes_clip(where or None)
