@@ -673,3 +673,44 @@ def test_clip_surgery_neutral_feature_follows_weight_updates() -> None:
     finally:
         with torch.no_grad():
             w.sub_(0.5)
+
+
+def test_hf_clip_through_its_own_forward() -> None:
+    """On transformers' CLIPModel, Grad-ECLIP and MaskCLIP read the same q, k, v and attention output
+    as the library's own forward (captured with hooks in this test only)."""
+    from conftest import tiny_hf_clip
+
+    raw = tiny_hf_clip()
+    model = vx.load_model(raw)
+    px = _pixels()
+    te = F.normalize(model.text.encode(model.tokenize([TEXT])), dim=-1).detach()
+    last = raw.vision_model.encoder.layers[-1]
+    at = last.self_attn
+    got: dict[str, torch.Tensor] = {}
+    hooks = [getattr(at, f"{n}_proj").register_forward_hook(lambda m, i, o, n=n: got.__setitem__(n, o)) for n in "qkv"]
+
+    def keep_input(m, args):
+        got["a"] = args[0]
+
+    hooks.append(at.out_proj.register_forward_pre_hook(keep_input))
+    try:
+        out = raw.vision_model(pixel_values=px, output_hidden_states=True)
+        emb = raw.visual_projection(out.pooler_output)
+        (g,) = torch.autograd.grad((F.normalize(emb, dim=-1) * te).sum(), got["a"])
+    finally:
+        for h in hooks:
+            h.remove()
+    q, k, v = got["q"].detach(), got["k"].detach(), got["v"].detach()
+    cos = (F.normalize(q[0, :1], dim=-1) * F.normalize(k[0, 1:], dim=-1)).sum(-1)
+    cos = (cos - cos.min()) / (cos.max() - cos.min())
+    ref = ((g[0, :1] * v[0, 1:]).sum(-1) * cos).relu().reshape(4, 4)
+    ours = vx.explain(model, px, TEXT, method="grad_eclip", sides=["image"]).patch_map
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-7)
+    # MaskCLIP: the last block's input from the library's hidden states, attention replaced by identity
+    h = out.hidden_states[-2].detach()
+    with torch.no_grad():
+        u = h + at.out_proj(at.v_proj(last.layer_norm1(h)))
+        u = u + last.mlp(last.layer_norm2(u))
+        f = F.normalize(raw.visual_projection(raw.vision_model.post_layernorm(u)), dim=-1)
+    ref_mc = (f[0, 1:] @ te[0]).reshape(4, 4)
+    torch.testing.assert_close(vx.explain(model, px, TEXT, method="mask_clip").patch_map, ref_mc, rtol=1e-4, atol=1e-6)
