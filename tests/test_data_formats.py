@@ -313,3 +313,27 @@ def test_split_folders_of_pairs_and_split_on_a_single_file(tmp_path):
     f.write_text(json.dumps({"image": "pairs/train/a.png", "caption": "x"}) + "\n")
     with pytest.raises(InputError, match="holds a single split"):
         open_pairs(f, split="train")
+
+
+def test_benchmark_data_ranks_methods_on_your_pairs(tmp_path, capsys):
+    """`benchmark data`: the centre map hits a box over the image centre and misses one in a corner."""
+    from conftest import tiny_hf_clip
+    from vlexplain.cli import main
+    from vlexplain.eval import load_results
+
+    tiny_hf_clip().save_pretrained(tmp_path / "model")
+    _img(tmp_path / "a.png", 100, w=64, h=64)  # square at the input size: no resize, no crop
+    rows = [{"image": "a.png", "caption": "middle", "boxes": [[24, 24, 16, 16]]},
+            {"image": "a.png", "caption": "corner", "boxes": [[0, 0, 4, 4]]}]  # ~40 px from the centre > 15 px
+    f = tmp_path / "p.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "bench"
+    assert main(["benchmark", "data", "--data", str(f), "--model", str(tmp_path / "model"), "--methods", "random",
+                 "--metrics", "pointing_game,deletion_image", "--out", str(out), "--no-progress"]) == 0
+    md = (out / "leaderboard.md").read_text()
+    assert "## Benchmark `data`" in md and "| center" in md and "pointing_game" in md
+    df = load_results(out / "run").to_pandas()
+    centre = df[df["method"] == "center"].sort_values("index")["pointing_game"].tolist()
+    assert centre == [1.0, 0.0]
+    assert main(["benchmark", "grids", "--data", str(f), "--out", str(tmp_path / "x")]) == 2
+    assert "--data goes with `vlexplain benchmark data`" in capsys.readouterr().err

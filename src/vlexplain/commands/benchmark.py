@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from .evaluate import _names, _options
+from ..errors import InputError
+from .evaluate import DATA_HELP, _D, _names, _options, open_data
 
 
 def register(app: typer.Typer) -> None:
@@ -30,9 +31,41 @@ def register(app: typer.Typer) -> None:
         metric_options: Optional[str] = typer.Option(None, "--metric-options", help='JSON (or a JSON file): {"deletion_image": {"n_steps": 8}}.'),
         device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda (default: cuda when available)."),
         no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
+        data: Optional[Path] = typer.Option(None, "--data", help="benchmark data: your pairs with boxes / masks (" + DATA_HELP + ")"),
+        skip_missing: bool = typer.Option(False, "--skip-missing", help="benchmark data: run without the metrics whose ground truth the data lacks."),
+        split: Optional[str] = _D["split"],
+        image_key: Optional[str] = _D["image_key"],
+        caption_key: Optional[str] = _D["caption_key"],
+        box_key: Optional[str] = _D["box_key"],
+        mask_key: Optional[str] = _D["mask_key"],
+        all_captions: bool = _D["all_captions"],
+        images: Optional[Path] = _D["images"],
+        instances: Optional[Path] = _D["instances"],
+        coco_ground_truth: str = _D["coco_ground_truth"],
+        coco_match: str = _D["coco_match"],
     ) -> None:
         """Benchmark attribution methods on a testbed with ground truth; print the Markdown leaderboard."""
         from ..eval.benchmark import run_benchmark
+
+        if (kind == "data") != (data is not None):
+            raise InputError("--data goes with `vlexplain benchmark data` (your pairs with ground truth), and "
+                             "`benchmark data` needs --data")
+        if kind == "data":
+            from ..eval.data_bench import run_data_benchmark
+
+            ds = open_data(data, split, image_key, caption_key, box_key, mask_key, all_captions, images, instances,
+                           coco_ground_truth, coco_match)
+            res = run_data_benchmark(
+                ds, out or Path("benchmarks") / "runs" / kind,
+                methods=_names(methods, "methods") if methods else None,
+                metrics=_names(metrics, "metrics") if metrics else None, n=n, model=model, seed=seed,
+                batch_size=batch_size, resume=resume, method_options=_options(method_options, "--method-options"),
+                metric_options=_options(metric_options, "--metric-options"), device=device,
+                progress=not no_progress, skip_missing=skip_missing,
+            )
+            typer.echo(res.markdown)
+            typer.echo(f"leaderboard: {res.leaderboard}\nreport: {res.report}")
+            return
 
         if kind == "spurious":
             from ..eval.spurious_bench import DEFAULT_METRICS, MODELS, run_spurious_benchmark

@@ -1,0 +1,101 @@
+"""``benchmark data``: every attribution method on your own pairs with ground truth, ranked.
+
+The testbeds of :mod:`vlexplain.eval.benchmark` generate their data; this one reads any layout of
+:mod:`vlexplain.data.pairs` (COCO captions + instances, a JSONL with boxes or masks, webdataset
+shards with ``boxes`` ...) and writes the same leaderboard and report. A localisation metric
+without ground truth in the data is refused before the run (``skip_missing`` runs without it).
+
+Example:
+    >>> ds = open_pairs("annotations/captions_val2017.json", instances="annotations/instances_val2017.json")
+    >>> run_data_benchmark(ds, "bench/coco", n=200)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import InputError
+
+DEFAULT_METRICS = ["pointing_game", "energy_pointing_game", "auroc", "deletion_image", "insertion_image"]
+#: the metric the leaderboard is sorted by (when it was run)
+PRIMARY = "pointing_game"
+DEFAULT_MODEL = "offline"
+
+
+def run_data_benchmark(
+    ds: Any,
+    out: str | os.PathLike,
+    methods: Sequence[str] | None = None,
+    metrics: Sequence[str] | None = None,
+    n: int | None = None,
+    model: Any = None,
+    seed: int = 0,
+    batch_size: int = 8,
+    resume: bool = False,
+    method_options: dict[str, dict[str, Any]] | None = None,
+    metric_options: dict[str, dict[str, Any]] | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    skip_missing: bool = False,
+) -> Any:
+    """Explain ``ds`` with every applicable method, score, rank and report.
+
+    Args:
+        ds: a :class:`~vlexplain.data.pairs.PairDataset` (or a path for :func:`~vlexplain.data.pairs.open_pairs`).
+        out: the benchmark directory (``run/``, ``run/report.html``, ``leaderboard.md``).
+        methods, metrics: names (default: every registered method with ``random`` and ``center``
+            added; :data:`DEFAULT_METRICS`).
+        n: only the first ``n`` pairs.
+        model: a model spec or model (default ``offline``).
+        seed, batch_size, resume, method_options, metric_options, device, progress, skip_missing:
+            as in :func:`vlexplain.eval.evaluate` (the costly methods get the grids benchmark's budgets
+            unless options are given).
+
+    Returns:
+        A :class:`~vlexplain.eval.benchmark.BenchmarkResult`.
+    """
+    from ..data.pairs import open_pairs
+    from ..models.registry import load_model
+    from . import io as rio
+    from .benchmark import BENCHMARK_METHOD_OPTIONS, BenchmarkResult, applicable_methods, leaderboard_markdown
+    from .report import report
+    from .runner import _resolve_device, evaluate
+
+    ds = open_pairs(ds)
+    out = Path(out).expanduser()
+    run_dir = out / "run"
+    if (run_dir / rio.CONFIG).exists() and not resume:
+        raise InputError(f"{out} already holds a benchmark; pass --resume to continue it or choose another --out")
+    spec = model if model is not None else DEFAULT_MODEL
+    loaded = load_model(spec, device=_resolve_device(device, 1))
+    names, skipped = applicable_methods(loaded, methods)
+    options = {m: dict(o) for m, o in BENCHMARK_METHOD_OPTIONS["grids"].items() if m in names}
+    for m, o in (method_options or {}).items():
+        options[m] = {**options.get(m, {}), **o}
+    mets = list(metrics) if metrics else list(DEFAULT_METRICS)
+    # one shard per batch: an interrupted benchmark loses at most one batch
+    evaluate(ds, loaded, names, mets, run_dir, batch_size=batch_size, limit=n, resume=resume, shard_size=batch_size,
+             method_options=options, metric_options=metric_options, seed=seed, progress=progress,
+             skip_missing=skip_missing)
+    html = report(run_dir)
+    cfg = rio.read_json(run_dir / rio.CONFIG)
+    ran = list(cfg["metrics"])
+    primary = PRIMARY if PRIMARY in ran else ran[0]
+    data = cfg["data"]
+    what = (f"{cfg['num_samples']} pairs of {data.get('path')} ({data.get('format')}, split {data.get('split')}); "
+            "ground truth: the data's boxes / masks")
+    header = [f"## Benchmark `data` — model `{getattr(loaded, 'name', spec)}`", "",
+              f"{what}. Sorted by `{primary}` (best first). Cells: mean over pairs [95 % percentile bootstrap "
+              "interval of the mean, 1000 resamples]; ↑ higher is better, ↓ lower is better. `random` and `center` "
+              "are reference maps that ignore the model.", "",
+              f"- methods: {', '.join(names)} (each with its default options unless listed below)"]
+    header += [f"- skipped {m}: {why}" for m, why in skipped.items()]
+    header += [f"- skipped metric {m}: {why}" for m, why in cfg.get("skipped_metrics", {}).items()]
+    header += [f"- {m} options: {json.dumps(o, sort_keys=True)}" for m, o in options.items()]
+    md = leaderboard_markdown(run_dir, primary, header)
+    lb = out / "leaderboard.md"
+    lb.write_text(md)
+    return BenchmarkResult(out, Path(ds.path), run_dir, html, lb, md, names, skipped)
