@@ -71,6 +71,26 @@ def oc_clip():
 
 
 @pytest.fixture(scope="session")
+def family_model():
+    """``get(key)``: the DualEncoder of the tiny model of a family of the families table (built once)."""
+    import warnings
+
+    import vlexplain as vx
+    from vlexplain.models.families import get_family
+
+    cache = {}
+
+    def get(key: str):
+        if key not in cache:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cache[key] = vx.load_model(get_family(key).tiny())
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def offline():
     import vlexplain as vx
 

@@ -17,13 +17,19 @@ import torch
 import vlexplain as vx
 from vlexplain.attribution.base import image_grid_size
 from vlexplain.errors import MethodError
+from vlexplain.models.families import families
 
-KINDS = ["hf_clip", "oc_clip", "siglip", "offline"]
+#: the families of the families table whose tiny models the fixtures do not cover
+FAMILY_KINDS = [f.key for f in families() if f.library in ("transformers", "open_clip")
+                and f.key not in ("hf-clip", "hf-siglip", "open_clip-vit")]
+KINDS = ["hf_clip", "oc_clip", "siglip", "offline", *FAMILY_KINDS]
 
 #: cheap options per method so that the whole file runs quickly (defaults for methods not listed);
 #: keys a method does not take are dropped, so aliases can be listed side by side
 CHEAP: dict[str, dict[str, Any]] = {
     "m2ib": dict(steps=2, num_samples=2),
+    "m2ib_fast": dict(steps=2, num_samples=2),
+    "m2ib_fast": dict(steps=2),
     "rise": dict(n_masks=64),
     "kernel_shap": dict(n_samples=32),
     "integrated_gradients": dict(steps=4, n_steps=4),
@@ -109,7 +115,7 @@ def _maps(e) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("name", vx.list_methods())
 def test_method_contract(name: str, kind: str, request) -> None:
-    model = request.getfixturevalue(kind)
+    model = request.getfixturevalue("family_model")(kind) if kind in FAMILY_KINDS else request.getfixturevalue(kind)
     cls = vx.get_method(name)
     sides = [s for s in ("image", "text") if cls.why_not(model, s) is None]
     opts = cheap_options(name, kind)

@@ -82,7 +82,7 @@ register_hf(HFEntry(("align",), "AlignModel", _align, "hf-align"))
 
 
 def tiny_align(seed: int = 0) -> nn.Module:
-    """A random-weight AlignModel: a 4-block EfficientNet at 64 px and a 2-layer BERT with the
+    """A random-weight AlignModel: a 4-block EfficientNet at 32 px and a 2-layer BERT with the
     bert-base-uncased vocabulary size."""
     from transformers import AlignConfig, AlignModel
 
@@ -90,7 +90,7 @@ def tiny_align(seed: int = 0) -> nn.Module:
     cfg = AlignConfig(
         text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                          vocab_size=30522, max_position_embeddings=64),
-        vision_config=dict(image_size=64, width_coefficient=0.25, depth_coefficient=0.25, hidden_dim=64,
+        vision_config=dict(image_size=32, width_coefficient=0.25, depth_coefficient=0.25, hidden_dim=64,
                            in_channels=[32, 16, 24, 40], out_channels=[16, 24, 40, 80], kernel_sizes=[3, 3, 5, 3],
                            strides=[1, 2, 2, 2], num_block_repeats=[1, 2, 2, 3], expand_ratios=[1, 6, 6, 6],
                            depthwise_padding=[]),
@@ -102,6 +102,7 @@ def tiny_align(seed: int = 0) -> nn.Module:
 register_family(Family(
     key="hf-align", name="ALIGN (transformers AlignModel)", library="transformers",
     examples="hf:kakaobrain/align-base", tiny=tiny_align, image_tower="cnn",
-    notes="EfficientNet image tower (no attention: attention methods apply to the text side only); "
+    notes="EfficientNet image tower, blocks = the MBConv blocks (no attention: attention methods apply to "
+          "the text side only); M2IB at block round(10 n / 12) - 1 of n, Grad-CAM at the last block; "
           "BERT text tower pooled at [CLS]",
 ))

@@ -52,8 +52,8 @@ register_hf(HFEntry(("chinese_clip",), "ChineseCLIPModel", _adapter, "hf-chinese
 
 _TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=30522,
              max_position_embeddings=66)
-_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, image_size=64,
-               patch_size=16)
+_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+               patch_size=8)
 
 
 def tiny_altclip(seed: int = 0) -> nn.Module:
@@ -80,10 +80,10 @@ def tiny_chinese_clip(seed: int = 0) -> nn.Module:
 register_family(Family(
     key="hf-altclip", name="AltCLIP (transformers AltCLIPModel)", library="transformers",
     examples="hf:BAAI/AltCLIP, hf:BAAI/AltCLIP-m9", tiny=tiny_altclip,
-    notes="CLIP ViT; XLM-R text tower pooled at <s> (pass its tokenizer)",
+    notes="CLIP ViT; XLM-R text tower pooled at <s> (pass its tokenizer); M2IB and Grad-CAM at block round(10 n / 12) - 1 of n",
 ))
 register_family(Family(
     key="hf-chinese-clip", name="Chinese-CLIP (transformers ChineseCLIPModel)", library="transformers",
     examples="hf:OFA-Sys/chinese-clip-vit-base-patch16", tiny=tiny_chinese_clip,
-    notes="CLIP ViT; Chinese BERT text tower pooled at [CLS] (pass its tokenizer)",
+    notes="CLIP ViT; Chinese BERT text tower pooled at [CLS] (pass its tokenizer); M2IB and Grad-CAM at block round(10 n / 12) - 1 of n",
 ))

@@ -52,8 +52,8 @@ def tiny_blip(seed: int = 0) -> nn.Module:
     cfg = BlipConfig(
         text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                          vocab_size=30522, max_position_embeddings=64, encoder_hidden_size=32, bos_token_id=101),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-                           image_size=64, patch_size=16),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8),
         image_text_hidden_size=16,
     )
     return BlipForImageTextRetrieval(cfg).eval()
@@ -62,5 +62,6 @@ def tiny_blip(seed: int = 0) -> nn.Module:
 register_family(Family(
     key="hf-blip", name="BLIP retrieval, contrastive path (transformers BlipForImageTextRetrieval)",
     library="transformers", examples="hf:Salesforce/blip-itm-base-coco", tiny=tiny_blip,
-    notes="class-token ViT; BERT text tower pooled at [CLS]; the ITC score (use_itm_head=False), not the ITM head",
+    notes="class-token ViT; BERT text tower pooled at [CLS]; the ITC score (use_itm_head=False), not the "
+          "ITM head; no ITC temperature in the model: logit targets use a scale of 100; M2IB and Grad-CAM at block round(10 n / 12) - 1 of n",
 ))

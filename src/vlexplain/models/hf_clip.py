@@ -177,10 +177,11 @@ def tiny_siglip(image_size: int = 64, patch: int = 16, layers: int = 3, seed: in
 register_family(Family(
     key="hf-clip", name="CLIP (transformers CLIPModel)", library="transformers",
     examples="hf:openai/clip-vit-base-patch32, hf:openai/clip-vit-large-patch14", tiny=tiny_clip,
-    notes="class-token ViT; causal text tower pooled at [EOS]",
+    notes="class-token ViT; causal text tower pooled at [EOS]; M2IB and Grad-CAM at block round(10 n / 12) - 1 of n",
 ))
 register_family(Family(
     key="hf-siglip", name="SigLIP (transformers SiglipModel)", library="transformers",
     examples="hf:google/siglip-base-patch16-224", tiny=tiny_siglip,
-    notes="no class token, attention-pooling head; texts padded to the context, pooled at the last position",
+    notes="no class token, attention-pooling head (attention maps read as the mean over query rows); "
+          "texts padded to the context, pooled at the last position; M2IB and Grad-CAM at block round(10 n / 12) - 1 of n",
 ))

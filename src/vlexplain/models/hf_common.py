@@ -307,7 +307,8 @@ class BertTextTower(Tower):
             kw["token_type_ids"] = torch.zeros_like(x.ids)
         if inputs_embeds is None:
             return self.tm.embeddings(input_ids=x.ids, **kw)
-        return self.tm.embeddings(inputs_embeds=inputs_embeds, **kw)
+        # a copy: BLIP's embeddings add the positions in place
+        return self.tm.embeddings(inputs_embeds=inputs_embeds.clone(), **kw)
 
     def block(self, i: int, h: Tensor, x: TextBatch, need_attn: bool = False, rows: Tensor | None = None):
         layer = self.layers[i]

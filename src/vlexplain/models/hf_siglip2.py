@@ -174,9 +174,9 @@ def _siglip2(model: nn.Module, tokenizer: Any = None, processor: Any = None, nam
 register_hf(HFEntry(("siglip2",), "Siglip2Model", _siglip2, "hf-siglip2"))
 
 
-def tiny_siglip2(layers: int = 3, seed: int = 0) -> nn.Module:
-    """A random-weight Siglip2Model at a tiny width: 8 x 8 learned positions, 16 patches of 8 px
-    at most, a 16-token context."""
+def tiny_siglip2(layers: int = 2, seed: int = 0) -> nn.Module:
+    """A random-weight Siglip2Model at a tiny width: 4 x 4 learned positions, at most 16 patches of
+    8 px (32 x 32 by default), a 16-token context."""
     from transformers import Siglip2Config, Siglip2Model
 
     torch.manual_seed(seed)
@@ -184,7 +184,7 @@ def tiny_siglip2(layers: int = 3, seed: int = 0) -> nn.Module:
         text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
                          vocab_size=49408, max_position_embeddings=16, projection_size=32),
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
-                           num_patches=64, patch_size=8),
+                           num_patches=16, patch_size=8),
     )
     return Siglip2Model(cfg).eval()
 
@@ -193,5 +193,5 @@ register_family(Family(
     key="hf-siglip2", name="SigLIP 2 NaFlex (transformers Siglip2Model)", library="transformers",
     examples="hf:google/siglip2-base-patch16-naflex", tiny=tiny_siglip2,
     notes="no class token, attention-pooling head; one (H, W) per adapter (input_size= / aspect=), "
-          "encode_naflex for processor batches with a shape per image",
+          "encode_naflex for processor batches with a shape per image; M2IB and Grad-CAM at block round(10 n / 12) - 1 of n",
 ))
