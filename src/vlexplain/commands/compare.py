@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 import typer
 
+from ._out import out_dir
 from ..errors import InputError, MethodError
 
 
@@ -109,13 +110,14 @@ def register(app: typer.Typer) -> None:
         text: list[str] = typer.Option(..., "--text", "-t", help="A text; repeat for several."),
         methods: str = typer.Option("all", "--methods", help="'all' or a comma list, e.g. m2ib,gradcam,rise."),
         model: str = typer.Option("offline", "--model", "-m", help="Model spec (see `vlexplain models`)."),
-        out: Path = typer.Option(Path("vlexplain-compare"), "--out", "-o", help="Output directory."),
+        out: Path = typer.Option(Path("vlexplain-compare"), "--out", "-o", callback=out_dir, help="Output directory."),
         seed: int = typer.Option(0, "--seed"),
         device: Optional[str] = typer.Option(None, "--device"),
         options: str = typer.Option("{}", "--options", help='Per-method options as JSON, e.g. \'{"rise": {"n_masks": 500}}\'.'),
     ) -> None:
         """Every method on IMAGE and each --text: one figure (texts x methods), token highlights, JSON, HTML."""
         from ..images import load_image
+        from ..textclean import clean_text
         from ..viz.save import atomic_write_text
         from .explain import load_model_cli
 
@@ -124,8 +126,7 @@ def register(app: typer.Typer) -> None:
         except json.JSONDecodeError as e:
             raise InputError(f"--options is not valid JSON: {e}") from None
         for t in text:
-            if not t.strip():
-                raise InputError("empty text: every --text must contain at least one visible character")
+            clean_text(t)  # no visible character once control characters are removed: refused
         img = load_image(image)
         m = load_model_cli(model, device)
         names, notes = resolve_methods(m, methods)

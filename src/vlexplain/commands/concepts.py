@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from ._out import out_file
 from ..errors import InputError
 
 
@@ -21,7 +22,7 @@ def register(app: typer.Typer) -> None:
         base_url: str = typer.Option(..., "--base-url", help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1 (requests go to <URL>/chat/completions)."),
         model: str = typer.Option(..., "--model", "-m", help="Model name on that server."),
         k: int = typer.Option(6, "--k", min=1, max=50, help="Descriptors per class."),
-        out: Path = typer.Option(Path("concepts.json"), "--out", "-o", help="Output file: a JSON object, class -> list of descriptors."),
+        out: Path = typer.Option(Path("concepts.json"), "--out", "-o", callback=out_file, help="Output file: a JSON object, class -> list of descriptors."),
         api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the API key."),
         no_key: bool = typer.Option(False, "--no-key", help="Send no API key (a key is optional anyway for localhost)."),
         context: Optional[str] = typer.Option(None, "--context", help="What the classes are, e.g. 'bird species'; added to the prompt."),

@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 import typer
 
+from ._out import out_dir
 from ..concepts.sets import CATEGORY_TEMPLATE as CATEGORY
 from ..concepts.sets import CONCEPT_TEMPLATE as CONCEPT
 from ..errors import InputError
@@ -141,7 +142,7 @@ def register(app: typer.Typer) -> None:
     @deal.command("train")
     def train_cmd(
         data: str = typer.Option(..., "--data", help=DATA_HELP),
-        out: Path = typer.Option(..., "--out", help="Run folder (config.json, log.csv, checkpoint/)."),
+        out: Path = typer.Option(..., "--out", callback=out_dir, help="Run folder (config.json, log.csv, checkpoint/)."),
         concepts: Optional[Path] = typer.Option(None, "--concepts", help="Concept set: JSON {class: [descriptors]} or CSV class,descriptor (shapes:N: the world's part descriptors by default)."),
         model: str = typer.Option("offline", "--model", "-m", help="Model spec (see `vlexplain models`)."),
         split: str = typer.Option("train", "--split", help=SPLIT_HELP),
@@ -192,7 +193,7 @@ def register(app: typer.Typer) -> None:
     @deal.command("evaluate")
     def evaluate_cmd(
         data: str = typer.Option(..., "--data", help=DATA_HELP),
-        out: Path = typer.Option(..., "--out", help="Output folder: report.html, metrics.json, metrics.csv, gallery.npz."),
+        out: Path = typer.Option(..., "--out", callback=out_dir, help="Output folder: report.html, metrics.json, metrics.csv, gallery.npz."),
         concepts: Optional[Path] = typer.Option(None, "--concepts", help="Concept set (JSON or CSV; shapes:N: the world's part descriptors by default)."),
         model: str = typer.Option("offline", "--model", "-m", help="Model spec (see `vlexplain models`)."),
         checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A DEAL run folder or checkpoint folder: the report compares the model before and after loading it."),

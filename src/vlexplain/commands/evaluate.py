@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 import typer
 
+from ._out import out_dir, out_file
 from ..errors import InputError
 
 
@@ -83,7 +84,7 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Option(..., "--model", help="Model spec (offline, hf:ORG/NAME, open_clip:ARCH/TAG, a directory)."),
         methods: str = typer.Option(..., "--methods", help="Comma-separated attribution methods, e.g. m2ib,gradcam."),
         metrics: str = typer.Option(..., "--metrics", help="Comma-separated metrics (vlexplain.metrics.list_metrics(), or module:function)."),
-        out: Path = typer.Option(..., "--out", help="Run directory (results, maps, manifest, configuration)."),
+        out: Path = typer.Option(..., "--out", callback=out_dir, help="Run directory (results, maps, manifest, configuration)."),
         batch_size: int = typer.Option(8, "--batch-size", min=1, help="Pairs explained together."),
         limit: Optional[int] = typer.Option(None, "--limit", min=0, help="Only the first N pairs."),
         resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
@@ -127,7 +128,7 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"note: {note}", err=True)
             split_txt = f" (split {d['split']})" if d.get("split") not in (None, "all") else ""
             n = read_summary(run_dir).get("num_samples", "?")
-            typer.echo(f"{n} pair{'' if n == 1 else 's'} from {d['format']} data{split_txt}", err=True)
+            typer.echo(f"{n} pairs from {d['format']} data{split_txt}", err=True)
             line = summary_line(run_dir)
             if line:
                 typer.echo(f"warning: {line}", err=True)
@@ -136,7 +137,7 @@ def register(app: typer.Typer) -> None:
     @app.command("report")
     def report_cmd(
         run_dir: Path = typer.Argument(..., help="A run directory written by `vlexplain evaluate`."),
-        out: Optional[Path] = typer.Option(None, "--out", help="HTML file to write (default RUN_DIR/report.html)."),
+        out: Optional[Path] = typer.Option(None, "--out", callback=out_file, help="HTML file to write (default RUN_DIR/report.html)."),
     ) -> None:
         """Write a self-contained HTML report (tables with 95 % intervals, curves, gallery) of a run."""
         from ..eval.report import report

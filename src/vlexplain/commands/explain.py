@@ -1,4 +1,4 @@
-"""``vlexplain explain`` and ``demo`` (``models`` and ``methods`` are in :mod:`.models`)."""
+"""``vlexplain explain``, ``models``, ``methods`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 import typer
 
+from ._out import out_dir
 from ..errors import InputError, MethodError
 
 ModelOpt = typer.Option("offline", "--model", "-m", help="Model spec (see `vlexplain models`).")
@@ -95,13 +96,13 @@ def run_pairs(
 
     from ..attribution.api import prepare_images
     from ..images import check_image_size, load_image
+    from ..textclean import clean_text
     from ..viz.gallery import write_gallery
 
     if not texts:
         raise InputError("give at least one --text")
     for t in texts:
-        if not t.strip():
-            raise InputError("empty text: every --text must contain at least one visible character")
+        clean_text(t)  # no visible character once control characters are removed: refused before writing
     loaded = [(name, load_image(src)) for name, src in images]  # fails early on bad images
     for name, img in loaded:  # too elongated for the model's preprocessing: refused before writing
         check_image_size(img, tuple(model.input_size), name, warn=False)
@@ -138,7 +139,7 @@ def register(app: typer.Typer) -> None:
         text: list[str] = typer.Option(..., "--text", "-t", help="A text; repeat for several."),
         model: str = ModelOpt,
         method: str = typer.Option("m2ib", "--method", help="Attribution method (see `vlexplain methods`)."),
-        out: Path = typer.Option(Path("vlexplain-out"), "--out", "-o", help="Output directory."),
+        out: Path = typer.Option(Path("vlexplain-out"), "--out", "-o", callback=out_dir, help="Output directory."),
         device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ..."),
         seed: int = typer.Option(0, "--seed", help="Seed for stochastic methods."),
         zip_pairs: bool = typer.Option(False, "--zip", help="Pair image i with text i instead of every image x text."),
@@ -162,8 +163,49 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"wrote {index}")
 
     @app.command()
+    def models() -> None:
+        """The accepted model specs and which models are available offline right now."""
+        from rich.console import Console
+        from rich.table import Table
+
+        from ..models.registry import SPEC_FORMS, registered_loaders
+
+        Console().print(SPEC_FORMS, markup=False, highlight=False)
+        t = Table(title="built-in models")
+        t.add_column("spec")
+        t.add_column("available here")
+        t.add_column("description")
+        for e in registered_loaders():
+            t.add_row(e.prefix.rstrip(":") + ("shapes" if e.prefix.endswith(":") else ""),
+                      "yes" if e.available() else "no (install extra)", e.description)
+        Console().print(t)
+
+    @app.command()
+    def methods(model: Optional[str] = typer.Option(None, "--model", "-m", help="Show which methods apply to this model.")) -> None:
+        """Registered attribution methods (and, with --model, which sides they apply to)."""
+        from rich.console import Console
+        from rich.table import Table
+
+        import vlexplain as vx
+
+        m = load_model_cli(model, None) if model else None
+        t = Table(title="attribution methods" + (f" for {model}" if model else ""))
+        t.add_column("method")
+        t.add_column("image")
+        t.add_column("text")
+        t.add_column("description")
+        for name in vx.list_methods():
+            cls = vx.get_method(name)
+            if m is None:
+                sides = [s if s in cls.sides else "-" for s in ("image", "text")]
+            else:
+                sides = ["yes" if cls.why_not(m, s) is None else "no" for s in ("image", "text")]
+            t.add_row(name, sides[0], sides[1], cls.summary)
+        Console().print(t)
+
+    @app.command()
     def demo(
-        out: Path = typer.Option(Path("vlexplain-demo"), "--out", "-o", help="Output directory."),
+        out: Path = typer.Option(Path("vlexplain-demo"), "--out", "-o", callback=out_dir, help="Output directory."),
         method: str = typer.Option("m2ib", "--method", help="Attribution method."),
         device: Optional[str] = typer.Option(None, "--device"),
         seed: int = typer.Option(0, "--seed"),
