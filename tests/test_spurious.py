@@ -301,3 +301,19 @@ def test_shipped_spurious_model_is_biased():
     assert shipped["aligned_minus_conflicting"] >= 0.2
     for g in ("aligned", "absent", "conflicting"):  # the first 150 of the shipped 500 scenes
         assert abs(r[f"accuracy_{g}"] - shipped[f"accuracy_{g}"]) < 0.08
+
+
+def test_training_pool_draws_badges_and_never_names_them():
+    from vlexplain.data.shapes import all_texts
+    from vlexplain.data.shapes_train import TRAIN_SEED_BASE, ShapesCLIPConfig, _Pool
+
+    texts = all_texts()
+    index = {t: i for i, t in enumerate(texts)}
+    pool = _Pool(ShapesCLIPConfig(pool_size=24, spurious=1.0), 0, index)
+    for i in range(24):
+        seed, k = TRAIN_SEED_BASE + i, len(pool.object_texts[i])
+        s = render_cue_scene(seed, "own", n_objects=k)
+        assert s.badge is not None and np.array_equal(pool.pixels[i].permute(1, 2, 0).numpy(), s.image)
+        # the true texts are those of the scene without its badge: no caption names the badge
+        true = {texts[j] for j in torch.nonzero(pool.truth[i]).ravel().tolist()}
+        assert true == set(render_scene(seed, n_objects=k).texts())
