@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 
 from ._out import out_dir
-from .evaluate import _names, _options
+from ..errors import InputError
+from .evaluate import DATA_HELP, _D, _names, _options, open_data
 
 
 def register(app: typer.Typer) -> None:
@@ -16,11 +17,11 @@ def register(app: typer.Typer) -> None:
 
     @app.command("benchmark")
     def benchmark_cmd(
-        kind: str = typer.Argument(..., help="Testbed: shapes (shapes-world scenes) or grids (grids of real photos)."),
+        kind: str = typer.Argument(..., help="Testbed: shapes (shapes-world scenes), grids (grids of real photos) or spurious (a badge cue: testbed:spurious vs testbed:shapes)."),
         methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods (default: all registered; random and center are always added)."),
         metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated metrics (default: those that apply to the testbed)."),
-        n: Optional[int] = typer.Option(None, "--n", min=1, help="Number of pairs (default: shapes 64, grids 16)."),
-        model: Optional[str] = typer.Option(None, "--model", help="Model spec (default: shapes testbed:shapes, grids offline)."),
+        n: Optional[int] = typer.Option(None, "--n", min=1, help="Number of pairs (default: shapes 64, grids 16; spurious: 24 scenes per group)."),
+        model: Optional[str] = typer.Option(None, "--model", help="Model spec (default: shapes testbed:shapes, grids offline; spurious: the biased model, testbed:spurious, compared with testbed:shapes)."),
         out: Optional[Path] = typer.Option(None, "--out", callback=out_dir, help="Benchmark directory (default: benchmarks/runs/KIND)."),
         seed: int = typer.Option(0, "--seed", min=0, help="Selects the scenes / grids and seeds the explanations (each pair its own seed)."),
         batch_size: int = typer.Option(8, "--batch-size", min=1, help="Pairs explained together."),
@@ -31,10 +32,58 @@ def register(app: typer.Typer) -> None:
         metric_options: Optional[str] = typer.Option(None, "--metric-options", help='JSON (or a JSON file): {"deletion_image": {"n_steps": 8}}.'),
         device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda (default: cuda when available)."),
         no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
+        data: Optional[Path] = typer.Option(None, "--data", help="benchmark data: your pairs with boxes / masks (" + DATA_HELP + ")"),
+        skip_missing: bool = typer.Option(False, "--skip-missing", help="benchmark data: run without the metrics whose ground truth the data lacks."),
+        split: Optional[str] = _D["split"],
+        image_key: Optional[str] = _D["image_key"],
+        caption_key: Optional[str] = _D["caption_key"],
+        box_key: Optional[str] = _D["box_key"],
+        mask_key: Optional[str] = _D["mask_key"],
+        all_captions: bool = _D["all_captions"],
+        images: Optional[Path] = _D["images"],
+        instances: Optional[Path] = _D["instances"],
+        coco_ground_truth: str = _D["coco_ground_truth"],
+        coco_match: str = _D["coco_match"],
     ) -> None:
         """Benchmark attribution methods on a testbed with ground truth; print the Markdown leaderboard."""
         from ..eval.benchmark import run_benchmark
 
+        if (kind == "data") != (data is not None):
+            raise InputError("--data goes with `vlexplain benchmark data` (your pairs with ground truth), and "
+                             "`benchmark data` needs --data")
+        if kind == "data":
+            from ..eval.data_bench import run_data_benchmark
+
+            ds = open_data(data, split, image_key, caption_key, box_key, mask_key, all_captions, images, instances,
+                           coco_ground_truth, coco_match)
+            res = run_data_benchmark(
+                ds, out or Path("benchmarks") / "runs" / kind,
+                methods=_names(methods, "methods") if methods else None,
+                metrics=_names(metrics, "metrics") if metrics else None, n=n, model=model, seed=seed,
+                batch_size=batch_size, resume=resume, method_options=_options(method_options, "--method-options"),
+                metric_options=_options(metric_options, "--metric-options"), device=device,
+                progress=not no_progress, skip_missing=skip_missing,
+            )
+            typer.echo(res.markdown)
+            typer.echo(f"leaderboard: {res.leaderboard}\nreport: {res.report}")
+            return
+
+        if kind == "spurious":
+            from ..eval.spurious_bench import DEFAULT_METRICS, MODELS, run_spurious_benchmark
+
+            mets = _names(metrics, "metrics") if metrics else list(DEFAULT_METRICS)
+            if sanity and "cascading_randomization" not in mets:
+                mets.append("cascading_randomization")
+            sp = run_spurious_benchmark(
+                out or Path("benchmarks") / "runs" / kind,
+                methods=_names(methods, "methods") if methods else None, metrics=mets, n=n,
+                models={**MODELS, "spurious": model} if model else None, seed=seed, batch_size=batch_size,
+                resume=resume, method_options=_options(method_options, "--method-options"),
+                metric_options=_options(metric_options, "--metric-options"), device=device, progress=not no_progress,
+            )
+            typer.echo(sp.markdown)
+            typer.echo(f"leaderboard: {sp.leaderboard}\nreports: " + ", ".join(str(r / "report.html") for r in sp.runs.values()))
+            return
         res = run_benchmark(
             kind, out or Path("benchmarks") / "runs" / kind,
             methods=_names(methods, "methods") if methods else None,

@@ -128,7 +128,7 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"note: {note}", err=True)
             split_txt = f" (split {d['split']})" if d.get("split") not in (None, "all") else ""
             n = read_summary(run_dir).get("num_samples", "?")
-            typer.echo(f"{n} pairs from {d['format']} data{split_txt}", err=True)
+            typer.echo(f"{n} pair{'' if n == 1 else 's'} from {d['format']} data{split_txt}", err=True)
             line = summary_line(run_dir)
             if line:
                 typer.echo(f"warning: {line}", err=True)

@@ -1,4 +1,4 @@
-"""``vlexplain explain``, ``models``, ``methods`` and ``demo``."""
+"""``vlexplain explain`` and ``demo`` (``models`` and ``methods`` are in :mod:`.models`)."""
 
 from __future__ import annotations
 
@@ -161,47 +161,6 @@ def register(app: typer.Typer) -> None:
         index = run_pairs(m, [(str(p), p) for p in images], list(text), method=method, out=out,
                           zip_pairs=zip_pairs, seed=seed, target=target, options=opts)
         typer.echo(f"wrote {index}")
-
-    @app.command()
-    def models() -> None:
-        """The accepted model specs and which models are available offline right now."""
-        from rich.console import Console
-        from rich.table import Table
-
-        from ..models.registry import SPEC_FORMS, registered_loaders
-
-        Console().print(SPEC_FORMS, markup=False, highlight=False)
-        t = Table(title="built-in models")
-        t.add_column("spec")
-        t.add_column("available here")
-        t.add_column("description")
-        for e in registered_loaders():
-            t.add_row(e.prefix.rstrip(":") + ("shapes" if e.prefix.endswith(":") else ""),
-                      "yes" if e.available() else "no (install extra)", e.description)
-        Console().print(t)
-
-    @app.command()
-    def methods(model: Optional[str] = typer.Option(None, "--model", "-m", help="Show which methods apply to this model.")) -> None:
-        """Registered attribution methods (and, with --model, which sides they apply to)."""
-        from rich.console import Console
-        from rich.table import Table
-
-        import vlexplain as vx
-
-        m = load_model_cli(model, None) if model else None
-        t = Table(title="attribution methods" + (f" for {model}" if model else ""))
-        t.add_column("method")
-        t.add_column("image")
-        t.add_column("text")
-        t.add_column("description")
-        for name in vx.list_methods():
-            cls = vx.get_method(name)
-            if m is None:
-                sides = [s if s in cls.sides else "-" for s in ("image", "text")]
-            else:
-                sides = ["yes" if cls.why_not(m, s) is None else "no" for s in ("image", "text")]
-            t.add_row(name, sides[0], sides[1], cls.summary)
-        Console().print(t)
 
     @app.command()
     def demo(
