@@ -53,7 +53,7 @@ def test_zip_and_method_option(clip_dir, photo, tmp_path):
     rc = main(["explain", str(photo), str(photo), "-t", "a", "-t", "b", "--zip", "-m", str(clip_dir),
                "--method", "m2ib", "--option", "num_samples=2", "--steps", "1", "-o", str(out)])
     assert rc == 0
-    assert len(list(out.glob("*.json"))) == 2
+    assert len(list(out.glob("0*.json"))) == 2 and (out / "explain_run.json").is_file()  # pairs, run settings
 
 
 @pytest.mark.parametrize(

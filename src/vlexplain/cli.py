@@ -54,22 +54,37 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit code."""
+    """Entry point; returns the exit code.
+
+    Ctrl-C (SIGINT) and SIGTERM end any command the same way: finished work is kept, one line says
+    what was done and how to continue, and the code is 128 + the signal (130, 143).
+    """
+    from . import interrupt
+
+    with interrupt.catch_signals() as caught:
+        try:
+            code = _main(argv)
+        except KeyboardInterrupt:  # also while the commands load
+            code = 130
+        if caught.signum is not None or code == 130:  # typer returns 130 for a KeyboardInterrupt
+            typer.echo(interrupt.message(), err=True)
+            return interrupt.exit_code(caught.signum)
+        return code
+
+
+def _main(argv: list[str] | None) -> int:
     from .errors import VlexplainError
 
     _quiet_libraries()
     _register_commands()
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
-        app(args=argv, standalone_mode=False)
+        rv = app(args=argv, standalone_mode=False)  # a command's typer.Exit code, or its return value
     except VlexplainError as e:
         if debug:
             raise
         typer.echo(f"error: {e}", err=True)
         return 2
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        return 130
     except SystemExit as e:
         return int(e.code or 0)
     except Exception as e:  # click usage errors and the like
@@ -83,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         typer.echo(f"error: {type(e).__name__}: {e} (run with --debug for the traceback)", err=True)
         return 1
-    return 0
+    return rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
 
 
 def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:

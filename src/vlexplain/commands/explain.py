@@ -11,6 +11,7 @@ import typer
 
 from ._out import out_dir
 from ..errors import InputError, MethodError
+from ..interrupt import track
 
 ModelOpt = typer.Option("offline", "--model", "-m", help="Model spec (see `vlexplain models`).")
 
@@ -85,11 +86,13 @@ def run_pairs(
     options: dict[str, Any],
     labels: dict[tuple[int, int], str] | None = None,
     title: str = "vlexplain",
+    resume: bool = False,
 ) -> Path:
     """Explain every (image, text) pair (or zipped pairs), write per-pair files and the gallery.
 
     Inputs are validated (every image opened, every text checked, the method and options built)
-    before anything is written.
+    before anything is written. With ``resume``, pairs whose files a run with the same settings
+    left in ``out`` are read back instead of explained again.
     """
     import vlexplain as vx
     from rich.progress import Progress
@@ -98,6 +101,7 @@ def run_pairs(
     from ..images import check_image_size, load_image
     from ..textclean import clean_text
     from ..viz.gallery import write_gallery
+    from ..viz.save import atomic_write_text
 
     if not texts:
         raise InputError("give at least one --text")
@@ -115,21 +119,59 @@ def run_pairs(
     cls = vx.get_method(method)
     cls.create(model, **options)  # validates options before any work
     entries = []
+    settings = {"model": model.name, "method": method, "seed": seed, "target": target, "options": options,
+                "images": [name for name, _ in images], "texts": texts, "zip": zip_pairs}
+    prefixes = [f"{k:03d}_{_slug(Path(loaded[i][0]).stem, 24)}_{_slug(texts[j])}" for k, (i, j) in enumerate(pairs)]
+    kept = _resumable(out, settings, prefixes) if resume else set()
     out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / RUN_FILE, json.dumps(settings, indent=1, default=str))
     pixels: dict[int, Any] = {}  # each image is preprocessed once, whatever the number of texts
-    with Progress(transient=True) as prog:
+    with Progress(transient=True) as prog, track("pairs", len(pairs), done=len(kept)) as work:
         task = prog.add_task(f"{method}", total=len(pairs))
         for k, (i, j) in enumerate(pairs):
             name, img = loaded[i]
+            prefix, label = prefixes[k], (labels or {}).get((i, j))
+            if prefix in kept:
+                entries.append(read_entry(out, prefix, Path(name).name, label))
+                prog.advance(task)
+                continue
             if i not in pixels:
                 pixels[i] = prepare_images(model, img)
             exp = vx.explain(model, pixels[i], texts[j], method=method, seed=seed, target=target,
                              candidates=texts if target == "softmax" else None, **options)
-            prefix = f"{k:03d}_{_slug(Path(name).stem, 24)}_{_slug(texts[j])}"
-            entries.append(save_entry(exp, out, prefix, Path(name).name, (labels or {}).get((i, j))))
+            entries.append(save_entry(exp, out, prefix, Path(name).name, label))
             prog.advance(task)
+            work.advance()
     sub = f"model {model.name} · method {method} · seed {seed} · target {target}"
     return write_gallery(out, entries, title, sub)
+
+
+RUN_FILE = "explain_run.json"  # the settings of the run that wrote a folder (checked by --resume)
+
+
+def read_entry(out: Path, prefix: str, image_name: str, label: str | None) -> dict[str, Any]:
+    """The gallery entry of a pair explained earlier, from its ``prefix.json``."""
+    d = json.loads((out / (prefix + ".json")).read_text())
+    return {"overlay": prefix + "_overlay.png" if d.get("image_map_shape") else None, "text": d["text"],
+            "tokens": d["tokens"], "token_scores": d["token_scores"], "score": d["score"], "method": d["method"],
+            "seconds": d["seconds"], "json": prefix + ".json", "image": image_name, "label": label}
+
+
+def _resumable(out: Path, settings: dict[str, Any], prefixes: list[str]) -> set[str]:
+    """The pairs an earlier run with the same settings finished in ``out`` (InputError if they differ)."""
+    run = out / RUN_FILE
+    if not run.is_file():
+        return set()
+    try:
+        before = json.loads(run.read_text())
+    except (OSError, ValueError):
+        raise InputError(f"cannot resume {out}: {RUN_FILE} is unreadable; choose another --out") from None
+    now = json.loads(json.dumps(settings, default=str))
+    diff = sorted(k for k in now if before.get(k) != now[k])
+    if diff:
+        raise InputError(f"cannot resume {out}: the settings differ in {', '.join(diff)}; "
+                         "drop --resume to start over or choose another --out")
+    return {p for p in prefixes if (out / (p + ".json")).is_file()}
 
 
 def register(app: typer.Typer) -> None:
@@ -148,6 +190,7 @@ def register(app: typer.Typer) -> None:
         beta: Optional[float] = typer.Option(None, "--beta", help="M2IB compression weight."),
         steps: Optional[int] = typer.Option(None, "--steps", help="M2IB / integrated-gradients steps."),
         option: list[str] = typer.Option([], "--option", help="Other method option KEY=VALUE; repeatable."),
+        resume: bool = typer.Option(False, "--resume", help="Keep the pairs an interrupted run with the same settings finished in --out."),
     ) -> None:
         """Explain every IMAGE x TEXT pair: overlay PNGs, token highlights, JSON and an index.html gallery."""
         opts = parse_options(option)
@@ -159,7 +202,7 @@ def register(app: typer.Typer) -> None:
                 raise InputError(f"image not found: {p}")
         m = load_model_cli(model, device)
         index = run_pairs(m, [(str(p), p) for p in images], list(text), method=method, out=out,
-                          zip_pairs=zip_pairs, seed=seed, target=target, options=opts)
+                          zip_pairs=zip_pairs, seed=seed, target=target, options=opts, resume=resume)
         typer.echo(f"wrote {index}")
 
     @app.command()

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
+from ..interrupt import atomic, track
 from ..distributed import average_gradients
 from ..models.base import DualEncoder
 from .losses import PredictionLoss, deal_losses
@@ -334,19 +335,22 @@ def _run(model, dataset, classes, concepts, cfg, out, dist, params, progress, re
         (out / "config.json").write_text(json.dumps({**dataclasses.asdict(cfg), **info}, indent=1))
     log = _Log(out, start, cfg.tensorboard) if dist.main else None
     try:
-        return _loop(model, dataset, classes, concepts, cfg, out, dist, params, opt, start, ckpt, log, progress)
+        with track("steps", cfg.steps, done=start, resume="rerun (without --fresh) to continue") as work:
+            return _loop(model, dataset, classes, concepts, cfg, out, dist, params, opt, start, ckpt, log, progress,
+                         work)
     finally:
         if log is not None:
             log.close()
 
 
-def _loop(model, dataset, classes, concepts, cfg, out, dist, params, opt, start, ckpt, log, progress) -> TrainResult:
+def _loop(model, dataset, classes, concepts, cfg, out, dist, params, opt, start, ckpt, log, progress,
+          work) -> TrainResult:
     use_amp = cfg.amp and dist.device.type == "cuda"
     ema: float | None = None
     last: dict[str, float] = {}
     stopped = "done"
     bar = _progress(progress and dist.main, cfg.steps, start)
-    step = start
+    step = completed = start
     try:
         for step in range(start, cfg.steps):
             t0 = time.perf_counter()
@@ -368,7 +372,9 @@ def _loop(model, dataset, classes, concepts, cfg, out, dist, params, opt, start,
             if dist.agree(not math.isfinite(gn)):
                 stopped = f"non-finite gradient norm at step {step + 1}"
                 break
-            opt.step()
+            with atomic():  # an interruption never splits an update from its count
+                opt.step()
+                completed = work.done = step + 1
             ema = vals["total"] if ema is None else 0.9 * ema + 0.1 * vals["total"]
             last = vals
             if log is not None:
@@ -384,8 +390,9 @@ def _loop(model, dataset, classes, concepts, cfg, out, dist, params, opt, start,
         else:
             step = cfg.steps
     except KeyboardInterrupt:  # each process stops on its own: no collective call here
-        if dist.main and step > start:
-            save_checkpoint(out, model, opt, step)
+        if dist.main and completed > start:
+            with atomic():  # a second Ctrl-C waits for the checkpoint
+                save_checkpoint(out, model, opt, completed)
         raise
     finally:
         if bar is not None:

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from ..distributed import average_gradients
+from ..interrupt import atomic, on_interrupt, track
 from .shapes import CATEGORIES, Scene, all_texts, category_caption, concept_set, render_scene, vocabulary
 from .optim import Muon, Optimizers
 from .testbed_models import CONTEXT_LENGTH, build_vocab, word_tokenizer
@@ -330,7 +331,8 @@ def _train(rank: int, world: int, dist: Any, minutes: float, out_dir: str, seed:
     sync = _GradSync(params, dist, world) if world > 1 else None
     rows: list[dict[str, Any]] = []
     step, last_save = 0, time.time()
-    with _progress(progress and lead) as bar:
+    keep = lambda: lead and step and _save(model, out, vocab, cfg, rows, seed, world)  # noqa: E731
+    with _progress(progress and lead) as bar, track("steps", max_steps, resume=None) as work, on_interrupt(keep):
         task = bar.add_task("training", total=budget, loss=float("nan"), acc=float("nan"), multi=float("nan"))
         while True:
             elapsed = time.time() - start
@@ -343,9 +345,12 @@ def _train(rank: int, world: int, dist: Any, minutes: float, out_dir: str, seed:
             lr = cfg.lr * factor  # AdamW's, logged
             for g in opt.param_groups:
                 g["lr"] = g["peak_lr"] * factor
-            loss = _step(model, opt, pool, text_batch, cfg.batch_size, cat_cols, cfg.rank_weight, sync, bias, cfg.token_drop)
-            pool.refresh(min(cfg.refresh_per_step, len(pool.object_texts)))
-            step += 1
+            with atomic():  # an interruption never splits an update from its count
+                loss = _step(model, opt, pool, text_batch, cfg.batch_size, cat_cols, cfg.rank_weight, sync, bias,
+                             cfg.token_drop)
+                pool.refresh(min(cfg.refresh_per_step, len(pool.object_texts)))
+                step = work.done = step + 1
+                work.resume = f"weights saved to {out}; continue with --init-from {out}"
             if not lead:
                 continue
             nan = float("nan")

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -75,7 +76,20 @@ class BenchmarkResult:
 
 # --- data ----------------------------------------------------------------------------------
 def _save_mask(mask: np.ndarray, path: Path) -> None:
-    Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(path)
+    _save_png(Image.fromarray(mask.astype(np.uint8) * 255, mode="L"), path)
+
+
+def _save_png(image: Image.Image, path: Path) -> None:
+    """Write a PNG unless the file already holds these bytes (a resumed run regenerates its data: the
+    images' modification times, part of the run's data identity, must not change)."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    data = buf.getvalue()
+    if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -128,7 +142,7 @@ def make_shapes_data(out_dir: str | os.PathLike, n: int, seed: int = 0, size: in
         cat = scene.objects[obj].category
         mask = scene.text_masks()[caption]
         img, msk = f"images/{i:06d}.png", f"masks/{i:06d}.png"
-        scene.pil().save(d / img)
+        _save_png(scene.pil(), d / img)
         _save_mask(mask, d / msk)
         rows.append({"image": img, "caption": caption, "mask": msk, "scene_seed": s, "object": obj,
                      "category": cat})
@@ -151,7 +165,7 @@ def make_grid_data(out_dir: str | os.PathLike, n: int, seed: int = 0, rows: int 
     out = []
     for i, g in enumerate(grid_dataset(n, seed=GRIDS_SEED_BASE + SEED_STRIDE * seed, rows=rows)):
         img, msk = f"images/{i:06d}.png", f"masks/{i:06d}.png"
-        g.image.save(d / img)
+        _save_png(g.image, d / img)
         _save_mask(g.mask, d / msk)
         out.append({"image": img, "caption": g.text, "mask": msk, "cell_index": g.query, "grid_n": g.rows,
                     "grid_seed": g.seed})

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError, MethodError, VlexplainError
+from ..interrupt import track
 from . import io as rio
 
 #: 2: every pair is explained with its own seed (:func:`pair_seed`); version 1 gave every pair ``seed``
@@ -375,13 +376,16 @@ def _run_shards(ctx: _Ctx, n_total: int, rank: int, world: int, show: bool) -> N
     mine = [k for k in range(-(-n_total // size)) if k % world == rank and k not in done]
     todo = sum(min(size, n_total - k * size) for k in mine)
     cols = (TextColumn("[bold]evaluate"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*cols, console=Console(stderr=True), disable=not show, transient=False) as bar:
+    kept = sum(min(size, n_total - k * size) for k in done)
+    with Progress(*cols, console=Console(stderr=True), disable=not show, transient=False) as bar, \
+            track("pairs", n_total, done=kept) as work:  # what an interruption reports
         task = bar.add_task("pairs", total=todo)
         for k, rows in _shards(ctx.ds, n_total, size):
             if k % world != rank or k in done:
                 continue
             finished[k] = _run_shard(ctx, k, rows)
             bar.advance(task, len(rows))
+            work.advance(len(rows))
             if world == 1:
                 write_manifest(ctx.out, n_total, size, finished)
 
