@@ -99,7 +99,7 @@ def test_imagenet_style_split_folders(tmp_path):
         open_class_dataset(root, "train")
 
 
-def test_deal_train_and_evaluate_see_disjoint_images(tmp_path, monkeypatch):
+def test_deal_train_and_evaluate_see_disjoint_images(tmp_path, monkeypatch, capsys):
     """`deal train` (default split train) and `deal evaluate` (default split test) on a flat folder."""
     import vlexplain.concepts.evaluate as ce
     import vlexplain.concepts.train as ct
@@ -123,15 +123,22 @@ def test_deal_train_and_evaluate_see_disjoint_images(tmp_path, monkeypatch):
     monkeypatch.setattr(ce, "evaluate_concepts", spy_eval)
     common = ["--data", str(root), "--concepts", str(tmp_path / "c.json"), "--model", str(tmp_path / "model"), "--k", "2"]
     assert main(["deal", "train", *common, "--out", str(tmp_path / "run"), "--steps", "1", "--batch-size", "2",
-                 "--no-progress", "--freeze-text", "--lr", "1e-4"]) == 0
+                 "--no-progress", "--freeze-text", "--lr", "1e-4", "--test-fraction", "0.4"]) == 0
+    # deal evaluate takes the split rule of the training run it evaluates
     assert main(["deal", "evaluate", *common, "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "ev"),
                  "--gallery", "0"]) == 0
-    assert len(seen["train"]) == 8 and len(seen["evaluate"]) == 2  # 5 per class, one per class held out
+    assert "shares images" not in capsys.readouterr().err
+    assert len(seen["train"]) == 6 and len(seen["evaluate"]) == 4  # 5 per class, 5 * 0.4 = 2 per class held out
     assert not seen["train"] & seen["evaluate"]
     assert seen["train"] | seen["evaluate"] == {p for p in root.rglob("*.jpg")}
     # what each output records is the split actually read
     run = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert run["data"]["split"] == "train" and run["data"]["images"] == 8 and run["data"]["test_fraction"] == 0.2
+    assert run["data"]["split"] == "train" and run["data"]["images"] == 6 and run["data"]["test_fraction"] == 0.4
     cfg = json.loads((tmp_path / "ev" / "metrics.json").read_text())["config"]
-    assert cfg["split"] == "test" and cfg["images"] == 2
-    assert cfg["data_split"]["layout"] == "class folders" and cfg["data_split"]["images"] == 2
+    assert cfg["split"] == "test" and cfg["images"] == 4
+    assert cfg["data_split"]["layout"] == "class folders" and cfg["data_split"]["images"] == 4
+    assert cfg["data_split"]["test_fraction"] == 0.4
+    # evaluating the training images is allowed, and said
+    assert main(["deal", "evaluate", *common, "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "ev2"),
+                 "--gallery", "0", "--split", "train", "--limit", "1"]) == 0
+    assert "warning: the train split evaluated here shares images with the train split" in capsys.readouterr().err

@@ -178,7 +178,10 @@ def register(app: typer.Typer) -> None:
         m = _load(model, device)
         ds = _data(data, split, m, (test_fraction, val_fraction, split_seed))
         cs = _concepts(concepts, data, k, ds.classes)
-        typer.echo(f"training on the {split} split: {len(ds)} images", err=True)
+        from ..eval.runner import dist_info
+
+        if dist_info()[0] == 0:
+            typer.echo(f"training on the {split} split: {len(ds)} images", err=True)
         r = deal_train(m, ds, cs, out, steps=steps, lr=lr, batch_size=batch_size, lambda_sep=lambda_sep,
                        lambda_con=lambda_con, freeze_text=freeze_text, freeze_image=freeze_image,
                        image_blocks=image_blocks, resume=not fresh, progress=not no_progress,
