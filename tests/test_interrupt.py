@@ -140,6 +140,27 @@ def test_in_process_main_returns_130(tmp_path, capsys):
     assert not (tmp_path / "c.json").exists()
 
 
+def test_main_passes_on_exit_codes(capsys):
+    """A command's own exit code (deal train's 3 for a stopped run) and a bare KeyboardInterrupt reach the caller."""
+    import typer
+
+    from vlexplain import cli
+
+    def three() -> None:
+        raise typer.Exit(3)
+
+    def ctrl_c() -> None:
+        raise KeyboardInterrupt
+
+    cli.app.command("test-exit-three")(three)
+    cli.app.command("test-ctrl-c")(ctrl_c)
+    try:
+        assert main(["test-exit-three"]) == 3
+        assert main(["test-ctrl-c"]) == 130 and capsys.readouterr().err.endswith("interrupted\n")
+    finally:
+        cli.app.registered_commands = [c for c in cli.app.registered_commands if c.callback not in (three, ctrl_c)]
+
+
 # --- every long-running command, as a subprocess -----------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
