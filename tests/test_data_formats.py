@@ -156,6 +156,9 @@ def test_coco_file_errors(tmp_path):
     with pytest.raises(InputError, match="pass --images FOLDER"):
         list(open_pairs(other).rows())
     assert len(open_pairs(other, images=tmp_path / "val2017")) == 2
+    odd = tmp_path / "odd.json"  # another key first: found by parsing the file
+    odd.write_text(json.dumps({"name": "mine", **json.loads(caps.read_text())}))
+    assert open_pairs(odd, images=tmp_path / "val2017").format == "coco"
     jl = tmp_path / "pairs.jsonl"
     jl.write_text(caps.read_text() + "\n")
     with pytest.raises(InputError, match="this is a COCO annotation file, not JSON Lines"):

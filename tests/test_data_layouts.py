@@ -76,6 +76,7 @@ def test_flat_class_folder_split_is_seeded_per_class_and_disjoint(tmp_path):
     with pytest.raises(InputError, match="unknown split 'dev'"):
         open_class_dataset(root, "dev")
     assert len(image_folder(root)) == 13  # the library default: every image
+    assert [s.path for s in image_folder(root).samples] == [s.path for s in open_class_dataset(root, "all").samples]
 
 
 def test_imagenet_style_split_folders(tmp_path):

@@ -288,6 +288,9 @@ def detect_format(path: Path) -> Format:
                      ".parquet, an image folder or a saved dataset)")
 
 
+_COCO_HEAD = re.compile(r'^\s*\{\s*"(?:info|licenses|images|annotations|categories)"\s*:')
+
+
 def _is_coco(path: Path) -> bool:
     """A COCO annotation file: one JSON object with ``images`` and ``annotations``."""
     if not path.is_file():
@@ -298,8 +301,11 @@ def _is_coco(path: Path) -> bool:
             head = f.read(1)
         if head != "{":
             return False
+        rest = f.read(4096)
+        if _COCO_HEAD.match(head + rest):
+            return True  # COCO's own key order: no need to parse the whole (large) file twice
         try:
-            obj = json.loads(head + f.read())
+            obj = json.loads(head + rest + f.read())
         except json.JSONDecodeError:
             return False  # JSON Lines (or broken: the JSON Lines reader says where)
     return isinstance(obj, dict) and "images" in obj and "annotations" in obj
