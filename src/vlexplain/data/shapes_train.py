@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -266,7 +267,15 @@ def train_shapes(
         port = sock.getsockname()[1]
     ctx = mp.get_context("spawn")
     results = ctx.SimpleQueue()
-    mp.spawn(_worker, args=(processes, port, results, args), nprocs=processes, join=True)
+    procs = mp.start_processes(_worker, args=(processes, port, results, args), nprocs=processes, join=False,
+                               start_method="spawn")
+    with track("steps", max_steps, resume=None) as work:
+        try:
+            while not procs.join():
+                pass
+        except KeyboardInterrupt:  # Ctrl-C / SIGTERM: the workers stop after this step and rank 0 saves
+            _stop_workers(procs.processes, results, work, out_dir)
+            raise
     infos = [results.get() for _ in range(processes)]
     info = next(i for i in infos if i["rank"] == 0)
     if len({i["checksum"] for i in infos}) != 1:
@@ -275,12 +284,35 @@ def train_shapes(
     return info
 
 
+def _stop_workers(processes: list, results: Any, work: Any, out_dir: str | Path) -> None:
+    """Ask every worker to stop at the end of its step (they agree through the lead's clock), wait, report."""
+    import os
+    import signal
+
+    for p in processes:
+        if p.is_alive():
+            os.kill(p.pid, signal.SIGINT)
+    for p in processes:
+        p.join(120)
+        if p.is_alive():
+            p.kill()
+    while not results.empty():
+        info = results.get()
+        if info["rank"] == 0 and info["steps"]:
+            work.done, work.resume = info["steps"], f"weights saved to {out_dir}; continue with --init-from {out_dir}"
+
+
+_STOP = threading.Event()  # set in a worker by SIGINT / SIGTERM: the lead's clock then reads "time is up"
+
+
 def _worker(rank: int, world: int, port: int, results, args: tuple) -> None:
     import os
-    import threading
+    import signal
 
     import torch.distributed as dist
 
+    for s in (signal.SIGINT, signal.SIGTERM):  # stop at a step boundary that every process agrees on
+        signal.signal(s, lambda *_: _STOP.set())
     parent = os.getppid()
 
     def orphan_watch() -> None:  # a worker whose launcher died (killed, Ctrl-C) stops too
@@ -335,7 +367,7 @@ def _train(rank: int, world: int, dist: Any, minutes: float, out_dir: str, seed:
     with _progress(progress and lead) as bar, track("steps", max_steps, resume=None) as work, on_interrupt(keep):
         task = bar.add_task("training", total=budget, loss=float("nan"), acc=float("nan"), multi=float("nan"))
         while True:
-            elapsed = time.time() - start
+            elapsed = math.inf if _STOP.is_set() else time.time() - start
             if sync is not None:
                 elapsed = sync.lead_value(elapsed)  # every process follows the lead's clock
             if elapsed >= budget or (max_steps is not None and step >= max_steps):
