@@ -269,12 +269,13 @@ def test_evaluate_cli_reads_named_columns_of_a_datasetdict_split(tmp_path, capsy
     assert cfg["data"]["columns"] == {"image": "img", "caption": "sentences"}
 
 
-def test_evaluate_scores_coco_boxes_matched_to_captions(tmp_path, hf_clip):
+def test_evaluate_scores_coco_boxes_matched_to_captions(tmp_path, hf_clip, capsys):
     from vlexplain.eval import evaluate, load_results
 
     caps, inst = _coco(tmp_path)
     ds = open_pairs(caps, instances=inst, all_captions=True)
     out = evaluate(ds, hf_clip, ["random"], ["energy_pointing_game"], tmp_path / "run", progress=False)
+    assert "note: metric 'energy_pointing_game': 2 of 3 pairs lack ground-truth masks" in capsys.readouterr().err
     df = load_results(out).to_pandas().sort_values("index")
     # pairs: "Two dogs and a man." (dog + person boxes), "A park in summer" (none), "A cat on a sofa" (none)
     assert df["energy_pointing_game"].notna().tolist() == [True, False, False]

@@ -33,29 +33,35 @@ def _needs(key: str) -> str:
     return f"a {key!r} field per pair"
 
 
-def scan(ds: Any, limit: int | None) -> tuple[int, set[str]]:
-    """(number of pairs, ground-truth keys some pair has): one text-only pass that also validates
-    every line. Keys: ``masks`` (boxes or a mask) and the rows' extra fields."""
-    n, have = 0, set()
+def scan(ds: Any, limit: int | None) -> tuple[int, dict[str, int]]:
+    """(number of pairs, ground-truth key -> pairs that have it): one text-only pass that also
+    validates every line. Keys: ``masks`` (boxes or a mask) and the rows' extra fields."""
+    n, have = 0, {}
     for row in ds.rows():
         if limit is not None and n >= limit:
             break
         n += 1
-        if row.boxes is not None or row.mask is not None:
-            have.add("masks")
-        have.update(row.extras)
+        keys = set(row.extras) | ({"masks"} if row.boxes is not None or row.mask is not None else set())
+        for k in keys:
+            have[k] = have.get(k, 0) + 1
     return n, have
 
 
-def check_metrics(metric_fns: dict[str, Any], have: set[str], data: str, skip_missing: bool, show: bool = True
-                  ) -> tuple[dict[str, Any], dict[str, str]]:
+def check_metrics(metric_fns: dict[str, Any], have: dict[str, int], data: str, skip_missing: bool,
+                  show: bool = True, n: int = 0) -> tuple[dict[str, Any], dict[str, str]]:
     """(metrics to run, skipped metric -> reason). A metric whose required ground truth no pair has
-    is an error, or with ``skip_missing`` left out with a warning naming it."""
+    is an error, or with ``skip_missing`` left out with a warning naming it; one that only some of
+    the ``n`` pairs can feed is run on those, and said."""
     keep, skipped = {}, {}
     for name, info in metric_fns.items():
-        missing = [k for k in info.requires if k != "method" and k not in have]
+        missing = [k for k in info.requires if k != "method" and not have.get(k)]
         if not missing:
             keep[name] = info
+            short = [k for k in info.requires if k != "method" and have.get(k, 0) < n]
+            if short and show:
+                k = short[0]
+                print(f"note: metric {name!r}: {n - have[k]} of {n} pairs lack {_needs(k)}; it is left empty for "
+                      "them", file=sys.stderr)
             continue
         reason = f"metric {name!r} needs {' and '.join(_needs(k) for k in missing)}, which no pair of {data} has"
         if not skip_missing:

@@ -298,7 +298,7 @@ def evaluate(
 
     n_total, have = problems.scan(ds, limit)  # validates every line before anything is written
     metric_fns, skipped = problems.check_metrics(metric_fns, have, str(getattr(ds, "path", "the data")),
-                                                 skip_missing, show=rank == 0)
+                                                 skip_missing, show=rank == 0, n=n_total)
     metrics = list(metric_fns)
     cfg = EvalConfig(ds.describe(), spec, list(methods), list(metrics), dict(method_options or {}),
                      dict(metric_options or {}), batch_size, s, limit, n_total, seed, target, save_maps,
