@@ -368,3 +368,14 @@ def test_unicode_class_names(server, sleeps, tmp_path):
 
     aligned = ConceptSet({c: tuple(d) for c, d in out.items()}).align(["СОРОКА", "PÂTÉ", "Pât", "wren"])
     assert aligned.classes == ["СОРОКА", "PÂTÉ", "Pât", "wren"] and aligned.descriptors("PÂTÉ") == POOL[:4]
+
+
+def test_remote_server_through_the_environments_proxy(server, sleeps, tmp_path, monkeypatch):
+    """A plain-HTTP remote URL goes through $http_proxy (here the fake server plays the proxy)."""
+    monkeypatch.setenv("http_proxy", server.url.rsplit("/", 1)[0])
+    monkeypatch.setenv("no_proxy", "")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    out = generate_concepts(["Cardinal"], "http://llm.example.com/v1", "m", 4, require_key=False,
+                            cache_dir=tmp_path / "cache", sleep=sleeps.append)
+    assert out["Cardinal"] == POOL[:4]
+    assert server.requests[0]["path"] == "http://llm.example.com/v1/chat/completions"
