@@ -99,3 +99,13 @@ def test_boxes_outside_the_centre_crop_are_counted_and_reported(tmp_path, hf_cli
     assert man["warnings"] == 2 and man["failed"] == 0
     line = summary_line(out)
     assert line.startswith("2 pairs without usable ground truth (first: ") and "problems.jsonl" in line
+
+
+def test_a_url_as_data_is_refused_in_one_line(tmp_path, capsys):
+    from vlexplain.cli import main
+
+    rc = main(["evaluate", "--data", "https://example.com/pairs.tsv", "--model", "offline", "--methods", "random",
+               "--metrics", "deletion_image", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and not (tmp_path / "run").exists()
+    assert "--data: the data is a URL (https://example.com/pairs.tsv)" in err and "download" in err

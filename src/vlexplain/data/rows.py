@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,6 @@ IMAGE_KEYS = ("image", "filepath", "file_name", "filename", "image_path", "img",
 CAPTION_KEYS = ("caption", "text", "title", "captions", "sentences", "txt")
 BOX_KEYS = ("boxes", "bboxes", "bbox")
 MASK_KEYS = ("mask",)
-URL_PREFIXES = ("http://", "https://", "s3://", "gs://", "ftp://", "hf://")
 
 
 @dataclass
@@ -133,13 +133,17 @@ class Columns:
         return {k: v for k, v in vars(self).items() if v is not None and v != default[k]}
 
 
+_URL = re.compile(r"^(?:https?|s3|gs|ftp|hf):/", re.IGNORECASE)  # one slash: a URL that went through Path()
+
+
 def is_url(value: Any) -> bool:
-    return isinstance(value, str) and value.strip().lower().startswith(URL_PREFIXES)
+    return isinstance(value, str) and _URL.match(value.strip()) is not None
 
 
 def refuse_url(value: str, where: str, what: str = "the image") -> None:
     """One line: URLs are not fetched (no network access at run time)."""
-    raise InputError(f"{where}: {what} is a URL ({value.strip()[:80]}); vlexplain reads local files only "
+    shown = re.sub(r"^(\w+):/(?!/)", r"\1://", value.strip())[:80]
+    raise InputError(f"{where}: {what} is a URL ({shown}); vlexplain reads local files only "
                      "(no network access at run time): download the images first (e.g. with img2dataset) and pass "
                      "the local copy")
 
