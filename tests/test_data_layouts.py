@@ -143,3 +143,11 @@ def test_deal_train_and_evaluate_see_disjoint_images(tmp_path, monkeypatch, caps
     assert main(["deal", "evaluate", *common, "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "ev2"),
                  "--gallery", "0", "--split", "train", "--limit", "1"]) == 0
     assert "warning: the train split evaluated here shares images with the train split" in capsys.readouterr().err
+
+
+def test_deal_refuses_a_url_in_one_line(tmp_path, capsys):
+    from vlexplain.cli import main
+
+    assert main(["deal", "evaluate", "--data", "https://example.com/imagenet", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--data: the data is a URL (https://example.com/imagenet)" in err

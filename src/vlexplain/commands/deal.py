@@ -72,6 +72,10 @@ def _check_data(data: str) -> None:
 
         parse_shapes_spec(data)
     elif not Path(data).exists():
+        from ..data.rows import is_url, refuse_url
+
+        if is_url(data):
+            refuse_url(data, "--data", "the data")
         raise InputError(f"--data {data}: not found ({DATA_HELP})")
 
 
