@@ -151,3 +151,15 @@ def test_deal_refuses_a_url_in_one_line(tmp_path, capsys):
     assert main(["deal", "evaluate", "--data", "https://example.com/imagenet", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "--data: the data is a URL (https://example.com/imagenet)" in err
+
+
+def test_cub_split_comes_from_its_own_file(tmp_path):
+    from test_deal import make_cub
+
+    make_cub(tmp_path / "CUB_200_2011")  # train_test_split.txt: images 1, 2 train; 3, 4 test
+    te = open_class_dataset(tmp_path, "test", test_fraction=0.5)  # the fraction does not apply to CUB
+    assert [s.path.name for s in te.samples] == ["img_3.jpg", "img_4.jpg"] and te.labels == [0, 1]
+    d = te.describe()
+    assert d["layout"] == "CUB-200-2011" and d["split"] == "test" and d["images"] == 2 and "test_fraction" not in d
+    with pytest.raises(InputError, match="CUB-200-2011 has train, test"):
+        open_class_dataset(tmp_path, "val")
