@@ -201,7 +201,8 @@ def test_webdataset_shards(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="1 of 3 shards are missing"):
         open_pairs(str(d / "{00000..00002}.tar")).rows().__next__()
     gz = tmp_path / "one.tar.gz"
-    _shard(gz, [("a", {"jpg": _png(50), "txt": b"compressed"})], mode="w:gz")
+    _shard(gz, [("./a", {"jpg": _png(50), "txt": b"compressed"}), ("./.hidden", {"jpg": _png(1), "txt": b"no"})],
+           mode="w:gz")  # as `tar czf one.tar.gz .` writes them
     assert [(p.caption, _grey(p)) for p in open_pairs(gz)] == [("compressed", 50)]
 
 

@@ -128,9 +128,12 @@ def _samples(shard: Path) -> Iterator[tuple[str, dict[str, Any]]]:
                 break
             if not m.isfile():
                 continue
-            hit = _KEY.match(m.name)
-            if not hit or any(part.startswith(".") for part in m.name.split("/")):
-                continue
+            name = m.name
+            while name.startswith("./"):  # `tar cf shard.tar .` writes ./KEY.jpg
+                name = name[2:]
+            hit = _KEY.match(name)
+            if not hit or any(part.startswith(".") for part in name.split("/")):
+                continue  # hidden files (.DS_Store, ._KEY.jpg) are not samples
             k, ext = hit.group(1), hit.group(2).lower()
             if k != key:
                 if key is not None:
