@@ -39,11 +39,20 @@ def _register_commands() -> None:
             mod.register(app)
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings on the terminal as one line each: ``warning: MESSAGE`` (no file, line or source)."""
+    try:
+        (file or sys.stderr).write(f"warning: {message}\n")
+    except (OSError, ValueError):  # a closed stream
+        pass
+
+
 def _quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.showwarning = _one_line_warning
     try:
         from transformers.utils import logging as hf_logging
 
