@@ -100,7 +100,8 @@ class CLIPSurgery(Explainer):
         model: the dual encoder.
         blocks: how many last blocks get the v-v path (None: half of them, 6 of 12 as released).
         neutral_prompts: texts whose mean embedding is the redundant feature for a single text
-            (None: the released 85 prompt templates with an empty class name).
+            (None: the released 85 prompt templates with an empty class name). Models with their
+            own small vocabulary need prompts in it (on the shapes model: ``["a"]``).
 
     With the ``softmax`` target the candidate texts take part in the multi-text feature surgery;
     other targets use the single-text surgery against the neutral prompts.
