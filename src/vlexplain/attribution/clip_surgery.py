@@ -20,7 +20,8 @@ Feature surgery removes what the patch features share with every text:
 
 The released code also encodes the explained text with the 85-template ensemble; we explain the
 text as given. Image side of towers whose head reads the class token through a norm and a
-projection (CLIP ViTs). Training-free and gradient-free.
+projection (CLIP ViTs). Training-free and gradient-free; the ``cosine`` and ``logit`` targets give
+the same map (single-text surgery), ``softmax`` the multi-text one.
 """
 
 from __future__ import annotations

@@ -15,7 +15,9 @@ demo). The pooled token is CLS for images and EOS (the position the head reads) 
 Differences from the released code: the explained blocks keep the model's own heads (the released
 dense forward recomputes them with a single head, which changes the model being explained); the
 text side's key-similarity is min-max normalised over the text's own tokens, not over the padding
-to 77 tokens; maps stay raw (the released text map is divided by its sum). Towers that pool with an
+to 77 tokens; maps stay raw (the released text map is divided by its sum). Queries and keys are
+read as in the released notebooks (``generate_emap.py`` first passes them through the output
+projection, a variant we do not offer). Towers that pool with an
 attention head (SigLIP's image tower) have no pooled token and are refused.
 """
 

@@ -11,7 +11,7 @@ residual connection and MLP; the final norm and projection then give one embeddi
 This is the released ViT code (``skip_last_attn``) and Grad-ECLIP's MaskCLIP baseline; the
 latter also multiplies by a class-key/patch-key cosine that is not part of MaskCLIP, which we
 leave out. Training-free and gradient-free; image side of towers whose head reads the class
-token through a norm and a projection (CLIP ViTs).
+token through a norm and a projection (CLIP ViTs). The map is a cosine whatever the run's target.
 """
 
 from __future__ import annotations
