@@ -131,7 +131,7 @@ class CLIPSurgery(Explainer):
             raise MethodError("clip_surgery: neutral_prompts must be a non-empty list of texts")
         if type(self).why_not(model, "image") is None:
             n = model.image.num_blocks
-            self._blocks = check_count(model.image, (n + 1) // 2 if blocks is None else blocks, "blocks", self.name)
+            self.blocks = check_count(model.image, (n + 1) // 2 if blocks is None else blocks, "blocks", self.name)
 
     @classmethod
     def why_not(cls, model: DualEncoder, side: Side) -> str | None:
@@ -159,7 +159,7 @@ class CLIPSurgery(Explainer):
         tower = self.model.image
         t = F.normalize(batch.text_emb, dim=-1)  # (B, d)
         with torch.no_grad():
-            f = surgery_features(tower, batch.pixels, self._blocks)  # (B, T, d)
+            f = surgery_features(tower, batch.pixels, self.blocks)  # (B, T, d)
             cands = batch.target.candidates if batch.target.kind == "softmax" else None
             if cands is not None and cands.shape[0] > 0:
                 texts = torch.cat([t[:, None], cands.to(t)[None].expand(t.shape[0], -1, -1)], 1)  # (B, C, d)
