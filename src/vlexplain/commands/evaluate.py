@@ -109,7 +109,7 @@ def register(app: typer.Typer) -> None:
         coco_match: str = _D["coco_match"],
     ) -> None:
         """Explain every pair of a dataset with each method and score the maps with each metric."""
-        from ..eval.problems import read_summary, summary_line
+        from ..eval.problems import summary_line
         from ..eval.runner import dist_info, evaluate
 
         ds = open_data(data, split, image_key, caption_key, box_key, mask_key, all_captions, images, instances,
@@ -123,12 +123,6 @@ def register(app: typer.Typer) -> None:
             skip_missing=skip_missing,
         )
         if dist_info()[0] == 0:
-            d = ds.describe()
-            for note in d.get("notes", []):
-                typer.echo(f"note: {note}", err=True)
-            split_txt = f" (split {d['split']})" if d.get("split") not in (None, "all") else ""
-            n = read_summary(run_dir).get("num_samples", "?")
-            typer.echo(f"{n} pair{'' if n == 1 else 's'} from {d['format']} data{split_txt}", err=True)
             line = summary_line(run_dir)
             if line:
                 typer.echo(f"warning: {line}", err=True)

@@ -47,6 +47,16 @@ def scan(ds: Any, limit: int | None) -> tuple[int, dict[str, int]]:
     return n, have
 
 
+def announce(ds: Any, n: int) -> None:
+    """Say what was read, before the run starts: the pair count, the split, and the data's notes."""
+    d = ds.describe() if hasattr(ds, "describe") else {}
+    split = f" (split {d['split']})" if d.get("split") not in (None, "all") else ""
+    what = f"{d['format']} data" if "format" in d else "the data"
+    print(f"{n} pair{'' if n == 1 else 's'} from {what}{split}", file=sys.stderr)
+    for note in d.get("notes", []):
+        print(f"note: {note}", file=sys.stderr)
+
+
 def check_metrics(metric_fns: dict[str, Any], have: dict[str, int], data: str, skip_missing: bool,
                   show: bool = True, n: int = 0) -> tuple[dict[str, Any], dict[str, str]]:
     """(metrics to run, skipped metric -> reason). A metric whose required ground truth no pair has

@@ -297,6 +297,8 @@ def evaluate(
     from . import problems
 
     n_total, have = problems.scan(ds, limit)  # validates every line before anything is written
+    if rank == 0:
+        problems.announce(ds, n_total)  # what was read (split, notes) before the run starts
     metric_fns, skipped = problems.check_metrics(metric_fns, have, str(getattr(ds, "path", "the data")),
                                                  skip_missing, show=rank == 0, n=n_total)
     metrics = list(metric_fns)
