@@ -33,7 +33,7 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
-@dataclass
+@dataclass(eq=False)  # identity: two loops with equal counts are still two loops
 class Work:
     """What a long loop has finished so far (read when an interruption is reported).
 
