@@ -224,6 +224,13 @@ def test_parquet_bytes_paths_and_split_files(tmp_path):
     assert [(r.index, r.caption) for r in tr.rows()] == [(0, "five"), (1, "cinq")]
     with pytest.raises(InputError, match=r"no split 'val' \(splits: test, train\)"):
         open_pairs(tmp_path / "pq", split="val").rows().__next__()
+    # split folders of Parquet parts (names that carry no split): the folder is the split
+    (tmp_path / "parts" / "test").mkdir(parents=True)
+    (tmp_path / "parts" / "train").mkdir()
+    pq.write_table(t.slice(1, 1), tmp_path / "parts" / "test" / "part-0.parquet")
+    pq.write_table(t.slice(0, 1), tmp_path / "parts" / "train" / "part-0.parquet")
+    parts = open_pairs(tmp_path / "parts")
+    assert [p.caption for p in parts] == ["ninety"] and parts.format == "parquet" and parts.split == "test"
 
 
 def test_hf_datasetdict_named_columns_and_split(tmp_path):

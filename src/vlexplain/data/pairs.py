@@ -155,7 +155,8 @@ class PairDataset:
         elif fmt == "parquet":
             from .parquet import ParquetReader
 
-            self._reader = self._reader or ParquetReader(root, self.columns, self.split)
+            # a split folder is the split; otherwise <split>-*.parquet names may carry it
+            self._reader = self._reader or ParquetReader(root, self.columns, self.split if root == self.path else None)
             yield from self._reader.rows(self.captions)
         else:
             file = self._caption_file(root) if fmt == "folder" else root

@@ -16,7 +16,8 @@ from typing import Any, Iterator
 from ..errors import InputError, MissingExtraError
 from .rows import Captions, Columns, PairRow, expand, is_url, refuse_url, resolve
 
-_SPLIT_FILE = re.compile(r"^([A-Za-z]+)[-_]\d+")
+#: Hugging Face hub exports: ``train-00000-of-00002.parquet``, ``validation-00000-of-00001.parquet``
+_SPLIT_FILE = re.compile(r"^(train|training|validation|valid|val|dev|test|testing)[-_.]", re.IGNORECASE)
 
 
 def parquet_files(root: Path) -> list[Path]:
