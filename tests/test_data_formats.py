@@ -349,3 +349,18 @@ def test_benchmark_data_ranks_methods_on_your_pairs(tmp_path, capsys):
     assert centre == [1.0, 0.0]
     assert main(["benchmark", "grids", "--data", str(f), "--out", str(tmp_path / "x")]) == 2
     assert "--data goes with `vlexplain benchmark data`" in capsys.readouterr().err
+
+
+def test_named_ground_truth_fields(imgs):
+    Image.fromarray(np.eye(6, 8, dtype=np.uint8) * 255).save(imgs / "m.png")
+    f = imgs / "gt.jsonl"  # boxes under another name, on the second record only; a mask under another name
+    f.write_text(json.dumps({"img": "img/0.png", "text": "no box", "seg": "m.png"}) + "\n"
+                 + json.dumps({"img": "img/1.png", "text": "a box", "bbox_list": [[1, 2, 3, 4]]}) + "\n")
+    rows = list(open_pairs(f, box_key="bbox_list", mask_key="seg").rows())
+    assert [r.boxes for r in rows] == [None, [[1.0, 2.0, 3.0, 4.0]]]
+    pair = open_pairs(f, box_key="bbox_list", mask_key="seg").load(rows[0])
+    assert np.array_equal(np.asarray(pair.mask) > 127, np.eye(6, 8, dtype=bool))
+    c = imgs / "gt.csv"
+    c.write_text("image,caption\nimg/0.png,x\n")
+    with pytest.raises(InputError, match=r"no column 'bbox_list' for the boxes \(columns: image, caption\)"):
+        list(open_pairs(c, box_key="bbox_list").rows())

@@ -79,7 +79,6 @@ class ParquetReader:
                 raise InputError(f"{file}: not a readable Parquet file ({e})") from None
             names = list(pf.schema_arrow.names)
             cols = self.columns.resolve(names, str(file))
-            wanted = [c for c in (cols.image, cols.caption, cols.boxes or "boxes", cols.mask or "mask") if c in names]
             base = file.parent
 
             def image(value: Any, where: str, base: Path = base) -> Any:
@@ -97,7 +96,7 @@ class ParquetReader:
 
             def records(pf: Any = pf, file: Path = file) -> Iterator[tuple[dict[str, Any], str]]:
                 n = 0
-                for batch in pf.iter_batches(batch_size=256, columns=wanted):
+                for batch in pf.iter_batches(batch_size=256):
                     for rec in batch.to_pylist():
                         yield rec, f"{file}:row {n}"
                         n += 1

@@ -97,8 +97,11 @@ class Columns:
     boxes: str | None = None
     mask: str | None = None
 
-    def resolve(self, names: Sequence[str], where: str, need_image: bool = True) -> "Columns":
+    def resolve(self, names: Sequence[str], where: str, need_image: bool = True, fixed: bool = True) -> "Columns":
         """The columns of a table / dataset with fields ``names`` (case-insensitive).
+
+        ``fixed``: every record has these fields (a table); otherwise (JSON Lines, where boxes and
+        masks may appear on some records only) a named box / mask field need not be in ``names``.
 
         Raises:
             InputError: a named column is absent, or no known image / caption column exists; the
@@ -122,10 +125,15 @@ class Columns:
                                  f"{flag} (known names: {', '.join(known)})")
             return None
 
+        def optional(given: str | None, known: Sequence[str], what: str, flag: str) -> str | None:
+            if given is not None and not fixed and given not in names:
+                return given
+            return pick(given, known, what, flag, given is not None)
+
         return Columns(pick(self.image, IMAGE_KEYS, "image", "--image-key", need_image),
                        pick(self.caption, CAPTION_KEYS, "caption", "--caption-key", True),
-                       pick(self.boxes, BOX_KEYS, "boxes", "--box-key", self.boxes is not None),
-                       pick(self.mask, MASK_KEYS, "mask", "--mask-key", self.mask is not None))
+                       optional(self.boxes, BOX_KEYS, "boxes", "--box-key"),
+                       optional(self.mask, MASK_KEYS, "mask", "--mask-key"))
 
     def renamed(self) -> dict[str, str]:
         """The fields read under another name than the default (for the run's description)."""
@@ -239,6 +247,8 @@ def expand(rows: Iterator[tuple[dict[str, Any], str]], cols: Columns, captions: 
                 raise InputError(f"{where}: {ik!r} must be a non-empty path")
             img = resolve(img, base, where)
         mask = rec.get(mk) or None
+        if isinstance(mask, dict):  # a Hugging Face image struct
+            mask = bytes(mask["bytes"]) if mask.get("bytes") is not None else (mask.get("path") or None)
         if isinstance(mask, str):
             mask = resolve(mask, base, where)
         boxes = check_boxes(rec.get(bk), where, bk)

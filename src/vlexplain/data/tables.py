@@ -33,7 +33,7 @@ def jsonl_rows(file: Path, base: Path, cols: Columns, captions: Captions) -> Ite
     if isinstance(rec, dict) and "annotations" in rec and "images" in rec:
         raise InputError(f"{where}: this is a COCO annotation file, not JSON Lines; pass it as a .json file with "
                          "--images (the image folder)")
-    resolved = cols.resolve(list(rec) if isinstance(rec, dict) else [], where)
+    resolved = cols.resolve(list(rec) if isinstance(rec, dict) else [], where, fixed=False)
 
     def chain():
         yield first
