@@ -83,13 +83,14 @@ register_hf(HFEntry(("align",), "AlignModel", _align, "hf-align"))
 
 def tiny_align(seed: int = 0) -> nn.Module:
     """A random-weight AlignModel: a 4-block EfficientNet at 32 px and a 2-layer BERT with the
-    bert-base-uncased vocabulary size."""
+    bert-base-uncased vocabulary size. Text weights are drawn with
+    std 0.2: at BERT's 0.02 a 2-layer tiny tower maps every text to nearly the same vector."""
     from transformers import AlignConfig, AlignModel
 
     torch.manual_seed(seed)
     cfg = AlignConfig(
         text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         vocab_size=30522, max_position_embeddings=64),
+                         vocab_size=30522, max_position_embeddings=64, initializer_range=0.2),
         vision_config=dict(image_size=32, width_coefficient=0.25, depth_coefficient=0.25, hidden_dim=64,
                            in_channels=[32, 16, 24, 40], out_channels=[16, 24, 40, 80], kernel_sizes=[3, 3, 5, 3],
                            strides=[1, 2, 2, 2], num_block_repeats=[1, 2, 2, 3], expand_ratios=[1, 6, 6, 6],

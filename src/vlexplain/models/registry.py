@@ -136,12 +136,22 @@ def _load_hf(ident: str, tokenizer: Any, preprocess: Any) -> DualEncoder:
         raise ModelLoadError(f"cannot load {what} as a {entry.model_class}: {str(e).splitlines()[0][:160]}") from None
     tok_files = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "spiece.model",
                  "sentencepiece.bpe.model")
-    if tokenizer is None and (not is_dir or any((local / f).exists() for f in tok_files)):
+
+    def has(name: str) -> bool:  # a file of the directory, or of the cached snapshot when offline
+        if is_dir:
+            return (local / name).exists()
+        if not kw:
+            return True  # online: the hub has whatever the repository holds
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(ident, name), str)
+
+    if tokenizer is None and any(has(f) for f in tok_files):
         try:
             tokenizer = transformers.AutoTokenizer.from_pretrained(ident, **kw)
         except (OSError, ValueError, KeyError):
             tokenizer = None
-    if preprocess is None and (not is_dir or (local / "preprocessor_config.json").exists()):
+    if preprocess is None and has("preprocessor_config.json"):
         try:
             preprocess = transformers.AutoProcessor.from_pretrained(ident, **kw)
         except (OSError, ValueError, TypeError, ImportError, KeyError):
