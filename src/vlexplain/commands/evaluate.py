@@ -62,7 +62,7 @@ def data_options():
         split=typer.Option(None, "--split", help="Split to read: a split folder (train/val/test), a saved DatasetDict's split, <split>-*.parquet files."),
         image_key=typer.Option(None, "--image-key", help="Image column / field / webdataset extension (default: image, filepath, file_name, img, jpg, png, url ...)."),
         caption_key=typer.Option(None, "--caption-key", help="Caption column / field (default: caption, text, title, sentences, txt ...)."),
-        box_key=typer.Option(None, "--box-key", help="Column of COCO [x, y, w, h] boxes (default: boxes)."),
+        box_key=typer.Option(None, "--box-key", help="Column of COCO boxes: lists of x, y, w, h in pixels (default: boxes)."),
         mask_key=typer.Option(None, "--mask-key", help="Column of ground-truth mask paths (default: mask)."),
         all_captions=typer.Option(False, "--all-captions", help="A list of captions (or COCO's captions of an image) gives one pair per caption (default: the first)."),
         images=typer.Option(None, "--images", help="COCO: the image folder (default: ../<split> beside annotations/)."),
