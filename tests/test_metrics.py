@@ -448,7 +448,8 @@ def test_registry_runs_every_metric(hf_clip):
     names = list_metrics()
     assert {"confidence_image", "confidence_text", "deletion_image", "insertion_text", "road", "pointing_game",
             "energy_pointing_game", "auroc", "grid_pointing_game", "cascading_randomization"} <= set(names)
-    assert set(list_metrics(ground_truth=True)) == {"pointing_game", "energy_pointing_game", "auroc", "grid_pointing_game"}
+    assert set(list_metrics(ground_truth=True)) == {"pointing_game", "energy_pointing_game", "auroc", "grid_pointing_game",
+                                                    "cue_share", "cue_pointing", "cue_reliance_rank"}
     px, tb = _pixels(), hf_clip.tokenize(TEXTS)
     im = torch.rand(2, 64, 64, generator=torch.Generator().manual_seed(12))
     tm = torch.rand(tb.ids.shape, generator=torch.Generator().manual_seed(13)) * tb.content_mask
@@ -460,11 +461,15 @@ def test_registry_runs_every_metric(hf_clip):
         "cascading_randomization": {"method": "m2ib", "steps": 1, "num_samples": 1},
         "road": {"fractions": (0.5,)}, "deletion_image": {"n_steps": 2}, "insertion_image": {"n_steps": 2},
         "deletion_text": {"n_steps": 2}, "insertion_text": {"n_steps": 2},
+        "cue_share": {"cue_mask": masks}, "cue_pointing": {"cue_mask": masks},
+        "cue_reliance_rank": {"cue_mask": masks, "reliance": torch.tensor([0.1, 0.2])},
     }
     for name in names:
         spec = get_spec(name)
         out = get_metric(name)(hf_clip, px, tb, im, tm, **extra.get(name, {}))
-        assert spec.primary in out and out[spec.primary].shape[0] == 2, name
+        # a dataset-level value (spec.aggregate) is computed from per-pair outputs over the run
+        key = spec.aggregate.partition(":")[2].split(",")[0] if spec.aggregate else spec.primary
+        assert key in out and out[key].shape[0] == 2, name
     with pytest.raises(InputError, match="masks"):
         get_metric("pointing_game")(hf_clip, px, tb, im, tm)
     with pytest.raises(InputError, match="token maps"):
