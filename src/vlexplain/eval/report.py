@@ -107,6 +107,7 @@ def summary_table(df: Any, cfg: dict[str, Any]) -> list[dict[str, Any]]:
 def _aggregate_rows(method: str, sub: Any, cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """Metrics whose dataset value is not a mean over pairs (``MetricSpec.aggregate``, e.g.
     Spearman's rho of two per-pair outputs): the value and a bootstrap interval over pairs."""
+    from ..errors import MethodError
     from ..metrics import get_spec
     from ..metrics.cue import spearman_ci
 
@@ -114,7 +115,7 @@ def _aggregate_rows(method: str, sub: Any, cfg: dict[str, Any]) -> list[dict[str
     for m in cfg.get("metrics", []):
         try:
             spec = get_spec(m)
-        except Exception:  # a plug-in metric: averaged like any other
+        except MethodError:  # a plug-in metric (module:function): averaged like any other
             continue
         kind, _, cols = spec.aggregate.partition(":")
         if kind != "spearman":
