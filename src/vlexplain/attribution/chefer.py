@@ -103,7 +103,7 @@ def chefer_relevance(
 
 def image_readout(tower: Tower, R: Tensor) -> Tensor:
     """(B, T, T) relevance -> (B, gh, gw): the CLS row, or the mean over rows without a CLS."""
-    scores = R[:, 0, :] if tower.num_prefix_tokens > 0 else R.mean(1)  # (B, T)
+    scores = R[:, 0, :] if tower.class_token_pooled else R.mean(1)  # (B, T)
     return tower.token_scores_to_grid(scores, R)
 
 

@@ -101,6 +101,12 @@ class Tower(nn.Module):
     grid: tuple[int, int] | None = None  # ViT image towers: (gh, gw) patch grid of the model's input size
 
     @property
+    def class_token_pooled(self) -> bool:
+        """Image towers: whether the head reads the class token alone (attention readouts then use its
+        row; towers without one, or that pool over all tokens, are read as the mean over rows)."""
+        return self.num_prefix_tokens > 0
+
+    @property
     def num_blocks(self) -> int:
         raise NotImplementedError
 

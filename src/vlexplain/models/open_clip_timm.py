@@ -1,0 +1,294 @@
+"""OpenCLIP image towers whose trunk is a timm model (``open_clip.timm_model.TimmModel``).
+
+Two tower kinds, both running timm's own modules (never a copied forward):
+
+* :class:`TimmViTTower` for timm ``VisionTransformer`` trunks (SigLIP / SigLIP 2 configs with the
+  MAP attention-pool head, ViTamin's convolutional patch stem, register tokens, no class token)
+  and timm ``Eva`` trunks (EVA02, rotary position embeddings passed to every block). stem =
+  ``patch_embed`` + ``_pos_embed`` (prefix tokens, positions) + ``norm_pre``; blocks = ``blocks``;
+  head = ``norm`` + ``forward_head`` (token / average / MAP pooling) + OpenCLIP's projection head.
+  Attention probabilities are read through timm's documented route: the block's ``Attention`` is
+  switched to its unfused path (``fused_attn = False``) and a forward hook on ``attn_drop`` takes
+  the softmaxed attention (the very tensor multiplied with the values, so gradients with respect
+  to it are exact). The patch grid is the trunk's own (``patch_embed.grid_size``), square or not.
+* :class:`TimmStagesTower` for convolutional and hybrid trunks (ConvNeXt; FastViT / MobileCLIP):
+  stem = ``stem``; blocks = the ``stages``; head = the trunk's post-stage layer (``norm_pre`` or
+  ``final_conv``) + ``forward_head`` + OpenCLIP's head. Hidden states are feature maps; attention
+  methods do not apply (the attention of MobileCLIP's last stage works on feature maps inside a
+  stage, where no per-block token attention can be read out).
+
+Default layers: the shared relative depth (block 9 of 12) for M2IB; Grad-CAM uses the same block
+on ViTs and the last stage on stage towers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ModelLoadError
+from .base import Tower
+
+
+@contextlib.contextmanager
+def timm_attention_probs(attn: nn.Module) -> Iterator[list[Tensor]]:
+    """Collect the softmaxed attention of a timm attention module during one forward.
+
+    Switches ``attn.fused_attn`` off (timm's unfused path computes explicit probabilities) and
+    hooks ``attn.attn_drop``, whose output is what multiplies the values; both are restored on exit.
+    """
+    store: list[Tensor] = []
+    prev = attn.fused_attn
+    handle = attn.attn_drop.register_forward_hook(lambda m, inp, out: store.append(out))
+    attn.fused_attn = False
+    try:
+        yield store
+    finally:
+        attn.fused_attn = prev
+        handle.remove()
+
+
+def _reads_attention(blk: nn.Module) -> bool:
+    a = getattr(blk, "attn", None)
+    return a is not None and hasattr(a, "fused_attn") and isinstance(getattr(a, "attn_drop", None), nn.Module)
+
+
+class TimmViTTower(Tower):
+    """A timm ``VisionTransformer`` or ``Eva`` trunk inside an OpenCLIP ``TimmModel``."""
+
+    modality = "image"
+    kind = "vit"
+
+    def __init__(self, visual: nn.Module):
+        super().__init__()
+        from timm.models.eva import Eva
+
+        self.v = visual
+        self.trunk = visual.trunk
+        self.eva = isinstance(self.trunk, Eva)
+        self.num_prefix_tokens = int(getattr(self.trunk, "num_prefix_tokens", 0))
+        self.has_class_token = getattr(self.trunk, "cls_token", None) is not None
+        pool = getattr(self.trunk, "global_pool", "token")
+        self.reads_class_token = self.has_class_token and pool == "token" and getattr(self.trunk, "attn_pool", None) is None
+        self.has_attention = all(_reads_attention(b) for b in self.trunk.blocks)
+        self._rope_cache: dict[tuple, Any] = {}
+        self.grid = tuple(int(g) for g in self.trunk.patch_embed.grid_size)  # the trunk's own (gh, gw)
+
+    @property
+    def class_token_pooled(self) -> bool:
+        return self.reads_class_token
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.trunk.blocks)
+
+    def block_modules(self) -> list[nn.Module]:
+        return list(self.trunk.blocks)
+
+    def stem(self, x: Tensor, inputs_embeds: Tensor | None = None) -> Tensor:
+        t = self.trunk
+        h = t.patch_embed(x.to(next(t.parameters()).dtype))
+        if self.eva:
+            h, _ = t._pos_embed(h)
+        else:
+            h = t.patch_drop(t._pos_embed(h))
+        return t.norm_pre(h)
+
+    def _rope(self, x: Tensor, i: int) -> Any:
+        """Eva: the rotary embedding of block ``i`` for inputs shaped like ``x``."""
+        t = self.trunk
+        if getattr(t, "rope", None) is None:
+            return None
+        key = (tuple(x.shape[-2:]), x.device, x.dtype)
+        if key not in self._rope_cache:
+            with torch.no_grad():
+                probe = t.patch_embed(torch.zeros(1, *x.shape[1:], device=x.device, dtype=x.dtype))
+                _, rope = t._pos_embed(probe)
+            self._rope_cache = {key: rope}
+        rope = self._rope_cache[key]
+        return rope[i] if getattr(t, "rope_mixed", False) and rope is not None else rope
+
+    def block(self, i: int, h: Tensor, x: Any, need_attn: bool = False, rows: Tensor | None = None):
+        blk = self.trunk.blocks[i]
+        kw = {"rope": self._rope(x, i)} if self.eva else {}
+        if not need_attn:
+            return blk(h, **kw), None
+        with timm_attention_probs(blk.attn) as probs:
+            out = blk(h, **kw)
+        return out, probs[-1]  # (B, heads, T, T)
+
+    def head(self, h: Tensor, x: Any) -> Tensor:
+        t = self.trunk
+        return self.v.head(t.forward_head(t.norm(h)))
+
+
+#: post-stage module of each supported stage trunk (run between the last stage and forward_head)
+_POST_STAGES = {"ConvNeXt": "norm_pre", "FastVit": "final_conv"}
+
+
+class TimmStagesTower(Tower):
+    """A convolutional or hybrid timm trunk (ConvNeXt, FastViT / MobileCLIP) split at its stages."""
+
+    modality = "image"
+    kind = "cnn"
+    has_attention = False
+
+    def __init__(self, visual: nn.Module):
+        super().__init__()
+        self.v = visual
+        self.trunk = visual.trunk
+        name = type(self.trunk).__name__
+        if name not in _POST_STAGES or getattr(self.trunk, "fork_feat", False):
+            raise ModelLoadError(f"timm trunk {name} is not supported; supported: VisionTransformer, Eva, {', '.join(_POST_STAGES)}")
+        self.post = getattr(self.trunk, _POST_STAGES[name])
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.trunk.stages)
+
+    def block_modules(self) -> list[nn.Module]:
+        return list(self.trunk.stages)
+
+    def stem(self, x: Tensor, inputs_embeds: Tensor | None = None) -> Tensor:
+        return self.trunk.stem(x.to(next(self.trunk.parameters()).dtype))
+
+    def block(self, i: int, h: Tensor, x: Any, need_attn: bool = False, rows: Tensor | None = None):
+        return self.trunk.stages[i](h), None
+
+    def head(self, h: Tensor, x: Any) -> Tensor:
+        return self.v.head(self.trunk.forward_head(self.post(h)))
+
+
+def timm_tower(visual: nn.Module) -> Tower:
+    """The tower for an OpenCLIP ``TimmModel`` (ModelLoadError for unsupported trunks)."""
+    from timm.models.eva import Eva
+    from timm.models.vision_transformer import VisionTransformer
+
+    if isinstance(visual.trunk, (VisionTransformer, Eva)):
+        return TimmViTTower(visual)
+    return TimmStagesTower(visual)
+
+
+# --- tiny random-weight builds (offline) ----------------------------------------------------------
+@contextlib.contextmanager
+def tiny_timm_models(**overrides: Any) -> Iterator[None]:
+    """Within the block, ``timm.create_model`` builds with ``overrides`` (smaller depth / width).
+
+    OpenCLIP's ``TimmModel`` then wires the small trunk exactly as it wires the full-size one.
+    """
+    import timm
+
+    orig = timm.create_model
+
+    def create(name: str, *args: Any, **kwargs: Any) -> nn.Module:
+        return orig(name, *args, **{**kwargs, **overrides})
+
+    timm.create_model = create
+    try:
+        yield
+    finally:
+        timm.create_model = orig
+
+
+def _tiny_custom(vision_cfg: dict, overrides: dict, embed_dim: int = 16, text_cfg: dict | None = None, seed: int = 0):
+    from open_clip.model import CustomTextCLIP
+
+    torch.manual_seed(seed)
+    tc = dict(context_length=77, vocab_size=49408, width=32, heads=4, layers=2)
+    tc.update(text_cfg or {})
+    with tiny_timm_models(**overrides):
+        return CustomTextCLIP(embed_dim=embed_dim, vision_cfg=vision_cfg, text_cfg=tc).eval()
+
+
+_VIT = dict(embed_dim=32, depth=3, num_heads=2, img_size=32)
+
+
+def tiny_siglip(seed: int = 0) -> nn.Module:
+    """ViT-B-16-SigLIP's wiring: timm ViT with a MAP head, no class token, bidirectional text pooled last."""
+    return _tiny_custom(
+        dict(timm_model_name="vit_base_patch16_siglip_224", timm_pool="map", timm_proj="none", image_size=32),
+        _VIT, embed_dim=32,
+        text_cfg=dict(context_length=16, vocab_size=49408, no_causal_mask=True, proj_bias=True, pool_type="last"),
+        seed=seed,
+    )
+
+
+def tiny_siglip_registers(seed: int = 0) -> nn.Module:
+    """A timm ViT with 2 register tokens, no class token, average pooling, a non-square 32 x 48 input."""
+    return _tiny_custom(
+        dict(timm_model_name="vit_base_patch16_224", timm_pool="avg", timm_proj="linear", image_size=(32, 48)),
+        dict(_VIT, img_size=(32, 48), class_token=False, reg_tokens=2, no_embed_class=True, global_pool="avg"), seed=seed,
+    )
+
+
+def tiny_eva(seed: int = 0) -> nn.Module:
+    """EVA02-B-16's wiring: timm Eva (rotary positions, SwiGLU), class-token pooling."""
+    return _tiny_custom(
+        dict(timm_model_name="eva02_base_patch16_clip_224", timm_pool="token", timm_proj=None, image_size=32),
+        _VIT, seed=seed,
+    )
+
+
+def tiny_vitamin(seed: int = 0) -> nn.Module:
+    """ViTamin-S's wiring: a timm ViT on a MobileNet-conv patch stem, average pooling, linear projection."""
+    from timm.models.vitamin import VitCfg, VitConvCfg
+
+    cfg = VitCfg(embed_dim=(8, 16, 32), depths=(1, 1, 1), stem_width=8,
+                 conv_cfg=VitConvCfg(norm_layer="layernorm2d", norm_eps=1e-6), head_type="1d")
+    return _tiny_custom(
+        dict(timm_model_name="vitamin_small_224", timm_pool="", timm_proj="linear", image_size=32),
+        dict(embed_dim=32, depth=3, num_heads=2, img_size=32, embed_cfg=cfg), seed=seed,
+    )
+
+
+def tiny_convnext(seed: int = 0) -> nn.Module:
+    """convnext_base's wiring, 4 stages of one block."""
+    return _tiny_custom(
+        dict(timm_model_name="convnext_base", timm_pool="", timm_proj="linear", image_size=64),
+        dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32)), seed=seed,
+    )
+
+
+def tiny_mobileclip(seed: int = 0) -> nn.Module:
+    """MobileCLIP-S1's wiring: FastViT-MCi (RepMixer stages, attention in the last), bidirectional text."""
+    return _tiny_custom(
+        dict(timm_model_name="fastvit_mci0", timm_pool="avg", timm_proj=None, image_size=64),
+        dict(layers=(1, 1, 1, 1), embed_dims=(8, 16, 32, 64)),
+        text_cfg=dict(no_causal_mask=True), seed=seed,
+    )
+
+
+def _register() -> None:
+    from .families import Family, register_family
+
+    vit_note = ("M2IB and Grad-CAM at block round(10 n / 12) - 1 of n; attention read from timm's unfused "
+                "attention path; the patch grid is the trunk's own")
+    for key, name, examples, tiny, notes in (
+        ("open_clip-siglip", "OpenCLIP SigLIP / SigLIP 2 (timm ViT, MAP head)",
+         "open_clip:ViT-B-16-SigLIP, open_clip:ViT-SO400M-14-SigLIP-384, open_clip:ViT-B-16-SigLIP2",
+         tiny_siglip, "no class token: attention maps are read as the mean over query rows; text pooled at the "
+         "last position, texts padded to the context length; " + vit_note),
+        ("open_clip-timm-vit", "OpenCLIP timm ViT (register tokens, average pooling)",
+         "open_clip:vit_medium_patch16_gap_256, open_clip:vit_relpos_medium_patch16_cls_224",
+         tiny_siglip_registers, vit_note),
+        ("open_clip-eva", "OpenCLIP EVA02 (timm Eva, rotary positions)",
+         "open_clip:EVA02-B-16, open_clip:EVA02-L-14", tiny_eva, vit_note),
+        ("open_clip-vitamin", "OpenCLIP ViTamin (conv stem + timm ViT)",
+         "open_clip:ViTamin-S, open_clip:ViTamin-B", tiny_vitamin, vit_note),
+    ):
+        register_family(Family(key=key, name=name, library="open_clip", examples=examples, tiny=tiny,
+                               image_tower="vit", notes=notes))
+    cnn_note = ("blocks = the stages; M2IB after stage 3 of 4, Grad-CAM after the last stage; attention methods "
+                "do not apply to the image side")
+    register_family(Family(key="open_clip-convnext", name="OpenCLIP ConvNeXt (timm)",
+                           examples="open_clip:convnext_base, open_clip:convnext_large_d",
+                           library="open_clip", tiny=tiny_convnext, image_tower="cnn", notes=cnn_note))
+    register_family(Family(key="open_clip-mobileclip", name="OpenCLIP MobileCLIP (timm FastViT-MCi)",
+                           examples="open_clip:MobileCLIP-S1, open_clip:MobileCLIP2-S0",
+                           library="open_clip", tiny=tiny_mobileclip, image_tower="hybrid", notes=cnn_note))
+
+
+_register()
