@@ -177,9 +177,13 @@ def test_very_thin_images_warn_that_most_is_cropped(hf_clip):
 def test_cli_refuses_a_thin_image_with_one_line_and_writes_nothing(tmp_path, capsys):
     from vlexplain.cli import main
 
+    from conftest import tiny_hf_clip
+
+    tiny_hf_clip().save_pretrained(tmp_path / "model")
+    capsys.readouterr()
     p = _png(tmp_path / "strip.png", 5000, 1)
     out = tmp_path / "out"
-    rc = main(["explain", str(p), "-t", "a cat", "-m", "offline", "--method", "center", "-o", str(out)])
+    rc = main(["explain", str(p), "-t", "a cat", "-m", str(tmp_path / "model"), "--method", "center", "-o", str(out)])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("error:") and "strip.png" in err and "crop" in err and "\n" not in err
     assert not out.exists()
