@@ -76,6 +76,12 @@ class OpenCLIPVisionTower(Tower):
 
     def project_tokens(self, h: Tensor, x: Any) -> Tensor:
         if not self.reads_class_token:
+            raise NotImplementedError("this OpenCLIP ViT pools over all tokens (average or attentional), not one")
+        t = self.v.ln_post(h)
+        return t @ self.v.proj if self.v.proj is not None else t
+
+    def project_tokens(self, h: Tensor, x: Any) -> Tensor:
+        if not self.reads_class_token:
             raise NotImplementedError("this OpenCLIP ViT pools by averaging or attention, not one token")
         t = self.v.ln_post(h)
         return t @ self.v.proj if self.v.proj is not None else t
