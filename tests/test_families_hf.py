@@ -197,3 +197,25 @@ def test_unsupported_transformers_models_are_refused(tmp_path):
     BlipForQuestionAnswering(cfg).save_pretrained(tmp_path)
     with pytest.raises(ModelLoadError, match="BlipForQuestionAnswering checkpoint"):
         vx.load_model(str(tmp_path))
+
+
+def test_processor_normalisation_matches_the_processors_output(raw_models):
+    """ALIGN's processor maps pixels to [-1, 1] (rescale offset, no normalize); CLIP's subtracts a
+    mean: the adapter's (x - mean) / std reproduces both, and ALIGN takes the processor's crop size."""
+    import numpy as np
+    from PIL import Image
+    from transformers import AlignProcessor, CLIPImageProcessor, EfficientNetImageProcessor
+
+    img = Image.fromarray((np.random.RandomState(0).rand(32, 32, 3) * 255).astype(np.uint8))
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)
+    ip = EfficientNetImageProcessor(size={"height": 32, "width": 32}, crop_size={"height": 32, "width": 32},
+                                    do_center_crop=True, do_normalize=False, rescale_factor=1 / 127.5,
+                                    rescale_offset=True, include_top=False)
+    cp = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    align = vx.load_model(raw_models("hf-align"), preprocess=AlignProcessor(image_processor=ip, tokenizer=minilm_bert_tokenizer()))
+    clip = vx.load_model(raw_models("hf-clip"), preprocess=cp)
+    assert align.input_size == (32, 32) and align.mean == (0.5, 0.5, 0.5)
+    for m, proc in ((align, ip), (clip, cp)):
+        ref = proc(images=img, return_tensors="pt")["pixel_values"][0]
+        ours = (x - torch.tensor(m.mean).view(3, 1, 1)) / torch.tensor(m.std).view(3, 1, 1)
+        torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)

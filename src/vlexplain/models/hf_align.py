@@ -62,8 +62,12 @@ class AlignDualEncoder(HFAdapter):
         self.image = AlignVisionTower(model.vision_model)
         self.text = BertTextTower(model.text_model, model.text_projection)
         self.input_size = (int(vcfg.image_size), int(vcfg.image_size))
-        self.mean, self.std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+        self.mean, self.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # ALIGN's processor maps pixels to [-1, 1]
         self._use_processor(processor)
+        ip = getattr(processor, "image_processor", None)
+        crop = getattr(ip, "crop_size", None) if getattr(ip, "do_center_crop", False) else None
+        if crop is not None:  # align-base is used at its processor's 289 px crop, not the config's 600
+            self.input_size = (int(crop["height"]), int(crop["width"]))
         table = model.text_model.embeddings.word_embeddings
         ctx = int(tcfg.max_position_embeddings)
         self._tok = resolve_tokenizer(tokenizer, processor, table, "AlignModel", ctx, "first",

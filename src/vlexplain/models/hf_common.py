@@ -342,9 +342,20 @@ class HFAdapter(DualEncoder):
         self._tok: TokenizerSpec
 
     def _use_processor(self, processor: Any) -> None:
+        """Take the image normalisation from a processor, as one (x - mean) / std on [0, 1] pixels:
+        the processor computes ((255 x) * rescale_factor - offset - m) / s, offset 1 with
+        ``rescale_offset`` (ALIGN's [-1, 1] inputs), m = 0 and s = 1 without ``do_normalize``."""
         ip = getattr(processor, "image_processor", processor)
-        if ip is not None and getattr(ip, "image_mean", None) is not None and getattr(ip, "image_std", None) is not None:
-            self.mean, self.std = tuple(ip.image_mean), tuple(ip.image_std)
+        if ip is None or not hasattr(ip, "do_normalize"):
+            return
+        a = 255.0 * float(getattr(ip, "rescale_factor", 1 / 255)) if getattr(ip, "do_rescale", True) else 255.0
+        o = 1.0 if getattr(ip, "rescale_offset", False) else 0.0
+        if getattr(ip, "do_normalize", True) and ip.image_mean is not None and ip.image_std is not None:
+            m, sd = [float(v) for v in ip.image_mean], [float(v) for v in ip.image_std]
+        else:
+            m, sd = [0.0] * 3, [1.0] * 3
+        self.mean = tuple((o + mi) / a for mi in m)
+        self.std = tuple(si / a for si in sd)
 
     def tokenize(self, texts) -> TextBatch:
         return self._tok(texts, device=self.device)
