@@ -329,16 +329,6 @@ def evaluate(
     return out
 
 
-def _count(ds: Any, limit: int | None) -> int:
-    """Number of pairs (a text-only pass that also validates every line of the file)."""
-    n = 0
-    for _ in ds.rows():
-        n += 1
-        if limit is not None and n >= limit:
-            break
-    return n
-
-
 def write_manifest(out: Path, n_total: int, shard_size: int, done: dict[int, Path] | None = None) -> dict[str, Any]:
     """Write ``manifest.json`` from the shard files present (or the given finished shards)."""
     done = rio.finished_shards(out) if done is None else done
