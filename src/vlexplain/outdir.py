@@ -71,7 +71,8 @@ class FolderClaim:
 
     def __init__(self, out: Path, flag: str = "--out"):
         self.out, self.flag, self.fd = out, flag, None
-        self.path = out.parent / f".{out.name}{LOCK_SUFFIX}"
+        full = Path(os.path.abspath(out))  # "." and "runs/.." get a real folder name
+        self.path = full.parent / f".{full.name or 'root'}{LOCK_SUFFIX}"
 
     def acquire(self) -> "FolderClaim":
         try:
@@ -80,7 +81,7 @@ class FolderClaim:
             return self
         if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
             return self
-        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(5):  # the file may be removed by a run finishing between open and lock
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
             try:
