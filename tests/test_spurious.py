@@ -205,11 +205,15 @@ def test_evaluate_reads_cue_mask_and_reliance_columns(tmp_path, hf_clip):
         Image.fromarray(cue).save(tmp_path / f"cue{i}.png")
         rows.append({"image": f"im{i}.png", "caption": "a photo", "cue_mask": f"cue{i}.png", "reliance": 0.1 * i})
     rows.append({"image": "im0.png", "caption": "a photo"})  # no cue: left out of the cue metrics
+    Image.fromarray(np.zeros((10, 10), dtype=np.uint8)).save(tmp_path / "small.png")
+    rows.append({"image": "im1.png", "caption": "a photo", "cue_mask": "small.png", "reliance": 0.0})  # wrong size
     (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     run = evaluate(tmp_path / "p.jsonl", hf_clip, ["center"], ["cue_share", "cue_pointing", "cue_reliance_rank"],
                    tmp_path / "run", batch_size=3, progress=False, save_maps=True)
     df = rio.load_results(run).to_pandas().sort_values("index")
-    assert df["cue_share"].isna().tolist() == [False] * 5 + [True]
+    assert df["cue_share"].isna().tolist() == [False] * 5 + [True, True]
+    assert df["error"].notna().tolist() == [False] * 6 + [True]
+    assert "cue_mask" in df["error"].iloc[6] and "10x10 but the image is 40x48" in df["error"].iloc[6]
     # by hand from the center map and the cue mask in the model's input frame
     from vlexplain.attribution.api import explain
     from vlexplain.metrics.cue import load_cue_masks

@@ -541,7 +541,7 @@ def _extra(info: MetricInfo, cfg: EvalConfig, method: str, pairs: list[Any], gts
             base = base if base.is_dir() else base.parent
             paths = [pairs[i].row.extras[key] for i in idx]
             paths = [p if not p or Path(p).is_absolute() else str(base / p) for p in paths]
-            kw[key] = load_cue_masks(paths, size or (0, 0)).to(device)
+            kw[key] = load_cue_masks(paths, size or (0, 0), [pairs[i].image.size for i in idx]).to(device)
         elif key != "method":
             vals = [pairs[i].row.extras[key] for i in idx]
             kw[key] = vals[0] if all(v == vals[0] for v in vals) else torch.tensor(vals, device=device)

@@ -110,19 +110,25 @@ def cue_reliance_rank(maps: Tensor, cue_masks: Tensor, reliance: Tensor | np.nda
     return {"spearman": rho, "cue_share": share, "reliance": rel}
 
 
-def load_cue_masks(paths: list[Any], size: tuple[int, int]) -> Tensor:
+def load_cue_masks(paths: list[Any], size: tuple[int, int], image_sizes: list[tuple[int, int]] | None = None) -> Tensor:
     """(B, H, W) bool cue masks from PNG paths, mapped like a model's preprocessing (shortest side
-    resized to ``min(size)`` by nearest neighbour, centre crop); an empty path gives an empty mask."""
+    resized to ``min(size)`` by nearest neighbour, centre crop); an empty path gives an empty mask.
+    With ``image_sizes`` (PIL ``(width, height)`` per pair) a mask of another size is refused."""
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import functional as F
 
     from ..data.pairs import _load_mask
+    from ..errors import InputError
 
     out = []
-    for p in paths:
+    for j, p in enumerate(paths):
         if p is None or p == "":
             out.append(torch.zeros(size, dtype=torch.bool))
             continue
-        m = F.resize(_load_mask(p), min(size), interpolation=InterpolationMode.NEAREST)
+        raw = _load_mask(p)
+        if image_sizes is not None and tuple(raw.size) != tuple(image_sizes[j]):
+            w, h = image_sizes[j]
+            raise InputError(f"cue_mask {p} is {raw.size[0]}x{raw.size[1]} but the image is {w}x{h}")
+        m = F.resize(raw, min(size), interpolation=InterpolationMode.NEAREST)
         out.append(torch.from_numpy(np.asarray(F.center_crop(m, list(size))) > 127))
     return torch.stack(out)
