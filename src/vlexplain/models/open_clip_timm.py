@@ -272,7 +272,7 @@ def _register() -> None:
          tiny_siglip, "no class token: attention maps are read as the mean over query rows; text pooled at the "
          "last position, texts padded to the context length; " + vit_note),
         ("open_clip-timm-vit", "OpenCLIP timm ViT (register tokens, average pooling)",
-         "open_clip:vit_medium_patch16_gap_256, open_clip:vit_relpos_medium_patch16_cls_224",
+         "open_clip:vit_medium_patch16_gap_256",
          tiny_siglip_registers, vit_note),
         ("open_clip-eva", "OpenCLIP EVA02 (timm Eva, rotary positions)",
          "open_clip:EVA02-B-16, open_clip:EVA02-L-14", tiny_eva, vit_note),
