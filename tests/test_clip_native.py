@@ -640,8 +640,8 @@ def test_refusals(siglip, offline) -> None:
     assert vx.get_method("legrad").why_not(siglip, "image") is None  # its head pools with attention
     for name in ("mask_clip", "clip_surgery", "grad_eclip", "legrad"):
         assert "CNN" in vx.get_method(name).why_not(offline, "image")  # EfficientNet: no attention
-    # the offline text tower (post-norm MiniLM) reports attention but no q/k/v: LeGrad needs only the former
-    assert vx.get_method("grad_eclip").why_not(offline, "text") is not None
+    # the offline text tower (MiniLM) is mean-pooled: no pooled token for Grad-ECLIP; LeGrad reads its head
+    assert "pools several tokens" in vx.get_method("grad_eclip").why_not(offline, "text")
     assert vx.get_method("legrad").why_not(offline, "text") is None
     oc = vx.load_model(tiny_open_clip())
     for bad in ({"image_blocks": 0}, {"image_blocks": 9}, {"text_blocks": True}):
@@ -714,3 +714,39 @@ def test_hf_clip_through_its_own_forward() -> None:
         f = F.normalize(raw.visual_projection(raw.vision_model.post_layernorm(u)), dim=-1)
     ref_mc = (f[0, 1:] @ te[0]).reshape(4, 4)
     torch.testing.assert_close(vx.explain(model, px, TEXT, method="mask_clip").patch_map, ref_mc, rtol=1e-4, atol=1e-6)
+
+
+def test_grad_eclip_on_a_bert_text_tower_through_its_own_forward() -> None:
+    """Post-norm BERT text towers (Chinese-CLIP here) are read at [CLS] from the library's own forward."""
+    import warnings
+
+    from vlexplain.models.families import get_family
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        raw = get_family("hf-chinese-clip").tiny()
+        model = vx.load_model(raw)
+    px = torch.randn(1, 3, *model.input_size, generator=torch.Generator().manual_seed(1))
+    batch = model.tokenize([TEXT])
+    ie = F.normalize(model.image.encode(px), dim=-1).detach()
+    layer = raw.text_model.encoder.layer[-1]
+    sa = layer.attention.self
+    got: dict[str, torch.Tensor] = {}
+    hooks = [getattr(sa, n).register_forward_hook(lambda m, i, o, n=n: got.__setitem__(n, o))
+             for n in ("query", "key", "value")]
+    hooks.append(layer.attention.output.dense.register_forward_pre_hook(lambda m, a: got.__setitem__("a", a[0])))
+    try:
+        out = raw.get_text_features(input_ids=batch.ids, attention_mask=batch.attention_mask,
+                                    token_type_ids=torch.zeros_like(batch.ids))
+        te = getattr(out, "pooler_output", out)
+        (g,) = torch.autograd.grad((F.normalize(te, dim=-1) * ie).sum(), got["a"])
+    finally:
+        for h in hooks:
+            h.remove()
+    q, k, v = got["query"].detach()[0], got["key"].detach()[0], got["value"].detach()[0]
+    cos = (F.normalize(q[0], dim=-1) * F.normalize(k, dim=-1)).sum(-1)  # [CLS] query vs every key
+    cos = (cos - cos.min()) / (cos.max() - cos.min())
+    ref = ((g[0, 0] * v).sum(-1) * cos).relu()[batch.content_mask[0]]
+    e = vx.explain(model, px, TEXT, method="grad_eclip", sides=["text"], text_blocks=1)
+    assert ref.abs().max() > 0
+    torch.testing.assert_close(e.token_scores, ref, rtol=1e-4, atol=1e-7)

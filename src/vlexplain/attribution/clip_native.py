@@ -26,7 +26,8 @@ from .base import Side
 class Capabilities:
     """What a tower offers the CLIP-native methods."""
 
-    records: bool  # its blocks run through prenorm_block (q, k, v, attention output can be recorded)
+    records: bool  # its blocks' q, k, v and attention output can be recorded (blocks.attention)
+    parts: bool  # its blocks run through prenorm_block: block input, out_proj, MLP recorded too
     pooled: bool  # its head reads one token per row (CLS / EOS), so a "pooled token" exists
     projects: bool  # Tower.project_tokens is defined (final norm + projection per token)
 
@@ -44,7 +45,7 @@ def capabilities(model: DualEncoder, side: Side) -> Capabilities:
     if cached is not None:
         return cached
     if not tower.has_attention or tower.num_blocks < 1:
-        caps = Capabilities(False, False, False)
+        caps = Capabilities(False, False, False, False)
     else:
         x = _dummy_input(model, side)
         with torch.no_grad():
@@ -56,13 +57,14 @@ def capabilities(model: DualEncoder, side: Side) -> Capabilities:
                 projects = True
             except NotImplementedError:
                 projects = False
-        caps = Capabilities(len(recs) == 1, tower.pooled_positions(x) is not None, projects)
+        ok = len(recs) == 1
+        caps = Capabilities(ok, ok and recs[0].complete, tower.pooled_positions(x) is not None, projects)
     object.__setattr__(tower, "_vx_native_caps", caps)
     return caps
 
 
 def why_not_native(
-    name: str, model: DualEncoder, side: Side, *, pooled: bool = False, projects: bool = False
+    name: str, model: DualEncoder, side: Side, *, pooled: bool = False, projects: bool = False, parts: bool = False
 ) -> str | None:
     """The reason a CLIP-native method cannot run on ``side`` of ``model`` (None: it can)."""
     tower = model.tower(side)
@@ -72,8 +74,16 @@ def why_not_native(
             f"{name} reads query, key and value vectors inside the transformer blocks; "
             f"the {side} tower of this model ({tower.kind.upper()}, {type(tower).__name__}) does not expose them"
         )
+    if parts and not caps.parts:
+        return (
+            f"{name} re-runs parts of a pre-norm transformer block (CLIP layout); "
+            f"the {side} tower of this model ({type(tower).__name__}) has another block layout"
+        )
     if pooled and not caps.pooled:
-        return f"{name} reads the token the head pools (CLS / EOS); the {side} tower of this model pools with attention"
+        return (
+            f"{name} reads the one token the head pools (CLS / EOS); "
+            f"the {side} tower of this model pools several tokens (attention or mean pooling)"
+        )
     if projects and not caps.projects:
         return (
             f"{name} reads every token through the head's final norm and projection; "

@@ -135,7 +135,7 @@ class CLIPSurgery(Explainer):
 
     @classmethod
     def why_not(cls, model: DualEncoder, side: Side) -> str | None:
-        return super().why_not(model, side) or why_not_native(cls.name, model, side, projects=True)
+        return super().why_not(model, side) or why_not_native(cls.name, model, side, projects=True, parts=True)
 
     def redundant_feature(self) -> Tensor:
         """(d,) unit-norm mean embedding of the neutral prompts.

@@ -44,7 +44,7 @@ class MaskCLIP(Explainer):
 
     @classmethod
     def why_not(cls, model: DualEncoder, side: Side) -> str | None:
-        return super().why_not(model, side) or why_not_native(cls.name, model, side, projects=True)
+        return super().why_not(model, side) or why_not_native(cls.name, model, side, projects=True, parts=True)
 
     def attribute_image(self, batch: PairBatch) -> Tensor:
         tower = self.model.image

@@ -24,7 +24,14 @@ def attention(
     Args:
         mask: additive mask broadcastable to (B, heads, T, S), or None.
         need_attn: compute explicit softmax probabilities (B, heads, T, S) and return them.
+
+    Under :func:`record_blocks`, a full self-attention call (as many queries as keys) appends a
+    :class:`BlockRecord` of its projections and output.
     """
+    records = _RECORDS.get()
+    if records is not None:
+        need_attn = need_attn or _RECORD_PROBS.get()
+    q0, k0, v0 = q, k, v
     B, T, D = q.shape
     S = k.shape[1]
     hd = D // num_heads
@@ -40,7 +47,10 @@ def attention(
     else:
         probs = None
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    return out.transpose(1, 2).reshape(B, T, D), probs
+    out = out.transpose(1, 2).reshape(B, T, D)
+    if records is not None and T == S:
+        records.append(BlockRecord(None, q0, k0, v0, out, probs, num_heads, mask))
+    return out, probs
 
 
 def prenorm_block(
@@ -72,11 +82,11 @@ def prenorm_block(
         if mask is not None:
             mask = mask[rows][:, None, None, :] if mask.dim() == 2 else mask[ar, ..., rows, :][:, :, None]
     records = _RECORDS.get()
-    if records is not None and rows is None:
-        a, probs = attention(q, k, v, num_heads, mask, need_attn or _RECORD_PROBS.get())
-        records.append(BlockRecord(h, q, k, v, a, probs, num_heads, mask, out_proj, ls1, ln2, mlp, ls2))
-    else:
-        a, probs = attention(q, k, v, num_heads, mask, need_attn)
+    n_before = -1 if records is None else len(records)
+    a, probs = attention(q, k, v, num_heads, mask, need_attn)
+    if records is not None and len(records) > n_before:  # complete attention()'s record
+        r = records[-1]
+        r.h, r.out_proj, r.ls1, r.ln2, r.mlp, r.ls2 = h, out_proj, ls1, ln2, mlp, ls2
     a = out_proj(a)
     if ls1 is not None:
         a = ls1(a)
@@ -89,17 +99,21 @@ def prenorm_block(
 
 @dataclass
 class BlockRecord:
-    """What one :func:`prenorm_block` call saw, captured under :func:`record_blocks`.
+    """What one block's attention saw, captured under :func:`record_blocks`.
+
+    Every :func:`attention` call records q, k, v and its output; blocks that run through
+    :func:`prenorm_block` also record their input and their own parts (``complete``), which
+    :meth:`attn_branch` and :meth:`mlp_branch` need.
 
     Attributes:
-        h: (B, T, D) the block's input (residual stream).
+        h: (B, T, D) the block's input (residual stream); None outside prenorm_block.
         q, k, v: (B, T, D) the projections of ``ln1(h)``, heads concatenated.
         attn: (B, T, D) the attention output before the output projection (heads concatenated).
         probs: (B, heads, T, S) attention probabilities (None unless asked for).
         num_heads: the block's head count. mask: the additive attention mask it used.
     """
 
-    h: Tensor
+    h: Tensor | None
     q: Tensor
     k: Tensor
     v: Tensor
@@ -107,19 +121,26 @@ class BlockRecord:
     probs: Tensor | None
     num_heads: int
     mask: Tensor | None
-    out_proj: Callable[[Tensor], Tensor]
-    ls1: Callable[[Tensor], Tensor] | None
-    ln2: Callable[[Tensor], Tensor]
-    mlp: Callable[[Tensor], Tensor]
-    ls2: Callable[[Tensor], Tensor] | None
+    out_proj: Callable[[Tensor], Tensor] | None = None
+    ls1: Callable[[Tensor], Tensor] | None = None
+    ln2: Callable[[Tensor], Tensor] | None = None
+    mlp: Callable[[Tensor], Tensor] | None = None
+    ls2: Callable[[Tensor], Tensor] | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Whether the block's input and parts were recorded (a pre-norm block)."""
+        return self.h is not None and self.out_proj is not None
 
     def attn_branch(self, a: Tensor) -> Tensor:
         """(B, T, D) attention output before out_proj -> what the block adds to the residual stream."""
+        assert self.out_proj is not None, "not a pre-norm block's record"
         a = self.out_proj(a)
         return a if self.ls1 is None else self.ls1(a)
 
     def mlp_branch(self, h: Tensor) -> Tensor:
         """(B, T, D) residual stream after attention -> what the MLP adds to it."""
+        assert self.mlp is not None and self.ln2 is not None, "not a pre-norm block's record"
         m = self.mlp(self.ln2(h))
         return m if self.ls2 is None else self.ls2(m)
 
@@ -130,7 +151,7 @@ _RECORD_PROBS: ContextVar[bool] = ContextVar("vlexplain_block_record_probs", def
 
 @contextlib.contextmanager
 def record_blocks(probs: bool = False) -> Iterator[list[BlockRecord]]:
-    """Capture a :class:`BlockRecord` of every full-sequence :func:`prenorm_block` call in this context.
+    """Capture a :class:`BlockRecord` of every full self-attention call in this context.
 
     Records are appended in call order (block ``i`` of a run from the stem is ``records[i]``); calls
     that compute only the pooled rows (``rows``) are not recorded. ``probs``: also compute explicit
