@@ -28,7 +28,6 @@ KINDS = ["hf_clip", "oc_clip", "siglip", "offline", *FAMILY_KINDS]
 #: keys a method does not take are dropped, so aliases can be listed side by side
 CHEAP: dict[str, dict[str, Any]] = {
     "m2ib": dict(steps=2, num_samples=2),
-    "m2ib_fast": dict(steps=2, num_samples=2),
     "m2ib_fast": dict(steps=2),
     "rise": dict(n_masks=64),
     "kernel_shap": dict(n_samples=32),

@@ -13,7 +13,7 @@ depend on the rest of the batch); noise is drawn from a seeded generator per pai
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +52,8 @@ def fit_bottleneck(
     seeds: list[int],
     init: float = 5.0,
     bf16: bool = False,
+    antithetic: bool = False,
+    common_noise: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Fit one bottleneck per input row; return per-token capacity (B, T) and the hidden state.
 
@@ -65,6 +67,13 @@ def fit_bottleneck(
         seeds: one seed per row.
         bf16: run the blocks above the bottleneck under bfloat16 autocast (CUDA only; the
             bottleneck parameters and the loss stay in float32).
+        antithetic: draw ``num_samples // 2`` noise tensors and use each with both signs
+            (``num_samples`` must be even).
+        common_noise: draw the noise once and use the same draws at every step.
+
+    The map is the capacity at the last step's ``alpha``, before that step's update (as in the
+    released code), so the last step's forward and backward pass would change nothing and is not
+    run: ``steps`` steps cost ``steps - 1`` passes through the blocks above ``layer``.
     """
     with torch.no_grad():
         H = tower.encode(x, stop=layer)  # (B, T, D) or (B, C, h, w)
@@ -78,16 +87,20 @@ def fit_bottleneck(
     per_row_count = tmask.sum(1) * tower.tokens(H).shape[-1]
     xs = _repeat_input(x, S)
     tgt = target.repeat(S, 1)  # (S*B, d) — sample-major
+    draw = _noise_sampler(H, x, S, gens, antithetic=antithetic, common=common_noise)
     cap = None
-    for _ in range(steps):
+    for step in range(steps):
         lam = torch.sigmoid(alpha)
-        eps = _draw_noise(H, x, S, gens)  # (S, B, ...)
+        if step == steps - 1:  # the map is read here; this step's update would be discarded
+            cap = kl_capacity(H, lam)
+            break
+        eps = draw()  # (S, B, ...)
         z = lam * H + (1 - lam) * eps  # (S, B, ...)
         z = z.reshape(S * B, *H.shape[1:])
         with torch.autocast(H.device.type, dtype=torch.bfloat16, enabled=bf16 and H.device.type == "cuda"):
             e = tower.encode(xs, start=layer, hidden=z).float()
         fit = F.cosine_similarity(e, tgt, dim=-1, eps=1e-6).view(S, B).mean(0)  # (B,)
-        cap = kl_capacity(H, lam)
+        cap = kl_capacity(H, lam)  # after the forward pass: the reference's gradient summation order
         capt = tower.tokens(cap) * tmask[..., None]
         comp = capt.flatten(1).sum(1) / per_row_count  # (B,)
         loss = (beta * comp - fit).sum()  # rows are independent: sum keeps per-row gradients
@@ -97,6 +110,26 @@ def fit_bottleneck(
     assert cap is not None
     scores = tower.tokens(cap.detach()).sum(-1) * tmask  # (B, T) nats per token
     return scores, H
+
+
+def _noise_sampler(
+    H: Tensor, x: Any, S: int, gens: list[torch.Generator], *, antithetic: bool, common: bool
+) -> Callable[[], Tensor]:
+    """A function returning each step's (S, B, ...) noise: fresh i.i.d. draws (the reference),
+    antithetic pairs (eps, -eps), and/or the same draws at every step."""
+    if antithetic and S % 2:
+        raise MethodError(f"antithetic noise needs an even number of samples, got {S}")
+
+    def fresh() -> Tensor:
+        if not antithetic:
+            return _draw_noise(H, x, S, gens)
+        half = _draw_noise(H, x, S // 2, gens)
+        return torch.cat([half, -half], 0)
+
+    if not common:
+        return fresh
+    fixed = fresh()
+    return lambda: fixed
 
 
 def _draw_noise(H: Tensor, x: Any, S: int, gens: list[torch.Generator]) -> Tensor:
@@ -143,7 +176,11 @@ class M2IB(Explainer):
 
     name = "m2ib"
     summary = "multi-modal information bottleneck (label-free, nats per token)"
+    paper = "Wang, Rudner & Wilson. Visual Explanations of Image-Text Representations via Multi-Modal Information Bottleneck Attribution. NeurIPS 2023"
     needs_gradients = True
+    #: the noise estimator (fixed for m2ib: fresh i.i.d. draws at every step, as in the paper)
+    antithetic: bool = False
+    common_noise: bool = False
 
     def __init__(
         self,
@@ -162,22 +199,26 @@ class M2IB(Explainer):
         self.image_layer = check_layer(model.image, image_layer if image_layer is not None else layer, lowest=-1)
         self.text_layer = check_layer(model.text, text_layer if text_layer is not None else layer, lowest=-1)
         if beta < 0 or steps < 1 or num_samples < 1 or lr <= 0:
-            raise MethodError("m2ib needs beta >= 0, steps >= 1, num_samples >= 1 and lr > 0")
+            raise MethodError(f"{self.name} needs beta >= 0, steps >= 1, num_samples >= 1 and lr > 0")
         self.beta, self.steps, self.lr, self.num_samples = beta, steps, lr, num_samples
         self.bf16 = bf16
+        # noise draws per step on each side (m2ib: the same on both)
+        self.image_samples = self.text_samples = num_samples
 
-    def _fit(self, tower: Tower, x: Any, target: Tensor, layer: int, seeds: list[int]):
+    def _fit(self, tower: Tower, x: Any, target: Tensor, layer: int, seeds: list[int], num_samples: int):
         with torch.enable_grad():
             return fit_bottleneck(
                 tower, x, target, layer=layer, beta=self.beta, steps=self.steps, lr=self.lr,
-                num_samples=self.num_samples, seeds=seeds, bf16=self.bf16,
+                num_samples=num_samples, seeds=seeds, bf16=self.bf16,
+                antithetic=self.antithetic, common_noise=self.common_noise,
             )
 
     def attribute_image(self, batch: PairBatch) -> Tensor:
         tower = self.model.image
-        scores, H = self._fit(tower, batch.pixels, batch.text_emb, self.image_layer, batch.seeds)
+        scores, H = self._fit(tower, batch.pixels, batch.text_emb, self.image_layer, batch.seeds, self.image_samples)
         return tower.token_scores_to_grid(scores, H)
 
     def attribute_text(self, batch: PairBatch) -> Tensor:
-        scores, _ = self._fit(self.model.text, batch.texts, batch.image_emb, self.text_layer, batch.seeds)
+        scores, _ = self._fit(self.model.text, batch.texts, batch.image_emb, self.text_layer, batch.seeds,
+                              self.text_samples)
         return scores
