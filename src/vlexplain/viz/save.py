@@ -78,7 +78,7 @@ def overlay_figure(exp: "Explanation", path: str | os.PathLike, title: str | Non
         axes[1].imshow(rgb.permute(1, 2, 0).numpy())
         im = axes[1].imshow(m.numpy(), cmap="jet", alpha=0.5)
         cb = fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.04)
-        unit = "nats" if exp.method == "m2ib" else "attribution"
+        unit = "nats" if exp.method in ("m2ib", "m2ib_fast") else "attribution"
         cb.set_label(unit, fontsize=8)
         cb.ax.tick_params(labelsize=7)
     axes[1].set_title(f"{exp.method}", fontsize=10)
