@@ -80,12 +80,6 @@ class OpenCLIPVisionTower(Tower):
         t = self.v.ln_post(h)
         return t @ self.v.proj if self.v.proj is not None else t
 
-    def project_tokens(self, h: Tensor, x: Any) -> Tensor:
-        if not self.reads_class_token:
-            raise NotImplementedError("this OpenCLIP ViT pools by averaging or attention, not one token")
-        t = self.v.ln_post(h)
-        return t @ self.v.proj if self.v.proj is not None else t
-
 
 def image_tower(visual: nn.Module) -> Tower:
     """The tower for an OpenCLIP image tower module."""

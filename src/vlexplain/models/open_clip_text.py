@@ -167,12 +167,6 @@ class OpenCLIPTextTower(Tower):
             return t
         return proj(t) if isinstance(proj, nn.Linear) else t @ proj
 
-    def project_tokens(self, h: Tensor, x: TextBatch) -> Tensor:
-        t, proj = self.t.ln_final(h), self.t.text_projection
-        if proj is None:
-            return t
-        return proj(t) if isinstance(proj, nn.Linear) else t @ proj
-
 
 @contextlib.contextmanager
 def eager_attention(config: object) -> Iterator[None]:
