@@ -36,7 +36,7 @@ def test_every_pair_failed_exits_non_zero_with_a_summary(tmp_path, capsys):
     f.write_text("filepath\ttitle\nmissing0.png\ta cat\nmissing1.png\ta dog\n")
     out = tmp_path / "run"
     rc = main(["evaluate", "--data", str(f), "--model", str(tmp_path / "model"), "--methods", "random",
-               "--metrics", "deletion_image", "--out", str(out), "--no-progress"])
+               "--metrics", "confidence_image", "--out", str(out), "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2
     assert "every one of the 2 pairs failed" in err and "image not found" in err and str(out / "problems.jsonl") in err
@@ -46,7 +46,7 @@ def test_every_pair_failed_exits_non_zero_with_a_summary(tmp_path, capsys):
     assert [(x["index"], x["kind"]) for x in lines] == [(0, "error"), (1, "error")]
     assert "missing0.png" in lines[0]["reason"] and "pairs.tsv:2" in lines[0]["reason"]
     with pytest.raises(AllPairsFailedError):
-        evaluate(f, str(tmp_path / "model"), ["random"], ["deletion_image"], tmp_path / "run2", progress=False)
+        evaluate(f, str(tmp_path / "model"), ["random"], ["confidence_image"], tmp_path / "run2", progress=False)
 
 
 def test_failed_pairs_are_counted_on_the_terminal(tmp_path, capsys):
@@ -58,7 +58,7 @@ def test_failed_pairs_are_counted_on_the_terminal(tmp_path, capsys):
     f = _jsonl(tmp_path / "p.jsonl", [{"image": "a.png", "caption": "one"}, {"image": "gone.png", "caption": "two"},
                                       {"image": "b.png", "caption": "three"}])
     rc = main(["evaluate", "--data", str(f), "--model", str(tmp_path / "model"), "--methods", "random",
-               "--metrics", "deletion_image", "--out", str(tmp_path / "run"), "--no-progress"])
+               "--metrics", "confidence_image", "--out", str(tmp_path / "run"), "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 0
     assert "warning: 1 of 3 pairs failed (first: " in err and "gone.png" in err
@@ -70,13 +70,13 @@ def test_metric_without_ground_truth_is_refused_or_skipped(tmp_path, hf_clip, ca
     _img(tmp_path / "a.png")
     f = _jsonl(tmp_path / "p.jsonl", [{"image": "a.png", "caption": "one"}])
     with pytest.raises(InputError, match=r"metric 'pointing_game' needs ground-truth masks .* --skip-missing"):
-        evaluate(f, hf_clip, ["random"], ["deletion_image", "pointing_game"], tmp_path / "run", progress=False)
+        evaluate(f, hf_clip, ["random"], ["confidence_image", "pointing_game"], tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()  # refused before anything was written
-    out = evaluate(f, hf_clip, ["random"], ["deletion_image", "pointing_game"], tmp_path / "run", progress=False,
+    out = evaluate(f, hf_clip, ["random"], ["confidence_image", "pointing_game"], tmp_path / "run", progress=False,
                    skip_missing=True)
     assert "warning: metric 'pointing_game' needs ground-truth masks" in capsys.readouterr().err
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["metrics"] == ["deletion_image"] and "pointing_game" in cfg["skipped_metrics"]
+    assert cfg["metrics"] == ["confidence_image"] and "pointing_game" in cfg["skipped_metrics"]
     assert "pointing_game" not in load_results(out).column_names
     with pytest.raises(InputError, match="no metric can be computed"):
         evaluate(f, hf_clip, ["random"], ["pointing_game"], tmp_path / "run3", progress=False, skip_missing=True)
@@ -105,7 +105,7 @@ def test_a_url_as_data_is_refused_in_one_line(tmp_path, capsys):
     from vlexplain.cli import main
 
     rc = main(["evaluate", "--data", "https://example.com/pairs.tsv", "--model", "offline", "--methods", "random",
-               "--metrics", "deletion_image", "--out", str(tmp_path / "run")])
+               "--metrics", "confidence_image", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "\n" not in err and not (tmp_path / "run").exists()
     assert "--data: the data is a URL (https://example.com/pairs.tsv)" in err and "download" in err
