@@ -340,3 +340,67 @@ def test_m2ib_equals_the_literal_reference(key, modality, built):
         got, want = exp.token_scores, ref[tb.content_mask[0]]
     assert got.shape == want.shape
     torch.testing.assert_close(got, want, rtol=2e-3, atol=2e-3 * float(want.abs().max()))
+
+
+# --- open_clip: specs offline: tokenizer directories, bad checkpoints ---------------------------
+def _register_tiny_siglip_arch(tmp_path, name: str):
+    """A tiny SigLIP-style config whose tokenizer lives on the hub (never reached: HF_HUB_OFFLINE)."""
+    import open_clip
+
+    cfg = dict(embed_dim=16, custom_text=True,
+               vision_cfg=dict(image_size=32, patch_size=16, width=32, layers=1, head_width=8),
+               text_cfg=dict(context_length=16, vocab_size=30522, width=32, heads=4, layers=1, no_causal_mask=True,
+                             pool_type="last", hf_tokenizer_name="vx-nonexistent/tokenizer",
+                             tokenizer_kwargs={"clean": "canonicalize"}))
+    (tmp_path / f"{name}.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path / f"{name}.json")
+    torch.manual_seed(0)
+    model = open_clip.create_model(name).eval()
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    return model, tmp_path / "w.pt"
+
+
+def test_tokenizer_directory_on_the_spec(tmp_path, monkeypatch):
+    from vlexplain.models.open_clip import minilm_tokenizer
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model, ckpt = _register_tiny_siglip_arch(tmp_path, "vx-tiny-sig")
+    with pytest.raises(ModelLoadError, match=r"tokenizer of open_clip:vx-tiny-sig.*HF_HUB_OFFLINE.*@TOKENIZER_DIR"):
+        vx.load_model(f"open_clip:vx-tiny-sig/{ckpt}")
+    tok_dir = tmp_path / "tok"
+    minilm_tokenizer().save_pretrained(tok_dir)
+    dual = vx.load_model(f"open_clip:vx-tiny-sig/{ckpt}@{tok_dir}")
+    b = dual.tokenize(["Two, DOGS!"])
+    assert b.shown_tokens(0) == ["two", "dogs"] and b.ids.shape[1] == 16  # cleaned, padded to the context
+    with torch.no_grad():
+        assert _rel(dual.encode_text(b, normalize=False), model.encode_text(b.ids, normalize=False)) < 1e-5
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        vx.load_model(f"open_clip:vx-tiny-sig/{ckpt}@{tmp_path / 'missing'}")
+
+
+@pytest.mark.parametrize("what", ["passwd", "random", "pickle"])
+def test_bad_checkpoints_are_one_line_exit_2(what, tmp_path, capsys, monkeypatch):
+    import pickle
+
+    from vlexplain.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = {"passwd": "/etc/passwd", "random": str(tmp_path / "r.pt"), "pickle": str(tmp_path / "p.pt")}[what]
+    if what == "random":
+        (tmp_path / "r.pt").write_bytes(torch.randint(0, 256, (4096,), dtype=torch.uint8).numpy().tobytes())
+    if what == "pickle":  # a pickle that would run code when unpickled without weights_only
+        (tmp_path / "p.pt").write_bytes(pickle.dumps({"w": _Evil(tmp_path / "pwned")}))
+    rc = main(["methods", "--model", f"open_clip:ViT-B-32/{path}"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "not a checkpoint vlexplain can load safely" in err
+    assert "weights_only=False" not in err and not (tmp_path / "pwned").exists()
+
+
+class _Evil:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.target}",))

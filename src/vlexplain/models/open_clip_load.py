@@ -92,25 +92,34 @@ def _checkpoint_error(path: str, arch: str, e: BaseException) -> ModelLoadError:
 
 def check_checkpoint(path: str, arch: str) -> None:
     """Read ``path`` weights-only (memory-mapped) before any model is built; one-line error if unreadable."""
+    import warnings
+
     import torch
 
     try:
-        if path.endswith(".safetensors"):
-            from safetensors import safe_open
-
-            with safe_open(path, framework="pt") as f:
-                list(f.keys())
-            return
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about unusual pickle protocols before refusing
+            warnings.simplefilter("ignore")
+            obj = _read_weights(path, torch)
     except Exception as e:  # noqa: BLE001 - the unpickler raises many types on a bad file
         raise _checkpoint_error(path, arch, e) from None
-    if not isinstance(obj, dict):
+    if obj is not None and not isinstance(obj, dict):
         raise ModelLoadError(f"{path} holds a {type(obj).__name__}, not a state dict of an OpenCLIP {arch} model")
+
+
+def _read_weights(path: str, torch: Any) -> Any:
+    """The object in ``path`` read weights-only (None for safetensors, whose header is checked)."""
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as f:
+            list(f.keys())
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as e:
+        if "mmap" not in str(e):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _tag_cached(open_clip: Any, arch: str, tag: str) -> bool | None:
