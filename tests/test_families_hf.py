@@ -219,3 +219,46 @@ def test_processor_normalisation_matches_the_processors_output(raw_models):
         ref = proc(images=img, return_tensors="pt")["pixel_values"][0]
         ours = (x - torch.tensor(m.mean).view(3, 1, 1)) / torch.tensor(m.std).view(3, 1, 1)
         torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+def _gemma_style_tokenizer():
+    """A small SigLIP 2 tokenizer (Gemma layout: <bos> first, no end token, left padding, padding
+    masked) with a handful of words, built offline."""
+    from tokenizers import processors
+    from transformers.models.siglip2.tokenization_siglip2 import Siglip2Tokenizer
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "<mask>": 4}
+    merges = []
+    for w in ["▁a", "▁photo", "▁of", "▁cat", "▁two", "▁dogs", "▁on", "▁the", "▁mat", "▁small"]:
+        for c in w:
+            vocab.setdefault(c, len(vocab))
+        cur = w[0]
+        for c in w[1:]:
+            merges.append((cur, c))
+            cur += c
+            vocab.setdefault(cur, len(vocab))
+    tok = Siglip2Tokenizer(vocab=vocab, merges=merges)
+    tok._tokenizer.pre_tokenizer = None
+    tok._tokenizer.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
+    return tok
+
+
+def test_siglip2_tokenizer_as_its_processor_lays_texts_out(raw_models):
+    """Left padding to the context, <bos> first, padding masked: the same ids and mask as
+    tokenizer(..., padding="max_length"), and the model's own text embeddings."""
+    from vlexplain.models.hf_siglip2 import Siglip2DualEncoder
+
+    raw, tok = raw_models("hf-siglip2"), _gemma_style_tokenizer()
+    m = Siglip2DualEncoder(raw, tokenizer=tok)
+    texts = ["a cat", "two small dogs on the mat"]
+    tb = m.tokenize(texts)
+    ref = tok(texts, padding="max_length", max_length=raw.config.text_config.max_position_embeddings, return_tensors="pt")
+    assert torch.equal(tb.ids, ref["input_ids"]) and torch.equal(tb.attention_mask, ref["attention_mask"])
+    assert tb.shown_tokens(0) == ["a", "cat"] and int(tb.ids[0, -3]) == 2  # <bos>, then the words, at the right end
+    with torch.no_grad():
+        own = features(raw.get_text_features(input_ids=ref["input_ids"], attention_mask=ref["attention_mask"]))
+        assert _rel(m.encode_text(tb, normalize=False), own) < 1e-5
+        assert _rel(m.encode_text(m.tokenize(texts[:1]), normalize=False)[0], own[0]) < 1e-5
+    e = vx.explain(m, torch.zeros(3, *m.input_size), texts[1], method="chefer", sides=["text"])
+    assert e.tokens == tb.shown_tokens(1) and e.token_scores.shape == (len(e.tokens),)
+    assert torch.isfinite(e.token_scores).all()

@@ -79,7 +79,7 @@ def test_empty_text_and_truncation(hf_clip):
     with pytest.raises(InputError, match="empty text"):
         vx.explain(hf_clip, torch.zeros(3, 64, 64), "   ", method="m2ib")
     long = " ".join(["word"] * 100)
-    with pytest.warns(UserWarning, match="truncated; dropped: 'word"):
+    with pytest.warns(UserWarning, match="its last 25 were dropped, from 'word"):
         tb = hf_clip.tokenize([long])
     assert tb.ids.shape[1] == 77 and tb.truncated[0].startswith("word")
     assert int(tb.ids[0, -1]) == 49407  # EOS kept at the end

@@ -29,7 +29,8 @@ from .base import Tower
 from .blocks import padding_mask
 from .families import Family, register_family
 from .hf_clip import HFTextTower
-from .hf_common import HFAdapter, HFEntry, clip_block, register_hf, resolve_tokenizer
+from .hf_common import HFAdapter, HFEntry, check_vocab, clip_block, register_hf, resolve_tokenizer, vocab_size_of
+from .text import TokenizerSpec, _clean_token
 
 
 def patchify(x: Tensor, patch: int) -> Tensor:
@@ -100,6 +101,46 @@ class Siglip2VisionTower(Tower):
         return self.vm.head(self.vm.post_layernorm(h), mask)
 
 
+def template_tokenizer(tok: Any, context_length: int) -> TokenizerSpec:
+    """A SigLIP 2 tokenizer as its own template lays texts out: the special tokens it adds around a
+    text (Gemma: ``<bos>`` first), its padding side (left) and masked padding, padded to the context
+    length and pooled at the last position, as ``processor(text=..., padding="max_length")``."""
+    body = tok("a photo", add_special_tokens=False)["input_ids"]
+    full = tok("a photo")["input_ids"]
+    k = next((i for i in range(len(full) - len(body) + 1) if full[i : i + len(body)] == body), None)
+    prefix, suffix = (full[:k], full[k + len(body):]) if k is not None else (None, None)
+    if prefix is None or len(prefix) > 1 or len(suffix) > 1:
+        raise ModelLoadError(f"cannot read where {type(tok).__name__} puts its special tokens ({full} around {body})")
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (suffix or prefix or [0])[0]
+    return TokenizerSpec(
+        encode=lambda t: tok(t, add_special_tokens=False)["input_ids"],
+        decode_token=lambda i: _clean_token(tok.convert_ids_to_tokens(int(i))),
+        decode=lambda ids: tok.decode(ids),
+        sos_id=prefix[0] if prefix else None,
+        eos_id=suffix[0] if suffix else None,
+        pad_id=int(pad),
+        context_length=context_length,
+        pool="last",
+        pad_to_context=True,
+        padding_side="left" if getattr(tok, "padding_side", "right") == "left" else "right",
+        mask_padding="attention_mask" in getattr(tok, "model_input_names", ()),
+    )
+
+
+class Siglip2TextTower(HFTextTower):
+    """SigLIP 2 text tower: bidirectional, padding masked when the tokenizer marks it, pooled at the
+    last position (the last real token under left padding)."""
+
+    def __init__(self, text_model: nn.Module):
+        super().__init__(text_model, None, siglip=True)
+
+    def block(self, i: int, h: Tensor, x: Any, need_attn: bool = False, rows: Tensor | None = None):
+        m = padding_mask(x.attention_mask, h.dtype)  # (B, 1, 1, T)
+        if rows is not None:  # one query row per text: a (B, 1, T, T) mask the block can index
+            m = m.expand(-1, 1, h.shape[1], -1)
+        return clip_block(self.tm.encoder.layers[i], h, m, need_attn, self.num_heads, rows)
+
+
 class Siglip2DualEncoder(HFAdapter):
     """A transformers Siglip2Model behind the DualEncoder protocol.
 
@@ -135,16 +176,21 @@ class Siglip2DualEncoder(HFAdapter):
         self.mean, self.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
         self._use_processor(processor)
         self.image = Siglip2VisionTower(model.vision_model, (H // P, W // P))
-        self.text = HFTextTower(model.text_model, None, siglip=True)
+        self.text = Siglip2TextTower(model.text_model)
         table = model.text_model.embeddings.token_embedding
         ctx = tcfg.max_position_embeddings
+        if tokenizer is None and processor is not None:
+            tokenizer = getattr(processor, "tokenizer", None)
+        if tokenizer is not None and not isinstance(tokenizer, TokenizerSpec) and hasattr(tokenizer, "convert_ids_to_tokens"):
+            check_vocab(vocab_size_of(tokenizer), table, "Siglip2Model")
+            tokenizer = template_tokenizer(tokenizer, ctx)
 
         def clip_bpe():
             from .text import clip_bpe_tokenizer
 
             return clip_bpe_tokenizer(ctx, "last", pad_to_context=True) if table.num_embeddings == 49408 else None
 
-        self._tok = resolve_tokenizer(tokenizer, processor, table, "Siglip2Model", ctx, "last",
+        self._tok = resolve_tokenizer(tokenizer, None, table, "Siglip2Model", ctx, "last",
                                       pad_to_context=True, fallback=clip_bpe)
 
     def preprocess(self, image: Any) -> Tensor:

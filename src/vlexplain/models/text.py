@@ -22,22 +22,27 @@ class TokenizerSpec:
         encode: text -> body token ids (no special tokens).
         decode_token: id -> display string.
         decode: ids -> text (to report what truncation dropped).
-        sos_id / eos_id / pad_id: special ids (sos None when the model has no start token).
+        sos_id / eos_id / pad_id: special ids (sos / eos None when the model has no start / end token).
         context_length: the tower's maximum sequence length.
         pool: where the tower pools: first EOS, last position, mean over real tokens, or the first
             token ([CLS] of BERT-style towers).
         pad_to_context: always pad to the context length (SigLIP).
+        padding_side: "left" puts the padding before the text (SigLIP 2's Gemma tokenizer).
+        mask_padding: with ``pad_to_context``, mark padding 0 in the attention mask (SigLIP 2 masks
+            it) instead of 1 (SigLIP attends to its padding).
     """
 
     encode: Callable[[str], list[int]]
     decode_token: Callable[[int], str]
     decode: Callable[[list[int]], str]
     sos_id: int | None
-    eos_id: int
+    eos_id: int | None
     pad_id: int
     context_length: int
     pool: PoolMode = "eos"
     pad_to_context: bool = False
+    padding_side: Literal["right", "left"] = "right"
+    mask_padding: bool = False
 
     def __call__(self, texts: Sequence[str] | str, device: torch.device | str = "cpu") -> TextBatch:
         if isinstance(texts, str):
@@ -45,7 +50,7 @@ class TokenizerSpec:
         from ..textclean import clean_text, preview
 
         rows, dropped, cleaned = [], [], []
-        room = self.context_length - (2 if self.sos_id is not None else 1)
+        room = self.context_length - (self.sos_id is not None) - (self.eos_id is not None)
         for t in texts:
             t = clean_text(t)  # InputError without a visible character; control characters removed
             cleaned.append(t)
@@ -61,7 +66,7 @@ class TokenizerSpec:
                 body = body[:room]
             else:
                 dropped.append("")
-            ids = ([self.sos_id] if self.sos_id is not None else []) + body + [self.eos_id]
+            ids = ([self.sos_id] if self.sos_id is not None else []) + body + ([self.eos_id] if self.eos_id is not None else [])
             rows.append(ids)
         T = self.context_length if self.pad_to_context else max(len(r) for r in rows)
         B = len(rows)
@@ -71,14 +76,16 @@ class TokenizerSpec:
         pool = torch.empty(B, dtype=torch.long)
         tokens: list[list[str]] = []
         off = 1 if self.sos_id is not None else 0
+        end = 1 if self.eos_id is not None else 0
         for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r)
-            am[i, : len(r)] = 1
-            content[i, off : len(r) - 1] = True
-            pool[i] = {"eos": len(r) - 1, "last": T - 1, "mean": -1, "first": 0}[self.pool]
-            toks = [self.decode_token(j) for j in r] + [""] * (T - len(r))
+            s = T - len(r) if self.padding_side == "left" else 0  # where the text starts
+            ids[i, s : s + len(r)] = torch.tensor(r)
+            am[i, s : s + len(r)] = 1
+            content[i, s + off : s + len(r) - end] = True
+            pool[i] = {"eos": s + len(r) - 1, "last": T - 1, "mean": -1, "first": s}[self.pool]
+            toks = [""] * s + [self.decode_token(j) for j in r] + [""] * (T - s - len(r))
             tokens.append(toks)
-        if self.pad_to_context:  # the tower attends to the padding too (SigLIP)
+        if self.pad_to_context and not self.mask_padding:  # the tower attends to the padding too (SigLIP)
             am[:] = 1
         return TextBatch(ids.to(device), am.to(device), pool.to(device), content.to(device), tokens, cleaned, dropped)
 
