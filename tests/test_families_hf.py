@@ -80,6 +80,9 @@ def test_embeddings_equal_the_models_own(key, raw_models):
         # a text alone equals the same text inside a padded batch
         alone = m.encode_text(m.tokenize(TEXTS[:1]), normalize=False)
         assert _rel(alone[0], te[0]) < 1e-5
+        if key == "hf-blip":  # the score is the one the retrieval model's contrastive path gives
+            itc = raw(input_ids=tb.ids, attention_mask=tb.attention_mask, pixel_values=px, use_itm_head=False).itm_score
+            torch.testing.assert_close(m.encode_image(px) @ m.encode_text(tb).T, itc, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("key", HF_KEYS)
