@@ -9,7 +9,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from vlexplain.models.family_table import README_END, README_START, markdown_table, readme_block
+from vlexplain.models.family_table import (
+    README_END,
+    README_START,
+    markdown_table,
+    readme_block,
+)
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

@@ -12,7 +12,12 @@ import torch
 import vlexplain as vx
 from vlexplain.errors import InputError, ModelLoadError
 from vlexplain.models.families import families, get_family
-from vlexplain.models.hf_common import HFAdapter, entry_for_model, features, minilm_bert_tokenizer
+from vlexplain.models.hf_common import (
+    HFAdapter,
+    entry_for_model,
+    features,
+    minilm_bert_tokenizer,
+)
 
 HF_KEYS = [f.key for f in families() if f.library == "transformers"]
 BERT_TEXT = {"hf-align", "hf-altclip", "hf-chinese-clip", "hf-blip"}
@@ -207,7 +212,11 @@ def test_processor_normalisation_matches_the_processors_output(raw_models):
     mean: the adapter's (x - mean) / std reproduces both, and ALIGN takes the processor's crop size."""
     import numpy as np
     from PIL import Image
-    from transformers import AlignProcessor, CLIPImageProcessor, EfficientNetImageProcessor
+    from transformers import (
+        AlignProcessor,
+        CLIPImageProcessor,
+        EfficientNetImageProcessor,
+    )
 
     img = Image.fromarray((np.random.RandomState(0).rand(32, 32, 3) * 255).astype(np.uint8))
     x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)

@@ -12,7 +12,13 @@ import vlexplain as vx
 from vlexplain.cli import main
 from vlexplain.errors import MethodError
 from vlexplain.models.families import families
-from vlexplain.models.family_table import GROUPS, groups_for, markdown_table, method_groups, readme_block
+from vlexplain.models.family_table import (
+    GROUPS,
+    groups_for,
+    markdown_table,
+    method_groups,
+    readme_block,
+)
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 HF_KEYS = [f.key for f in families() if f.library == "transformers"]

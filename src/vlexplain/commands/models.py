@@ -12,12 +12,14 @@ def default_layers(model: Any) -> list[tuple[str, str, str]]:
     method resolves its defaults on ``model``."""
     import vlexplain as vx
 
+    from ..errors import VlexplainError
+
     out = []
     for name in vx.list_methods():
         cls = vx.get_method(name)
         try:
             inst = cls.create(model)
-        except Exception:  # a method that does not build on this model states why in the table
+        except VlexplainError:  # a method that does not build on this model states why in the table
             continue
         cells = []
         for side in ("image", "text"):

@@ -16,7 +16,14 @@ from torch import Tensor, nn
 
 from .base import Tower
 from .families import Family, register_family
-from .hf_common import BertTextTower, HFAdapter, HFEntry, bert_fallback, register_hf, resolve_tokenizer
+from .hf_common import (
+    BertTextTower,
+    HFAdapter,
+    HFEntry,
+    bert_fallback,
+    register_hf,
+    resolve_tokenizer,
+)
 
 
 class AlignVisionTower(Tower):

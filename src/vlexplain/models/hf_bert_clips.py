@@ -11,7 +11,15 @@ import torch
 from torch import nn
 
 from .families import Family, register_family
-from .hf_common import BertTextTower, ClipViTTower, HFAdapter, HFEntry, bert_fallback, register_hf, resolve_tokenizer
+from .hf_common import (
+    BertTextTower,
+    ClipViTTower,
+    HFAdapter,
+    HFEntry,
+    bert_fallback,
+    register_hf,
+    resolve_tokenizer,
+)
 
 
 class BertCLIPDualEncoder(HFAdapter):
@@ -30,7 +38,7 @@ class BertCLIPDualEncoder(HFAdapter):
         tm = model.text_model
         if hasattr(tm, "roberta"):  # AltCLIP: XLM-R, then pre_LN and transformation, then projection
             body = tm.roberta
-            head = lambda h0: model.text_projection(tm.transformation(tm.pre_LN(h0)))  # noqa: E731
+            head = lambda h0: model.text_projection(tm.transformation(tm.pre_LN(h0)))
         else:  # Chinese-CLIP
             body, head = tm, model.text_projection
         self.text = BertTextTower(body, head)

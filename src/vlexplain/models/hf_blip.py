@@ -15,7 +15,15 @@ import torch
 from torch import nn
 
 from .families import Family, register_family
-from .hf_common import BertTextTower, ClipViTTower, HFAdapter, HFEntry, bert_fallback, register_hf, resolve_tokenizer
+from .hf_common import (
+    BertTextTower,
+    ClipViTTower,
+    HFAdapter,
+    HFEntry,
+    bert_fallback,
+    register_hf,
+    resolve_tokenizer,
+)
 
 
 class BlipITCDualEncoder(HFAdapter):

@@ -11,7 +11,14 @@ from ..errors import ModelLoadError
 from .base import TextBatch, Tower
 from .blocks import causal_mask
 from .families import Family, register_family
-from .hf_common import ClipViTTower, HFAdapter, HFEntry, clip_block, register_hf, resolve_tokenizer
+from .hf_common import (
+    ClipViTTower,
+    HFAdapter,
+    HFEntry,
+    clip_block,
+    register_hf,
+    resolve_tokenizer,
+)
 from .text import TokenizerSpec, clip_bpe_tokenizer
 
 

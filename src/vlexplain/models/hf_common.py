@@ -202,10 +202,10 @@ def clip_block(layer: nn.Module, h: Tensor, mask: Tensor | None, need_attn: bool
     """A CLIP-style pre-norm block (``self_attn`` with q/k/v/out_proj, or BLIP's fused qkv)."""
     at = layer.self_attn
     if hasattr(at, "qkv"):  # BLIP: one (D -> 3D) projection, split as q | k | v
-        qkv = lambda x: at.qkv(x).chunk(3, dim=-1)  # noqa: E731
+        qkv = lambda x: at.qkv(x).chunk(3, dim=-1)
         out = at.projection
     else:
-        qkv = lambda x: (at.q_proj(x), at.k_proj(x), at.v_proj(x))  # noqa: E731
+        qkv = lambda x: (at.q_proj(x), at.k_proj(x), at.v_proj(x))
         out = at.out_proj
     return prenorm_block(
         h, ln1=layer.layer_norm1, qkv=qkv, out_proj=out, ln2=layer.layer_norm2, mlp=layer.mlp,

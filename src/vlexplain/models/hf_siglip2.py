@@ -29,7 +29,15 @@ from .base import Tower
 from .blocks import padding_mask
 from .families import Family, register_family
 from .hf_clip import HFTextTower
-from .hf_common import HFAdapter, HFEntry, check_vocab, clip_block, register_hf, resolve_tokenizer, vocab_size_of
+from .hf_common import (
+    HFAdapter,
+    HFEntry,
+    check_vocab,
+    clip_block,
+    register_hf,
+    resolve_tokenizer,
+    vocab_size_of,
+)
 from .text import TokenizerSpec, _clean_token
 
 
@@ -44,7 +52,9 @@ def patchify(x: Tensor, patch: int) -> Tensor:
 
 def naflex_size(height: int, width: int, patch: int, max_num_patches: int) -> tuple[int, int]:
     """The (H, W) the SigLIP 2 processor resizes a ``height x width`` image to."""
-    from transformers.models.siglip2.image_processing_siglip2 import get_image_size_for_max_num_patches
+    from transformers.models.siglip2.image_processing_siglip2 import (
+        get_image_size_for_max_num_patches,
+    )
 
     return tuple(get_image_size_for_max_num_patches(height, width, patch, max_num_patches))  # type: ignore[return-value]
 
