@@ -167,7 +167,9 @@ def truth_mask(dataset: Any, i: int, descriptor: str, size: tuple[int, int], rad
     else:
         samples = getattr(dataset, "samples", None)
         s = samples[i] if samples is not None else None
-        names = [p for p in descriptor_parts(descriptor) if s is not None and p in s.parts]
+        if s is None:
+            return None
+        names = [p for p in descriptor_parts(descriptor) if p in s.parts]
         if not names:
             return None
         with Image.open(s.path) as im:
@@ -302,7 +304,7 @@ def concept_gallery(
     classes = list(dataset.classes)
     concepts = concepts.align(classes)
     std = class_text_embeddings(model, classes, templates=templates)
-    size = tuple(model.input_size)
+    size = (int(model.input_size[0]), int(model.input_size[1]))
     out = []
     for i in indices:
         x, y = dataset[int(i)]

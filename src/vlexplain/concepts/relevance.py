@@ -112,7 +112,7 @@ def relevance_from_embeddings(
     r = N // B
     tower = model.image
     last = tower.num_blocks - 1
-    captured: dict[str, Tensor] = {}
+    captured: dict[str, Tensor | None] = {}
 
     def grab(i: int, h: Tensor, attn: Tensor | None) -> None:
         if i == last:
@@ -129,6 +129,8 @@ def relevance_from_embeddings(
         emb = tower.encode(pixels, start=last - 1, hidden=h, on_block=grab, need_attn=tower.kind == "vit")
         scores = (_unit(emb) * _unit(text_emb)).sum(-1)  # (N,)
         a = captured["a"]
+        if a is None:
+            raise MethodError(f"the last block of this {tower.modality} tower gave no attention probabilities")
         (g,) = torch.autograd.grad(scores.sum(), a, create_graph=create_graph)
         if tower.kind == "vit":
             maps = _attention_relevance(tower, a, g, h)

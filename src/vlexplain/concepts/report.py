@@ -156,7 +156,7 @@ def _table_html(columns: Mapping[str, Mapping[str, Any]], delta: Mapping[str, fl
             d = delta.get(key)
             cls = ""
             lo, hi = ci.get(key, (None, None))
-            clear = lo is None or lo > 0 or hi < 0  # with an interval: only when it excludes 0
+            clear = lo is None or hi is None or lo > 0 or hi < 0  # with an interval: only when it excludes 0
             if d is not None and hib is not None and not math.isnan(d) and abs(d) >= 0.5 * 10 ** -max(dec, 0) and clear:
                 cls = " class='up'" if (d > 0) == hib else " class='down'"
             sign = "+" if d is not None and d > 0 else ""
@@ -250,7 +250,7 @@ def write_report(
             for c, items in galleries.items()}
     doc = {"config": dict(config), "columns": list(columns), "metrics": {c: dict(m) for c, m in columns.items()},
            "delta": delta, "delta_ci": {k: list(v) for k, v in ci.items()}, "gallery": meta}
-    arrays = {}
+    arrays: dict[str, Any] = {}
     for c, items in galleries.items():
         for n, g in enumerate(items):
             arrays[f"{c}/{n}/image"] = np.asarray(g["image"], dtype=np.uint8)
@@ -261,7 +261,7 @@ def write_report(
             np.savez_compressed(f, **arrays)
 
     atomic_write(out / GALLERY_NPZ, write_npz)
-    scores = {f"{c}/{k}/{part}": np.asarray(v[part]) for c, items in per_item.items()
+    scores: dict[str, Any] = {f"{c}/{k}/{part}": np.asarray(v[part]) for c, items in per_item.items()
               for k, v in items.items() for part in ("values", "image")}
 
     def write_scores(p: str) -> None:

@@ -114,7 +114,7 @@ def confidence_image(
     """
     n = check_pairs(pixels, texts)
     pixels = pixels.to(model.device, model.dtype)
-    maps = prepare_image_maps(image_maps, tuple(pixels.shape[-2:]), n, pixels.device)
+    maps = prepare_image_maps(image_maps, (pixels.shape[-2], pixels.shape[-1]), n, pixels.device)
     t_emb = embed_texts(model, texts, batch_size)
     y = image_scores(model, pixels, t_emb, batch_size)
     o = image_scores(model, mask_image(model, pixels, maps, multiply_in), t_emb, batch_size)

@@ -44,7 +44,7 @@ def grid_pointing_game(maps: Tensor, cell_index: Tensor, n: int) -> Tensor:
     if n < 1 or bool(((cell_index < 0) | (cell_index >= n * n)).any()):
         raise InputError(f"cell_index must lie in 0 .. {n * n - 1} for a {n}x{n} grid")
     pos = maps.float().clamp_min(0)
-    cells = cell_masks(tuple(maps.shape[-2:]), n, maps.device)[cell_index]
+    cells = cell_masks((maps.shape[-2], maps.shape[-1]), n, maps.device)[cell_index]
     inside = (pos * cells).flatten(1).sum(1)
     total = pos.flatten(1).sum(1)
     return torch.where(total > 0, inside / total.clamp_min(1e-30), torch.full_like(total, float("nan")))

@@ -44,13 +44,14 @@ def reinit_module(module: nn.Module, generator: torch.Generator | None = None, s
     """Re-initialise every sub-module of ``module`` in place (see the module docstring)."""
     for sub in module.modules():
         if isinstance(sub, _NORMS):
-            if getattr(sub, "weight", None) is not None:
-                sub.weight.fill_(1.0)
-            if getattr(sub, "bias", None) is not None:
-                sub.bias.zero_()
-            if getattr(sub, "running_mean", None) is not None:
-                sub.running_mean.zero_()
-                sub.running_var.fill_(1.0)
+            norm: Any = sub  # weight, bias and running statistics are optional on norm layers
+            if norm.weight is not None:
+                norm.weight.fill_(1.0)
+            if getattr(norm, "bias", None) is not None:
+                norm.bias.zero_()
+            if getattr(norm, "running_mean", None) is not None:
+                norm.running_mean.zero_()
+                norm.running_var.fill_(1.0)
             continue
         for name, p in sub.named_parameters(recurse=False):
             if name.endswith("bias"):
@@ -136,7 +137,7 @@ def cascading_randomization(
     pixels = pixels.to(model.device, model.dtype)
     if image_maps is None:
         image_maps = _explain_maps(model, pixels, texts, method, seed, opts)
-    orig = prepare_image_maps(image_maps, tuple(pixels.shape[-2:]), n, pixels.device)
+    orig = prepare_image_maps(image_maps, (pixels.shape[-2], pixels.shape[-1]), n, pixels.device)
     work = copy.deepcopy(model)
     try:
         blocks = work.image.block_modules()
@@ -147,7 +148,7 @@ def cascading_randomization(
     for i in reversed(range(len(blocks))):
         reinit_module(blocks[i], gen)
         rand = _explain_maps(work, pixels, texts, method, seed, opts).to(orig.device)
-        rand = prepare_image_maps(rand, tuple(orig.shape[-2:]), n, orig.device)
+        rand = prepare_image_maps(rand, (orig.shape[-2], orig.shape[-1]), n, orig.device)
         stages.append(f"block_{i}")
         sp.append(spearman(orig.flatten(1), rand.flatten(1)))
         spa.append(spearman(orig.abs().flatten(1), rand.abs().flatten(1)))
