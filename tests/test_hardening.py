@@ -427,3 +427,12 @@ def test_out_checks_and_folder_claim(tmp_path):
     c.release()
     claim(tmp_path / "run").release()  # free again
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]  # no lock file left
+
+
+def test_explain_names_the_refused_image_file(tmp_path, hf_clip):
+    import vlexplain as vx
+    from vlexplain.errors import InputError
+
+    p = _png(tmp_path / "strip.png", 5000, 1)
+    with pytest.raises(InputError, match=r"image .*strip.png is too elongated"):
+        vx.explain(hf_clip, p, "a cat", method="center")

@@ -11,7 +11,7 @@ from PIL import Image
 from torch import Tensor
 
 from ..errors import InputError, MethodError
-from ..images import ImageLike, load_image
+from ..images import ImageLike, check_image_size, load_image
 from ..models.base import DualEncoder
 from .base import Explanation, Side, get_method, image_grid_size, pool_to_grid, run_explainer, upsample_grid
 from .targets import make_target
@@ -41,7 +41,10 @@ def prepare_images(model: DualEncoder, images: ImageLike | Sequence[ImageLike]) 
         if isinstance(im, Tensor):
             out.append(prepare_images(model, im))
             continue
-        out.append(model.preprocess(load_image(im))[None].to(model.device, model.dtype))
+        pil = load_image(im)
+        if not isinstance(im, Image.Image):  # a path: a refusal names the file
+            check_image_size(pil, tuple(model.input_size), str(im), warn=False)
+        out.append(model.preprocess(pil)[None].to(model.device, model.dtype))
     if not out:
         raise InputError("no images given")
     return torch.cat(out)
