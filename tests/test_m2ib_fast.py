@@ -16,7 +16,7 @@ from vlexplain.attribution.m2ib import M2IB, _draw_noise, _noise_sampler, _repea
 from vlexplain.attribution.m2ib_fast import M2IBFast
 from vlexplain.errors import MethodError
 
-from conftest import tiny_hf_clip, tiny_open_clip
+from conftest import tiny_hf_clip
 
 
 def _fit_before_sharing(tower, x, target, *, layer, beta, steps, lr, num_samples, seeds, init=5.0):
@@ -55,10 +55,10 @@ def _inputs(model, n=2):
     return px, texts
 
 
-@pytest.mark.parametrize("make", [tiny_hf_clip, tiny_open_clip])
+@pytest.mark.parametrize("kind", ["hf_clip", "oc_clip"])
 @pytest.mark.parametrize("layer", [1, -1])
-def test_m2ib_bit_identical_to_the_loop_before_sharing(make, layer):
-    model = vx.load_model(make())
+def test_m2ib_bit_identical_to_the_loop_before_sharing(kind, layer, request):
+    model = request.getfixturevalue(kind)
     px, texts = _inputs(model)
     opts = dict(layer=layer, beta=0.1, steps=4, lr=1.0, num_samples=3)
     exps = vx.explain(model, px, texts, method="m2ib", seed=[5, 6], **opts)
