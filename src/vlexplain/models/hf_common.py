@@ -159,15 +159,13 @@ def resolve_tokenizer(
         tokenizer = getattr(processor, "tokenizer", None)
     if isinstance(tokenizer, TokenizerSpec):
         spec = tokenizer
-        n = None
     elif tokenizer is not None:
         if not callable(tokenizer) or not hasattr(tokenizer, "convert_ids_to_tokens"):
             raise ModelLoadError(
                 f"cannot use a {type(tokenizer).__name__} as the tokenizer of {what}: pass a transformers "
                 "tokenizer or a vlexplain TokenizerSpec"
             )
-        n = vocab_size_of(tokenizer)
-        check_vocab(n, table, what)
+        check_vocab(vocab_size_of(tokenizer), table, what)
         spec = from_hf_tokenizer(tokenizer, context_length, pool, pad_to_context=pad_to_context)  # type: ignore[arg-type]
     else:
         spec = fallback() if fallback is not None else None

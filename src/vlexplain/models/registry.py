@@ -150,7 +150,7 @@ def _load_hf(ident: str, tokenizer: Any, preprocess: Any) -> DualEncoder:
     if tokenizer is None and any(has(f) for f in tok_files):
         try:
             tokenizer = transformers.AutoTokenizer.from_pretrained(ident, **kw)
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, ImportError):  # ImportError: sentencepiece / tokenizers missing
             tokenizer = None
     if preprocess is None and has("preprocessor_config.json"):
         try:
