@@ -1,7 +1,7 @@
-"""Print the supported-families table generated from the code, or write it into README.md.
+"""Print the supported-families and methods tables generated from the code, or write them into README.md.
 
-    python scripts/families_table.py           # print the Markdown block
-    python scripts/families_table.py --write   # replace the block between the markers in README.md
+    python scripts/families_table.py           # print the Markdown blocks
+    python scripts/families_table.py --write   # replace the blocks between the markers in README.md
 """
 
 from __future__ import annotations
@@ -10,30 +10,37 @@ import sys
 from pathlib import Path
 
 from vlexplain.models.family_table import (
+    METHODS_END,
+    METHODS_START,
     README_END,
     README_START,
     markdown_table,
+    methods_markdown,
     readme_block,
 )
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
+BLOCKS = (("families", README_START, README_END, markdown_table), ("methods", METHODS_START, METHODS_END, methods_markdown))
+
+
 def main(argv: list[str]) -> int:
-    table = markdown_table()
     if "--write" not in argv:
-        print(table)
+        print("\n\n".join(make() for _, _, _, make in BLOCKS))
         return 0
     text = README.read_text()
-    old = readme_block(text)
-    if old is None:
-        print(f"README.md has no {README_START!r} ... {README_END!r} markers", file=sys.stderr)
-        return 2
-    if old != table:
-        README.write_text(text.replace(old, table))
-        print("README.md: families table updated")
-    else:
-        print("README.md: families table already up to date")
+    for what, start, end, make in BLOCKS:
+        old, table = readme_block(text, start, end), make()
+        if old is None:
+            print(f"README.md has no {start!r} ... {end!r} markers", file=sys.stderr)
+            return 2
+        if old != table:
+            text = text.replace(old, table)
+            print(f"README.md: {what} table updated")
+        else:
+            print(f"README.md: {what} table already up to date")
+    README.write_text(text)
     return 0
 
 

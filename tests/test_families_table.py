@@ -15,8 +15,11 @@ from vlexplain.models.families import families
 from vlexplain.models.family_table import (
     GROUPS,
     groups_for,
+    METHODS_END,
+    METHODS_START,
     markdown_table,
     method_groups,
+    methods_markdown,
     readme_block,
 )
 
@@ -28,6 +31,13 @@ def test_readme_table_is_the_generated_one():
     block = readme_block(README.read_text())
     assert block is not None, "README.md lost the families table markers"
     assert block == markdown_table(), "README.md's families table differs: run python scripts/families_table.py --write"
+
+
+def test_readme_methods_table_is_the_generated_one():
+    block = readme_block(README.read_text(), METHODS_START, METHODS_END)
+    assert block is not None, "README.md lost the methods table markers"
+    assert block == methods_markdown(), "README.md's methods table differs: run python scripts/families_table.py --write"
+    assert all(f"`{n}`" in block for n in vx.list_methods())
 
 
 def test_every_method_is_in_one_group():
