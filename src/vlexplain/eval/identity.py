@@ -2,8 +2,13 @@
 
 A run's identity (saved in ``config.json`` as ``data_identity``) holds:
 
-* ``files``: the SHA-256 of the data file's content (for a folder or a saved dataset, of every
-  file in it that is not an image), so an edited caption is noticed even when the row count stays;
+* ``files``: per data file (the data file; for a folder or a saved dataset every file in it that is
+  not an image; every shard of a webdataset, brace patterns included; COCO's instances file): the
+  SHA-256 of its content when it is small text (pairs JSONL / CSV / TSV, COCO json, dataset
+  metadata: at most :data:`HASH_LIMIT` bytes), else ``size=<bytes> mtime=<ns>`` (shards, Parquet,
+  Arrow and any larger file). An edited caption is noticed even when the row count stays; a start
+  never reads a large dataset's bytes just to fingerprint it (a rewritten shard or Parquet file
+  has a new modification time, as ``make`` and ``rsync`` assume);
 * ``rows``: per shard, a digest of the parsed rows (caption, image reference, boxes, mask,
   extra fields), so the message can say which samples changed;
 * ``images``: per shard, a digest of the size and modification time of every image and mask file
@@ -20,6 +25,12 @@ from typing import Any
 
 #: image suffixes left to the per-row stat (not hashed by content)
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
+#: bulk data (image bytes inside): fingerprinted by size and modification time whatever their size
+_BULK_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".parquet", ".arrow", ".safetensors", ".npy", ".npz", ".zip")
+#: files up to this size are hashed by content: 64 MiB covers pairs files and COCO's captions_val /
+#: instances_val (4 / 25 MB) and the train captions file of most datasets; hashing it costs about as
+#: much as the JSON parse every start does anyway (COCO) or a fraction of the row scan (JSONL, CSV)
+HASH_LIMIT = 64 << 20
 _CHUNK = 1 << 20
 
 
@@ -31,19 +42,44 @@ def _sha_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def data_files_digest(path: str | os.PathLike) -> dict[str, str]:
-    """Relative path -> SHA-256 of the data file, or of every non-image file under a data folder."""
-    p = Path(path)
-    if p.is_file():
-        return {p.name: _sha_file(p)}
+def file_fingerprint(path: Path) -> str:
+    """The SHA-256 of a small text file, ``size=... mtime=...`` of a large or bulk one."""
+    st = path.stat()
+    if st.st_size > HASH_LIMIT or path.name.lower().endswith(_BULK_SUFFIXES):
+        return f"size={st.st_size} mtime={st.st_mtime_ns}"
+    return _sha_file(path)
+
+
+def _folder_files(p: Path) -> dict[str, str]:
     out: dict[str, str] = {}
-    if p.is_dir():
-        for root, dirs, files in os.walk(p):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for name in sorted(files):
-                f = Path(root) / name
-                if not name.startswith(".") and f.suffix.lower() not in _IMAGE_SUFFIXES:
-                    out[str(f.relative_to(p))] = _sha_file(f)
+    for root, dirs, files in os.walk(p):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            f = Path(root) / name
+            if not name.startswith(".") and f.suffix.lower() not in _IMAGE_SUFFIXES:
+                out[str(f.relative_to(p))] = file_fingerprint(f)
+    return out
+
+
+def data_files_digest(path: str | os.PathLike, extra: dict[str, str | os.PathLike] | None = None) -> dict[str, str]:
+    """Name -> fingerprint (:func:`file_fingerprint`) of the data file, of every non-image file under
+    a data folder, or of every shard a brace pattern names; ``extra`` adds named files (label -> path)."""
+    from ..data.pairs import BRACE
+    from ..data.webdataset import expand_shards
+
+    p = Path(path)
+    out: dict[str, str] = {}
+    if p.is_file():
+        out[p.name] = file_fingerprint(p)
+    elif p.is_dir():
+        out.update(_folder_files(p))
+    elif (m := BRACE.search(str(p))) is not None:  # shards/{00000..00009}.tar: keyed below shards/
+        prefix = str(p)[: m.start()]
+        base = Path(prefix) if prefix.endswith(os.sep) else Path(prefix).parent
+        for shard in expand_shards(p):
+            out[os.path.relpath(shard, base)] = file_fingerprint(shard)
+    for label, f in (extra or {}).items():
+        out[label] = file_fingerprint(Path(f))
     return out
 
 
@@ -82,7 +118,10 @@ def data_identity(ds: Any, n_total: int, shard_size: int) -> dict[str, Any]:
         rows[k].update(json.dumps(rec, sort_keys=True, default=str).encode() + b"\n")
         images[k].update(json.dumps([_file_stat(row.image), _file_stat(row.mask)]).encode() + b"\n")
     path = getattr(ds, "path", None)
-    return {"files": data_files_digest(path) if path is not None else {},
+    extra = {}
+    if getattr(ds, "format", None) == "coco" and getattr(ds, "instances", None) is not None:
+        extra[f"{Path(ds.instances).name} (--instances)"] = ds.instances
+    return {"files": data_files_digest(path, extra) if path is not None else {},
             "rows": [h.hexdigest()[:16] for h in rows],
             "images": [h.hexdigest()[:16] for h in images]}
 
