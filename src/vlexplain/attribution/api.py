@@ -13,7 +13,7 @@ from torch import Tensor
 from ..errors import InputError, MethodError
 from ..images import ImageLike, check_image_size, load_image
 from ..models.base import DualEncoder
-from .base import Explanation, Side, get_method, image_grid_size, pool_to_grid, run_explainer, upsample_grid
+from .base import SIDES, Explanation, Side, get_method, image_grid_size, pool_to_grid, run_explainer, upsample_grid
 from .targets import make_target
 
 TextLike = Union[str, Sequence[str]]
@@ -33,9 +33,9 @@ def prepare_images(model: DualEncoder, images: ImageLike | Sequence[ImageLike]) 
             )
         return images.to(model.device, model.dtype)
     if isinstance(images, (str, Image.Image, np.ndarray)) or hasattr(images, "__fspath__"):
-        images = [images]  # type: ignore[list-item]
+        images = [images]
     out = []
-    for im in images:  # type: ignore[union-attr]
+    for im in images:
         if isinstance(im, np.ndarray):
             im = Image.fromarray(im)
         if isinstance(im, Tensor):
@@ -43,7 +43,7 @@ def prepare_images(model: DualEncoder, images: ImageLike | Sequence[ImageLike]) 
             continue
         pil = load_image(im)
         if not isinstance(im, Image.Image):  # a path: a refusal names the file
-            check_image_size(pil, tuple(model.input_size), str(im), warn=False)
+            check_image_size(pil, model.input_size, str(im), warn=False)
         out.append(model.preprocess(pil)[None].to(model.device, model.dtype))
     if not out:
         raise InputError("no images given")
@@ -111,7 +111,7 @@ def explain(
     single = (isinstance(texts, str)) and not _is_multi_image(images)
     cls = get_method(method)
     if sides is None:
-        sides = [s for s in ("image", "text") if cls.why_not(model, s) is None]  # type: ignore[arg-type]
+        sides = [s for s in SIDES if cls.why_not(model, s) is None]
         if not sides:
             raise MethodError(_not_applicable(cls, model))
     for s in sides:

@@ -30,6 +30,7 @@ def rollout_relevance(tower: Tower, x: Any, start_layer: int = 0) -> Tensor:
 
     def on_block(i: int, h: Tensor, a: Tensor | None) -> None:
         if i >= start_layer:
+            assert a is not None, "need_attn=True passes each block's attention"
             attns.append(a)  # (B, heads, T, T)
 
     with torch.no_grad():

@@ -29,6 +29,7 @@ from ..models.base import DualEncoder, TextBatch, Tower, frozen
 from .targets import Target
 
 Side = Literal["image", "text"]
+SIDES: tuple[Side, Side] = ("image", "text")
 
 
 @dataclass
@@ -166,10 +167,10 @@ def get_method(name: str) -> type[Explainer]:
 
 def methods_for(model: DualEncoder) -> dict[str, list[Side]]:
     """Which sides each registered method applies to on this model."""
-    out = {}
+    out: dict[str, list[Side]] = {}
     for n in list_methods():
         cls = _METHODS[n]
-        sides = [s for s in ("image", "text") if cls.why_not(model, s) is None]  # type: ignore[arg-type]
+        sides = [s for s in SIDES if cls.why_not(model, s) is None]
         if sides:
             out[n] = sides
     return out

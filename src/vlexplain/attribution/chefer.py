@@ -82,6 +82,7 @@ def chefer_relevance(
 
     def on_block(i: int, h: Tensor, a: Tensor | None) -> None:
         if i >= first:
+            assert a is not None, "need_attn=True passes each block's attention"
             attns[i] = a  # (B, heads, T, T)
 
     with torch.enable_grad():

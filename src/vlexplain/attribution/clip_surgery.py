@@ -79,6 +79,7 @@ def surgery_features(tower, pixels: Tensor, blocks: int) -> Tensor:
     n = tower.num_blocks
     _, recs = run_tail(tower, pixels, n - blocks, grad=False)
     x = recs[0].h
+    assert x is not None, "why_not_native(parts=True) admits only pre-norm blocks"
     for r in recs:
         x = x + r.attn_branch(vv_attention(r.v, r.num_heads))
     return F.normalize(tower.project_tokens(x, pixels), dim=-1)
@@ -159,6 +160,7 @@ class CLIPSurgery(Explainer):
         tower = self.model.image
         t = F.normalize(batch.text_emb, dim=-1)  # (B, d)
         with torch.no_grad():
+            assert self.blocks is not None, "resolved in __init__ when the image side applies"
             f = surgery_features(tower, batch.pixels, self.blocks)  # (B, T, d)
             cands = batch.target.candidates if batch.target.kind == "softmax" else None
             if cands is not None and cands.shape[0] > 0:

@@ -123,6 +123,7 @@ class GradECLIP(Explainer):
     def attribute_text(self, batch: PairBatch) -> Tensor:
         texts: TextBatch = batch.texts
         keep = texts.attention_mask.bool()
+        assert self.text_blocks is not None, "resolved in __init__ when the text side applies"
         maps = grad_eclip_maps(
             self.model.text, texts, lambda e: batch.target(batch.image_emb, e), self.text_blocks, self.withksim, keep
         )

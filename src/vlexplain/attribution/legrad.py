@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ..errors import MethodError
 from ..models.base import TextBatch, Tower
-from .base import Explainer, PairBatch, Side, register_method
+from .base import SIDES, Explainer, PairBatch, Side, register_method
 from .clip_native import capabilities, to_grid
 
 Pooling = Literal["mean", "head"]
@@ -108,9 +108,9 @@ class LeGrad(Explainer):
         if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
             raise MethodError(f"legrad: blocks must be a positive number of last blocks, got {blocks!r}")
         self.blocks, self.pooling = blocks, pooling
-        for side in ("image", "text"):
-            ok = type(self).why_not(model, side) is None  # type: ignore[arg-type]
-            if ok and self._pooling(side) == "mean" and not capabilities(model, side).pooled:  # type: ignore[arg-type]
+        for side in SIDES:
+            ok = type(self).why_not(model, side) is None
+            if ok and self._pooling(side) == "mean" and not capabilities(model, side).pooled:
                 raise MethodError(f"legrad: pooling='mean' needs a head that reads one token; the {side} tower pools with attention")
 
     def _pooling(self, side: Side) -> Pooling:

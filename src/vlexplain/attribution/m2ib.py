@@ -181,6 +181,8 @@ class M2IB(Explainer):
     #: the noise estimator (fixed for m2ib: fresh i.i.d. draws at every step, as in the paper)
     antithetic: bool = False
     common_noise: bool = False
+    #: the ``num_samples`` option as given (None in m2ib_fast: per-side counts instead)
+    num_samples: int | None
 
     def __init__(
         self,

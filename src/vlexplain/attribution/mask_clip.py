@@ -51,6 +51,7 @@ class MaskCLIP(Explainer):
         with torch.no_grad():
             _, recs = run_tail(tower, batch.pixels, tower.num_blocks - 1, grad=False)
             r = recs[-1]
+            assert r.h is not None, "why_not_native(parts=True) admits only pre-norm blocks"
             u = r.h + r.attn_branch(r.v)  # (B, T, D): attention replaced by the identity
             u = u + r.mlp_branch(u)
             f = F.normalize(tower.project_tokens(u, batch.pixels), dim=-1)  # (B, T, d)

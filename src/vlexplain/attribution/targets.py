@@ -67,4 +67,4 @@ def make_target(model, kind: str = "cosine", candidates: list[str] | None = None
             raise MethodError("the softmax target needs at least one candidate text other than the explained one")
         with torch.no_grad():
             cand = F.normalize(model.text.encode(model.tokenize(texts)), dim=-1)
-    return Target(kind, scale, bias, cand)  # type: ignore[arg-type]
+    return Target(kind, scale, bias, cand)
