@@ -229,6 +229,9 @@ class Explanation:
             "image_map_shape": None if self.image_map is None else list(self.image_map.shape),
         }
 
+    # Display lives in vlexplain.viz, which knows explanations only through its Displayable
+    # protocol; these methods import it on use, so the dependency runs one way and importing
+    # attribution never loads viz (tests/test_layout.py).
     def save(self, path_prefix: str) -> list[str]:
         """Write ``PREFIX_overlay.png``, ``PREFIX_text.html``, ``PREFIX_text.png`` and ``PREFIX.json``."""
         from ..viz.save import save_explanation

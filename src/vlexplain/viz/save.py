@@ -10,14 +10,33 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
+from torch import Tensor
 
 from .core import normalize_map, overlay, token_html
 
-if TYPE_CHECKING:
-    from ..attribution.base import Explanation
+
+class Displayable(Protocol):
+    """What display reads of an explanation (:class:`vlexplain.Explanation` is one).
+
+    Display depends on this shape only, never on the attribution package, so the dependency runs
+    one way: ``Explanation.save`` and ``Explanation.to_html`` call into this module.
+    """
+
+    image_map: Tensor | None
+    token_scores: Tensor | None
+    tokens: list[str]
+    score: float
+    method: str
+    text: str
+    pixels: Tensor | None
+    seconds: float
+
+    def image_rgb(self) -> Tensor: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> None:
@@ -63,7 +82,7 @@ def wrap_title(text: str, width: int = TITLE_CHARS, max_lines: int = TITLE_LINES
                          break_long_words=True)
 
 
-def overlay_figure(exp: "Explanation", path: str | os.PathLike, title: str | None = None) -> None:
+def overlay_figure(exp: Displayable, path: str | os.PathLike, title: str | None = None) -> None:
     """Image | heatmap overlay with a colour bar in the map's raw units; a long title is wrapped."""
     plt = _mpl()
     rgb = exp.image_rgb().cpu()
@@ -102,7 +121,7 @@ def _token_lines(widths: list[float], room: float, gap: float) -> list[list[int]
     return lines
 
 
-def text_figure(exp: "Explanation", path: str | os.PathLike, max_width: float = 12.0) -> None:
+def text_figure(exp: Displayable, path: str | os.PathLike, max_width: float = 12.0) -> None:
     """PNG of the tokens coloured by their scores, wrapped onto as many lines as they need.
 
     Args:
@@ -137,7 +156,7 @@ def text_figure(exp: "Explanation", path: str | os.PathLike, max_width: float = 
     plt.close(fig)
 
 
-def explanation_html(exp: "Explanation", image_src: str | None = None) -> str:
+def explanation_html(exp: Displayable, image_src: str | None = None) -> str:
     """A small HTML card: the overlay (inline or linked), the token highlight, the score."""
     import base64
     import io
@@ -159,7 +178,7 @@ def explanation_html(exp: "Explanation", image_src: str | None = None) -> str:
     )
 
 
-def save_explanation(exp: "Explanation", path_prefix: str | os.PathLike) -> list[str]:
+def save_explanation(exp: Displayable, path_prefix: str | os.PathLike) -> list[str]:
     """Write PREFIX_overlay.png, PREFIX_text.html, PREFIX_text.png and PREFIX.json; return the paths."""
     prefix = str(path_prefix)
     written = []
