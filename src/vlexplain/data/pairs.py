@@ -184,7 +184,7 @@ class PairDataset:
     def load(self, row: PairRow) -> Pair:
         """Open a row's image (and mask); problems become ``Pair.error`` instead of exceptions."""
         if not row.caption.strip():
-            return Pair(row, error=f"{row.source}: empty caption")
+            return Pair(row, error=f"{row.source}: {row.extras.get('caption_problem', 'empty caption')}")
         try:
             image = _open(row.image, row.source)
         except InputError as e:

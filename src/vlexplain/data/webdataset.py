@@ -72,7 +72,10 @@ class WebdatasetReader:
                     f"{where}: no image in this sample (members: {', '.join(sorted(files))})")
                 text = _caption(files, meta, ck, where)
                 boxes = check_boxes(meta.get(self.columns.boxes or "boxes"), where)
-                extras = {"key": key, "shard": shard.name}
+                extras: dict[str, Any] = {"key": key, "shard": shard.name}
+                if text == "" and ck is None and "txt" not in files:
+                    extras["caption_problem"] = (f"no caption in this sample (members: {', '.join(sorted(files))}; "
+                                                 "expected a .txt member or a caption / text field in its .json)")
                 caps = captions(text, where, ck or "txt")
                 for j, cap in enumerate(caps):
                     ex = {**extras, "caption_index": j} if len(caps) > 1 else extras

@@ -1,0 +1,40 @@
+"""User paths found by trying the commands as a new user would: tiny data, one line per problem."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import numpy as np
+from PIL import Image
+
+from vlexplain.data.pairs import open_pairs
+
+
+def _png() -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((6, 8, 3), np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _shard(path, samples) -> None:
+    with tarfile.open(path, "w") as tf:
+        for key, members in samples:
+            for ext, data in members.items():
+                ti = tarfile.TarInfo(f"{key}.{ext}")
+                ti.size = len(data)
+                tf.addfile(ti, io.BytesIO(data))
+
+
+def test_webdataset_sample_without_caption_says_so(tmp_path):
+    """A shard sample with no txt member and no caption field is not reported as an 'empty caption'."""
+    shard = tmp_path / "00000.tar"
+    _shard(shard, [("k0", {"png": _png(), "txt": b"a dark square"}),
+                   ("k1", {"png": _png()}),
+                   ("k2", {"png": _png(), "txt": b"  "})])
+    ds = open_pairs(str(shard))
+    pairs = [ds.load(r) for r in ds.rows()]
+    assert pairs[0].error is None
+    assert pairs[1].error is not None and "k1: no caption in this sample (members: png;" in pairs[1].error
+    assert ".txt member" in pairs[1].error
+    assert pairs[2].error is not None and pairs[2].error.endswith("k2: empty caption")  # present but blank
