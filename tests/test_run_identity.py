@@ -4,6 +4,7 @@ of webdataset shards, COCO's --instances file and --images folder)."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -48,7 +49,7 @@ def test_small_text_files_are_hashed_bulk_and_large_files_are_stat_only(tmp_path
     pairs.write_text('{"image": "a.png", "caption": "a red square"}\n')
     st = pairs.stat()
     before = identity.file_fingerprint(pairs)
-    assert before == __import__("hashlib").sha256(pairs.read_bytes()).hexdigest()  # as runs recorded it so far
+    assert before == hashlib.sha256(pairs.read_bytes()).hexdigest()  # as runs recorded it so far
     # an edit that keeps the size and the modification time is still noticed (content hash)
     pairs.write_text('{"image": "a.png", "caption": "a red circle"}\n')
     os.utime(pairs, ns=(st.st_atime_ns, st.st_mtime_ns))
@@ -128,6 +129,7 @@ def _instances(path, polygon):
 
 def test_resume_of_coco_refuses_changed_instances_and_images_with_exit_2(tmp_path, capsys):
     from conftest import tiny_hf_clip
+
     from vlexplain.cli import main
 
     tiny_hf_clip().save_pretrained(tmp_path / "model")
@@ -161,3 +163,13 @@ def test_resume_of_coco_refuses_changed_instances_and_images_with_exit_2(tmp_pat
     shutil.copytree(tmp_path / "val2017", tmp_path / "copy")
     assert main([*args, "--images", str(tmp_path / "copy"), "--resume"]) == 2
     assert "the configuration differs in data (images_dir)" in capsys.readouterr().err
+
+
+def test_a_fingerprint_recorded_under_the_content_rule_is_not_compared_with_a_stat(tmp_path):
+    _shards(tmp_path / "shards")
+    new = {"files": identity.data_files_digest(tmp_path / "shards"), "rows": ["a"], "images": ["b"]}
+    old = {**new, "files": {k: identity._sha_file(tmp_path / "shards" / k) for k in new["files"]}}  # the rule before
+    assert identity.describe_change(new, new, 2, 2) is None
+    assert identity.describe_change(old, new, 2, 2) == (
+        "the run fingerprinted 00000.tar, 00001.tar by content (the rule of an older vlexplain), so a resume cannot "
+        "be checked")

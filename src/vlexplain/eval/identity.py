@@ -83,6 +83,10 @@ def data_files_digest(path: str | os.PathLike, extra: dict[str, str | os.PathLik
     return out
 
 
+def _stat_form(fingerprint: str) -> bool:
+    return fingerprint.startswith("size=")
+
+
 def _file_stat(ref: Any) -> Any:
     """[size, mtime_ns] of an image or mask path, "missing" for a path that is not there, None otherwise."""
     if not isinstance(ref, (str, os.PathLike)):
@@ -139,6 +143,11 @@ def describe_change(old: dict[str, Any] | None, new: dict[str, Any], shard_size:
     said = []
     of, nf = old.get("files", {}), new.get("files", {})
     changed = sorted(k for k in set(of) | set(nf) if of.get(k) != nf.get(k))
+    kinds = [k for k in changed if k in of and k in nf and _stat_form(of[k]) != _stat_form(nf[k])]
+    if kinds:  # fingerprinted by content then, by size and mtime now (or the reverse): not comparable
+        how = "size and modification time" if _stat_form(of[kinds[0]]) else "content"
+        return (f"the run fingerprinted {', '.join(kinds[:3])} by {how} (the rule of an older vlexplain), "
+                "so a resume cannot be checked")
     if changed:
         said.append(f"the data file{'s' if len(changed) > 1 else ''} {', '.join(changed[:3])} changed")
     for key, what in (("rows", "the rows (captions, image paths, boxes) of samples"),
