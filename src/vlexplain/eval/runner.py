@@ -466,7 +466,7 @@ def _metrics_for(ctx: _Ctx, method: str, px: Tensor, texts: Any, exps: list[Any]
         idx, kw = got
         sel = None if len(idx) == n else idx
 
-        def pick(t: Any) -> Any:
+        def pick(t: Any, sel: list[int] | None = sel) -> Any:
             return t if (t is None or sel is None) else t[sel]
 
         res = info.fn(ctx.model, pick(px), texts if sel is None else texts.select(sel), pick(image_maps),
