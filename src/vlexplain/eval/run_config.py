@@ -117,7 +117,7 @@ def _check_methods(model: Any, methods: Sequence[str]) -> None:
         raise MethodError("no methods given")
     for m in methods:
         cls = get_method(m)
-        if all(cls.why_not(model, s) is not None for s in ("image", "text")):  # type: ignore[arg-type]
+        if all(cls.why_not(model, s) is not None for s in ("image", "text")):
             raise MethodError(f"{m} does not apply to this model ({cls.why_not(model, 'image')})")
 
 

@@ -27,7 +27,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -48,6 +48,9 @@ from .run_config import (  # noqa: F401  (CONFIG_VERSION, IDENTITY_KEYS, resolve
     _resolve_device,
     resolve_metric,
 )
+
+if TYPE_CHECKING:
+    from ..attribution.base import Side
 
 
 @dataclass
@@ -365,8 +368,9 @@ def _explain_batch(ctx: _Ctx, ok: list[Any], recs: dict[tuple[int, str], dict[st
             ten[f"{p.index}.image"] = (im.float().cpu() * 255).round().to(torch.uint8).contiguous()
     seeds = [pair_seed(cfg.seed, p.index) for p in ok]
     for m in cfg.methods:
-        exps = explain(model, px, caps, method=m, seed=seeds, target=cfg.target, batch_size=len(ok),
-                       sides=_sides_needed(ctx, m), **cfg.method_options.get(m, {}))
+        exps = cast("list[Any]", explain(model, px, caps, method=m, seed=seeds, target=cfg.target,  # a batch: a list
+                                         batch_size=len(ok), sides=_sides_needed(ctx, m),
+                                         **cfg.method_options.get(m, {})))
         vals = _metrics_for(ctx, m, px, texts, exps, ok, gts)
         for j, (p, e) in enumerate(zip(ok, exps)):
             r = out[(p.index, m)] = dict(recs[(p.index, m)])
@@ -431,7 +435,7 @@ def _extra(info: MetricInfo, cfg: EvalConfig, method: str, pairs: list[Any], gts
     return idx, kw
 
 
-def _sides_needed(ctx: _Ctx, method: str) -> list[str] | None:
+def _sides_needed(ctx: _Ctx, method: str) -> list[Side] | None:
     """The sides a method must explain: those the metrics read (every side when maps are saved, or
     when a metric takes either side). None: every side the method applies to."""
     from ..attribution.base import get_method
@@ -440,7 +444,8 @@ def _sides_needed(ctx: _Ctx, method: str) -> list[str] | None:
     if ctx.cfg.save_maps or None in wanted:
         return None
     cls = get_method(method)
-    chosen = [s for s in ("image", "text") if s in wanted and cls.why_not(ctx.model, s) is None]  # type: ignore[arg-type]
+    sides: tuple[Side, Side] = ("image", "text")
+    chosen = [s for s in sides if s in wanted and cls.why_not(ctx.model, s) is None]
     return chosen or None
 
 
@@ -460,7 +465,7 @@ def _metrics_for(ctx: _Ctx, method: str, px: Tensor, texts: Any, exps: list[Any]
     for name, info in ctx.metric_fns.items():
         if (info.side == "image" and image_maps is None) or (info.side == "text" and token_maps is None):
             continue
-        got = _extra(info, ctx.cfg, method, pairs, gts, px.device, tuple(px.shape[-2:]))
+        got = _extra(info, ctx.cfg, method, pairs, gts, px.device, (int(px.shape[-2]), int(px.shape[-1])))
         if got is None:
             continue
         idx, kw = got
