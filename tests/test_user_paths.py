@@ -38,3 +38,19 @@ def test_webdataset_sample_without_caption_says_so(tmp_path):
     assert pairs[1].error is not None and "k1: no caption in this sample (members: png;" in pairs[1].error
     assert ".txt member" in pairs[1].error
     assert pairs[2].error is not None and pairs[2].error.endswith("k2: empty caption")  # present but blank
+
+
+def test_concepts_generate_help_has_no_broken_lines():
+    """Each sentence of the command's description is one line of --help on a wide terminal."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "COLUMNS": "200"}
+    res = subprocess.run([str(Path(sys.executable).parent / "vlexplain"), "concepts", "generate", "--help"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    intro = res.stdout.split("Options")[0]
+    lines = [ln.strip() for ln in intro.splitlines() if ln.strip() and not ln.strip().startswith("Usage")]
+    assert lines and all(ln.endswith(".") for ln in lines if not ln.startswith("╭")), lines

@@ -38,8 +38,8 @@ def register(app: typer.Typer) -> None:
         """Ask a chat model for K short, visually distinct descriptors per class; writes a concept set.
 
         Finished classes are cached, so an interrupted run continues where it stopped when rerun.
-        A class whose request is refused or whose replies stay unusable is skipped: the others are
-        still asked, then the command lists the failed classes and exits with code 2.
+
+        A class the server refuses or answers unusably is skipped; the failed ones are listed, exit code 2.
         """
         from ..concepts.generate import generate_concepts, read_classes
         from ..concepts.sets import load_concepts
