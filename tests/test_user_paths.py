@@ -54,3 +54,22 @@ def test_concepts_generate_help_has_no_broken_lines():
     intro = res.stdout.split("Options")[0]
     lines = [ln.strip() for ln in intro.splitlines() if ln.strip() and not ln.strip().startswith("Usage")]
     assert lines and all(ln.endswith(".") for ln in lines if not ln.startswith("╭")), lines
+
+
+def test_evaluate_on_class_folders_points_to_deal(tmp_path):
+    """Class folders given to a captions reader: the refusal names the commands that read them."""
+    import pytest
+
+    from vlexplain.errors import InputError
+
+    for c in ("cat", "dog"):
+        (tmp_path / c).mkdir()
+        (tmp_path / c / "0.png").write_bytes(_png())
+    with pytest.raises(InputError, match=r"class folders.*vlexplain deal train") as e:
+        open_pairs(str(tmp_path)).rows().__next__()
+    assert "\n" not in str(e.value)
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "a.png").write_bytes(_png())
+    with pytest.raises(InputError) as e:
+        open_pairs(str(tmp_path / "flat")).rows().__next__()
+    assert "class folders" not in str(e.value)  # images without captions: the usual message

@@ -234,8 +234,12 @@ class PairDataset:
         for name in FOLDER_CAPTION_FILES:
             if (root / name).is_file():
                 return root / name
+        hint = "(or: .tar shards, .parquet files, a saved dataset)"
+        if _looks_like_class_folders(root):
+            hint = ("(this looks like class folders, root/<class>/<image>: those are read by "
+                    "`vlexplain deal train` / `deal evaluate`)")
         raise InputError(f"{root}: an image folder needs one of {', '.join(FOLDER_CAPTION_FILES)} beside the images "
-                         "(or: .tar shards, .parquet files, a saved dataset)")
+                         + hint)
 
     def _file_kind(self, file: Path) -> str:
         if self.format in ("jsonl", "csv", "tsv"):
@@ -316,6 +320,17 @@ def _parquet_splits(folder: Path) -> list[str]:
     from .parquet import parquet_splits
 
     return parquet_splits(folder)
+
+
+def _looks_like_class_folders(root: Path) -> bool:
+    """Sub-folders holding images directly, and no image at the top: ``root/<class>/<image>``."""
+    from .classes import IMAGE_EXTENSIONS
+
+    def images(d: Path) -> bool:
+        return any(f.suffix.lower() in IMAGE_EXTENSIONS for f in d.iterdir() if f.is_file())
+
+    subs = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    return bool(subs) and not images(root) and any(images(d) for d in subs[:50])
 
 
 def _open(image: Any, where: str) -> Image.Image:
