@@ -136,6 +136,7 @@ class Chefer(Explainer):
 
     name = "chefer"
     summary = "gradient-weighted attention relevance (Chefer et al. 2021)"
+    paper = "Chefer, Gur & Wolf. Generic Attention-model Explainability for Interpreting Bi-Modal and Encoder-Decoder Transformers. ICCV 2021"
     needs_attention = True
 
     def __init__(self, model, last_block_only: bool = False, start_layer: int = 0):

@@ -9,7 +9,6 @@ from pathlib import Path
 import typer
 
 from ._out import out_dir
-from ._out import out_dir
 from ..errors import InputError
 
 ACTIVATIONS = ("gelu", "relu", "quick_gelu")  # MLP activations offered for the shapes-world CLIP
