@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from ..errors import InputError, ModelLoadError
 from .base import DualEncoder, TextBatch, Tower
-from .open_clip_text import oc_block, plain_blocks, text_tower
+from .open_clip_text import HFTextEncoderTower, OpenCLIPTextTower, oc_block, plain_blocks, text_tower
 from .open_clip_tokenize import text_tokenizer
 
 _oc_block = oc_block  # older name, kept for importers
@@ -36,14 +36,15 @@ class OpenCLIPVisionTower(Tower):
     kind = "vit"
     num_prefix_tokens = 1
 
-    def __init__(self, visual: nn.Module):
+    def __init__(self, visual: Any):
         super().__init__()
         if not hasattr(visual, "transformer") or not hasattr(visual, "class_embedding"):
             raise ModelLoadError(f"OpenCLIP image tower {type(visual).__name__} is not supported")
-        self.v = visual
+        self.v: Any = visual  # an OpenCLIP VisionTransformer
         self.has_attention = plain_blocks(visual.transformer.resblocks)
         self.reads_class_token = getattr(visual, "attn_pool", None) is None and visual.pool_type == "tok"
-        self.grid = tuple(int(g) for g in visual.grid_size)  # (gh, gw), square or not
+        gh, gw = visual.grid_size
+        self.grid = (int(gh), int(gw))  # square or not
 
     @property
     def class_token_pooled(self) -> bool:
@@ -81,7 +82,7 @@ class OpenCLIPVisionTower(Tower):
         return t @ self.v.proj if self.v.proj is not None else t
 
 
-def image_tower(visual: nn.Module) -> Tower:
+def image_tower(visual: Any) -> Tower:
     """The tower for an OpenCLIP image tower module."""
     cls = type(visual).__name__
     if cls == "ModifiedResNet":
@@ -109,20 +110,23 @@ class OpenCLIPDualEncoder(DualEncoder):
         name: the spec it was loaded from.
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any = None, preprocess: Any = None, name: str = "open_clip"):
+    text: OpenCLIPTextTower | HFTextEncoderTower
+
+    def __init__(self, model: Any, tokenizer: Any = None, preprocess: Any = None, name: str = "open_clip"):
         super().__init__()
-        self.model = model
+        self.model: Any = model  # an OpenCLIP CLIP, CustomTextCLIP or CoCa
         self.name = name
         self.image = image_tower(model.visual)
         self.text = text_tower(model)
         ctx = int(getattr(self.text, "context_length", 0) or getattr(model, "context_length", 77))
         size = getattr(model.visual, "image_size", (224, 224))
-        self.input_size = tuple(int(s) for s in size) if isinstance(size, (tuple, list)) else (int(size), int(size))
+        h, w = size if isinstance(size, (tuple, list)) else (size, size)
+        self.input_size = (int(h), int(w))
         mean = getattr(model.visual, "image_mean", None)
         std = getattr(model.visual, "image_std", None)
         if mean is not None and std is not None:
             self.mean, self.std = tuple(mean), tuple(std)
-        self._preprocess = preprocess
+        self._preprocess: Any = preprocess
         self._tok = text_tokenizer(tokenizer, self.text, ctx)
 
     def tokenize(self, texts) -> TextBatch:
@@ -244,7 +248,7 @@ def minilm_tokenizer() -> Any:
 
 def tiny_biomedclip(seed: int = 0) -> DualEncoder:
     """BiomedCLIP's text wiring (BERT, CLS of the last hidden state, MLP projection), tiny, with a BERT tokenizer."""
-    m = tiny_hf_text("bert", "cls_last_hidden_state_pooler", seed=seed)
+    m: Any = tiny_hf_text("bert", "cls_last_hidden_state_pooler", seed=seed)
     from open_clip.hf_model import HFTextEncoder
 
     m.text = HFTextEncoder("bert", 16, config=m.text.config, pooler_type="cls_last_hidden_state_pooler", proj_type="mlp")

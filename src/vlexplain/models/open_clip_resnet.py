@@ -33,9 +33,9 @@ class ModifiedResNetTower(Tower):
     kind = "cnn"
     has_attention = False
 
-    def __init__(self, visual: nn.Module):
+    def __init__(self, visual: Any):
         super().__init__()
-        self.v = visual
+        self.v: Any = visual  # an OpenCLIP ModifiedResNet
         # the Bottlenecks in forward order, and where each stage ends
         self._blocks = [b for stage in (visual.layer1, visual.layer2, visual.layer3, visual.layer4) for b in stage]
         self.stage_ends = []

@@ -27,7 +27,7 @@ which returns them.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -37,7 +37,7 @@ from .base import TextBatch, Tower
 from .blocks import padding_mask, prenorm_block
 
 
-def oc_block(blk: nn.Module, h: Tensor, mask: Tensor | None, need_attn: bool, rows: Tensor | None = None):
+def oc_block(blk: Any, h: Tensor, mask: Tensor | None, need_attn: bool, rows: Tensor | None = None):
     """OpenCLIP ``ResidualAttentionBlock`` on (B, T, D) with explicit attention (tested against its forward)."""
     mha: nn.MultiheadAttention = blk.attn
     D = h.shape[-1]
@@ -70,9 +70,9 @@ class OpenCLIPTextTower(Tower):
     modality = "text"
     kind = "text"
 
-    def __init__(self, t: nn.Module):
+    def __init__(self, t: Any):
         super().__init__()
-        self.t = t
+        self.t: Any = t  # an OpenCLIP TextTransformer or CLIP
         self.pool = getattr(t, "text_pool_type", getattr(t, "pool_type", "argmax"))
         self.coca = getattr(t, "cls_emb", None) is not None
         if self.pool not in ("argmax", "eos", "first", "last") and not self.coca:
@@ -80,7 +80,10 @@ class OpenCLIPTextTower(Tower):
                 f"OpenCLIP text pooling {self.pool!r} returns token features, not one text embedding; "
                 "vlexplain explains towers that pool (argmax, eos, first, last)"
             )
-        self.eos_id = getattr(t, "text_eos_id", getattr(t, "eos_id", None))
+        eos = getattr(t, "text_eos_id", getattr(t, "eos_id", None))
+        if self.pool == "eos" and eos is None:
+            raise ModelLoadError("OpenCLIP text tower pools at the end-of-text token but declares no eos_id")
+        self.eos_id: int | None = None if eos is None else int(eos)
         self.pad_id = int(getattr(t, "pad_id", 0))
         self.heads = int(getattr(t, "heads", t.transformer.resblocks[0].attn.num_heads))
         self.pad_mask = bool(getattr(t, "use_pad_mask", False)) or self.coca
@@ -111,7 +114,7 @@ class OpenCLIPTextTower(Tower):
             return torch.full((B,), T - 1, dtype=torch.long, device=ids.device)
         if self.pool == "first":
             return torch.zeros(B, dtype=torch.long, device=ids.device)
-        if self.pool == "eos":
+        if self.pool == "eos" and self.eos_id is not None:  # always set for eos pooling (checked on load)
             return (ids == self.eos_id).int().argmax(-1)
         return ids.argmax(-1)
 
@@ -169,7 +172,7 @@ class OpenCLIPTextTower(Tower):
 
 
 @contextlib.contextmanager
-def eager_attention(config: object) -> Iterator[None]:
+def eager_attention(config: Any) -> Iterator[None]:
     """Use transformers' eager attention (explicit probabilities) within the block."""
     prev = getattr(config, "_attn_implementation", None)
     config._attn_implementation = "eager"
@@ -185,10 +188,10 @@ class HFTextEncoderTower(Tower):
     modality = "text"
     kind = "text"
 
-    def __init__(self, enc: nn.Module):
+    def __init__(self, enc: Any):
         super().__init__()
-        self.enc = enc
-        self.tf = enc.transformer
+        self.enc: Any = enc  # an OpenCLIP HFTextEncoder
+        self.tf: Any = enc.transformer  # its transformers encoder
         cfg = enc.config
         if getattr(cfg, "is_encoder_decoder", False) or not hasattr(self.tf, "encoder") or not hasattr(self.tf.encoder, "layer"):
             raise ModelLoadError(
@@ -249,7 +252,7 @@ class HFTextEncoderTower(Tower):
         return self.enc.proj(self.enc.pooler(out, self._real(x)))
 
 
-def text_tower(model: nn.Module) -> Tower:
+def text_tower(model: nn.Module) -> OpenCLIPTextTower | HFTextEncoderTower:
     """The text tower of an OpenCLIP model (``CLIP``, ``CustomTextCLIP``, ``CoCa``)."""
     text = getattr(model, "text", None)
     if text is None:

@@ -34,7 +34,7 @@ from .base import Tower
 
 
 @contextlib.contextmanager
-def timm_attention_probs(attn: nn.Module) -> Iterator[list[Tensor]]:
+def timm_attention_probs(attn: Any) -> Iterator[list[Tensor]]:
     """Collect the softmaxed attention of a timm attention module during one forward.
 
     Switches ``attn.fused_attn`` off (timm's unfused path computes explicit probabilities) and
@@ -62,12 +62,12 @@ class TimmViTTower(Tower):
     modality = "image"
     kind = "vit"
 
-    def __init__(self, visual: nn.Module):
+    def __init__(self, visual: Any):
         super().__init__()
         from timm.models.eva import Eva
 
-        self.v = visual
-        self.trunk = visual.trunk
+        self.v: Any = visual  # an OpenCLIP TimmModel
+        self.trunk: Any = visual.trunk  # a timm VisionTransformer or Eva
         self.eva = isinstance(self.trunk, Eva)
         self.num_prefix_tokens = int(getattr(self.trunk, "num_prefix_tokens", 0))
         self.has_class_token = getattr(self.trunk, "cls_token", None) is not None
@@ -75,7 +75,8 @@ class TimmViTTower(Tower):
         self.reads_class_token = self.has_class_token and pool == "token" and getattr(self.trunk, "attn_pool", None) is None
         self.has_attention = all(_reads_attention(b) for b in self.trunk.blocks)
         self._rope_cache: dict[tuple, Any] = {}
-        self.grid = tuple(int(g) for g in self.trunk.patch_embed.grid_size)  # the trunk's own (gh, gw)
+        gh, gw = self.trunk.patch_embed.grid_size
+        self.grid = (int(gh), int(gw))  # the trunk's own
 
     @property
     def class_token_pooled(self) -> bool:
@@ -136,14 +137,14 @@ class TimmStagesTower(Tower):
     kind = "cnn"
     has_attention = False
 
-    def __init__(self, visual: nn.Module):
+    def __init__(self, visual: Any):
         super().__init__()
-        self.v = visual
-        self.trunk = visual.trunk
+        self.v: Any = visual  # an OpenCLIP TimmModel
+        self.trunk: Any = visual.trunk  # a timm ConvNeXt or FastVit
         name = type(self.trunk).__name__
         if name not in _POST_STAGES or getattr(self.trunk, "fork_feat", False):
             raise ModelLoadError(f"timm trunk {name} is not supported; supported: VisionTransformer, Eva, {', '.join(_POST_STAGES)}")
-        self.post = getattr(self.trunk, _POST_STAGES[name])
+        self.post: Any = getattr(self.trunk, _POST_STAGES[name])
 
     @property
     def num_blocks(self) -> int:
@@ -162,7 +163,7 @@ class TimmStagesTower(Tower):
         return self.v.head(self.trunk.forward_head(self.post(h)))
 
 
-def timm_tower(visual: nn.Module) -> Tower:
+def timm_tower(visual: Any) -> Tower:
     """The tower for an OpenCLIP ``TimmModel`` (ModelLoadError for unsupported trunks)."""
     from timm.models.eva import Eva
     from timm.models.vision_transformer import VisionTransformer
@@ -183,8 +184,8 @@ def tiny_timm_models(**overrides: Any) -> Iterator[None]:
 
     orig = timm.create_model
 
-    def create(name: str, *args: Any, **kwargs: Any) -> nn.Module:
-        return orig(name, *args, **{**kwargs, **overrides})
+    def create(model_name: str, *args: Any, **kwargs: Any) -> nn.Module:
+        return orig(model_name, *args, **{**kwargs, **overrides})
 
     timm.create_model = create
     try:

@@ -25,7 +25,7 @@ import torch
 
 from ..errors import InputError, ModelLoadError
 from .base import TextBatch
-from .text import TokenizerSpec, _clean_token, from_hf_tokenizer
+from .text import PoolMode, TokenizerSpec, _clean_token, from_hf_tokenizer
 
 #: rows an embedding table may have past the tokenizer's vocabulary (tables padded to a multiple)
 VOCAB_SLACK = 128
@@ -116,7 +116,7 @@ def text_tokenizer(tok: Any, tower: Any, context_length: int) -> TokenizerSpec |
     """The tokenizer the dual encoder uses for ``tower`` (see the module docstring)."""
     table = int(tower.vocab_size)
     full = bool(tower.attends_to_padding)
-    pool = "mean" if getattr(tower, "pool", "") == "MeanPooler" else "eos"
+    pool: PoolMode = "mean" if getattr(tower, "pool", "") == "MeanPooler" else "eos"
     if isinstance(tok, TokenizerSpec):
         return tok
     if tok is None:
