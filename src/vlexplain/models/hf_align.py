@@ -34,9 +34,9 @@ class AlignVisionTower(Tower):
     has_attention = False
     num_prefix_tokens = 0
 
-    def __init__(self, vision_model: nn.Module):
+    def __init__(self, vision_model: Any):
         super().__init__()
-        self.vm = vision_model
+        self.vm: Any = vision_model  # a transformers vision model
 
     @property
     def num_blocks(self) -> int:
@@ -63,7 +63,7 @@ class AlignDualEncoder(HFAdapter):
     is used when the text embedding table has its size (30522, bert-base-uncased, as ALIGN).
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any = None, processor: Any = None, name: str = "hf"):
+    def __init__(self, model: Any, tokenizer: Any = None, processor: Any = None, name: str = "hf"):
         super().__init__(model, name)
         vcfg, tcfg = model.config.vision_config, model.config.text_config
         self.image = AlignVisionTower(model.vision_model)

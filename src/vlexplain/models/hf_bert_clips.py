@@ -31,7 +31,7 @@ class BertCLIPDualEncoder(HFAdapter):
     with the offline model.
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any = None, processor: Any = None, name: str = "hf"):
+    def __init__(self, model: Any, tokenizer: Any = None, processor: Any = None, name: str = "hf"):
         super().__init__(model, name)
         vcfg, tcfg = model.config.vision_config, model.config.text_config
         self.image = ClipViTTower(model.vision_model, model.visual_projection)

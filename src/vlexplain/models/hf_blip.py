@@ -32,7 +32,7 @@ class BlipITCDualEncoder(HFAdapter):
     Pass BLIP's tokenizer (bert-base-uncased plus [DEC] / [ENC]; texts start with [CLS]).
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any = None, processor: Any = None, name: str = "hf"):
+    def __init__(self, model: Any, tokenizer: Any = None, processor: Any = None, name: str = "hf"):
         super().__init__(model, name)
         vcfg, tcfg = model.config.vision_config, model.config.text_config
         self.image = ClipViTTower(model.vision_model, model.vision_proj)

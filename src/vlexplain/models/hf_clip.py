@@ -19,7 +19,7 @@ from .hf_common import (
     register_hf,
     resolve_tokenizer,
 )
-from .text import TokenizerSpec, clip_bpe_tokenizer
+from .text import PoolMode, TokenizerSpec, clip_bpe_tokenizer
 
 
 class SiglipVisionTower(Tower):
@@ -29,10 +29,10 @@ class SiglipVisionTower(Tower):
     kind = "vit"
     num_prefix_tokens = 0
 
-    def __init__(self, vision_model: nn.Module):
+    def __init__(self, vision_model: Any):
         super().__init__()
-        self.vm = vision_model
-        cfg = vision_model.config
+        self.vm: Any = vision_model  # a transformers vision model
+        cfg = self.vm.config
         self.num_heads = cfg.num_attention_heads
         g = cfg.image_size // cfg.patch_size
         self.grid = (g, g)
@@ -60,12 +60,12 @@ class HFTextTower(Tower):
     modality = "text"
     kind = "text"
 
-    def __init__(self, text_model: nn.Module, projection: nn.Module | None, siglip: bool):
+    def __init__(self, text_model: Any, projection: nn.Module | None, siglip: bool):
         super().__init__()
-        self.tm = text_model
+        self.tm: Any = text_model  # a transformers text model
         self.projection = projection
         self.siglip = siglip
-        self.num_heads = text_model.config.num_attention_heads
+        self.num_heads = self.tm.config.num_attention_heads
 
     @property
     def num_blocks(self) -> int:
@@ -100,11 +100,15 @@ class HFTextTower(Tower):
         if self.siglip:
             return self.tm.head(h[:, -1])
         pooled = h[torch.arange(h.shape[0], device=h.device), x.pool_index]
+        assert self.projection is not None, "CLIP text towers have a projection"
         return self.projection(pooled)
 
     def project_tokens(self, h: Tensor, x: TextBatch) -> Tensor:
         h = self.tm.final_layer_norm(h)
-        return self.tm.head(h) if self.siglip else self.projection(h)
+        if self.siglip:
+            return self.tm.head(h)
+        assert self.projection is not None, "CLIP text towers have a projection"
+        return self.projection(h)
 
 
 class HFDualEncoder(HFAdapter):
@@ -114,7 +118,7 @@ class HFDualEncoder(HFAdapter):
     vocabulary that ships with open_clip; any other vocabulary must be passed.
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any = None, processor: Any = None, name: str = "hf"):
+    def __init__(self, model: Any, tokenizer: Any = None, processor: Any = None, name: str = "hf"):
         super().__init__(model, name)
         self.siglip = "siglip" in type(model).__name__.lower()
         vcfg, tcfg = model.config.vision_config, model.config.text_config
@@ -127,13 +131,13 @@ class HFDualEncoder(HFAdapter):
         self.input_size = (vcfg.image_size, vcfg.image_size)
         self._use_processor(processor)
         ctx = tcfg.max_position_embeddings
-        pool = "last" if self.siglip else "eos"
+        pool: PoolMode = "last" if self.siglip else "eos"
         table = model.text_model.embeddings.token_embedding
 
         def clip_bpe() -> TokenizerSpec | None:
             if table.num_embeddings != 49408:
                 return None
-            return clip_bpe_tokenizer(ctx, pool, pad_to_context=self.siglip)  # type: ignore[arg-type]
+            return clip_bpe_tokenizer(ctx, pool, pad_to_context=self.siglip)
 
         self._tok = resolve_tokenizer(tokenizer, processor, table, type(model).__name__, ctx, pool,
                                       pad_to_context=self.siglip, fallback=clip_bpe)

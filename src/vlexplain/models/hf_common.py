@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from ..errors import ModelLoadError
 from .base import DualEncoder, TextBatch, Tower
 from .blocks import attention, padding_mask, prenorm_block
-from .text import TokenizerSpec, from_hf_tokenizer
+from .text import PoolMode, TokenizerSpec, from_hf_tokenizer
 
 #: modules that register transformers adapters (and their families) when imported
 HF_MODULES: tuple[str, ...] = (
@@ -141,7 +141,7 @@ def resolve_tokenizer(
     table: nn.Embedding,
     what: str,
     context_length: int,
-    pool: str,
+    pool: PoolMode,
     *,
     pad_to_context: bool = False,
     fallback: Callable[[], TokenizerSpec | None] | None = None,
@@ -166,15 +166,16 @@ def resolve_tokenizer(
                 "tokenizer or a vlexplain TokenizerSpec"
             )
         check_vocab(vocab_size_of(tokenizer), table, what)
-        spec = from_hf_tokenizer(tokenizer, context_length, pool, pad_to_context=pad_to_context)  # type: ignore[arg-type]
+        spec = from_hf_tokenizer(tokenizer, context_length, pool, pad_to_context=pad_to_context)
     else:
-        spec = fallback() if fallback is not None else None
-        if spec is None:
+        found = fallback() if fallback is not None else None
+        if found is None:
             raise ModelLoadError(
                 f"{what} needs its tokenizer and none was given or found offline; pass it: "
                 "load_model(model, tokenizer=AutoTokenizer.from_pretrained(...)), or load a save_pretrained "
                 "directory that contains the tokenizer files"
             )
+        spec = found
     rows = int(table.num_embeddings)
     bad = [i for i in (spec.sos_id, spec.eos_id, spec.pad_id) if i is not None and not 0 <= i < rows]
     if bad:
@@ -196,7 +197,7 @@ def bert_fallback(table: nn.Embedding, context_length: int) -> Callable[[], Toke
 
 
 # --- towers -------------------------------------------------------------------------------------
-def clip_block(layer: nn.Module, h: Tensor, mask: Tensor | None, need_attn: bool, num_heads: int, rows: Tensor | None = None):
+def clip_block(layer: Any, h: Tensor, mask: Tensor | None, need_attn: bool, num_heads: int, rows: Tensor | None = None):
     """A CLIP-style pre-norm block (``self_attn`` with q/k/v/out_proj, or BLIP's fused qkv)."""
     at = layer.self_attn
     if hasattr(at, "qkv"):  # BLIP: one (D -> 3D) projection, split as q | k | v
@@ -221,11 +222,11 @@ class ClipViTTower(Tower):
     kind = "vit"
     num_prefix_tokens = 1
 
-    def __init__(self, vision_model: nn.Module, projection: nn.Module):
+    def __init__(self, vision_model: Any, projection: nn.Module):
         super().__init__()
-        self.vm = vision_model
+        self.vm: Any = vision_model  # a transformers vision model
         self.projection = projection
-        cfg = vision_model.config
+        cfg = self.vm.config
         self.num_heads = cfg.num_attention_heads
         g = cfg.image_size // cfg.patch_size
         self.grid = (g, g)
@@ -268,19 +269,19 @@ class BertTextTower(Tower):
     modality = "text"
     kind = "text"
 
-    def __init__(self, text_model: nn.Module, head: Callable[[Tensor], Tensor]):
+    def __init__(self, text_model: Any, head: Callable[[Tensor], Tensor]):
         super().__init__()
-        self.tm = text_model
+        self.tm: Any = text_model  # a transformers text model
         self._head = head
-        self.num_heads = text_model.config.num_attention_heads
-        emb = text_model.embeddings
+        self.num_heads = self.tm.config.num_attention_heads
+        emb = self.tm.embeddings
         params = inspect.signature(emb.forward).parameters
         self._token_types = "token_type_ids" in params
         # RoBERTa counts positions from padding_idx + 1 and skips padding
         self._roberta_positions = hasattr(emb, "create_position_ids_from_input_ids")
-        self._padding_idx = getattr(emb, "padding_idx", None)
-        enc = text_model.encoder
-        self.layers = enc.layer if hasattr(enc, "layer") else enc.layers  # AltCLIP's XLM-R names it layers
+        self._padding_idx: int | None = getattr(emb, "padding_idx", None)
+        enc = self.tm.encoder
+        self.layers: Any = enc.layer if hasattr(enc, "layer") else enc.layers  # AltCLIP's XLM-R names it layers
 
     @property
     def num_blocks(self) -> int:
@@ -295,8 +296,10 @@ class BertTextTower(Tower):
     def _positions(self, ids: Tensor) -> Tensor:
         T = ids.shape[1]
         if self._roberta_positions:
-            keep = (ids != self._padding_idx).long()
-            return torch.cumsum(keep, 1) * keep + self._padding_idx
+            pad = self._padding_idx
+            assert pad is not None, "RoBERTa embeddings carry their padding_idx"
+            keep = ids.ne(pad).long()
+            return torch.cumsum(keep, 1) * keep + pad
         return torch.arange(T, device=ids.device)[None].expand(ids.shape[0], T)
 
     def stem(self, x: TextBatch, inputs_embeds: Tensor | None = None) -> Tensor:
@@ -333,9 +336,9 @@ class HFAdapter(DualEncoder):
     """Shared parts of the transformers adapters: the model, its processor's normalisation, the
     tokenizer, the logit scale and bias."""
 
-    def __init__(self, model: nn.Module, name: str):
+    def __init__(self, model: Any, name: str):
         super().__init__()
-        self.model = model
+        self.model: Any = model  # a transformers model
         self.name = name
         self._tok: TokenizerSpec
 
@@ -352,8 +355,10 @@ class HFAdapter(DualEncoder):
             m, sd = [float(v) for v in ip.image_mean], [float(v) for v in ip.image_std]
         else:
             m, sd = [0.0] * 3, [1.0] * 3
-        self.mean = tuple((o + mi) / a for mi in m)
-        self.std = tuple(si / a for si in sd)
+        if len(m) != 3 or len(sd) != 3:
+            raise ModelLoadError(f"the processor's image_mean / image_std must give 3 channels, got {m} / {sd}")
+        self.mean = ((o + m[0]) / a, (o + m[1]) / a, (o + m[2]) / a)
+        self.std = (sd[0] / a, sd[1] / a, sd[2] / a)
 
     def tokenize(self, texts) -> TextBatch:
         return self._tok(texts, device=self.device)

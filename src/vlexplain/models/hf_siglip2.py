@@ -56,7 +56,8 @@ def naflex_size(height: int, width: int, patch: int, max_num_patches: int) -> tu
         get_image_size_for_max_num_patches,
     )
 
-    return tuple(get_image_size_for_max_num_patches(height, width, patch, max_num_patches))  # type: ignore[return-value]
+    h, w = get_image_size_for_max_num_patches(height, width, patch, max_num_patches)
+    return h, w
 
 
 class Siglip2VisionTower(Tower):
@@ -69,11 +70,12 @@ class Siglip2VisionTower(Tower):
     modality = "image"
     kind = "vit"
     num_prefix_tokens = 0
+    grid: tuple[int, int]  # always set: the adapter fixes the patch grid
 
-    def __init__(self, vision_model: nn.Module, grid: tuple[int, int]):
+    def __init__(self, vision_model: Any, grid: tuple[int, int]):
         super().__init__()
-        self.vm = vision_model
-        cfg = vision_model.config
+        self.vm: Any = vision_model  # a transformers vision model
+        cfg = self.vm.config
         self.patch = int(cfg.patch_size)
         self.num_heads = cfg.num_attention_heads
         self.grid = grid
@@ -118,8 +120,8 @@ def template_tokenizer(tok: Any, context_length: int) -> TokenizerSpec:
     body = tok("a photo", add_special_tokens=False)["input_ids"]
     full = tok("a photo")["input_ids"]
     k = next((i for i in range(len(full) - len(body) + 1) if full[i : i + len(body)] == body), None)
-    prefix, suffix = (full[:k], full[k + len(body):]) if k is not None else (None, None)
-    if prefix is None or len(prefix) > 1 or len(suffix) > 1:
+    prefix, suffix = (full[:k], full[k + len(body):]) if k is not None else ([], [])
+    if k is None or len(prefix) > 1 or len(suffix) > 1:
         raise ModelLoadError(f"cannot read where {type(tok).__name__} puts its special tokens ({full} around {body})")
     pad = tok.pad_token_id if tok.pad_token_id is not None else (suffix or prefix or [0])[0]
     return TokenizerSpec(
@@ -141,7 +143,7 @@ class Siglip2TextTower(HFTextTower):
     """SigLIP 2 text tower: bidirectional, padding masked when the tokenizer marks it, pooled at the
     last position (the last real token under left padding)."""
 
-    def __init__(self, text_model: nn.Module):
+    def __init__(self, text_model: Any):
         super().__init__(text_model, None, siglip=True)
 
     def block(self, i: int, h: Tensor, x: Any, need_attn: bool = False, rows: Tensor | None = None):
@@ -163,7 +165,7 @@ class Siglip2DualEncoder(HFAdapter):
         aspect: (height, width) of typical photos: the input size the processor would choose.
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any = None, processor: Any = None, name: str = "hf",
+    def __init__(self, model: Any, tokenizer: Any = None, processor: Any = None, name: str = "hf",
                  input_size: tuple[int, int] | None = None, aspect: tuple[int, int] | None = None):
         super().__init__(model, name)
         vcfg, tcfg = model.config.vision_config, model.config.text_config
