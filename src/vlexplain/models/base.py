@@ -196,9 +196,9 @@ class Tower(nn.Module):
                 break
             h, attn = self.block(i, h, x, need_attn=need_attn and self.has_attention)
             if on_block is not None:
-                out = on_block(i, h, attn)
-                if out is not None:
-                    h = out
+                new = on_block(i, h, attn)
+                if new is not None:
+                    h = new
             if stop is not None and i == stop:
                 return h
         return self.head(h, x)

@@ -38,10 +38,11 @@ class EfficientNetTower(Tower):
     kind = "cnn"
     has_attention = False
     num_prefix_tokens = 0
+    class_embeddings: Tensor
 
-    def __init__(self, net: nn.Module, class_embeddings: Tensor):
+    def __init__(self, net: Any, class_embeddings: Tensor):
         super().__init__()
-        self.net = net
+        self.net: Any = net  # timm's efficientnet_lite0
         self.register_buffer("class_embeddings", class_embeddings)  # (1000, 384), unit norm
 
     @property
@@ -54,7 +55,9 @@ class EfficientNetTower(Tower):
     def stem(self, x: Tensor, inputs_embeds: Tensor | None = None) -> Tensor:
         return self.net.bn1(self.net.conv_stem(x))
 
-    def block(self, i: int, h: Tensor, x: Any, need_attn: bool = False):
+    def block(self, i: int, h: Tensor, x: Any, need_attn: bool = False,
+              rows: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        # rows is never passed: pooled_positions is None (the head pools the whole map)
         return self.net.blocks[i](h), None
 
     def class_logits(self, h: Tensor) -> Tensor:
@@ -77,9 +80,9 @@ class MiniLMTower(Tower):
     modality = "text"
     kind = "text"
 
-    def __init__(self, bert: nn.Module):
+    def __init__(self, bert: Any):
         super().__init__()
-        self.bert = bert
+        self.bert: Any = bert  # a transformers BertModel
         self.num_heads = bert.config.num_attention_heads
 
     @property
@@ -101,7 +104,9 @@ class MiniLMTower(Tower):
         typ = e.token_type_embeddings(torch.zeros_like(x.ids))
         return e.dropout(e.LayerNorm(inputs_embeds + pos + typ))
 
-    def block(self, i: int, h: Tensor, x: TextBatch, need_attn: bool = False):
+    def block(self, i: int, h: Tensor, x: TextBatch, need_attn: bool = False,
+              rows: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        # rows is never passed: pooled_positions is None (mean pooling reads every token)
         layer = self.bert.encoder.layer[i]
         sa = layer.attention.self
         mask = padding_mask(x.attention_mask, h.dtype)
@@ -130,7 +135,9 @@ def _cache_dir() -> Path:
 class OfflineDualEncoder(DualEncoder):
     """The built-in real, pretrained, training-free dual encoder (see module docstring)."""
 
-    def __init__(self, image_net: nn.Module, bert: nn.Module, tokenizer: Any, class_embeddings: Tensor | None = None):
+    image: EfficientNetTower
+
+    def __init__(self, image_net: Any, bert: Any, tokenizer: Any, class_embeddings: Tensor | None = None):
         super().__init__()
         self.name = "offline"
         self.input_size = (224, 224)

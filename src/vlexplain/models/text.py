@@ -66,8 +66,8 @@ class TokenizerSpec:
                 body = body[:room]
             else:
                 dropped.append("")
-            ids = ([self.sos_id] if self.sos_id is not None else []) + body + ([self.eos_id] if self.eos_id is not None else [])
-            rows.append(ids)
+            row = ([self.sos_id] if self.sos_id is not None else []) + body + ([self.eos_id] if self.eos_id is not None else [])
+            rows.append(row)
         T = self.context_length if self.pad_to_context else max(len(r) for r in rows)
         B = len(rows)
         ids = torch.full((B, T), self.pad_id, dtype=torch.long)
