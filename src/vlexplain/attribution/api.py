@@ -113,7 +113,7 @@ def explain(
     if sides is None:
         sides = [s for s in SIDES if cls.why_not(model, s) is None]
         if not sides:
-            raise MethodError(_not_applicable(cls, model))
+            raise MethodError(not_applicable(cls, model))
     for s in sides:
         why = cls.why_not(model, s)
         if why is not None:
@@ -196,5 +196,9 @@ def _applicable_list(model: DualEncoder, side: str) -> str:
     return f"methods that apply to the {side} side of this model: {', '.join(ok)}"
 
 
-def _not_applicable(cls, model: DualEncoder) -> str:
-    return f"{cls.name} does not apply to this model; " + _applicable_list(model, "image")
+def not_applicable(cls, model: DualEncoder) -> str:
+    """One line for a method that applies to neither side: why, side by side, and what applies instead."""
+    why = "; ".join(f"{s} side: {cls.why_not(model, s)}" for s in ("image", "text"))
+    return f"{cls.name} does not apply to this model ({why}); " + "; ".join(
+        _applicable_list(model, s) for s in ("image", "text")
+    )

@@ -118,7 +118,9 @@ def _check_methods(model: Any, methods: Sequence[str]) -> None:
     for m in methods:
         cls = get_method(m)
         if all(cls.why_not(model, s) is not None for s in ("image", "text")):
-            raise MethodError(f"{m} does not apply to this model ({cls.why_not(model, 'image')})")
+            from ..attribution.api import not_applicable
+
+            raise MethodError(not_applicable(cls, model))
 
 
 def _prepare_dir(out: Path, cfg: EvalConfig, resume: bool) -> None:
@@ -136,7 +138,10 @@ def _prepare_dir(out: Path, cfg: EvalConfig, resume: bool) -> None:
             keys = sorted(k for k in set(od) | set(nd) if od.get(k) != nd.get(k))
             diff[diff.index("data")] = f"data ({', '.join(keys)})"
         if diff:
-            raise InputError(f"cannot resume {out}: the configuration differs in {', '.join(diff)}")
+            raise InputError(
+                f"cannot resume {out}: the configuration differs in {', '.join(diff)}; resume with the "
+                "options of the first run, or start a new run (another --out, or drop --resume to replace it)"
+            )
         from .identity import describe_change
 
         change = describe_change(old.get("data_identity"), new["data_identity"], cfg.shard_size, cfg.num_samples)
