@@ -1,8 +1,8 @@
 """The table of supported model families.
 
 One entry per family of dual encoders that vlexplain explains (OpenCLIP ViT, OpenCLIP
-ModifiedResNet, transformers CLIP, SigLIP 2, ...). Each family module registers its entries with
-:func:`register_family`; the contract tests iterate over :func:`families` (building each family's
+ModifiedResNet, transformers CLIP, SigLIP 2, ...). Each family module registers its entries
+with :func:`register_family`; the contract tests iterate over :func:`families` (building each family's
 tiny random-weight model offline), and ``vlexplain models`` and the README's table are generated
 from it, so the list of what is supported cannot drift from the code.
 
