@@ -25,18 +25,20 @@ def average_gradients(params: Sequence[torch.nn.Parameter], mean: Callable[[Tens
             work in place), e.g. accelerate's ``reduce(t, reduction="mean")``.
         bucket: elements per bucket.
     """
+    grads: list[Tensor] = []
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    buckets: list[list[torch.nn.Parameter]] = []
+        grads.append(p.grad)
+    buckets: list[list[Tensor]] = []
     size = 0
-    for p in params:
-        if not buckets or p.grad.dtype != buckets[-1][0].grad.dtype or size >= bucket:
+    for g in grads:
+        if not buckets or g.dtype != buckets[-1][0].dtype or size >= bucket:
             buckets.append([])
             size = 0
-        buckets[-1].append(p)
-        size += p.numel()
+        buckets[-1].append(g)
+        size += g.numel()
     for group in buckets:
-        flat = mean(torch.cat([q.grad.reshape(-1) for q in group]))
-        for q, g in zip(group, flat.split([q.numel() for q in group])):
-            q.grad.copy_(g.view_as(q.grad))
+        flat = mean(torch.cat([g.reshape(-1) for g in group]))
+        for g, part in zip(group, flat.split([g.numel() for g in group])):
+            g.copy_(part.view_as(g))

@@ -34,8 +34,8 @@ def _skimage(name: str) -> Callable[[], np.ndarray]:
 def _grace_hopper() -> np.ndarray:
     from matplotlib import cbook
 
-    with cbook.get_sample_data("grace_hopper.jpg") as f:
-        return np.asarray(Image.open(f).convert("RGB"))
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as im:
+        return np.asarray(im.convert("RGB"))
 
 
 # name -> (loader, class text)

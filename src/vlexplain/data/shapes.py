@@ -390,7 +390,8 @@ class Scene:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         self.pil().save(d / "image.png")
-        np.savez_compressed(d / "masks.npz", **{k.replace("/", "__"): v for k, v in self.masks().items()})
+        arrays: dict[str, Any] = {k.replace("/", "__"): v for k, v in self.masks().items()}
+        np.savez_compressed(d / "masks.npz", **arrays)
         (d / "ground_truth.json").write_text(json.dumps(self.ground_truth(), indent=1) + "\n")
         return d
 

@@ -98,7 +98,7 @@ class ShapesClassDataset(torch.utils.data.Dataset):
         m = self.scene(i).text_masks().get(descriptor)
         if m is None:
             return None
-        return _to_input(m, tuple(size))
+        return _to_input(m, (size[0], size[1]))
 
 
 def _to_input(mask: np.ndarray, size: tuple[int, int]) -> Tensor:

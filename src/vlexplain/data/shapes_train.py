@@ -185,7 +185,7 @@ def random_shift(x: Tensor, shift: int, gen: torch.Generator | None = None) -> T
     return out.permute(0, 3, 1, 2).contiguous()
 
 
-def _embed(model: nn.Module, pixels: Tensor | None = None, ids: Tensor | None = None, am: Tensor | None = None,
+def _embed(model: Any, pixels: Tensor | None = None, ids: Tensor | None = None, am: Tensor | None = None,
            keep: Tensor | None = None) -> Tensor:
     """Unit-norm embeddings of images or texts; ``keep`` (B, k) patch indices: the image tower sees
     only those patch tokens (and the class token), after position embeddings are added."""
@@ -363,7 +363,11 @@ def _train(rank: int, world: int, dist: Any, minutes: float, out_dir: str, seed:
     sync = _GradSync(params, dist, world) if world > 1 else None
     rows: list[dict[str, Any]] = []
     step, last_save = 0, time.time()
-    keep = lambda: lead and step and _save(model, out, vocab, cfg, rows, seed, world)  # noqa: E731
+
+    def keep() -> None:
+        if lead and step:
+            _save(model, out, vocab, cfg, rows, seed, world)
+
     with _progress(progress and lead) as bar, track("steps", max_steps, resume=None) as work, on_interrupt(keep):
         task = bar.add_task("training", total=budget, loss=float("nan"), acc=float("nan"), multi=float("nan"))
         while True:
@@ -489,7 +493,7 @@ def ranking_loss(logits: Tensor, present: Tensor) -> Tensor:
     return per[present].mean()
 
 
-def _step(model: nn.Module, opt: torch.optim.Optimizer, pool: _Pool, text_batch, batch_size: int,
+def _step(model: Any, opt: Optimizers | torch.optim.Optimizer, pool: _Pool, text_batch, batch_size: int,
           cat_cols: Tensor | None = None, rank_weight: float = 0.0, sync: _GradSync | None = None,
           bias: Tensor | None = None, token_drop: float = 0.0) -> float:
     x, truth, chosen = pool.batch(min(batch_size, len(pool.object_texts)))
@@ -530,7 +534,7 @@ def _progress(enabled: bool):
     )
 
 
-def _save(model: nn.Module, out: Path, vocab: list[str], cfg: ShapesCLIPConfig, rows: list, seed: int,
+def _save(model: Any, out: Path, vocab: list[str], cfg: ShapesCLIPConfig, rows: list, seed: int,
           processes: int = 1) -> None:
     model.save_pretrained(str(out), safe_serialization=True)
     (out / "vocab.json").write_text(json.dumps({"tokens": vocab}) + "\n")

@@ -11,6 +11,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -34,7 +36,7 @@ def low_rank_factors(m: Tensor, rank: int) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
-def structured_init(vision: nn.Module, qk: tuple[float, float] = (0.7, 0.7), vo: tuple[float, float] = (0.4, 0.4)) -> None:
+def structured_init(vision: Any, qk: tuple[float, float] = (0.7, 0.7), vo: tuple[float, float] = (0.4, 0.4)) -> None:
     """Start a CLIP image tower the way small vision transformers learn fastest from scratch.
 
     - position embeddings: fixed 2-D sine-cosine codes (the class token's: zero), still trained;
