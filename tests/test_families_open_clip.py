@@ -154,6 +154,15 @@ def test_pool_none_is_refused():
         vx.load_model(tiny_text_pool("none"))
 
 
+def test_eos_pooling_without_eos_id_is_refused():
+    from vlexplain.models.open_clip import tiny_text_pool
+
+    model = tiny_text_pool("eos")
+    model.text.eos_id = None
+    with pytest.raises(ModelLoadError, match="eos_id"):
+        vx.load_model(model)
+
+
 @pytest.mark.parametrize("pooler", ["cls_pooler", "mean_pooler"])
 def test_hf_text_encoder_bert(pooler):
     from vlexplain.models.open_clip import minilm_tokenizer, tiny_hf_text
