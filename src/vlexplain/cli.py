@@ -99,7 +99,7 @@ def _main(argv: list[str] | None) -> int:
     except Exception as e:  # click usage errors and the like
         usage, abort = _click_exceptions()
         if isinstance(e, usage):
-            e.show()  # names the option and its allowed range
+            e.show()  # type: ignore[attr-defined]  # click usage errors name the option and its range
             return 2
         if isinstance(e, abort):
             return 1

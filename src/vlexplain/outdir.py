@@ -70,7 +70,8 @@ class FolderClaim:
     """
 
     def __init__(self, out: Path, flag: str = "--out"):
-        self.out, self.flag, self.fd = out, flag, None
+        self.out, self.flag = out, flag
+        self.fd: int | None = None  # the lock file, while the folder is claimed
         full = Path(os.path.abspath(out))  # "." and "runs/.." get a real folder name
         self.path = full.parent / f".{full.name or 'root'}{LOCK_SUFFIX}"
 

@@ -89,7 +89,7 @@ def register(app: typer.Typer) -> None:
             else:
                 sides = []
                 for s in ("image", "text"):
-                    why = cls.why_not(m, s)  # type: ignore[arg-type]
+                    why = cls.why_not(m, s)
                     sides.append("yes" if why is None else f"no: {why}")
             t.add_row(name, method_group(cls), sides[0], sides[1], cls.summary)
         con = Console()

@@ -36,7 +36,7 @@ def _needs(key: str) -> str:
 def scan(ds: Any, limit: int | None) -> tuple[int, dict[str, int]]:
     """(number of pairs, ground-truth key -> pairs that have it): one text-only pass that also
     validates every line. Keys: ``masks`` (boxes or a mask) and the rows' extra fields."""
-    n, have = 0, {}
+    n, have = 0, dict[str, int]()
     for row in ds.rows():
         if limit is not None and n >= limit:
             break

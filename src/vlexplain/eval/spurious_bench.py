@@ -78,7 +78,8 @@ def make_spurious_data(out_dir: str | os.PathLike, models: dict[str, Any], n: in
     d = Path(out_dir)
     for sub in ("images", "masks", "cue_masks"):
         (d / sub).mkdir(parents=True, exist_ok=True)
-    rows, with_cue, without, caps, badged = [], [], [], [], []
+    rows: list[dict] = []
+    with_cue, without, caps, badged = [], [], [], []
     seeds = spurious_seeds(n, seed)
     plain = {s: render_cue_scene(s, "none", size=size) for s in seeds}
     for g in GROUPS:
