@@ -76,9 +76,11 @@ def fingerprint(mb: int) -> None:
         after = timed(lambda: identity.data_files_digest(d))
     finally:
         shutil.rmtree(d.parent)
-    print(f"run fingerprint, {n_shards} shards ({total:.0f} MB): content hash {before[0] * 1e3:.0f} ms CPU "
-          f"({before[1] * 1e3:.0f} ms wall), size + mtime {after[0] * 1e3:.2f} ms CPU ({after[1] * 1e3:.2f} ms wall) "
-          f"-> {before[0] / max(after[0], 1e-6):.0f}x less CPU")
+    print(
+        f"run fingerprint, {n_shards} shards ({total:.0f} MB): content hash {before[0] * 1e3:.0f} ms CPU "
+        f"({before[1] * 1e3:.0f} ms wall), size + mtime {after[0] * 1e3:.2f} ms CPU ({after[1] * 1e3:.2f} ms wall) "
+        f"-> {before[0] / max(after[0], 1e-6):.0f}x less CPU"
+    )
 
 
 def main() -> None:
@@ -107,8 +109,10 @@ def main() -> None:
     mb = sum(map(len, pngs)) / 2**20
     tar = _cpu(lambda: sum(1 for _ in open_pairs(d / "plain.tar").rows()))
     gz = _cpu(lambda: sum(1 for _ in open_pairs(d / "packed.tar.gz").rows()))
-    print(f"webdataset, {a.n} pairs ({mb:.0f} MB of PNG): list .tar {tar * 1e3:.0f} ms CPU, .tar.gz {gz * 1e3:.0f} ms "
-          f"CPU -> the header-only listing is {gz / tar:.1f}x cheaper")
+    print(
+        f"webdataset, {a.n} pairs ({mb:.0f} MB of PNG): list .tar {tar * 1e3:.0f} ms CPU, .tar.gz {gz * 1e3:.0f} ms "
+        f"CPU -> the header-only listing is {gz / tar:.1f}x cheaper"
+    )
     try:
         import datasets
     except ImportError:
@@ -125,8 +129,10 @@ def main() -> None:
     saved = datasets.load_from_disk(str(d / "saved"))
     ours = _cpu(lambda: sum(1 for _ in open_pairs(d / "saved").rows()))
     decoding = _cpu(lambda: sum(1 for i in range(len(saved)) if saved[i]["image"].load() is not None or True))
-    print(f"saved HF dataset, {a.n} pairs: list without decoding {ours * 1e3:.0f} ms CPU, decoding every image "
-          f"{decoding * 1e3:.0f} ms CPU -> {decoding / ours:.1f}x cheaper")
+    print(
+        f"saved HF dataset, {a.n} pairs: list without decoding {ours * 1e3:.0f} ms CPU, decoding every image "
+        f"{decoding * 1e3:.0f} ms CPU -> {decoding / ours:.1f}x cheaper"
+    )
 
 
 if __name__ == "__main__":

@@ -48,7 +48,8 @@ def dominant(model, grids) -> np.ndarray:
         cells = [g.image.crop((x, y, x + w, y + h)) for x, y, w, h in boxes]
         with torch.no_grad():
             e = torch.nn.functional.normalize(
-                model.encode_image(torch.stack([model.preprocess(x) for x in [g.image] + cells])), dim=-1)
+                model.encode_image(torch.stack([model.preprocess(x) for x in [g.image] + cells])), dim=-1
+            )
         out.append(int((e[1:] @ e[0]).argmax()))
     return np.array(out)
 
@@ -57,8 +58,15 @@ def score(model, grids, query: np.ndarray, method: str, **opts) -> tuple[np.ndar
     """Per grid: the queried cell's share of the positive mass (the benchmark's grid pointing game;
     NaN for a map without positive mass), and whether it holds the most."""
     n = len(grids)
-    exps = vx.explain(model, [g.image for g in grids], [g.text for g in grids], method=method,
-                      seed=[pair_seed(0, i) for i in range(n)], sides=["image"], **opts)
+    exps = vx.explain(
+        model,
+        [g.image for g in grids],
+        [g.text for g in grids],
+        method=method,
+        seed=[pair_seed(0, i) for i in range(n)],
+        sides=["image"],
+        **opts,
+    )
     maps = torch.stack([e.image_map.float() for e in exps])
     share = grid_pointing_game(maps, torch.from_numpy(query), 2).numpy()
     return share, (cell_masses(maps, 2).argmax(1).numpy() == query).astype(float)
@@ -73,15 +81,19 @@ def main(n: int = 48) -> None:
     print(f"{'method':<22}{'mass':>7}{'top cell':>10}   {'dominant: mass / top':>22}   {'other: mass / top':>19}")
     for m in METHODS:
         share, top = score(model, grids, query, m, **BENCHMARK_METHOD_OPTIONS["grids"].get(m, {}))
-        print(f"{m:<22}{np.nanmean(share):>7.3f}{top.mean():>10.3f}   "
-              f"{np.nanmean(share[is_dom]):>13.3f} / {top[is_dom].mean():.3f}   "
-              f"{np.nanmean(share[~is_dom]):>10.3f} / {top[~is_dom].mean():.3f}")
+        print(
+            f"{m:<22}{np.nanmean(share):>7.3f}{top.mean():>10.3f}   "
+            f"{np.nanmean(share[is_dom]):>13.3f} / {top[is_dom].mean():.3f}   "
+            f"{np.nanmean(share[~is_dom]):>10.3f} / {top[~is_dom].mean():.3f}"
+        )
     tower = model.image
     with torch.no_grad():
         px = torch.stack([model.preprocess(g.image) for g in grids])
         p_max = tower.class_logits(tower.encode(px, stop=tower.num_blocks - 1)).softmax(-1).amax(-1).numpy()
-    print(f"largest class probability per grid: min {p_max.min():.3f}, median {np.median(p_max):.3f}, "
-          f"max {p_max.max():.3f}")
+    print(
+        f"largest class probability per grid: min {p_max.min():.3f}, median {np.median(p_max):.3f}, "
+        f"max {p_max.max():.3f}"
+    )
     for layer in range(tower.num_blocks):
         share, top = score(model, grids, query, "gradcam", image_layer=layer)
         print(f"gradcam at stage {layer}: mass {np.nanmean(share):.3f}, top cell {top.mean():.3f}")

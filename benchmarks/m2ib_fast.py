@@ -40,17 +40,24 @@ SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
     "m2ib_fast defaults (image 2 / text 6 antithetic)": ("m2ib_fast", {}),
 }
 # photo -> two captions of 4+ tokens (the offline model and the random ViT-B/32 explain each photo with both)
-PHOTOS = {"chelsea": ("a photo of a cat", "a cat lying on a blanket"),
-          "coffee": ("a cup of coffee", "a cup of coffee on a saucer next to a spoon"),
-          "rocket": ("a rocket in the sky", "a rocket launching into the sky with smoke"),
-          "astronaut": ("a picture of an astronaut", "a portrait of an astronaut with a flag"),
-          "grace_hopper": ("a woman in uniform", "a woman in a navy uniform and a tie"),
-          "camera": ("a photographer with a camera", "a man with a camera on a tripod in a field"),
-          "clock": ("a clock on a wall", "an old clock on the wall of a room"),
-          "coins": ("a pile of coins", "a collection of old coins on a table")}
+PHOTOS = {
+    "chelsea": ("a photo of a cat", "a cat lying on a blanket"),
+    "coffee": ("a cup of coffee", "a cup of coffee on a saucer next to a spoon"),
+    "rocket": ("a rocket in the sky", "a rocket launching into the sky with smoke"),
+    "astronaut": ("a picture of an astronaut", "a portrait of an astronaut with a flag"),
+    "grace_hopper": ("a woman in uniform", "a woman in a navy uniform and a tie"),
+    "camera": ("a photographer with a camera", "a man with a camera on a tripod in a field"),
+    "clock": ("a clock on a wall", "an old clock on the wall of a room"),
+    "coins": ("a pile of coins", "a collection of old coins on a table"),
+}
 #: the rows of ``--quick`` (for a loaded machine)
-QUICK = ["m2ib (10 i.i.d. draws), other seeds", "3 i.i.d.", "4 antithetic (2 pairs)", "2 antithetic (1 pair)",
-         "m2ib_fast defaults (image 2 / text 6 antithetic)"]
+QUICK = [
+    "m2ib (10 i.i.d. draws), other seeds",
+    "3 i.i.d.",
+    "4 antithetic (2 pairs)",
+    "2 antithetic (1 pair)",
+    "m2ib_fast defaults (image 2 / text 6 antithetic)",
+]
 DEFAULT_PAIRS = {"offline": 16, "vitb32": 16, "shapes": 64}
 REF_SEED, OTHER_SEED = 0, 1000
 
@@ -111,8 +118,11 @@ def bench_model(name: str, n: int, n1: int, batch: int, settings: dict[str, tupl
     vx.explain(model, images[0], texts[0], method="m2ib", steps=2, num_samples=1)  # warm-up
     refs, ref_cpu = run(model, images, texts, "m2ib", {}, REF_SEED, batch)
     _, ref_cpu1 = run(model, images[:n1], texts[:n1], "m2ib", {}, REF_SEED, 1)
-    rows = {"m2ib (reference seeds)": dict(cpu_b8=ref_cpu, cpu_b1=ref_cpu1, r_image=1.0, r_text=1.0, se_image=0.0,
-                                           se_text=0.0)}
+    rows = {
+        "m2ib (reference seeds)": dict(
+            cpu_b8=ref_cpu, cpu_b1=ref_cpu1, r_image=1.0, r_text=1.0, se_image=0.0, se_text=0.0
+        )
+    }
     for label, (method, opts) in settings.items():
         exps, cpu = run(model, images, texts, method, opts, OTHER_SEED, batch)
         _, cpu1 = run(model, images[:n1], texts[:n1], method, opts, OTHER_SEED, 1)
@@ -123,20 +133,26 @@ def bench_model(name: str, n: int, n1: int, batch: int, settings: dict[str, tupl
 
 def table(name: str, rows: dict[str, dict[str, float]]) -> str:
     ref = rows["m2ib (reference seeds)"]
-    out = [f"\n{name}: CPU s per pair (image + text map) and mean Pearson r (+- standard error) with m2ib's maps",
-           "| estimator | CPU s/pair b8 | cheaper b8 | CPU s/pair b1 | cheaper b1 | r image | r text |",
-           "|---|---|---|---|---|---|---|"]
+    out = [
+        f"\n{name}: CPU s per pair (image + text map) and mean Pearson r (+- standard error) with m2ib's maps",
+        "| estimator | CPU s/pair b8 | cheaper b8 | CPU s/pair b1 | cheaper b1 | r image | r text |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for label, r in rows.items():
-        out.append(f"| {label} | {r['cpu_b8']:.3f} | {ref['cpu_b8'] / r['cpu_b8']:.1f}x | {r['cpu_b1']:.3f} | "
-                   f"{ref['cpu_b1'] / r['cpu_b1']:.1f}x | {r['r_image']:.4f} +- {r['se_image']:.4f} | "
-                   f"{r['r_text']:.4f} +- {r['se_text']:.4f} |")
+        out.append(
+            f"| {label} | {r['cpu_b8']:.3f} | {ref['cpu_b8'] / r['cpu_b8']:.1f}x | {r['cpu_b1']:.3f} | "
+            f"{ref['cpu_b1'] / r['cpu_b1']:.1f}x | {r['r_image']:.4f} +- {r['se_image']:.4f} | "
+            f"{r['r_text']:.4f} +- {r['se_text']:.4f} |"
+        )
     return "\n".join(out)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="offline,shapes,vitb32")
-    ap.add_argument("--pairs", type=int, default=None, help="pairs per model (default: offline 16, vitb32 16, shapes 64)")
+    ap.add_argument(
+        "--pairs", type=int, default=None, help="pairs per model (default: offline 16, vitb32 16, shapes 64)"
+    )
     ap.add_argument("--batch1-pairs", type=int, default=4, help="pairs timed one at a time")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)

@@ -29,9 +29,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-import vlexplain as vx  # noqa: E402
-from m2ib_module_reference import reference_m2ib_module  # noqa: E402
-from test_m2ib import reference_m2ib  # noqa: E402  (the literal reference lives in the tests)
+from m2ib_module_reference import reference_m2ib_module
+from test_m2ib import reference_m2ib
+
+import vlexplain as vx
 
 TEXTS = ["a photo of a cat", "a red car parked on the street", "two dogs playing in the snow", "a bowl of soup"]
 
@@ -92,8 +93,8 @@ def time_reference(raw, model, n_pairs: int, device: str) -> tuple[float, float]
 def time_reference_module(raw, model, n_pairs: int, device: str, steps: int) -> tuple[float, float]:
     """Seconds per pair of the module-hook reference (OpenCLIP towers), the model's own encoders."""
     g = torch.Generator().manual_seed(0)
-    enc_i = lambda x: raw.encode_image(x, normalize=False)  # noqa: E731
-    enc_t = lambda t: raw.encode_text(t, normalize=False)  # noqa: E731
+    enc_i = lambda x: raw.encode_image(x, normalize=False)
+    enc_t = lambda t: raw.encode_text(t, normalize=False)
     with _Clock() as c:
         for k in range(n_pairs):
             px = torch.randn(1, 3, *model.input_size, generator=g).to(device)
@@ -103,8 +104,9 @@ def time_reference_module(raw, model, n_pairs: int, device: str, steps: int) -> 
                 tower = model.tower(modality)
                 module = tower.block_modules()[tower.default_layer()]
                 n_real = int(tb.attention_mask.sum()) if modality == "text" else None
-                reference_m2ib_module(enc, other, module, x, xo, beta=0.1, steps=steps, lr=1.0, S=10, seed=0,
-                                      n_real=n_real)
+                reference_m2ib_module(
+                    enc, other, module, x, xo, beta=0.1, steps=steps, lr=1.0, S=10, seed=0, n_real=n_real
+                )
             for p in raw.parameters():  # the reference leaves gradients in the model, as released
                 p.grad = None
         _sync(device)
@@ -171,7 +173,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--pairs", type=int, default=2, help="pairs for the reference and fast batch-1 timing")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast for the fast version (CUDA)")
-    ap.add_argument("--models", default="vit-b-32,rn50,siglip-b-16", help="comma-separated: vit-b-32, rn50, siglip-b-16")
+    ap.add_argument(
+        "--models", default="vit-b-32,rn50,siglip-b-16", help="comma-separated: vit-b-32, rn50, siglip-b-16"
+    )
     ap.add_argument("--steps", type=int, default=10, help="optimisation steps, the same for both (paper: 10)")
     ap.add_argument("--batches", default="1,8,32", help="batch sizes for the fast version")
     ap.add_argument("--out", default=str(Path(__file__).with_name("m2ib_speed.json")))
@@ -179,9 +183,12 @@ def main() -> None:
     a.batches = [int(b) for b in a.batches.split(",")]
     models = a.models.split(",")
     if models != ["vit-b-32"] or a.steps != 10 or a.batches != [1, 8, 32]:
-        res = {"device": a.device if a.device != "cpu" else f"cpu ({torch.get_num_threads()} threads)",
-               "clock": "wall" if a.device.startswith("cuda") else "process CPU seconds",
-               "steps": a.steps, "noise_draws": 10}
+        res = {
+            "device": a.device if a.device != "cpu" else f"cpu ({torch.get_num_threads()} threads)",
+            "clock": "wall" if a.device.startswith("cuda") else "process CPU seconds",
+            "steps": a.steps,
+            "noise_draws": 10,
+        }
         for name in models:
             res[name] = measure(name, a)
             print(name, json.dumps(res[name]))
@@ -213,8 +220,12 @@ def legacy(a: argparse.Namespace) -> None:
         "fast_pairs_per_s_b8": round(1 / fast8[k], 3),
         "fast_pairs_per_s_b32": round(1 / fast32[k], 3),
         "speedup_b32_vs_reference": round(ref[k] / fast32[k], 2),
-        "wall_s_per_pair": {"reference_b1": round(ref[0], 2), "fast_b1": round(fast1[0], 2),
-                            "fast_b8": round(fast8[0], 2), "fast_b32": round(fast32[0], 2)},
+        "wall_s_per_pair": {
+            "reference_b1": round(ref[0], 2),
+            "fast_b1": round(fast1[0], 2),
+            "fast_b8": round(fast8[0], 2),
+            "fast_b32": round(fast32[0], 2),
+        },
     }
     for k, v in res.items():
         print(f"{k:28s} {v}")

@@ -50,14 +50,19 @@ def main(n: int = 64, draws: int = 10) -> None:
                     d += float((score - (e * img).sum(-1)).mean()) / draws
                 drops.append(d)
             print(f"  {layer:>2}  " + "  ".join(f"{d:6.3f}" for d in drops))
-    print("M2IB (defaults otherwise) at each text layer: mean nats of 'a' and of the word, share where the word gets more")
+    print(
+        "M2IB (defaults otherwise) at each text layer: mean nats of 'a' and of the word, share where the word gets more"
+    )
     for layer in range(-1, tower.num_blocks):
-        exps = vx.explain(model, pixels, caps, method="m2ib", sides=["text"], text_layer=layer,
-                          seed=[pair_seed(0, i) for i in keep])
+        exps = vx.explain(
+            model, pixels, caps, method="m2ib", sides=["text"], text_layer=layer, seed=[pair_seed(0, i) for i in keep]
+        )
         ts = torch.stack([e.token_scores for e in exps])  # (N, 2): "a", word
         default = " (default)" if layer == tower.default_layer() else ""
-        print(f"  text_layer {layer:>2}{default}: 'a' {ts[:, 0].mean():.3f}  word {ts[:, 1].mean():.3f}  "
-              f"word first {float((ts[:, 1] > ts[:, 0]).float().mean()):.0%}")
+        print(
+            f"  text_layer {layer:>2}{default}: 'a' {ts[:, 0].mean():.3f}  word {ts[:, 1].mean():.3f}  "
+            f"word first {float((ts[:, 1] > ts[:, 0]).float().mean()):.0%}"
+        )
 
 
 if __name__ == "__main__":

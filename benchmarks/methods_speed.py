@@ -90,7 +90,9 @@ def print_table(results: dict) -> None:
         for key in ("batch_1", "batch_8"):
             v = r.get(key, {})
             cells.append(
-                f"{v['seconds_per_pair']:.3f} ({v['cpu_seconds_per_pair']:.3f})" if "seconds_per_pair" in v else "skipped"
+                f"{v['seconds_per_pair']:.3f} ({v['cpu_seconds_per_pair']:.3f})"
+                if "seconds_per_pair" in v
+                else "skipped"
             )
         b1, b8 = r.get("batch_1", {}), r.get("batch_8", {})
         sp = (
@@ -106,12 +108,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="1 pair at batch 1 and 8 pairs at batch 8")
     ap.add_argument("--pairs", type=int, default=8, help="pairs per setting without --quick (a multiple of 8)")
     ap.add_argument("--methods", nargs="*", default=None, help="methods to time (default: all registered)")
-    ap.add_argument("--budget", type=float, default=300.0,
-                    help="skip a batch-8 run predicted (from batch 1) to take longer than this many seconds")
+    ap.add_argument(
+        "--budget",
+        type=float,
+        default=300.0,
+        help="skip a batch-8 run predicted (from batch 1) to take longer than this many seconds",
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--out", default=str(Path(__file__).with_name("methods_speed.json")))
-    ap.add_argument("--update", action="store_true",
-                    help="keep the other methods' results already in --out (each entry records its own date)")
+    ap.add_argument(
+        "--update",
+        action="store_true",
+        help="keep the other methods' results already in --out (each entry records its own date)",
+    )
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)

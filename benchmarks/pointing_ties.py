@@ -59,7 +59,7 @@ def run(kind: str, n: int, methods: list[str] | None, out: Path) -> None:
     old_col = next(c for c in df.columns if c.endswith("first_argmax_pg") or c.endswith("first_argmax_pointing_game"))
     tie_col = next(c for c in df.columns if c.endswith("tied_maxima"))
     print(f"\n{kind} (n={n}, model {res.markdown.splitlines()[0] if res.markdown else ''})")
-    print(f"| method | pointing game (tie share) | first-argmax rule | change | maps with tied maxima |")
+    print("| method | pointing game (tie share) | first-argmax rule | change | maps with tied maxima |")
     print("|:---|---:|---:|---:|---:|")
     for m, g in df.groupby("method", sort=False):
         new, old = g[new_col].astype(float).mean(), g[old_col].astype(float).mean()

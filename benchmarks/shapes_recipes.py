@@ -70,8 +70,10 @@ def main() -> None:
     root = Path(args.out or tempfile.mkdtemp(prefix="shapes-recipes-"))
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
-    procs = [ctx.Process(target=_run, args=(r, args.minutes, str(root / f"recipe{i}"), args.seed, queue))
-             for i, r in enumerate(args.recipes)]
+    procs = [
+        ctx.Process(target=_run, args=(r, args.minutes, str(root / f"recipe{i}"), args.seed, queue))
+        for i, r in enumerate(args.recipes)
+    ]
     for p in procs:
         p.start()
     results = dict(queue.get() for _ in procs)
@@ -81,8 +83,10 @@ def main() -> None:
     print(f"{'recipe':<40} {'steps':>6} {'single':>7} {'multi':>7} {'vs first':>9}")
     for r in args.recipes:
         d = results[r]
-        print(f"{r or '(defaults)':<40} {d['steps']:>6} {d['category_accuracy']:>7.1%} {d['multi_ranking']:>7.1%} "
-              f"{d['multi_ranking'] / max(base, 1e-9):>8.2f}x")
+        print(
+            f"{r or '(defaults)':<40} {d['steps']:>6} {d['category_accuracy']:>7.1%} {d['multi_ranking']:>7.1%} "
+            f"{d['multi_ranking'] / max(base, 1e-9):>8.2f}x"
+        )
     print(f"models in {root}")
 
 

@@ -112,7 +112,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--train-n", type=int, default=3000)
-    ap.add_argument("--p", type=float, default=0.98, help="badge probability of the fine-tuning data (testbed:spurious's)")
+    ap.add_argument(
+        "--p", type=float, default=0.98, help="badge probability of the fine-tuning data (testbed:spurious's)"
+    )
     ap.add_argument("--n", type=int, default=300, help="held-out scenes per group")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--towers", nargs="+", default=["text", "both"], choices=["text", "both"])
@@ -139,25 +141,54 @@ def main() -> None:
                 def run(ls=ls, lc=lc, towers=towers, seed=seed, name=name):
                     model = vx.load_model(a.model)
                     ds = SpuriousClassDataset(a.train_n, p=a.p, split="train", transform=model.preprocess)
-                    deal_train(model, ds, concepts, a.out / name, steps=a.steps, lr=a.lr, batch_size=a.batch_size,
-                               lambda_sep=ls, lambda_con=lc, freeze_image=towers == "text", seed=seed, progress=False,
-                               resume=False, save_every=10**9, tensorboard=False,
-                               category_template=TEMPLATES.category, concept_template=TEMPLATES.concept)
+                    deal_train(
+                        model,
+                        ds,
+                        concepts,
+                        a.out / name,
+                        steps=a.steps,
+                        lr=a.lr,
+                        batch_size=a.batch_size,
+                        lambda_sep=ls,
+                        lambda_con=lc,
+                        freeze_image=towers == "text",
+                        seed=seed,
+                        progress=False,
+                        resume=False,
+                        save_every=10**9,
+                        tensorboard=False,
+                        category_template=TEMPLATES.category,
+                        concept_template=TEMPLATES.concept,
+                    )
                     return measure(model, a.n)
 
                 runs[name] = cached(name, run)
     lines = [f"Settings: {json.dumps({k: str(v) for k, v in vars(a).items()})}", ""]
     keys = list(STATS)
     pct = {k: "accuracy" in k or k in ("aligned", "absent", "conflicting", "aligned − conflicting") for k in keys}
-    lines += ["Cells: value after fine-tuning (change from before [95 % paired bootstrap interval]); accuracies "
-              "and their changes in percent / points.", ""]
+    lines += [
+        "Cells: value after fine-tuning (change from before [95 % paired bootstrap interval]); accuracies "
+        "and their changes in percent / points.",
+        "",
+    ]
     lines += ["| run | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
-    lines.append("| before | " + " | ".join((f"{100 * STATS[k](before, np.arange(a.n)):.1f} %" if pct[k]
-                                               else f"{STATS[k](before, np.arange(a.n)):.3f}") for k in keys) + " |")
+    lines.append(
+        "| before | "
+        + " | ".join(
+            (f"{100 * STATS[k](before, np.arange(a.n)):.1f} %" if pct[k] else f"{STATS[k](before, np.arange(a.n)):.3f}")
+            for k in keys
+        )
+        + " |"
+    )
     for name, r in runs.items():
         lines.append(f"| {name} | " + " | ".join(_cell(*paired(r, before, STATS[k]), pct[k]) for k in keys) + " |")
-    lines += ["", "DEAL − control (same towers and seed; paired over images):", "",
-              "| towers, seed | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    lines += [
+        "",
+        "DEAL − control (same towers and seed; paired over images):",
+        "",
+        "| towers, seed | " + " | ".join(keys) + " |",
+        "|---|" + "---|" * len(keys),
+    ]
     for towers in a.towers:
         for seed in a.seeds:
             d, c = runs[f"{towers}_deal_s{seed}"], runs[f"{towers}_control_s{seed}"]

@@ -72,7 +72,7 @@ GENERATORS = {
 }
 
 
-def on_page_markdown(markdown: str, page, config, files) -> str:  # noqa: ARG001 (MkDocs hook signature)
+def on_page_markdown(markdown: str, page, config, files) -> str:
     for marker, make in GENERATORS.items():
         if marker in markdown:
             markdown = markdown.replace(marker, make())

@@ -1,7 +1,7 @@
 """Print the supported-families and methods tables generated from the code, or write them into README.md.
 
-    python scripts/families_table.py           # print the Markdown blocks
-    python scripts/families_table.py --write   # replace the blocks between the markers in README.md
+python scripts/families_table.py           # print the Markdown blocks
+python scripts/families_table.py --write   # replace the blocks between the markers in README.md
 """
 
 from __future__ import annotations
@@ -22,7 +22,10 @@ from vlexplain.models.family_table import (
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-BLOCKS = (("families", README_START, README_END, markdown_table), ("methods", METHODS_START, METHODS_END, methods_markdown))
+BLOCKS = (
+    ("families", README_START, README_END, markdown_table),
+    ("methods", METHODS_START, METHODS_END, methods_markdown),
+)
 
 
 def main(argv: list[str]) -> int:

@@ -51,10 +51,26 @@ def server(tmp_path_factory):
     """``vlexplain serve --model offline`` on a free port; yields its URL."""
     port = _free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": str(SERVER_THREADS),
-           "NO_PROXY": "127.0.0.1,localhost"}
-    cmd = [sys.executable, "-m", "vlexplain.cli", "serve", "--model", "offline", "--port", str(port),
-           "--max-upload-mb", str(MAX_UPLOAD_MB), "--concurrency", "2"]
+    env = {
+        **os.environ,
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "OMP_NUM_THREADS": str(SERVER_THREADS),
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "vlexplain.cli",
+        "serve",
+        "--model",
+        "offline",
+        "--port",
+        str(port),
+        "--max-upload-mb",
+        str(MAX_UPLOAD_MB),
+        "--concurrency",
+        "2",
+    ]
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"

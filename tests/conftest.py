@@ -15,10 +15,22 @@ def tiny_hf_clip(image_size: int = 64, patch: int = 16, layers: int = 3, seed: i
 
     torch.manual_seed(seed)
     cfg = CLIPConfig(
-        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
-                         vocab_size=49408, max_position_embeddings=77),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
-                           image_size=image_size, patch_size=patch),
+        text_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            vocab_size=49408,
+            max_position_embeddings=77,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            image_size=image_size,
+            patch_size=patch,
+        ),
         projection_dim=16,
     )
     return CLIPModel(cfg).eval()
@@ -29,10 +41,23 @@ def tiny_siglip(image_size: int = 64, patch: int = 16, layers: int = 3, seed: in
 
     torch.manual_seed(seed)
     cfg = SiglipConfig(
-        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
-                         vocab_size=49408, max_position_embeddings=16, projection_size=32),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
-                           image_size=image_size, patch_size=patch),
+        text_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            vocab_size=49408,
+            max_position_embeddings=16,
+            projection_size=32,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            image_size=image_size,
+            patch_size=patch,
+        ),
     )
     return SiglipModel(cfg).eval()
 

@@ -8,13 +8,24 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-POOL = ["Red crest", "Black face mask", "Short, thick bill", "Long tail feathers", "Grey wings", "Brown legs",
-        "Pale belly", "Dark eyes"]
+POOL = [
+    "Red crest",
+    "Black face mask",
+    "Short, thick bill",
+    "Long tail feathers",
+    "Grey wings",
+    "Brown legs",
+    "Pale belly",
+    "Dark eyes",
+]
 
 
 def completion(text: str) -> dict:
-    return {"id": "x", "object": "chat.completion", "choices": [
-        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}]}
+    return {
+        "id": "x",
+        "object": "chat.completion",
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+    }
 
 
 class FakeServer:

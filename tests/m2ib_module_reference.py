@@ -10,7 +10,7 @@ Used by tests/test_families_open_clip.py and benchmarks/m2ib_speed.py.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

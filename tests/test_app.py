@@ -9,8 +9,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
-from app_support import CHEAP_M2IB, _get, _open, _pick_methods, _screenshot, _upload, _wait_toast, browser, files, server  # noqa: F401 (fixtures)
+from app_support import (  # noqa: F401 (fixtures)
+    CHEAP_M2IB,
+    _get,
+    _open,
+    _pick_methods,
+    _screenshot,
+    _upload,
+    _wait_toast,
+    browser,
+    files,
+    server,
+)
 
 pytest.importorskip("gradio", reason="the web explorer needs the 'app' extra: pip install 'vlexplain[app]'")
 
@@ -55,7 +65,9 @@ def test_browser_end_to_end(server, browser, files, tmp_path):
     # the heatmap grid is an image that actually loaded, wide enough for 1 + 2 columns
     img = page.locator("#vx-grid img")
     img.wait_for(timeout=30_000)
-    natural = page.evaluate("() => { const i = document.querySelector('#vx-grid img'); return [i.naturalWidth, i.naturalHeight]; }")
+    natural = page.evaluate(
+        "() => { const i = document.querySelector('#vx-grid img'); return [i.naturalWidth, i.naturalHeight]; }"
+    )
     assert natural[0] > 500 and natural[1] > 300
 
     # token highlights: one row per text, tokens present and coloured
@@ -102,7 +114,9 @@ def test_bad_inputs_get_clear_messages_and_server_keeps_serving(server, browser,
     model = page.locator("#vx-model input")
     model.fill("no-such-model")
     model.press("Enter")
-    page.wait_for_function("document.querySelector('#vx-status').innerText.includes('Cannot load model')", timeout=60_000)
+    page.wait_for_function(
+        "document.querySelector('#vx-status').innerText.includes('Cannot load model')", timeout=60_000
+    )
     assert "unknown model 'no-such-model'" in page.locator("#vx-status").inner_text()
     assert page.locator("#vx-methods input[type=checkbox]").count() == n_methods
     model.fill("offline")
@@ -132,7 +146,11 @@ def test_serves_no_file_from_disk(server):
 
     import vlexplain
 
-    secrets = {"/etc/passwd": "root:", vlexplain.__file__: "import explain", str(Path.cwd() / "pyproject.toml"): "[project]"}
+    secrets = {
+        "/etc/passwd": "root:",
+        vlexplain.__file__: "import explain",
+        str(Path.cwd() / "pyproject.toml"): "[project]",
+    }
     for path, content in secrets.items():
         r = httpx.get(server + "gradio_api/file=" + path, timeout=10)
         assert r.status_code in (403, 404), (path, r.status_code)
@@ -147,12 +165,19 @@ def test_concurrent_requests_all_complete(server, files):
     texts = ["a cat", "a rocket", "a cup of coffee"]
 
     def one(text: str):
-        return client.predict(handle_file(str(files["cat"])), text, "offline", ["m2ib"],
-                              "m2ib.steps=1\nm2ib.num_samples=1", 0, api_name="/explain")
+        return client.predict(
+            handle_file(str(files["cat"])),
+            text,
+            "offline",
+            ["m2ib"],
+            "m2ib.steps=1\nm2ib.num_samples=1",
+            0,
+            api_name="/explain",
+        )
 
     with ThreadPoolExecutor(3) as pool:
         outs = list(pool.map(one, texts))
-    for text, (scores, grid, tokens, downloads, status) in zip(texts, outs):
+    for text, (scores, _grid, _tokens, downloads, status) in zip(texts, outs):
         assert status.startswith("Done") and text in scores
         js = next(Path(d) for d in downloads if str(d).endswith(".json"))
         data = json.loads(js.read_text())
@@ -194,7 +219,9 @@ def test_parse_texts_and_options():
         parse_texts(" \n ")
     with pytest.raises(InputError, match=f"at most {MAX_TEXTS}"):
         parse_texts("\n".join(f"t{i}" for i in range(MAX_TEXTS + 1)))
-    opts = parse_options("m2ib.steps=3\n# a comment\nm2ib.beta = 0.5\ngradcam.layer=None\nrise.x=1", ["m2ib", "gradcam"])
+    opts = parse_options(
+        "m2ib.steps=3\n# a comment\nm2ib.beta = 0.5\ngradcam.layer=None\nrise.x=1", ["m2ib", "gradcam"]
+    )
     assert opts == {"m2ib": {"steps": 3, "beta": 0.5}, "gradcam": {"layer": None}}
     assert parse_options("m2ib.name=hello", ["m2ib"]) == {"m2ib": {"name": "hello"}}
     with pytest.raises(InputError, match="method.option=value"):

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from app_support import SERVER_THREADS, _get, _open, _screenshot, _wait_toast, browser, files, server  # noqa: F401 (fixtures)
 
 pytest.importorskip("gradio", reason="the web explorer needs the 'app' extra: pip install 'vlexplain[app]'")
@@ -30,10 +29,17 @@ def _direct_concepts(model, image, cls, descriptors, templates=None) -> dict:
     dis, overlap = disentanglability(cm.concepts, cm.mask)
     prompts = [templates.concept_prompt(cls, d) for d in descriptors]
     loc, per = localizability(model, px.expand(len(descriptors), -1, -1, -1), cm.concepts[0], prompts)
-    return {"disentanglability": dis, "mean_pairwise_overlap": overlap, "localizability": loc,
-            "per": [float(x) for x in per], "scores": [float(s) for s in cm.scores[0]],
-            "prompts": [templates.category_prompt(cls)] + prompts, "px": px, "concepts": cm.concepts[0].float(),
-            "category": cm.category[0].float()}
+    return {
+        "disentanglability": dis,
+        "mean_pairwise_overlap": overlap,
+        "localizability": loc,
+        "per": [float(x) for x in per],
+        "scores": [float(s) for s in cm.scores[0]],
+        "prompts": [templates.category_prompt(cls)] + prompts,
+        "px": px,
+        "concepts": cm.concepts[0].float(),
+        "category": cm.category[0].float(),
+    }
 
 
 def _open_concepts(browser, url):
@@ -63,7 +69,9 @@ def test_browser_concepts_tab(server, browser, files, tmp_path):
 
     # the figure: the image, the category map and three concept maps side by side
     page.locator("#vx-c-figure img").wait_for(timeout=30_000)
-    w, h = page.evaluate("() => { const i = document.querySelector('#vx-c-figure img'); return [i.naturalWidth, i.naturalHeight]; }")
+    w, h = page.evaluate(
+        "() => { const i = document.querySelector('#vx-c-figure img'); return [i.naturalWidth, i.naturalHeight]; }"
+    )
     assert w > 700 and h > 550  # two rows of three panels
 
     # the numbers on the page are those of vlexplain.concepts for the same image and prompts, computed
@@ -109,7 +117,9 @@ def test_browser_concept_sets_and_bad_inputs(server, browser, tmp_path):
     # the built-in shapes world: picking a class fills its descriptors and the shapes prompts
     page.locator("#vx-c-pick input").click()
     page.get_by_role("option", name="house", exact=True).click()
-    page.wait_for_function("document.querySelector('#vx-c-status').innerText.includes('descriptors from')", timeout=30_000)
+    page.wait_for_function(
+        "document.querySelector('#vx-c-status').innerText.includes('descriptors from')", timeout=30_000
+    )
     assert page.locator("#vx-c-class input").input_value() == "house"
     assert page.locator("#vx-c-descriptors textarea").input_value().splitlines() == concept_set()["house"]
     page.get_by_text("Prompt templates and method options").click()
@@ -120,10 +130,14 @@ def test_browser_concept_sets_and_bad_inputs(server, browser, tmp_path):
     good = tmp_path / "pets.json"
     good.write_text(json.dumps({"dog": ["floppy ears", "a wet nose"], "cat": CAT_CONCEPTS}))
     page.locator("#vx-c-file input[type=file]").set_input_files(str(good))
-    page.wait_for_function("document.querySelector('#vx-c-status').innerText.includes('Read 2 classes')", timeout=30_000)
+    page.wait_for_function(
+        "document.querySelector('#vx-c-status').innerText.includes('Read 2 classes')", timeout=30_000
+    )
     page.locator("#vx-c-pick input").click()
     page.get_by_role("option", name="dog", exact=True).click()
-    page.wait_for_function("document.querySelector('#vx-c-status').innerText.includes(\"'dog': 2 descriptors\")", timeout=30_000)
+    page.wait_for_function(
+        "document.querySelector('#vx-c-status').innerText.includes(\"'dog': 2 descriptors\")", timeout=30_000
+    )
     assert page.locator("#vx-c-descriptors textarea").input_value().splitlines() == ["floppy ears", "a wet nose"]
     assert page.locator("#vx-c-category-template input").input_value() == "a photo of a {class}."
 
@@ -187,8 +201,16 @@ def test_run_concepts_equals_the_concepts_module_and_hand_metrics(offline):
     want = _direct_concepts(offline, image, "cat", CAT_CONCEPTS)
     torch.testing.assert_close(res.concepts, want["concepts"])
     torch.testing.assert_close(res.category, want["category"])
-    assert res.prompts == want["prompts"] == ["a photo of a cat.", "cat, which has pointed ears.",
-                                              "cat, which has long white whiskers.", "cat, which has striped fur."]
+    assert (
+        res.prompts
+        == want["prompts"]
+        == [
+            "a photo of a cat.",
+            "cat, which has pointed ears.",
+            "cat, which has long white whiskers.",
+            "cat, which has striped fur.",
+        ]
+    )
     # by hand: overlaps of the three pairs, the published squashing of their sum, cosine scores
     h = res.concepts.flatten(1)
     pairs = [float((h[i] * h[j]).sum()) for i in range(3) for j in range(i + 1, 3)]
@@ -232,15 +254,24 @@ def test_concept_inputs_and_files_get_clear_messages(tmp_path):
     for raw, msg in [("", "type a class name"), ("x" * 101, "limited to 100 characters")]:
         with pytest.raises(InputError, match=msg):
             parse_class(raw)
-    for raw, msg in [(" \n", "at least one descriptor of 'owl'"),
-                     ("\n".join(f"d{i}" for i in range(MAX_DESCRIPTORS + 1)), f"at most {MAX_DESCRIPTORS} descriptors"),
-                     ("yellow eyes\nYellow  eyes.", "duplicate descriptors")]:
+    for raw, msg in [
+        (" \n", "at least one descriptor of 'owl'"),
+        ("\n".join(f"d{i}" for i in range(MAX_DESCRIPTORS + 1)), f"at most {MAX_DESCRIPTORS} descriptors"),
+        ("yellow eyes\nYellow  eyes.", "duplicate descriptors"),
+    ]:
         with pytest.raises(InputError, match=msg):
             parse_descriptors(raw, "owl")
     assert parse_templates("", " ").category == "a photo of a {class}."
     assert parse_templates("a {class}", "{descriptor} of a {class}").concept_prompt("owl", "beak") == "beak of a owl"
-    for cat, con in [("a {cls}", ""), ("a {class:>999999999}", ""), ("", "{descriptor.__class__}"), ("a {", ""),
-                     ("a {0}", ""), ("", "{class!r} {descriptor}"), ("{descriptor}", "")]:
+    for cat, con in [
+        ("a {cls}", ""),
+        ("a {class:>999999999}", ""),
+        ("", "{descriptor.__class__}"),
+        ("a {", ""),
+        ("a {0}", ""),
+        ("", "{class!r} {descriptor}"),
+        ("{descriptor}", ""),
+    ]:
         with pytest.raises(InputError, match="bad prompt template"):
             parse_templates(cat, con)
 

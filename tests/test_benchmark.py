@@ -42,8 +42,9 @@ def tiny_shapes_dir(tmp_path_factory) -> Path:
 
     d = tmp_path_factory.mktemp("shapes_clip")
     vocab = build_vocab(vocabulary())
-    cfg = ShapesCLIPConfig(patch_size=16, vision_width=32, vision_layers=2, text_width=32, text_layers=2,
-                           heads=2, projection_dim=16)
+    cfg = ShapesCLIPConfig(
+        patch_size=16, vision_width=32, vision_layers=2, text_width=32, text_layers=2, heads=2, projection_dim=16
+    )
     build_model(cfg, len(vocab), seed=0).eval().save_pretrained(str(d), safe_serialization=True)
     (d / "vocab.json").write_text(json.dumps({"tokens": vocab}))
     return d
@@ -89,7 +90,7 @@ def test_grid_rows_have_the_cell(tmp_path):
         r, c = divmod(row["cell_index"], 3)
         s = g.cell_size
         want = np.zeros((3 * s, 3 * s), dtype=bool)
-        want[r * s:(r + 1) * s, c * s:(c + 1) * s] = True
+        want[r * s : (r + 1) * s, c * s : (c + 1) * s] = True
         assert np.array_equal(m, want)
         assert Image.open(tmp_path / row["image"]).size == (3 * s, 3 * s)
 
@@ -113,11 +114,27 @@ def test_skips_methods_without_an_image_side():
 def test_benchmark_shapes_cli_end_to_end(tmp_path, tiny_shapes_dir, capsys):
     torch.set_num_threads(1)
     out = tmp_path / "bench"
-    args = ["benchmark", "shapes", "--n", "4", "--model", f"testbed:shapes@{tiny_shapes_dir}", "--out", str(out),
-            "--methods", "m2ib", "--batch-size", "2", "--no-progress",
-            "--metrics", "pointing_game,energy_pointing_game,deletion_image,deletion_text",
-            "--method-options", '{"m2ib": {"steps": 2}}',
-            "--metric-options", '{"deletion_image": {"n_steps": 2}, "deletion_text": {"n_steps": 2}}']
+    args = [
+        "benchmark",
+        "shapes",
+        "--n",
+        "4",
+        "--model",
+        f"testbed:shapes@{tiny_shapes_dir}",
+        "--out",
+        str(out),
+        "--methods",
+        "m2ib",
+        "--batch-size",
+        "2",
+        "--no-progress",
+        "--metrics",
+        "pointing_game,energy_pointing_game,deletion_image,deletion_text",
+        "--method-options",
+        '{"m2ib": {"steps": 2}}',
+        "--metric-options",
+        '{"deletion_image": {"n_steps": 2}, "deletion_text": {"n_steps": 2}}',
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     md = (out / "leaderboard.md").read_text()
@@ -152,8 +169,16 @@ def test_benchmark_shapes_cli_end_to_end(tmp_path, tiny_shapes_dir, capsys):
 
 def test_benchmark_grids_runs(tmp_path, tiny_shapes_dir):
     torch.set_num_threads(1)
-    res = run_benchmark("grids", tmp_path / "g", methods=["saliency"], n=2, model=f"testbed:shapes@{tiny_shapes_dir}",
-                        metrics=["grid_pointing_game", "pointing_game"], batch_size=2, progress=False)
+    res = run_benchmark(
+        "grids",
+        tmp_path / "g",
+        methods=["saliency"],
+        n=2,
+        model=f"testbed:shapes@{tiny_shapes_dir}",
+        metrics=["grid_pointing_game", "pointing_game"],
+        batch_size=2,
+        progress=False,
+    )
     assert res.methods == ["saliency", "random", "center"]
     assert "grid_pointing_game" in res.markdown and res.report.exists()
     from vlexplain.eval import io as rio
@@ -169,7 +194,9 @@ def test_grids_benchmark_budgets_and_caller_options():
 
     got = _with_benchmark_defaults("grids", ["rise", "m2ib"], {"rise": {"p_keep": 0.3}, "m2ib": {"steps": 5}})
     # the testbed's budget stays unless the caller sets that option; methods not run get nothing
-    assert got == {"rise": {"n_masks": BENCHMARK_METHOD_OPTIONS["grids"]["rise"]["n_masks"], "p_keep": 0.3},
-                   "m2ib": {"steps": 5}}
+    assert got == {
+        "rise": {"n_masks": BENCHMARK_METHOD_OPTIONS["grids"]["rise"]["n_masks"], "p_keep": 0.3},
+        "m2ib": {"steps": 5},
+    }
     assert _with_benchmark_defaults("grids", ["rise"], {"rise": {"n_masks": 1000}}) == {"rise": {"n_masks": 1000}}
     assert _with_benchmark_defaults("shapes", ["rise"], None) == {}

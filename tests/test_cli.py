@@ -8,11 +8,10 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import tiny_hf_clip
 from PIL import Image
 
 from vlexplain.cli import main
-
-from conftest import tiny_hf_clip
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +31,24 @@ def photo(tmp_path):
 
 def test_explain_writes_everything(clip_dir, photo, tmp_path):
     out = tmp_path / "out"
-    rc = main(["explain", str(photo), "--text", "a cat", "--text", "a dog", "--model", str(clip_dir),
-               "--out", str(out), "--steps", "2", "--seed", "3"])
+    rc = main(
+        [
+            "explain",
+            str(photo),
+            "--text",
+            "a cat",
+            "--text",
+            "a dog",
+            "--model",
+            str(clip_dir),
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--seed",
+            "3",
+        ]
+    )
     assert rc == 0
     files = sorted(p.name for p in out.iterdir())
     assert "index.html" in files
@@ -50,8 +65,28 @@ def test_explain_writes_everything(clip_dir, photo, tmp_path):
 
 def test_zip_and_method_option(clip_dir, photo, tmp_path):
     out = tmp_path / "z"
-    rc = main(["explain", str(photo), str(photo), "-t", "a", "-t", "b", "--zip", "-m", str(clip_dir),
-               "--method", "m2ib", "--option", "num_samples=2", "--steps", "1", "-o", str(out)])
+    rc = main(
+        [
+            "explain",
+            str(photo),
+            str(photo),
+            "-t",
+            "a",
+            "-t",
+            "b",
+            "--zip",
+            "-m",
+            str(clip_dir),
+            "--method",
+            "m2ib",
+            "--option",
+            "num_samples=2",
+            "--steps",
+            "1",
+            "-o",
+            str(out),
+        ]
+    )
     assert rc == 0
     assert len(list(out.glob("0*.json"))) == 2 and (out / "explain_run.json").is_file()  # pairs, run settings
 
@@ -88,11 +123,17 @@ def test_bad_image_files_exit_2_before_writing(clip_dir, tmp_path, capsys):
 
 
 def test_debug_shows_traceback(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "vlexplain.cli", "--debug", "explain", str(tmp_path / "x.png"),
-                        "-t", "a"], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "vlexplain.cli", "--debug", "explain", str(tmp_path / "x.png"), "-t", "a"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode != 0 and "Traceback" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "vlexplain.cli", "explain", str(tmp_path / "x.png"), "-t", "a"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "vlexplain.cli", "explain", str(tmp_path / "x.png"), "-t", "a"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr and "image not found" in r.stderr
 
 
@@ -107,7 +148,7 @@ def test_models_and_methods(capsys):
 def test_methods_for_offline_marks_attention_methods(capsys):
     assert main(["methods", "--model", "offline"]) == 0
     out = capsys.readouterr().out
-    row = [l for l in out.splitlines() if "m2ib" in l][0]
+    row = [line for line in out.splitlines() if "m2ib" in line][0]
     assert row.count("yes") == 2
 
 
@@ -121,8 +162,24 @@ def test_demo_runs_on_offline_model(tmp_path):
 
 def test_compare_writes_figure_json_html(clip_dir, photo, tmp_path):
     out = tmp_path / "cmp"
-    rc = main(["compare", str(photo), "-t", "a cat", "-t", "a dog", "-m", str(clip_dir), "-o", str(out),
-               "--methods", "m2ib,gradcam,random", "--options", '{"m2ib": {"steps": 1, "num_samples": 2}}'])
+    rc = main(
+        [
+            "compare",
+            str(photo),
+            "-t",
+            "a cat",
+            "-t",
+            "a dog",
+            "-m",
+            str(clip_dir),
+            "-o",
+            str(out),
+            "--methods",
+            "m2ib,gradcam,random",
+            "--options",
+            '{"m2ib": {"steps": 1, "num_samples": 2}}',
+        ]
+    )
     assert rc == 0
     d = json.loads((out / "compare.json").read_text())
     assert list(d["results"]) == ["m2ib", "gradcam", "random"] and len(d["results"]["m2ib"]) == 2
@@ -134,15 +191,18 @@ def test_compare_refuses_inapplicable_method(photo, tmp_path, capsys):
     assert rc == 2 and "methods that apply" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("args, option", [
-    (["testbed", "train-shapes", "--token-drop", "1.0"], "--token-drop"),
-    (["testbed", "train-shapes", "--minutes", "0"], "--minutes"),
-    (["testbed", "train-shapes", "--image-layers", "0"], "--image-layers"),
-    (["testbed", "train-shapes", "--activation", "swish"], "--activation"),
-    (["testbed", "train-shapes", "--optimizer", "sgd"], "--optimizer"),
-    (["testbed", "train-shapes", "--muon-lr", "-1"], "--muon-lr"),
-    (["explain"], "images"),
-])
+@pytest.mark.parametrize(
+    "args, option",
+    [
+        (["testbed", "train-shapes", "--token-drop", "1.0"], "--token-drop"),
+        (["testbed", "train-shapes", "--minutes", "0"], "--minutes"),
+        (["testbed", "train-shapes", "--image-layers", "0"], "--image-layers"),
+        (["testbed", "train-shapes", "--activation", "swish"], "--activation"),
+        (["testbed", "train-shapes", "--optimizer", "sgd"], "--optimizer"),
+        (["testbed", "train-shapes", "--muon-lr", "-1"], "--muon-lr"),
+        (["explain"], "images"),
+    ],
+)
 def test_usage_errors_name_the_option(tmp_path, capsys, monkeypatch, args, option):
     monkeypatch.chdir(tmp_path)
     assert main(args) == 2
@@ -153,8 +213,27 @@ def test_usage_errors_name_the_option(tmp_path, capsys, monkeypatch, args, optio
 
 def test_train_shapes_recipe_options_reach_the_model(tmp_path):
     out = tmp_path / "m"
-    rc = main(["testbed", "train-shapes", "--minutes", "0.2", "--steps", "1", "--processes", "1", "--no-evaluate",
-               "--image-layers", "2", "--activation", "gelu", "--optimizer", "adamw", "--out", str(out)])
+    rc = main(
+        [
+            "testbed",
+            "train-shapes",
+            "--minutes",
+            "0.2",
+            "--steps",
+            "1",
+            "--processes",
+            "1",
+            "--no-evaluate",
+            "--image-layers",
+            "2",
+            "--activation",
+            "gelu",
+            "--optimizer",
+            "adamw",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     cfg = json.loads((out / "config.json").read_text())["vision_config"]
     assert (cfg["num_hidden_layers"], cfg["hidden_act"]) == (2, "gelu")  # both differ from the defaults

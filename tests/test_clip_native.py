@@ -296,11 +296,13 @@ def test_mask_clip_matches_release() -> None:
 class RefAttention(nn.Module):
     """clip_surgery_model.py ``Attention`` (v-v self-attention beside the original path)."""
 
-    def __init__(self, out_dim, dim, num_heads=8, qkv_bias=False, qk_scale=None, attn_drop=0., proj_drop=0., settings=''):
+    def __init__(
+        self, out_dim, dim, num_heads=8, qkv_bias=False, qk_scale=None, attn_drop=0.0, proj_drop=0.0, settings=""
+    ):
         super().__init__()
         self.num_heads = num_heads
         head_dim = dim // num_heads
-        self.scale = qk_scale or head_dim ** -0.5
+        self.scale = qk_scale or head_dim**-0.5
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(out_dim, dim)
@@ -319,7 +321,7 @@ class RefAttention(nn.Module):
         k = v
         q = k
         # resnets have only one self-attention, norm and larger scale perform better
-        if self.settings == 'resnet':
+        if self.settings == "resnet":
             k = k / (k.norm(p=2, dim=-1, keepdim=True) + 1e-6)
             q = k
             scale = self.scale * 8
@@ -338,6 +340,7 @@ class RefAttention(nn.Module):
 
 def ref_surgery_block(blk, attn, x):
     """clip_surgery_model.py ``ResidualAttentionBlock.forward`` once its ``attn`` is an Attention."""
+
     def attention(x):
         x = x.transpose(0, 1)
         x, x_ori = attn(x)
@@ -406,7 +409,7 @@ def ref_encode_text_with_prompt_ensemble(model, texts, prompt_templates):
 
 
 def ref_clip_feature_surgery(image_features, text_features, redundant_feats=None, t=2):
-    if redundant_feats != None:  # as released
+    if redundant_feats != None:  # noqa: E711 (as released)
         similarity = image_features @ (text_features - redundant_feats).t()
     else:
         # weights to restrain influence of obvious classes on others
@@ -414,7 +417,12 @@ def ref_clip_feature_surgery(image_features, text_features, redundant_feats=None
         prob = (prob * 2).softmax(-1)
         w = prob / prob.mean(-1, keepdim=True)
         # element-wise multiplied features
-        b, n_t, n_i, c = image_features.shape[0], text_features.shape[0], image_features.shape[1], image_features.shape[2]
+        b, n_t, n_i, c = (
+            image_features.shape[0],
+            text_features.shape[0],
+            image_features.shape[1],
+            image_features.shape[2],
+        )
         feats = image_features.reshape(b, n_i, 1, c) * text_features.reshape(1, 1, n_t, c)
         feats *= w.reshape(1, 1, n_t, 1)
         redundant_feats = feats.mean(2, keepdim=True)  # along cls dim
@@ -441,7 +449,9 @@ def test_clip_surgery_matches_release(depth: int) -> None:
         text_all = ref_encode_text_with_prompt_ensemble(raw, [TEXT, *others], ["{}"])
         simk = ref_clip_feature_surgery(image_features, text_all)[0, 1:, 0]
     one = vx.explain(model, px, TEXT, method="clip_surgery", blocks=depth).patch_map
-    many = vx.explain(model, px, TEXT, method="clip_surgery", blocks=depth, target="softmax", candidates=others).patch_map
+    many = vx.explain(
+        model, px, TEXT, method="clip_surgery", blocks=depth, target="softmax", candidates=others
+    ).patch_map
     torch.testing.assert_close(one.flatten(), sim1, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(many.flatten(), simk, rtol=1e-4, atol=1e-6)
     # the neutral set is the template list with an empty class name, and it can be replaced
@@ -512,7 +522,7 @@ def ref_compute_legrad_clip(visual, text_embedding, image, layer_index=-2):
         image_features_list.append(intermediate_feat)
 
     num_tokens = stores[-1].feat_post_mlp.shape[0] - 1
-    w = h = int(num_tokens ** 0.5)
+    w = h = int(num_tokens**0.5)
     accum_expl_map = 0
     for layer, img_feat in enumerate(image_features_list):
         sim = text_embedding @ img_feat.transpose(-1, -2)  # [1, 1]
@@ -521,7 +531,7 @@ def ref_compute_legrad_clip(visual, text_embedding, image, layer_index=-2):
         attn_map = stores[starting_depth + layer].attention_maps  # [b, num_heads, N, N]
         grad = torch.autograd.grad(one_hot, [attn_map], retain_graph=True, create_graph=True)[0]
         grad = grad.reshape(num_prompts, -1, *grad.shape[-2:])  # '(b h) n m -> b h n m': separate batch and heads
-        grad = torch.clamp(grad, min=0.)
+        grad = torch.clamp(grad, min=0.0)
         image_relevance = grad.mean(dim=1).mean(dim=1)[:, 1:]  # average attn over [CLS] + patch tokens
         expl_map = image_relevance.reshape(1, -1, w, h)  # 'b (w h) -> 1 b w h'
         accum_expl_map += expl_map
@@ -732,12 +742,15 @@ def test_grad_eclip_on_a_bert_text_tower_through_its_own_forward() -> None:
     layer = raw.text_model.encoder.layer[-1]
     sa = layer.attention.self
     got: dict[str, torch.Tensor] = {}
-    hooks = [getattr(sa, n).register_forward_hook(lambda m, i, o, n=n: got.__setitem__(n, o))
-             for n in ("query", "key", "value")]
+    hooks = [
+        getattr(sa, n).register_forward_hook(lambda m, i, o, n=n: got.__setitem__(n, o))
+        for n in ("query", "key", "value")
+    ]
     hooks.append(layer.attention.output.dense.register_forward_pre_hook(lambda m, a: got.__setitem__("a", a[0])))
     try:
-        out = raw.get_text_features(input_ids=batch.ids, attention_mask=batch.attention_mask,
-                                    token_type_ids=torch.zeros_like(batch.ids))
+        out = raw.get_text_features(
+            input_ids=batch.ids, attention_mask=batch.attention_mask, token_type_ids=torch.zeros_like(batch.ids)
+        )
         te = getattr(out, "pooler_output", out)
         (g,) = torch.autograd.grad((F.normalize(te, dim=-1) * ie).sum(), got["a"])
     finally:

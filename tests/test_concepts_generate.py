@@ -7,11 +7,19 @@ import socket
 import time
 
 import pytest
+from llm_support import POOL, FakeServer
 
-from llm_support import POOL, FakeServer, completion
 from vlexplain.cli import main
-from vlexplain.concepts.generate import (CACHE_EXCERPT, REASK_EXCERPT, GenerationError, ReplyError, chat_url,
-                                         generate_concepts, parse_descriptors, read_classes)
+from vlexplain.concepts.generate import (
+    CACHE_EXCERPT,
+    REASK_EXCERPT,
+    GenerationError,
+    ReplyError,
+    chat_url,
+    generate_concepts,
+    parse_descriptors,
+    read_classes,
+)
 from vlexplain.concepts.sets import load_concepts, normalize_name
 from vlexplain.errors import InputError
 
@@ -30,8 +38,9 @@ def sleeps():
 
 def gen(server, sleeps, tmp_path, classes=("Cardinal", "Blue Jay"), k=4, **kw):
     kw.setdefault("retries", 3)
-    return generate_concepts(list(classes), server.url, "fake-llm", k, cache_dir=tmp_path / "cache",
-                             sleep=sleeps.append, **kw)
+    return generate_concepts(
+        list(classes), server.url, "fake-llm", k, cache_dir=tmp_path / "cache", sleep=sleeps.append, **kw
+    )
 
 
 def test_request_shape_result_and_cache(server, sleeps, tmp_path, monkeypatch):
@@ -63,8 +72,10 @@ def test_request_shape_result_and_cache(server, sleeps, tmp_path, monkeypatch):
 
 
 def test_fenced_reply_is_cleaned_and_trimmed(server, sleeps, tmp_path):
-    reply = 'Sure!\n```json\n{"descriptors": ["1. Red crest.", "- Black  face mask", "Red Crest", "Grey wings", ' \
-            '"Pale belly", "Dark eyes"]}\n```\n'
+    reply = (
+        'Sure!\n```json\n{"descriptors": ["1. Red crest.", "- Black  face mask", "Red Crest", "Grey wings", '
+        '"Pale belly", "Dark eyes"]}\n```\n'
+    )
     server.script = [(200, reply)]
     out = gen(server, sleeps, tmp_path, classes=["Cardinal"], k=4)
     # numbering, bullets, periods and spacing removed; the case-insensitive repeat dropped; first 4 kept
@@ -133,17 +144,21 @@ def test_timeout_is_retried(server, sleeps, tmp_path):
 def test_missing_key_for_a_remote_server(tmp_path, monkeypatch):
     monkeypatch.delenv("VX_NO_SUCH_KEY", raising=False)
     with pytest.raises(InputError, match="set the environment variable VX_NO_SUCH_KEY"):
-        generate_concepts(["Cardinal"], "https://llm.example.com/v1", "m", api_key_env="VX_NO_SUCH_KEY",
-                          cache_dir=tmp_path)
+        generate_concepts(
+            ["Cardinal"], "https://llm.example.com/v1", "m", api_key_env="VX_NO_SUCH_KEY", cache_dir=tmp_path
+        )
 
 
-@pytest.mark.parametrize("given,url", [
-    ("http://localhost:8000/v1", "http://localhost:8000/v1/chat/completions"),
-    ("http://localhost:8000/v1/", "http://localhost:8000/v1/chat/completions"),
-    ("http://localhost:8000", "http://localhost:8000/v1/chat/completions"),
-    ("https://host/openai/v1", "https://host/openai/v1/chat/completions"),
-    ("https://host/v1/chat/completions", "https://host/v1/chat/completions"),
-])
+@pytest.mark.parametrize(
+    "given,url",
+    [
+        ("http://localhost:8000/v1", "http://localhost:8000/v1/chat/completions"),
+        ("http://localhost:8000/v1/", "http://localhost:8000/v1/chat/completions"),
+        ("http://localhost:8000", "http://localhost:8000/v1/chat/completions"),
+        ("https://host/openai/v1", "https://host/openai/v1/chat/completions"),
+        ("https://host/v1/chat/completions", "https://host/v1/chat/completions"),
+    ],
+)
 def test_chat_url(given, url):
     assert chat_url(given) == url
 
@@ -192,8 +207,23 @@ def test_cli_end_to_end(server, tmp_path, capsys):
     classes = tmp_path / "classes.txt"
     classes.write_text("Cardinal\nBlue Jay\n")
     out = tmp_path / "set" / "concepts.json"
-    args = ["concepts", "generate", "--classes", str(classes), "--base-url", server.url, "--model", "fake-llm",
-            "--k", "5", "--out", str(out), "--cache", str(tmp_path / "cache"), "--no-progress"]
+    args = [
+        "concepts",
+        "generate",
+        "--classes",
+        str(classes),
+        "--base-url",
+        server.url,
+        "--model",
+        "fake-llm",
+        "--k",
+        "5",
+        "--out",
+        str(out),
+        "--cache",
+        str(tmp_path / "cache"),
+        "--no-progress",
+    ]
     assert main(args) == 0
     cs = load_concepts(out)
     assert cs.classes == ["Cardinal", "Blue Jay"] and cs.descriptors("Cardinal") == POOL[:5]
@@ -205,14 +235,42 @@ def test_cli_end_to_end(server, tmp_path, capsys):
 
 def test_cli_errors(tmp_path, capsys):
     out = tmp_path / "concepts.json"
-    rc = main(["concepts", "generate", "--classes", str(tmp_path / "missing.txt"), "--base-url",
-               "http://127.0.0.1:9/v1", "--model", "m", "--out", str(out), "--no-progress"])
+    rc = main(
+        [
+            "concepts",
+            "generate",
+            "--classes",
+            str(tmp_path / "missing.txt"),
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+            "--model",
+            "m",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: --classes") and "not found" in err
     classes = tmp_path / "classes.txt"
     classes.write_text("Cardinal\n")
-    rc = main(["concepts", "generate", "--classes", str(classes), "--base-url", f"http://127.0.0.1:{free_port()}/v1",
-               "--model", "m", "--out", str(out), "--cache", str(tmp_path / "cache"), "--no-progress"])
+    rc = main(
+        [
+            "concepts",
+            "generate",
+            "--classes",
+            str(classes),
+            "--base-url",
+            f"http://127.0.0.1:{free_port()}/v1",
+            "--model",
+            "m",
+            "--out",
+            str(out),
+            "--cache",
+            str(tmp_path / "cache"),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "connection refused" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
@@ -252,12 +310,17 @@ def test_connection_refused_fails_at_once(sleeps, tmp_path):
 
 def test_retries_and_slow_replies_are_reported(server, sleeps, tmp_path):
     said = []
-    server.script = [(429, {"error": {"message": "slow down"}}, {"Retry-After": "3"}), (502, "bad gateway"),
-                     ("sleep", 1.0)]
+    server.script = [
+        (429, {"error": {"message": "slow down"}}, {"Retry-After": "3"}),
+        (502, "bad gateway"),
+        ("sleep", 1.0),
+    ]
     out = gen(server, sleeps, tmp_path, classes=["Cardinal"], backoff=0.5, notify=said.append, notice_after=0.2)
     assert out["Cardinal"] == POOL[:4] and sleeps == [3.0, 1.0]
-    assert said[:2] == ["Cardinal: HTTP 429: slow down; retrying in 3 s (attempt 2 of at most 4)",
-                        "Cardinal: HTTP 502: bad gateway; retrying in 1 s (attempt 3 of at most 4)"]
+    assert said[:2] == [
+        "Cardinal: HTTP 429: slow down; retrying in 3 s (attempt 2 of at most 4)",
+        "Cardinal: HTTP 502: bad gateway; retrying in 1 s (attempt 3 of at most 4)",
+    ]
     assert len(said) == 3 and said[2].startswith(f"Cardinal: waiting for fake-llm at {server.url}/chat/completions")
 
 
@@ -265,8 +328,23 @@ def test_cli_reports_retries_unless_quiet(server, tmp_path, capsys):
     classes = tmp_path / "classes.txt"
     classes.write_text("Cardinal\n")
     busy = (503, {"error": {"message": "loading model"}}, {"Retry-After": "0"})
-    args = ["concepts", "generate", "--classes", str(classes), "--base-url", server.url, "--model", "fake-llm",
-            "--k", "4", "--out", str(tmp_path / "c.json"), "--cache", str(tmp_path / "cache"), "--refresh"]
+    args = [
+        "concepts",
+        "generate",
+        "--classes",
+        str(classes),
+        "--base-url",
+        server.url,
+        "--model",
+        "fake-llm",
+        "--k",
+        "4",
+        "--out",
+        str(tmp_path / "c.json"),
+        "--cache",
+        str(tmp_path / "cache"),
+        "--refresh",
+    ]
     for flags, shown in ((["--no-progress"], True), ([], True), (["--quiet"], False)):
         server.script = [busy]
         assert main(args + flags) == 0
@@ -307,36 +385,91 @@ def test_a_refused_class_is_skipped_and_listed(server, sleeps, tmp_path, capsys)
     assert e.value.failed == {"Cardinal": "HTTP 400: prompt rejected by the content filter"}
     assert "1 of 3 class(es) got no descriptors: 'Cardinal' (HTTP 400" in str(e.value)
     assert len(server.requests) == 3 and len(list((tmp_path / "cache").glob("*.json"))) == 2
-    assert capsys.readouterr().err == ("Cardinal: no descriptors (HTTP 400: prompt rejected by the content filter); "
-                                       "going on with the other classes\n")
+    assert capsys.readouterr().err == (
+        "Cardinal: no descriptors (HTTP 400: prompt rejected by the content filter); going on with the other classes\n"
+    )
     # unusable replies fail their class too; the CLI exits non-zero naming every failed class, writes nothing
     classes = tmp_path / "classes.txt"
     classes.write_text("Cardinal\nBlue Jay\nRobin\nWren\n")
     out = tmp_path / "concepts.json"
     server.script = [(200, "no idea"), (200, "still no idea"), (413, "too large")]
-    rc = main(["concepts", "generate", "--classes", str(classes), "--base-url", server.url, "--model", "fake-llm",
-               "--k", "4", "--out", str(out), "--cache", str(tmp_path / "cache"), "--retries", "1", "--quiet"])
+    rc = main(
+        [
+            "concepts",
+            "generate",
+            "--classes",
+            str(classes),
+            "--base-url",
+            server.url,
+            "--model",
+            "fake-llm",
+            "--k",
+            "4",
+            "--out",
+            str(out),
+            "--cache",
+            str(tmp_path / "cache"),
+            "--retries",
+            "1",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and not out.exists() and len(err.strip().splitlines()) == 1
-    assert "error: 2 of 4 class(es) got no descriptors: 'Cardinal' (the answer is not valid JSON" in err and "'Wren' (HTTP 413: too large)" in err
+    assert (
+        "error: 2 of 4 class(es) got no descriptors: 'Cardinal' (the answer is not valid JSON" in err
+        and "'Wren' (HTTP 413: too large)" in err
+    )
     assert len(server.requests) == 3 + 3  # Cardinal twice, Wren once; Blue Jay and Robin from the cache
     # a rerun asks only for the failed classes
-    assert main(["concepts", "generate", "--classes", str(classes), "--base-url", server.url, "--model", "fake-llm",
-                 "--k", "4", "--out", str(out), "--cache", str(tmp_path / "cache"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "concepts",
+                "generate",
+                "--classes",
+                str(classes),
+                "--base-url",
+                server.url,
+                "--model",
+                "fake-llm",
+                "--k",
+                "4",
+                "--out",
+                str(out),
+                "--cache",
+                str(tmp_path / "cache"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert len(server.requests) == 8 and list(load_concepts(out).classes) == ["Cardinal", "Blue Jay", "Robin", "Wren"]
 
 
 def test_markdown_lists_are_answers_when_every_line_is_a_descriptor(server, sleeps, tmp_path):
     md = "- Red crest\n- **Black face mask**\n\n* `Short, thick bill`\n1. Grey wings.\n2) Pale belly\n"
-    assert parse_descriptors(md, "Cardinal", 5) == ["Red crest", "Black face mask", "Short, thick bill",
-                                                    "Grey wings", "Pale belly"]
-    assert parse_descriptors("```markdown\n- Red crest\n- Grey wings\n```", "Cardinal", 2) == ["Red crest", "Grey wings"]
+    assert parse_descriptors(md, "Cardinal", 5) == [
+        "Red crest",
+        "Black face mask",
+        "Short, thick bill",
+        "Grey wings",
+        "Pale belly",
+    ]
+    assert parse_descriptors("```markdown\n- Red crest\n- Grey wings\n```", "Cardinal", 2) == [
+        "Red crest",
+        "Grey wings",
+    ]
     for bad in ("Here they are:\n- Red crest\n- Grey wings", "- Red crest\nGrey wings", "Red crest, grey wings"):
         with pytest.raises(ReplyError, match="not valid JSON"):
             parse_descriptors(bad, "Cardinal", 2)
     server.script = [(200, "- Red crest\n- Black face mask\n- Grey wings\n- Pale belly")]
-    assert gen(server, sleeps, tmp_path, classes=["Cardinal"])["Cardinal"] == ["Red crest", "Black face mask",
-                                                                              "Grey wings", "Pale belly"]
+    assert gen(server, sleeps, tmp_path, classes=["Cardinal"])["Cardinal"] == [
+        "Red crest",
+        "Black face mask",
+        "Grey wings",
+        "Pale belly",
+    ]
     assert len(server.requests) == 1
 
 
@@ -348,8 +481,17 @@ def test_unicode_class_names(server, sleeps, tmp_path):
     p = tmp_path / "classes.txt"
     p.write_text("\n".join(UNICODE_NAMES) + "\n", encoding="utf-8")
     assert read_classes(p) == UNICODE_NAMES
-    assert [normalize_name(n) for n in UNICODE_NAMES] == ["сорока", "北京鸭", "pâté", "pât", "robin", "🐟", "🐠",
-                                                          "strasse", "wren"]
+    assert [normalize_name(n) for n in UNICODE_NAMES] == [
+        "сорока",
+        "北京鸭",
+        "pâté",
+        "pât",
+        "robin",
+        "🐟",
+        "🐠",
+        "strasse",
+        "wren",
+    ]
     for a, b in (("Сорока", "сорока"), ("Straße", "STRASSE"), ("Robin 🐦", "robin"), ("Wren", "Ｗｒｅｎ")):
         p.write_text(f"{a}\n{b}\n", encoding="utf-8")
         with pytest.raises(InputError, match="repeated class names"):
@@ -375,7 +517,14 @@ def test_remote_server_through_the_environments_proxy(server, sleeps, tmp_path, 
     monkeypatch.setenv("http_proxy", server.url.rsplit("/", 1)[0])
     monkeypatch.setenv("no_proxy", "")
     monkeypatch.delenv("NO_PROXY", raising=False)
-    out = generate_concepts(["Cardinal"], "http://llm.example.com/v1", "m", 4, require_key=False,
-                            cache_dir=tmp_path / "cache", sleep=sleeps.append)
+    out = generate_concepts(
+        ["Cardinal"],
+        "http://llm.example.com/v1",
+        "m",
+        4,
+        require_key=False,
+        cache_dir=tmp_path / "cache",
+        sleep=sleeps.append,
+    )
     assert out["Cardinal"] == POOL[:4]
     assert server.requests[0]["path"] == "http://llm.example.com/v1/chat/completions"

@@ -20,8 +20,11 @@ from vlexplain.errors import MethodError
 from vlexplain.models.families import families
 
 #: the families of the families table whose tiny models the fixtures do not cover
-FAMILY_KINDS = [f.key for f in families() if f.library in ("transformers", "open_clip")
-                and f.key not in ("hf-clip", "hf-siglip", "open_clip-vit")]
+FAMILY_KINDS = [
+    f.key
+    for f in families()
+    if f.library in ("transformers", "open_clip") and f.key not in ("hf-clip", "hf-siglip", "open_clip-vit")
+]
 KINDS = ["hf_clip", "oc_clip", "siglip", "offline", *FAMILY_KINDS]
 
 #: cheap options per method so that the whole file runs quickly (defaults for methods not listed);
@@ -66,8 +69,10 @@ def _images(model, kind: str) -> torch.Tensor:
 def _hook_state(model) -> dict[str, int]:
     out = {}
     for n, m in model.named_modules():
-        k = sum(len(getattr(m, a, {}) or {}) for a in (
-            "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"))
+        k = sum(
+            len(getattr(m, a, {}) or {})
+            for a in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+        )
         if k:
             out[n or "<root>"] = k
     for n, p in model.named_parameters():
@@ -75,7 +80,12 @@ def _hook_state(model) -> dict[str, int]:
             out[f"param {n}"] = len(p._backward_hooks)
     import torch.nn.modules.module as mm
 
-    for a in ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks"):
+    for a in (
+        "_global_forward_hooks",
+        "_global_forward_pre_hooks",
+        "_global_backward_hooks",
+        "_global_backward_pre_hooks",
+    ):
         if getattr(mm, a, None):
             out[f"global {a}"] = len(getattr(mm, a))
     return out
@@ -108,7 +118,11 @@ def _check_one(e, model, sides, grid) -> None:
 
 
 def _maps(e) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in (("image_map", e.image_map), ("patch_map", e.patch_map), ("token_scores", e.token_scores)) if v is not None}
+    return {
+        k: v
+        for k, v in (("image_map", e.image_map), ("patch_map", e.patch_map), ("token_scores", e.token_scores))
+        if v is not None
+    }
 
 
 @pytest.mark.parametrize("kind", KINDS)

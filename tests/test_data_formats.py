@@ -88,22 +88,42 @@ def test_header_with_unknown_columns_and_urls_are_refused_in_one_line(imgs):
 def _coco(root):
     _img(root / "val2017" / "000000000001.jpg", 10, w=10, h=8)
     _img(root / "val2017" / "000000000002.jpg", 20, w=10, h=8)
-    caps = {"images": [{"id": 1, "file_name": "000000000001.jpg", "width": 10, "height": 8},
-                       {"id": 2, "file_name": "000000000002.jpg", "width": 10, "height": 8},
-                       {"id": 3, "file_name": "no_captions.jpg", "width": 10, "height": 8}],
-            "annotations": [{"id": 10, "image_id": 1, "caption": "Two dogs and a man."},
-                            {"id": 11, "image_id": 2, "caption": "A cat on a sofa"},
-                            {"id": 12, "image_id": 1, "caption": "A park in summer"}]}
-    inst = {"images": caps["images"], "categories": [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"},
-                                                     {"id": 17, "name": "cat"}],
-            "annotations": [{"id": 1, "image_id": 1, "category_id": 18, "bbox": [0, 0, 2, 2],
-                             "segmentation": [[1, 1, 4, 1, 4, 3, 1, 3]], "iscrowd": 0},
-                            {"id": 2, "image_id": 1, "category_id": 18, "bbox": [5, 5, 1, 1],
-                             "segmentation": {"size": [8, 10], "counts": [1, 2, 77]}, "iscrowd": 1},
-                            {"id": 3, "image_id": 1, "category_id": 1, "bbox": [6, 0, 3, 4], "segmentation": [],
-                             "iscrowd": 0},
-                            {"id": 4, "image_id": 2, "category_id": 18, "bbox": [1, 1, 1, 1], "segmentation": [],
-                             "iscrowd": 0}]}
+    caps = {
+        "images": [
+            {"id": 1, "file_name": "000000000001.jpg", "width": 10, "height": 8},
+            {"id": 2, "file_name": "000000000002.jpg", "width": 10, "height": 8},
+            {"id": 3, "file_name": "no_captions.jpg", "width": 10, "height": 8},
+        ],
+        "annotations": [
+            {"id": 10, "image_id": 1, "caption": "Two dogs and a man."},
+            {"id": 11, "image_id": 2, "caption": "A cat on a sofa"},
+            {"id": 12, "image_id": 1, "caption": "A park in summer"},
+        ],
+    }
+    inst = {
+        "images": caps["images"],
+        "categories": [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}, {"id": 17, "name": "cat"}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 18,
+                "bbox": [0, 0, 2, 2],
+                "segmentation": [[1, 1, 4, 1, 4, 3, 1, 3]],
+                "iscrowd": 0,
+            },
+            {
+                "id": 2,
+                "image_id": 1,
+                "category_id": 18,
+                "bbox": [5, 5, 1, 1],
+                "segmentation": {"size": [8, 10], "counts": [1, 2, 77]},
+                "iscrowd": 1,
+            },
+            {"id": 3, "image_id": 1, "category_id": 1, "bbox": [6, 0, 3, 4], "segmentation": [], "iscrowd": 0},
+            {"id": 4, "image_id": 2, "category_id": 18, "bbox": [1, 1, 1, 1], "segmentation": [], "iscrowd": 0},
+        ],
+    }
     (root / "annotations").mkdir()
     (root / "annotations" / "captions_val2017.json").write_text(json.dumps(caps))
     (root / "annotations" / "instances_val2017.json").write_text(json.dumps(inst))
@@ -180,11 +200,20 @@ def _shard(path, samples, mode="w"):
 def test_webdataset_shards(tmp_path, monkeypatch):
     d = tmp_path / "shards"
     d.mkdir()
-    _shard(d / "00000.tar", [("000000000", {"jpg": _png(10), "txt": b"a dark square"}),
-                             ("000000001", {"png": _png(20), "json": json.dumps({"caption": "from json"}).encode()})])
-    _shard(d / "00001.tar", [("000000002", {"txt": b"no image here"}),
-                             ("000000003", {"webp": _png(30), "txt": b"last",
-                                            "json": json.dumps({"boxes": [[1, 1, 2, 2]]}).encode()})])
+    _shard(
+        d / "00000.tar",
+        [
+            ("000000000", {"jpg": _png(10), "txt": b"a dark square"}),
+            ("000000001", {"png": _png(20), "json": json.dumps({"caption": "from json"}).encode()}),
+        ],
+    )
+    _shard(
+        d / "00001.tar",
+        [
+            ("000000002", {"txt": b"no image here"}),
+            ("000000003", {"webp": _png(30), "txt": b"last", "json": json.dumps({"boxes": [[1, 1, 2, 2]]}).encode()}),
+        ],
+    )
     reads = []
     real = LazyBytes.read
     monkeypatch.setattr(LazyBytes, "read", lambda self: reads.append(self) or real(self))
@@ -201,8 +230,11 @@ def test_webdataset_shards(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="1 of 3 shards are missing"):
         open_pairs(str(d / "{00000..00002}.tar")).rows().__next__()
     gz = tmp_path / "one.tar.gz"
-    _shard(gz, [("./a", {"jpg": _png(50), "txt": b"compressed"}), ("./.hidden", {"jpg": _png(1), "txt": b"no"})],
-           mode="w:gz")  # as `tar czf one.tar.gz .` writes them
+    _shard(
+        gz,
+        [("./a", {"jpg": _png(50), "txt": b"compressed"}), ("./.hidden", {"jpg": _png(1), "txt": b"no"})],
+        mode="w:gz",
+    )  # as `tar czf one.tar.gz .` writes them
     assert [(p.caption, _grey(p)) for p in open_pairs(gz)] == [("compressed", 50)]
 
 
@@ -213,8 +245,12 @@ def test_parquet_bytes_paths_and_split_files(tmp_path):
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
     _img(tmp_path / "pq" / "local.png", 90)
-    t = pa.table({"image": [{"bytes": _png(5), "path": None}, {"bytes": None, "path": "local.png"}],
-                  "caption": [["five", "cinq"], ["ninety"]]})
+    t = pa.table(
+        {
+            "image": [{"bytes": _png(5), "path": None}, {"bytes": None, "path": "local.png"}],
+            "caption": [["five", "cinq"], ["ninety"]],
+        }
+    )
     pq.write_table(t, tmp_path / "pq" / "test-00000-of-00001.parquet")
     pq.write_table(t.slice(0, 1), tmp_path / "pq" / "train-00000-of-00001.parquet")
     ds = open_pairs(tmp_path / "pq")  # two splits: test by default
@@ -236,7 +272,7 @@ def test_parquet_bytes_paths_and_split_files(tmp_path):
 def test_hf_datasetdict_named_columns_and_split(tmp_path):
     datasets = pytest.importorskip("datasets")
     paths = [str(_img(tmp_path / f"{i}.png", 30 * i)) for i in range(3)]
-    mk = lambda idx: datasets.Dataset.from_dict(  # noqa: E731
+    mk = lambda idx: datasets.Dataset.from_dict(
         {"img": [paths[i] for i in idx], "sentences": [[f"caption {i}", f"other {i}"] for i in idx]}
     ).cast_column("img", datasets.Image())
     datasets.DatasetDict({"train": mk([0, 1]), "validation": mk([2])}).save_to_disk(str(tmp_path / "saved"))
@@ -246,8 +282,7 @@ def test_hf_datasetdict_named_columns_and_split(tmp_path):
     assert [(p.caption, _grey(p)) for p in ds] == [("caption 2", 60)]
     assert ds.describe()["split"] == "validation"
     tr = open_pairs(tmp_path / "saved", split="train", all_captions=True)
-    assert [(p.caption, _grey(p)) for p in tr] == [("caption 0", 0), ("other 0", 0), ("caption 1", 30),
-                                                   ("other 1", 30)]
+    assert [(p.caption, _grey(p)) for p in tr] == [("caption 0", 0), ("other 0", 0), ("caption 1", 30), ("other 1", 30)]
 
 
 # --- through evaluate --------------------------------------------------------------------------------
@@ -256,19 +291,45 @@ def test_hf_datasetdict_named_columns_and_split(tmp_path):
 def test_evaluate_cli_reads_named_columns_of_a_datasetdict_split(tmp_path, capsys):
     datasets = pytest.importorskip("datasets")
     from conftest import tiny_hf_clip
+
     from vlexplain.cli import main
 
     tiny_hf_clip().save_pretrained(tmp_path / "model")
     paths = [str(_img(tmp_path / f"{i}.png", 30 * i)) for i in range(3)]
-    mk = lambda idx: datasets.Dataset.from_dict(  # noqa: E731
-        {"img": [paths[i] for i in idx], "sentences": [[f"caption {i}", "other"] for i in idx]})
+    mk = lambda idx: datasets.Dataset.from_dict(
+        {"img": [paths[i] for i in idx], "sentences": [[f"caption {i}", "other"] for i in idx]}
+    )
     datasets.DatasetDict({"train": mk([0, 1]), "validation": mk([2])}).save_to_disk(str(tmp_path / "saved"))
-    common = ["--data", str(tmp_path / "saved"), "--model", str(tmp_path / "model"), "--methods", "random",
-              "--metrics", "confidence_image", "--no-progress"]
+    common = [
+        "--data",
+        str(tmp_path / "saved"),
+        "--model",
+        str(tmp_path / "model"),
+        "--methods",
+        "random",
+        "--metrics",
+        "confidence_image",
+        "--no-progress",
+    ]
     assert main(["evaluate", *common, "--out", str(tmp_path / "x")]) == 2
     assert "no split 'test'; splits: train, validation (pass --split NAME)" in capsys.readouterr().err
-    assert main(["evaluate", *common, "--split", "validation", "--image-key", "img", "--caption-key", "sentences",
-                 "--out", str(tmp_path / "run")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                *common,
+                "--split",
+                "validation",
+                "--image-key",
+                "img",
+                "--caption-key",
+                "sentences",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "note: 'sentences' holds lists of captions: the first caption of each is used" in err
     assert "1 pair from hf data (split validation)" in err
@@ -296,10 +357,16 @@ def test_webdataset_resume_reads_only_the_unfinished_shards_images(tmp_path, hf_
     d = tmp_path / "shards"
     d.mkdir()
     for s in range(2):
-        _shard(d / f"{s:05d}.tar", [(f"{2 * s + i:09d}", {"png": _png(10 * (2 * s + i)), "txt": f"pair {2 * s + i}".encode()})
-                                    for i in range(2)])
-    run = evaluate(d, hf_clip, ["random"], ["confidence_image"], tmp_path / "run", batch_size=2, shard_size=2,
-                   progress=False)
+        _shard(
+            d / f"{s:05d}.tar",
+            [
+                (f"{2 * s + i:09d}", {"png": _png(10 * (2 * s + i)), "txt": f"pair {2 * s + i}".encode()})
+                for i in range(2)
+            ],
+        )
+    run = evaluate(
+        d, hf_clip, ["random"], ["confidence_image"], tmp_path / "run", batch_size=2, shard_size=2, progress=False
+    )
     first = load_results(run).to_pandas()
     (run / "shards" / "metrics-000001.parquet").unlink()  # as if the run had stopped after its first shard
     reads = []
@@ -310,8 +377,9 @@ def test_webdataset_resume_reads_only_the_unfinished_shards_images(tmp_path, hf_
     again = load_results(run).to_pandas()
     cols = [c for c in first.columns if c != "seconds"]  # the same results as the uninterrupted run
     pd_testing = pytest.importorskip("pandas").testing
-    pd_testing.assert_frame_equal(first.sort_values("index")[cols].reset_index(drop=True),
-                                  again.sort_values("index")[cols].reset_index(drop=True))
+    pd_testing.assert_frame_equal(
+        first.sort_values("index")[cols].reset_index(drop=True), again.sort_values("index")[cols].reset_index(drop=True)
+    )
     assert again["score"].notna().all()
 
 
@@ -334,18 +402,39 @@ def test_split_folders_of_pairs_and_split_on_a_single_file(tmp_path):
 def test_benchmark_data_ranks_methods_on_your_pairs(tmp_path, capsys):
     """`benchmark data`: the centre map hits a box over the image centre and misses one in a corner."""
     from conftest import tiny_hf_clip
+
     from vlexplain.cli import main
     from vlexplain.eval import load_results
 
     tiny_hf_clip().save_pretrained(tmp_path / "model")
     _img(tmp_path / "a.png", 100, w=64, h=64)  # square at the input size: no resize, no crop
-    rows = [{"image": "a.png", "caption": "middle", "boxes": [[24, 24, 16, 16]]},
-            {"image": "a.png", "caption": "corner", "boxes": [[0, 0, 4, 4]]}]  # ~40 px from the centre > 15 px
+    rows = [
+        {"image": "a.png", "caption": "middle", "boxes": [[24, 24, 16, 16]]},
+        {"image": "a.png", "caption": "corner", "boxes": [[0, 0, 4, 4]]},
+    ]  # ~40 px from the centre > 15 px
     f = tmp_path / "p.jsonl"
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "bench"
-    assert main(["benchmark", "data", "--data", str(f), "--model", str(tmp_path / "model"), "--methods", "random",
-                 "--metrics", "pointing_game", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "benchmark",
+                "data",
+                "--data",
+                str(f),
+                "--model",
+                str(tmp_path / "model"),
+                "--methods",
+                "random",
+                "--metrics",
+                "pointing_game",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     md = (out / "leaderboard.md").read_text()
     assert "## Benchmark `data`" in md and "| center" in md and "pointing_game" in md
     df = load_results(out / "run").to_pandas()
@@ -358,8 +447,12 @@ def test_benchmark_data_ranks_methods_on_your_pairs(tmp_path, capsys):
 def test_named_ground_truth_fields(imgs):
     Image.fromarray(np.eye(6, 8, dtype=np.uint8) * 255).save(imgs / "m.png")
     f = imgs / "gt.jsonl"  # boxes under another name, on the second record only; a mask under another name
-    f.write_text(json.dumps({"img": "img/0.png", "text": "no box", "seg": "m.png"}) + "\n"
-                 + json.dumps({"img": "img/1.png", "text": "a box", "bbox_list": [[1, 2, 3, 4]]}) + "\n")
+    f.write_text(
+        json.dumps({"img": "img/0.png", "text": "no box", "seg": "m.png"})
+        + "\n"
+        + json.dumps({"img": "img/1.png", "text": "a box", "bbox_list": [[1, 2, 3, 4]]})
+        + "\n"
+    )
     rows = list(open_pairs(f, box_key="bbox_list", mask_key="seg").rows())
     assert [r.boxes for r in rows] == [None, [[1.0, 2.0, 3.0, 4.0]]]
     pair = open_pairs(f, box_key="bbox_list", mask_key="seg").load(rows[0])

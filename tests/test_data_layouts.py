@@ -8,13 +8,11 @@ import json
 
 import numpy as np
 import pytest
+from conftest import tiny_hf_clip
 from PIL import Image
 
-from vlexplain.data.classes import (folder_classes, image_folder, open_class_dataset, split_counts,
-                                    split_folders)
+from vlexplain.data.classes import folder_classes, image_folder, open_class_dataset, split_counts, split_folders
 from vlexplain.errors import InputError
-
-from conftest import tiny_hf_clip
 
 CONCEPTS = {"cat": ["pointed ears", "whiskers"], "dog": ["floppy ears", "wet nose"]}
 
@@ -51,12 +49,15 @@ def test_flat_class_folder_split_is_seeded_per_class_and_disjoint(tmp_path):
     assert len(al) == 11 and not any(".ipynb" in str(s.path) or ".hidden" in str(s.path) for s in al.samples)
     # by hand: each class's test image is the one whose sha256("0\0<class>/<file>") sorts first
     for label, c in enumerate(("cat", "dog")):
-        files = [p.relative_to(root).as_posix() for p in (root / c).rglob("*") if p.is_file()
-                 and not any(part.startswith(".") for part in p.relative_to(root / c).parts)]
+        files = [
+            p.relative_to(root).as_posix()
+            for p in (root / c).rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root / c).parts)
+        ]
         first = min(files, key=lambda r: hashlib.sha256(f"0\0{r}".encode()).hexdigest())
         assert [s.path.relative_to(root).as_posix() for s in te.samples if s.label == label] == [first]
     assert len(te) == 2 and len(tr) == 9  # 5 -> 1 test; 6 -> round(1.2) = 1 test
-    paths = lambda ds: {s.path for s in ds.samples}  # noqa: E731
+    paths = lambda ds: {s.path for s in ds.samples}
     assert not paths(tr) & paths(te) and paths(tr) | paths(te) == paths(al)
     assert te.describe()["split"] == "test" and te.describe()["images"] == 2
     assert te.describe()["test_fraction"] == 0.2 and te.describe()["split_seed"] == 0
@@ -122,12 +123,55 @@ def test_deal_train_and_evaluate_see_disjoint_images(tmp_path, monkeypatch, caps
 
     monkeypatch.setattr(ct, "deal_train", spy_train)
     monkeypatch.setattr(ce, "evaluate_concepts", spy_eval)
-    common = ["--data", str(root), "--concepts", str(tmp_path / "c.json"), "--model", str(tmp_path / "model"), "--k", "2"]
-    assert main(["deal", "train", *common, "--out", str(tmp_path / "run"), "--steps", "1", "--batch-size", "2",
-                 "--no-progress", "--freeze-text", "--lr", "1e-4", "--test-fraction", "0.4"]) == 0
+    common = [
+        "--data",
+        str(root),
+        "--concepts",
+        str(tmp_path / "c.json"),
+        "--model",
+        str(tmp_path / "model"),
+        "--k",
+        "2",
+    ]
+    assert (
+        main(
+            [
+                "deal",
+                "train",
+                *common,
+                "--out",
+                str(tmp_path / "run"),
+                "--steps",
+                "1",
+                "--batch-size",
+                "2",
+                "--no-progress",
+                "--freeze-text",
+                "--lr",
+                "1e-4",
+                "--test-fraction",
+                "0.4",
+            ]
+        )
+        == 0
+    )
     # deal evaluate takes the split rule of the training run it evaluates
-    assert main(["deal", "evaluate", *common, "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "ev"),
-                 "--gallery", "0"]) == 0
+    assert (
+        main(
+            [
+                "deal",
+                "evaluate",
+                *common,
+                "--checkpoint",
+                str(tmp_path / "run"),
+                "--out",
+                str(tmp_path / "ev"),
+                "--gallery",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert "shares images" not in capsys.readouterr().err
     assert len(seen["train"]) == 6 and len(seen["evaluate"]) == 4  # 5 per class, 5 * 0.4 = 2 per class held out
     assert not seen["train"] & seen["evaluate"]
@@ -140,8 +184,26 @@ def test_deal_train_and_evaluate_see_disjoint_images(tmp_path, monkeypatch, caps
     assert cfg["data_split"]["layout"] == "class folders" and cfg["data_split"]["images"] == 4
     assert cfg["data_split"]["test_fraction"] == 0.4
     # evaluating the training images is allowed, and said
-    assert main(["deal", "evaluate", *common, "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "ev2"),
-                 "--gallery", "0", "--split", "train", "--limit", "1"]) == 0
+    assert (
+        main(
+            [
+                "deal",
+                "evaluate",
+                *common,
+                "--checkpoint",
+                str(tmp_path / "run"),
+                "--out",
+                str(tmp_path / "ev2"),
+                "--gallery",
+                "0",
+                "--split",
+                "train",
+                "--limit",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert "warning: the train split evaluated here shares images with the train split" in capsys.readouterr().err
 
 

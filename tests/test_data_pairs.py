@@ -72,8 +72,14 @@ def test_missing_and_corrupt_images_become_error_rows(images):
     (images / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
     (images / "empty.png").write_bytes(b"")
     f = images / "pairs.jsonl"
-    rows = [("img/0.png", "ok"), ("nope.png", "missing"), ("bad.jpg", "corrupt"), ("empty.png", "empty"),
-            ("img/1.png", " "), ("img/2.png", "last")]
+    rows = [
+        ("img/0.png", "ok"),
+        ("nope.png", "missing"),
+        ("bad.jpg", "corrupt"),
+        ("empty.png", "empty"),
+        ("img/1.png", " "),
+        ("img/2.png", "last"),
+    ]
     f.write_text("\n".join(json.dumps({"image": a, "caption": b}) for a, b in rows))
     pairs = list(open_pairs(f))
     assert [p.error is None for p in pairs] == [True, False, False, False, False, True]
@@ -103,8 +109,11 @@ def test_csv_malformed(images):
     with pytest.raises(InputError, match=rf"{f}:3: expected 2 fields"):
         list(open_pairs(f).rows())
     f.write_text("picture,words\nimg/0.png,a\n")
-    with pytest.raises(InputError, match=rf"{f}:1: no image column among the columns found \(picture, words\); "
-                       "name it with --image-key"):
+    with pytest.raises(
+        InputError,
+        match=rf"{f}:1: no image column among the columns found \(picture, words\); "
+        "name it with --image-key",
+    ):
         list(open_pairs(f).rows())
     assert [r.caption for r in open_pairs(f, image_key="picture", caption_key="words").rows()] == ["a"]
     f.write_text('image,caption,boxes\nimg/0.png,a,"[[1,2,3,4]"\n')
@@ -131,7 +140,7 @@ def test_image_folder_with_captions_files(images):
     ds = open_pairs(d)
     assert ds.format == "folder"
     assert _captions(ds) == [("zero", True), ("one", True)]
-    (d / "captions.txt").write_text("image,caption\n0.png,zero\n2.png,\"two, with comma\"\n")
+    (d / "captions.txt").write_text('image,caption\n0.png,zero\n2.png,"two, with comma"\n')
     assert _captions(open_pairs(d)) == [("zero", True), ("two, with comma", True)]
     (d / "captions.txt").write_text("0.png zero\n")
     with pytest.raises(InputError, match=r"captions.txt:1: expected 'image file<TAB>caption'"):
@@ -180,10 +189,13 @@ def test_hf_dataset_needs_the_datasets_package(tmp_path, monkeypatch):
 def test_hf_dataset_saved_to_disk(tmp_path):
     datasets = pytest.importorskip("datasets")
     paths = [str(_img(tmp_path / f"{i}.png", value=i)) for i in range(2)]
-    dd = datasets.DatasetDict({
-        "test": datasets.Dataset.from_dict({"image": paths, "text": ["first", "second"]}).cast_column(
-            "image", datasets.Image()),
-    })
+    dd = datasets.DatasetDict(
+        {
+            "test": datasets.Dataset.from_dict({"image": paths, "text": ["first", "second"]}).cast_column(
+                "image", datasets.Image()
+            ),
+        }
+    )
     dd.save_to_disk(str(tmp_path / "saved"))
     ds = open_pairs(tmp_path / "saved")
     assert ds.format == "hf"

@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_hf_clip
 from PIL import Image
 
 import vlexplain as vx
@@ -27,8 +28,6 @@ from vlexplain.concepts.sets import ConceptSet, load_concepts
 from vlexplain.concepts.train import batch_indices, deal_train, find_checkpoint, load_checkpoint
 from vlexplain.data.classes import cub, disk_mask, image_folder, open_class_dataset, to_preprocessed
 from vlexplain.errors import InputError, MethodError
-
-from conftest import tiny_hf_clip
 
 CONCEPTS = {
     "cat": ["pointy ears", "long whiskers", "striped fur"],
@@ -199,8 +198,9 @@ def test_registered_methods_for_evaluation(hf_clip, rng_images):
 def test_plot_concept_maps(hf_clip, rng_images, tmp_path):
     cs = load_concepts(CONCEPTS)
     m = deal_maps(hf_clip, rng_images[:1], ["cat"], cs)
-    p = plot_concept_maps(hf_clip.denormalize(rng_images[0]), m.category[0], m.concepts[0], m.texts[0],
-                          tmp_path / "fig.png")
+    p = plot_concept_maps(
+        hf_clip.denormalize(rng_images[0]), m.category[0], m.concepts[0], m.texts[0], tmp_path / "fig.png"
+    )
     with Image.open(p) as im:
         assert im.size[0] > 4 * im.size[1] / 2
 
@@ -209,8 +209,9 @@ def test_plot_concept_maps(hf_clip, rng_images, tmp_path):
 
 
 def _explanation_only(model, pixels, labels, cs, detach=False):
-    return deal_losses(model, pixels, labels, ["cat", "dog"], cs, lambda_sep=1.0, lambda_con=1.0,
-                       prediction="none", detach_maps=detach)
+    return deal_losses(
+        model, pixels, labels, ["cat", "dog"], cs, lambda_sep=1.0, lambda_con=1.0, prediction="none", detach_maps=detach
+    )
 
 
 def test_explanation_losses_train_the_model(rng_images):
@@ -363,8 +364,14 @@ def test_localizability_hand_computed():
     assert got_r == pytest.approx(want((1.0, 0.0), (0.5, 0.0)), rel=1e-5)
     # each map is tested on its own image: image 1 is the mirror image, its map points right
     x2 = torch.cat([x, x.flip(-1)])
-    mean, per = localizability(ToyModel(), x2, torch.cat([left, right]), text.expand(2, 2), steps=(0.5, 1.0),
-                               blurred=blur.expand(2, -1, -1, -1))
+    mean, per = localizability(
+        ToyModel(),
+        x2,
+        torch.cat([left, right]),
+        text.expand(2, 2),
+        steps=(0.5, 1.0),
+        blurred=blur.expand(2, -1, -1, -1),
+    )
     assert float(per[0]) == pytest.approx(want((1.0, 0.0), (1.0, 0.5)), rel=1e-5)
     assert float(per[1]) == pytest.approx(want((0.0, 1.0), (0.5, 1.0)), rel=1e-5)
     assert mean == pytest.approx(float(per.mean()))
@@ -413,8 +420,12 @@ def make_cub(root):
         split.append(f"{iid} {1 if iid <= 2 else 0}\n")
         boxes.append(f"{iid} 5.0 5.0 30.0 20.0\n")
         locs.append(f"{iid} 1 10.0 20.0 1\n{iid} 2 0.0 0.0 0\n")
-    for f, rows in [("images.txt", names), ("image_class_labels.txt", labels), ("train_test_split.txt", split),
-                    ("bounding_boxes.txt", boxes)]:
+    for f, rows in [
+        ("images.txt", names),
+        ("image_class_labels.txt", labels),
+        ("train_test_split.txt", split),
+        ("bounding_boxes.txt", boxes),
+    ]:
         (root / f).write_text("".join(rows))
     (root / "parts").mkdir()
     (root / "parts" / "parts.txt").write_text("1 beak\n2 left eye\n")
@@ -486,8 +497,9 @@ def test_freeze_one_tower(tmp_path, tiny_cub, frozen):
     before = {k: v.clone() for k, v in m.state_dict().items()}
     tower = {"image": m.image, "text": m.text}
     names = {t: {id(p) for p in tower[t].parameters()} for t in tower}
-    deal_train(m, tiny_cub, cs, tmp_path / "run", steps=2, batch_size=2, lr=1e-3, progress=False,
-               **{f"freeze_{frozen}": True})
+    deal_train(
+        m, tiny_cub, cs, tmp_path / "run", steps=2, batch_size=2, lr=1e-3, progress=False, **{f"freeze_{frozen}": True}
+    )
     other = "text" if frozen == "image" else "image"
     moved = {t: False for t in tower}
     for name, p in m.named_parameters():
@@ -512,8 +524,16 @@ def test_image_blocks_trains_only_the_last_blocks(tmp_path, tiny_cub):
     assert all(p.requires_grad for p in m.image.parameters())  # flags restored after the run
     for bad in (0, len(blocks) + 1):
         with pytest.raises(InputError, match="image_blocks must be"):
-            deal_train(fresh_model(), tiny_cub, cs, tmp_path / f"bad{bad}", steps=1, batch_size=2, progress=False,
-                       image_blocks=bad)
+            deal_train(
+                fresh_model(),
+                tiny_cub,
+                cs,
+                tmp_path / f"bad{bad}",
+                steps=1,
+                batch_size=2,
+                progress=False,
+                image_blocks=bad,
+            )
 
 
 def test_nan_loss_stops_and_keeps_checkpoint(tmp_path, tiny_cub, monkeypatch):
@@ -532,8 +552,18 @@ def test_nan_loss_stops_and_keeps_checkpoint(tmp_path, tiny_cub, monkeypatch):
 
     monkeypatch.setattr(train_mod, "deal_losses", poisoned)
     m = fresh_model()
-    r = deal_train(m, tiny_cub, cs, tmp_path / "run", steps=4, batch_size=2, lr=1e-4, save_every=2, progress=False,
-                   freeze_text=True)
+    r = deal_train(
+        m,
+        tiny_cub,
+        cs,
+        tmp_path / "run",
+        steps=4,
+        batch_size=2,
+        lr=1e-4,
+        save_every=2,
+        progress=False,
+        freeze_text=True,
+    )
     assert r.stopped.startswith("step 3") and "nan" in r.stopped
     assert r.step == 2
     ck = find_checkpoint(tmp_path / "run")
@@ -545,8 +575,9 @@ def test_nan_loss_stops_and_keeps_checkpoint(tmp_path, tiny_cub, monkeypatch):
 
 def test_train_rejects_missing_classes(tmp_path, tiny_cub):
     with pytest.raises(InputError, match="Cardinal"):
-        deal_train(fresh_model(), tiny_cub, load_concepts({"Black footed Albatross": ["x"]}), tmp_path, steps=1,
-                   progress=False)
+        deal_train(
+            fresh_model(), tiny_cub, load_concepts({"Black footed Albatross": ["x"]}), tmp_path, steps=1, progress=False
+        )
     with pytest.raises(InputError, match="unknown DEAL option"):
         deal_train(fresh_model(), tiny_cub, load_concepts(CUB_CONCEPTS), tmp_path, steps=1, bogus=1)
 

@@ -18,14 +18,13 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_hf_clip
 from PIL import Image
 
 import vlexplain as vx
 from vlexplain.concepts.sets import load_concepts
 from vlexplain.concepts.train import batch_indices, deal_train, find_checkpoint, load_checkpoint
 from vlexplain.data.classes import image_folder
-
-from conftest import tiny_hf_clip
 
 CONCEPTS = {"cat": ["pointy ears", "long whiskers"], "dog": ["floppy ears", "wet nose"]}
 LR = 1e-3
@@ -46,8 +45,9 @@ def _setup(d):
 def _one_process(d, out, steps):
     m = vx.load_model(str(d / "model"))
     ds = image_folder(d / "data", transform=m.preprocess)
-    r = deal_train(m, ds, load_concepts(d / "c.json"), out, steps=steps, batch_size=4, lr=LR, k=2, save_every=1,
-                   progress=False)
+    r = deal_train(
+        m, ds, load_concepts(d / "c.json"), out, steps=steps, batch_size=4, lr=LR, k=2, save_every=1, progress=False
+    )
     return m, r
 
 
@@ -77,17 +77,54 @@ def test_two_processes_equal_one_with_double_batch(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--num_cpu_threads_per_process", "1", "--main_process_port", str(port),
-           "-m", "vlexplain.cli", "deal", "train", "--data", str(tmp_path / "data"), "--split", "all", "--concepts",
-           str(tmp_path / "c.json"), "--model", str(tmp_path / "model"), "--out", str(two), "--steps", "3",
-           "--batch-size", "2", "--lr", str(LR), "--k", "2", "--save-every", "1", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--num_cpu_threads_per_process",
+        "1",
+        "--main_process_port",
+        str(port),
+        "-m",
+        "vlexplain.cli",
+        "deal",
+        "train",
+        "--data",
+        str(tmp_path / "data"),
+        "--split",
+        "all",
+        "--concepts",
+        str(tmp_path / "c.json"),
+        "--model",
+        str(tmp_path / "model"),
+        "--out",
+        str(two),
+        "--steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--lr",
+        str(LR),
+        "--k",
+        "2",
+        "--save-every",
+        "1",
+        "--no-progress",
+    ]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
 
     # two processes ran; process 0 alone reported and wrote
-    report = json.loads(r.stdout[r.stdout.index("{"):])  # exactly one JSON object
+    report = json.loads(r.stdout[r.stdout.index("{") :])  # exactly one JSON object
     assert report["world_size"] == 2 and report["step"] == 3 and report["stopped"] == "done"
     cfg = json.loads((two / "config.json").read_text())
     assert cfg["world_size"] == 2 and cfg["batch_size"] == 2 and cfg["global_batch_size"] == 4
@@ -116,8 +153,12 @@ def test_two_processes_equal_one_with_double_batch(tmp_path):
 def test_average_gradients_buckets_dtypes_and_missing_grads():
     from vlexplain.distributed import average_gradients
 
-    ps = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(4)),
-          torch.nn.Parameter(torch.ones(2, dtype=torch.float64)), torch.nn.Parameter(torch.ones(5))]
+    ps = [
+        torch.nn.Parameter(torch.ones(3)),
+        torch.nn.Parameter(torch.ones(4)),
+        torch.nn.Parameter(torch.ones(2, dtype=torch.float64)),
+        torch.nn.Parameter(torch.ones(5)),
+    ]
     for i, p in enumerate(ps):
         if i != 1:  # parameter 1 has no gradient: it must be sent as zeros
             p.grad = torch.arange(p.numel(), dtype=p.dtype).view_as(p) + i

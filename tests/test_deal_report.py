@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_hf_clip
+from test_deal import CUB_CONCEPTS, make_cub
 
 import vlexplain as vx
 from vlexplain.concepts.evaluate import concept_gallery, evaluate_concepts, paired_interval
@@ -21,9 +23,6 @@ from vlexplain.data.classes import cub
 from vlexplain.data.shapes import concept_set, render_scene
 from vlexplain.data.shapes_classes import TRAIN_SEEDS, parse_shapes_spec, shapes_classes
 from vlexplain.errors import InputError
-
-from conftest import tiny_hf_clip
-from test_deal import CUB_CONCEPTS, make_cub
 
 SHAPES_PROMPTS = Templates("a {class}", "{descriptor}")
 
@@ -49,7 +48,9 @@ def test_shapes_classes_dataset():
     assert torch.equal(ds.concept_mask(0, d, (64, 64)), torch.from_numpy(want))
     big = ds.concept_mask(0, d, (128, 128))  # nearest: every scene pixel becomes a 2 x 2 block
     assert torch.equal(big, torch.from_numpy(np.kron(want, np.ones((2, 2), dtype=bool))))
-    assert ds.concept_mask(0, "a triangular sail" if s.objects[0].category != "boat" else "a tall hat", (64, 64)) is None
+    assert (
+        ds.concept_mask(0, "a triangular sail" if s.objects[0].category != "boat" else "a tall hat", (64, 64)) is None
+    )
 
     assert parse_shapes_spec("shapes:12") == 12
     for bad in ("shapes:0", "shapes:x", "shapes:", "shapes:-3"):
@@ -86,9 +87,12 @@ def test_evaluate_shapes_ground_truth(hf_clip):
     np.testing.assert_allclose(per["part_energy"]["values"], energy, rtol=1e-5)
     assert per["part_pointing"]["image"].tolist() == [0, 0, 1, 1, 2, 2]
     assert per["localizability"]["image"].tolist() == [0, 0, 1, 1, 2, 2]
-    for key, want in (("localizability", r["localizability"]), ("mean_pairwise_overlap", r["mean_pairwise_overlap"]),
-                      ("accuracy_standard.top1", r["accuracy_standard"]["top1"]),
-                      ("accuracy_concepts.top1", r["accuracy_concepts"]["top1"])):
+    for key, want in (
+        ("localizability", r["localizability"]),
+        ("mean_pairwise_overlap", r["mean_pairwise_overlap"]),
+        ("accuracy_standard.top1", r["accuracy_standard"]["top1"]),
+        ("accuracy_concepts.top1", r["accuracy_concepts"]["top1"]),
+    ):
         assert per[key]["values"].mean() == pytest.approx(want, rel=1e-5)
 
     g = concept_gallery(hf_clip, ds, cs, [0, 2], k=2, templates=SHAPES_PROMPTS)
@@ -103,17 +107,36 @@ def test_evaluate_shapes_ground_truth(hf_clip):
 
 
 def _metrics(acc, dis, overlap, loc, point):
-    return {"images": 10, "method": "deal", "accuracy_standard": {"top1": acc, "top5": 90.0},
-            "accuracy_concepts": {"top1": acc - 5, "top5": 80.0}, "disentanglability": dis,
-            "pairwise_overlap_sum": 3 * overlap, "mean_pairwise_overlap": overlap, "localizability": loc,
-            "part_pointing": point, "part_energy": 0.25, "part_area": 0.05, "part_maps": 30}
+    return {
+        "images": 10,
+        "method": "deal",
+        "accuracy_standard": {"top1": acc, "top5": 90.0},
+        "accuracy_concepts": {"top1": acc - 5, "top5": 80.0},
+        "disentanglability": dis,
+        "pairwise_overlap_sum": 3 * overlap,
+        "mean_pairwise_overlap": overlap,
+        "localizability": loc,
+        "part_pointing": point,
+        "part_energy": 0.25,
+        "part_area": 0.05,
+        "part_maps": 30,
+    }
 
 
 def _gallery(seed):
     rng = np.random.default_rng(seed)
-    return [{"index": i, "label": "house", "predicted": "tree", "texts": ["a house", "square walls", "a roof"],
-             "image": rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), "maps": rng.random((3, 2, 2), dtype=np.float32),
-             "part_energy": [0.5, None]} for i in (3, 7)]
+    return [
+        {
+            "index": i,
+            "label": "house",
+            "predicted": "tree",
+            "texts": ["a house", "square walls", "a roof"],
+            "image": rng.integers(0, 256, (8, 8, 3), dtype=np.uint8),
+            "maps": rng.random((3, 2, 2), dtype=np.float32),
+            "part_energy": [0.5, None],
+        }
+        for i in (3, 7)
+    ]
 
 
 def _table(page):
@@ -127,7 +150,9 @@ def _table(page):
 def test_report_before_after(tmp_path):
     before, after = _metrics(60.0, 0.4, 3.0, 0.6, 20.0), _metrics(72.5, 0.45, 3.5, 0.55, 20.0)
     cfg = {"model": "m", "checkpoint": "/runs/a/checkpoint", "data": "shapes:10", "k": 3, "training run": {"lr": 1e-4}}
-    path = write_report(tmp_path, cfg, {"before": before, "after": after}, {"before": _gallery(0), "after": _gallery(1)})
+    path = write_report(
+        tmp_path, cfg, {"before": before, "after": after}, {"before": _gallery(0), "after": _gallery(1)}
+    )
     doc = json.loads((tmp_path / "metrics.json").read_text())
     assert doc["columns"] == ["before", "after"] and doc["config"] == cfg
     assert doc["delta"]["accuracy_standard.top1"] == pytest.approx(12.5)
@@ -195,10 +220,14 @@ def test_paired_interval():
 def test_report_paired_intervals(tmp_path):
     rng = np.random.default_rng(0)
     img = np.repeat(np.arange(50), 2)
-    before = {**_metrics(60.0, 0.4, 3.0, 0.6, 20.0),
-              "per_item": {"part_pointing": {"values": 100.0 * (rng.random(100) < 0.2), "image": img}}}
-    after = {**_metrics(72.5, 0.45, 3.5, 0.55, 60.0),
-             "per_item": {"part_pointing": {"values": 100.0 * (rng.random(100) < 0.6), "image": img}}}
+    before = {
+        **_metrics(60.0, 0.4, 3.0, 0.6, 20.0),
+        "per_item": {"part_pointing": {"values": 100.0 * (rng.random(100) < 0.2), "image": img}},
+    }
+    after = {
+        **_metrics(72.5, 0.45, 3.5, 0.55, 60.0),
+        "per_item": {"part_pointing": {"values": 100.0 * (rng.random(100) < 0.6), "image": img}},
+    }
     path = write_report(tmp_path, {"model": "m"}, {"before": before, "after": after})
     doc = json.loads((tmp_path / "metrics.json").read_text())
     lo, hi = doc["delta_ci"]["part_pointing"]
@@ -212,7 +241,9 @@ def test_report_paired_intervals(tmp_path):
     assert float(table["part_pointing"]["delta_low"]) == pytest.approx(lo)
     assert table["localizability"]["delta_low"] == ""  # no per-item scores: no interval
     _, back, _ = read_report(tmp_path)  # read back with its per-item scores, for a later comparison
-    np.testing.assert_array_equal(back["per_item"]["part_pointing"]["values"], after["per_item"]["part_pointing"]["values"])
+    np.testing.assert_array_equal(
+        back["per_item"]["part_pointing"]["values"], after["per_item"]["part_pointing"]["values"]
+    )
     (tmp_path / "scores.npz").write_bytes(b"not a zip")
     with pytest.raises(InputError, match="scores.npz cannot be read"):
         read_report(tmp_path)
@@ -244,13 +275,50 @@ def test_cli_train_and_evaluate(tmp_path):
     make_cub(tmp_path / "cub")
     tiny_hf_clip().save_pretrained(tmp_path / "model")
     (tmp_path / "c.json").write_text(json.dumps(CUB_CONCEPTS))
-    common = ["--data", str(tmp_path / "cub"), "--concepts", str(tmp_path / "c.json"), "--model", str(tmp_path / "model")]
-    rc = main(["deal", "train", *common, "--out", str(tmp_path / "run"), "--steps", "1", "--batch-size", "2",
-               "--k", "2", "--no-progress", "--freeze-text", "--lr", "1e-3"])
+    common = [
+        "--data",
+        str(tmp_path / "cub"),
+        "--concepts",
+        str(tmp_path / "c.json"),
+        "--model",
+        str(tmp_path / "model"),
+    ]
+    rc = main(
+        [
+            "deal",
+            "train",
+            *common,
+            "--out",
+            str(tmp_path / "run"),
+            "--steps",
+            "1",
+            "--batch-size",
+            "2",
+            "--k",
+            "2",
+            "--no-progress",
+            "--freeze-text",
+            "--lr",
+            "1e-3",
+        ]
+    )
     assert rc == 0 and find_checkpoint(tmp_path / "run") is not None
     # before / after: the base model, then the base model with the run's checkpoint
-    rc = main(["deal", "evaluate", *common, "--checkpoint", str(tmp_path / "run"), "--split", "all",
-               "--out", str(tmp_path / "ev"), "--gallery", "1"])
+    rc = main(
+        [
+            "deal",
+            "evaluate",
+            *common,
+            "--checkpoint",
+            str(tmp_path / "run"),
+            "--split",
+            "all",
+            "--out",
+            str(tmp_path / "ev"),
+            "--gallery",
+            "1",
+        ]
+    )
     assert rc == 0
     doc = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert doc["columns"] == ["before", "after"]
@@ -260,8 +328,9 @@ def test_cli_train_and_evaluate(tmp_path):
         assert "part_pointing" not in doc["metrics"][col]  # no descriptor names the one visible part (beak)
     # the fine-tuned model differs from the base model; delta = after - before
     d = doc["delta"]["mean_pairwise_overlap"]
-    assert d == pytest.approx(doc["metrics"]["after"]["mean_pairwise_overlap"]
-                              - doc["metrics"]["before"]["mean_pairwise_overlap"])
+    assert d == pytest.approx(
+        doc["metrics"]["after"]["mean_pairwise_overlap"] - doc["metrics"]["before"]["mean_pairwise_overlap"]
+    )
     assert d != 0.0
     base = vx.load_model(str(tmp_path / "model"))
     ds = cub(tmp_path / "cub", "all", transform=base.preprocess)
@@ -271,36 +340,131 @@ def test_cli_train_and_evaluate(tmp_path):
     assert ">before<" in html_text and ">after<" in html_text and ">Δ<" in html_text
     assert (tmp_path / "ev" / "metrics.csv").read_text().startswith("metric,before,after,delta")
     # --before reuses an earlier output: the same numbers without evaluating the base model again
-    assert main(["deal", "evaluate", *common, "--split", "all", "--k", "2", "--out", str(tmp_path / "base"),
-                 "--gallery", "1"]) == 0
+    assert (
+        main(
+            [
+                "deal",
+                "evaluate",
+                *common,
+                "--split",
+                "all",
+                "--k",
+                "2",
+                "--out",
+                str(tmp_path / "base"),
+                "--gallery",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "base" / "metrics.json").read_text())["columns"] == ["model"]
-    rc = main(["deal", "evaluate", *common, "--checkpoint", str(tmp_path / "run"), "--split", "all",
-               "--before", str(tmp_path / "base"), "--out", str(tmp_path / "ev2"), "--gallery", "1"])
+    rc = main(
+        [
+            "deal",
+            "evaluate",
+            *common,
+            "--checkpoint",
+            str(tmp_path / "run"),
+            "--split",
+            "all",
+            "--before",
+            str(tmp_path / "base"),
+            "--out",
+            str(tmp_path / "ev2"),
+            "--gallery",
+            "1",
+        ]
+    )
     assert rc == 0
     doc2 = json.loads((tmp_path / "ev2" / "metrics.json").read_text())
     assert doc2["metrics"] == doc["metrics"] and doc2["delta"] == doc["delta"]
     assert doc2["delta_ci"] == doc["delta_ci"] and "localizability" in doc["delta_ci"]  # per-item scores read back
     # an earlier output with other settings is refused, and nothing is written
-    rc = main(["deal", "evaluate", *common, "--checkpoint", str(tmp_path / "run"), "--split", "train",
-               "--before", str(tmp_path / "base"), "--out", str(tmp_path / "ev3")])
+    rc = main(
+        [
+            "deal",
+            "evaluate",
+            *common,
+            "--checkpoint",
+            str(tmp_path / "run"),
+            "--split",
+            "train",
+            "--before",
+            str(tmp_path / "base"),
+            "--out",
+            str(tmp_path / "ev3"),
+        ]
+    )
     assert rc == 2 and not (tmp_path / "ev3").exists()
-    assert main(["deal", "train", *common[:2], "--concepts", str(tmp_path / "nope.json"), "--model",
-                 str(tmp_path / "model"), "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "deal",
+                "train",
+                *common[:2],
+                "--concepts",
+                str(tmp_path / "nope.json"),
+                "--model",
+                str(tmp_path / "model"),
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert main(["deal", "evaluate", "--data", str(tmp_path / "cub"), "--out", str(tmp_path / "x")]) == 2  # no concepts
-
-
 
 
 def test_cli_evaluate_shapes(tmp_path):
     from vlexplain.cli import main
 
     run, out = tmp_path / "run", tmp_path / "ev"
-    assert main(["deal", "train", "--model", "testbed:shapes", "--data", "shapes:4", "--out", str(run), "--steps", "1",
-                 "--batch-size", "2", "--k", "2", "--lr", "1e-3", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "deal",
+                "train",
+                "--model",
+                "testbed:shapes",
+                "--data",
+                "shapes:4",
+                "--out",
+                str(run),
+                "--steps",
+                "1",
+                "--batch-size",
+                "2",
+                "--k",
+                "2",
+                "--lr",
+                "1e-3",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     train_cfg = json.loads((run / "config.json").read_text())
     assert train_cfg["category_template"] == "a {class}" and train_cfg["concept_template"] == "{descriptor}"
-    assert main(["deal", "evaluate", "--model", "testbed:shapes", "--data", "shapes:3", "--out", str(out),
-                 "--checkpoint", str(run), "--gallery", "1"]) == 0
+    assert (
+        main(
+            [
+                "deal",
+                "evaluate",
+                "--model",
+                "testbed:shapes",
+                "--data",
+                "shapes:3",
+                "--out",
+                str(out),
+                "--checkpoint",
+                str(run),
+                "--gallery",
+                "1",
+            ]
+        )
+        == 0
+    )
     doc = json.loads((out / "metrics.json").read_text())
     assert doc["columns"] == ["before", "after"] and doc["config"]["k"] == 2  # k and prompts from the run
     assert doc["config"]["category_template"] == "a {class}" and doc["config"]["concept_template"] == "{descriptor}"
@@ -311,5 +475,7 @@ def test_cli_evaluate_shapes(tmp_path):
     assert lo <= doc["delta"]["part_energy"] <= hi
     page = (out / "report.html").read_text()
     assert "in part " in page and "ground truth: concept pointing" in page
-    assert main(["deal", "evaluate", "--model", "testbed:shapes", "--data", "shapes:0", "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(["deal", "evaluate", "--model", "testbed:shapes", "--data", "shapes:0", "--out", str(tmp_path / "x")]) == 2
+    )
     assert not (tmp_path / "x").exists()

@@ -8,13 +8,12 @@ import json
 
 import numpy as np
 import pytest
+from conftest import tiny_hf_clip
 from PIL import Image
 
 from vlexplain.errors import InputError
 from vlexplain.eval import evaluate, load_results
 from vlexplain.eval.problems import AllPairsFailedError, summary_line
-
-from conftest import tiny_hf_clip
 
 
 def _img(path, w=60, h=20, value=120):
@@ -35,8 +34,22 @@ def test_every_pair_failed_exits_non_zero_with_a_summary(tmp_path, capsys):
     f = tmp_path / "pairs.tsv"
     f.write_text("filepath\ttitle\nmissing0.png\ta cat\nmissing1.png\ta dog\n")
     out = tmp_path / "run"
-    rc = main(["evaluate", "--data", str(f), "--model", str(tmp_path / "model"), "--methods", "random",
-               "--metrics", "confidence_image", "--out", str(out), "--no-progress"])
+    rc = main(
+        [
+            "evaluate",
+            "--data",
+            str(f),
+            "--model",
+            str(tmp_path / "model"),
+            "--methods",
+            "random",
+            "--metrics",
+            "confidence_image",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2
     assert "every one of the 2 pairs failed" in err and "image not found" in err and str(out / "problems.jsonl") in err
@@ -55,10 +68,30 @@ def test_failed_pairs_are_counted_on_the_terminal(tmp_path, capsys):
     tiny_hf_clip().save_pretrained(tmp_path / "model")
     _img(tmp_path / "a.png")
     _img(tmp_path / "b.png")
-    f = _jsonl(tmp_path / "p.jsonl", [{"image": "a.png", "caption": "one"}, {"image": "gone.png", "caption": "two"},
-                                      {"image": "b.png", "caption": "three"}])
-    rc = main(["evaluate", "--data", str(f), "--model", str(tmp_path / "model"), "--methods", "random",
-               "--metrics", "confidence_image", "--out", str(tmp_path / "run"), "--no-progress"])
+    f = _jsonl(
+        tmp_path / "p.jsonl",
+        [
+            {"image": "a.png", "caption": "one"},
+            {"image": "gone.png", "caption": "two"},
+            {"image": "b.png", "caption": "three"},
+        ],
+    )
+    rc = main(
+        [
+            "evaluate",
+            "--data",
+            str(f),
+            "--model",
+            str(tmp_path / "model"),
+            "--methods",
+            "random",
+            "--metrics",
+            "confidence_image",
+            "--out",
+            str(tmp_path / "run"),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 0
     assert "warning: 1 of 3 pairs failed (first: " in err and "gone.png" in err
@@ -72,8 +105,15 @@ def test_metric_without_ground_truth_is_refused_or_skipped(tmp_path, hf_clip, ca
     with pytest.raises(InputError, match=r"metric 'pointing_game' needs ground-truth masks .* --skip-missing"):
         evaluate(f, hf_clip, ["random"], ["confidence_image", "pointing_game"], tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()  # refused before anything was written
-    out = evaluate(f, hf_clip, ["random"], ["confidence_image", "pointing_game"], tmp_path / "run", progress=False,
-                   skip_missing=True)
+    out = evaluate(
+        f,
+        hf_clip,
+        ["random"],
+        ["confidence_image", "pointing_game"],
+        tmp_path / "run",
+        progress=False,
+        skip_missing=True,
+    )
     assert "warning: metric 'pointing_game' needs ground-truth masks" in capsys.readouterr().err
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["metrics"] == ["confidence_image"] and "pointing_game" in cfg["skipped_metrics"]
@@ -86,9 +126,11 @@ def test_boxes_outside_the_centre_crop_are_counted_and_reported(tmp_path, hf_cli
     # a 60 x 20 image -> 64 x 64 input: scale 3.2, width 192, crop 64 px from the left, i.e. the crop
     # keeps original x in [20, 40). Box x 0..10 and x 15..19 lie wholly left of it; x 25..30 inside.
     _img(tmp_path / "wide.png")
-    rows = [{"image": "wide.png", "caption": "left", "boxes": [[0, 0, 10, 10]]},
-            {"image": "wide.png", "caption": "inside", "boxes": [[25, 5, 5, 5]]},
-            {"image": "wide.png", "caption": "just left", "boxes": [[15, 0, 4, 20]]}]
+    rows = [
+        {"image": "wide.png", "caption": "left", "boxes": [[0, 0, 10, 10]]},
+        {"image": "wide.png", "caption": "inside", "boxes": [[25, 5, 5, 5]]},
+        {"image": "wide.png", "caption": "just left", "boxes": [[15, 0, 4, 20]]},
+    ]
     f = _jsonl(tmp_path / "p.jsonl", rows)
     out = evaluate(f, hf_clip, ["random"], ["energy_pointing_game"], tmp_path / "run", progress=False)
     df = load_results(out).to_pandas().sort_values("index")
@@ -104,8 +146,21 @@ def test_boxes_outside_the_centre_crop_are_counted_and_reported(tmp_path, hf_cli
 def test_a_url_as_data_is_refused_in_one_line(tmp_path, capsys):
     from vlexplain.cli import main
 
-    rc = main(["evaluate", "--data", "https://example.com/pairs.tsv", "--model", "offline", "--methods", "random",
-               "--metrics", "confidence_image", "--out", str(tmp_path / "run")])
+    rc = main(
+        [
+            "evaluate",
+            "--data",
+            "https://example.com/pairs.tsv",
+            "--model",
+            "offline",
+            "--methods",
+            "random",
+            "--metrics",
+            "confidence_image",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "\n" not in err and not (tmp_path / "run").exists()
     assert "--data: the data is a URL (https://example.com/pairs.tsv)" in err and "download" in err

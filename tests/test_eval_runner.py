@@ -78,8 +78,19 @@ def _assert_same(a, b) -> None:
 def run_a(tmp_path_factory, hf_clip):
     d = tmp_path_factory.mktemp("eval")
     data = _write_data(d, 7)
-    out = evaluate(data, hf_clip, ["m2ib", "random"], METRICS, d / "run", batch_size=2, shard_size=4,
-                   save_maps=True, method_options=M2IB, metric_options=METRIC_OPTS, progress=False)
+    out = evaluate(
+        data,
+        hf_clip,
+        ["m2ib", "random"],
+        METRICS,
+        d / "run",
+        batch_size=2,
+        shard_size=4,
+        save_maps=True,
+        method_options=M2IB,
+        metric_options=METRIC_OPTS,
+        progress=False,
+    )
     return d, data, out
 
 
@@ -118,8 +129,9 @@ def test_values_match_direct_calls(run_a, hf_clip):
     imgs = [Image.open(d / "img" / f"{i}.png").convert("RGB") for i in (0, 1)]
     px = torch.stack([hf_clip.preprocess(im) for im in imgs])
     caps = ["a photo of thing 0", "a photo of thing 1"]
-    exps = vx.explain(hf_clip, px, caps, method="m2ib", seed=[pair_seed(0, 0), pair_seed(0, 1)], batch_size=2,
-                      **M2IB["m2ib"])
+    exps = vx.explain(
+        hf_clip, px, caps, method="m2ib", seed=[pair_seed(0, 0), pair_seed(0, 1)], batch_size=2, **M2IB["m2ib"]
+    )
     tb = hf_clip.tokenize(caps)
     dele = get_metric("deletion_image")(hf_clip, px, tb, torch.stack([e.image_map for e in exps]), None, n_steps=4)
     ins = get_metric("insertion_text")(hf_clip, px, tb, None, token_maps_from_explanations(exps, tb), n_steps=2)
@@ -145,8 +157,20 @@ def test_resume_recomputes_only_missing_shards(run_a, hf_clip, tmp_path):
     (run / "shards" / ".tmp-metrics-000001.parquet.abc").write_bytes(b"half written")
     write_manifest(run, 9, 4)
     assert not json.loads((run / "manifest.json").read_text())["complete"]
-    evaluate(data, hf_clip, ["m2ib", "random"], METRICS, run, batch_size=2, shard_size=4, save_maps=True,
-             method_options=M2IB, metric_options=METRIC_OPTS, resume=True, progress=False)
+    evaluate(
+        data,
+        hf_clip,
+        ["m2ib", "random"],
+        METRICS,
+        run,
+        batch_size=2,
+        shard_size=4,
+        save_maps=True,
+        method_options=M2IB,
+        metric_options=METRIC_OPTS,
+        resume=True,
+        progress=False,
+    )
     _assert_same(_frame(run), ref)
     assert (run / "shards" / "metrics-000000.parquet").stat().st_mtime_ns == keep
     assert not list(run.rglob(".tmp-*"))
@@ -158,8 +182,20 @@ def test_refuses_to_mix_runs(run_a, hf_clip):
     with pytest.raises(InputError, match="already holds a run; pass --resume"):
         evaluate(data, hf_clip, ["m2ib", "random"], METRICS, out, batch_size=2, shard_size=4, progress=False)
     with pytest.raises(InputError, match="configuration differs in methods"):
-        evaluate(data, hf_clip, ["m2ib"], METRICS, out, batch_size=2, shard_size=4, save_maps=True,
-                 method_options=M2IB, metric_options=METRIC_OPTS, resume=True, progress=False)
+        evaluate(
+            data,
+            hf_clip,
+            ["m2ib"],
+            METRICS,
+            out,
+            batch_size=2,
+            shard_size=4,
+            save_maps=True,
+            method_options=M2IB,
+            metric_options=METRIC_OPTS,
+            resume=True,
+            progress=False,
+        )
     with pytest.raises(vx.MethodError, match="unknown metric"):
         evaluate(data, hf_clip, ["m2ib"], ["no_such_metric"], d / "other", progress=False)
     bad = d / "bad.jsonl"
@@ -183,9 +219,11 @@ def test_ground_truth_follows_preprocessing(tmp_path, hf_clip, monkeypatch):
     m = np.zeros((64, 128), np.uint8)
     m[8:24, 40:56] = 255
     Image.fromarray(m).save(tmp_path / "mask.png")
-    rows = [{"image": "wide.png", "caption": "box", "boxes": [[40, 8, 16, 16]]},
-            {"image": "wide.png", "caption": "mask", "mask": "mask.png"},
-            {"image": "wide.png", "caption": "none"}]
+    rows = [
+        {"image": "wide.png", "caption": "box", "boxes": [[40, 8, 16, 16]]},
+        {"image": "wide.png", "caption": "mask", "mask": "mask.png"},
+        {"image": "wide.png", "caption": "none"},
+    ]
     (tmp_path / "gt.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = evaluate(tmp_path / "gt.jsonl", hf_clip, ["random"], ["gtmetric:area"], tmp_path / "run", progress=False)
     df = load_results(out).to_pandas()
@@ -208,10 +246,12 @@ def test_a_failing_pair_becomes_an_error_row(tmp_path, hf_clip, monkeypatch):
     for i in range(3):
         Image.new("RGB", (64, 64), (60 * i, 0, 0)).save(tmp_path / f"{i}.png")
     caps = ["fine", "poison", "also fine"]
-    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"image": f"{i}.png", "caption": c}) + "\n"
-                                              for i, c in enumerate(caps)))
-    out = evaluate(tmp_path / "p.jsonl", hf_clip, ["random"], ["poison:mean"], tmp_path / "run", batch_size=3,
-                   progress=False)
+    (tmp_path / "p.jsonl").write_text(
+        "".join(json.dumps({"image": f"{i}.png", "caption": c}) + "\n" for i, c in enumerate(caps))
+    )
+    out = evaluate(
+        tmp_path / "p.jsonl", hf_clip, ["random"], ["poison:mean"], tmp_path / "run", batch_size=3, progress=False
+    )
     df = load_results(out).to_pandas()
     assert df["error"].isna().tolist() == [True, False, True]
     assert "p.jsonl:2" in df["error"][1] and "poisoned caption" in df["error"][1]
@@ -230,13 +270,26 @@ def test_every_pair_has_its_own_seed(tmp_path, hf_clip, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     Image.new("RGB", (64, 64), "gray").save(tmp_path / "0.png")
     (tmp_path / "same.jsonl").write_text((json.dumps({"image": "0.png", "caption": "a thing"}) + "\n") * 6)
-    runs = [evaluate(tmp_path / "same.jsonl", hf_clip, ["random"], ["first:value"], tmp_path / f"run{b}",
-                     batch_size=b, shard_size=6, seed=3, progress=False) for b in (1, 3)]
+    runs = [
+        evaluate(
+            tmp_path / "same.jsonl",
+            hf_clip,
+            ["random"],
+            ["first:value"],
+            tmp_path / f"run{b}",
+            batch_size=b,
+            shard_size=6,
+            seed=3,
+            progress=False,
+        )
+        for b in (1, 3)
+    ]
     vals = [load_results(r).to_pandas()["first:value"].to_numpy() for r in runs]
     assert np.array_equal(vals[0], vals[1])  # batching does not change a pair's seed
     assert len(set(vals[0].tolist())) == 6  # six draws, not one draw repeated
-    exps = vx.explain(hf_clip, [tmp_path / "0.png"] * 6, ["a thing"] * 6, method="random",
-                      seed=[pair_seed(3, i) for i in range(6)])
+    exps = vx.explain(
+        hf_clip, [tmp_path / "0.png"] * 6, ["a thing"] * 6, method="random", seed=[pair_seed(3, i) for i in range(6)]
+    )
     assert np.allclose(vals[0], [float(e.image_map.flatten()[0]) for e in exps], atol=1e-6)
     assert [e.settings["seed"] for e in exps] == [pair_seed(3, i) for i in range(6)]
     assert len({pair_seed(s, i) for s in range(3) for i in range(100)}) == 300
@@ -247,8 +300,18 @@ def test_every_pair_has_its_own_seed(tmp_path, hf_clip, monkeypatch):
     cfg = json.loads(cfg_path.read_text())
     cfg_path.write_text(json.dumps({**cfg, "version": 1}))
     with pytest.raises(InputError, match="configuration differs in version"):
-        evaluate(tmp_path / "same.jsonl", hf_clip, ["random"], ["first:value"], runs[0], batch_size=1, shard_size=6,
-                 seed=3, resume=True, progress=False)
+        evaluate(
+            tmp_path / "same.jsonl",
+            hf_clip,
+            ["random"],
+            ["first:value"],
+            runs[0],
+            batch_size=1,
+            shard_size=6,
+            seed=3,
+            resume=True,
+            progress=False,
+        )
 
 
 def test_report(run_a):
@@ -256,8 +319,17 @@ def test_report(run_a):
     path = report(out)
     page = path.read_text()
     assert page.startswith("<!DOCTYPE html>") and "<table>" in page
-    for word in ("m2ib", "random", "deletion_image.auc", "insertion_text.auc", "energy_pointing_game",
-                 "Deletion / insertion curves", "data:image/png;base64,", "image not found", "config.json"):
+    for word in (
+        "m2ib",
+        "random",
+        "deletion_image.auc",
+        "insertion_text.auc",
+        "energy_pointing_game",
+        "Deletion / insertion curves",
+        "data:image/png;base64,",
+        "image not found",
+        "config.json",
+    ):
         assert word in page, word
     assert "http://" not in page and "https://" not in page  # self-contained
     import csv
@@ -288,8 +360,18 @@ def test_cli_help_and_errors(capsys):
 
     assert main(["evaluate", "--help"]) == 0
     text = capsys.readouterr().out
-    for flag in ("--data", "--model", "--methods", "--metrics", "--out", "--batch-size", "--limit", "--resume",
-                 "--save-maps", "--device"):
+    for flag in (
+        "--data",
+        "--model",
+        "--methods",
+        "--metrics",
+        "--out",
+        "--batch-size",
+        "--limit",
+        "--resume",
+        "--save-maps",
+        "--device",
+    ):
         assert flag in text
     assert main(["report", "/nonexistent/run"]) == 2
     assert "not an evaluation run" in capsys.readouterr().err
@@ -298,10 +380,9 @@ def test_cli_help_and_errors(capsys):
 # --- end to end through the command line: SIGKILL + resume, two processes -------------------
 def _tiny_model_dir(path: Path) -> Path:
     """The tiny CLIP of conftest saved with save_pretrained, plus a CLIP tokenizer (from open_clip's vocabulary)."""
+    from conftest import tiny_hf_clip
     from open_clip.tokenizer import SimpleTokenizer
     from transformers import CLIPTokenizer
-
-    from conftest import tiny_hf_clip
 
     path.mkdir(parents=True, exist_ok=True)
     st = SimpleTokenizer()
@@ -319,13 +400,35 @@ def cli_setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
     model = _tiny_model_dir(d / "model")
     data = _write_data(d, 22)  # 24 pairs with the two bad rows -> 6 shards of 4
-    args = ["evaluate", "--data", str(data), "--model", str(model), "--methods", "m2ib,random",
-            "--metrics", "deletion_image,insertion_text", "--batch-size", "2", "--shard-size", "4",
-            "--method-options", json.dumps(M2IB), "--metric-options", json.dumps(METRIC_OPTS), "--no-progress"]
+    args = [
+        "evaluate",
+        "--data",
+        str(data),
+        "--model",
+        str(model),
+        "--methods",
+        "m2ib,random",
+        "--metrics",
+        "deletion_image,insertion_text",
+        "--batch-size",
+        "2",
+        "--shard-size",
+        "4",
+        "--method-options",
+        json.dumps(M2IB),
+        "--metric-options",
+        json.dumps(METRIC_OPTS),
+        "--no-progress",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     ref = d / "ref"
-    r = subprocess.run([sys.executable, "-m", "vlexplain.cli", *args, "--out", str(ref)], env=env,
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "vlexplain.cli", *args, "--out", str(ref)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((ref / "manifest.json").read_text())["complete"]
     return d, args, env, ref
@@ -364,9 +467,29 @@ def test_two_processes_equal_one(cli_setup):
     run = d / "two"
     # `--cpu --num_processes 2` starts a single process unless an MPI hostfile is configured;
     # `--multi_gpu` starts two processes through torch.distributed.run, also on a CPU-only machine.
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1",
-           "--main_process_port", str(port), "-m", "vlexplain.cli", *args, "--out", str(run)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--num_cpu_threads_per_process",
+        "1",
+        "--main_process_port",
+        str(port),
+        "-m",
+        "vlexplain.cli",
+        *args,
+        "--out",
+        str(run),
+    ]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     man = json.loads((run / "manifest.json").read_text())
@@ -375,12 +498,15 @@ def test_two_processes_equal_one(cli_setup):
     _assert_same(_frame(run), _frame(ref))
 
 
-@pytest.mark.parametrize("metrics,save_maps,want", [
-    (["deletion_image"], False, ["image"]),
-    (["deletion_text"], False, ["text"]),
-    (["deletion_image", "deletion_text"], False, ["image", "text"]),
-    (["deletion_image"], True, ["image", "text"]),  # saved maps keep every side
-])
+@pytest.mark.parametrize(
+    "metrics,save_maps,want",
+    [
+        (["deletion_image"], False, ["image"]),
+        (["deletion_text"], False, ["text"]),
+        (["deletion_image", "deletion_text"], False, ["image", "text"]),
+        (["deletion_image"], True, ["image", "text"]),  # saved maps keep every side
+    ],
+)
 def test_explains_only_the_sides_the_metrics_read(tmp_path, hf_clip, monkeypatch, metrics, save_maps, want):
     import vlexplain.attribution.api as api
 

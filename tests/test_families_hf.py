@@ -50,15 +50,21 @@ def _own_features(raw, m, px, tb):
 
             gh, gw = m.image.grid
             n = px.shape[0]
-            ie = features(raw.get_image_features(
-                pixel_values=patchify(px, m.image.patch), pixel_attention_mask=torch.ones(n, gh * gw, dtype=torch.long),
-                spatial_shapes=torch.tensor([[gh, gw]] * n)))
+            ie = features(
+                raw.get_image_features(
+                    pixel_values=patchify(px, m.image.patch),
+                    pixel_attention_mask=torch.ones(n, gh * gw, dtype=torch.long),
+                    spatial_shapes=torch.tensor([[gh, gw]] * n),
+                )
+            )
         elif type(raw).__name__ == "BlipForImageTextRetrieval":  # no get_*_features: its ITC forward pieces
             ie = raw.vision_proj(raw.vision_model(pixel_values=px).last_hidden_state[:, 0])
         else:
             ie = features(raw.get_image_features(pixel_values=px))
         if type(raw).__name__ == "BlipForImageTextRetrieval":
-            te = raw.text_proj(raw.text_encoder(input_ids=tb.ids, attention_mask=tb.attention_mask).last_hidden_state[:, 0])
+            te = raw.text_proj(
+                raw.text_encoder(input_ids=tb.ids, attention_mask=tb.attention_mask).last_hidden_state[:, 0]
+            )
         elif "Siglip" in type(raw).__name__:  # SigLIP: padded to the context, no mask
             te = features(raw.get_text_features(input_ids=tb.ids))
         else:
@@ -117,7 +123,9 @@ def test_loads_from_a_save_pretrained_directory(key, raw_models, tmp_path):
     px = torch.randn(1, 3, *ref.input_size, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         torch.testing.assert_close(m.encode_image(px), ref.encode_image(px), rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(m.encode_text(m.tokenize(TEXTS)), ref.encode_text(ref.tokenize(TEXTS)), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            m.encode_text(m.tokenize(TEXTS)), ref.encode_text(ref.tokenize(TEXTS)), rtol=1e-5, atol=1e-6
+        )
 
 
 def test_siglip2_directory_is_not_loaded_as_siglip(raw_models, tmp_path):
@@ -134,7 +142,7 @@ def test_siglip2_naflex_batch_with_a_shape_per_image(raw_models):
     raw = raw_models("hf-siglip2")
     m = Siglip2DualEncoder(raw)
     n = raw.config.vision_config.num_patches
-    D = 3 * m.image.patch ** 2
+    D = 3 * m.image.patch**2
     g = torch.Generator().manual_seed(3)
     pv = torch.randn(3, n, D, generator=g)
     shapes = torch.tensor([[4, 4], [2, 7], [3, 2]])
@@ -159,9 +167,13 @@ def test_siglip2_non_square_input_gives_maps_at_its_shape(raw_models):
     assert (H, W) == naflex_size(300, 1000, P, 16) and W > H and (H // P) * (W // P) <= 16
     px = torch.randn(1, 3, H, W, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
-        own = features(raw.get_image_features(
-            pixel_values=patchify(px, P), pixel_attention_mask=torch.ones(1, (H // P) * (W // P), dtype=torch.long),
-            spatial_shapes=torch.tensor([[H // P, W // P]])))
+        own = features(
+            raw.get_image_features(
+                pixel_values=patchify(px, P),
+                pixel_attention_mask=torch.ones(1, (H // P) * (W // P), dtype=torch.long),
+                spatial_shapes=torch.tensor([[H // P, W // P]]),
+            )
+        )
         assert _rel(m.encode_image(px, normalize=False), own) < 1e-5
     e = vx.explain(m, px, "a cat", method="chefer")
     assert tuple(e.patch_map.shape) == (H // P, W // P) and tuple(e.image_map.shape) == (H, W)
@@ -197,11 +209,28 @@ def test_unsupported_transformers_models_are_refused(tmp_path):
     from transformers import BertConfig, BertModel, BlipConfig, BlipForQuestionAnswering
 
     with pytest.raises(ModelLoadError, match="supported transformers dual encoders"):
-        vx.load_model(BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64)))
-    cfg = BlipConfig(text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                                      vocab_size=30522, encoder_hidden_size=32, bos_token_id=101),
-                     vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                                        image_size=32, patch_size=16))
+        vx.load_model(
+            BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64))
+        )
+    cfg = BlipConfig(
+        text_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            vocab_size=30522,
+            encoder_hidden_size=32,
+            bos_token_id=101,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=16,
+        ),
+    )
     BlipForQuestionAnswering(cfg).save_pretrained(tmp_path)
     with pytest.raises(ModelLoadError, match="BlipForQuestionAnswering checkpoint"):
         vx.load_model(str(tmp_path))
@@ -220,11 +249,19 @@ def test_processor_normalisation_matches_the_processors_output(raw_models):
 
     img = Image.fromarray((np.random.RandomState(0).rand(32, 32, 3) * 255).astype(np.uint8))
     x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)
-    ip = EfficientNetImageProcessor(size={"height": 32, "width": 32}, crop_size={"height": 32, "width": 32},
-                                    do_center_crop=True, do_normalize=False, rescale_factor=1 / 127.5,
-                                    rescale_offset=True, include_top=False)
+    ip = EfficientNetImageProcessor(
+        size={"height": 32, "width": 32},
+        crop_size={"height": 32, "width": 32},
+        do_center_crop=True,
+        do_normalize=False,
+        rescale_factor=1 / 127.5,
+        rescale_offset=True,
+        include_top=False,
+    )
     cp = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    align = vx.load_model(raw_models("hf-align"), preprocess=AlignProcessor(image_processor=ip, tokenizer=minilm_bert_tokenizer()))
+    align = vx.load_model(
+        raw_models("hf-align"), preprocess=AlignProcessor(image_processor=ip, tokenizer=minilm_bert_tokenizer())
+    )
     clip = vx.load_model(raw_models("hf-clip"), preprocess=cp)
     assert align.input_size == (32, 32) and align.mean == (0.5, 0.5, 0.5)
     for m, proc in ((align, ip), (clip, cp)):
@@ -264,7 +301,9 @@ def test_siglip2_tokenizer_as_its_processor_lays_texts_out(raw_models):
     m = Siglip2DualEncoder(raw, tokenizer=tok)
     texts = ["a cat", "two small dogs on the mat"]
     tb = m.tokenize(texts)
-    ref = tok(texts, padding="max_length", max_length=raw.config.text_config.max_position_embeddings, return_tensors="pt")
+    ref = tok(
+        texts, padding="max_length", max_length=raw.config.text_config.max_position_embeddings, return_tensors="pt"
+    )
     assert torch.equal(tb.ids, ref["input_ids"]) and torch.equal(tb.attention_mask, ref["attention_mask"])
     assert tb.shown_tokens(0) == ["a", "cat"] and int(tb.ids[0, -3]) == 2  # <bos>, then the words, at the right end
     with torch.no_grad():

@@ -126,10 +126,16 @@ def test_timm_attention_is_the_softmax_the_block_uses(built):
         assert attn.fused_attn == fused_before and len(attn.attn_drop._forward_hooks) == 0
 
 
-@pytest.mark.parametrize("pool,extra", [
-    ("first", {}), ("last", {"no_causal_mask": True}), ("eos", {"eos_id": 49407}),
-    ("argmax", {"no_causal_mask": True, "use_pad_mask": True}), ("argmax", {"no_causal_mask": True}),
-])
+@pytest.mark.parametrize(
+    "pool,extra",
+    [
+        ("first", {}),
+        ("last", {"no_causal_mask": True}),
+        ("eos", {"eos_id": 49407}),
+        ("argmax", {"no_causal_mask": True, "use_pad_mask": True}),
+        ("argmax", {"no_causal_mask": True}),
+    ],
+)
 def test_text_pool_types(pool, extra):
     from open_clip.tokenizer import SimpleTokenizer
 
@@ -178,8 +184,15 @@ def test_hf_text_encoder_bert(pooler):
     assert b.shown_tokens(1) == ["two", "dogs"]
     assert int(b.pool_index[0]) == (0 if pooler == "cls_pooler" else -1)
     for method in ("chefer", "m2ib", "gradcam"):
-        e = vx.explain(dual, torch.zeros(3, 32, 32), TEXTS[0], method=method, sides=["text"], seed=0,
-                       **({"steps": 2, "num_samples": 2} if method == "m2ib" else {}))
+        e = vx.explain(
+            dual,
+            torch.zeros(3, 32, 32),
+            TEXTS[0],
+            method=method,
+            sides=["text"],
+            seed=0,
+            **({"steps": 2, "num_samples": 2} if method == "m2ib" else {}),
+        )
         assert len(e.tokens) == 9 and torch.isfinite(e.token_scores).all()
 
 
@@ -257,16 +270,38 @@ def _save_local_dir(model, cfg: dict, d):
 
 _TEXT = dict(context_length=16, vocab_size=49408, width=32, heads=4, layers=1)
 LOCAL_CFGS = {
-    "resnet": dict(embed_dim=16, vision_cfg=dict(image_size=64, layers=[1, 1, 1, 1], width=8, head_width=8), text_cfg=_TEXT),
-    "coca": dict(embed_dim=16, vision_cfg=dict(image_size=32, patch_size=16, width=32, layers=1, head_width=8,
-                                               attentional_pool=True, attn_pooler_heads=4, attn_pooler_queries=4,
-                                               output_tokens=True),
-                 text_cfg=dict(_TEXT, embed_cls=True, output_tokens=True),
-                 multimodal_cfg=dict(context_length=16, vocab_size=49408, width=32, heads=4, layers=1), custom_text=True),
-    "convnext": dict(embed_dim=16, vision_cfg=dict(timm_model_name="convnext_atto", timm_pool="", timm_proj="linear",
-                                                   image_size=64), text_cfg=_TEXT, custom_text=True),
-    "eva": dict(embed_dim=16, vision_cfg=dict(timm_model_name="eva02_tiny_patch14_224", timm_pool="token",
-                                              timm_proj=None, image_size=224), text_cfg=_TEXT, custom_text=True),
+    "resnet": dict(
+        embed_dim=16, vision_cfg=dict(image_size=64, layers=[1, 1, 1, 1], width=8, head_width=8), text_cfg=_TEXT
+    ),
+    "coca": dict(
+        embed_dim=16,
+        vision_cfg=dict(
+            image_size=32,
+            patch_size=16,
+            width=32,
+            layers=1,
+            head_width=8,
+            attentional_pool=True,
+            attn_pooler_heads=4,
+            attn_pooler_queries=4,
+            output_tokens=True,
+        ),
+        text_cfg=dict(_TEXT, embed_cls=True, output_tokens=True),
+        multimodal_cfg=dict(context_length=16, vocab_size=49408, width=32, heads=4, layers=1),
+        custom_text=True,
+    ),
+    "convnext": dict(
+        embed_dim=16,
+        vision_cfg=dict(timm_model_name="convnext_atto", timm_pool="", timm_proj="linear", image_size=64),
+        text_cfg=_TEXT,
+        custom_text=True,
+    ),
+    "eva": dict(
+        embed_dim=16,
+        vision_cfg=dict(timm_model_name="eva02_tiny_patch14_224", timm_pool="token", timm_proj=None, image_size=224),
+        text_cfg=_TEXT,
+        custom_text=True,
+    ),
 }
 
 
@@ -317,8 +352,15 @@ def test_loads_arch_with_a_local_checkpoint(tmp_path, monkeypatch):
 
 
 # --- M2IB on the new tower kinds equals the literal reference -----------------------------------
-@pytest.mark.parametrize("key,modality", [("open_clip-resnet", "image"), ("open_clip-siglip", "image"),
-                                          ("open_clip-siglip", "text"), ("open_clip-eva", "image")])
+@pytest.mark.parametrize(
+    "key,modality",
+    [
+        ("open_clip-resnet", "image"),
+        ("open_clip-siglip", "image"),
+        ("open_clip-siglip", "text"),
+        ("open_clip-eva", "image"),
+    ],
+)
 def test_m2ib_equals_the_literal_reference(key, modality, built):
     from m2ib_module_reference import reference_m2ib_module
 
@@ -330,21 +372,33 @@ def test_m2ib_equals_the_literal_reference(key, modality, built):
     tb = dual.tokenize([text])
     own = _own_ids(dual, [text])
     ids = tb.ids if own is None else own  # plain CLIP text towers need the full context
-    enc_img = lambda x: model.encode_image(x, normalize=False)  # noqa: E731
-    enc_txt = lambda t: model.encode_text(t, normalize=False)  # noqa: E731
+    enc_img = lambda x: model.encode_image(x, normalize=False)
+    enc_txt = lambda t: model.encode_text(t, normalize=False)
     module = tower.block_modules()[layer]
     if modality == "image":
         ref = reference_m2ib_module(enc_img, enc_txt, module, px, ids, beta=0.1, steps=3, lr=1.0, S=3, seed=7)
     else:
-        ref = reference_m2ib_module(enc_txt, enc_img, module, ids, px, beta=0.1, steps=3, lr=1.0, S=3, seed=7,
-                                    n_real=int(tb.attention_mask.sum()))
+        ref = reference_m2ib_module(
+            enc_txt,
+            enc_img,
+            module,
+            ids,
+            px,
+            beta=0.1,
+            steps=3,
+            lr=1.0,
+            S=3,
+            seed=7,
+            n_real=int(tb.attention_mask.sum()),
+        )
     for p in model.parameters():  # the reference, like the released code, leaves gradients behind
         p.grad = None
-    exp = vx.explain(dual, px, text, method="m2ib", seed=7, sides=[modality], layer=layer, beta=0.1, steps=3,
-                     lr=1.0, num_samples=3)
+    exp = vx.explain(
+        dual, px, text, method="m2ib", seed=7, sides=[modality], layer=layer, beta=0.1, steps=3, lr=1.0, num_samples=3
+    )
     if modality == "image":
         got = exp.patch_map
-        want = ref if ref.dim() == 2 else ref[tower.num_prefix_tokens:].reshape(got.shape)
+        want = ref if ref.dim() == 2 else ref[tower.num_prefix_tokens :].reshape(got.shape)
     else:
         got, want = exp.token_scores, ref[tb.content_mask[0]]
     assert got.shape == want.shape
@@ -356,11 +410,22 @@ def _register_tiny_siglip_arch(tmp_path, name: str):
     """A tiny SigLIP-style config whose tokenizer lives on the hub (never reached: HF_HUB_OFFLINE)."""
     import open_clip
 
-    cfg = dict(embed_dim=16, custom_text=True,
-               vision_cfg=dict(image_size=32, patch_size=16, width=32, layers=1, head_width=8),
-               text_cfg=dict(context_length=16, vocab_size=30522, width=32, heads=4, layers=1, no_causal_mask=True,
-                             pool_type="last", hf_tokenizer_name="vx-nonexistent/tokenizer",
-                             tokenizer_kwargs={"clean": "canonicalize"}))
+    cfg = dict(
+        embed_dim=16,
+        custom_text=True,
+        vision_cfg=dict(image_size=32, patch_size=16, width=32, layers=1, head_width=8),
+        text_cfg=dict(
+            context_length=16,
+            vocab_size=30522,
+            width=32,
+            heads=4,
+            layers=1,
+            no_causal_mask=True,
+            pool_type="last",
+            hf_tokenizer_name="vx-nonexistent/tokenizer",
+            tokenizer_kwargs={"clean": "canonicalize"},
+        ),
+    )
     (tmp_path / f"{name}.json").write_text(json.dumps(cfg))
     open_clip.add_model_config(tmp_path / f"{name}.json")
     torch.manual_seed(0)

@@ -14,9 +14,9 @@ from vlexplain.errors import MethodError
 from vlexplain.models.families import families
 from vlexplain.models.family_table import (
     GROUPS,
-    groups_for,
     METHODS_END,
     METHODS_START,
+    groups_for,
     markdown_table,
     method_groups,
     methods_markdown,
@@ -36,7 +36,9 @@ def test_readme_table_is_the_generated_one():
 def test_readme_methods_table_is_the_generated_one():
     block = readme_block(README.read_text(), METHODS_START, METHODS_END)
     assert block is not None, "README.md lost the methods table markers"
-    assert block == methods_markdown(), "README.md's methods table differs: run python scripts/families_table.py --write"
+    assert block == methods_markdown(), (
+        "README.md's methods table differs: run python scripts/families_table.py --write"
+    )
     assert all(f"`{n}`" in block for n in vx.list_methods())
 
 
@@ -74,8 +76,15 @@ def test_models_command_prints_every_family(capsys):
     out = " ".join(capsys.readouterr().out.split())
     for f in families():
         assert f.library in out
-    for word in ("Siglip2Model", "AlignModel", "AltCLIPModel", "ChineseCLIPModel", "BlipForImageTextRetrieval",
-                 "gradient-free", "hf:ORG/NAME"):
+    for word in (
+        "Siglip2Model",
+        "AlignModel",
+        "AltCLIPModel",
+        "ChineseCLIPModel",
+        "BlipForImageTextRetrieval",
+        "gradient-free",
+        "hf:ORG/NAME",
+    ):
         assert word in out.replace("│ ", "").replace(" │", ""), word
 
 
@@ -85,7 +94,7 @@ def test_methods_command_states_default_layers(tmp_path, capsys):
     tiny_align().save_pretrained(tmp_path)
     assert main(["methods", "--model", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    rows = {l.split("│")[1].strip(): l for l in out.splitlines() if l.startswith("│") and "output of block" in l}
+    rows = {ln.split("│")[1].strip(): ln for ln in out.splitlines() if ln.startswith("│") and "output of block" in ln}
     n = tiny_align().vision_model.config.num_block_repeats
     assert "3 (output of block 4 of 4)" in rows["gradcam"], rows  # CNN: the last block
     assert "2 (output of block 3 of 4)" in rows["m2ib"]  # round(10 * 4 / 12) - 1

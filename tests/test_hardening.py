@@ -84,9 +84,17 @@ def _explanation(words: list[str]):
     from vlexplain.attribution.base import Explanation
 
     g = torch.Generator().manual_seed(0)
-    return Explanation(image_map=torch.rand(32, 32, generator=g), patch_map=torch.rand(2, 2, generator=g),
-                       token_scores=torch.rand(len(words), generator=g), tokens=words, score=0.25, method="m2ib",
-                       settings={}, text=" ".join(words), pixels=torch.rand(3, 32, 32, generator=g))
+    return Explanation(
+        image_map=torch.rand(32, 32, generator=g),
+        patch_map=torch.rand(2, 2, generator=g),
+        token_scores=torch.rand(len(words), generator=g),
+        tokens=words,
+        score=0.25,
+        method="m2ib",
+        settings={},
+        text=" ".join(words),
+        pixels=torch.rand(3, 32, 32, generator=g),
+    )
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
@@ -149,9 +157,9 @@ def test_thin_images_are_refused_before_resizing(tmp_path, hf_clip):
 
 
 def test_open_clip_preprocess_is_guarded_too(tmp_path):
+    from conftest import tiny_open_clip
     from open_clip.transform import image_transform
 
-    from conftest import tiny_open_clip
     from vlexplain.errors import InputError
     from vlexplain.images import load_image
     from vlexplain.models.open_clip import OpenCLIPDualEncoder
@@ -175,9 +183,9 @@ def test_very_thin_images_warn_that_most_is_cropped(hf_clip):
 
 
 def test_cli_refuses_a_thin_image_with_one_line_and_writes_nothing(tmp_path, capsys):
-    from vlexplain.cli import main
-
     from conftest import tiny_hf_clip
+
+    from vlexplain.cli import main
 
     tiny_hf_clip().save_pretrained(tmp_path / "model")
     capsys.readouterr()
@@ -200,8 +208,10 @@ def test_jsonl_error_names_the_right_column(tmp_path):
 
 
 # --- devices ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("device,msg", [("nonsense", "not a device name"), ("gpu", "not a device name"),
-                                        ("meta", "not meta"), ("cuda:99", "CUDA")])
+@pytest.mark.parametrize(
+    "device,msg",
+    [("nonsense", "not a device name"), ("gpu", "not a device name"), ("meta", "not meta"), ("cuda:99", "CUDA")],
+)
 def test_bad_devices_are_refused_before_loading(device, msg):
     import vlexplain as vx
     from vlexplain.errors import InputError
@@ -290,10 +300,17 @@ def test_model_cache_allow_list_refuses_other_specs():
         ModelCache(_Model, max_models=0)
 
 
-@pytest.mark.parametrize("host,models,expected", [
-    ("127.0.0.1", None, None), ("localhost", None, None), ("::1", None, None),
-    ("0.0.0.0", None, ["m0"]), ("192.168.1.5", None, ["m0"]), ("0.0.0.0", ["m0", "m1"], ["m0", "m1"]),
-])
+@pytest.mark.parametrize(
+    "host,models,expected",
+    [
+        ("127.0.0.1", None, None),
+        ("localhost", None, None),
+        ("::1", None, None),
+        ("0.0.0.0", None, ["m0"]),
+        ("192.168.1.5", None, ["m0"]),
+        ("0.0.0.0", ["m0", "m1"], ["m0", "m1"]),
+    ],
+)
 def test_launch_restricts_models_unless_bound_to_loopback(monkeypatch, host, models, expected):
     import vlexplain.app.app as appmod
 
@@ -373,8 +390,11 @@ def test_resume_refuses_changed_data_and_says_what_changed(tmp_path, hf_clip):
     evaluate(data, hf_clip, ["random"], ["deletion_image"], out, resume=True, **kw)  # unchanged: resumes
     # the same number of rows, one caption edited: the first shard's rows and the file changed
     _pairs(tmp_path, ["a red circle"] + caps[1:])
-    with pytest.raises(InputError, match=r"the data file pairs.jsonl changed; the rows \(captions, image paths, "
-                                         r"boxes\) of samples 0-1 changed; start a new run"):
+    with pytest.raises(
+        InputError,
+        match=r"the data file pairs.jsonl changed; the rows \(captions, image paths, "
+        r"boxes\) of samples 0-1 changed; start a new run",
+    ):
         evaluate(data, hf_clip, ["random"], ["deletion_image"], out, resume=True, **kw)
     # captions restored, an image of the second shard rewritten (size or mtime)
     _pairs(tmp_path, caps)

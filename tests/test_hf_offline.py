@@ -14,8 +14,9 @@ import pytest
 def _cli(args, env_extra):
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     env.update(env_extra, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "vlexplain.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "vlexplain.cli", *args], capture_output=True, text=True, env=env, timeout=600
+    )
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import warnings
 
 import numpy as np
 import pytest
@@ -160,15 +159,20 @@ def test_encode_matches_model(hf_clip, siglip, oc_clip):
             torch.testing.assert_close(m.image.encode(px), ri, rtol=1e-4, atol=1e-5)
             torch.testing.assert_close(m.text.encode(tb), rt, rtol=1e-4, atol=1e-5)
             # the explicit-attention path (used by attention methods) agrees too
-            torch.testing.assert_close(m.image.encode(px, need_attn=True, on_block=lambda i, h, a: None), ri,
-                                       rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(
+                m.image.encode(px, need_attn=True, on_block=lambda i, h, a: None), ri, rtol=1e-4, atol=1e-5
+            )
         import open_clip
 
         raw = oc_clip.model
         torch.testing.assert_close(oc_clip.image.encode(px), raw.encode_image(px), rtol=1e-4, atol=1e-5)
         tb = oc_clip.tokenize(["a photo of a cat", "dog"])
-        torch.testing.assert_close(oc_clip.text.encode(tb), raw.encode_text(open_clip.tokenize(["a photo of a cat", "dog"])),
-                                   rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            oc_clip.text.encode(tb),
+            raw.encode_text(open_clip.tokenize(["a photo of a cat", "dog"])),
+            rtol=1e-4,
+            atol=1e-5,
+        )
 
 
 def test_pil_path_array_inputs_agree(hf_clip, tmp_path, rgb):

@@ -14,14 +14,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
+from llm_support import POOL, FakeServer
 from PIL import Image
 
-from llm_support import POOL, FakeServer
 from vlexplain.cli import main
 from vlexplain.interrupt import Interrupted, atomic, catch_signals, message, track
 
@@ -42,8 +42,9 @@ def _one_thread():
 def interrupt(args: list[str], ready: Callable[[], bool], log: Path, sig: int = signal.SIGINT) -> str:
     """Run ``vlexplain ARGS``, send ``sig`` once ``ready()``; check the exit code and return the last line."""
     with open(log, "w") as err:
-        p = subprocess.Popen([sys.executable, "-m", "vlexplain.cli", *args], env=ENV, stdout=subprocess.DEVNULL,
-                             stderr=err)
+        p = subprocess.Popen(
+            [sys.executable, "-m", "vlexplain.cli", *args], env=ENV, stdout=subprocess.DEVNULL, stderr=err
+        )
         try:
             deadline = time.monotonic() + 600
             while p.poll() is None and not ready() and time.monotonic() < deadline:
@@ -64,10 +65,9 @@ def interrupt(args: list[str], ready: Callable[[], bool], log: Path, sig: int = 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> Path:
     """The tiny CLIP of conftest saved with save_pretrained, with a CLIP tokenizer (open_clip's vocabulary)."""
+    from conftest import tiny_hf_clip
     from open_clip.tokenizer import SimpleTokenizer
     from transformers import CLIPTokenizer
-
-    from conftest import tiny_hf_clip
 
     path = tmp_path_factory.mktemp("tiny") / "model"
     path.mkdir()
@@ -130,13 +130,30 @@ def test_in_process_main_returns_130(tmp_path, capsys):
             os.kill(os.getpid(), signal.SIGINT)
 
         threading.Thread(target=ctrl_c, daemon=True).start()
-        rc = main(["concepts", "generate", "--classes", str(classes), "--base-url", server.url, "--model", "m",
-                   "--out", str(tmp_path / "c.json"), "--cache", str(tmp_path / "cache"), "--no-progress"])
+        rc = main(
+            [
+                "concepts",
+                "generate",
+                "--classes",
+                str(classes),
+                "--base-url",
+                server.url,
+                "--model",
+                "m",
+                "--out",
+                str(tmp_path / "c.json"),
+                "--cache",
+                str(tmp_path / "cache"),
+                "--no-progress",
+            ]
+        )
         hold.set()
     finally:
         server.close()
     err = capsys.readouterr().err
-    assert rc == 130 and err == "interrupted; 0 of 2 classes done, rerun the same command (finished classes are cached)\n"
+    assert (
+        rc == 130 and err == "interrupted; 0 of 2 classes done, rerun the same command (finished classes are cached)\n"
+    )
     assert not (tmp_path / "c.json").exists()
 
 
@@ -171,8 +188,22 @@ def test_concepts_generate(tmp_path, sig):
         classes = tmp_path / "classes.txt"
         classes.write_text("Cardinal\nBlue Jay\nRobin\n")
         out = tmp_path / "concepts.json"
-        args = ["concepts", "generate", "--classes", str(classes), "--base-url", server.url, "--model", "fake-llm",
-                "--k", "4", "--out", str(out), "--cache", str(tmp_path / "cache")]
+        args = [
+            "concepts",
+            "generate",
+            "--classes",
+            str(classes),
+            "--base-url",
+            server.url,
+            "--model",
+            "fake-llm",
+            "--k",
+            "4",
+            "--out",
+            str(out),
+            "--cache",
+            str(tmp_path / "cache"),
+        ]
         line = interrupt(args, lambda: len(server.requests) >= 2, tmp_path / "err.txt", sig)
         word = "interrupted" if sig == signal.SIGINT else "terminated"
         assert line == f"{word}; 1 of 3 classes done, rerun the same command (finished classes are cached)"
@@ -190,9 +221,19 @@ def test_concepts_generate(tmp_path, sig):
 def test_explain_several_images(tmp_path, tiny_dir):
     images = _images(tmp_path / "img", 8)
     out = tmp_path / "out"
-    args = ["explain", *map(str, images), "--text", "a red square", "--model", str(tiny_dir),
-            "--method", "random", "--out", str(out)]
-    done = lambda: any(out.glob("0*.json"))  # noqa: E731
+    args = [
+        "explain",
+        *map(str, images),
+        "--text",
+        "a red square",
+        "--model",
+        str(tiny_dir),
+        "--method",
+        "random",
+        "--out",
+        str(out),
+    ]
+    done = lambda: any(out.glob("0*.json"))
     line = interrupt(args, done, tmp_path / "err.txt")
     m = re.fullmatch(r"interrupted; (\d+) of 8 pairs done, rerun with --resume", line)
     assert m and 1 <= int(m.group(1)) < 8, line
@@ -209,12 +250,30 @@ def test_evaluate(tmp_path, tiny_dir):
     (tmp_path / "img").mkdir()
     images = _images(tmp_path / "img", 8)
     data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(json.dumps({"image": str(p), "caption": f"a photo of thing {i}"}) + "\n"
-                            for i, p in enumerate(images)))
+    data.write_text(
+        "".join(json.dumps({"image": str(p), "caption": f"a photo of thing {i}"}) + "\n" for i, p in enumerate(images))
+    )
     run = tmp_path / "run"
-    args = ["evaluate", "--data", str(data), "--model", str(tiny_dir), "--methods", "random", "--metrics",
-            "deletion_image", "--metric-options", json.dumps({"deletion_image": {"n_steps": 2}}), "--batch-size",
-            "1", "--shard-size", "1", "--out", str(run), "--no-progress"]
+    args = [
+        "evaluate",
+        "--data",
+        str(data),
+        "--model",
+        str(tiny_dir),
+        "--methods",
+        "random",
+        "--metrics",
+        "deletion_image",
+        "--metric-options",
+        json.dumps({"deletion_image": {"n_steps": 2}}),
+        "--batch-size",
+        "1",
+        "--shard-size",
+        "1",
+        "--out",
+        str(run),
+        "--no-progress",
+    ]
     line = interrupt(args, lambda: (run / "shards" / "metrics-000000.parquet").exists(), tmp_path / "err.txt")
     m = re.fullmatch(r"interrupted; (\d+) of 8 pairs done, rerun with --resume", line)
     assert m and 1 <= int(m.group(1)) < 8, line
@@ -226,8 +285,21 @@ def test_evaluate(tmp_path, tiny_dir):
 @pytest.mark.slow
 def test_benchmark(tmp_path):
     out = tmp_path / "bench"
-    args = ["benchmark", "shapes", "--n", "8", "--methods", "random", "--metrics", "pointing_game", "--batch-size",
-            "1", "--out", str(out), "--no-progress"]
+    args = [
+        "benchmark",
+        "shapes",
+        "--n",
+        "8",
+        "--methods",
+        "random",
+        "--metrics",
+        "pointing_game",
+        "--batch-size",
+        "1",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     line = interrupt(args, lambda: (out / "run" / "shards" / "metrics-000000.parquet").exists(), tmp_path / "err.txt")
     m = re.fullmatch(r"interrupted; (\d+) of 8 pairs done, rerun with --resume", line)
     assert m and 1 <= int(m.group(1)) < 8, line
@@ -238,12 +310,29 @@ def test_benchmark(tmp_path):
 @pytest.mark.slow
 def test_deal_train(tmp_path):
     out = tmp_path / "deal"
-    args = ["deal", "train", "--data", "shapes:8", "--model", "testbed:shapes", "--steps", "16", "--save-every", "2",
-            "--batch-size", "2", "--out", str(out), "--no-progress"]
+    args = [
+        "deal",
+        "train",
+        "--data",
+        "shapes:8",
+        "--model",
+        "testbed:shapes",
+        "--steps",
+        "16",
+        "--save-every",
+        "2",
+        "--batch-size",
+        "2",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     line = interrupt(args, lambda: (out / "checkpoint" / "state.json").exists(), tmp_path / "err.txt")
     m = re.fullmatch(r"interrupted; (\d+) of 16 steps done, rerun \(without --fresh\) to continue", line)
     assert m and 2 <= int(m.group(1)) < 16, line
-    assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == int(m.group(1))  # saved on the way out
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == int(
+        m.group(1)
+    )  # saved on the way out
     assert main(args) == 0
     assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 16
 
@@ -251,12 +340,26 @@ def test_deal_train(tmp_path):
 @pytest.mark.slow
 def test_train_shapes(tmp_path):
     out = tmp_path / "shapes"
-    common = ["testbed", "train-shapes", "--processes", "1", "--threads", "1", "--batch-size", "8", "--no-evaluate",
-              "--out", str(out)]
+    common = [
+        "testbed",
+        "train-shapes",
+        "--processes",
+        "1",
+        "--threads",
+        "1",
+        "--batch-size",
+        "8",
+        "--no-evaluate",
+        "--out",
+        str(out),
+    ]
     args = common + ["--minutes", "1", "--save-every", "0.5"]
     line = interrupt(args, lambda: (out / "model.safetensors").exists(), tmp_path / "err.txt")
-    m = re.fullmatch(rf"interrupted; (\d+) steps done, weights saved to {re.escape(str(out))}; "
-                     rf"continue with --init-from {re.escape(str(out))}", line)
+    m = re.fullmatch(
+        rf"interrupted; (\d+) steps done, weights saved to {re.escape(str(out))}; "
+        rf"continue with --init-from {re.escape(str(out))}",
+        line,
+    )
     assert m and int(m.group(1)) >= 1, line
     rows = (out / "train_log.csv").read_text().strip().splitlines()[1:]
     assert int(m.group(1)) - 1 <= len(rows) <= int(m.group(1))  # the last step's row may be cut with it

@@ -39,7 +39,9 @@ def _imported_modules(path: Path, package: str, top_level_only: bool) -> list[st
 
 def test_viz_never_imports_attribution():
     offenders = {
-        str(p.relative_to(SRC)): [m for m in _imported_modules(p, "vlexplain.viz", False) if m.startswith("vlexplain.attribution")]
+        str(p.relative_to(SRC)): [
+            m for m in _imported_modules(p, "vlexplain.viz", False) if m.startswith("vlexplain.attribution")
+        ]
         for p in sorted((SRC / "viz").glob("*.py"))
     }
     assert {k: v for k, v in offenders.items() if v} == {}
@@ -49,7 +51,9 @@ def test_attribution_imports_viz_only_inside_functions():
     files = sorted((SRC / "attribution").glob("*.py"))
     assert len(files) > 5
     offenders = {
-        str(p.relative_to(SRC)): [m for m in _imported_modules(p, "vlexplain.attribution", True) if m.startswith("vlexplain.viz")]
+        str(p.relative_to(SRC)): [
+            m for m in _imported_modules(p, "vlexplain.attribution", True) if m.startswith("vlexplain.viz")
+        ]
         for p in files
     }
     assert {k: v for k, v in offenders.items() if v} == {}

@@ -5,12 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_hf_clip, tiny_open_clip
 
 import vlexplain as vx
 from vlexplain.attribution.m2ib import M2IB
 from vlexplain.errors import MethodError
-
-from conftest import tiny_hf_clip, tiny_open_clip
 
 
 # --------------------------------------------------------------------------------------------
@@ -35,6 +34,7 @@ def _layer_module(raw, kind, modality, layer):
 def _hook(raw, kind, modality, layer, fn):
     """Replace the output of block ``layer`` (or, for -1, the input of block 0) by ``fn(it)``."""
     if layer >= 0:
+
         def post(m, inp, out):
             return (fn(out[0]),) + tuple(out[1:]) if isinstance(out, tuple) else fn(out)
 
@@ -118,8 +118,20 @@ def test_fast_equals_reference(kind, make, modality, layer):
     else:
         ids = tb.ids
     opts = dict(layer=layer, beta=0.1, steps=4, lr=1.0, num_samples=3)
-    ref = reference_m2ib(raw, kind, modality, pixels, ids, layer=layer, beta=0.1, steps=4, lr=1.0, S=3, seed=7,
-                         n_real=n_real if modality == "text" else None)
+    ref = reference_m2ib(
+        raw,
+        kind,
+        modality,
+        pixels,
+        ids,
+        layer=layer,
+        beta=0.1,
+        steps=4,
+        lr=1.0,
+        S=3,
+        seed=7,
+        n_real=n_real if modality == "text" else None,
+    )
     exp = vx.explain(model, pixels, text, method="m2ib", seed=7, sides=[modality], **opts)
     if modality == "image":
         got = exp.patch_map.flatten()

@@ -6,17 +6,15 @@ from __future__ import annotations
 import types
 
 import pytest
+import test_m2ib
 import torch
 import torch.nn.functional as F
+from conftest import tiny_hf_clip
 
-import test_m2ib
 import vlexplain as vx
-from vlexplain.attribution import m2ib as m2ib_module
 from vlexplain.attribution.m2ib import M2IB, _draw_noise, _noise_sampler, _repeat_input, _token_mask, kl_capacity
 from vlexplain.attribution.m2ib_fast import M2IBFast
 from vlexplain.errors import MethodError
-
-from conftest import tiny_hf_clip
 
 
 def _fit_before_sharing(tower, x, target, *, layer, beta, steps, lr, num_samples, seeds, init=5.0):
@@ -169,11 +167,34 @@ def test_fast_estimators_equal_the_literal_algorithm(monkeypatch, modality, anti
     n_real = int(tb.attention_mask.sum())
     monkeypatch.setattr(test_m2ib, "torch", _NoiseProxy(antithetic, common))
     # the reference runs all 4 steps' passes; its map is read before the last update, as ours
-    ref = test_m2ib.reference_m2ib(raw, "hf", modality, pixels, tb.ids, layer=1, beta=0.1, steps=4, lr=1.0, S=4,
-                                   seed=7, n_real=n_real if modality == "text" else None)
+    ref = test_m2ib.reference_m2ib(
+        raw,
+        "hf",
+        modality,
+        pixels,
+        tb.ids,
+        layer=1,
+        beta=0.1,
+        steps=4,
+        lr=1.0,
+        S=4,
+        seed=7,
+        n_real=n_real if modality == "text" else None,
+    )
     monkeypatch.undo()
-    exp = vx.explain(model, pixels, text, method="m2ib_fast", seed=7, sides=[modality], layer=1, steps=4,
-                     num_samples=4, antithetic=antithetic, common_noise=common)
+    exp = vx.explain(
+        model,
+        pixels,
+        text,
+        method="m2ib_fast",
+        seed=7,
+        sides=[modality],
+        layer=1,
+        steps=4,
+        num_samples=4,
+        antithetic=antithetic,
+        common_noise=common,
+    )
     got = exp.patch_map.flatten() if modality == "image" else exp.token_scores
     want = ref[1:] if modality == "image" else ref[1 : n_real - 1]
     torch.testing.assert_close(got, want, rtol=2e-3, atol=2e-3 * float(want.abs().max()))

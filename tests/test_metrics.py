@@ -387,8 +387,12 @@ def test_ssim_matches_skimage():
     got = ssim(a, b)
     for i in range(3):
         ref = structural_similarity(
-            a[i].double().numpy(), b[i].double().numpy(), gaussian_weights=True, sigma=1.5,
-            use_sample_covariance=False, data_range=1.0,
+            a[i].double().numpy(),
+            b[i].double().numpy(),
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            data_range=1.0,
         )
         assert got[i].item() == pytest.approx(ref, abs=1e-5)
     assert torch.allclose(ssim(a, a), torch.ones(3), atol=1e-6)
@@ -446,22 +450,45 @@ def test_token_maps_from_explanations(hf_clip):
 
 def test_registry_runs_every_metric(hf_clip):
     names = list_metrics()
-    assert {"confidence_image", "confidence_text", "deletion_image", "insertion_text", "road", "pointing_game",
-            "energy_pointing_game", "auroc", "grid_pointing_game", "cascading_randomization"} <= set(names)
-    assert set(list_metrics(ground_truth=True)) == {"pointing_game", "energy_pointing_game", "auroc", "grid_pointing_game",
-                                                    "cue_share", "cue_pointing", "cue_reliance_rank"}
+    assert {
+        "confidence_image",
+        "confidence_text",
+        "deletion_image",
+        "insertion_text",
+        "road",
+        "pointing_game",
+        "energy_pointing_game",
+        "auroc",
+        "grid_pointing_game",
+        "cascading_randomization",
+    } <= set(names)
+    assert set(list_metrics(ground_truth=True)) == {
+        "pointing_game",
+        "energy_pointing_game",
+        "auroc",
+        "grid_pointing_game",
+        "cue_share",
+        "cue_pointing",
+        "cue_reliance_rank",
+    }
     px, tb = _pixels(), hf_clip.tokenize(TEXTS)
     im = torch.rand(2, 64, 64, generator=torch.Generator().manual_seed(12))
     tm = torch.rand(tb.ids.shape, generator=torch.Generator().manual_seed(13)) * tb.content_mask
     masks = torch.zeros(2, 64, 64, dtype=torch.bool)
     masks[:, 10:30, 20:40] = True
     extra = {
-        "pointing_game": {"masks": masks}, "energy_pointing_game": {"masks": masks}, "auroc": {"masks": masks},
+        "pointing_game": {"masks": masks},
+        "energy_pointing_game": {"masks": masks},
+        "auroc": {"masks": masks},
         "grid_pointing_game": {"cell_index": torch.tensor([0, 3]), "grid_n": 2},
         "cascading_randomization": {"method": "m2ib", "steps": 1, "num_samples": 1},
-        "road": {"fractions": (0.5,)}, "deletion_image": {"n_steps": 2}, "insertion_image": {"n_steps": 2},
-        "deletion_text": {"n_steps": 2}, "insertion_text": {"n_steps": 2},
-        "cue_share": {"cue_mask": masks}, "cue_pointing": {"cue_mask": masks},
+        "road": {"fractions": (0.5,)},
+        "deletion_image": {"n_steps": 2},
+        "insertion_image": {"n_steps": 2},
+        "deletion_text": {"n_steps": 2},
+        "insertion_text": {"n_steps": 2},
+        "cue_share": {"cue_mask": masks},
+        "cue_pointing": {"cue_mask": masks},
         "cue_reliance_rank": {"cue_mask": masks, "reliance": torch.tensor([0.1, 0.2])},
     }
     for name in names:

@@ -53,8 +53,16 @@ def test_muon_refuses_non_matrices_and_skips_parameters_without_gradients():
 def test_shapes_trainer_gives_muon_the_block_matrices_and_adamw_the_rest():
     import vlexplain.data.shapes_train as st
 
-    cfg = st.ShapesCLIPConfig(vision_width=32, vision_layers=2, text_width=32, text_layers=1, projection_dim=16,
-                              optimizer="muon", muon_lr=0.01, lr=0.001)
+    cfg = st.ShapesCLIPConfig(
+        vision_width=32,
+        vision_layers=2,
+        text_width=32,
+        text_layers=1,
+        projection_dim=16,
+        optimizer="muon",
+        muon_lr=0.01,
+        lr=0.001,
+    )
     model = st.build_model(cfg, 50, seed=0)
     bias = torch.nn.Parameter(torch.tensor(-10.0))
     opt = st._optimizer(model, bias, cfg)

@@ -71,8 +71,9 @@ def _toy_batch(model: _Toy, pixels, ids, target, seeds) -> PairBatch:
     B, T = ids.shape
     content = torch.zeros(B, T, dtype=torch.bool)
     content[:, 1:-1] = True  # SOS ... EOS, no padding
-    tb = TextBatch(ids, torch.ones(B, T, dtype=torch.long), torch.full((B,), T - 1), content,
-                   [["t"] * T] * B, ["x"] * B)
+    tb = TextBatch(
+        ids, torch.ones(B, T, dtype=torch.long), torch.full((B,), T - 1), content, [["t"] * T] * B, ["x"] * B
+    )
     with torch.no_grad():
         ie, te = model.image.encode(pixels), model.text.encode(tb)
     return PairBatch(pixels, tb, ie, te, target, list(seeds))
@@ -105,7 +106,13 @@ def test_kernel_shap_solver_exact_on_small_nonlinear_game():
     Z, wt = sample_coalitions(M, 64, g)  # 2^5 - 2 = 30 <= 64: enumerated
     assert Z.shape == (30, M)
     y = torch.tensor([f(frozenset(torch.nonzero(z).flatten().tolist())) for z in Z], dtype=torch.float64)
-    phi = solve_shapley(Z, wt, y, torch.tensor(f(frozenset(range(M))), dtype=torch.float64), torch.tensor(f(frozenset()), dtype=torch.float64))
+    phi = solve_shapley(
+        Z,
+        wt,
+        y,
+        torch.tensor(f(frozenset(range(M))), dtype=torch.float64),
+        torch.tensor(f(frozenset()), dtype=torch.float64),
+    )
     torch.testing.assert_close(phi, _brute_shapley(f, M), atol=1e-10, rtol=0)
 
 
@@ -146,7 +153,7 @@ def test_kernel_shap_method_recovers_additive_image_and_text_contributions():
     batch = _toy_batch(model, pixels, ids, target, [0, 1])
     ks = KernelShap(model, n_samples=40, grid=4)  # 16 features of 2x2 pixels, sampled coalitions
     img = ks.attribute_image(batch)  # (B, 8, 8)
-    contrib = (pixels[:, 0] * w.view(8, 8))  # mean baseline = 0: pixel p contributes w_p * x_p
+    contrib = pixels[:, 0] * w.view(8, 8)  # mean baseline = 0: pixel p contributes w_p * x_p
     cells = F.avg_pool2d(contrib[:, None], 2)[:, 0] * 4  # per 2x2 cell
     torch.testing.assert_close(F.avg_pool2d(img[:, None], 2)[:, 0], cells, atol=1e-8, rtol=0)
     txt = ks.attribute_text(batch)  # (B, T); removed tokens become id 0 (value 0)
@@ -180,8 +187,9 @@ def test_kernel_shap_efficiency_text_and_slic(offline):
     img = Image.fromarray(data.chelsea())
     texts = ["a cat sitting on a wooden floor next to a wall", "a cat"]
     exps = vx.explain(offline, img, texts, method="kernel_shap", n_samples=48, sides=["text"])
-    exp_img = vx.explain(offline, img, texts[0], method="kernel_shap", n_samples=16, segments="slic", n_segments=20,
-                         sides=["image"])
+    exp_img = vx.explain(
+        offline, img, texts[0], method="kernel_shap", n_samples=16, segments="slic", n_segments=20, sides=["image"]
+    )
     tb = offline.tokenize(texts)
     with torch.no_grad():
         ie = offline.encode_image(exps[0].pixels[None])
@@ -197,7 +205,9 @@ def test_kernel_shap_efficiency_text_and_slic(offline):
 
     labels = slic_feature_masks(offline, exp_img.pixels[None], 20, 10.0)[0]
     M = int(labels.max()) + 1
-    first = torch.zeros(M, dtype=torch.long).scatter_(0, labels.flatten().flip(0), torch.arange(labels.numel() - 1, -1, -1))
+    first = torch.zeros(M, dtype=torch.long).scatter_(
+        0, labels.flatten().flip(0), torch.arange(labels.numel() - 1, -1, -1)
+    )
     phi = exp_img.image_map.flatten()[first]
     assert torch.equal(exp_img.image_map, phi[labels])  # constant on each superpixel
     with torch.no_grad():

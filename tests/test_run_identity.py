@@ -36,8 +36,13 @@ def _shard(path, samples):
 def _shards(d, grey=0):
     d.mkdir(exist_ok=True)
     for s in range(2):
-        _shard(d / f"{s:05d}.tar", [(f"{2 * s + i:09d}", {"png": _png(10 * (2 * s + i) + grey),
-                                                          "txt": f"pair {2 * s + i}".encode()}) for i in range(2)])
+        _shard(
+            d / f"{s:05d}.tar",
+            [
+                (f"{2 * s + i:09d}", {"png": _png(10 * (2 * s + i) + grey), "txt": f"pair {2 * s + i}".encode()})
+                for i in range(2)
+            ],
+        )
 
 
 KW = dict(batch_size=2, shard_size=2, progress=False)
@@ -100,8 +105,11 @@ def test_resume_of_a_brace_pattern_refuses_a_rewritten_shard(tmp_path, hf_clip):
     st = (tmp_path / "shards" / "00000.tar").stat()
     _shards(tmp_path / "shards", grey=1)
     os.utime(tmp_path / "shards" / "00000.tar", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    with pytest.raises(InputError, match=r"cannot resume .*: the data files 00000.tar, 00001.tar changed; "
-                                         r"start a new run"):
+    with pytest.raises(
+        InputError,
+        match=r"cannot resume .*: the data files 00000.tar, 00001.tar changed; "
+        r"start a new run",
+    ):
         evaluate(pattern, hf_clip, ["random"], ["confidence_image"], run, resume=True, **KW)
 
 
@@ -112,17 +120,26 @@ def _coco(root):
     for i in (1, 2):
         I.new("RGB", (10, 8), (10 * i, 0, 0)).save(root / "val2017" / f"{i:012d}.jpg")
     images = [{"id": i, "file_name": f"{i:012d}.jpg", "width": 10, "height": 8} for i in (1, 2)]
-    caps = {"images": images, "annotations": [{"id": 10, "image_id": 1, "caption": "Two dogs."},
-                                              {"id": 11, "image_id": 2, "caption": "A cat on a sofa"}]}
+    caps = {
+        "images": images,
+        "annotations": [
+            {"id": 10, "image_id": 1, "caption": "Two dogs."},
+            {"id": 11, "image_id": 2, "caption": "A cat on a sofa"},
+        ],
+    }
     (root / "annotations").mkdir()
     (root / "annotations" / "captions_val2017.json").write_text(json.dumps(caps))
     return root / "annotations" / "captions_val2017.json"
 
 
 def _instances(path, polygon):
-    inst = {"images": [], "categories": [{"id": 18, "name": "dog"}, {"id": 17, "name": "cat"}],
-            "annotations": [{"id": 1, "image_id": 1, "category_id": 18, "bbox": [0, 0, 4, 4],
-                             "segmentation": [polygon], "iscrowd": 0}]}
+    inst = {
+        "images": [],
+        "categories": [{"id": 18, "name": "dog"}, {"id": 17, "name": "cat"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 18, "bbox": [0, 0, 4, 4], "segmentation": [polygon], "iscrowd": 0}
+        ],
+    }
     path.write_text(json.dumps(inst))
     return path
 
@@ -136,9 +153,28 @@ def test_resume_of_coco_refuses_changed_instances_and_images_with_exit_2(tmp_pat
     caps = _coco(tmp_path)
     inst = _instances(tmp_path / "annotations" / "instances_val2017.json", [1, 1, 4, 1, 4, 3, 1, 3])
     run = tmp_path / "run"
-    args = ["evaluate", "--data", str(caps), "--instances", str(inst), "--coco-ground-truth", "masks",
-            "--model", str(tmp_path / "model"), "--methods", "random", "--metrics", "confidence_image",
-            "--batch-size", "1", "--shard-size", "1", "--no-progress", "--out", str(run)]
+    args = [
+        "evaluate",
+        "--data",
+        str(caps),
+        "--instances",
+        str(inst),
+        "--coco-ground-truth",
+        "masks",
+        "--model",
+        str(tmp_path / "model"),
+        "--methods",
+        "random",
+        "--metrics",
+        "confidence_image",
+        "--batch-size",
+        "1",
+        "--shard-size",
+        "1",
+        "--no-progress",
+        "--out",
+        str(run),
+    ]
     assert main(args) == 0
     assert main([*args, "--resume"]) == 0  # unchanged: resumes
     capsys.readouterr()
@@ -172,4 +208,5 @@ def test_a_fingerprint_recorded_under_the_content_rule_is_not_compared_with_a_st
     assert identity.describe_change(new, new, 2, 2) is None
     assert identity.describe_change(old, new, 2, 2) == (
         "the run fingerprinted 00000.tar, 00001.tar by content (the rule of an older vlexplain), so a resume cannot "
-        "be checked")
+        "be checked"
+    )

@@ -14,7 +14,6 @@ from vlexplain.data.shapes import (
     BACKGROUNDS,
     CATEGORIES,
     COLOURS,
-    MAX_PARTS,
     all_texts,
     concept_set,
     mask_box,
@@ -158,7 +157,6 @@ def test_shipped_model_files():
 
 def test_shipped_model_reaches_category_bar(shapes_clip):
     from vlexplain.data.shapes_train import evaluate_shapes
-
     from vlexplain.data.testbed_models import assets_dir
 
     recorded = json.loads((assets_dir() / "metrics.json").read_text())["metrics"]
@@ -180,8 +178,10 @@ def test_different_texts_give_different_embeddings(shapes_clip):
     concepts = concept_set()  # every part descriptor lies nearest to a category that has that part
     names = [c.name for c in CATEGORIES]
     descs = sorted({d for ds in concepts.values() for d in ds})
-    sims = shapes_clip.encode_text(shapes_clip.tokenize(descs)) @ shapes_clip.encode_text(
-        shapes_clip.tokenize([f"a {c}" for c in names])).T
+    sims = (
+        shapes_clip.encode_text(shapes_clip.tokenize(descs))
+        @ shapes_clip.encode_text(shapes_clip.tokenize([f"a {c}" for c in names])).T
+    )
     wrong = [d for d, j in zip(descs, sims.argmax(1).tolist()) if d not in concepts[names[j]]]
     assert not wrong, wrong
     cats = shapes_clip.encode_text(shapes_clip.tokenize([f"a {c.name}" for c in CATEGORIES]))
@@ -210,8 +210,18 @@ def test_twenty_second_training_lowers_loss(tmp_path):
     from vlexplain.data.shapes_train import ShapesCLIPConfig, train_shapes
     from vlexplain.data.testbed_models import load_shapes_clip
 
-    cfg = ShapesCLIPConfig(vision_width=32, vision_layers=2, text_width=32, text_layers=2, projection_dim=16,
-                           batch_size=32, warmup_steps=2, lr=3e-3, eval_every=0, threads=1)
+    cfg = ShapesCLIPConfig(
+        vision_width=32,
+        vision_layers=2,
+        text_width=32,
+        text_layers=2,
+        projection_dim=16,
+        batch_size=32,
+        warmup_steps=2,
+        lr=3e-3,
+        eval_every=0,
+        threads=1,
+    )
     info = train_shapes(minutes=20 / 60, out_dir=tmp_path / "m", seed=1, config=cfg, progress=False)
     rows = (tmp_path / "m" / "train_log.csv").read_text().splitlines()
     losses = [float(r.split(",")[3]) for r in rows[1:]]
@@ -234,7 +244,9 @@ def test_losses_against_hand_computed_values():
     # ranking: each present class against the absent ones only
     r0a = -torch.log(torch.exp(torch.tensor(2.0)) / (torch.exp(torch.tensor(2.0)) + 1.0))
     r0c = -torch.log(torch.exp(torch.tensor(1.0)) / (torch.exp(torch.tensor(1.0)) + 1.0))
-    r1b = -torch.log(torch.exp(torch.tensor(3.0)) / (torch.exp(torch.tensor(3.0)) + 1.0 + torch.exp(torch.tensor(-1.0))))
+    r1b = -torch.log(
+        torch.exp(torch.tensor(3.0)) / (torch.exp(torch.tensor(3.0)) + 1.0 + torch.exp(torch.tensor(-1.0)))
+    )
     assert torch.allclose(ranking_loss(logits, pos), (r0a + r0c + r1b) / 3)
 
     # sigmoid: every (scene, text) pair is its own binary problem; summed over texts, mean over scenes
@@ -250,13 +262,27 @@ def test_two_process_training_equals_one_process_on_the_union_batch(tmp_path, op
     """Two data-parallel processes of batch b take the same steps as one process of batch 2b."""
     import vlexplain.data.shapes_train as st
 
-    cfg = st.ShapesCLIPConfig(vision_width=32, vision_layers=1, text_width=32, text_layers=1, projection_dim=16,
-                              optimizer=optimizer, muon_lr=1e-2,
-                              batch_size=8, warmup_steps=1, lr=3e-3, eval_every=0, threads=1, pool_size=16,
-                              refresh_per_step=0, rank_weight=0.0,  # the ranking loss is a mean over pairs per process
-                              token_drop=0.0)
-    two = st.train_shapes(minutes=5, out_dir=tmp_path / "two", seed=3, config=cfg, progress=False,
-                          processes=2, max_steps=3)
+    cfg = st.ShapesCLIPConfig(
+        vision_width=32,
+        vision_layers=1,
+        text_width=32,
+        text_layers=1,
+        projection_dim=16,
+        optimizer=optimizer,
+        muon_lr=1e-2,
+        batch_size=8,
+        warmup_steps=1,
+        lr=3e-3,
+        eval_every=0,
+        threads=1,
+        pool_size=16,
+        refresh_per_step=0,
+        rank_weight=0.0,  # the ranking loss is a mean over pairs per process
+        token_drop=0.0,
+    )
+    two = st.train_shapes(
+        minutes=5, out_dir=tmp_path / "two", seed=3, config=cfg, progress=False, processes=2, max_steps=3
+    )
     assert two["steps"] == 3 and two["processes"] == 2
     cfg_one = st.ShapesCLIPConfig(**{**cfg.__dict__, "batch_size": 16})
     pools = [st._Pool(cfg, 3, {t: i for i, t in enumerate(st.all_texts())}, rank) for rank in range(2)]

@@ -98,7 +98,7 @@ def test_token_dropping_path():
     part = _embed(model, pixels=x, keep=keep)
     assert not torch.allclose(part, full, atol=1e-3)
     assert torch.allclose(_embed(model, pixels=x, keep=keep.flip(1)), part, atol=1e-5)
-    patch = lambda j: (slice(None), slice(8 * (j // 8), 8 * (j // 8) + 8), slice(8 * (j % 8), 8 * (j % 8) + 8))  # noqa: E731
+    patch = lambda j: (slice(None), slice(8 * (j // 8), 8 * (j // 8) + 8), slice(8 * (j % 8), 8 * (j % 8) + 8))
     dropped, kept = int(perm[0, 40]), int(perm[0, 0])
     y = x.clone()
     y[0][patch(dropped)] += 3.0

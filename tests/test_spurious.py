@@ -11,8 +11,15 @@ import torch
 from PIL import Image
 
 from vlexplain.data.shapes import BADGE_LABEL, CATEGORIES, render_scene
-from vlexplain.data.shapes_cue import (BADGE_COLOURS, BADGE_MODES, CORNERS, glyph, main_object, render_cue_scene,
-                                        training_badge)
+from vlexplain.data.shapes_cue import (
+    BADGE_COLOURS,
+    BADGE_MODES,
+    CORNERS,
+    glyph,
+    main_object,
+    render_cue_scene,
+    training_badge,
+)
 from vlexplain.errors import InputError
 from vlexplain.metrics import get_metric, get_spec, list_metrics
 from vlexplain.metrics.cue import average_ranks, cue_pointing, cue_reliance_rank, cue_share, spearman
@@ -128,17 +135,22 @@ def test_group_evaluation_of_a_badge_reader():
     assert r["conflicting_follows_badge"] == 1.0
     assert r["aligned_minus_conflicting"] == 1.0 and r["worst_group_accuracy"] == 0.0
     # absent: every caption ties at cosine 0, argmax picks the first category
-    assert r["accuracy_absent"] == pytest.approx(np.mean([render_scene(i, n_objects=1).objects[0].category == CATS[0]
-                                                            for i in range(40)]))
+    assert r["accuracy_absent"] == pytest.approx(
+        np.mean([render_scene(i, n_objects=1).objects[0].category == CATS[0] for i in range(40)])
+    )
     assert r["mean_accuracy"] == pytest.approx((1.0 + r["accuracy_absent"]) / 3)
     assert r["mean_reliance_aligned"] == pytest.approx(1.0) and r["mean_reliance_conflicting"] == pytest.approx(0.0)
 
 
 # --- metrics ----------------------------------------------------------------------------------
 def test_cue_share_and_pointing_by_hand():
-    maps = torch.tensor([[[1.0, 2.0, 0.0], [-5.0, 3.0, 0.0], [0.0, 0.0, 4.0]],
-                         [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]],
-                         [[1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0]]])
+    maps = torch.tensor(
+        [
+            [[1.0, 2.0, 0.0], [-5.0, 3.0, 0.0], [0.0, 0.0, 4.0]],
+            [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]],
+            [[1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0]],
+        ]
+    )
     masks = torch.zeros(3, 3, 3, dtype=torch.bool)
     masks[0, 0, :2] = True  # values 1, 2 of positive mass 10
     masks[1, 0, 0] = True
@@ -208,8 +220,16 @@ def test_evaluate_reads_cue_mask_and_reliance_columns(tmp_path, hf_clip):
     Image.fromarray(np.zeros((10, 10), dtype=np.uint8)).save(tmp_path / "small.png")
     rows.append({"image": "im1.png", "caption": "a photo", "cue_mask": "small.png", "reliance": 0.0})  # wrong size
     (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    run = evaluate(tmp_path / "p.jsonl", hf_clip, ["center"], ["cue_share", "cue_pointing", "cue_reliance_rank"],
-                   tmp_path / "run", batch_size=3, progress=False, save_maps=True)
+    run = evaluate(
+        tmp_path / "p.jsonl",
+        hf_clip,
+        ["center"],
+        ["cue_share", "cue_pointing", "cue_reliance_rank"],
+        tmp_path / "run",
+        batch_size=3,
+        progress=False,
+        save_maps=True,
+    )
     df = rio.load_results(run).to_pandas().sort_values("index")
     assert df["cue_share"].isna().tolist() == [False] * 5 + [True, True]
     assert df["error"].notna().tolist() == [False] * 6 + [True]
@@ -241,8 +261,9 @@ def tiny_shapes_dir(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("tiny_clip")
     vocab = build_vocab(vocabulary())
-    cfg = ShapesCLIPConfig(patch_size=16, vision_width=32, vision_layers=2, text_width=32, text_layers=2,
-                           heads=2, projection_dim=16)
+    cfg = ShapesCLIPConfig(
+        patch_size=16, vision_width=32, vision_layers=2, text_width=32, text_layers=2, heads=2, projection_dim=16
+    )
     build_model(cfg, len(vocab), seed=0).eval().save_pretrained(str(d), safe_serialization=True)
     (d / "vocab.json").write_text(json.dumps({"tokens": vocab}))
     return d
@@ -257,8 +278,19 @@ def test_benchmark_spurious_cli_end_to_end(tmp_path, tiny_shapes_dir, capsys):
 
     torch.set_num_threads(1)
     out = tmp_path / "bench"
-    args = ["benchmark", "spurious", "--n", "3", "--model", f"testbed:shapes@{tiny_shapes_dir}", "--out", str(out),
-            "--methods", "saliency", "--no-progress"]
+    args = [
+        "benchmark",
+        "spurious",
+        "--n",
+        "3",
+        "--model",
+        f"testbed:shapes@{tiny_shapes_dir}",
+        "--out",
+        str(out),
+        "--methods",
+        "saliency",
+        "--no-progress",
+    ]
     assert main(args) == 0
     md = (out / "leaderboard.md").read_text()
     assert md.strip() in capsys.readouterr().out

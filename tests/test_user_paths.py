@@ -29,9 +29,14 @@ def _shard(path, samples) -> None:
 def test_webdataset_sample_without_caption_says_so(tmp_path):
     """A shard sample with no txt member and no caption field is not reported as an 'empty caption'."""
     shard = tmp_path / "00000.tar"
-    _shard(shard, [("k0", {"png": _png(), "txt": b"a dark square"}),
-                   ("k1", {"png": _png()}),
-                   ("k2", {"png": _png(), "txt": b"  "})])
+    _shard(
+        shard,
+        [
+            ("k0", {"png": _png(), "txt": b"a dark square"}),
+            ("k1", {"png": _png()}),
+            ("k2", {"png": _png(), "txt": b"  "}),
+        ],
+    )
     ds = open_pairs(str(shard))
     pairs = [ds.load(r) for r in ds.rows()]
     assert pairs[0].error is None
@@ -48,8 +53,13 @@ def test_concepts_generate_help_has_no_broken_lines():
     from pathlib import Path
 
     env = {**os.environ, "COLUMNS": "200"}
-    res = subprocess.run([str(Path(sys.executable).parent / "vlexplain"), "concepts", "generate", "--help"],
-                         capture_output=True, text=True, env=env, timeout=120)
+    res = subprocess.run(
+        [str(Path(sys.executable).parent / "vlexplain"), "concepts", "generate", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     intro = res.stdout.split("Options")[0]
     lines = [ln.strip() for ln in intro.splitlines() if ln.strip() and not ln.strip().startswith("Usage")]

@@ -121,6 +121,7 @@ def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:
         pass
     else:
         modules.append(vendored)
+
     def found(name: str) -> tuple[type, ...]:
         return tuple(getattr(m, name) for m in modules if hasattr(m, name))
 

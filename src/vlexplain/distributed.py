@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -11,8 +11,9 @@ from torch import Tensor
 BUCKET = 1 << 24
 
 
-def average_gradients(params: Sequence[torch.nn.Parameter], mean: Callable[[Tensor], Tensor],
-                      bucket: int = BUCKET) -> None:
+def average_gradients(
+    params: Sequence[torch.nn.Parameter], mean: Callable[[Tensor], Tensor], bucket: int = BUCKET
+) -> None:
     """Replace every parameter's gradient by its mean over processes, in place.
 
     Gradients are flattened into buckets of one dtype and at most about ``bucket`` elements, so a

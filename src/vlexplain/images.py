@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import torch
@@ -13,7 +12,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InputError
 
-ImageLike = Union[str, os.PathLike, Image.Image, torch.Tensor, np.ndarray]
+ImageLike = str | os.PathLike | Image.Image | torch.Tensor | np.ndarray
 
 # Pillow's decompression-bomb guard stays on; 89 M pixels (Pillow's default) is the limit.
 MAX_PIXELS = 89_478_485
@@ -87,8 +86,9 @@ def resized_size(image_size: tuple[int, int], input_size: tuple[int, int]) -> tu
     return int(s * w / h), s
 
 
-def check_image_size(image: Image.Image | tuple[int, int], input_size: tuple[int, int], name: str = "",
-                     warn: bool = True) -> None:
+def check_image_size(
+    image: Image.Image | tuple[int, int], input_size: tuple[int, int], name: str = "", warn: bool = True
+) -> None:
     """Refuse an image whose preprocessing would allocate too much; warn when the crop drops most of it.
 
     Checked before anything is resized. ``image`` is a Pillow image or its (width, height),
@@ -123,8 +123,8 @@ def default_preprocess(
 
     Images whose resize would be too large are refused first (:func:`check_image_size`).
     """
-    from torchvision.transforms import functional as F
     from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as F
 
     check_image_size(image, size)
     image = to_rgb(image)

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -72,8 +72,9 @@ _STATE = _State()
 
 
 @contextmanager
-def track(what: str, total: int | None = None, *, done: int = 0,
-          resume: str | None = "rerun with --resume") -> Iterator[Work]:
+def track(
+    what: str, total: int | None = None, *, done: int = 0, resume: str | None = "rerun with --resume"
+) -> Iterator[Work]:
     """Report a long loop's progress for the interruption message (see the module docstring)."""
     work = Work(what, total, done, resume)
     _STATE.stack.append(work)

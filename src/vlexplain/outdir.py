@@ -75,7 +75,7 @@ class FolderClaim:
         full = Path(os.path.abspath(out))  # "." and "runs/.." get a real folder name
         self.path = full.parent / f".{full.name or 'root'}{LOCK_SUFFIX}"
 
-    def acquire(self) -> "FolderClaim":
+    def acquire(self) -> FolderClaim:
         try:
             import fcntl
         except ImportError:  # no flock on this system: no claim
@@ -90,8 +90,10 @@ class FolderClaim:
             except OSError as e:
                 os.close(fd)
                 if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    raise InputError(f"{self.flag} {self.out} is being written by another vlexplain run "
-                                     f"({self._holder()}); wait for it to finish or choose another {self.flag}") from None
+                    raise InputError(
+                        f"{self.flag} {self.out} is being written by another vlexplain run "
+                        f"({self._holder()}); wait for it to finish or choose another {self.flag}"
+                    ) from None
                 raise
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino

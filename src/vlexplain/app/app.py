@@ -14,14 +14,14 @@ import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-import logging  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
 
-from ..errors import InputError, MethodError, VlexplainError, require  # noqa: E402
-from .concept_runner import (  # noqa: E402
+from ..errors import InputError, MethodError, VlexplainError, require
+from .concept_runner import (
     CONCEPT_FILE_TYPES,
     MAX_DESCRIPTORS,
     concept_method_choices,
@@ -32,8 +32,8 @@ from .concept_runner import (  # noqa: E402
     read_concept_file,
     run_concepts,
 )
-from .runner import DEFAULT_MAX_MODELS, ModelCache, method_choices, method_options_help, parse_options, parse_texts, run  # noqa: E402
-from .samples import concept_suggestions, sample_images  # noqa: E402
+from .runner import DEFAULT_MAX_MODELS, ModelCache, method_choices, method_options_help, parse_options, parse_texts, run
+from .samples import concept_suggestions, sample_images
 
 _LOG = logging.getLogger("vlexplain.app")
 
@@ -187,7 +187,9 @@ class Explorer:
             applicable = {n for _, n in method_choices(model)}
             bad = [m for m in methods if m not in applicable]
             if bad:
-                raise MethodError(f"{', '.join(bad)} does not apply to {model.name}; choose from {', '.join(sorted(applicable))}")
+                raise MethodError(
+                    f"{', '.join(bad)} does not apply to {model.name}; choose from {', '.join(sorted(applicable))}"
+                )
             options = parse_options(options_raw, methods)
             try:
                 seed = int(float(seed or 0))
@@ -221,9 +223,15 @@ class Explorer:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), ""
         image, _ = self.samples[label]()
         cls, descs, tpl = self.concept_samples[label]()
-        return (image, cls, "\n".join(descs), tpl.category, tpl.concept,
-                f"Loaded the built-in image '{label}' with a suggested class and descriptors "
-                f"(prompts `{tpl.category}` and `{tpl.concept}`).")
+        return (
+            image,
+            cls,
+            "\n".join(descs),
+            tpl.category,
+            tpl.concept,
+            f"Loaded the built-in image '{label}' with a suggested class and descriptors "
+            f"(prompts `{tpl.category}` and `{tpl.concept}`).",
+        )
 
     def _concept_set(self, label: str | None, uploaded: dict | None):
         """(concept set, its prompt templates) for a menu label, or (None, None)."""
@@ -282,8 +290,13 @@ class Explorer:
             raise _user_error(e) from None
         note = f" (the first {MAX_DESCRIPTORS} of its {len(descs)})" if len(descs) > MAX_DESCRIPTORS else ""
         descs = descs[:MAX_DESCRIPTORS]
-        return (cls, "\n".join(descs), tpl.category, tpl.concept,
-                f"'{cls}': {len(descs)} descriptors from {cs.source}{note}; prompts `{tpl.category}` and `{tpl.concept}`.")
+        return (
+            cls,
+            "\n".join(descs),
+            tpl.category,
+            tpl.concept,
+            f"'{cls}': {len(descs)} descriptors from {cs.source}{note}; prompts `{tpl.category}` and `{tpl.concept}`.",
+        )
 
     def change_concept_model(self, spec: str, method: str | None, progress: Any = None):
         """Load the model and offer the concept-map methods that apply to it."""
@@ -297,10 +310,13 @@ class Explorer:
             return gr.skip(), f"**Cannot load model `{spec}`**: {first}"
         choices = concept_method_choices(model)
         names = [n for _, n in choices]
-        return gr.Dropdown(choices=choices, value=method if method in names else names[0]), f"Model **{model.name}** ready."
+        return gr.Dropdown(
+            choices=choices, value=method if method in names else names[0]
+        ), f"Model **{model.name}** ready."
 
-    def explain_concepts(self, payload, spec, method, cls_raw, descs_raw, options_raw, category_tpl, concept_tpl,
-                         progress: Any = None):
+    def explain_concepts(
+        self, payload, spec, method, cls_raw, descs_raw, options_raw, category_tpl, concept_tpl, progress: Any = None
+    ):
         """Category and concept maps of the image, with its disentanglability and localizability."""
         from .render import concept_metrics_html, concept_png, write_concept_json
 
@@ -318,24 +334,33 @@ class Explorer:
                 progress(0, desc=f"loading {spec}")
             model, lock = self.cache.get(spec)
             if progress is not None:
-                progress(0.1, desc="waiting for the model" if lock.locked() else f"{method}: {1 + len(descriptors)} maps")
+                progress(
+                    0.1, desc="waiting for the model" if lock.locked() else f"{method}: {1 + len(descriptors)} maps"
+                )
             with lock:
-                res = run_concepts(model, image, cls, descriptors, method, options, templates, image_name=Path(path).name)
+                res = run_concepts(
+                    model, image, cls, descriptors, method, options, templates, image_name=Path(path).name
+                )
             out = Path(tempfile.mkdtemp(dir=self._out.name))
             fig = concept_png(res, out / "vlexplain_concepts.png")
             js = write_concept_json(res, out / "vlexplain_concepts.json")
         except Exception as e:
             raise _user_error(e) from None
-        status = (f"Done: '{cls}' with {len(descriptors)} concept(s) by {method} in {res.seconds:.1f} s on "
-                  f"{model.name}.")
+        status = f"Done: '{cls}' with {len(descriptors)} concept(s) by {method} in {res.seconds:.1f} s on {model.name}."
         return fig, concept_metrics_html(res), [str(out / "vlexplain_concepts.png"), str(js)], status
 
 
 def _image_input(gr, value: str | None, max_upload_mb: float, height: int, elem_id: str):
     """The image upload of both tabs (a file path; upload or clipboard; the size limit in its label)."""
     return gr.Image(
-        value=value, label=f"Image (PNG, JPEG, WebP…; up to {max_upload_mb:g} MB)", type="filepath",
-        image_mode=None, sources=["upload", "clipboard"], format="png", height=height, elem_id=elem_id,
+        value=value,
+        label=f"Image (PNG, JPEG, WebP…; up to {max_upload_mb:g} MB)",
+        type="filepath",
+        image_mode=None,
+        sources=["upload", "clipboard"],
+        format="png",
+        height=height,
+        elem_id=elem_id,
     )
 
 
@@ -369,39 +394,78 @@ def build_app(model: str = "offline", max_upload_mb: float = 10, cache: ModelCac
             with gr.Row():
                 with gr.Column(scale=2, min_width=320):
                     image = _image_input(gr, first_image, max_upload_mb, 280, "vx-image")
-                    sample = gr.Dropdown(choices=list(ex.samples), value=first_sample, label="…or pick a built-in image",
-                                         elem_id="vx-sample")
-                    texts = gr.Textbox(value=first_texts, lines=4, max_lines=8, label="Texts (one per line)",
-                                       elem_id="vx-texts")
-                    model_box = gr.Dropdown(choices=_model_choices(model, cache.allowed), value=model,
-                                            allow_custom_value=cache.allowed is None, label=_model_label(cache),
-                                            elem_id="vx-model")
-                    methods = gr.CheckboxGroup(choices=choices, value=["m2ib"] if "m2ib" in names else names[:1],
-                                               label="Methods (those that apply to this model)", elem_id="vx-methods")
+                    sample = gr.Dropdown(
+                        choices=list(ex.samples),
+                        value=first_sample,
+                        label="…or pick a built-in image",
+                        elem_id="vx-sample",
+                    )
+                    texts = gr.Textbox(
+                        value=first_texts, lines=4, max_lines=8, label="Texts (one per line)", elem_id="vx-texts"
+                    )
+                    model_box = gr.Dropdown(
+                        choices=_model_choices(model, cache.allowed),
+                        value=model,
+                        allow_custom_value=cache.allowed is None,
+                        label=_model_label(cache),
+                        elem_id="vx-model",
+                    )
+                    methods = gr.CheckboxGroup(
+                        choices=choices,
+                        value=["m2ib"] if "m2ib" in names else names[:1],
+                        label="Methods (those that apply to this model)",
+                        elem_id="vx-methods",
+                    )
                     run_btn = gr.Button("Explain", variant="primary", elem_id="vx-run")
                     status = gr.Markdown(elem_id="vx-status")
                     with gr.Accordion("Method options and seed", open=False):
-                        options = gr.Textbox(lines=3, label="Options: method.option=value, one per line",
-                                             placeholder="m2ib.steps=5\nm2ib.beta=0.1", elem_id="vx-options")
+                        options = gr.Textbox(
+                            lines=3,
+                            label="Options: method.option=value, one per line",
+                            placeholder="m2ib.steps=5\nm2ib.beta=0.1",
+                            elem_id="vx-options",
+                        )
                         seed = gr.Number(value=0, precision=0, label="Seed (stochastic methods)", elem_id="vx-seed")
                     with gr.Accordion("What the methods do", open=False):
                         opts_help = gr.Markdown(method_options_help(names), elem_id="vx-options-help")
                 with gr.Column(scale=3, min_width=480):
                     gr.Markdown("### Scores")
-                    scores = gr.HTML("<p class='vx-note'>Press <b>Explain</b>: each text's score appears here.</p>", elem_id="vx-scores")
+                    scores = gr.HTML(
+                        "<p class='vx-note'>Press <b>Explain</b>: each text's score appears here.</p>",
+                        elem_id="vx-scores",
+                    )
                     gr.Markdown("### Heatmaps\nOne row per text, one column per method (its run time in brackets).")
-                    grid = gr.Image(label="Heatmaps", show_label=False, type="numpy", format="png", interactive=False,
-                                    elem_id="vx-grid")
+                    grid = gr.Image(
+                        label="Heatmaps",
+                        show_label=False,
+                        type="numpy",
+                        format="png",
+                        interactive=False,
+                        elem_id="vx-grid",
+                    )
                     gr.Markdown("### Token highlights")
-                    tokens = gr.HTML("<p class='vx-note'>Which words matter, per text and method.</p>", elem_id="vx-tokens")
-                    files = gr.File(label="Download: grid (PNG) and results (JSON)", file_count="multiple",
-                                    interactive=False, elem_id="vx-download")
+                    tokens = gr.HTML(
+                        "<p class='vx-note'>Which words matter, per text and method.</p>", elem_id="vx-tokens"
+                    )
+                    files = gr.File(
+                        label="Download: grid (PNG) and results (JSON)",
+                        file_count="multiple",
+                        interactive=False,
+                        elem_id="vx-download",
+                    )
             # preprocess=False: the callbacks decode the image themselves (clear message for non-images)
             image.upload(ex.check_upload, inputs=image, outputs=status, api_name=False, preprocess=False)
             sample.input(ex.pick_sample, inputs=sample, outputs=[image, texts, status], api_name=False)
-            model_box.change(on_model, inputs=[model_box, methods], outputs=[methods, opts_help, status], api_name=False)
-            run_btn.click(on_run, inputs=[image, texts, model_box, methods, options, seed],
-                          outputs=[scores, grid, tokens, files, status], api_name="explain", preprocess=False)
+            model_box.change(
+                on_model, inputs=[model_box, methods], outputs=[methods, opts_help, status], api_name=False
+            )
+            run_btn.click(
+                on_run,
+                inputs=[image, texts, model_box, methods, options, seed],
+                outputs=[scores, grid, tokens, files, status],
+                api_name="explain",
+                preprocess=False,
+            )
         with gr.Tab("Concepts", id="concepts", elem_id="vx-tab-concepts"):
             _concepts_tab(gr, ex, model, default_model, max_upload_mb)
     demo.vx_explorer = ex  # keeps the output folder alive as long as the app
@@ -413,7 +477,9 @@ def _concepts_tab(gr, ex: Explorer, model: str, default_model, max_upload_mb: fl
     from ..concepts.sets import CATEGORY_TEMPLATE, CONCEPT_TEMPLATE
 
     shapes_samples = [k for k in ex.samples if k.startswith("shapes scene")]
-    first_sample = shapes_samples[0] if model.startswith("testbed:shapes") and shapes_samples else next(iter(ex.samples))
+    first_sample = (
+        shapes_samples[0] if model.startswith("testbed:shapes") and shapes_samples else next(iter(ex.samples))
+    )
     first_image, _ = ex.samples[first_sample]()
     first_class, first_descs, first_tpl = ex.concept_samples[first_sample]()
     methods = concept_method_choices(default_model)
@@ -430,54 +496,113 @@ def _concepts_tab(gr, ex: Explorer, model: str, default_model, max_upload_mb: fl
     with gr.Row():
         with gr.Column(scale=2, min_width=320):
             image = _image_input(gr, first_image, max_upload_mb, 240, "vx-c-image")
-            sample = gr.Dropdown(choices=list(ex.samples), value=first_sample, elem_id="vx-c-sample",
-                                 label="…or pick a built-in image (suggests a class and descriptors)")
+            sample = gr.Dropdown(
+                choices=list(ex.samples),
+                value=first_sample,
+                elem_id="vx-c-sample",
+                label="…or pick a built-in image (suggests a class and descriptors)",
+            )
             cls = gr.Textbox(value=first_class, label="Class", max_lines=1, elem_id="vx-c-class")
-            descs = gr.Textbox(value="\n".join(first_descs), lines=4, max_lines=MAX_DESCRIPTORS,
-                               label=f"Descriptors (one per line, at most {MAX_DESCRIPTORS})", elem_id="vx-c-descriptors")
+            descs = gr.Textbox(
+                value="\n".join(first_descs),
+                lines=4,
+                max_lines=MAX_DESCRIPTORS,
+                label=f"Descriptors (one per line, at most {MAX_DESCRIPTORS})",
+                elem_id="vx-c-descriptors",
+            )
             with gr.Group():
                 with gr.Row():
-                    set_pick = gr.Dropdown(choices=presets, value=presets[0] if presets else None, label="Concept set",
-                                           elem_id="vx-c-set")
+                    set_pick = gr.Dropdown(
+                        choices=presets, value=presets[0] if presets else None, label="Concept set", elem_id="vx-c-set"
+                    )
                     first_set = ex.presets[presets[0]][0]().classes if presets else []
-                    class_pick = gr.Dropdown(choices=first_set, value=None, label="…pick a class from it",
-                                             elem_id="vx-c-pick")
-                concept_file = gr.File(label="…or upload a concept file: JSON {class: [descriptors]} or CSV class,descriptor",
-                                       file_types=list(CONCEPT_FILE_TYPES), file_count="single", type="filepath",
-                                       height=130, elem_id="vx-c-file")
-            model_box = gr.Dropdown(choices=_model_choices(model, ex.cache.allowed), value=model,
-                                    allow_custom_value=ex.cache.allowed is None, label=_model_label(ex.cache),
-                                    elem_id="vx-c-model")
+                    class_pick = gr.Dropdown(
+                        choices=first_set, value=None, label="…pick a class from it", elem_id="vx-c-pick"
+                    )
+                concept_file = gr.File(
+                    label="…or upload a concept file: JSON {class: [descriptors]} or CSV class,descriptor",
+                    file_types=list(CONCEPT_FILE_TYPES),
+                    file_count="single",
+                    type="filepath",
+                    height=130,
+                    elem_id="vx-c-file",
+                )
+            model_box = gr.Dropdown(
+                choices=_model_choices(model, ex.cache.allowed),
+                value=model,
+                allow_custom_value=ex.cache.allowed is None,
+                label=_model_label(ex.cache),
+                elem_id="vx-c-model",
+            )
             method = gr.Dropdown(choices=methods, value=methods[0][1], label="Map method", elem_id="vx-c-method")
             run_btn = gr.Button("Explain concepts", variant="primary", elem_id="vx-c-run")
             status = gr.Markdown(elem_id="vx-c-status")
             with gr.Accordion("Prompt templates and method options", open=False):
-                cat_tpl = gr.Textbox(value=first_tpl.category, label=f"Class prompt ({{class}}; default {CATEGORY_TEMPLATE!r})",
-                                     max_lines=1, elem_id="vx-c-category-template")
-                con_tpl = gr.Textbox(value=first_tpl.concept, max_lines=1, elem_id="vx-c-concept-template",
-                                     label=f"Concept prompt ({{class}}, {{descriptor}}; default {CONCEPT_TEMPLATE!r})")
-                options = gr.Textbox(lines=2, label="Options of a registered method: method.option=value, one per line",
-                                     placeholder="m2ib.steps=5", elem_id="vx-c-options")
+                cat_tpl = gr.Textbox(
+                    value=first_tpl.category,
+                    label=f"Class prompt ({{class}}; default {CATEGORY_TEMPLATE!r})",
+                    max_lines=1,
+                    elem_id="vx-c-category-template",
+                )
+                con_tpl = gr.Textbox(
+                    value=first_tpl.concept,
+                    max_lines=1,
+                    elem_id="vx-c-concept-template",
+                    label=f"Concept prompt ({{class}}, {{descriptor}}; default {CONCEPT_TEMPLATE!r})",
+                )
+                options = gr.Textbox(
+                    lines=2,
+                    label="Options of a registered method: method.option=value, one per line",
+                    placeholder="m2ib.steps=5",
+                    elem_id="vx-c-options",
+                )
         with gr.Column(scale=3, min_width=480):
             gr.Markdown("### Category and concept maps")
-            figure = gr.Image(label="Concept maps", show_label=False, type="numpy", format="png", interactive=False,
-                              elem_id="vx-c-figure")
+            figure = gr.Image(
+                label="Concept maps",
+                show_label=False,
+                type="numpy",
+                format="png",
+                interactive=False,
+                elem_id="vx-c-figure",
+            )
             gr.Markdown("### This image's disentanglability and localizability")
-            metrics = gr.HTML("<p class='vx-note'>Press <b>Explain concepts</b>: the metrics of this image appear here.</p>",
-                              elem_id="vx-c-metrics")
-            files = gr.File(label="Download: figure (PNG) and results (JSON)", file_count="multiple",
-                            interactive=False, elem_id="vx-c-download")
+            metrics = gr.HTML(
+                "<p class='vx-note'>Press <b>Explain concepts</b>: the metrics of this image appear here.</p>",
+                elem_id="vx-c-metrics",
+            )
+            files = gr.File(
+                label="Download: figure (PNG) and results (JSON)",
+                file_count="multiple",
+                interactive=False,
+                elem_id="vx-c-download",
+            )
     image.upload(ex.check_upload, inputs=image, outputs=status, api_name=False, preprocess=False)
-    sample.input(ex.pick_concept_sample, inputs=sample, outputs=[image, cls, descs, cat_tpl, con_tpl, status],
-                 api_name=False)
-    concept_file.upload(ex.upload_concepts, inputs=[concept_file, uploaded],
-                        outputs=[set_pick, class_pick, uploaded, concept_file, status], api_name=False, preprocess=False)
+    sample.input(
+        ex.pick_concept_sample, inputs=sample, outputs=[image, cls, descs, cat_tpl, con_tpl, status], api_name=False
+    )
+    concept_file.upload(
+        ex.upload_concepts,
+        inputs=[concept_file, uploaded],
+        outputs=[set_pick, class_pick, uploaded, concept_file, status],
+        api_name=False,
+        preprocess=False,
+    )
     set_pick.input(ex.pick_concept_set, inputs=[set_pick, uploaded], outputs=[class_pick, status], api_name=False)
-    class_pick.input(ex.pick_concept_class, inputs=[set_pick, class_pick, uploaded],
-                     outputs=[cls, descs, cat_tpl, con_tpl, status], api_name=False)
+    class_pick.input(
+        ex.pick_concept_class,
+        inputs=[set_pick, class_pick, uploaded],
+        outputs=[cls, descs, cat_tpl, con_tpl, status],
+        api_name=False,
+    )
     model_box.change(on_model, inputs=[model_box, method], outputs=[method, status], api_name=False)
-    run_btn.click(on_run, inputs=[image, model_box, method, cls, descs, options, cat_tpl, con_tpl],
-                  outputs=[figure, metrics, files, status], api_name="concepts", preprocess=False)
+    run_btn.click(
+        on_run,
+        inputs=[image, model_box, method, cls, descs, options, cat_tpl, con_tpl],
+        outputs=[figure, metrics, files, status],
+        api_name="concepts",
+        preprocess=False,
+    )
 
 
 def launch(

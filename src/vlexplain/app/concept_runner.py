@@ -12,9 +12,10 @@ import csv
 import string
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -67,8 +68,10 @@ def parse_descriptors(raw: str | None, cls: str) -> list[str]:
     if not descs:
         raise InputError(f"type at least one descriptor of {cls!r} (one per line), or pick a class from a concept set")
     if len(descs) > MAX_DESCRIPTORS:
-        raise InputError(f"at most {MAX_DESCRIPTORS} descriptors per run, got {len(descs)} "
-                         "(published DEAL concept sets use 5 per class)")
+        raise InputError(
+            f"at most {MAX_DESCRIPTORS} descriptors per run, got {len(descs)} "
+            "(published DEAL concept sets use 5 per class)"
+        )
     return list(validate({cls: descs}, TYPED_SOURCE)[cls])
 
 
@@ -86,8 +89,11 @@ def parse_templates(category: str | None, concept: str | None) -> Templates:
             fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(template) if f is not None]
         except ValueError as e:
             raise InputError(f"bad prompt template {template!r} ({e}); write literal braces as {{{{ and }}}}") from None
-        bad = [f + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "")
-               for f, spec, conv in fields if f not in allowed or spec or conv]
+        bad = [
+            f + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "")
+            for f, spec, conv in fields
+            if f not in allowed or spec or conv
+        ]
         if bad:
             names = " and ".join(f"{{{a}}}" for a in sorted(allowed))
             raise InputError(f"bad prompt template {template!r}: {{{bad[0]}}} is not a placeholder; use {names}")
@@ -111,8 +117,9 @@ def read_concept_file(path: str | Path, name: str | None = None) -> ConceptSet:
     path = Path(path)
     name = name or path.name
     if path.suffix.lower() not in CONCEPT_FILE_TYPES:
-        raise InputError(f"{name}: a concept file is a .json file {{class: [descriptors]}} or a .csv file "
-                         "with class,descriptor rows")
+        raise InputError(
+            f"{name}: a concept file is a .json file {{class: [descriptors]}} or a .csv file with class,descriptor rows"
+        )
     try:
         cs = load_concepts(path)
     except InputError as e:
@@ -120,8 +127,9 @@ def read_concept_file(path: str | Path, name: str | None = None) -> ConceptSet:
     except UnicodeDecodeError:
         raise InputError(f"{name} is not a UTF-8 text file") from None
     except (csv.Error, RecursionError):
-        raise InputError(f"{name} cannot be read as a concept file (JSON {{class: [descriptors]}} "
-                         "or CSV class,descriptor rows)") from None
+        raise InputError(
+            f"{name} cannot be read as a concept file (JSON {{class: [descriptors]}} or CSV class,descriptor rows)"
+        ) from None
     if len(cs) > MAX_FILE_CLASSES:
         raise InputError(f"{name} has {len(cs)} classes; the explorer reads at most {MAX_FILE_CLASSES}")
     return ConceptSet(dict(cs.concepts), name)

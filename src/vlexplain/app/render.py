@@ -38,8 +38,16 @@ def grid_figure(res: RunResult, dpi: int = 100):
                 ax.imshow(overlay(rgb, e.image_map))
             else:
                 ax.imshow(rgb.permute(1, 2, 0).numpy())
-                ax.text(0.5, 0.5, "no image map", ha="center", va="center", transform=ax.transAxes,
-                        fontsize=9, bbox=dict(facecolor="white", alpha=0.8))
+                ax.text(
+                    0.5,
+                    0.5,
+                    "no image map",
+                    ha="center",
+                    va="center",
+                    transform=ax.transAxes,
+                    fontsize=9,
+                    bbox=dict(facecolor="white", alpha=0.8),
+                )
             ax.set_title(f"{m}  ({e.seconds:.2f} s)", fontsize=9)
     for ax in axes.flat:
         ax.set_xticks([])
@@ -125,9 +133,16 @@ def concept_figure(run: ConceptRun, dpi: int = 100, per_row: int = 3):
     name = run.image_name if len(run.image_name) <= 30 else run.image_name[:14] + "…" + run.image_name[-14:]
     axes[0, 0].set_title(f"image\n{name}", fontsize=9)
     panels = [("category map", run.prompts[0], run.scores[0], run.category, None)]
-    for j, d in enumerate(run.descriptors):
-        panels.append((f"concept {j + 1}", run.prompts[1 + j], run.scores[1 + j], run.concepts[j],
-                       run.per_concept_localizability[j]))
+    for j in range(len(run.descriptors)):
+        panels.append(
+            (
+                f"concept {j + 1}",
+                run.prompts[1 + j],
+                run.scores[1 + j],
+                run.concepts[j],
+                run.per_concept_localizability[j],
+            )
+        )
     for k, (head, prompt, score, m, loc) in enumerate(panels, 1):
         ax = axes[k // cols, k % cols]
         ax.imshow(overlay(rgb, m))
@@ -141,8 +156,11 @@ def concept_figure(run: ConceptRun, dpi: int = 100, per_row: int = 3):
     for k in range(n, rows * cols):
         axes[k // cols, k % cols].axis("off")
     dis = f"{run.disentanglability:.3f}" if run.disentanglability is not None else "n/a (one concept)"
-    fig.suptitle(f"class '{run.cls}' — model {run.model}, maps by {run.method}\n"
-                 f"disentanglability {dis}, localizability {run.localizability:.3f}", fontsize=10)
+    fig.suptitle(
+        f"class '{run.cls}' — model {run.model}, maps by {run.method}\n"
+        f"disentanglability {dis}, localizability {run.localizability:.3f}",
+        fontsize=10,
+    )
     fig.supxlabel("red = high relevance, blue = low; each map min-max scaled", fontsize=9)
     return fig
 
@@ -162,40 +180,65 @@ def concept_metrics_html(run: ConceptRun) -> str:
     K = len(run.descriptors)
     one = "needs two or more concepts" if K < 2 else ""
     summary = [
-        ("disentanglability", run.disentanglability,
-         "published form: sigmoid(10 · (0.2 − S / 100)), S = sum over concept pairs of the overlap "
-         "(higher = concepts look at different pixels)" + (f"; {one}" if one else "")),
-        ("mean_pairwise_overlap", run.mean_overlap,
-         "raw: mean over concept pairs of Σ<sub>pixels</sub> h<sub>i</sub>·h<sub>j</sub> on the "
-         f"{run.concepts.shape[-2]}×{run.concepts.shape[-1]} map grid (lower = more disentangled)"),
+        (
+            "disentanglability",
+            run.disentanglability,
+            "published form: sigmoid(10 · (0.2 − S / 100)), S = sum over concept pairs of the overlap "
+            "(higher = concepts look at different pixels)" + (f"; {one}" if one else ""),
+        ),
+        (
+            "mean_pairwise_overlap",
+            run.mean_overlap,
+            "raw: mean over concept pairs of Σ<sub>pixels</sub> h<sub>i</sub>·h<sub>j</sub> on the "
+            f"{run.concepts.shape[-2]}×{run.concepts.shape[-1]} map grid (lower = more disentangled)",
+        ),
         ("pairwise_overlap_sum", run.overlap_sum, "S: the sum over concept pairs"),
-        ("localizability", run.localizability,
-         "insertion test: the concept prompt's score as the top 20…100 % pixels of its map are inserted into "
-         "a blurred copy, relative to the full image (mean over concepts and steps; higher = better)"),
+        (
+            "localizability",
+            run.localizability,
+            "insertion test: the concept prompt's score as the top 20…100 % pixels of its map are inserted into "
+            "a blurred copy, relative to the full image (mean over concepts and steps; higher = better)",
+        ),
     ]
-    names = {"disentanglability": "Disentanglability", "mean_pairwise_overlap": "Mean pairwise overlap",
-             "pairwise_overlap_sum": "Sum of pair overlaps S", "localizability": "Localizability"}
-    rows = "".join(f"<tr><td><b>{names[k]}</b></td>{_val(k, v)}<td class='vx-note'>{d}</td></tr>" for k, v, d in summary)
-    out = [f"<table class='vx-concept-metrics'><thead><tr><th>this image</th><th>value</th><th>meaning</th></tr></thead>"
-           f"<tbody>{rows}</tbody></table>"]
-    prompt_rows = [f"<tr><td>category</td><td>{html.escape(run.prompts[0])}</td>{_val('score:category', run.scores[0])}"
-                   "<td>—</td></tr>"]
+    names = {
+        "disentanglability": "Disentanglability",
+        "mean_pairwise_overlap": "Mean pairwise overlap",
+        "pairwise_overlap_sum": "Sum of pair overlaps S",
+        "localizability": "Localizability",
+    }
+    rows = "".join(
+        f"<tr><td><b>{names[k]}</b></td>{_val(k, v)}<td class='vx-note'>{d}</td></tr>" for k, v, d in summary
+    )
+    out = [
+        f"<table class='vx-concept-metrics'><thead><tr><th>this image</th><th>value</th><th>meaning</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table>"
+    ]
+    prompt_rows = [
+        f"<tr><td>category</td><td>{html.escape(run.prompts[0])}</td>{_val('score:category', run.scores[0])}"
+        "<td>—</td></tr>"
+    ]
     for j in range(K):
         prompt_rows.append(
             f"<tr><td>concept {j + 1}</td><td>{html.escape(run.prompts[1 + j])}</td>"
             f"{_val(f'score:{j + 1}', run.scores[1 + j])}{_val(f'localizability:{j + 1}', run.per_concept_localizability[j])}</tr>"
         )
-    out.append("<table class='vx-concept-prompts'><thead><tr><th>map</th><th>prompt</th><th>cosine similarity</th>"
-               f"<th>localizability</th></tr></thead><tbody>{''.join(prompt_rows)}</tbody></table>")
+    out.append(
+        "<table class='vx-concept-prompts'><thead><tr><th>map</th><th>prompt</th><th>cosine similarity</th>"
+        f"<th>localizability</th></tr></thead><tbody>{''.join(prompt_rows)}</tbody></table>"
+    )
     if K >= 2:
         head = "".join(f"<th>{j + 1}</th>" for j in range(K))
         body = []
         for i in range(K):
-            cells = "".join("<td>·</td>" if i == j else f"<td>{float(run.pair_overlaps[i, j]):.2f}</td>" for j in range(K))
+            cells = "".join(
+                "<td>·</td>" if i == j else f"<td>{float(run.pair_overlaps[i, j]):.2f}</td>" for j in range(K)
+            )
             body.append(f"<tr><th>{i + 1}. {html.escape(run.descriptors[i])}</th>{cells}</tr>")
-        out.append("<p class='vx-note'>Overlap Σ<sub>pixels</sub> h<sub>i</sub>·h<sub>j</sub> of each pair of "
-                   "concept maps:</p>"
-                   f"<table class='vx-concept-pairs'><thead><tr><th></th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
+        out.append(
+            "<p class='vx-note'>Overlap Σ<sub>pixels</sub> h<sub>i</sub>·h<sub>j</sub> of each pair of "
+            "concept maps:</p>"
+            f"<table class='vx-concept-pairs'><thead><tr><th></th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        )
     return "".join(out)
 
 

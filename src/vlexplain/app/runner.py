@@ -6,8 +6,9 @@ import ast
 import inspect
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from PIL import Image
 
@@ -36,8 +37,12 @@ class ModelCache:
             :class:`InputError` naming the allowed ones.
     """
 
-    def __init__(self, loader: Callable[[str], DualEncoder] | None = None, max_models: int = DEFAULT_MAX_MODELS,
-                 allowed: Sequence[str] | None = None):
+    def __init__(
+        self,
+        loader: Callable[[str], DualEncoder] | None = None,
+        max_models: int = DEFAULT_MAX_MODELS,
+        allowed: Sequence[str] | None = None,
+    ):
         if loader is None:
             from ..models.registry import load_model
 
@@ -95,7 +100,7 @@ def _release_memory() -> None:
 
 def method_choices(model: DualEncoder) -> list[tuple[str, str]]:
     """(label, name) for every registered method that applies to ``model`` (read from the registry)."""
-    from ..attribution.base import get_method, methods_for
+    from ..attribution.base import methods_for
 
     out = []
     for name, sides in methods_for(model).items():

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence, Union
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,7 +17,7 @@ from ..models.base import DualEncoder
 from .base import SIDES, Explanation, Side, get_method, image_grid_size, pool_to_grid, run_explainer, upsample_grid
 from .targets import make_target
 
-TextLike = Union[str, Sequence[str]]
+TextLike = str | Sequence[str]
 
 
 def prepare_images(model: DualEncoder, images: ImageLike | Sequence[ImageLike]) -> Tensor:

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Sequence
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -85,7 +86,7 @@ class Explainer:
         self.model = model
 
     @classmethod
-    def create(cls, model: DualEncoder, **options: Any) -> "Explainer":
+    def create(cls, model: DualEncoder, **options: Any) -> Explainer:
         """Build the method, turning unknown or bad options into a clear :class:`MethodError`."""
         sig = inspect.signature(cls.__init__)
         known = [k for k, p in list(sig.parameters.items())[2:] if p.kind is not inspect.Parameter.VAR_KEYWORD]

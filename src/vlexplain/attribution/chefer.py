@@ -22,7 +22,8 @@ CNN towers have no attention, so the method does not apply to them.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -114,7 +114,9 @@ def check_count(tower: Tower, value: Any, option: str, method: str) -> int:
     """A number of last blocks: an int in 1 .. num_blocks."""
     n = tower.num_blocks
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= n:
-        raise MethodError(f"{method}: {option} must be a number of last blocks in 1..{n} for the {tower.modality} tower")
+        raise MethodError(
+            f"{method}: {option} must be a number of last blocks in 1..{n} for the {tower.modality} tower"
+        )
     return value
 
 

@@ -128,4 +128,3 @@ class GradECLIP(Explainer):
             self.model.text, texts, lambda e: batch.target(batch.image_emb, e), self.text_blocks, self.withksim, keep
         )
         return maps.sum(0).relu()
-

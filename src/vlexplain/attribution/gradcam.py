@@ -16,7 +16,8 @@ The block output is captured with the tower's ``on_block`` callback, not with mo
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -92,7 +93,9 @@ class GradCAM(Explainer):
 
     name = "gradcam"
     summary = "gradient-weighted block activations (Grad-CAM)"
-    paper = "Selvaraju et al. Grad-CAM: Visual Explanations from Deep Networks via Gradient-based Localization. ICCV 2017"
+    paper = (
+        "Selvaraju et al. Grad-CAM: Visual Explanations from Deep Networks via Gradient-based Localization. ICCV 2017"
+    )
 
     def __init__(self, model, layer: int | None = None, image_layer: int | None = None, text_layer: int | None = None):
         super().__init__(model)

@@ -111,7 +111,9 @@ class LeGrad(Explainer):
         for side in SIDES:
             ok = type(self).why_not(model, side) is None
             if ok and self._pooling(side) == "mean" and not capabilities(model, side).pooled:
-                raise MethodError(f"legrad: pooling='mean' needs a head that reads one token; the {side} tower pools with attention")
+                raise MethodError(
+                    f"legrad: pooling='mean' needs a head that reads one token; the {side} tower pools with attention"
+                )
 
     def _pooling(self, side: Side) -> Pooling:
         if side == "text":
@@ -127,7 +129,12 @@ class LeGrad(Explainer):
     def attribute_image(self, batch: PairBatch) -> Tensor:
         tower = self.model.image
         r = legrad_map(
-            tower, batch.pixels, lambda e: batch.target(e, batch.text_emb), self._blocks(tower), self._pooling("image"), None
+            tower,
+            batch.pixels,
+            lambda e: batch.target(e, batch.text_emb),
+            self._blocks(tower),
+            self._pooling("image"),
+            None,
         )
         return to_grid(tower, r)
 
@@ -135,6 +142,10 @@ class LeGrad(Explainer):
         texts: TextBatch = batch.texts
         tower = self.model.text
         return legrad_map(
-            tower, texts, lambda e: batch.target(batch.image_emb, e), self._blocks(tower), self._pooling("text"),
+            tower,
+            texts,
+            lambda e: batch.target(batch.image_emb, e),
+            self._blocks(tower),
+            self._pooling("text"),
             texts.attention_mask,
         )

@@ -13,7 +13,8 @@ depend on the rest of the batch); noise is drawn from a seeded generator per pai
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -139,7 +140,9 @@ def _draw_noise(H: Tensor, x: Any, S: int, gens: list[torch.Generator]) -> Tenso
     depend on how much the batch is padded.
     """
     if not isinstance(x, TextBatch):
-        return torch.stack([torch.randn((S, *H.shape[1:]), generator=g, device=H.device, dtype=H.dtype) for g in gens], 1)
+        return torch.stack(
+            [torch.randn((S, *H.shape[1:]), generator=g, device=H.device, dtype=H.dtype) for g in gens], 1
+        )
     eps = torch.zeros((S, *H.shape), device=H.device, dtype=H.dtype)
     lengths = x.attention_mask.sum(1).tolist()
     for i, (g, n) in enumerate(zip(gens, lengths)):
@@ -210,9 +213,18 @@ class M2IB(Explainer):
     def _fit(self, tower: Tower, x: Any, target: Tensor, layer: int, seeds: list[int], num_samples: int):
         with torch.enable_grad():
             return fit_bottleneck(
-                tower, x, target, layer=layer, beta=self.beta, steps=self.steps, lr=self.lr,
-                num_samples=num_samples, seeds=seeds, bf16=self.bf16,
-                antithetic=self.antithetic, common_noise=self.common_noise,
+                tower,
+                x,
+                target,
+                layer=layer,
+                beta=self.beta,
+                steps=self.steps,
+                lr=self.lr,
+                num_samples=num_samples,
+                seeds=seeds,
+                bf16=self.bf16,
+                antithetic=self.antithetic,
+                common_noise=self.common_noise,
             )
 
     def attribute_image(self, batch: PairBatch) -> Tensor:
@@ -221,6 +233,7 @@ class M2IB(Explainer):
         return tower.token_scores_to_grid(scores, H)
 
     def attribute_text(self, batch: PairBatch) -> Tensor:
-        scores, _ = self._fit(self.model.text, batch.texts, batch.image_emb, self.text_layer, batch.seeds,
-                              self.text_samples)
+        scores, _ = self._fit(
+            self.model.text, batch.texts, batch.image_emb, self.text_layer, batch.seeds, self.text_samples
+        )
         return scores

@@ -59,8 +59,10 @@ class M2IBFast(M2IB):
             raise MethodError(f"m2ib_fast needs at least 1 noise draw per step, got {per_side}")
         super().__init__(model, layer, image_layer, text_layer, beta, steps, lr, max(per_side.values()), bf16)
         if antithetic and any(n % 2 for n in per_side.values()):
-            raise MethodError(f"m2ib_fast with antithetic noise needs even numbers of draws, got {per_side}; "
-                              "give even image_samples / text_samples, or antithetic=False")
+            raise MethodError(
+                f"m2ib_fast with antithetic noise needs even numbers of draws, got {per_side}; "
+                "give even image_samples / text_samples, or antithetic=False"
+            )
         self.num_samples = num_samples
         self.image_samples, self.text_samples = per_side["image"], per_side["text"]
         self.antithetic, self.common_noise = bool(antithetic), bool(common_noise)

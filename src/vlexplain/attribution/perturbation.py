@@ -138,7 +138,12 @@ def _perturbed_texts(texts: TextBatch, p: Tensor, keep: Tensor, pad_id: int) -> 
     ids = torch.where(keep | ~cm, texts.ids[p], torch.full_like(texts.ids[p], pad_id))
     rows = p.tolist()
     return TextBatch(
-        ids, texts.attention_mask[p], texts.pool_index[p], cm, [texts.tokens[i] for i in rows], [texts.texts[i] for i in rows]
+        ids,
+        texts.attention_mask[p],
+        texts.pool_index[p],
+        cm,
+        [texts.tokens[i] for i in rows],
+        [texts.texts[i] for i in rows],
     )
 
 

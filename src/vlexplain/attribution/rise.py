@@ -35,7 +35,9 @@ from .perturbation import (
 )
 
 
-def draw_grids(n: int, cell: int, size: tuple[int, int], p_keep: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+def draw_grids(
+    n: int, cell: int, size: tuple[int, int], p_keep: float, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
     """Random low-resolution grids and shifts of one pair.
 
     Returns:
@@ -59,8 +61,10 @@ def grids_to_masks(grids: Tensor, shifts: Tensor, size: tuple[int, int]) -> Tens
     n, cell = grids.shape[0], grids.shape[-1]
     H, W = size
     up = F.interpolate(
-        grids[:, None].float(), size=((cell + 1) * math.ceil(H / cell), (cell + 1) * math.ceil(W / cell)),
-        mode="bilinear", align_corners=False,
+        grids[:, None].float(),
+        size=((cell + 1) * math.ceil(H / cell), (cell + 1) * math.ceil(W / cell)),
+        mode="bilinear",
+        align_corners=False,
     )[:, 0]  # (n, H', W')
     rows = shifts[:, :1] + torch.arange(H, device=grids.device)  # (n, H)
     cols = shifts[:, 1:] + torch.arange(W, device=grids.device)  # (n, W)

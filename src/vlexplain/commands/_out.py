@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from ..outdir import check_out_dir, check_out_file, claim
 
 
-def out_dir(ctx: typer.Context, value: Optional[Path]) -> Optional[Path]:
+def out_dir(ctx: typer.Context, value: Path | None) -> Path | None:
     """A folder ``--out``: checked (not a file, writable), then claimed until the command ends."""
     if value is None or ctx.resilient_parsing:
         return value
@@ -19,7 +18,7 @@ def out_dir(ctx: typer.Context, value: Optional[Path]) -> Optional[Path]:
     return p
 
 
-def out_file(ctx: typer.Context, value: Optional[Path]) -> Optional[Path]:
+def out_file(ctx: typer.Context, value: Path | None) -> Path | None:
     """A file ``--out``: not a folder, in a place that can be written."""
     if value is None or ctx.resilient_parsing:
         return value

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from ._out import out_dir
 from ..errors import InputError
-from .evaluate import DATA_HELP, _D, _names, _options, open_data
+from ._out import out_dir
+from .evaluate import _D, DATA_HELP, _names, _options, open_data
 
 
 def register(app: typer.Typer) -> None:
@@ -17,31 +16,58 @@ def register(app: typer.Typer) -> None:
 
     @app.command("benchmark")
     def benchmark_cmd(
-        kind: str = typer.Argument(..., help="Testbed: shapes (shapes-world scenes), grids (grids of real photos) or spurious (a badge cue: testbed:spurious vs testbed:shapes)."),
-        methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods (default: all registered; random and center are always added)."),
-        metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated metrics (default: those that apply to the testbed)."),
-        n: Optional[int] = typer.Option(None, "--n", min=1, help="Number of pairs (default: shapes 64, grids 16; spurious: 24 scenes per group)."),
-        model: Optional[str] = typer.Option(None, "--model", help="Model spec (default: shapes testbed:shapes, grids offline; spurious: the biased model, testbed:spurious, compared with testbed:shapes)."),
-        out: Optional[Path] = typer.Option(None, "--out", callback=out_dir, help="Benchmark directory (default: benchmarks/runs/KIND)."),
-        seed: int = typer.Option(0, "--seed", min=0, help="Selects the scenes / grids and seeds the explanations (each pair its own seed)."),
+        kind: str = typer.Argument(
+            ...,
+            help="Testbed: shapes (shapes-world scenes), grids (grids of real photos) or spurious (a badge cue: testbed:spurious vs testbed:shapes).",
+        ),
+        methods: str | None = typer.Option(
+            None,
+            "--methods",
+            help="Comma-separated methods (default: all registered; random and center are always added).",
+        ),
+        metrics: str | None = typer.Option(
+            None, "--metrics", help="Comma-separated metrics (default: those that apply to the testbed)."
+        ),
+        n: int | None = typer.Option(
+            None, "--n", min=1, help="Number of pairs (default: shapes 64, grids 16; spurious: 24 scenes per group)."
+        ),
+        model: str | None = typer.Option(
+            None,
+            "--model",
+            help="Model spec (default: shapes testbed:shapes, grids offline; spurious: the biased model, testbed:spurious, compared with testbed:shapes).",
+        ),
+        out: Path | None = typer.Option(
+            None, "--out", callback=out_dir, help="Benchmark directory (default: benchmarks/runs/KIND)."
+        ),
+        seed: int = typer.Option(
+            0, "--seed", min=0, help="Selects the scenes / grids and seeds the explanations (each pair its own seed)."
+        ),
         batch_size: int = typer.Option(8, "--batch-size", min=1, help="Pairs explained together."),
         resume: bool = typer.Option(False, "--resume", help="Continue an interrupted benchmark in --out."),
         grid: int = typer.Option(2, "--grid", min=2, help="Grid side for grids (2: 2x2, 3: 3x3)."),
         sanity: bool = typer.Option(False, "--sanity", help="Also run cascading_randomization (expensive)."),
-        method_options: Optional[str] = typer.Option(None, "--method-options", help='JSON (or a JSON file): {"m2ib": {"steps": 5}}.'),
-        metric_options: Optional[str] = typer.Option(None, "--metric-options", help='JSON (or a JSON file): {"deletion_image": {"n_steps": 8}}.'),
-        device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda (default: cuda when available)."),
+        method_options: str | None = typer.Option(
+            None, "--method-options", help='JSON (or a JSON file): {"m2ib": {"steps": 5}}.'
+        ),
+        metric_options: str | None = typer.Option(
+            None, "--metric-options", help='JSON (or a JSON file): {"deletion_image": {"n_steps": 8}}.'
+        ),
+        device: str | None = typer.Option(None, "--device", help="cpu, cuda (default: cuda when available)."),
         no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
-        data: Optional[Path] = typer.Option(None, "--data", help="benchmark data: your pairs with boxes / masks (" + DATA_HELP + ")"),
-        skip_missing: bool = typer.Option(False, "--skip-missing", help="benchmark data: run without the metrics whose ground truth the data lacks."),
-        split: Optional[str] = _D["split"],
-        image_key: Optional[str] = _D["image_key"],
-        caption_key: Optional[str] = _D["caption_key"],
-        box_key: Optional[str] = _D["box_key"],
-        mask_key: Optional[str] = _D["mask_key"],
+        data: Path | None = typer.Option(
+            None, "--data", help="benchmark data: your pairs with boxes / masks (" + DATA_HELP + ")"
+        ),
+        skip_missing: bool = typer.Option(
+            False, "--skip-missing", help="benchmark data: run without the metrics whose ground truth the data lacks."
+        ),
+        split: str | None = _D["split"],
+        image_key: str | None = _D["image_key"],
+        caption_key: str | None = _D["caption_key"],
+        box_key: str | None = _D["box_key"],
+        mask_key: str | None = _D["mask_key"],
         all_captions: bool = _D["all_captions"],
-        images: Optional[Path] = _D["images"],
-        instances: Optional[Path] = _D["instances"],
+        images: Path | None = _D["images"],
+        instances: Path | None = _D["instances"],
         coco_ground_truth: str = _D["coco_ground_truth"],
         coco_match: str = _D["coco_match"],
     ) -> None:
@@ -49,20 +75,41 @@ def register(app: typer.Typer) -> None:
         from ..eval.benchmark import run_benchmark
 
         if (kind == "data") != (data is not None):
-            raise InputError("--data goes with `vlexplain benchmark data` (your pairs with ground truth), and "
-                             "`benchmark data` needs --data")
+            raise InputError(
+                "--data goes with `vlexplain benchmark data` (your pairs with ground truth), and "
+                "`benchmark data` needs --data"
+            )
         if kind == "data":
             from ..eval.data_bench import run_data_benchmark
 
-            ds = open_data(data, split, image_key, caption_key, box_key, mask_key, all_captions, images, instances,
-                           coco_ground_truth, coco_match)
+            ds = open_data(
+                data,
+                split,
+                image_key,
+                caption_key,
+                box_key,
+                mask_key,
+                all_captions,
+                images,
+                instances,
+                coco_ground_truth,
+                coco_match,
+            )
             res = run_data_benchmark(
-                ds, out or Path("benchmarks") / "runs" / kind,
+                ds,
+                out or Path("benchmarks") / "runs" / kind,
                 methods=_names(methods, "methods") if methods else None,
-                metrics=_names(metrics, "metrics") if metrics else None, n=n, model=model, seed=seed,
-                batch_size=batch_size, resume=resume, method_options=_options(method_options, "--method-options"),
-                metric_options=_options(metric_options, "--metric-options"), device=device,
-                progress=not no_progress, skip_missing=skip_missing,
+                metrics=_names(metrics, "metrics") if metrics else None,
+                n=n,
+                model=model,
+                seed=seed,
+                batch_size=batch_size,
+                resume=resume,
+                method_options=_options(method_options, "--method-options"),
+                metric_options=_options(metric_options, "--metric-options"),
+                device=device,
+                progress=not no_progress,
+                skip_missing=skip_missing,
             )
             typer.echo(res.markdown)
             typer.echo(f"leaderboard: {res.leaderboard}\nreport: {res.report}")
@@ -76,22 +123,40 @@ def register(app: typer.Typer) -> None:
                 mets.append("cascading_randomization")
             sp = run_spurious_benchmark(
                 out or Path("benchmarks") / "runs" / kind,
-                methods=_names(methods, "methods") if methods else None, metrics=mets, n=n,
-                models={**MODELS, "spurious": model} if model else None, seed=seed, batch_size=batch_size,
-                resume=resume, method_options=_options(method_options, "--method-options"),
-                metric_options=_options(metric_options, "--metric-options"), device=device, progress=not no_progress,
+                methods=_names(methods, "methods") if methods else None,
+                metrics=mets,
+                n=n,
+                models={**MODELS, "spurious": model} if model else None,
+                seed=seed,
+                batch_size=batch_size,
+                resume=resume,
+                method_options=_options(method_options, "--method-options"),
+                metric_options=_options(metric_options, "--metric-options"),
+                device=device,
+                progress=not no_progress,
             )
             typer.echo(sp.markdown)
-            typer.echo(f"leaderboard: {sp.leaderboard}\nreports: " + ", ".join(str(r / "report.html") for r in sp.runs.values()))
+            typer.echo(
+                f"leaderboard: {sp.leaderboard}\nreports: "
+                + ", ".join(str(r / "report.html") for r in sp.runs.values())
+            )
             return
         res = run_benchmark(
-            kind, out or Path("benchmarks") / "runs" / kind,
+            kind,
+            out or Path("benchmarks") / "runs" / kind,
             methods=_names(methods, "methods") if methods else None,
             metrics=_names(metrics, "metrics") if metrics else None,
-            n=n, model=model, seed=seed, batch_size=batch_size, resume=resume, grid=grid, sanity=sanity,
+            n=n,
+            model=model,
+            seed=seed,
+            batch_size=batch_size,
+            resume=resume,
+            grid=grid,
+            sanity=sanity,
             method_options=_options(method_options, "--method-options"),
             metric_options=_options(metric_options, "--metric-options"),
-            device=device, progress=not no_progress,
+            device=device,
+            progress=not no_progress,
         )
         typer.echo(res.markdown)
         typer.echo(f"leaderboard: {res.leaderboard}\nreport: {res.report}")

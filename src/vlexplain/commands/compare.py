@@ -5,12 +5,12 @@ from __future__ import annotations
 import html
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
-from ._out import out_dir
 from ..errors import InputError, MethodError
+from ._out import out_dir
 
 
 def resolve_methods(model: Any, spec: str) -> tuple[list[str], list[str]]:
@@ -34,11 +34,19 @@ def resolve_methods(model: Any, spec: str) -> tuple[list[str], list[str]]:
     return names, []
 
 
-def compare(model: Any, image: Any, texts: list[str], methods: list[str], seed: int = 0,
-            options: dict[str, dict[str, Any]] | None = None, progress: bool = True) -> dict[str, list[Any]]:
+def compare(
+    model: Any,
+    image: Any,
+    texts: list[str],
+    methods: list[str],
+    seed: int = 0,
+    options: dict[str, dict[str, Any]] | None = None,
+    progress: bool = True,
+) -> dict[str, list[Any]]:
     """Run each method on (image, every text); returns ``{method: [Explanation per text]}``."""
-    import vlexplain as vx
     from rich.progress import Progress
+
+    import vlexplain as vx
 
     out: dict[str, list[Any]] = {}
     with Progress(transient=True, disable=not progress) as prog:
@@ -72,7 +80,9 @@ def compare_figure(results: dict[str, list[Any]], texts: list[str], path: Path, 
             axes[r][c].set_title(f"{m}\n{e.seconds:.2f} s", fontsize=9)
     for a in axes.flat:
         a.axis("off")
-    fig.suptitle(title + "   (red = high attribution; each map min-max scaled; signed maps: positive part)", fontsize=10)
+    fig.suptitle(
+        title + "   (red = high attribution; each map min-max scaled; signed maps: positive part)", fontsize=10
+    )
     fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
     plt.close(fig)
@@ -112,8 +122,10 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Option("offline", "--model", "-m", help="Model spec (see `vlexplain models`)."),
         out: Path = typer.Option(Path("vlexplain-compare"), "--out", "-o", callback=out_dir, help="Output directory."),
         seed: int = typer.Option(0, "--seed"),
-        device: Optional[str] = typer.Option(None, "--device"),
-        options: str = typer.Option("{}", "--options", help='Per-method options as JSON, e.g. \'{"rise": {"n_masks": 500}}\'.'),
+        device: str | None = typer.Option(None, "--device"),
+        options: str = typer.Option(
+            "{}", "--options", help='Per-method options as JSON, e.g. \'{"rise": {"n_masks": 500}}\'.'
+        ),
     ) -> None:
         """Every method on IMAGE and each --text: one figure (texts x methods), token highlights, JSON, HTML."""
         from ..images import load_image
@@ -134,8 +146,14 @@ def register(app: typer.Typer) -> None:
         out.mkdir(parents=True, exist_ok=True)
         title = f"{image.name} · model {m.name}"
         compare_figure(results, list(text), out / "compare.png", title)
-        data = {"image": str(image), "model": m.name, "seed": seed, "texts": list(text), "skipped": notes,
-                "results": {k: [e.to_dict() for e in v] for k, v in results.items()}}
+        data = {
+            "image": str(image),
+            "model": m.name,
+            "seed": seed,
+            "texts": list(text),
+            "skipped": notes,
+            "results": {k: [e.to_dict() for e in v] for k, v in results.items()},
+        }
         atomic_write_text(out / "compare.json", json.dumps(data, indent=1))
         atomic_write_text(out / "index.html", compare_page(results, list(text), "compare.png", title, notes))
         typer.echo(f"wrote {out / 'index.html'}")

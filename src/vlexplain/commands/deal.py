@@ -6,25 +6,29 @@ import datetime
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
-from ._out import out_dir
 from ..concepts.sets import CATEGORY_TEMPLATE as CATEGORY
 from ..concepts.sets import CONCEPT_TEMPLATE as CONCEPT
 from ..errors import InputError
+from ._out import out_dir
 
-DATA_HELP = ("CUB_200_2011 folder, split folders (root/train|val|test/<class>/<image>), class folders "
-             "(root/<class>/<image>, split by --test-fraction / --split-seed), or shapes:N "
-             "(N single-object shapes-world scenes with exact part masks).")
-SPLIT_HELP = ("Split: train, val, test or all (CUB: its train/test file; split folders: the folder; flat class "
-              "folders: a seeded per-class split; shapes: train or test).")
+DATA_HELP = (
+    "CUB_200_2011 folder, split folders (root/train|val|test/<class>/<image>), class folders "
+    "(root/<class>/<image>, split by --test-fraction / --split-seed), or shapes:N "
+    "(N single-object shapes-world scenes with exact part masks)."
+)
+SPLIT_HELP = (
+    "Split: train, val, test or all (CUB: its train/test file; split folders: the folder; flat class "
+    "folders: a seeded per-class split; shapes: train or test)."
+)
 #: settings that must agree for two evaluations to be compared
 SAME = ("data", "split", "images", "k", "method", "category_template", "concept_template", "concepts_digest")
 
 
-def _load(spec: str, device: Optional[str]):
+def _load(spec: str, device: str | None):
     from .explain import load_model_cli
 
     return load_model_cli(spec, device)
@@ -89,8 +93,14 @@ def _data(data: str, split: str, model, rule: tuple[float, float, int] | None = 
 
     _check_data(data)
     tf, vf, seed = rule or (DEFAULT_TEST_FRACTION, 0.0, 0)
-    return open_class_dataset(Path(data), split, transform=model.preprocess,  # type: ignore[arg-type]
-                              test_fraction=tf, val_fraction=vf, split_seed=seed)
+    return open_class_dataset(
+        Path(data),
+        split,
+        transform=model.preprocess,  # type: ignore[arg-type]
+        test_fraction=tf,
+        val_fraction=vf,
+        split_seed=seed,
+    )
 
 
 def _describe(ds, data: str, split: str) -> dict[str, Any]:
@@ -100,7 +110,7 @@ def _describe(ds, data: str, split: str) -> dict[str, Any]:
     return {"path": data, "layout": "shapes world", "split": split, "images": len(ds)}
 
 
-def _concepts(concepts: Optional[Path], data: str, k: Optional[int], classes):
+def _concepts(concepts: Path | None, data: str, k: int | None, classes):
     from ..concepts.sets import load_concepts
 
     if concepts is not None:
@@ -112,7 +122,7 @@ def _concepts(concepts: Optional[Path], data: str, k: Optional[int], classes):
     return load_concepts(concept_set(), k=k, classes=classes)
 
 
-def _prompts(data: str, category: Optional[str], concept: Optional[str], run: dict[str, Any]):
+def _prompts(data: str, category: str | None, concept: str | None, run: dict[str, Any]):
     """Explicit templates, else the training run's, else the defaults for the data."""
     from ..data.shapes_classes import SHAPES_CATEGORY_TEMPLATE, SHAPES_CONCEPT_TEMPLATE
 
@@ -140,18 +150,29 @@ def _digest(cs, classes, k) -> str:
 
 def register(app: typer.Typer) -> None:
     """Add the ``deal`` command group."""
-    deal = typer.Typer(help="DEAL: fine-tune a model so its concept explanations are disentangled and localized.",
-                       no_args_is_help=True)
+    deal = typer.Typer(
+        help="DEAL: fine-tune a model so its concept explanations are disentangled and localized.", no_args_is_help=True
+    )
 
     @deal.command("train")
     def train_cmd(
         data: str = typer.Option(..., "--data", help=DATA_HELP),
-        out: Path = typer.Option(..., "--out", callback=out_dir, help="Run folder (config.json, log.csv, checkpoint/)."),
-        concepts: Optional[Path] = typer.Option(None, "--concepts", help="Concept set: JSON {class: [descriptors]} or CSV class,descriptor (shapes:N: the world's part descriptors by default)."),
+        out: Path = typer.Option(
+            ..., "--out", callback=out_dir, help="Run folder (config.json, log.csv, checkpoint/)."
+        ),
+        concepts: Path | None = typer.Option(
+            None,
+            "--concepts",
+            help="Concept set: JSON {class: [descriptors]} or CSV class,descriptor (shapes:N: the world's part descriptors by default).",
+        ),
         model: str = typer.Option("offline", "--model", "-m", help="Model spec (see `vlexplain models`)."),
         split: str = typer.Option("train", "--split", help=SPLIT_HELP),
-        test_fraction: float = typer.Option(0.2, "--test-fraction", help="Flat class folders: each class's share of test images."),
-        val_fraction: float = typer.Option(0.0, "--val-fraction", help="Flat class folders: each class's share of val images."),
+        test_fraction: float = typer.Option(
+            0.2, "--test-fraction", help="Flat class folders: each class's share of test images."
+        ),
+        val_fraction: float = typer.Option(
+            0.0, "--val-fraction", help="Flat class folders: each class's share of val images."
+        ),
         split_seed: int = typer.Option(0, "--split-seed", help="Flat class folders: the split's seed."),
         steps: int = typer.Option(5000, "--steps", min=1, help="Optimiser steps."),
         lr: float = typer.Option(5e-7, "--lr", help="AdamW learning rate."),
@@ -159,17 +180,27 @@ def register(app: typer.Typer) -> None:
         lambda_sep: float = typer.Option(0.1, "--lambda-sep", help="Weight of the disentangle loss."),
         lambda_con: float = typer.Option(0.01, "--lambda-con", help="Weight of the localize loss."),
         k: int = typer.Option(5, "--k", min=1, help="Descriptors per class."),
-        prediction: str = typer.Option("classes", "--prediction", help="Prediction loss: classes, contrastive or none."),
+        prediction: str = typer.Option(
+            "classes", "--prediction", help="Prediction loss: classes, contrastive or none."
+        ),
         weight_decay: float = typer.Option(1e-3, "--weight-decay", help="AdamW weight decay."),
         freeze_text: bool = typer.Option(False, "--freeze-text", help="Keep the text tower fixed."),
         freeze_image: bool = typer.Option(False, "--freeze-image", help="Keep the image tower fixed."),
-        image_blocks: Optional[int] = typer.Option(None, "--image-blocks", min=1, help="Of the image tower, train only its last N blocks."),
-        category_template: Optional[str] = typer.Option(None, "--category-template", help=f"Class prompt ({{class}}; default {CATEGORY!r}, shapes 'a {{class}}')."),
-        concept_template: Optional[str] = typer.Option(None, "--concept-template", help=f"Concept prompt ({{class}}, {{descriptor}}; default {CONCEPT!r}, shapes '{{descriptor}}')."),
+        image_blocks: int | None = typer.Option(
+            None, "--image-blocks", min=1, help="Of the image tower, train only its last N blocks."
+        ),
+        category_template: str | None = typer.Option(
+            None, "--category-template", help=f"Class prompt ({{class}}; default {CATEGORY!r}, shapes 'a {{class}}')."
+        ),
+        concept_template: str | None = typer.Option(
+            None,
+            "--concept-template",
+            help=f"Concept prompt ({{class}}, {{descriptor}}; default {CONCEPT!r}, shapes '{{descriptor}}').",
+        ),
         save_every: int = typer.Option(500, "--save-every", min=1, help="Checkpoint every N steps."),
         seed: int = typer.Option(0, "--seed", help="Data-order seed."),
         fresh: bool = typer.Option(False, "--fresh", help="Ignore an existing checkpoint in --out (default: resume)."),
-        device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: the model's)."),
+        device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: the model's)."),
         no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
     ) -> None:
         """Fine-tune with prediction + disentangle + localize losses (differentiable explanations)."""
@@ -186,37 +217,95 @@ def register(app: typer.Typer) -> None:
 
         if dist_info()[0] == 0:
             typer.echo(f"training on the {split} split: {len(ds)} images", err=True)
-        r = deal_train(m, ds, cs, out, steps=steps, lr=lr, batch_size=batch_size, lambda_sep=lambda_sep,
-                       lambda_con=lambda_con, freeze_text=freeze_text, freeze_image=freeze_image,
-                       image_blocks=image_blocks, resume=not fresh, progress=not no_progress,
-                       k=k, prediction=prediction, weight_decay=weight_decay, save_every=save_every, seed=seed,
-                       category_template=tpl.category, concept_template=tpl.concept)
+        r = deal_train(
+            m,
+            ds,
+            cs,
+            out,
+            steps=steps,
+            lr=lr,
+            batch_size=batch_size,
+            lambda_sep=lambda_sep,
+            lambda_con=lambda_con,
+            freeze_text=freeze_text,
+            freeze_image=freeze_image,
+            image_blocks=image_blocks,
+            resume=not fresh,
+            progress=not no_progress,
+            k=k,
+            prediction=prediction,
+            weight_decay=weight_decay,
+            save_every=save_every,
+            seed=seed,
+            category_template=tpl.category,
+            concept_template=tpl.concept,
+        )
         if r.main:  # under `accelerate launch`, process 0 reports for all
-            typer.echo(json.dumps({"step": r.step, "stopped": r.stopped, "checkpoint": str(r.checkpoint),
-                                   "world_size": r.world_size, "last_losses": r.last_losses}, indent=1))
+            typer.echo(
+                json.dumps(
+                    {
+                        "step": r.step,
+                        "stopped": r.stopped,
+                        "checkpoint": str(r.checkpoint),
+                        "world_size": r.world_size,
+                        "last_losses": r.last_losses,
+                    },
+                    indent=1,
+                )
+            )
         if r.stopped != "done":
             raise typer.Exit(3)
 
     @deal.command("evaluate")
     def evaluate_cmd(
         data: str = typer.Option(..., "--data", help=DATA_HELP),
-        out: Path = typer.Option(..., "--out", callback=out_dir, help="Output folder: report.html, metrics.json, metrics.csv, gallery.npz."),
-        concepts: Optional[Path] = typer.Option(None, "--concepts", help="Concept set (JSON or CSV; shapes:N: the world's part descriptors by default)."),
+        out: Path = typer.Option(
+            ..., "--out", callback=out_dir, help="Output folder: report.html, metrics.json, metrics.csv, gallery.npz."
+        ),
+        concepts: Path | None = typer.Option(
+            None, "--concepts", help="Concept set (JSON or CSV; shapes:N: the world's part descriptors by default)."
+        ),
         model: str = typer.Option("offline", "--model", "-m", help="Model spec (see `vlexplain models`)."),
-        checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A DEAL run folder or checkpoint folder: the report compares the model before and after loading it."),
-        before: Optional[Path] = typer.Option(None, "--before", help="An earlier `deal evaluate` --out folder: its results are the 'before' column (nothing is evaluated twice)."),
+        checkpoint: Path | None = typer.Option(
+            None,
+            "--checkpoint",
+            help="A DEAL run folder or checkpoint folder: the report compares the model before and after loading it.",
+        ),
+        before: Path | None = typer.Option(
+            None,
+            "--before",
+            help="An earlier `deal evaluate` --out folder: its results are the 'before' column (nothing is evaluated twice).",
+        ),
         split: str = typer.Option("test", "--split", help=SPLIT_HELP),
-        test_fraction: Optional[float] = typer.Option(None, "--test-fraction", help="Flat class folders: each class's share of test images (default: the training run's, else 0.2)."),
-        val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Flat class folders: each class's share of val images (default: the training run's, else 0)."),
-        split_seed: Optional[int] = typer.Option(None, "--split-seed", help="Flat class folders: the split's seed (default: the training run's, else 0)."),
-        k: Optional[int] = typer.Option(None, "--k", min=1, help="Descriptors per class (default: the run's, else 5)."),
-        method: str = typer.Option("deal", "--method", help="Map method: deal, or any registered method (e.g. chefer, gradcam)."),
-        category_template: Optional[str] = typer.Option(None, "--category-template", help="Class prompt ({class}; default: the run's, else the data's default)."),
-        concept_template: Optional[str] = typer.Option(None, "--concept-template", help="Concept prompt ({class}, {descriptor}; default: the run's, else the data's default)."),
+        test_fraction: float | None = typer.Option(
+            None,
+            "--test-fraction",
+            help="Flat class folders: each class's share of test images (default: the training run's, else 0.2).",
+        ),
+        val_fraction: float | None = typer.Option(
+            None,
+            "--val-fraction",
+            help="Flat class folders: each class's share of val images (default: the training run's, else 0).",
+        ),
+        split_seed: int | None = typer.Option(
+            None, "--split-seed", help="Flat class folders: the split's seed (default: the training run's, else 0)."
+        ),
+        k: int | None = typer.Option(None, "--k", min=1, help="Descriptors per class (default: the run's, else 5)."),
+        method: str = typer.Option(
+            "deal", "--method", help="Map method: deal, or any registered method (e.g. chefer, gradcam)."
+        ),
+        category_template: str | None = typer.Option(
+            None, "--category-template", help="Class prompt ({class}; default: the run's, else the data's default)."
+        ),
+        concept_template: str | None = typer.Option(
+            None,
+            "--concept-template",
+            help="Concept prompt ({class}, {descriptor}; default: the run's, else the data's default).",
+        ),
         batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per batch."),
-        limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N images."),
+        limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N images."),
         gallery: int = typer.Option(4, "--gallery", min=0, help="Images whose concept maps the report shows."),
-        device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1."),
+        device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1."),
     ) -> None:
         """Accuracy, disentanglability, localizability, ground-truth part metrics; report.html before/after."""
         from ..concepts.evaluate import concept_gallery, evaluate_concepts
@@ -230,23 +319,35 @@ def register(app: typer.Typer) -> None:
         tpl = _prompts(data, category_template, concept_template, run)
         m = _load(model, device)
         trained = run.get("data") or {}
-        rule = (test_fraction if test_fraction is not None else trained.get("test_fraction", 0.2),
-                val_fraction if val_fraction is not None else trained.get("val_fraction", 0.0),
-                split_seed if split_seed is not None else trained.get("split_seed", 0))
+        rule = (
+            test_fraction if test_fraction is not None else trained.get("test_fraction", 0.2),
+            val_fraction if val_fraction is not None else trained.get("val_fraction", 0.0),
+            split_seed if split_seed is not None else trained.get("split_seed", 0),
+        )
         ds = _data(data, split, m, rule)
         cs = _concepts(concepts, data, k, ds.classes)
         n = len(ds) if limit is None else min(len(ds), limit)
         read = _describe(ds, data, split)
         _warn_overlap(trained, read)
         cfg: dict[str, Any] = {
-            "model": model, "checkpoint": str(ck.resolve()) if ck else None, "checkpoint_step": None,
+            "model": model,
+            "checkpoint": str(ck.resolve()) if ck else None,
+            "checkpoint_step": None,
             "before": str(before.resolve()) if before else None,
-            "data": data if _is_shapes(data) else str(Path(data).resolve()), "split": split, "images": n,
+            "data": data if _is_shapes(data) else str(Path(data).resolve()),
+            "split": split,
+            "images": n,
             "data_split": read,
             "concepts": str(concepts.resolve()) if concepts else "shapes world (built in)",
-            "concepts_digest": _digest(cs, ds.classes, k), "k": k, "method": method,
-            "category_template": tpl.category, "concept_template": tpl.concept, "batch_size": batch_size,
-            "gallery": gallery, "device": str(m.device), "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "concepts_digest": _digest(cs, ds.classes, k),
+            "k": k,
+            "method": method,
+            "category_template": tpl.category,
+            "concept_template": tpl.concept,
+            "batch_size": batch_size,
+            "gallery": gallery,
+            "device": str(m.device),
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
         }
         if earlier is not None:
             _same(earlier[0], cfg, before)
@@ -287,16 +388,23 @@ def _warn_overlap(trained: dict[str, Any], read: dict[str, Any]) -> None:
     a, b = trained.get("split"), read.get("split")
     same_rule = all(trained.get(r) == read.get(r) for r in rule)
     if a == b or "all" in (a, b) or (read.get("layout") == "class folders" and not same_rule):
-        typer.echo(f"warning: the {b} split evaluated here {'may share' if a != b and 'all' not in (a, b) else 'shares'} "
-                   f"images with the {a} split the checkpoint was trained on", err=True)
+        typer.echo(
+            f"warning: the {b} split evaluated here {'may share' if a != b and 'all' not in (a, b) else 'shares'} "
+            f"images with the {a} split the checkpoint was trained on",
+            err=True,
+        )
 
 
 def _same(earlier: dict[str, Any], cfg: dict[str, Any], folder: Path) -> None:
     keys = SAME + (("data_split",) if "data_split" in earlier else ())
-    diff = [f"{key} {earlier.get(key)!r} there, {cfg.get(key)!r} here" for key in keys if earlier.get(key) != cfg.get(key)]
+    diff = [
+        f"{key} {earlier.get(key)!r} there, {cfg.get(key)!r} here" for key in keys if earlier.get(key) != cfg.get(key)
+    ]
     if diff:
-        raise InputError(f"--before {folder} was evaluated with other settings ({'; '.join(diff)}); "
-                         "evaluate with the same data, split, limit, concepts, k, method and prompts")
+        raise InputError(
+            f"--before {folder} was evaluated with other settings ({'; '.join(diff)}); "
+            "evaluate with the same data, split, limit, concepts, k, method and prompts"
+        )
 
 
 def _summary(columns: dict[str, Any]) -> str:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
-from ._out import out_dir, out_file
 from ..errors import InputError
+from ._out import out_dir, out_file
 
 
 def _names(value: str, what: str) -> list[str]:
@@ -19,7 +19,7 @@ def _names(value: str, what: str) -> list[str]:
     return names
 
 
-def _options(value: Optional[str], flag: str) -> dict[str, dict[str, Any]]:
+def _options(value: str | None, flag: str) -> dict[str, dict[str, Any]]:
     """``'{"m2ib": {"steps": 5}}'`` or a path to such a JSON file -> dict."""
     if not value:
         return {}
@@ -27,15 +27,25 @@ def _options(value: Optional[str], flag: str) -> dict[str, dict[str, Any]]:
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
-        raise InputError(f"{flag}: not valid JSON ({e.msg}); expected e.g. '{{\"m2ib\": {{\"steps\": 5}}}}'") from None
+        raise InputError(f'{flag}: not valid JSON ({e.msg}); expected e.g. \'{{"m2ib": {{"steps": 5}}}}\'') from None
     if not isinstance(obj, dict) or not all(isinstance(v, dict) for v in obj.values()):
-        raise InputError(f"{flag}: expected a JSON object of objects, e.g. '{{\"m2ib\": {{\"steps\": 5}}}}'")
+        raise InputError(f'{flag}: expected a JSON object of objects, e.g. \'{{"m2ib": {{"steps": 5}}}}\'')
     return obj
 
 
-def open_data(data: Path, split: Optional[str], image_key: Optional[str], caption_key: Optional[str],
-              box_key: Optional[str], mask_key: Optional[str], all_captions: bool, images: Optional[Path],
-              instances: Optional[Path], coco_ground_truth: str, coco_match: str):
+def open_data(
+    data: Path,
+    split: str | None,
+    image_key: str | None,
+    caption_key: str | None,
+    box_key: str | None,
+    mask_key: str | None,
+    all_captions: bool,
+    images: Path | None,
+    instances: Path | None,
+    coco_ground_truth: str,
+    coco_match: str,
+):
     """The command line's data options -> a :class:`~vlexplain.data.pairs.PairDataset`."""
     from ..data.pairs import open_pairs
 
@@ -43,32 +53,68 @@ def open_data(data: Path, split: Optional[str], image_key: Optional[str], captio
         raise InputError(f"--coco-ground-truth {coco_ground_truth!r}: use boxes or masks")
     if coco_match not in ("caption", "all"):
         raise InputError(f"--coco-match {coco_match!r}: use caption or all")
-    ds = open_pairs(data, split=split, image_key=image_key, caption_key=caption_key, box_key=box_key,
-                    mask_key=mask_key, all_captions=all_captions, images=images, instances=instances,
-                    coco_ground_truth=coco_ground_truth, coco_match=coco_match)
+    ds = open_pairs(
+        data,
+        split=split,
+        image_key=image_key,
+        caption_key=caption_key,
+        box_key=box_key,
+        mask_key=mask_key,
+        all_captions=all_captions,
+        images=images,
+        instances=instances,
+        coco_ground_truth=coco_ground_truth,
+        coco_match=coco_match,
+    )
     if (images is not None or instances is not None) and ds.format != "coco":
         raise InputError(f"--images / --instances go with a COCO captions file; {data} is read as {ds.format}")
     return ds
 
 
 #: the data options shared by the commands that read pairs (``evaluate``, ``benchmark``)
-DATA_HELP = ("Pairs: .jsonl/.csv/.tsv file, image folder with captions, COCO captions_*.json, webdataset .tar "
-             "shard(s) (a file, folder or {000..009} pattern), .parquet file(s), or a saved HF dataset.")
+DATA_HELP = (
+    "Pairs: .jsonl/.csv/.tsv file, image folder with captions, COCO captions_*.json, webdataset .tar "
+    "shard(s) (a file, folder or {000..009} pattern), .parquet file(s), or a saved HF dataset."
+)
 
 
 def data_options():
     """Typer parameters for the data options (used as defaults of each command's signature)."""
     return dict(
-        split=typer.Option(None, "--split", help="Split to read: a split folder (train/val/test), a saved DatasetDict's split, <split>-*.parquet files."),
-        image_key=typer.Option(None, "--image-key", help="Image column / field / webdataset extension (default: image, filepath, file_name, img, jpg, png, url ...)."),
-        caption_key=typer.Option(None, "--caption-key", help="Caption column / field (default: caption, text, title, sentences, txt ...)."),
-        box_key=typer.Option(None, "--box-key", help="Column of COCO boxes: lists of x, y, w, h in pixels (default: boxes)."),
+        split=typer.Option(
+            None,
+            "--split",
+            help="Split to read: a split folder (train/val/test), a saved DatasetDict's split, <split>-*.parquet files.",
+        ),
+        image_key=typer.Option(
+            None,
+            "--image-key",
+            help="Image column / field / webdataset extension (default: image, filepath, file_name, img, jpg, png, url ...).",
+        ),
+        caption_key=typer.Option(
+            None, "--caption-key", help="Caption column / field (default: caption, text, title, sentences, txt ...)."
+        ),
+        box_key=typer.Option(
+            None, "--box-key", help="Column of COCO boxes: lists of x, y, w, h in pixels (default: boxes)."
+        ),
         mask_key=typer.Option(None, "--mask-key", help="Column of ground-truth mask paths (default: mask)."),
-        all_captions=typer.Option(False, "--all-captions", help="A list of captions (or COCO's captions of an image) gives one pair per caption (default: the first)."),
+        all_captions=typer.Option(
+            False,
+            "--all-captions",
+            help="A list of captions (or COCO's captions of an image) gives one pair per caption (default: the first).",
+        ),
         images=typer.Option(None, "--images", help="COCO: the image folder (default: ../<split> beside annotations/)."),
-        instances=typer.Option(None, "--instances", help="COCO: instances_*.json whose boxes / masks are the ground truth."),
-        coco_ground_truth=typer.Option("boxes", "--coco-ground-truth", help="COCO ground truth: boxes or masks (segmentations)."),
-        coco_match=typer.Option("caption", "--coco-match", help="COCO: the objects whose category the caption names (caption) or every object (all)."),
+        instances=typer.Option(
+            None, "--instances", help="COCO: instances_*.json whose boxes / masks are the ground truth."
+        ),
+        coco_ground_truth=typer.Option(
+            "boxes", "--coco-ground-truth", help="COCO ground truth: boxes or masks (segmentations)."
+        ),
+        coco_match=typer.Option(
+            "caption",
+            "--coco-match",
+            help="COCO: the objects whose category the caption names (caption) or every object (all).",
+        ),
     )
 
 
@@ -81,30 +127,52 @@ def register(app: typer.Typer) -> None:
     @app.command("evaluate")
     def evaluate_cmd(
         data: Path = typer.Option(..., "--data", help=DATA_HELP),
-        model: str = typer.Option(..., "--model", help="Model spec (offline, hf:ORG/NAME, open_clip:ARCH/TAG, a directory)."),
+        model: str = typer.Option(
+            ..., "--model", help="Model spec (offline, hf:ORG/NAME, open_clip:ARCH/TAG, a directory)."
+        ),
         methods: str = typer.Option(..., "--methods", help="Comma-separated attribution methods, e.g. m2ib,gradcam."),
-        metrics: str = typer.Option(..., "--metrics", help="Comma-separated metrics (vlexplain.metrics.list_metrics(), or module:function)."),
-        out: Path = typer.Option(..., "--out", callback=out_dir, help="Run directory (results, maps, manifest, configuration)."),
+        metrics: str = typer.Option(
+            ..., "--metrics", help="Comma-separated metrics (vlexplain.metrics.list_metrics(), or module:function)."
+        ),
+        out: Path = typer.Option(
+            ..., "--out", callback=out_dir, help="Run directory (results, maps, manifest, configuration)."
+        ),
         batch_size: int = typer.Option(8, "--batch-size", min=1, help="Pairs explained together."),
-        limit: Optional[int] = typer.Option(None, "--limit", min=0, help="Only the first N pairs."),
+        limit: int | None = typer.Option(None, "--limit", min=0, help="Only the first N pairs."),
         resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
         save_maps: bool = typer.Option(False, "--save-maps", help="Also save maps and input images (safetensors)."),
-        device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda when available, else cpu; under a multi-process launcher cuda means each process's own GPU)."),
-        shard_size: Optional[int] = typer.Option(None, "--shard-size", min=1, help="Pairs per shard (default 8 x batch size)."),
-        seed: int = typer.Option(0, "--seed", help="Run seed: each pair is explained with its own seed derived from it and the pair's index."),
+        device: str | None = typer.Option(
+            None,
+            "--device",
+            help="cpu, cuda, cuda:1 (default: cuda when available, else cpu; under a multi-process launcher cuda means each process's own GPU).",
+        ),
+        shard_size: int | None = typer.Option(
+            None, "--shard-size", min=1, help="Pairs per shard (default 8 x batch size)."
+        ),
+        seed: int = typer.Option(
+            0, "--seed", help="Run seed: each pair is explained with its own seed derived from it and the pair's index."
+        ),
         target: str = typer.Option("cosine", "--target", help="Score to explain: cosine or logit."),
-        method_options: Optional[str] = typer.Option(None, "--method-options", help='JSON (or a JSON file): {"m2ib": {"steps": 5}}.'),
-        metric_options: Optional[str] = typer.Option(None, "--metric-options", help='JSON (or a JSON file): {"deletion_image": {"n_steps": 8}}.'),
+        method_options: str | None = typer.Option(
+            None, "--method-options", help='JSON (or a JSON file): {"m2ib": {"steps": 5}}.'
+        ),
+        metric_options: str | None = typer.Option(
+            None, "--metric-options", help='JSON (or a JSON file): {"deletion_image": {"n_steps": 8}}.'
+        ),
         no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
-        skip_missing: bool = typer.Option(False, "--skip-missing", help="Run without the metrics whose ground truth the data lacks (warned), instead of refusing."),
-        split: Optional[str] = _D["split"],
-        image_key: Optional[str] = _D["image_key"],
-        caption_key: Optional[str] = _D["caption_key"],
-        box_key: Optional[str] = _D["box_key"],
-        mask_key: Optional[str] = _D["mask_key"],
+        skip_missing: bool = typer.Option(
+            False,
+            "--skip-missing",
+            help="Run without the metrics whose ground truth the data lacks (warned), instead of refusing.",
+        ),
+        split: str | None = _D["split"],
+        image_key: str | None = _D["image_key"],
+        caption_key: str | None = _D["caption_key"],
+        box_key: str | None = _D["box_key"],
+        mask_key: str | None = _D["mask_key"],
         all_captions: bool = _D["all_captions"],
-        images: Optional[Path] = _D["images"],
-        instances: Optional[Path] = _D["instances"],
+        images: Path | None = _D["images"],
+        instances: Path | None = _D["instances"],
         coco_ground_truth: str = _D["coco_ground_truth"],
         coco_match: str = _D["coco_match"],
     ) -> None:
@@ -112,14 +180,36 @@ def register(app: typer.Typer) -> None:
         from ..eval.problems import summary_line
         from ..eval.runner import dist_info, evaluate
 
-        ds = open_data(data, split, image_key, caption_key, box_key, mask_key, all_captions, images, instances,
-                       coco_ground_truth, coco_match)
+        ds = open_data(
+            data,
+            split,
+            image_key,
+            caption_key,
+            box_key,
+            mask_key,
+            all_captions,
+            images,
+            instances,
+            coco_ground_truth,
+            coco_match,
+        )
         run_dir = evaluate(
-            ds, model, _names(methods, "methods"), _names(metrics, "metrics"), out,
-            batch_size=batch_size, limit=limit, resume=resume, save_maps=save_maps,
+            ds,
+            model,
+            _names(methods, "methods"),
+            _names(metrics, "metrics"),
+            out,
+            batch_size=batch_size,
+            limit=limit,
+            resume=resume,
+            save_maps=save_maps,
             method_options=_options(method_options, "--method-options"),
             metric_options=_options(metric_options, "--metric-options"),
-            shard_size=shard_size, seed=seed, target=target, device=device, progress=not no_progress,
+            shard_size=shard_size,
+            seed=seed,
+            target=target,
+            device=device,
+            progress=not no_progress,
             skip_missing=skip_missing,
         )
         if dist_info()[0] == 0:
@@ -131,7 +221,9 @@ def register(app: typer.Typer) -> None:
     @app.command("report")
     def report_cmd(
         run_dir: Path = typer.Argument(..., help="A run directory written by `vlexplain evaluate`."),
-        out: Optional[Path] = typer.Option(None, "--out", callback=out_file, help="HTML file to write (default RUN_DIR/report.html)."),
+        out: Path | None = typer.Option(
+            None, "--out", callback=out_file, help="HTML file to write (default RUN_DIR/report.html)."
+        ),
     ) -> None:
         """Write a self-contained HTML report (tables with 95 % intervals, curves, gallery) of a run."""
         from ..eval.report import report

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
-from ._out import out_dir
 from ..errors import InputError, MethodError
 from ..interrupt import track
+from ._out import out_dir
 
 ModelOpt = typer.Option("offline", "--model", "-m", help="Model spec (see `vlexplain models`).")
 
@@ -34,7 +34,7 @@ def parse_options(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def load_model_cli(spec: str, device: Optional[str]):
+def load_model_cli(spec: str, device: str | None):
     import vlexplain as vx
 
     from ..errors import InputError as _IE
@@ -66,10 +66,15 @@ def save_entry(exp: Any, out: Path, prefix: str, image_name: str, label: str | N
     exp.save(str(out / prefix))
     return {
         "overlay": prefix + "_overlay.png" if exp.image_map is not None else None,
-        "text": exp.text, "tokens": exp.tokens,
+        "text": exp.text,
+        "tokens": exp.tokens,
         "token_scores": None if exp.token_scores is None else exp.token_scores.tolist(),
-        "score": exp.score, "method": exp.method, "seconds": exp.seconds, "json": prefix + ".json",
-        "image": image_name, "label": label,
+        "score": exp.score,
+        "method": exp.method,
+        "seconds": exp.seconds,
+        "json": prefix + ".json",
+        "image": image_name,
+        "label": label,
     }
 
 
@@ -94,8 +99,9 @@ def run_pairs(
     before anything is written. With ``resume``, pairs whose files a run with the same settings
     left in ``out`` are read back instead of explained again.
     """
-    import vlexplain as vx
     from rich.progress import Progress
+
+    import vlexplain as vx
 
     from ..attribution.api import prepare_images
     from ..images import check_image_size, load_image
@@ -119,8 +125,16 @@ def run_pairs(
     cls = vx.get_method(method)
     cls.create(model, **options)  # validates options before any work
     entries = []
-    settings = {"model": model.name, "method": method, "seed": seed, "target": target, "options": options,
-                "images": [name for name, _ in images], "texts": texts, "zip": zip_pairs}
+    settings = {
+        "model": model.name,
+        "method": method,
+        "seed": seed,
+        "target": target,
+        "options": options,
+        "images": [name for name, _ in images],
+        "texts": texts,
+        "zip": zip_pairs,
+    }
     prefixes = [f"{k:03d}_{_slug(Path(loaded[i][0]).stem, 24)}_{_slug(texts[j])}" for k, (i, j) in enumerate(pairs)]
     kept = _resumable(out, settings, prefixes) if resume else set()
     out.mkdir(parents=True, exist_ok=True)
@@ -137,8 +151,16 @@ def run_pairs(
                 continue
             if i not in pixels:
                 pixels[i] = prepare_images(model, img)
-            exp = vx.explain(model, pixels[i], texts[j], method=method, seed=seed, target=target,
-                             candidates=texts if target == "softmax" else None, **options)
+            exp = vx.explain(
+                model,
+                pixels[i],
+                texts[j],
+                method=method,
+                seed=seed,
+                target=target,
+                candidates=texts if target == "softmax" else None,
+                **options,
+            )
             entries.append(save_entry(exp, out, prefix, Path(name).name, label))
             prog.advance(task)
             work.advance()
@@ -152,9 +174,18 @@ RUN_FILE = "explain_run.json"  # the settings of the run that wrote a folder (ch
 def read_entry(out: Path, prefix: str, image_name: str, label: str | None) -> dict[str, Any]:
     """The gallery entry of a pair explained earlier, from its ``prefix.json``."""
     d = json.loads((out / (prefix + ".json")).read_text())
-    return {"overlay": prefix + "_overlay.png" if d.get("image_map_shape") else None, "text": d["text"],
-            "tokens": d["tokens"], "token_scores": d["token_scores"], "score": d["score"], "method": d["method"],
-            "seconds": d["seconds"], "json": prefix + ".json", "image": image_name, "label": label}
+    return {
+        "overlay": prefix + "_overlay.png" if d.get("image_map_shape") else None,
+        "text": d["text"],
+        "tokens": d["tokens"],
+        "token_scores": d["token_scores"],
+        "score": d["score"],
+        "method": d["method"],
+        "seconds": d["seconds"],
+        "json": prefix + ".json",
+        "image": image_name,
+        "label": label,
+    }
 
 
 def _resumable(out: Path, settings: dict[str, Any], prefixes: list[str]) -> set[str]:
@@ -169,8 +200,10 @@ def _resumable(out: Path, settings: dict[str, Any], prefixes: list[str]) -> set[
     now = json.loads(json.dumps(settings, default=str))
     diff = sorted(k for k in now if before.get(k) != now[k])
     if diff:
-        raise InputError(f"cannot resume {out}: the settings differ in {', '.join(diff)}; "
-                         "drop --resume to start over or choose another --out")
+        raise InputError(
+            f"cannot resume {out}: the settings differ in {', '.join(diff)}; "
+            "drop --resume to start over or choose another --out"
+        )
     return {p for p in prefixes if (out / (p + ".json")).is_file()}
 
 
@@ -182,15 +215,19 @@ def register(app: typer.Typer) -> None:
         model: str = ModelOpt,
         method: str = typer.Option("m2ib", "--method", help="Attribution method (see `vlexplain methods`)."),
         out: Path = typer.Option(Path("vlexplain-out"), "--out", "-o", callback=out_dir, help="Output directory."),
-        device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ..."),
+        device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ..."),
         seed: int = typer.Option(0, "--seed", help="Seed for stochastic methods."),
         zip_pairs: bool = typer.Option(False, "--zip", help="Pair image i with text i instead of every image x text."),
         target: str = typer.Option("cosine", "--target", help="cosine, logit or softmax (over the given texts)."),
-        layer: Optional[int] = typer.Option(None, "--layer", help="Block to attribute at (m2ib, gradcam; for m2ib -1 is the input of block 0)."),
-        beta: Optional[float] = typer.Option(None, "--beta", help="M2IB compression weight."),
-        steps: Optional[int] = typer.Option(None, "--steps", help="M2IB / integrated-gradients steps."),
+        layer: int | None = typer.Option(
+            None, "--layer", help="Block to attribute at (m2ib, gradcam; for m2ib -1 is the input of block 0)."
+        ),
+        beta: float | None = typer.Option(None, "--beta", help="M2IB compression weight."),
+        steps: int | None = typer.Option(None, "--steps", help="M2IB / integrated-gradients steps."),
         option: list[str] = typer.Option([], "--option", help="Other method option KEY=VALUE; repeatable."),
-        resume: bool = typer.Option(False, "--resume", help="Keep the pairs an interrupted run with the same settings finished in --out."),
+        resume: bool = typer.Option(
+            False, "--resume", help="Keep the pairs an interrupted run with the same settings finished in --out."
+        ),
     ) -> None:
         """Explain every IMAGE x TEXT pair: overlay PNGs, token highlights, JSON and an index.html gallery."""
         opts = parse_options(option)
@@ -201,15 +238,25 @@ def register(app: typer.Typer) -> None:
             if not p.exists():
                 raise InputError(f"image not found: {p}")
         m = load_model_cli(model, device)
-        index = run_pairs(m, [(str(p), p) for p in images], list(text), method=method, out=out,
-                          zip_pairs=zip_pairs, seed=seed, target=target, options=opts, resume=resume)
+        index = run_pairs(
+            m,
+            [(str(p), p) for p in images],
+            list(text),
+            method=method,
+            out=out,
+            zip_pairs=zip_pairs,
+            seed=seed,
+            target=target,
+            options=opts,
+            resume=resume,
+        )
         typer.echo(f"wrote {index}")
 
     @app.command()
     def demo(
         out: Path = typer.Option(Path("vlexplain-demo"), "--out", "-o", callback=out_dir, help="Output directory."),
         method: str = typer.Option("m2ib", "--method", help="Attribution method."),
-        device: Optional[str] = typer.Option(None, "--device"),
+        device: str | None = typer.Option(None, "--device"),
         seed: int = typer.Option(0, "--seed"),
     ) -> None:
         """The offline model on real photos (cat, coffee, rocket, astronaut, Grace Hopper), matching and non-matching texts."""
@@ -226,9 +273,11 @@ def register(app: typer.Typer) -> None:
 
 def _run_demo(m, images, texts, labels, method, out, seed):
     """Each photo with its own texts (zipped by the demo's plan)."""
-    from ..viz.gallery import write_gallery
-    import vlexplain as vx
     from rich.progress import Progress
+
+    import vlexplain as vx
+
+    from ..viz.gallery import write_gallery
 
     out.mkdir(parents=True, exist_ok=True)
     entries = []
@@ -241,6 +290,10 @@ def _run_demo(m, images, texts, labels, method, out, seed):
             prefix = f"{k:03d}_{_slug(name, 24)}_{_slug(t)}"
             entries.append(save_entry(exp, out, prefix, name, lab))
             prog.advance(task)
-    return write_gallery(out, entries, "vlexplain demo — offline model",
-                         f"model offline (EfficientNet-Lite0 + MiniLM) · method {method} · seed {seed} · "
-                         "green = text that describes the photo, red = one that does not")
+    return write_gallery(
+        out,
+        entries,
+        "vlexplain demo — offline model",
+        f"model offline (EfficientNet-Lite0 + MiniLM) · method {method} · seed {seed} · "
+        "green = text that describes the photo, red = one that does not",
+    )

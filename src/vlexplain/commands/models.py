@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -49,10 +49,12 @@ def register(app: typer.Typer) -> None:
         con = Console()
         lines = ["supported model families (image side / text side: the method groups that apply)", ""]
         for r in family_rows():
-            lines += [f"{r['family']}  [{r['library']}]",
-                      f"    examples:   {r['examples']}",
-                      f"    image side: {r['image side']}",
-                      f"    text side:  {r['text side']}"]
+            lines += [
+                f"{r['family']}  [{r['library']}]",
+                f"    examples:   {r['examples']}",
+                f"    image side: {r['image side']}",
+                f"    text side:  {r['text side']}",
+            ]
             lines += [f"    notes:      {r['notes']}"] if r["notes"] else []
         groups = method_groups()
         lines += ["", "method groups:"] + [f"    {g}: {', '.join(groups[g]) or '-'}" for g in GROUPS] + [""]
@@ -63,12 +65,19 @@ def register(app: typer.Typer) -> None:
         b.add_column("available here")
         b.add_column("description")
         for e in registered_loaders():
-            b.add_row(e.prefix.rstrip(":") + ("shapes" if e.prefix.endswith(":") else ""),
-                      "yes" if e.available() else "no (install extra)", e.description)
+            b.add_row(
+                e.prefix.rstrip(":") + ("shapes" if e.prefix.endswith(":") else ""),
+                "yes" if e.available() else "no (install extra)",
+                e.description,
+            )
         con.print(b)
 
     @app.command()
-    def methods(model: Optional[str] = typer.Option(None, "--model", "-m", help="Show which methods apply to this model and their default layers.")) -> None:
+    def methods(
+        model: str | None = typer.Option(
+            None, "--model", "-m", help="Show which methods apply to this model and their default layers."
+        ),
+    ) -> None:
         """Registered attribution methods (with --model: which sides apply, why not, default layers)."""
         from rich.console import Console
         from rich.table import Table
@@ -95,8 +104,11 @@ def register(app: typer.Typer) -> None:
         con = Console()
         con.print(t)
         if m is not None:
-            con.print(f"image tower: {m.image.kind}, {m.image.num_blocks} blocks; "
-                      f"text tower: {m.text.num_blocks} blocks", markup=False, highlight=False)
+            con.print(
+                f"image tower: {m.image.kind}, {m.image.num_blocks} blocks; text tower: {m.text.num_blocks} blocks",
+                markup=False,
+                highlight=False,
+            )
             d = Table(title=f"default layers for {model} (0-based; set with layer= / image_layer= / text_layer=)")
             for c in ("method", "image layer", "text layer"):
                 d.add_column(c)

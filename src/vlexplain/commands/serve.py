@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 import typer
 
@@ -11,16 +10,26 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command("serve")
     def serve(
-        model: Optional[str] = typer.Option(None, "--model", help="Default model spec (offline, testbed:shapes, hf:..., a directory; default: the first of --models, else offline)."),
+        model: str | None = typer.Option(
+            None,
+            "--model",
+            help="Default model spec (offline, testbed:shapes, hf:..., a directory; default: the first of --models, else offline).",
+        ),
         host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (127.0.0.1: this machine only)."),
         port: int = typer.Option(7860, "--port", min=0, max=65535, help="Port to listen on."),
         max_upload_mb: float = typer.Option(10.0, "--max-upload-mb", help="Largest accepted upload, in MB."),
-        concurrency: int = typer.Option(2, "--concurrency", help="Requests processed at once (others wait in the queue)."),
-        models: Optional[str] = typer.Option(
-            None, "--models",
+        concurrency: int = typer.Option(
+            2, "--concurrency", help="Requests processed at once (others wait in the queue)."
+        ),
+        models: str | None = typer.Option(
+            None,
+            "--models",
             help="Comma-separated model specs clients may choose, e.g. offline,testbed:shapes (default: any spec "
-                 "on a loopback address; only --model on any other address)."),
-        max_models: int = typer.Option(2, "--max-models", min=1, help="Models kept loaded at once (least recently used dropped first)."),
+            "on a loopback address; only --model on any other address).",
+        ),
+        max_models: int = typer.Option(
+            2, "--max-models", min=1, help="Models kept loaded at once (least recently used dropped first)."
+        ),
     ) -> None:
         """Open the web explorer: compare methods' heatmaps for an image and texts; concept maps of a class."""
         os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
@@ -37,5 +46,12 @@ def register(app: typer.Typer) -> None:
         model = model or "offline"
         from ..app.app import launch
 
-        launch(model=model, host=host, port=port, max_upload_mb=max_upload_mb, concurrency=concurrency,
-               models=allowed, max_models=max_models)
+        launch(
+            model=model,
+            host=host,
+            port=port,
+            max_upload_mb=max_upload_mb,
+            concurrency=concurrency,
+            models=allowed,
+            max_models=max_models,
+        )

@@ -23,7 +23,8 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..errors import InputError
 
@@ -119,10 +120,20 @@ class ChatClient:
         notice_after: seconds a reply may take before ``notify`` says what is awaited.
     """
 
-    def __init__(self, base_url: str, model: str, api_key: str | None = None, *, timeout: float = 60.0,
-                 retries: int = 4, timeout_retries: int = 1, backoff: float = 1.0,
-                 sleep: Callable[[float], Any] = time.sleep, notify: Callable[[str], Any] | None = None,
-                 notice_after: float = 10.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        *,
+        timeout: float = 60.0,
+        retries: int = 4,
+        timeout_retries: int = 1,
+        backoff: float = 1.0,
+        sleep: Callable[[float], Any] = time.sleep,
+        notify: Callable[[str], Any] | None = None,
+        notice_after: float = 10.0,
+    ) -> None:
         self.url = chat_url(base_url)
         self.model = model
         self.api_key = api_key or None
@@ -158,8 +169,7 @@ class ChatClient:
                 if attempt >= self.retries or timeouts > self.timeout_retries:
                     raise ServerError(f"{self.url}: {e} (gave up after {attempt + 1} attempt(s))") from None
                 wait = min(e.wait if e.wait is not None else self.backoff * 2**attempt, MAX_WAIT)
-                self.say(f"{who}{e}; retrying in {wait:.3g} s (attempt {attempt + 2} of at most "
-                          f"{self.retries + 1})")
+                self.say(f"{who}{e}; retrying in {wait:.3g} s (attempt {attempt + 2} of at most {self.retries + 1})")
                 self.sleep(wait)
                 attempt += 1
 
@@ -169,19 +179,24 @@ class ChatClient:
         host, port = parts.hostname or "", parts.port
         target = urllib.parse.urlunsplit(("", "", parts.path, parts.query, ""))
         extra: dict[str, str] = {}
-        proxy = None if is_loopback(self.url) or urllib.request.proxy_bypass(host) else \
-            urllib.request.getproxies().get(parts.scheme)
+        proxy = (
+            None
+            if is_loopback(self.url) or urllib.request.proxy_bypass(host)
+            else urllib.request.getproxies().get(parts.scheme)
+        )
         ctx = ssl.create_default_context() if parts.scheme == "https" else None
         if proxy:
             p = urllib.parse.urlsplit(proxy if "://" in proxy else "http://" + proxy)
             auth = {}
             if p.username:
-                token = base64.b64encode(f"{urllib.parse.unquote(p.username)}:"
-                                         f"{urllib.parse.unquote(p.password or '')}".encode()).decode()
+                token = base64.b64encode(
+                    f"{urllib.parse.unquote(p.username)}:{urllib.parse.unquote(p.password or '')}".encode()
+                ).decode()
                 auth = {"Proxy-Authorization": f"Basic {token}"}
             if parts.scheme == "https":
                 conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                    p.hostname or "", p.port or 8080, timeout=self.timeout, context=ctx)
+                    p.hostname or "", p.port or 8080, timeout=self.timeout, context=ctx
+                )
                 conn.set_tunnel(host, port or 443, headers=auth)
             else:
                 conn = http.client.HTTPConnection(p.hostname or "", p.port or 8080, timeout=self.timeout)
@@ -211,9 +226,16 @@ class ChatClient:
 
         timers = [threading.Timer(self.timeout, expire)]
         if self.notice_after < self.timeout:
-            timers.append(threading.Timer(self.notice_after, self.say, (
-                f"{who}waiting for {self.model} at {self.url} ({self.notice_after:.3g} s so far; "
-                f"limit {self.timeout:.3g} s per reply, --timeout)",)))
+            timers.append(
+                threading.Timer(
+                    self.notice_after,
+                    self.say,
+                    (
+                        f"{who}waiting for {self.model} at {self.url} ({self.notice_after:.3g} s so far; "
+                        f"limit {self.timeout:.3g} s per reply, --timeout)",
+                    ),
+                )
+            )
         for t in timers:
             t.daemon = True
             t.start()

@@ -19,7 +19,8 @@ maps of a few images for a report.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -238,8 +239,9 @@ def _per_item(logits_s, logits_c, labels_all, overlaps, locs, loc_img, point, en
     return {k: {"values": v.numpy(), "image": g.long().numpy()} for k, (v, g) in out.items()}
 
 
-def paired_interval(before: Mapping[str, Any], after: Mapping[str, Any], resamples: int = 2000,
-                    level: float = 0.95, seed: int = 0) -> tuple[float, float] | None:
+def paired_interval(
+    before: Mapping[str, Any], after: Mapping[str, Any], resamples: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float] | None:
     """Percentile bootstrap interval of ``mean(after) - mean(before)`` over paired items.
 
     Items are resampled by image (every item of a drawn image comes along), since the maps of one
@@ -318,12 +320,21 @@ def concept_gallery(
         energy: list[float | None] = []
         for j, d in enumerate(concepts.descriptors(name, k)):
             mask = truth_mask(dataset, int(i), d, size, part_radius)
-            energy.append(None if mask is None else
-                          float(part_energy(cm.concepts[0, j][None].float(), mask[None].to(cm.concepts.device))[0]))
+            energy.append(
+                None
+                if mask is None
+                else float(part_energy(cm.concepts[0, j][None].float(), mask[None].to(cm.concepts.device))[0])
+            )
         maps = torch.cat([cm.category[:1], cm.concepts[0, :n_k]]).detach().float().cpu()
-        out.append({
-            "index": int(i), "label": name, "predicted": classes[int((ie @ std.T).argmax())],
-            "image": (rgb.permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8"),
-            "texts": list(cm.texts[0][: 1 + n_k]), "maps": maps.numpy(), "part_energy": energy,
-        })
+        out.append(
+            {
+                "index": int(i),
+                "label": name,
+                "predicted": classes[int((ie @ std.T).argmax())],
+                "image": (rgb.permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8"),
+                "texts": list(cm.texts[0][: 1 + n_k]),
+                "maps": maps.numpy(),
+                "part_energy": energy,
+            }
+        )
     return out

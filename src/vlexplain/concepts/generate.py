@@ -23,8 +23,9 @@ import os
 import re
 import time
 import unicodedata
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..errors import InputError
 from ..interrupt import track
@@ -101,8 +102,9 @@ def read_classes(path: str | Path) -> list[str]:
             names = [n for n in names if not n.startswith("#")]
         names = [n for n in names if n]
     else:
-        raise InputError(f"--classes {p}: not found (a text file with one class per line, a JSON list "
-                         "or a dataset folder)")
+        raise InputError(
+            f"--classes {p}: not found (a text file with one class per line, a JSON list or a dataset folder)"
+        )
     if not names:
         raise InputError(f"--classes {p}: no class names in it")
     seen: dict[str, str] = {}
@@ -133,7 +135,7 @@ def _folder_classes(root: Path) -> list[str]:
 
 def build_messages(cls: str, k: int, context: str | None = None, max_words: int = DEFAULT_MAX_WORDS) -> list[dict]:
     """The chat messages asking for the descriptors of one class."""
-    about = f' (the categories are {context.strip()})' if context and context.strip() else ""
+    about = f" (the categories are {context.strip()})" if context and context.strip() else ""
     user = (
         f'List {k} visual descriptors of the category "{cls}"{about} that help recognise it in a photo.\n'
         "Rules:\n"
@@ -174,8 +176,10 @@ def _load_json(text: str) -> Any:
     items = _markdown_list(text)
     if items is not None:
         return items
-    raise ReplyError('the answer is not valid JSON (nor a Markdown list with one descriptor on every line); '
-                     'answer with {"descriptors": [...]} only')
+    raise ReplyError(
+        "the answer is not valid JSON (nor a Markdown list with one descriptor on every line); "
+        'answer with {"descriptors": [...]} only'
+    )
 
 
 def _markdown_list(text: str) -> list[str] | None:
@@ -249,8 +253,16 @@ def parse_descriptors(text: str, cls: str, k: int, max_words: int = DEFAULT_MAX_
 
 
 def _cache_key(url: str, model: str, cls: str, k: int, context: str | None, temperature: float, max_words: int) -> str:
-    spec = {"url": url, "model": model, "class": cls, "k": k, "context": context or "", "temperature": temperature,
-            "max_words": max_words, "prompt": PROMPT_VERSION}
+    spec = {
+        "url": url,
+        "model": model,
+        "class": cls,
+        "k": k,
+        "context": context or "",
+        "temperature": temperature,
+        "max_words": max_words,
+        "prompt": PROMPT_VERSION,
+    }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -353,13 +365,24 @@ def generate_concepts(
     url = chat_url(base_url)
     key = os.environ.get(api_key_env, "").strip() if api_key_env else ""
     if not key and (require_key if require_key is not None else not is_loopback(url)):
-        raise InputError(f"no API key: set the environment variable {api_key_env or 'OPENAI_API_KEY'} "
-                         "(or name another with --api-key-env; --no-key for servers that need none)")
+        raise InputError(
+            f"no API key: set the environment variable {api_key_env or 'OPENAI_API_KEY'} "
+            "(or name another with --api-key-env; --no-key for servers that need none)"
+        )
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     bar = _progress(progress, len(names))
     say = None if quiet else notify or (_bar_notify(bar[0]) if bar is not None else stderr_notify)
-    client = ChatClient(url, model, key, timeout=timeout, retries=retries, backoff=backoff, sleep=sleep,
-                        notify=say, notice_after=notice_after)
+    client = ChatClient(
+        url,
+        model,
+        key,
+        timeout=timeout,
+        retries=retries,
+        backoff=backoff,
+        sleep=sleep,
+        notify=say,
+        notice_after=notice_after,
+    )
     out: dict[str, list[str]] = {}
     failed: dict[str, str] = {}
     resume = "rerun the same command (finished classes are cached)"
@@ -384,14 +407,26 @@ def generate_concepts(
     if failed:
         shown = "; ".join(f"{c!r} ({r})" for c, r in list(failed.items())[:10])
         more = f"; and {len(failed) - 10} more" if len(failed) > 10 else ""
-        raise GenerationError(f"{len(failed)} of {len(names)} class(es) got no descriptors: {shown}{more}; the "
-                              f"{len(out)} other(s) are cached, so a rerun only asks again for these", failed)
+        raise GenerationError(
+            f"{len(failed)} of {len(names)} class(es) got no descriptors: {shown}{more}; the "
+            f"{len(out)} other(s) are cached, so a rerun only asks again for these",
+            failed,
+        )
     return {c: list(d) for c, d in validate(out, f"from {model}", max_words).items()}
 
 
-def _generate_one(client: ChatClient, cls: str, k: int, context: str | None, temperature: float, max_words: int,
-                  retries: int, path: Path, failed: dict[str, str], say: Callable[[str], Any] | None
-                  ) -> list[str] | None:
+def _generate_one(
+    client: ChatClient,
+    cls: str,
+    k: int,
+    context: str | None,
+    temperature: float,
+    max_words: int,
+    retries: int,
+    path: Path,
+    failed: dict[str, str],
+    say: Callable[[str], Any] | None,
+) -> list[str] | None:
     """Ask for one class and cache the answer; a refused request or unusable replies fail only this class."""
     from ..viz.save import atomic_write_text
 
@@ -402,8 +437,16 @@ def _generate_one(client: ChatClient, cls: str, k: int, context: str | None, tem
         if say is not None:
             say(f"{cls}: no descriptors ({failed[cls]}); going on with the other classes")
         return None
-    entry = {"class": cls, "descriptors": ds, "model": client.model, "url": client.url, "k": k,
-             "prompt_version": PROMPT_VERSION, "reply_excerpt": excerpt(raw, CACHE_EXCERPT), "reply_chars": len(raw)}
+    entry = {
+        "class": cls,
+        "descriptors": ds,
+        "model": client.model,
+        "url": client.url,
+        "k": k,
+        "prompt_version": PROMPT_VERSION,
+        "reply_excerpt": excerpt(raw, CACHE_EXCERPT),
+        "reply_chars": len(raw),
+    }
     try:
         atomic_write_text(path, json.dumps(entry, indent=1, ensure_ascii=False))
     except OSError as e:
@@ -411,8 +454,9 @@ def _generate_one(client: ChatClient, cls: str, k: int, context: str | None, tem
     return ds
 
 
-def _ask(client: ChatClient, cls: str, k: int, context: str | None, temperature: float, max_words: int,
-         retries: int) -> tuple[list[str], str]:
+def _ask(
+    client: ChatClient, cls: str, k: int, context: str | None, temperature: float, max_words: int, retries: int
+) -> tuple[list[str], str]:
     """Request descriptors of one class; an unusable reply is sent back (cut short) with the problem stated.
 
     Each re-ask carries only the last bad answer, so a huge bad reply does not grow every later request.
@@ -429,8 +473,11 @@ def _ask(client: ChatClient, cls: str, k: int, context: str | None, temperature:
             client.say(f"{cls}: unusable answer ({e}); asking again ({attempt + 2} of {retries + 1})")
             messages = base + [
                 {"role": "assistant", "content": excerpt(text, REASK_EXCERPT)},
-                {"role": "user", "content": f"That answer cannot be used: {e}. Answer again with a JSON object "
-                                            f'{{"descriptors": [...]}} holding exactly {k} short, distinct descriptors.'},
+                {
+                    "role": "user",
+                    "content": f"That answer cannot be used: {e}. Answer again with a JSON object "
+                    f'{{"descriptors": [...]}} holding exactly {k} short, distinct descriptors.',
+                },
             ]
     raise AssertionError("unreachable")
 
@@ -448,8 +495,14 @@ def _progress(show: bool, total: int):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    p = Progress(TextColumn("{task.description:<30}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                 transient=True, console=Console(stderr=True))
+    p = Progress(
+        TextColumn("{task.description:<30}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        transient=True,
+        console=Console(stderr=True),
+    )
     task = p.add_task("concepts", total=total)
     p.start()
     return p, task

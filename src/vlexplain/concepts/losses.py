@@ -14,8 +14,9 @@ The maps must come from :func:`~vlexplain.concepts.relevance.deal_maps` with
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -141,8 +142,16 @@ def deal_losses(
     dis = loc = zero
     ie = None
     if need_maps:
-        cm = deal_maps(model, pixels, names, concepts, k=k, templates=templates, create_graph=not detach_maps,
-                       method=DEAL_RELEVANCE)
+        cm = deal_maps(
+            model,
+            pixels,
+            names,
+            concepts,
+            k=k,
+            templates=templates,
+            create_graph=not detach_maps,
+            method=DEAL_RELEVANCE,
+        )
         conc, cat = cm.concepts, cm.category
         if detach_maps:
             conc, cat = conc.detach(), cat.detach()

@@ -32,9 +32,10 @@ block runs once per image.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -87,7 +88,11 @@ def _unit(x: Tensor) -> Tensor:
 
 
 def relevance_from_embeddings(
-    model: DualEncoder, pixels: Tensor, text_emb: Tensor, create_graph: bool = False, normalize: bool = True,
+    model: DualEncoder,
+    pixels: Tensor,
+    text_emb: Tensor,
+    create_graph: bool = False,
+    normalize: bool = True,
     return_image_emb: bool = False,
 ) -> tuple[Tensor, ...]:
     """DEAL relevance maps for each image against ``r`` text embeddings.
@@ -250,7 +255,7 @@ def deal_maps(
     model: DualEncoder,
     pixels: Tensor,
     classes: Sequence[str],
-    concepts: "ConceptSet",
+    concepts: ConceptSet,
     *,
     k: int | None = None,
     templates: Templates = Templates(),

@@ -27,8 +27,9 @@ import html
 import io
 import json
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -58,7 +59,9 @@ METRICS: tuple[tuple[str, str, bool | None, int], ...] = (
 #: the metrics that need ground truth (shown only when some column has them)
 TRUTH = ("part_pointing", "part_energy", "part_area", "part_maps")
 
-_CSS = REPORT_CSS + """
+_CSS = (
+    REPORT_CSS
+    + """
 td.up{background:#e6f4ea;color:#137333;font-weight:600}td.down{background:#fce8e6;color:#a50e0e;font-weight:600}
 table.maps td,table.maps th{text-align:center;vertical-align:middle;font-size:11px}
 table.maps th.t{max-width:128px;font-weight:normal;background:#fafafa}
@@ -66,6 +69,7 @@ table.maps img{width:128px;height:128px;display:block}
 .e{color:#555;font-family:monospace}
 .ci{color:#666;font-weight:400;font-size:11px}
 """
+)
 
 
 def flatten(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -143,8 +147,9 @@ def _overlay(image: np.ndarray, heat: np.ndarray | None, side: int = 128) -> np.
     return overlay(rgb, torch.from_numpy(np.asarray(heat, dtype=np.float32)))
 
 
-def _table_html(columns: Mapping[str, Mapping[str, Any]], delta: Mapping[str, float],
-                ci: Mapping[str, tuple[float, float]]) -> str:
+def _table_html(
+    columns: Mapping[str, Mapping[str, Any]], delta: Mapping[str, float], ci: Mapping[str, tuple[float, float]]
+) -> str:
     names = list(columns)
     flat = {c: flatten(m) for c, m in columns.items()}
     head = "".join(f"<th>{html.escape(c)}</th>" for c in names) + ("<th>Δ</th>" if delta else "")
@@ -163,12 +168,26 @@ def _table_html(columns: Mapping[str, Mapping[str, Any]], delta: Mapping[str, fl
             band = f" <span class='ci'>[{_fmt(lo, dec)}, {_fmt(hi, dec)}]</span>" if lo is not None else ""
             cells += f"<td{cls}>{sign}{_fmt(d, dec)}{band}</td>"
         body.append(f"<tr data-metric='{html.escape(key)}'><td class='l'>{html.escape(label)}{arrow}</td>{cells}</tr>")
-    return (f"<table><tr><th class='l'>metric</th>{head}</tr>{''.join(body)}</table>"
-            "<p class='sub'>↑ higher is better, ↓ lower is better"
-            + ("; Δ = " + html.escape(names[-1]) + " − " + html.escape(names[0])
-               + "; green: better, red: worse" + ("; [a, b]: 95 % paired bootstrap interval of Δ (images "
-                                                  "resampled), coloured only when it excludes 0" if ci else "")
-               + "." if delta else ".") + "</p>")
+    return (
+        f"<table><tr><th class='l'>metric</th>{head}</tr>{''.join(body)}</table>"
+        "<p class='sub'>↑ higher is better, ↓ lower is better"
+        + (
+            "; Δ = "
+            + html.escape(names[-1])
+            + " − "
+            + html.escape(names[0])
+            + "; green: better, red: worse"
+            + (
+                "; [a, b]: 95 % paired bootstrap interval of Δ (images resampled), coloured only when it excludes 0"
+                if ci
+                else ""
+            )
+            + "."
+            if delta
+            else "."
+        )
+        + "</p>"
+    )
 
 
 def _gallery_html(galleries: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
@@ -177,44 +196,59 @@ def _gallery_html(galleries: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
         return "<p class='sub'>No gallery (run with --gallery N).</p>"
     by_col = {c: {int(g["index"]): g for g in galleries[c]} for c in names}
     order = [int(g["index"]) for g in galleries[names[-1]]]  # the images of the last column
-    parts = ["<p class='sub'>Each image is explained against its true class: the category map, then one map "
-             "per concept. Under a concept map: the share of its energy inside the concept's ground-truth "
-             "part, where known.</p>"]
+    parts = [
+        "<p class='sub'>Each image is explained against its true class: the category map, then one map "
+        "per concept. Under a concept map: the share of its energy inside the concept's ground-truth "
+        "part, where known.</p>"
+    ]
     for idx in order:
         first = next(by_col[c][idx] for c in names if idx in by_col[c])
         texts = list(first["texts"])
-        preds = " · ".join(f"{html.escape(c)}: {html.escape(str(by_col[c][idx]['predicted']))}"
-                           for c in names if idx in by_col[c])
-        head = "<th></th><th class='t'>image</th>" + "".join(
-            f"<th class='t'>{html.escape(t)}</th>" for t in texts)
+        preds = " · ".join(
+            f"{html.escape(c)}: {html.escape(str(by_col[c][idx]['predicted']))}" for c in names if idx in by_col[c]
+        )
+        head = "<th></th><th class='t'>image</th>" + "".join(f"<th class='t'>{html.escape(t)}</th>" for t in texts)
         rows = []
         for c in names:
             g = by_col[c].get(idx)
             if g is None:
-                rows.append(f"<tr><th>{html.escape(c)}</th><td colspan='{len(texts) + 1}'>not in this "
-                            "column's gallery</td></tr>")
+                rows.append(
+                    f"<tr><th>{html.escape(c)}</th><td colspan='{len(texts) + 1}'>not in this "
+                    "column's gallery</td></tr>"
+                )
                 continue
             cells = [f"<td><img alt='image {idx}' src='{_png(_overlay(g['image'], None))}'></td>"]
             energy = [None] + list(g.get("part_energy") or [])
             for j, t in enumerate(g["texts"]):
                 e = energy[j] if j < len(energy) else None
                 note = f"<div class='e'>in part {e:.2f}</div>" if e is not None else ""
-                cells.append(f"<td><img alt='{html.escape(t)}' src='{_png(_overlay(g['image'], g['maps'][j]))}'>"
-                             f"{note}</td>")
+                cells.append(
+                    f"<td><img alt='{html.escape(t)}' src='{_png(_overlay(g['image'], g['maps'][j]))}'>{note}</td>"
+                )
             rows.append(f"<tr><th>{html.escape(c)}</th>{''.join(cells)}</tr>")
-        parts.append(f"<h3>#{idx} · {html.escape(str(first['label']))} <span class='sub'>(predicted — {preds})"
-                     f"</span></h3><table class='maps'><tr>{head}</tr>{''.join(rows)}</table>")
+        parts.append(
+            f"<h3>#{idx} · {html.escape(str(first['label']))} <span class='sub'>(predicted — {preds})"
+            f"</span></h3><table class='maps'><tr>{head}</tr>{''.join(rows)}</table>"
+        )
     return "".join(parts)
 
 
 def _kv_table(config: Mapping[str, Any]) -> str:
-    return "<table>" + "".join(
-        f"<tr><td class='l'>{html.escape(str(k))}</td><td class='l'>{html.escape(_short(v))}</td></tr>"
-        for k, v in config.items() if v is not None and not isinstance(v, Mapping)) + "</table>"
+    return (
+        "<table>"
+        + "".join(
+            f"<tr><td class='l'>{html.escape(str(k))}</td><td class='l'>{html.escape(_short(v))}</td></tr>"
+            for k, v in config.items()
+            if v is not None and not isinstance(v, Mapping)
+        )
+        + "</table>"
+    )
 
 
 def _config_html(config: Mapping[str, Any]) -> str:
-    extra = "".join(f"<h3>{html.escape(str(k))}</h3>{_kv_table(v)}" for k, v in config.items() if isinstance(v, Mapping))
+    extra = "".join(
+        f"<h3>{html.escape(str(k))}</h3>{_kv_table(v)}" for k, v in config.items() if isinstance(v, Mapping)
+    )
     return _kv_table(config) + extra
 
 
@@ -246,10 +280,17 @@ def write_report(
     ci = delta_intervals(columns)
     per_item = {c: m.get("per_item") or {} for c, m in columns.items()}
     columns = {c: {k: v for k, v in m.items() if k != "per_item"} for c, m in columns.items()}
-    meta = {c: [{k: v for k, v in g.items() if k not in ("image", "maps")} for g in items]
-            for c, items in galleries.items()}
-    doc = {"config": dict(config), "columns": list(columns), "metrics": {c: dict(m) for c, m in columns.items()},
-           "delta": delta, "delta_ci": {k: list(v) for k, v in ci.items()}, "gallery": meta}
+    meta = {
+        c: [{k: v for k, v in g.items() if k not in ("image", "maps")} for g in items] for c, items in galleries.items()
+    }
+    doc = {
+        "config": dict(config),
+        "columns": list(columns),
+        "metrics": {c: dict(m) for c, m in columns.items()},
+        "delta": delta,
+        "delta_ci": {k: list(v) for k, v in ci.items()},
+        "gallery": meta,
+    }
     arrays: dict[str, Any] = {}
     for c, items in galleries.items():
         for n, g in enumerate(items):
@@ -261,8 +302,12 @@ def write_report(
             np.savez_compressed(f, **arrays)
 
     atomic_write(out / GALLERY_NPZ, write_npz)
-    scores: dict[str, Any] = {f"{c}/{k}/{part}": np.asarray(v[part]) for c, items in per_item.items()
-              for k, v in items.items() for part in ("values", "image")}
+    scores: dict[str, Any] = {
+        f"{c}/{k}/{part}": np.asarray(v[part])
+        for c, items in per_item.items()
+        for k, v in items.items()
+        for part in ("values", "image")
+    }
 
     def write_scores(p: str) -> None:
         with open(p, "wb") as f:
@@ -270,8 +315,16 @@ def write_report(
 
     atomic_write(out / SCORES_NPZ, write_scores)
     flat = {c: flatten(m) for c, m in columns.items()}
-    rows = [[key, *(flat[c].get(key, "") for c in columns), delta.get(key, ""), *ci.get(key, ("", "")),
-             "" if hib is None else hib] for key, _, hib, _ in _rows(columns)]
+    rows = [
+        [
+            key,
+            *(flat[c].get(key, "") for c in columns),
+            delta.get(key, ""),
+            *ci.get(key, ("", "")),
+            "" if hib is None else hib,
+        ]
+        for key, _, hib, _ in _rows(columns)
+    ]
 
     def write_csv(p: str) -> None:
         with open(p, "w", newline="") as f:
@@ -283,16 +336,30 @@ def write_report(
     atomic_write_text(out / METRICS_JSON, json.dumps(doc, indent=1))
     names = list(columns)
     title = "DEAL evaluation" + (": " + " vs ".join(names) if len(names) > 1 else "")
-    sub = " · ".join(html.escape(str(v)) for v in (
-        config.get("model"), config.get("checkpoint"),
-        f"step {config['checkpoint_step']}" if config.get("checkpoint_step") is not None else None,
-        config.get("data"), f"{config['images']} images" if config.get("images") else None) if v)
-    body = [f"<h1>{html.escape(title)}</h1><div class='sub'>{sub}</div>",
-            "<h2>Metrics</h2>", _table_html(columns, delta, ci),
-            "<h2>Concept maps</h2>", _gallery_html(galleries),
-            "<h2>Configuration</h2>", _config_html(config)]
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>")
+    sub = " · ".join(
+        html.escape(str(v))
+        for v in (
+            config.get("model"),
+            config.get("checkpoint"),
+            f"step {config['checkpoint_step']}" if config.get("checkpoint_step") is not None else None,
+            config.get("data"),
+            f"{config['images']} images" if config.get("images") else None,
+        )
+        if v
+    )
+    body = [
+        f"<h1>{html.escape(title)}</h1><div class='sub'>{sub}</div>",
+        "<h2>Metrics</h2>",
+        _table_html(columns, delta, ci),
+        "<h2>Concept maps</h2>",
+        _gallery_html(galleries),
+        "<h2>Configuration</h2>",
+        _config_html(config),
+    ]
+    page = (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>"
+    )
     atomic_write_text(out / REPORT_HTML, page)
     return out / REPORT_HTML
 

@@ -16,9 +16,10 @@ import json
 import re
 import unicodedata
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from ..errors import InputError
 
@@ -91,7 +92,7 @@ class ConceptSet:
         n = [len(v) for v in self.concepts.values()]
         return min(n), max(n)
 
-    def align(self, class_names: Sequence[str]) -> "ConceptSet":
+    def align(self, class_names: Sequence[str]) -> ConceptSet:
         """The set keyed by ``class_names`` (matched after :func:`normalize_name`), in their order.
 
         Raises:
@@ -120,7 +121,7 @@ class ConceptSet:
             )
         return ConceptSet(out, self.source)
 
-    def check_context(self, model: "DualEncoder", template: str = CONCEPT_TEMPLATE) -> None:
+    def check_context(self, model: DualEncoder, template: str = CONCEPT_TEMPLATE) -> None:
         """Raise InputError if any concept prompt is longer than the model's text context."""
         texts, owners = [], []
         for c, ds in self.concepts.items():
@@ -210,7 +211,7 @@ def load_concepts(
     *,
     k: int | None = None,
     classes: Sequence[str] | None = None,
-    model: "DualEncoder | None" = None,
+    model: DualEncoder | None = None,
     template: str = CONCEPT_TEMPLATE,
     max_words: int = MAX_WORDS,
 ) -> ConceptSet:

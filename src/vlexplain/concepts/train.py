@@ -23,16 +23,17 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from ..distributed import average_gradients
 from ..errors import InputError
 from ..interrupt import atomic, track
-from ..distributed import average_gradients
 from ..models.base import DualEncoder
 from .losses import PredictionLoss, deal_losses
 from .relevance import Templates
@@ -141,8 +142,9 @@ class _Dist:
         """The mean of each value over processes (a NaN on any process makes it NaN)."""
         if self.world == 1:
             return values
-        t = self.acc.reduce(torch.tensor(list(values.values()), dtype=torch.float64, device=self.device),
-                            reduction="mean")
+        t = self.acc.reduce(
+            torch.tensor(list(values.values()), dtype=torch.float64, device=self.device), reduction="mean"
+        )
         return dict(zip(values, (float(v) for v in t.tolist())))
 
     def agree(self, flag: bool) -> bool:
@@ -248,7 +250,9 @@ def _trainable(model: DualEncoder, cfg: DealConfig) -> list[torch.nn.Parameter]:
         except NotImplementedError as e:
             raise InputError(f"image_blocks: {e}") from None
         if not 1 <= cfg.image_blocks <= len(blocks):
-            raise InputError(f"image_blocks must be 1..{len(blocks)} (the image tower's blocks), got {cfg.image_blocks}")
+            raise InputError(
+                f"image_blocks must be 1..{len(blocks)} (the image tower's blocks), got {cfg.image_blocks}"
+            )
         tail = {id(p) for b in blocks[len(blocks) - cfg.image_blocks :] for p in b.parameters()}
         frozen |= {id(p) for p in model.image.parameters()} - tail  # stem, earlier blocks, head
     out = []
@@ -297,8 +301,15 @@ def deal_train(
     unknown = set(options) - fields
     if unknown:
         raise InputError(f"unknown DEAL option(s): {', '.join(sorted(unknown))}")
-    cfg = DealConfig(steps=steps, lr=lr, batch_size=batch_size, lambda_sep=lambda_sep, lambda_con=lambda_con,
-                     freeze_text=freeze_text, **options)
+    cfg = DealConfig(
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        lambda_sep=lambda_sep,
+        lambda_con=lambda_con,
+        freeze_text=freeze_text,
+        **options,
+    )
     classes = list(getattr(dataset, "classes", []) or [])
     if not classes or len(dataset) == 0:
         raise InputError("the dataset is empty or has no .classes")
@@ -328,23 +339,29 @@ def _run(model, dataset, classes, concepts, cfg, out, dist, params, progress, re
         start = load_checkpoint(ckpt, model, opt)
     if dist.main:
         (out / "stopped.json").unlink(missing_ok=True)
-        info = {"classes": len(classes), "images": len(dataset), "world_size": dist.world,
-                "global_batch_size": cfg.batch_size * dist.world}
+        info = {
+            "classes": len(classes),
+            "images": len(dataset),
+            "world_size": dist.world,
+            "global_batch_size": cfg.batch_size * dist.world,
+        }
         if callable(getattr(dataset, "describe", None)):  # the data read: layout, split, split rule
             info["data"] = dataset.describe()
         (out / "config.json").write_text(json.dumps({**dataclasses.asdict(cfg), **info}, indent=1))
     log = _Log(out, start, cfg.tensorboard) if dist.main else None
     try:
         with track("steps", cfg.steps, done=start, resume="rerun (without --fresh) to continue") as work:
-            return _loop(model, dataset, classes, concepts, cfg, out, dist, params, opt, start, ckpt, log, progress,
-                         work)
+            return _loop(
+                model, dataset, classes, concepts, cfg, out, dist, params, opt, start, ckpt, log, progress, work
+            )
     finally:
         if log is not None:
             log.close()
 
 
-def _loop(model, dataset, classes, concepts, cfg, out, dist, params, opt, start, ckpt, log, progress,
-          work) -> TrainResult:
+def _loop(
+    model, dataset, classes, concepts, cfg, out, dist, params, opt, start, ckpt, log, progress, work
+) -> TrainResult:
     use_amp = cfg.amp and dist.device.type == "cuda"
     ema: float | None = None
     last: dict[str, float] = {}
@@ -357,9 +374,18 @@ def _loop(model, dataset, classes, concepts, cfg, out, dist, params, opt, start,
             idx = batch_indices(len(dataset), cfg.batch_size, step, cfg.seed, dist.rank, dist.world)
             pixels, labels = _load_batch(model, dataset, idx, dist.device)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                losses = deal_losses(model, pixels, labels, classes, concepts, lambda_sep=cfg.lambda_sep,
-                                     lambda_con=cfg.lambda_con, prediction=cfg.prediction, k=cfg.k,
-                                     templates=cfg.templates)
+                losses = deal_losses(
+                    model,
+                    pixels,
+                    labels,
+                    classes,
+                    concepts,
+                    lambda_sep=cfg.lambda_sep,
+                    lambda_con=cfg.lambda_con,
+                    prediction=cfg.prediction,
+                    k=cfg.k,
+                    templates=cfg.templates,
+                )
             vals = dist.mean(losses.as_floats())  # the union batch's losses (each is a mean over images)
             reason = _bad_loss(vals["total"], ema, step - start, cfg)
             if dist.agree(reason is not None):
@@ -378,8 +404,15 @@ def _loop(model, dataset, classes, concepts, cfg, out, dist, params, opt, start,
             ema = vals["total"] if ema is None else 0.9 * ema + 0.1 * vals["total"]
             last = vals
             if log is not None:
-                log.write({"step": step + 1, **vals, "lr": opt.param_groups[0]["lr"], "grad_norm": gn,
-                           "seconds": time.perf_counter() - t0})
+                log.write(
+                    {
+                        "step": step + 1,
+                        **vals,
+                        "lr": opt.param_groups[0]["lr"],
+                        "grad_norm": gn,
+                        "seconds": time.perf_counter() - t0,
+                    }
+                )
             if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
                 if dist.main:
                     save_checkpoint(out, model, opt, step + 1)
@@ -420,8 +453,9 @@ def _progress(show: bool, total: int, start: int):
         return None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                 transient=True)
+    p = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
+    )
     task = p.add_task("DEAL", total=total, completed=start)
     p.start()
     return p, task

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -38,8 +39,15 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 Split = Literal["train", "val", "test", "all"]
 SPLITS = ("train", "val", "test", "all")
 #: folder names recognised as split folders (``root/<split>/<class>/…``) -> the split they hold
-SPLIT_FOLDERS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
-                 "test": "test", "testing": "test"}
+SPLIT_FOLDERS = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
 #: default share of each class's images in the test split of a flat class folder
 DEFAULT_TEST_FRACTION = 0.2
 
@@ -72,8 +80,12 @@ class ClassDataset(torch.utils.data.Dataset):
     """
 
     def __init__(
-        self, samples: Sequence[ClassSample], classes: Sequence[str], transform: Callable[[Any], Any] | None = None,
-        root: str | Path = "", info: dict[str, Any] | None = None,
+        self,
+        samples: Sequence[ClassSample],
+        classes: Sequence[str],
+        transform: Callable[[Any], Any] | None = None,
+        root: str | Path = "",
+        info: dict[str, Any] | None = None,
     ):
         self.samples = list(samples)
         self.classes = list(classes)
@@ -97,14 +109,19 @@ class ClassDataset(torch.utils.data.Dataset):
     def has_parts(self) -> bool:
         return any(s.parts for s in self.samples)
 
-    def subset(self, indices: Sequence[int]) -> "ClassDataset":
-        return ClassDataset([self.samples[i] for i in indices], self.classes, self.transform, self.root,
-                            {**self.info, "subset": True})
+    def subset(self, indices: Sequence[int]) -> ClassDataset:
+        return ClassDataset(
+            [self.samples[i] for i in indices], self.classes, self.transform, self.root, {**self.info, "subset": True}
+        )
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready: the folder, its layout, the split read and its image count (for run configs)."""
-        return {"path": str(self.root.resolve()) if str(self.root) else "", **self.info, "images": len(self),
-                "classes": len(self.classes)}
+        return {
+            "path": str(self.root.resolve()) if str(self.root) else "",
+            **self.info,
+            "images": len(self),
+            "classes": len(self.classes),
+        }
 
 
 def _visible_dirs(root: Path) -> list[Path]:
@@ -131,8 +148,10 @@ def split_folders(root: str | Path) -> dict[str, Path] | None:
         return None
     if len(named) != len(dirs):
         other = [d.name for d in dirs if d not in named]
-        raise InputError(f"{root} mixes split folders ({', '.join(d.name for d in named)}) with other folders "
-                         f"({', '.join(other[:4])}); use root/<split>/<class>/<image> or root/<class>/<image>")
+        raise InputError(
+            f"{root} mixes split folders ({', '.join(d.name for d in named)}) with other folders "
+            f"({', '.join(other[:4])}); use root/<split>/<class>/<image> or root/<class>/<image>"
+        )
     out: dict[str, Path] = {}
     for d in named:
         split = SPLIT_FOLDERS[d.name.lower()]
@@ -162,8 +181,13 @@ def _dir_class(d: Path) -> str:
 
 def _images_in(d: Path) -> list[Path]:
     """Image files under ``d`` (any depth), skipping hidden files and anything in hidden folders."""
-    return sorted(f for f in d.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()
-                  and not any(part.startswith(".") for part in f.relative_to(d).parts))
+    return sorted(
+        f
+        for f in d.rglob("*")
+        if f.suffix.lower() in IMAGE_EXTENSIONS
+        and f.is_file()
+        and not any(part.startswith(".") for part in f.relative_to(d).parts)
+    )
 
 
 def split_counts(n: int, test_fraction: float, val_fraction: float = 0.0) -> tuple[int, int]:
@@ -189,13 +213,18 @@ def _split_key(seed: int, rel: str) -> str:
 
 def _check_fractions(test_fraction: float, val_fraction: float) -> None:
     if not (0 <= test_fraction < 1 and 0 <= val_fraction < 1 and test_fraction + val_fraction < 1):
-        raise InputError(f"split fractions must be >= 0 and leave images to train on "
-                         f"(test {test_fraction}, val {val_fraction})")
+        raise InputError(
+            f"split fractions must be >= 0 and leave images to train on (test {test_fraction}, val {val_fraction})"
+        )
 
 
 def image_folder(
-    root: str | Path, transform: Callable[[Any], Any] | None = None, split: Split = "all",
-    test_fraction: float = DEFAULT_TEST_FRACTION, val_fraction: float = 0.0, seed: int = 0,
+    root: str | Path,
+    transform: Callable[[Any], Any] | None = None,
+    split: Split = "all",
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+    val_fraction: float = 0.0,
+    seed: int = 0,
 ) -> ClassDataset:
     """Read ``root/<class>/<image>`` (sub-folders sorted by name; hidden files and folders ignored).
 
@@ -224,13 +253,15 @@ def image_folder(
         if split != "all":
             order = sorted(files, key=lambda f: _split_key(seed, f.relative_to(root).as_posix()))
             n_test, n_val = split_counts(len(files), test_fraction, val_fraction)
-            part = {"test": order[:n_test], "val": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
+            part = {"test": order[:n_test], "val": order[n_test : n_test + n_val], "train": order[n_test + n_val :]}
             keep = set(part[split])
             files = [f for f in files if f in keep]
         samples += [ClassSample(f, label) for f in files]
     if not samples:
-        raise InputError(f"the {split} split of {root} is empty (test fraction {test_fraction}, val fraction "
-                         f"{val_fraction}); use --split all or larger fractions")
+        raise InputError(
+            f"the {split} split of {root} is empty (test fraction {test_fraction}, val fraction "
+            f"{val_fraction}); use --split all or larger fractions"
+        )
     info: dict[str, Any] = {"layout": "class folders", "split": split}
     if split != "all":
         info.update(test_fraction=test_fraction, val_fraction=val_fraction, split_seed=seed)
@@ -244,12 +275,13 @@ def split_folder_dataset(root: str | Path, split: Split, transform: Callable[[An
     if splits is None:
         raise InputError(f"{root} has no split folders (expected root/train/<class>/..., root/val/<class>/...)")
     if split != "all" and split not in splits:
-        raise InputError(f"{root} has no {split!r} split folder (splits: {', '.join(splits)}); pass --split "
-                         f"{' or '.join(splits)}")
+        raise InputError(
+            f"{root} has no {split!r} split folder (splits: {', '.join(splits)}); pass --split {' or '.join(splits)}"
+        )
     classes = folder_classes(root)
     label = {c: i for i, c in enumerate(classes)}
     samples = []
-    for name in (list(splits) if split == "all" else [split]):
+    for name in list(splits) if split == "all" else [split]:
         for d in _visible_dirs(splits[name]):
             samples += [ClassSample(f, label[_dir_class(d)]) for f in _images_in(d)]
     if not samples:
@@ -273,7 +305,7 @@ def _table(path: Path, min_cols: int) -> list[list[str]]:
 
 
 def cub_class_name(raw: str) -> str:
-    """"017.Cardinal" -> "Cardinal"; underscores become spaces."""
+    """ "017.Cardinal" -> "Cardinal"; underscores become spaces."""
     name = raw.split(".", 1)[1] if "." in raw and raw.split(".", 1)[0].isdigit() else raw
     return name.replace("_", " ")
 
@@ -337,8 +369,13 @@ def _cub_parts(root: Path) -> dict[str, dict[str, tuple[float, float]]]:
 
 
 def open_class_dataset(
-    root: str | Path, split: Split = "train", transform: Callable[[Any], Any] | None = None, *,
-    test_fraction: float = DEFAULT_TEST_FRACTION, val_fraction: float = 0.0, split_seed: int = 0,
+    root: str | Path,
+    split: Split = "train",
+    transform: Callable[[Any], Any] | None = None,
+    *,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+    val_fraction: float = 0.0,
+    split_seed: int = 0,
 ) -> ClassDataset:
     """A CUB-layout folder (has ``images.txt``), split folders, or class folders (seeded split).
 
@@ -381,8 +418,9 @@ def to_preprocessed(xy: tuple[float, float], image_size: tuple[int, int], size: 
 def disk_mask(points: Sequence[tuple[float, float]], size: tuple[int, int], radius: float) -> Tensor:
     """(H, W) boolean mask: the union of disks of ``radius`` pixels around ``points`` (x, y)."""
     H, W = size
-    yy, xx = torch.meshgrid(torch.arange(H, dtype=torch.float32) + 0.5, torch.arange(W, dtype=torch.float32) + 0.5,
-                            indexing="ij")
+    yy, xx = torch.meshgrid(
+        torch.arange(H, dtype=torch.float32) + 0.5, torch.arange(W, dtype=torch.float32) + 0.5, indexing="ij"
+    )
     m = torch.zeros(H, W, dtype=torch.bool)
     for x, y in points:
         if math.isfinite(x) and math.isfinite(y):

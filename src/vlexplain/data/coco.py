@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -25,8 +26,29 @@ from ..errors import InputError
 from .rows import Captions, Columns, PairRow
 
 #: extra words a category answers to (COCO's most frequent category is rarely called "person")
-ALIASES = {"person": ("people", "man", "men", "woman", "women", "boy", "boys", "girl", "girls", "child",
-                      "children", "kid", "kids", "guy", "guys", "lady", "ladies", "player", "players")}
+ALIASES = {
+    "person": (
+        "people",
+        "man",
+        "men",
+        "woman",
+        "women",
+        "boy",
+        "boys",
+        "girl",
+        "girls",
+        "child",
+        "children",
+        "kid",
+        "kids",
+        "guy",
+        "guys",
+        "lady",
+        "ladies",
+        "player",
+        "players",
+    )
+}
 
 
 def _load(path: Path, what: str) -> dict[str, Any]:
@@ -37,7 +59,11 @@ def _load(path: Path, what: str) -> dict[str, Any]:
         raise InputError(f"{what} not found: {path}") from None
     except json.JSONDecodeError as e:
         raise InputError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(obj, dict) or not isinstance(obj.get("images"), list) or not isinstance(obj.get("annotations"), list):
+    if (
+        not isinstance(obj, dict)
+        or not isinstance(obj.get("images"), list)
+        or not isinstance(obj.get("annotations"), list)
+    ):
         raise InputError(f"{path}: not a COCO annotation file (needs 'images' and 'annotations' lists)")
     return obj
 
@@ -50,8 +76,15 @@ def _split_name(file: Path) -> str | None:
 class CocoReader:
     """Rows of a COCO captions file (see the module docstring)."""
 
-    def __init__(self, file: Path, images: Any, instances: Any, ground_truth: str = "boxes", match: str = "caption",
-                 columns: Columns | None = None):
+    def __init__(
+        self,
+        file: Path,
+        images: Any,
+        instances: Any,
+        ground_truth: str = "boxes",
+        match: str = "caption",
+        columns: Columns | None = None,
+    ):
         if ground_truth not in ("boxes", "masks"):
             raise InputError(f"COCO ground truth must be 'boxes' or 'masks', got {ground_truth!r}")
         if match not in ("caption", "all"):
@@ -59,8 +92,10 @@ class CocoReader:
         self.file, self.gt, self.match = Path(file), ground_truth, match
         doc = _load(self.file, "COCO captions file")
         if not any("caption" in a for a in doc["annotations"][:50]):
-            raise InputError(f"{file}: a COCO file without captions (an instances file?); pass captions_<split>.json "
-                             "as --data and this one as --instances")
+            raise InputError(
+                f"{file}: a COCO file without captions (an instances file?); pass captions_<split>.json "
+                "as --data and this one as --instances"
+            )
         self.split = _split_name(self.file)
         self.images_dir = self._images_dir(images)
         self.images = [im for im in doc["images"] if "id" in im and "file_name" in im]
@@ -86,7 +121,7 @@ class CocoReader:
                 raise InputError(f"--images {d}: not a folder")
             return d
         name = self.split
-        for d in ([self.file.parent.parent / name, self.file.parent / name] if name else []):
+        for d in [self.file.parent.parent / name, self.file.parent / name] if name else []:
             if d.is_dir():
                 return d
         raise InputError(f"{self.file}: where are its images? pass --images FOLDER (e.g. val2017/)")
@@ -174,7 +209,7 @@ def segmentation_mask(seg: Any, h: int, w: int) -> np.ndarray:
         pos, val = 0, False
         for c in counts:
             if val:
-                flat[pos:pos + c] = True
+                flat[pos : pos + c] = True
             pos += c
             val = not val
         return flat.reshape(int(rw), int(rh)).T  # column-major

@@ -14,8 +14,8 @@ Example:
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -56,7 +56,7 @@ PHOTOS: dict[str, tuple[Callable[[], np.ndarray], str]] = {
 DEFAULT_PHOTOS: tuple[str, ...] = tuple(PHOTOS)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_photo(name: str) -> Image.Image:
     """One of :data:`PHOTOS` as an RGB image (cached)."""
     if name not in PHOTOS:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from ..errors import InputError, MissingExtraError
 from .rows import PairRow, expand, is_url, refuse_url, resolve
@@ -25,8 +26,9 @@ def load_hf(pd: Any):
         obj = obj[split]
         pd.split = split
     elif pd.requested_split not in (None, "all"):
-        raise InputError(f"--split {pd.requested_split}: {pd.path} is a single saved Dataset without splits; "
-                         "leave --split out")
+        raise InputError(
+            f"--split {pd.requested_split}: {pd.path} is a single saved Dataset without splits; leave --split out"
+        )
     return obj
 
 

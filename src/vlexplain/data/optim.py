@@ -49,8 +49,14 @@ class Muon(torch.optim.Optimizer):
         ns_steps: Newton-Schulz iterations.
     """
 
-    def __init__(self, params: Iterable[Tensor] | Iterable[dict], lr: float = 1e-3, weight_decay: float = 0.1,
-                 momentum: float = 0.95, ns_steps: int = 5):
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict],
+        lr: float = 1e-3,
+        weight_decay: float = 0.1,
+        momentum: float = 0.95,
+        ns_steps: int = 5,
+    ):
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, ns_steps=ns_steps))
         for group in self.param_groups:
             for p in group["params"]:
@@ -58,7 +64,7 @@ class Muon(torch.optim.Optimizer):
                     raise ValueError(f"Muon takes 2-D matrices only, got a parameter of shape {tuple(p.shape)}")
 
     @torch.no_grad()
-    def step(self, closure=None):  # noqa: D102 (torch.optim.Optimizer.step)
+    def step(self, closure=None):
         loss = None if closure is None else torch.enable_grad()(closure)()
         for group in self.param_groups:
             by_shape: dict[tuple[int, int], list[Tensor]] = {}

@@ -34,8 +34,9 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 from PIL import Image
 
@@ -56,8 +57,14 @@ SPLIT_DIRS = ("train", "training", "val", "valid", "validation", "test", "testin
 BRACE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 
 #: data-file suffix -> format
-_SUFFIX_KINDS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".tar": "webdataset",
-                 ".parquet": "parquet"}
+_SUFFIX_KINDS = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tar": "webdataset",
+    ".parquet": "parquet",
+}
 
 
 class PairDataset:
@@ -118,8 +125,11 @@ class PairDataset:
     # --- description -------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         """JSON-ready description (for run configurations): what was read, which split, how."""
-        out: dict[str, Any] = {"path": str(self.path.resolve()) if self.path.exists() else str(self.path),
-                               "format": self.format, "split": self.split or "all"}
+        out: dict[str, Any] = {
+            "path": str(self.path.resolve()) if self.path.exists() else str(self.path),
+            "format": self.format,
+            "split": self.split or "all",
+        }
         if self.captions.columns_used:
             out["columns"] = self.captions.columns_used
         if self.all_captions:
@@ -144,8 +154,9 @@ class PairDataset:
         elif fmt == "coco":
             from .coco import CocoReader
 
-            self._reader = self._reader or CocoReader(root, self.images, self.instances, self.coco_ground_truth,
-                                                      self.coco_match, self.columns)
+            self._reader = self._reader or CocoReader(
+                root, self.images, self.instances, self.coco_ground_truth, self.coco_match, self.columns
+            )
             yield from self._reader.rows(self.captions)
         elif fmt == "webdataset":
             from .webdataset import WebdatasetReader
@@ -197,8 +208,11 @@ class PairDataset:
             except InputError as e:
                 return Pair(row, error=f"{row.source}: mask: {e}")
             if mask.size != image.size:
-                return Pair(row, error=f"{row.source}: mask is {mask.size[0]}x{mask.size[1]} but the image is "
-                            f"{image.size[0]}x{image.size[1]}")
+                return Pair(
+                    row,
+                    error=f"{row.source}: mask is {mask.size[0]}x{mask.size[1]} but the image is "
+                    f"{image.size[0]}x{image.size[1]}",
+                )
         return Pair(row, image=image, mask=mask)
 
     # --- helpers -----------------------------------------------------------------------------
@@ -210,8 +224,10 @@ class PairDataset:
         subs = [d for d in sorted(p.iterdir()) if d.is_dir() and d.name.lower() in SPLIT_DIRS] if p.is_dir() else []
         if not subs:
             if split is not None and split != "all":
-                raise InputError(f"--split {split}: {p} holds a single split (no train / val / test folders or "
-                                 "saved splits); leave --split out")
+                raise InputError(
+                    f"--split {split}: {p} holds a single split (no train / val / test folders or "
+                    "saved splits); leave --split out"
+                )
             self.split = None
             return p
         names = {d.name.lower(): d for d in subs}
@@ -223,7 +239,9 @@ class PairDataset:
             else:
                 raise InputError(f"{p} has the splits {', '.join(d.name for d in subs)}; pass --split NAME")
         if split.lower() not in names:
-            raise InputError(f"{p} has no split {split!r} (splits: {', '.join(d.name for d in subs)}); pass --split NAME")
+            raise InputError(
+                f"{p} has no split {split!r} (splits: {', '.join(d.name for d in subs)}); pass --split NAME"
+            )
         self.split = names[split.lower()].name
         root = names[split.lower()]
         if self.format == "folder":  # the split folder decides its own layout
@@ -236,10 +254,13 @@ class PairDataset:
                 return root / name
         hint = "(or: .tar shards, .parquet files, a saved dataset)"
         if _looks_like_class_folders(root):
-            hint = ("(this looks like class folders, root/<class>/<image>: those are read by "
-                    "`vlexplain deal train` / `deal evaluate`)")
-        raise InputError(f"{root}: an image folder needs one of {', '.join(FOLDER_CAPTION_FILES)} beside the images "
-                         + hint)
+            hint = (
+                "(this looks like class folders, root/<class>/<image>: those are read by "
+                "`vlexplain deal train` / `deal evaluate`)"
+            )
+        raise InputError(
+            f"{root}: an image folder needs one of {', '.join(FOLDER_CAPTION_FILES)} beside the images " + hint
+        )
 
     def _file_kind(self, file: Path) -> str:
         if self.format in ("jsonl", "csv", "tsv"):
@@ -289,8 +310,10 @@ def detect_format(path: Path) -> Format:
         return "coco" if _is_coco(path) else "jsonl"
     if suf in _SUFFIX_KINDS:
         return _SUFFIX_KINDS[suf]  # type: ignore[return-value]
-    raise InputError(f"{path}: unknown data file type {suf!r} (expected .jsonl, .json (COCO), .csv, .tsv, .tar, "
-                     ".parquet, an image folder or a saved dataset)")
+    raise InputError(
+        f"{path}: unknown data file type {suf!r} (expected .jsonl, .json (COCO), .csv, .tsv, .tar, "
+        ".parquet, an image folder or a saved dataset)"
+    )
 
 
 _COCO_HEAD = re.compile(r'^\s*\{\s*"(?:info|licenses|images|annotations|categories)"\s*:')

@@ -10,8 +10,9 @@ splits: ``split`` picks the files whose name starts with it. Needs pyarrow (the 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import InputError, MissingExtraError
 from .rows import Captions, Columns, PairRow, expand, is_url, refuse_url, resolve
@@ -22,7 +23,9 @@ _SPLIT_FILE = re.compile(r"^(train|training|validation|valid|val|dev|test|testin
 
 def parquet_files(root: Path) -> list[Path]:
     if root.is_dir():
-        files = sorted(p for p in root.rglob("*.parquet") if not any(s.startswith(".") for s in p.relative_to(root).parts))
+        files = sorted(
+            p for p in root.rglob("*.parquet") if not any(s.startswith(".") for s in p.relative_to(root).parts)
+        )
         if not files:
             raise InputError(f"{root}: no .parquet files in this folder")
         return files
@@ -62,8 +65,11 @@ class ParquetReader:
         self.files = files
 
     def describe(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"files": [str(p.resolve()) for p in self.files] if len(self.files) <= 8 else
-                               f"{len(self.files)} files: {self.files[0].name} .. {self.files[-1].name}"}
+        out: dict[str, Any] = {
+            "files": [str(p.resolve()) for p in self.files]
+            if len(self.files) <= 8
+            else f"{len(self.files)} files: {self.files[0].name} .. {self.files[-1].name}"
+        }
         if self.split:
             out["split"] = self.split
         return out

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from PIL import Image
 
-
 # demo name -> photo name in :data:`vlexplain.data.grids.PHOTOS`
-PHOTOS = {"cat": "chelsea", "coffee": "coffee", "rocket": "rocket", "astronaut": "astronaut",
-          "grace_hopper": "grace_hopper"}
+PHOTOS = {
+    "cat": "chelsea",
+    "coffee": "coffee",
+    "rocket": "rocket",
+    "astronaut": "astronaut",
+    "grace_hopper": "grace_hopper",
+}
 
 
 def load_photo(name: str) -> Image.Image:

@@ -6,9 +6,10 @@ import io
 import json
 import re
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from PIL import Image
 
@@ -16,8 +17,20 @@ from ..errors import InputError
 
 #: column names tried, in this order, when no ``image_key`` is given (OpenCLIP CSVs use
 #: ``filepath``; COCO ``file_name``; webdataset and img2dataset ``jpg`` / ``png``)
-IMAGE_KEYS = ("image", "filepath", "file_name", "filename", "image_path", "img", "path", "jpg", "jpeg", "png",
-              "webp", "url")
+IMAGE_KEYS = (
+    "image",
+    "filepath",
+    "file_name",
+    "filename",
+    "image_path",
+    "img",
+    "path",
+    "jpg",
+    "jpeg",
+    "png",
+    "webp",
+    "url",
+)
 #: caption column names tried, in this order (OpenCLIP CSVs use ``title``)
 CAPTION_KEYS = ("caption", "text", "title", "captions", "sentences", "txt")
 BOX_KEYS = ("boxes", "bboxes", "bbox")
@@ -97,7 +110,7 @@ class Columns:
     boxes: str | None = None
     mask: str | None = None
 
-    def resolve(self, names: Sequence[str], where: str, need_image: bool = True, fixed: bool = True) -> "Columns":
+    def resolve(self, names: Sequence[str], where: str, need_image: bool = True, fixed: bool = True) -> Columns:
         """The columns of a table / dataset with fields ``names`` (case-insensitive).
 
         ``fixed``: every record has these fields (a table); otherwise (JSON Lines, where boxes and
@@ -121,8 +134,10 @@ class Columns:
                 if k in low:
                     return low[k]
             if required:
-                raise InputError(f"{where}: no {what} column among the columns found ({found}); name it with "
-                                 f"{flag} (known names: {', '.join(known)})")
+                raise InputError(
+                    f"{where}: no {what} column among the columns found ({found}); name it with "
+                    f"{flag} (known names: {', '.join(known)})"
+                )
             return None
 
         def optional(given: str | None, known: Sequence[str], what: str, flag: str) -> str | None:
@@ -130,10 +145,12 @@ class Columns:
                 return given
             return pick(given, known, what, flag, given is not None)
 
-        return Columns(pick(self.image, IMAGE_KEYS, "image", "--image-key", need_image),
-                       pick(self.caption, CAPTION_KEYS, "caption", "--caption-key", True),
-                       optional(self.boxes, BOX_KEYS, "boxes", "--box-key"),
-                       optional(self.mask, MASK_KEYS, "mask", "--mask-key"))
+        return Columns(
+            pick(self.image, IMAGE_KEYS, "image", "--image-key", need_image),
+            pick(self.caption, CAPTION_KEYS, "caption", "--caption-key", True),
+            optional(self.boxes, BOX_KEYS, "boxes", "--box-key"),
+            optional(self.mask, MASK_KEYS, "mask", "--mask-key"),
+        )
 
     def renamed(self) -> dict[str, str]:
         """The fields read under another name than the default (for the run's description)."""
@@ -151,9 +168,11 @@ def is_url(value: Any) -> bool:
 def refuse_url(value: str, where: str, what: str = "the image") -> None:
     """One line: URLs are not fetched (no network access at run time)."""
     shown = re.sub(r"^(\w+):/(?!/)", r"\1://", value.strip())[:80]
-    raise InputError(f"{where}: {what} is a URL ({shown}); vlexplain reads local files only "
-                     "(no network access at run time): download the images first (e.g. with img2dataset) and pass "
-                     "the local copy")
+    raise InputError(
+        f"{where}: {what} is a URL ({shown}); vlexplain reads local files only "
+        "(no network access at run time): download the images first (e.g. with img2dataset) and pass "
+        "the local copy"
+    )
 
 
 def resolve(p: Any, base: Path, where: str = "") -> Any:
@@ -212,8 +231,13 @@ class Captions:
                 raise InputError(f"{where}: {key!r} must hold text (a string or a list of strings)")
             if not self.notes:
                 self.notes.append(
-                    f"{key!r} holds lists of captions: " + ("one pair per caption (--all-captions)" if self.all else
-                                                            "the first caption of each is used (--all-captions: one pair per caption)"))
+                    f"{key!r} holds lists of captions: "
+                    + (
+                        "one pair per caption (--all-captions)"
+                        if self.all
+                        else "the first caption of each is used (--all-captions: one pair per caption)"
+                    )
+                )
             if not caps:
                 return [""]
             return list(caps) if self.all else [caps[0]]
@@ -222,8 +246,13 @@ class Captions:
         return [value]
 
 
-def expand(rows: Iterator[tuple[dict[str, Any], str]], cols: Columns, captions: Captions, base: Path,
-           image: Callable[[Any, str], Any] | None = None) -> Iterator[PairRow]:
+def expand(
+    rows: Iterator[tuple[dict[str, Any], str]],
+    cols: Columns,
+    captions: Captions,
+    base: Path,
+    image: Callable[[Any, str], Any] | None = None,
+) -> Iterator[PairRow]:
     """``(record, where)`` -> numbered :class:`PairRow` (one per caption when lists are expanded).
 
     ``image(value, where)`` turns the image field into what :class:`PairRow` holds (default: a path

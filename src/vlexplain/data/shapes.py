@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -108,71 +109,211 @@ _BLACK_WHEELS = PartSpec(
 )
 
 CATEGORIES: tuple[CategorySpec, ...] = (
-    CategorySpec("house", 1.0, "walls", (
-        PartSpec("walls", (("rect", (0.1, 0.45, 0.9, 1.0)),), _WALL_COLOURS, ("square walls",), "{c} walls"),
-        PartSpec("roof", (("polygon", ((0.0, 0.47), (0.5, 0.02), (1.0, 0.47))),),
-                 ("brown", "red", "black", "grey", "blue"), ("a triangular roof",), "a {c} roof", "walls"),
-        PartSpec("door", (("rect", (0.4, 0.66, 0.6, 1.0)),), ("brown",), ("a small brown door",)),
-    )),
-    CategorySpec("tree", 0.75, "crown", (
-        PartSpec("trunk", (("rect", (0.38, 0.5, 0.62, 1.0)),), ("brown",), ("a brown trunk",)),
-        PartSpec("crown", (("ellipse", (0.0, 0.0, 1.0, 0.68)),), ("green", "orange", "yellow"),
-                 ("a round leafy crown",), "a {c} crown"),
-    )),
-    CategorySpec("snowman", 0.6, "body", (
-        PartSpec("body", (("ellipse", (0.02, 0.48, 0.98, 1.0)), ("ellipse", (0.18, 0.17, 0.82, 0.6))),
-                 ("white",), ("two stacked white balls",)),
-        PartSpec("hat", (("rect", (0.3, 0.0, 0.7, 0.2)), ("rect", (0.15, 0.16, 0.85, 0.23))),
-                 ("black", "red", "blue"), ("a tall hat",), "a {c} hat"),
-    )),
-    CategorySpec("car", 1.8, "body", (
-        PartSpec("body", (("rect", (0.0, 0.38, 1.0, 0.82)), ("polygon", ((0.18, 0.4), (0.3, 0.0), (0.7, 0.0), (0.82, 0.4)))),
-                 _VEHICLE_COLOURS, ("a short rounded body",), "a {c} body"),
-        PartSpec("windows", (("polygon", ((0.29, 0.36), (0.36, 0.1), (0.64, 0.1), (0.71, 0.36))),),
-                 ("light blue",), ("light blue windows",)),
-        _BLACK_WHEELS,
-    )),
-    CategorySpec("bus", 2.3, "body", (
-        PartSpec("body", (("rect", (0.0, 0.0, 1.0, 0.82)),), ("yellow", "red", "blue", "green", "orange"),
-                 ("a long boxy body",), "a {c} body"),
-        PartSpec("windows", tuple(("rect", (0.06 + 0.23 * k, 0.12, 0.23 + 0.23 * k, 0.45)) for k in range(4)),
-                 ("light blue",), ("light blue windows", "a row of square windows")),
-        _BLACK_WHEELS,
-    )),
-    CategorySpec("traffic light", 0.45, "box", (
-        PartSpec("pole", (("rect", (0.38, 0.7, 0.62, 1.0)),), ("grey",), ("a grey pole",)),
-        PartSpec("box", (("rect", (0.0, 0.0, 1.0, 0.78)),), ("black",), ("a black box",)),
-        PartSpec("red light", (("ellipse", (0.17, 0.03, 0.83, 0.26)),), ("red",), ("a red light", "three round lights")),
-        PartSpec("yellow light", (("ellipse", (0.17, 0.27, 0.83, 0.5)),), ("yellow",), ("a yellow light", "three round lights")),
-        PartSpec("green light", (("ellipse", (0.17, 0.51, 0.83, 0.74)),), ("green",), ("a green light", "three round lights")),
-    )),
-    CategorySpec("flower", 0.62, "petals", (
-        PartSpec("stem", (("rect", (0.44, 0.5, 0.56, 1.0)),), ("green",), ("a thin green stem",)),
-        PartSpec("petals", _ellipses_ring(0.5, 0.3, 0.3, 0.2, 6), ("red", "pink", "purple", "blue", "white", "orange"),
-                 ("round petals",), "{c} petals"),
-        PartSpec("centre", (("ellipse", (0.33, 0.14, 0.67, 0.46)),), ("yellow", "brown"), ("a round centre",),
-                 "a {c} centre", "petals"),
-    )),
-    CategorySpec("boat", 1.3, "hull", (
-        PartSpec("mast", (("rect", (0.45, 0.0, 0.51, 0.72)),), ("brown",), ("a thin mast",)),
-        PartSpec("sail", (("polygon", ((0.53, 0.02), (0.53, 0.66), (0.95, 0.66))),), ("white", "red", "yellow"),
-                 ("a triangular sail",), "a {c} sail"),
-        PartSpec("hull", (("polygon", ((0.0, 0.7), (1.0, 0.7), (0.8, 1.0), (0.2, 1.0))),),
-                 ("brown", "red", "blue", "white", "black"), ("a wide hull",), "a {c} hull", "sail"),
-    )),
-    CategorySpec("mushroom", 1.0, "cap", (
-        PartSpec("stem", (("rect", (0.34, 0.45, 0.66, 1.0)),), ("white",), ("a short white stem",)),
-        PartSpec("cap", (("chord", (0.0, 0.0, 1.0, 1.1)),), ("red", "brown", "orange", "purple"),
-                 ("a dome-shaped cap",), "a {c} cap"),
-        PartSpec("spots", (("ellipse", (0.2, 0.25, 0.34, 0.39)), ("ellipse", (0.45, 0.1, 0.59, 0.24)),
-                           ("ellipse", (0.66, 0.28, 0.8, 0.42))), ("white",), ("white spots",)),
-    )),
-    CategorySpec("lamp", 0.6, "shade", (
-        PartSpec("pole", (("rect", (0.44, 0.38, 0.56, 0.92)),), ("grey",), ("a grey pole",)),
-        PartSpec("base", (("rect", (0.15, 0.9, 0.85, 1.0)),), ("black", "grey"), ("a flat base",)),
-        PartSpec("shade", (("polygon", ((0.25, 0.0), (0.75, 0.0), (1.0, 0.42), (0.0, 0.42))),),
-                 ("red", "blue", "yellow", "green", "white", "orange", "purple"), ("a cone-shaped shade",), "a {c} shade"),
-    )),
+    CategorySpec(
+        "house",
+        1.0,
+        "walls",
+        (
+            PartSpec("walls", (("rect", (0.1, 0.45, 0.9, 1.0)),), _WALL_COLOURS, ("square walls",), "{c} walls"),
+            PartSpec(
+                "roof",
+                (("polygon", ((0.0, 0.47), (0.5, 0.02), (1.0, 0.47))),),
+                ("brown", "red", "black", "grey", "blue"),
+                ("a triangular roof",),
+                "a {c} roof",
+                "walls",
+            ),
+            PartSpec("door", (("rect", (0.4, 0.66, 0.6, 1.0)),), ("brown",), ("a small brown door",)),
+        ),
+    ),
+    CategorySpec(
+        "tree",
+        0.75,
+        "crown",
+        (
+            PartSpec("trunk", (("rect", (0.38, 0.5, 0.62, 1.0)),), ("brown",), ("a brown trunk",)),
+            PartSpec(
+                "crown",
+                (("ellipse", (0.0, 0.0, 1.0, 0.68)),),
+                ("green", "orange", "yellow"),
+                ("a round leafy crown",),
+                "a {c} crown",
+            ),
+        ),
+    ),
+    CategorySpec(
+        "snowman",
+        0.6,
+        "body",
+        (
+            PartSpec(
+                "body",
+                (("ellipse", (0.02, 0.48, 0.98, 1.0)), ("ellipse", (0.18, 0.17, 0.82, 0.6))),
+                ("white",),
+                ("two stacked white balls",),
+            ),
+            PartSpec(
+                "hat",
+                (("rect", (0.3, 0.0, 0.7, 0.2)), ("rect", (0.15, 0.16, 0.85, 0.23))),
+                ("black", "red", "blue"),
+                ("a tall hat",),
+                "a {c} hat",
+            ),
+        ),
+    ),
+    CategorySpec(
+        "car",
+        1.8,
+        "body",
+        (
+            PartSpec(
+                "body",
+                (("rect", (0.0, 0.38, 1.0, 0.82)), ("polygon", ((0.18, 0.4), (0.3, 0.0), (0.7, 0.0), (0.82, 0.4)))),
+                _VEHICLE_COLOURS,
+                ("a short rounded body",),
+                "a {c} body",
+            ),
+            PartSpec(
+                "windows",
+                (("polygon", ((0.29, 0.36), (0.36, 0.1), (0.64, 0.1), (0.71, 0.36))),),
+                ("light blue",),
+                ("light blue windows",),
+            ),
+            _BLACK_WHEELS,
+        ),
+    ),
+    CategorySpec(
+        "bus",
+        2.3,
+        "body",
+        (
+            PartSpec(
+                "body",
+                (("rect", (0.0, 0.0, 1.0, 0.82)),),
+                ("yellow", "red", "blue", "green", "orange"),
+                ("a long boxy body",),
+                "a {c} body",
+            ),
+            PartSpec(
+                "windows",
+                tuple(("rect", (0.06 + 0.23 * k, 0.12, 0.23 + 0.23 * k, 0.45)) for k in range(4)),
+                ("light blue",),
+                ("light blue windows", "a row of square windows"),
+            ),
+            _BLACK_WHEELS,
+        ),
+    ),
+    CategorySpec(
+        "traffic light",
+        0.45,
+        "box",
+        (
+            PartSpec("pole", (("rect", (0.38, 0.7, 0.62, 1.0)),), ("grey",), ("a grey pole",)),
+            PartSpec("box", (("rect", (0.0, 0.0, 1.0, 0.78)),), ("black",), ("a black box",)),
+            PartSpec(
+                "red light", (("ellipse", (0.17, 0.03, 0.83, 0.26)),), ("red",), ("a red light", "three round lights")
+            ),
+            PartSpec(
+                "yellow light",
+                (("ellipse", (0.17, 0.27, 0.83, 0.5)),),
+                ("yellow",),
+                ("a yellow light", "three round lights"),
+            ),
+            PartSpec(
+                "green light",
+                (("ellipse", (0.17, 0.51, 0.83, 0.74)),),
+                ("green",),
+                ("a green light", "three round lights"),
+            ),
+        ),
+    ),
+    CategorySpec(
+        "flower",
+        0.62,
+        "petals",
+        (
+            PartSpec("stem", (("rect", (0.44, 0.5, 0.56, 1.0)),), ("green",), ("a thin green stem",)),
+            PartSpec(
+                "petals",
+                _ellipses_ring(0.5, 0.3, 0.3, 0.2, 6),
+                ("red", "pink", "purple", "blue", "white", "orange"),
+                ("round petals",),
+                "{c} petals",
+            ),
+            PartSpec(
+                "centre",
+                (("ellipse", (0.33, 0.14, 0.67, 0.46)),),
+                ("yellow", "brown"),
+                ("a round centre",),
+                "a {c} centre",
+                "petals",
+            ),
+        ),
+    ),
+    CategorySpec(
+        "boat",
+        1.3,
+        "hull",
+        (
+            PartSpec("mast", (("rect", (0.45, 0.0, 0.51, 0.72)),), ("brown",), ("a thin mast",)),
+            PartSpec(
+                "sail",
+                (("polygon", ((0.53, 0.02), (0.53, 0.66), (0.95, 0.66))),),
+                ("white", "red", "yellow"),
+                ("a triangular sail",),
+                "a {c} sail",
+            ),
+            PartSpec(
+                "hull",
+                (("polygon", ((0.0, 0.7), (1.0, 0.7), (0.8, 1.0), (0.2, 1.0))),),
+                ("brown", "red", "blue", "white", "black"),
+                ("a wide hull",),
+                "a {c} hull",
+                "sail",
+            ),
+        ),
+    ),
+    CategorySpec(
+        "mushroom",
+        1.0,
+        "cap",
+        (
+            PartSpec("stem", (("rect", (0.34, 0.45, 0.66, 1.0)),), ("white",), ("a short white stem",)),
+            PartSpec(
+                "cap",
+                (("chord", (0.0, 0.0, 1.0, 1.1)),),
+                ("red", "brown", "orange", "purple"),
+                ("a dome-shaped cap",),
+                "a {c} cap",
+            ),
+            PartSpec(
+                "spots",
+                (
+                    ("ellipse", (0.2, 0.25, 0.34, 0.39)),
+                    ("ellipse", (0.45, 0.1, 0.59, 0.24)),
+                    ("ellipse", (0.66, 0.28, 0.8, 0.42)),
+                ),
+                ("white",),
+                ("white spots",),
+            ),
+        ),
+    ),
+    CategorySpec(
+        "lamp",
+        0.6,
+        "shade",
+        (
+            PartSpec("pole", (("rect", (0.44, 0.38, 0.56, 0.92)),), ("grey",), ("a grey pole",)),
+            PartSpec("base", (("rect", (0.15, 0.9, 0.85, 1.0)),), ("black", "grey"), ("a flat base",)),
+            PartSpec(
+                "shade",
+                (("polygon", ((0.25, 0.0), (0.75, 0.0), (1.0, 0.42), (0.0, 0.42))),),
+                ("red", "blue", "yellow", "green", "white", "orange", "purple"),
+                ("a cone-shaped shade",),
+                "a {c} shade",
+            ),
+        ),
+    ),
 )
 
 CATEGORY_BY_NAME: dict[str, CategorySpec] = {c.name: c for c in CATEGORIES}
@@ -374,13 +515,33 @@ class Scene:
         named = self.masks()
         objs = []
         for o in self.objects:
-            parts = [{"name": p.name, "colour": p.colour, "mask": f"object{o.index}/{p.name}",
-                      "box": mask_box(named[f"object{o.index}/{p.name}"]), "descriptors": p.descriptors}
-                     for p in o.parts]
-            objs.append({"category": o.category, "colour": o.colour, "mask": f"object{o.index}",
-                         "box": mask_box(named[f"object{o.index}"]), "captions": o.captions(), "parts": parts})
-        out = {"seed": self.seed, "size": self.size, "background": self.background, "objects": objs,
-               "texts": self.text_references()}
+            parts = [
+                {
+                    "name": p.name,
+                    "colour": p.colour,
+                    "mask": f"object{o.index}/{p.name}",
+                    "box": mask_box(named[f"object{o.index}/{p.name}"]),
+                    "descriptors": p.descriptors,
+                }
+                for p in o.parts
+            ]
+            objs.append(
+                {
+                    "category": o.category,
+                    "colour": o.colour,
+                    "mask": f"object{o.index}",
+                    "box": mask_box(named[f"object{o.index}"]),
+                    "captions": o.captions(),
+                    "parts": parts,
+                }
+            )
+        out = {
+            "seed": self.seed,
+            "size": self.size,
+            "background": self.background,
+            "objects": objs,
+            "texts": self.text_references(),
+        }
         if self.badge is not None:
             out["badge"] = {**self.badge.as_dict(), "mask": "badge", "box": mask_box(self.badge_mask)}
         return out
@@ -554,8 +715,11 @@ def render_scene(
     image = _background(rng, size, bg_kind)
     n = n_objects
     while True:
-        specs = [CATEGORY_BY_NAME[c] for c in categories] if categories else [
-            CATEGORIES[int(rng.integers(len(CATEGORIES)))] for _ in range(n)]
+        specs = (
+            [CATEGORY_BY_NAME[c] for c in categories]
+            if categories
+            else [CATEGORIES[int(rng.integers(len(CATEGORIES)))] for _ in range(n)]
+        )
         for _ in range(40):
             out = _layout(rng, size, specs, min_visible)
             if out is not None:

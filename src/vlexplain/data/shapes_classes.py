@@ -18,7 +18,8 @@ Example:
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -110,8 +111,9 @@ def _to_input(mask: np.ndarray, size: tuple[int, int]) -> Tensor:
     return TF.center_crop(t, list(size))[0] > 0
 
 
-def shapes_classes(n: int, split: str = "test", size: int = 64, transform: Callable[[Any], Any] | None = None
-                   ) -> ShapesClassDataset:
+def shapes_classes(
+    n: int, split: str = "test", size: int = 64, transform: Callable[[Any], Any] | None = None
+) -> ShapesClassDataset:
     """``n`` single-object shapes scenes as a class dataset (see :class:`ShapesClassDataset`).
 
     Args:

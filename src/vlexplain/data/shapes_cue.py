@@ -113,8 +113,9 @@ def other_category(category: str, draw: int) -> str:
     return others[draw % len(others)]
 
 
-def render_cue_scene(seed: int, badge: str = "own", size: int = 64, scale: int | None = None,
-                     **scene_options: Any) -> Scene:
+def render_cue_scene(
+    seed: int, badge: str = "own", size: int = 64, scale: int | None = None, **scene_options: Any
+) -> Scene:
     """A shapes scene with a badge (or none), deterministically from ``seed``.
 
     Args:
@@ -129,8 +130,10 @@ def render_cue_scene(seed: int, badge: str = "own", size: int = 64, scale: int |
         The :class:`~vlexplain.data.shapes.Scene`, with ``badge`` set (None for ``"none"``).
     """
     if badge not in BADGE_MODES and badge not in CATEGORY_BY_NAME:
-        raise InputError(f"badge must be one of {', '.join(BADGE_MODES)} or a category "
-                         f"({', '.join(CATEGORY_BY_NAME)}), got {badge!r}")
+        raise InputError(
+            f"badge must be one of {', '.join(BADGE_MODES)} or a category "
+            f"({', '.join(CATEGORY_BY_NAME)}), got {badge!r}"
+        )
     scene = render_scene(seed, size=size, **scene_options)
     if badge == "none":
         return scene
@@ -148,8 +151,7 @@ def render_cue_scene(seed: int, badge: str = "own", size: int = 64, scale: int |
     image, labels = scene.image.copy(), scene.labels.copy()
     image[mask] = BADGE_COLOURS[design]
     labels[mask] = BADGE_LABEL
-    return Scene(scene.seed, image, labels, scene.objects, scene.background,
-                 BadgeInfo(design, mode, corner, main))
+    return Scene(scene.seed, image, labels, scene.objects, scene.background, BadgeInfo(design, mode, corner, main))
 
 
 def _place(g: np.ndarray, size: int, corner: str, margin: int) -> np.ndarray:

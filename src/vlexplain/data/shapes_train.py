@@ -37,8 +37,8 @@ from torch import Tensor, nn
 
 from ..distributed import average_gradients
 from ..interrupt import atomic, on_interrupt, track
-from .shapes import CATEGORIES, Scene, all_texts, category_caption, concept_set, render_scene, vocabulary
 from .optim import Muon, Optimizers
+from .shapes import CATEGORIES, Scene, all_texts, category_caption, concept_set, render_scene, vocabulary
 from .testbed_models import CONTEXT_LENGTH, build_vocab, word_tokenizer
 from .vit_init import structured_init
 
@@ -82,8 +82,10 @@ class ShapesCLIPConfig:
     threads: int = 2  # torch CPU threads (on a busy machine 1 can be faster)
     eval_every: int = 50  # steps between quick held-out accuracy checks (logged; 0: never)
     save_every_s: float = 120.0  # seconds between checkpoints written to out_dir
+    spurious: float | None = (
+        None  # P: the main object's badge is drawn with probability P (else none or another's; shapes_cue)
+    )
 
-    spurious: float | None = None  # P: the main object's badge is drawn with probability P (else none or another's; shapes_cue)
 
 def build_model(cfg: ShapesCLIPConfig, vocab_size: int, seed: int) -> nn.Module:
     """A randomly initialised transformers CLIPModel with the world's word vocabulary."""
@@ -92,14 +94,24 @@ def build_model(cfg: ShapesCLIPConfig, vocab_size: int, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     config = CLIPConfig(
         text_config=dict(
-            vocab_size=vocab_size, hidden_size=cfg.text_width, intermediate_size=4 * cfg.text_width,
-            num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.heads,
-            max_position_embeddings=CONTEXT_LENGTH, pad_token_id=0, bos_token_id=2, eos_token_id=3,
+            vocab_size=vocab_size,
+            hidden_size=cfg.text_width,
+            intermediate_size=4 * cfg.text_width,
+            num_hidden_layers=cfg.text_layers,
+            num_attention_heads=cfg.heads,
+            max_position_embeddings=CONTEXT_LENGTH,
+            pad_token_id=0,
+            bos_token_id=2,
+            eos_token_id=3,
             hidden_act=cfg.activation,
         ),
         vision_config=dict(
-            hidden_size=cfg.vision_width, intermediate_size=4 * cfg.vision_width, num_hidden_layers=cfg.vision_layers,
-            num_attention_heads=cfg.heads, image_size=cfg.image_size, patch_size=cfg.patch_size,
+            hidden_size=cfg.vision_width,
+            intermediate_size=4 * cfg.vision_width,
+            num_hidden_layers=cfg.vision_layers,
+            num_attention_heads=cfg.heads,
+            image_size=cfg.image_size,
+            patch_size=cfg.patch_size,
             hidden_act=cfg.activation,
         ),
         projection_dim=cfg.projection_dim,
@@ -185,8 +197,13 @@ def random_shift(x: Tensor, shift: int, gen: torch.Generator | None = None) -> T
     return out.permute(0, 3, 1, 2).contiguous()
 
 
-def _embed(model: Any, pixels: Tensor | None = None, ids: Tensor | None = None, am: Tensor | None = None,
-           keep: Tensor | None = None) -> Tensor:
+def _embed(
+    model: Any,
+    pixels: Tensor | None = None,
+    ids: Tensor | None = None,
+    am: Tensor | None = None,
+    keep: Tensor | None = None,
+) -> Tensor:
     """Unit-norm embeddings of images or texts; ``keep`` (B, k) patch indices: the image tower sees
     only those patch tokens (and the class token), after position embeddings are added."""
     if pixels is not None and keep is not None:
@@ -267,8 +284,9 @@ def train_shapes(
         port = sock.getsockname()[1]
     ctx = mp.get_context("spawn")
     results = ctx.SimpleQueue()
-    procs = mp.start_processes(_worker, args=(processes, port, results, args), nprocs=processes, join=False,
-                               start_method="spawn")
+    procs = mp.start_processes(
+        _worker, args=(processes, port, results, args), nprocs=processes, join=False, start_method="spawn"
+    )
     with track("steps", max_steps, resume=None) as work:
         try:
             while not procs.join():
@@ -328,8 +346,18 @@ def _worker(rank: int, world: int, port: int, results, args: tuple) -> None:
         dist.destroy_process_group()
 
 
-def _train(rank: int, world: int, dist: Any, minutes: float, out_dir: str, seed: int, cfg: ShapesCLIPConfig,
-           progress: bool, init_from: str | None, max_steps: int | None) -> dict[str, Any]:
+def _train(
+    rank: int,
+    world: int,
+    dist: Any,
+    minutes: float,
+    out_dir: str,
+    seed: int,
+    cfg: ShapesCLIPConfig,
+    progress: bool,
+    init_from: str | None,
+    max_steps: int | None,
+) -> dict[str, Any]:
     """The training loop of one process (``dist`` is ``torch.distributed`` when ``world > 1``)."""
     start, cpu0 = time.time(), time.process_time()
     budget = max(1.0, 60.0 * minutes)
@@ -342,7 +370,9 @@ def _train(rank: int, world: int, dist: Any, minutes: float, out_dir: str, seed:
     texts = all_texts()
     text_batch = word_tokenizer(vocab)(texts)
     if minutes < 10:  # short runs: a pool rendered in a fraction of the budget
-        cfg = ShapesCLIPConfig(**{**asdict(cfg), "pool_size": max(2 * cfg.batch_size, int(cfg.pool_size * minutes / 10))})
+        cfg = ShapesCLIPConfig(
+            **{**asdict(cfg), "pool_size": max(2 * cfg.batch_size, int(cfg.pool_size * minutes / 10))}
+        )
     pool = _Pool(cfg, seed, {t: i for i, t in enumerate(texts)}, rank)
     monitor = _Monitor(cfg, texts) if cfg.eval_every and lead else None
     if init_from is not None:
@@ -382,8 +412,9 @@ def _train(rank: int, world: int, dist: Any, minutes: float, out_dir: str, seed:
             for g in opt.param_groups:
                 g["lr"] = g["peak_lr"] * factor
             with atomic():  # an interruption never splits an update from its count
-                loss = _step(model, opt, pool, text_batch, cfg.batch_size, cat_cols, cfg.rank_weight, sync, bias,
-                             cfg.token_drop)
+                loss = _step(
+                    model, opt, pool, text_batch, cfg.batch_size, cat_cols, cfg.rank_weight, sync, bias, cfg.token_drop
+                )
                 pool.refresh(min(cfg.refresh_per_step, len(pool.object_texts)))
                 step = work.done = step + 1
                 work.resume = f"weights saved to {out}; continue with --init-from {out}"
@@ -391,9 +422,17 @@ def _train(rank: int, world: int, dist: Any, minutes: float, out_dir: str, seed:
                 continue
             nan = float("nan")
             acc, multi = monitor(model, text_batch) if monitor and step % cfg.eval_every == 0 else (nan, nan)
-            rows.append({"step": step, "seconds": round(time.time() - start, 2),
-                         "cpu_seconds": round(time.process_time() - cpu0, 2), "loss": round(loss, 5),
-                         "lr": round(lr, 7), "heldout_accuracy": acc, "heldout_multi_ranking": multi})
+            rows.append(
+                {
+                    "step": step,
+                    "seconds": round(time.time() - start, 2),
+                    "cpu_seconds": round(time.process_time() - cpu0, 2),
+                    "loss": round(loss, 5),
+                    "lr": round(lr, 7),
+                    "heldout_accuracy": acc,
+                    "heldout_multi_ranking": multi,
+                }
+            )
             if acc == acc:
                 bar.update(task, acc=acc, multi=multi)
             bar.update(task, completed=min(budget, time.time() - start), loss=loss)
@@ -405,11 +444,17 @@ def _train(rank: int, world: int, dist: Any, minutes: float, out_dir: str, seed:
         _save(model, out, vocab, cfg, rows, seed, world)
     with torch.no_grad():
         checksum = float(sum(p.double().sum() for p in model.parameters()))
-    return {"steps": step, "seconds": round(time.time() - start, 1),
-            "cpu_seconds": round(time.process_time() - cpu0, 1),
-            "first_loss": rows[0]["loss"] if rows else float("nan"),
-            "last_loss": float(np.mean([r["loss"] for r in rows[-10:]])) if rows else float("nan"),
-            "out_dir": str(out), "processes": world, "rank": rank, "checksum": checksum}
+    return {
+        "steps": step,
+        "seconds": round(time.time() - start, 1),
+        "cpu_seconds": round(time.process_time() - cpu0, 1),
+        "first_loss": rows[0]["loss"] if rows else float("nan"),
+        "last_loss": float(np.mean([r["loss"] for r in rows[-10:]])) if rows else float("nan"),
+        "out_dir": str(out),
+        "processes": world,
+        "rank": rank,
+        "checksum": checksum,
+    }
 
 
 def _optimizer(model: nn.Module, bias: Tensor | None, cfg: ShapesCLIPConfig) -> Optimizers:
@@ -423,7 +468,8 @@ def _optimizer(model: nn.Module, bias: Tensor | None, cfg: ShapesCLIPConfig) -> 
     ids = {id(p) for p in hidden}
     rest = [p for _, p in named if id(p) not in ids] + ([bias] if bias is not None else [])
     opts: list[torch.optim.Optimizer] = [
-        torch.optim.AdamW([{"params": rest, "peak_lr": cfg.lr}], lr=cfg.lr, weight_decay=cfg.weight_decay)]
+        torch.optim.AdamW([{"params": rest, "peak_lr": cfg.lr}], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ]
     if hidden:
         opts.append(Muon([{"params": hidden, "peak_lr": cfg.muon_lr}], lr=cfg.muon_lr, weight_decay=cfg.weight_decay))
     return Optimizers(opts)
@@ -483,7 +529,9 @@ class _Monitor:
 
 def sigmoid_loss(logits: Tensor, positives: Tensor) -> Tensor:
     """Binary cross-entropy of every (scene, text) pair, summed over texts, mean over scenes."""
-    return nn.functional.binary_cross_entropy_with_logits(logits, positives.to(logits.dtype), reduction="sum") / len(logits)
+    return nn.functional.binary_cross_entropy_with_logits(logits, positives.to(logits.dtype), reduction="sum") / len(
+        logits
+    )
 
 
 def ranking_loss(logits: Tensor, present: Tensor) -> Tensor:
@@ -493,9 +541,18 @@ def ranking_loss(logits: Tensor, present: Tensor) -> Tensor:
     return per[present].mean()
 
 
-def _step(model: Any, opt: Optimizers | torch.optim.Optimizer, pool: _Pool, text_batch, batch_size: int,
-          cat_cols: Tensor | None = None, rank_weight: float = 0.0, sync: _GradSync | None = None,
-          bias: Tensor | None = None, token_drop: float = 0.0) -> float:
+def _step(
+    model: Any,
+    opt: Optimizers | torch.optim.Optimizer,
+    pool: _Pool,
+    text_batch,
+    batch_size: int,
+    cat_cols: Tensor | None = None,
+    rank_weight: float = 0.0,
+    sync: _GradSync | None = None,
+    bias: Tensor | None = None,
+    token_drop: float = 0.0,
+) -> float:
     x, truth, chosen = pool.batch(min(batch_size, len(pool.object_texts)))
     keep = None
     if token_drop > 0:  # each image keeps its own random subset of patch tokens (cheaper steps)
@@ -527,19 +584,28 @@ def _progress(enabled: bool):
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), TimeElapsedColumn(), TextColumn("/"),
-        TimeRemainingColumn(), TextColumn("loss {task.fields[loss]:.3f}  held-out acc {task.fields[acc]:.2f}  "
-                                      "multi-object ranking {task.fields[multi]:.2f}"),
-        disable=not enabled, transient=False,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        TextColumn("/"),
+        TimeRemainingColumn(),
+        TextColumn(
+            "loss {task.fields[loss]:.3f}  held-out acc {task.fields[acc]:.2f}  "
+            "multi-object ranking {task.fields[multi]:.2f}"
+        ),
+        disable=not enabled,
+        transient=False,
     )
 
 
-def _save(model: Any, out: Path, vocab: list[str], cfg: ShapesCLIPConfig, rows: list, seed: int,
-          processes: int = 1) -> None:
+def _save(
+    model: Any, out: Path, vocab: list[str], cfg: ShapesCLIPConfig, rows: list, seed: int, processes: int = 1
+) -> None:
     model.save_pretrained(str(out), safe_serialization=True)
     (out / "vocab.json").write_text(json.dumps({"tokens": vocab}) + "\n")
     (out / "train_config.json").write_text(
-        json.dumps({**asdict(cfg), "seed": seed, "processes": processes}, indent=2) + "\n")
+        json.dumps({**asdict(cfg), "seed": seed, "processes": processes}, indent=2) + "\n"
+    )
     with open(out / "train_log.csv", "w", newline="") as f:
         cols = ["step", "seconds", "cpu_seconds", "loss", "lr", "heldout_accuracy", "heldout_multi_ranking"]
         w = csv.DictWriter(f, fieldnames=cols)
@@ -600,7 +666,7 @@ def evaluate_shapes(model, n_single: int = 500, n_multi: int = 500, size: int = 
     s1 = _scores(model, single, captions + descs).numpy()
     truth1 = np.array([cats.index(s.objects[0].category) for s in single])
     res: dict[str, float] = {"category_accuracy": float((s1[:, : len(cats)].argmax(1) == truth1).mean())}
-    sd = s1[:, len(cats):]
+    sd = s1[:, len(cats) :]
     has = np.array([[d in s.object_texts(0) for d in descs] for s in single])
     res["descriptor_top1"] = float(has[np.arange(len(single)), sd.argmax(1)].mean())
     aps = [_average_precision(sd[:, j], has[:, j]) for j in range(len(descs)) if has[:, j].any()]
@@ -612,7 +678,9 @@ def evaluate_shapes(model, n_single: int = 500, n_multi: int = 500, size: int = 
         return res
     sm = _scores(model, multi, captions).numpy()
     present = np.array([[c in s.categories for c in cats] for s in multi])
-    ok = [sm[i][present[i]].min() > sm[i][~present[i]].max() if (~present[i]).any() else True for i in range(len(multi))]
+    ok = [
+        sm[i][present[i]].min() > sm[i][~present[i]].max() if (~present[i]).any() else True for i in range(len(multi))
+    ]
     res["multi_ranking"] = float(np.mean(ok))
     res["multi_top1"] = float(present[np.arange(len(multi)), sm.argmax(1)].mean())
     return res

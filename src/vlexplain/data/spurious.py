@@ -16,7 +16,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,8 +80,9 @@ def reliance(model: Any, with_cue: Sequence[Any], without_cue: Sequence[Any], ca
 
 def group_scenes(n: int, seed0: int = SPURIOUS_EVAL_SEEDS, size: int = 64) -> dict[str, list[Scene]]:
     """``n`` single-object scenes per group, the same seeds in every group."""
-    return {g: [render_cue_scene(seed0 + i, b, size=size, n_objects=1) for i in range(n)]
-            for g, b in GROUP_BADGE.items()}
+    return {
+        g: [render_cue_scene(seed0 + i, b, size=size, n_objects=1) for i in range(n)] for g, b in GROUP_BADGE.items()
+    }
 
 
 def evaluate_spurious(model: Any, n: int = 500, size: int = 64, seed0: int = SPURIOUS_EVAL_SEEDS) -> dict[str, Any]:

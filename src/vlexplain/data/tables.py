@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import InputError
 from .classes import IMAGE_EXTENSIONS
@@ -31,8 +32,10 @@ def jsonl_rows(file: Path, base: Path, cols: Columns, captions: Captions) -> Ite
         return
     rec, where = first
     if isinstance(rec, dict) and "annotations" in rec and "images" in rec:
-        raise InputError(f"{where}: this is a COCO annotation file, not JSON Lines; pass it as a .json file with "
-                         "--images (the image folder)")
+        raise InputError(
+            f"{where}: this is a COCO annotation file, not JSON Lines; pass it as a .json file with "
+            "--images (the image folder)"
+        )
     resolved = cols.resolve(list(rec) if isinstance(rec, dict) else [], where, fixed=False)
 
     def chain():
@@ -86,18 +89,23 @@ def table_rows(file: Path, base: Path, delim: str, cols: Columns, captions: Capt
         yield from _header_rows(file, base, delim, cols, captions)
         return
     if cols.image is not None or cols.caption is not None:
-        raise InputError(f"{file}:1: the file has no header row (its first row names an image), so --image-key / "
-                         "--caption-key cannot apply; add a header row naming the columns")
+        raise InputError(
+            f"{file}:1: the file has no header row (its first row names an image), so --image-key / "
+            "--caption-key cannot apply; add a header row naming the columns"
+        )
     if len(cells) != 2:
-        raise InputError(f"{file}:1: a file without a header row needs two fields per line (caption and image), got "
-                         f"{len(cells)}; add a header row naming the columns")
+        raise InputError(
+            f"{file}:1: a file without a header row needs two fields per line (caption and image), got "
+            f"{len(cells)}; add a header row naming the columns"
+        )
     img_col = max(range(2), key=lambda j: (score[j], j))
     names = ["caption", "image"] if img_col == 1 else ["image", "caption"]
     expect = "caption<TAB>image path" if img_col == 1 else "image file<TAB>caption"
     if delim != "\t":
         expect = expect.replace("<TAB>", ",")
-    yield from expand(_records(file, delim, names, header=False, expect=expect), Columns("image", "caption"),
-                      captions, base)
+    yield from expand(
+        _records(file, delim, names, header=False, expect=expect), Columns("image", "caption"), captions, base
+    )
 
 
 def _header_rows(file: Path, base: Path, delim: str, cols: Columns, captions: Captions) -> Iterator[PairRow]:
@@ -108,15 +116,18 @@ def _header_rows(file: Path, base: Path, delim: str, cols: Columns, captions: Ca
             raise InputError(f"{file}:1: malformed header ({e})") from None
     if len(header) < 2:
         sep = "<TAB>" if delim == "\t" else ","
-        raise InputError(f"{file}:1: expected 'image file{sep}caption' (or a header row naming the columns), got "
-                         f"one field: {header[0][:60]!r}")
+        raise InputError(
+            f"{file}:1: expected 'image file{sep}caption' (or a header row naming the columns), got "
+            f"one field: {header[0][:60]!r}"
+        )
     resolved = cols.resolve(header, f"{file}:1")
     keep = {resolved.image, resolved.caption, resolved.boxes or "boxes", resolved.mask or "mask"}
     yield from expand(_records(file, delim, header, header=True, keep=keep), resolved, captions, base)
 
 
-def _records(file: Path, delim: str, names: list[str], header: bool, keep: set[str] | None = None,
-             expect: str = "") -> Iterator[tuple[dict[str, Any], str]]:
+def _records(
+    file: Path, delim: str, names: list[str], header: bool, keep: set[str] | None = None, expect: str = ""
+) -> Iterator[tuple[dict[str, Any], str]]:
     raw = delim == "\t" and not header  # headerless TSV (Conceptual Captions): tabs only, quotes are text
     with open(file, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f, delimiter=delim, quoting=csv.QUOTE_NONE if raw else csv.QUOTE_MINIMAL)

@@ -11,8 +11,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..errors import ModelLoadError
 from ..models.base import DualEncoder
@@ -84,13 +84,17 @@ def load_shapes_clip(directory: str | Path | None = None, name: str | None = Non
     return enc.eval()
 
 
-@register_loader("testbed:", "small CLIPs trained on the project's testbeds: testbed:shapes[@DIR], testbed:spurious",
-                 lambda: (assets_dir() / "model.safetensors").exists())
+@register_loader(
+    "testbed:",
+    "small CLIPs trained on the project's testbeds: testbed:shapes[@DIR], testbed:spurious",
+    lambda: (assets_dir() / "model.safetensors").exists(),
+)
 def _load_testbed(spec: str) -> DualEncoder:
-    name, _, where = spec[len("testbed:"):].partition("@")
+    name, _, where = spec[len("testbed:") :].partition("@")
     if name == "spurious" and not where:
         return load_shapes_clip(spurious_dir(), name="testbed:spurious")
     if name != "shapes":
-        raise ModelLoadError(f"unknown testbed model {spec!r}; available: testbed:shapes, testbed:shapes@DIR, "
-                             "testbed:spurious")
+        raise ModelLoadError(
+            f"unknown testbed model {spec!r}; available: testbed:shapes, testbed:shapes@DIR, testbed:spurious"
+        )
     return load_shapes_clip(where or None)

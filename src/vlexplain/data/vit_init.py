@@ -23,7 +23,9 @@ def sincos_2d(grid: int, dim: int, temperature: float = 10_000.0) -> Tensor:
         raise ValueError(f"2-D sine-cosine codes need a width divisible by 4, got {dim}")
     q = dim // 4
     omega = temperature ** -(torch.arange(q, dtype=torch.float64) / max(1, q - 1))
-    y, x = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64), indexing="ij")
+    y, x = torch.meshgrid(
+        torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64), indexing="ij"
+    )
     ax, ay = x.reshape(-1, 1) * omega, y.reshape(-1, 1) * omega
     return torch.cat([ax.sin(), ax.cos(), ay.sin(), ay.cos()], 1).float()
 

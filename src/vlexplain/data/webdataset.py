@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 import re
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import InputError
 from .rows import Captions, Columns, LazyBytes, MissingImage, PairRow, check_boxes
@@ -34,14 +35,17 @@ def expand_shards(source: Path) -> list[Path]:
     if m:
         a, b = m.group(1), m.group(2)
         width = len(a) if a.startswith("0") or len(a) == len(b) else 0
-        shards = [Path(s[: m.start()] + str(k).zfill(width) + s[m.end():]) for k in range(int(a), int(b) + 1)]
+        shards = [Path(s[: m.start()] + str(k).zfill(width) + s[m.end() :]) for k in range(int(a), int(b) + 1)]
         missing = [p for p in shards if not p.is_file()]
         if missing:
             raise InputError(f"{s}: {len(missing)} of {len(shards)} shards are missing (first: {missing[0]})")
         return shards
     if source.is_dir():
-        shards = sorted(p for p in source.iterdir() if p.name.lower().endswith((".tar", ".tar.gz", ".tgz"))
-                        and not p.name.startswith("."))
+        shards = sorted(
+            p
+            for p in source.iterdir()
+            if p.name.lower().endswith((".tar", ".tar.gz", ".tgz")) and not p.name.startswith(".")
+        )
         if not shards:
             raise InputError(f"{source}: no .tar shards in this folder")
         return shards
@@ -57,8 +61,11 @@ class WebdatasetReader:
         self.stats: dict[str, int] = {"shards": len(self.shards)}
 
     def describe(self) -> dict[str, Any]:
-        return {"shards": [str(p.resolve()) for p in self.shards] if len(self.shards) <= 8 else
-                f"{len(self.shards)} shards: {self.shards[0].name} .. {self.shards[-1].name}"}
+        return {
+            "shards": [str(p.resolve()) for p in self.shards]
+            if len(self.shards) <= 8
+            else f"{len(self.shards)} shards: {self.shards[0].name} .. {self.shards[-1].name}"
+        }
 
     def rows(self, captions: Captions) -> Iterator[PairRow]:
         i = 0
@@ -68,14 +75,19 @@ class WebdatasetReader:
                 where = f"{shard}:{key}"
                 meta = _json(files.get("json"), where)
                 img_ext = next((e for e in ([ik.lower()] if ik else IMAGE_EXTS) if e in files), None)
-                image: Any = files[img_ext] if img_ext else MissingImage(
-                    f"{where}: no image in this sample (members: {', '.join(sorted(files))})")
+                image: Any = (
+                    files[img_ext]
+                    if img_ext
+                    else MissingImage(f"{where}: no image in this sample (members: {', '.join(sorted(files))})")
+                )
                 text = _caption(files, meta, ck, where)
                 boxes = check_boxes(meta.get(self.columns.boxes or "boxes"), where)
                 extras: dict[str, Any] = {"key": key, "shard": shard.name}
                 if text == "" and ck is None and "txt" not in files:
-                    extras["caption_problem"] = (f"no caption in this sample (members: {', '.join(sorted(files))}; "
-                                                 "expected a .txt member or a caption / text field in its .json)")
+                    extras["caption_problem"] = (
+                        f"no caption in this sample (members: {', '.join(sorted(files))}; "
+                        "expected a .txt member or a caption / text field in its .json)"
+                    )
                 caps = captions(text, where, ck or "txt")
                 for j, cap in enumerate(caps):
                     ex = {**extras, "caption_index": j} if len(caps) > 1 else extras

@@ -20,9 +20,10 @@ from __future__ import annotations
 import io
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -50,8 +51,17 @@ BENCHMARK_METHOD_OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
     "grids": {"rise": {"n_masks": 250}, "kernel_shap": {"n_samples": 96}, "integrated_gradients": {"steps": 16}},
 }
 DEFAULT_METRICS = {
-    "shapes": ["pointing_game", "energy_pointing_game", "auroc", "deletion_image", "insertion_image",
-               "confidence_image", "confidence_text", "deletion_text", "insertion_text"],
+    "shapes": [
+        "pointing_game",
+        "energy_pointing_game",
+        "auroc",
+        "deletion_image",
+        "insertion_image",
+        "confidence_image",
+        "confidence_text",
+        "deletion_text",
+        "insertion_text",
+    ],
     "grids": ["grid_pointing_game", "energy_pointing_game", "pointing_game", "deletion_image", "insertion_image"],
 }
 #: the localisation metric the leaderboard is sorted by
@@ -107,7 +117,9 @@ def shapes_seeds(n: int, seed: int = 0) -> list[int]:
         raise InputError(f"the shapes benchmark holds at most {SEED_STRIDE} scenes per seed, got {n}")
     first = SHAPES_SEED_BASE + SEED_STRIDE * seed
     if seed < 0 or first + n > TRAIN_SEED_BASE:
-        raise InputError(f"benchmark seed must be between 0 and {(TRAIN_SEED_BASE - SHAPES_SEED_BASE) // SEED_STRIDE - 1}")
+        raise InputError(
+            f"benchmark seed must be between 0 and {(TRAIN_SEED_BASE - SHAPES_SEED_BASE) // SEED_STRIDE - 1}"
+        )
     return [first + i for i in range(n)]
 
 
@@ -144,8 +156,7 @@ def make_shapes_data(out_dir: str | os.PathLike, n: int, seed: int = 0, size: in
         img, msk = f"images/{i:06d}.png", f"masks/{i:06d}.png"
         _save_png(scene.pil(), d / img)
         _save_mask(mask, d / msk)
-        rows.append({"image": img, "caption": caption, "mask": msk, "scene_seed": s, "object": obj,
-                     "category": cat})
+        rows.append({"image": img, "caption": caption, "mask": msk, "scene_seed": s, "object": obj, "category": cat})
     return _write_jsonl(d / "pairs.jsonl", rows)
 
 
@@ -167,8 +178,9 @@ def make_grid_data(out_dir: str | os.PathLike, n: int, seed: int = 0, rows: int 
         img, msk = f"images/{i:06d}.png", f"masks/{i:06d}.png"
         _save_png(g.image, d / img)
         _save_mask(g.mask, d / msk)
-        out.append({"image": img, "caption": g.text, "mask": msk, "cell_index": g.query, "grid_n": g.rows,
-                    "grid_seed": g.seed})
+        out.append(
+            {"image": img, "caption": g.text, "mask": msk, "cell_index": g.query, "grid_n": g.rows, "grid_seed": g.seed}
+        )
     return _write_jsonl(d / "pairs.jsonl", out)
 
 
@@ -191,8 +203,10 @@ def applicable_methods(model: Any, methods: Sequence[str] | None) -> tuple[list[
             skipped[m] = why
     wanted = [m for m in names if m not in REFERENCES]
     if wanted and all(m in skipped for m in wanted):
-        raise InputError("none of the requested methods explains this model's images: "
-                         + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+        raise InputError(
+            "none of the requested methods explains this model's images: "
+            + "; ".join(f"{k}: {v}" for k, v in skipped.items())
+        )
     return keep, skipped
 
 
@@ -238,9 +252,13 @@ def leaderboard_markdown(run_dir: str | os.PathLike, primary: str, header: Seque
     for rank, m in enumerate(methods, 1):
         sub = df[df["method"] == m]
         n = int((sub["error"].isna()).sum()) if "error" in sub else len(sub)
-        secs = bootstrap_ci(sub["seconds"].to_numpy(dtype=np.float64, na_value=np.nan))[0] if "seconds" in sub else np.nan
-        cells = [_fmt(by[(m, k)]["mean"], by[(m, k)]["ci_low"], by[(m, k)]["ci_high"]) if (m, k) in by else "–"
-                 for k in metrics]
+        secs = (
+            bootstrap_ci(sub["seconds"].to_numpy(dtype=np.float64, na_value=np.nan))[0] if "seconds" in sub else np.nan
+        )
+        cells = [
+            _fmt(by[(m, k)]["mean"], by[(m, k)]["ci_low"], by[(m, k)]["ci_high"]) if (m, k) in by else "–"
+            for k in metrics
+        ]
         name = f"{m} (reference)" if m in REFERENCES else m
         lines.append(f"| {rank} | {name} | " + " | ".join(cells) + f" | {n} | {secs:.3g} |")
     errors = int(df.drop_duplicates("index")["error"].notna().sum()) if "error" in df else 0
@@ -312,11 +330,26 @@ def run_benchmark(
     mets = list(metrics) if metrics else list(DEFAULT_METRICS[kind])
     if sanity and SANITY_METRIC not in mets:
         mets.append(SANITY_METRIC)
-    data = (make_shapes_data(out / "data", n, seed) if kind == "shapes"
-            else make_grid_data(out / "data", n, seed, rows=grid))
+    data = (
+        make_shapes_data(out / "data", n, seed)
+        if kind == "shapes"
+        else make_grid_data(out / "data", n, seed, rows=grid)
+    )
     # one shard per batch: an interrupted benchmark loses at most one batch
-    evaluate(data, loaded, names, mets, run_dir, batch_size=batch_size, resume=resume, shard_size=batch_size,
-             method_options=method_options, metric_options=metric_options, seed=seed, progress=progress)
+    evaluate(
+        data,
+        loaded,
+        names,
+        mets,
+        run_dir,
+        batch_size=batch_size,
+        resume=resume,
+        shard_size=batch_size,
+        method_options=method_options,
+        metric_options=metric_options,
+        seed=seed,
+        progress=progress,
+    )
     html = report(run_dir)
     primary = PRIMARY[kind] if PRIMARY[kind] in mets else mets[0]
     header = _header(kind, loaded, n, seed, grid, names, skipped, method_options, metric_options, primary)
@@ -334,16 +367,33 @@ def _with_benchmark_defaults(kind: str, names: Sequence[str], given: dict | None
     return out
 
 
-def _header(kind: str, model: Any, n: int, seed: int, grid: int, names: list[str], skipped: dict[str, str],
-            method_options: dict | None, metric_options: dict | None, primary: str) -> list[str]:
-    what = (f"{n} held-out shapes-world scenes (seeds {shapes_seeds(n, seed)[0]}..), queried with one object's "
-            "category caption; ground truth: that caption's mask" if kind == "shapes" else
-            f"{n} {grid}x{grid} grids of real photos, queried with one cell's class text; ground truth: the cell")
-    lines = [f"## Benchmark `{kind}` — model `{getattr(model, 'name', model)}`", "",
-             f"{what}. Sorted by `{primary}` (best first). Cells: mean over pairs [95 % percentile "
-             "bootstrap interval of the mean, 1000 resamples]; ↑ higher is better, ↓ lower is better. "
-             "`random` and `center` are reference maps that ignore the model.", "",
-             f"- methods: {', '.join(names)} (each with its default options unless listed below)"]
+def _header(
+    kind: str,
+    model: Any,
+    n: int,
+    seed: int,
+    grid: int,
+    names: list[str],
+    skipped: dict[str, str],
+    method_options: dict | None,
+    metric_options: dict | None,
+    primary: str,
+) -> list[str]:
+    what = (
+        f"{n} held-out shapes-world scenes (seeds {shapes_seeds(n, seed)[0]}..), queried with one object's "
+        "category caption; ground truth: that caption's mask"
+        if kind == "shapes"
+        else f"{n} {grid}x{grid} grids of real photos, queried with one cell's class text; ground truth: the cell"
+    )
+    lines = [
+        f"## Benchmark `{kind}` — model `{getattr(model, 'name', model)}`",
+        "",
+        f"{what}. Sorted by `{primary}` (best first). Cells: mean over pairs [95 % percentile "
+        "bootstrap interval of the mean, 1000 resamples]; ↑ higher is better, ↓ lower is better. "
+        "`random` and `center` are reference maps that ignore the model.",
+        "",
+        f"- methods: {', '.join(names)} (each with its default options unless listed below)",
+    ]
     for m, why in skipped.items():
         lines.append(f"- skipped {m}: {why}")
     for m, opts in (method_options or {}).items():

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import InputError
 
@@ -77,21 +78,40 @@ def run_data_benchmark(
         options[m] = {**options.get(m, {}), **o}
     mets = list(metrics) if metrics else list(DEFAULT_METRICS)
     # one shard per batch: an interrupted benchmark loses at most one batch
-    evaluate(ds, loaded, names, mets, run_dir, batch_size=batch_size, limit=n, resume=resume, shard_size=batch_size,
-             method_options=options, metric_options=metric_options, seed=seed, progress=progress,
-             skip_missing=skip_missing)
+    evaluate(
+        ds,
+        loaded,
+        names,
+        mets,
+        run_dir,
+        batch_size=batch_size,
+        limit=n,
+        resume=resume,
+        shard_size=batch_size,
+        method_options=options,
+        metric_options=metric_options,
+        seed=seed,
+        progress=progress,
+        skip_missing=skip_missing,
+    )
     html = report(run_dir)
     cfg = rio.read_json(run_dir / rio.CONFIG)
     ran = list(cfg["metrics"])
     primary = PRIMARY if PRIMARY in ran else ran[0]
     data = cfg["data"]
-    what = (f"{cfg['num_samples']} pairs of {data.get('path')} ({data.get('format')}, split {data.get('split')}); "
-            "ground truth: the data's boxes / masks")
-    header = [f"## Benchmark `data` — model `{getattr(loaded, 'name', spec)}`", "",
-              f"{what}. Sorted by `{primary}` (best first). Cells: mean over pairs [95 % percentile bootstrap "
-              "interval of the mean, 1000 resamples]; ↑ higher is better, ↓ lower is better. `random` and `center` "
-              "are reference maps that ignore the model.", "",
-              f"- methods: {', '.join(names)} (each with its default options unless listed below)"]
+    what = (
+        f"{cfg['num_samples']} pairs of {data.get('path')} ({data.get('format')}, split {data.get('split')}); "
+        "ground truth: the data's boxes / masks"
+    )
+    header = [
+        f"## Benchmark `data` — model `{getattr(loaded, 'name', spec)}`",
+        "",
+        f"{what}. Sorted by `{primary}` (best first). Cells: mean over pairs [95 % percentile bootstrap "
+        "interval of the mean, 1000 resamples]; ↑ higher is better, ↓ lower is better. `random` and `center` "
+        "are reference maps that ignore the model.",
+        "",
+        f"- methods: {', '.join(names)} (each with its default options unless listed below)",
+    ]
     header += [f"- skipped {m}: {why}" for m, why in skipped.items()]
     header += [f"- skipped metric {m}: {why}" for m, why in cfg.get("skipped_metrics", {}).items()]
     header += [f"- {m} options: {json.dumps(o, sort_keys=True)}" for m, o in options.items()]

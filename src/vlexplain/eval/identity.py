@@ -125,9 +125,11 @@ def data_identity(ds: Any, n_total: int, shard_size: int) -> dict[str, Any]:
     extra = {}
     if getattr(ds, "format", None) == "coco" and getattr(ds, "instances", None) is not None:
         extra[f"{Path(ds.instances).name} (--instances)"] = ds.instances
-    return {"files": data_files_digest(path, extra) if path is not None else {},
-            "rows": [h.hexdigest()[:16] for h in rows],
-            "images": [h.hexdigest()[:16] for h in images]}
+    return {
+        "files": data_files_digest(path, extra) if path is not None else {},
+        "rows": [h.hexdigest()[:16] for h in rows],
+        "images": [h.hexdigest()[:16] for h in images],
+    }
 
 
 def _spans(diff: list[int], shard_size: int, n_total: int) -> str:
@@ -139,19 +141,25 @@ def _spans(diff: list[int], shard_size: int, n_total: int) -> str:
 def describe_change(old: dict[str, Any] | None, new: dict[str, Any], shard_size: int, n_total: int) -> str | None:
     """What differs between two fingerprints, in words (None when they agree)."""
     if not old:
-        return "the run records no fingerprint of its data (written by an older vlexplain), so a resume cannot be checked"
+        return (
+            "the run records no fingerprint of its data (written by an older vlexplain), so a resume cannot be checked"
+        )
     said = []
     of, nf = old.get("files", {}), new.get("files", {})
     changed = sorted(k for k in set(of) | set(nf) if of.get(k) != nf.get(k))
     kinds = [k for k in changed if k in of and k in nf and _stat_form(of[k]) != _stat_form(nf[k])]
     if kinds:  # fingerprinted by content then, by size and mtime now (or the reverse): not comparable
         how = "size and modification time" if _stat_form(of[kinds[0]]) else "content"
-        return (f"the run fingerprinted {', '.join(kinds[:3])} by {how} (the rule of an older vlexplain), "
-                "so a resume cannot be checked")
+        return (
+            f"the run fingerprinted {', '.join(kinds[:3])} by {how} (the rule of an older vlexplain), "
+            "so a resume cannot be checked"
+        )
     if changed:
         said.append(f"the data file{'s' if len(changed) > 1 else ''} {', '.join(changed[:3])} changed")
-    for key, what in (("rows", "the rows (captions, image paths, boxes) of samples"),
-                      ("images", "the image files (size or modification time) of samples")):
+    for key, what in (
+        ("rows", "the rows (captions, image paths, boxes) of samples"),
+        ("images", "the image files (size or modification time) of samples"),
+    ):
         a, b = old.get(key, []), new.get(key, [])
         diff = [k for k in range(max(len(a), len(b))) if k >= len(a) or k >= len(b) or a[k] != b[k]]
         if diff:

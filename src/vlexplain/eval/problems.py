@@ -57,8 +57,9 @@ def announce(ds: Any, n: int) -> None:
         print(f"note: {note}", file=sys.stderr)
 
 
-def check_metrics(metric_fns: dict[str, Any], have: dict[str, int], data: str, skip_missing: bool,
-                  show: bool = True, n: int = 0) -> tuple[dict[str, Any], dict[str, str]]:
+def check_metrics(
+    metric_fns: dict[str, Any], have: dict[str, int], data: str, skip_missing: bool, show: bool = True, n: int = 0
+) -> tuple[dict[str, Any], dict[str, str]]:
     """(metrics to run, skipped metric -> reason). A metric whose required ground truth no pair has
     is an error, or with ``skip_missing`` left out with a warning naming it; one that only some of
     the ``n`` pairs can feed is run on those, and said."""
@@ -70,8 +71,10 @@ def check_metrics(metric_fns: dict[str, Any], have: dict[str, int], data: str, s
             short = [k for k in info.requires if k != "method" and have.get(k, 0) < n]
             if short and show:
                 k = short[0]
-                print(f"note: metric {name!r}: {n - have[k]} of {n} pairs lack {_needs(k)}; it is left empty for "
-                      "them", file=sys.stderr)
+                print(
+                    f"note: metric {name!r}: {n - have[k]} of {n} pairs lack {_needs(k)}; it is left empty for them",
+                    file=sys.stderr,
+                )
             continue
         reason = f"metric {name!r} needs {' and '.join(_needs(k) for k in missing)}, which no pair of {data} has"
         if not skip_missing:
@@ -91,8 +94,10 @@ def empty_ground_truth(pairs: list[Any], gts: list[Any]) -> dict[int, str]:
         if g is not None and not bool(g.any()):
             what = f"boxes {p.row.boxes}" if p.row.boxes is not None else "mask"
             w, h = p.image.size
-            notes[p.index] = (f"{p.row.source}: ground truth ({what}) covers no pixel of the model's input (wholly "
-                              f"outside the centre crop of the {w}x{h} image, or empty): no localisation metrics")
+            notes[p.index] = (
+                f"{p.row.source}: ground truth ({what}) covers no pixel of the model's input (wholly "
+                f"outside the centre crop of the {w}x{h} image, or empty): no localisation metrics"
+            )
             gts[j] = None
     return notes
 
@@ -111,9 +116,13 @@ def write_summary(out: Path, n_total: int) -> dict[str, Any]:
     rio.atomic_write_text(out / PROBLEMS, "".join(x + "\n" for x in lines))
     failed = sorted(i for i, k in seen if k == "error")
     warned = sorted(i for i, k in seen if k == "warning")
-    summary = {"failed": len(failed), "warnings": len(warned), "problems": PROBLEMS,
-               "first_error": seen[(failed[0], "error")] if failed else None,
-               "first_warning": seen[(warned[0], "warning")] if warned else None}
+    summary = {
+        "failed": len(failed),
+        "warnings": len(warned),
+        "problems": PROBLEMS,
+        "first_error": seen[(failed[0], "error")] if failed else None,
+        "first_warning": seen[(warned[0], "warning")] if warned else None,
+    }
     man_path = out / rio.MANIFEST
     man = rio.read_json(man_path) if man_path.is_file() else {}
     rio.atomic_write_json(man_path, {**man, **summary})
@@ -135,8 +144,9 @@ def summary_line(out: str | Path) -> str | None:
     if failed:
         parts.append(f"{failed} of {n} pairs failed (first: {s.get('first_error')})")
     if warned:
-        parts.append(f"{warned} pair{'s' if warned != 1 else ''} without usable ground truth "
-                     f"(first: {s.get('first_warning')})")
+        parts.append(
+            f"{warned} pair{'s' if warned != 1 else ''} without usable ground truth (first: {s.get('first_warning')})"
+        )
     return "; ".join(parts) + f"; every reason is in {Path(out) / PROBLEMS}"
 
 
@@ -144,5 +154,7 @@ def raise_if_all_failed(out: Path) -> None:
     s = read_summary(out)
     n = s.get("num_samples", 0)
     if n and s.get("failed", 0) >= n:
-        raise AllPairsFailedError(f"every one of the {n} pairs failed, nothing was measured (first: "
-                                  f"{s.get('first_error')}); every reason is in {out / PROBLEMS}")
+        raise AllPairsFailedError(
+            f"every one of the {n} pairs failed, nothing was measured (first: "
+            f"{s.get('first_error')}); every reason is in {out / PROBLEMS}"
+        )

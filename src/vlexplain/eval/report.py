@@ -26,7 +26,9 @@ N_BOOT = 1000
 BOOT_SEED = 0
 GALLERY_K = 4
 
-_CSS = REPORT_CSS + """
+_CSS = (
+    REPORT_CSS
+    + """
 td.best{background:#e6f4ea;font-weight:600}
 .ci{color:#777;font-size:11px}
 .warn{background:#fff4e5;border:1px solid #f0c36d;padding:8px 12px;border-radius:4px}
@@ -36,11 +38,17 @@ td.best{background:#e6f4ea;font-weight:600}
 .card .v{font-family:monospace}
 .curves{display:flex;flex-wrap:wrap;gap:12px}.curves img{width:380px;border:1px solid #eee}
 """
+)
 
 
 # --- statistics ----------------------------------------------------------------------------
-def bootstrap_ci(values: np.ndarray, n_boot: int = N_BOOT, seed: int = BOOT_SEED, level: float = 0.95,
-                 groups: np.ndarray | None = None) -> tuple[float, float, float]:
+def bootstrap_ci(
+    values: np.ndarray,
+    n_boot: int = N_BOOT,
+    seed: int = BOOT_SEED,
+    level: float = 0.95,
+    groups: np.ndarray | None = None,
+) -> tuple[float, float, float]:
     """(mean, low, high): percentile bootstrap interval of the mean (NaN values dropped).
 
     ``n_boot`` resamples with replacement from ``numpy.random.default_rng(seed)``; drawn in chunks
@@ -98,8 +106,18 @@ def summary_table(df: Any, cfg: dict[str, Any]) -> list[dict[str, Any]]:
         for metric, col, hib in _columns(df, cfg):
             mean, lo, hi = bootstrap_ci(sub[col].to_numpy(dtype=np.float64, na_value=np.nan))
             n = int(sub[col].notna().sum())
-            rows.append({"method": method, "metric": metric, "column": col, "n": n, "mean": mean,
-                         "ci_low": lo, "ci_high": hi, "higher_is_better": hib})
+            rows.append(
+                {
+                    "method": method,
+                    "metric": metric,
+                    "column": col,
+                    "n": n,
+                    "mean": mean,
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "higher_is_better": hib,
+                }
+            )
         rows.extend(_aggregate_rows(method, sub, cfg))
     return rows
 
@@ -125,9 +143,18 @@ def _aggregate_rows(method: str, sub: Any, cfg: dict[str, Any]) -> list[dict[str
             continue
         x, y = (sub[c].to_numpy(dtype=np.float64, na_value=np.nan) for c in (a, b))
         rho, lo, hi = spearman_ci(x, y, N_BOOT, BOOT_SEED)
-        out.append({"method": method, "metric": m, "column": f"{m}.{spec.primary}",
-                    "n": int((np.isfinite(x) & np.isfinite(y)).sum()), "mean": rho, "ci_low": lo, "ci_high": hi,
-                    "higher_is_better": spec.higher_is_better})
+        out.append(
+            {
+                "method": method,
+                "metric": m,
+                "column": f"{m}.{spec.primary}",
+                "n": int((np.isfinite(x) & np.isfinite(y)).sum()),
+                "mean": rho,
+                "ci_low": lo,
+                "ci_high": hi,
+                "higher_is_better": spec.higher_is_better,
+            }
+        )
     return out
 
 
@@ -233,7 +260,9 @@ def _table_html(rows: list[dict[str, Any]], methods: list[str]) -> str:
                 cells.append("<td>–</td>")
                 continue
             cls = " class='best'" if best.get(c) == m else ""
-            cells.append(f"<td{cls}>{_fmt(r['mean'])}<br><span class='ci'>[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}] n={r['n']}</span></td>")
+            cells.append(
+                f"<td{cls}>{_fmt(r['mean'])}<br><span class='ci'>[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}] n={r['n']}</span></td>"
+            )
         body.append(f"<tr><th class='l'>{html.escape(m)}</th>{''.join(cells)}</tr>")
     return f"<table><tr><th class='l'>method</th>{head}</tr>{''.join(body)}</table>"
 
@@ -253,9 +282,11 @@ def _gallery_html(df: Any, cfg: dict[str, Any], run_dir: Path, methods: list[str
         need |= set(top["index"].tolist()) | set(bottom["index"].tolist())
     maps = rio.load_maps(run_dir, need) if cfg.get("save_maps") else {}
     word = ("best", "worst") if hib is not None else ("highest", "lowest")
-    parts = [f"<p class='sub'>Ranked by <b>{html.escape(col)}</b>"
-             f"{'' if hib is None else (' (higher is better)' if hib else ' (lower is better)')}."
-             f"{'' if maps else ' Maps were not saved (run with --save-maps for overlays).'}</p>"]
+    parts = [
+        f"<p class='sub'>Ranked by <b>{html.escape(col)}</b>"
+        f"{'' if hib is None else (' (higher is better)' if hib else ' (lower is better)')}."
+        f"{'' if maps else ' Maps were not saved (run with --save-maps for overlays).'}</p>"
+    ]
     for m in methods:
         for title, frame in zip(word, picks[m]):
             cards = "".join(_card(r, m, col, maps) for r in frame.to_dict("records"))
@@ -280,16 +311,17 @@ def _card(r: dict[str, Any], method: str, col: str, maps: dict[str, Any]) -> str
     cap = html.escape(str(r["caption"]))
     if f"{key}.token_scores" in maps and f"{key}.tokens" in maps:
         cap = token_html(maps[f"{key}.tokens"], torch.as_tensor(maps[f"{key}.token_scores"]))
-    return (f"<div class='card'>{pic}<div>#{i} <span class='v'>{_fmt(r[col])}</span></div>"
-            f"<div>{cap}</div></div>")
+    return f"<div class='card'>{pic}<div>#{i} <span class='v'>{_fmt(r[col])}</span></div><div>{cap}</div></div>"
 
 
 def _errors_html(df: Any) -> str:
     err = df[df["error"].notna()].drop_duplicates("index")
     if err.empty:
         return "<p class='sub'>No error rows.</p>"
-    rows = "".join(f"<tr><td>{int(r['index'])}</td><td class='l'>{html.escape(str(r['error']))}</td></tr>"
-                   for r in err.head(50).to_dict("records"))
+    rows = "".join(
+        f"<tr><td>{int(r['index'])}</td><td class='l'>{html.escape(str(r['error']))}</td></tr>"
+        for r in err.head(50).to_dict("records")
+    )
     more = f"<p class='sub'>… and {len(err) - 50} more (see table.csv).</p>" if len(err) > 50 else ""
     return f"<p>{len(err)} pair(s) could not be evaluated.</p><table><tr><th>index</th><th class='l'>reason</th></tr>{rows}</table>{more}"
 
@@ -318,22 +350,33 @@ def report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> 
     rows = summary_table(df, cfg)
     out = Path(out) if out else run_dir / "report.html"
     _write_tables(rows, out.parent)
-    body = [f"<h1>vlexplain evaluation</h1><div class='sub'>{html.escape(str(run_dir.resolve()))} · model "
-            f"<b>{html.escape(str(cfg.get('model')))}</b> · {int(df['index'].nunique())} pairs · "
-            f"methods {html.escape(', '.join(methods))}</div>"]
+    body = [
+        f"<h1>vlexplain evaluation</h1><div class='sub'>{html.escape(str(run_dir.resolve()))} · model "
+        f"<b>{html.escape(str(cfg.get('model')))}</b> · {int(df['index'].nunique())} pairs · "
+        f"methods {html.escape(', '.join(methods))}</div>"
+    ]
     if man and not man.get("complete", False):
-        body.append(f"<p class='warn'>This run is incomplete: {len(man.get('missing', []))} of "
-                    f"{man.get('num_shards')} shards are missing (resume it with --resume).</p>")
-    body.append("<h2>Methods × metrics</h2><p class='sub'>Mean over pairs with a 95 % percentile bootstrap "
-                f"interval of the mean ({N_BOOT} resamples, seed {BOOT_SEED}); best per column shaded.</p>")
+        body.append(
+            f"<p class='warn'>This run is incomplete: {len(man.get('missing', []))} of "
+            f"{man.get('num_shards')} shards are missing (resume it with --resume).</p>"
+        )
+    body.append(
+        "<h2>Methods × metrics</h2><p class='sub'>Mean over pairs with a 95 % percentile bootstrap "
+        f"interval of the mean ({N_BOOT} resamples, seed {BOOT_SEED}); best per column shaded.</p>"
+    )
     body.append(_table_html(rows, methods) if rows else "<p>No metric columns.</p>")
     body.append(_curves_html(df, methods))
     body.append("<h2>Gallery</h2>" + _gallery_html(df, cfg, run_dir, methods))
     body.append("<h2>Errors</h2>" + _errors_html(df))
-    body.append("<h2>Configuration</h2><details open><summary>config.json</summary><pre>"
-                + html.escape(json.dumps(cfg, indent=2, sort_keys=True)) + "</pre></details>")
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>vlexplain report</title>"
-            f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>")
+    body.append(
+        "<h2>Configuration</h2><details open><summary>config.json</summary><pre>"
+        + html.escape(json.dumps(cfg, indent=2, sort_keys=True))
+        + "</pre></details>"
+    )
+    page = (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>vlexplain report</title>"
+        f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>"
+    )
     rio.atomic_write_text(out, page)
     return out
 
@@ -353,8 +396,10 @@ def _curves_html(df: Any, methods: list[str]) -> str:
         figs = [f for f in (_curve_figure(df, c, methods) for c in cols) if f]
         if figs:
             imgs = "".join(f"<img src='data:image/png;base64,{f}'>" for f in figs)
-            parts.append(f"<h2>{title}</h2><p class='sub'>Mean over pairs; band: ±1.96 standard errors.</p>"
-                         f"<div class='curves'>{imgs}</div>")
+            parts.append(
+                f"<h2>{title}</h2><p class='sub'>Mean over pairs; band: ±1.96 standard errors.</p>"
+                f"<div class='curves'>{imgs}</div>"
+            )
     return "".join(parts)
 
 
@@ -365,8 +410,9 @@ def _add_curve_means(df: Any, cfg: dict[str, Any]) -> None:
     for m, info in cfg.get("metric_info", {}).items():
         col = f"{m}.{info.get('primary')}"
         if col in curves:
-            df[f"{col} (mean)"] = [np.nan if x is None else float(np.nanmean(np.asarray(x, dtype=np.float64)))
-                                   for x in df[col]]
+            df[f"{col} (mean)"] = [
+                np.nan if x is None else float(np.nanmean(np.asarray(x, dtype=np.float64))) for x in df[col]
+            ]
 
 
 def _write_tables(rows: list[dict[str, Any]], folder: Path) -> None:

@@ -20,8 +20,22 @@ from . import io as rio
 #: 2: every pair is explained with its own seed (:func:`pair_seed`); version 1 gave every pair ``seed``
 CONFIG_VERSION = 2
 #: configuration keys that must match for ``resume`` to continue a run
-IDENTITY_KEYS = ("data", "num_samples", "model", "methods", "method_options", "metrics", "metric_options", "batch_size",
-                 "shard_size", "limit", "seed", "target", "save_maps", "version")
+IDENTITY_KEYS = (
+    "data",
+    "num_samples",
+    "model",
+    "methods",
+    "method_options",
+    "metrics",
+    "metric_options",
+    "batch_size",
+    "shard_size",
+    "limit",
+    "seed",
+    "target",
+    "save_maps",
+    "version",
+)
 
 
 @dataclass
@@ -62,8 +76,12 @@ class MetricInfo:
     higher_is_better: bool | None
 
     def describe(self) -> dict[str, Any]:
-        return {"side": self.side, "requires": list(self.requires), "primary": self.primary,
-                "higher_is_better": self.higher_is_better}
+        return {
+            "side": self.side,
+            "requires": list(self.requires),
+            "primary": self.primary,
+            "higher_is_better": self.higher_is_better,
+        }
 
 
 def resolve_metric(name: str) -> MetricInfo:
@@ -84,8 +102,14 @@ def resolve_metric(name: str) -> MetricInfo:
         from ..metrics import get_spec
 
         fn = get_spec(name)
-    return MetricInfo(name, fn, getattr(fn, "side", None), tuple(getattr(fn, "requires", ())),
-                      getattr(fn, "primary", None), getattr(fn, "higher_is_better", None))
+    return MetricInfo(
+        name,
+        fn,
+        getattr(fn, "side", None),
+        tuple(getattr(fn, "requires", ())),
+        getattr(fn, "primary", None),
+        getattr(fn, "higher_is_better", None),
+    )
 
 
 # --- configuration -------------------------------------------------------------------------

@@ -185,13 +185,29 @@ def evaluate(
     n_total, have = problems.scan(ds, limit)  # validates every line before anything is written
     if rank == 0:
         problems.announce(ds, n_total)  # what was read (split, notes) before the run starts
-    metric_fns, skipped = problems.check_metrics(metric_fns, have, str(getattr(ds, "path", "the data")),
-                                                 skip_missing, show=rank == 0, n=n_total)
+    metric_fns, skipped = problems.check_metrics(
+        metric_fns, have, str(getattr(ds, "path", "the data")), skip_missing, show=rank == 0, n=n_total
+    )
     metrics = list(metric_fns)
-    cfg = EvalConfig(ds.describe(), spec, list(methods), list(metrics), dict(method_options or {}),
-                     dict(metric_options or {}), batch_size, s, limit, n_total, seed, target, save_maps,
-                     str(model.device), {k: v.describe() for k, v in metric_fns.items()}, world,
-                     skipped_metrics=skipped)
+    cfg = EvalConfig(
+        ds.describe(),
+        spec,
+        list(methods),
+        list(metrics),
+        dict(method_options or {}),
+        dict(metric_options or {}),
+        batch_size,
+        s,
+        limit,
+        n_total,
+        seed,
+        target,
+        save_maps,
+        str(model.device),
+        {k: v.describe() for k, v in metric_fns.items()},
+        world,
+        skipped_metrics=skipped,
+    )
     from .identity import data_identity
 
     cfg.data_identity = data_identity(ds, n_total, s)  # what a resume must find unchanged
@@ -255,8 +271,10 @@ def _run_shards(ctx: _Ctx, n_total: int, rank: int, world: int, show: bool) -> N
     todo = sum(min(size, n_total - k * size) for k in mine)
     cols = (TextColumn("[bold]evaluate"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     kept = sum(min(size, n_total - k * size) for k in done)
-    with Progress(*cols, console=Console(stderr=True), disable=not show, transient=False) as bar, \
-            track("pairs", n_total, done=kept) as work:  # what an interruption reports
+    with (
+        Progress(*cols, console=Console(stderr=True), disable=not show, transient=False) as bar,
+        track("pairs", n_total, done=kept) as work,
+    ):  # what an interruption reports
         task = bar.add_task("pairs", total=todo)
         for k, rows in _shards(ctx.ds, n_total, size):
             if k % world != rank or k in done:
@@ -304,8 +322,13 @@ def _gt_mask(pair: Any, size: tuple[int, int]) -> Tensor | None:
 
 def _base_record(pair: Any, method: str) -> dict[str, Any]:
     img = pair.row.image
-    return {"index": pair.index, "method": method, "caption": pair.caption,
-            "image": img if isinstance(img, str) else "", "error": pair.error}
+    return {
+        "index": pair.index,
+        "method": method,
+        "caption": pair.caption,
+        "image": img if isinstance(img, str) else "",
+        "error": pair.error,
+    }
 
 
 def pair_seed(seed: int, index: int) -> int:
@@ -344,8 +367,13 @@ def _mark_error(recs: dict[tuple[int, str], dict[str, Any]], pair: Any, methods:
         recs[(pair.index, m)] = {**_base_record(pair, m), "error": f"{pair.row.source}: {reason}"}
 
 
-def _explain_batch(ctx: _Ctx, ok: list[Any], recs: dict[tuple[int, str], dict[str, Any]],
-                   tensors: dict[str, Tensor], meta: dict[str, str]) -> None:
+def _explain_batch(
+    ctx: _Ctx,
+    ok: list[Any],
+    recs: dict[tuple[int, str], dict[str, Any]],
+    tensors: dict[str, Tensor],
+    meta: dict[str, str],
+) -> None:
     from ..attribution.api import explain
 
     if not ok:
@@ -368,9 +396,20 @@ def _explain_batch(ctx: _Ctx, ok: list[Any], recs: dict[tuple[int, str], dict[st
             ten[f"{p.index}.image"] = (im.float().cpu() * 255).round().to(torch.uint8).contiguous()
     seeds = [pair_seed(cfg.seed, p.index) for p in ok]
     for m in cfg.methods:
-        exps = cast("list[Any]", explain(model, px, caps, method=m, seed=seeds, target=cfg.target,  # a batch: a list
-                                         batch_size=len(ok), sides=_sides_needed(ctx, m),
-                                         **cfg.method_options.get(m, {})))
+        exps = cast(
+            "list[Any]",
+            explain(
+                model,
+                px,
+                caps,
+                method=m,
+                seed=seeds,
+                target=cfg.target,  # a batch: a list
+                batch_size=len(ok),
+                sides=_sides_needed(ctx, m),
+                **cfg.method_options.get(m, {}),
+            ),
+        )
         vals = _metrics_for(ctx, m, px, texts, exps, ok, gts)
         for j, (p, e) in enumerate(zip(ok, exps)):
             r = out[(p.index, m)] = dict(recs[(p.index, m)])
@@ -399,8 +438,15 @@ def _collect_maps(tensors: dict[str, Tensor], meta: dict[str, str], key: str, e:
         meta[f"{key}.tokens"] = json.dumps(list(e.tokens))
 
 
-def _extra(info: MetricInfo, cfg: EvalConfig, method: str, pairs: list[Any], gts: list[Tensor | None],
-           device: torch.device, size: tuple[int, int] | None = None) -> tuple[list[int], dict[str, Any]] | None:
+def _extra(
+    info: MetricInfo,
+    cfg: EvalConfig,
+    method: str,
+    pairs: list[Any],
+    gts: list[Tensor | None],
+    device: torch.device,
+    size: tuple[int, int] | None = None,
+) -> tuple[list[int], dict[str, Any]] | None:
     """(rows to score, keywords) for one metric, or None when it cannot be scored on this batch.
 
     ``masks`` come from the ground truth (rows without it are left out); ``method`` is the method
@@ -449,8 +495,9 @@ def _sides_needed(ctx: _Ctx, method: str) -> list[Side] | None:
     return chosen or None
 
 
-def _metrics_for(ctx: _Ctx, method: str, px: Tensor, texts: Any, exps: list[Any], pairs: list[Any],
-                 gts: list[Tensor | None]) -> dict[str, list[Any]]:
+def _metrics_for(
+    ctx: _Ctx, method: str, px: Tensor, texts: Any, exps: list[Any], pairs: list[Any], gts: list[Tensor | None]
+) -> dict[str, list[Any]]:
     """Column name -> one value per pair (float, list of floats for curves, or None).
 
     A metric of a side the method does not explain (a text metric for an image-only method), or
@@ -474,8 +521,15 @@ def _metrics_for(ctx: _Ctx, method: str, px: Tensor, texts: Any, exps: list[Any]
         def pick(t: Any, sel: list[int] | None = sel) -> Any:
             return t if (t is None or sel is None) else t[sel]
 
-        res = info.fn(ctx.model, pick(px), texts if sel is None else texts.select(sel), pick(image_maps),
-                      pick(token_maps), **kw, **ctx.cfg.metric_options.get(name, {}))
+        res = info.fn(
+            ctx.model,
+            pick(px),
+            texts if sel is None else texts.select(sel),
+            pick(image_maps),
+            pick(token_maps),
+            **kw,
+            **ctx.cfg.metric_options.get(name, {}),
+        )
         for key, val in res.items():
             col = name if len(res) == 1 else f"{name}.{key}"
             vals: list[Any] = [None] * n
@@ -514,8 +568,16 @@ def _write_table(path: Path, records: list[dict[str, Any]], methods: list[str]) 
     cols: list[str] = []
     for r in records:
         cols += [c for c in r if c not in cols]
-    fixed = {"index": pa.int64(), "method": pa.string(), "caption": pa.string(), "image": pa.string(),
-             "error": pa.string(), "warning": pa.string(), "score": pa.float64(), "seconds": pa.float64()}
+    fixed = {
+        "index": pa.int64(),
+        "method": pa.string(),
+        "caption": pa.string(),
+        "image": pa.string(),
+        "error": pa.string(),
+        "warning": pa.string(),
+        "score": pa.float64(),
+        "seconds": pa.float64(),
+    }
     arrays, fields = [], []
     for c in cols:
         vals = [r.get(c) for r in records]

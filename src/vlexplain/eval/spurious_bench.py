@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -63,8 +64,9 @@ def spurious_seeds(n: int, seed: int = 0) -> list[int]:
     return [first + i for i in range(n)]
 
 
-def make_spurious_data(out_dir: str | os.PathLike, models: dict[str, Any], n: int, seed: int = 0,
-                       size: int = 64) -> dict[str, Path]:
+def make_spurious_data(
+    out_dir: str | os.PathLike, models: dict[str, Any], n: int, seed: int = 0, size: int = 64
+) -> dict[str, Path]:
     """Render the three groups and write one pairs file per model (with its true reliance).
 
     Returns:
@@ -90,8 +92,15 @@ def make_spurious_data(out_dir: str | os.PathLike, models: dict[str, Any], n: in
             img, msk = f"images/{g}_{i:05d}.png", f"masks/{g}_{i:05d}.png"
             scene.pil().save(d / img)
             _save_mask(scene.text_masks()[cap], d / msk)
-            row = {"image": img, "caption": cap, "mask": msk, "group": g, "scene_seed": s,
-                   "category": scene.objects[obj].category, "badge": scene.badge.category if scene.badge else ""}
+            row = {
+                "image": img,
+                "caption": cap,
+                "mask": msk,
+                "group": g,
+                "scene_seed": s,
+                "category": scene.objects[obj].category,
+                "badge": scene.badge.category if scene.badge else "",
+            }
             if scene.badge is not None:
                 row["cue_mask"] = f"cue_masks/{g}_{i:05d}.png"
                 _save_mask(scene.badge_mask, d / row["cue_mask"])
@@ -162,8 +171,20 @@ def run_spurious_benchmark(
     mets = list(metrics) if metrics else list(DEFAULT_METRICS)
     files = make_spurious_data(out / "data", loaded, n, seed)
     for t, m in loaded.items():
-        evaluate(files[t], m, names, mets, runs[t], batch_size=batch_size, resume=resume, shard_size=batch_size,
-                 method_options=method_options, metric_options=metric_options, seed=seed, progress=progress)
+        evaluate(
+            files[t],
+            m,
+            names,
+            mets,
+            runs[t],
+            batch_size=batch_size,
+            resume=resume,
+            shard_size=batch_size,
+            method_options=method_options,
+            metric_options=metric_options,
+            seed=seed,
+            progress=progress,
+        )
         report(runs[t])
     rel = {t: _mean_reliance(files[t]) for t in loaded}
     primary = PRIMARY if PRIMARY in mets else mets[0]
@@ -175,29 +196,38 @@ def run_spurious_benchmark(
 
 def _mean_reliance(pairs: Path) -> dict[str, float]:
     rows = [json.loads(x) for x in pairs.read_text().splitlines() if x.strip()]
-    return {g: float(np.mean([r["reliance"] for r in rows if r["group"] == g]))
-            for g in ("aligned", "conflicting") if any(r["group"] == g for r in rows)}
+    return {
+        g: float(np.mean([r["reliance"] for r in rows if r["group"] == g]))
+        for g in ("aligned", "conflicting")
+        if any(r["group"] == g for r in rows)
+    }
 
 
 def _markdown(loaded, runs, files, names, skipped, method_options, n, seed, primary, rel) -> str:
     tags = list(loaded)
     shown = ", ".join(f"`{getattr(m, 'name', m)}`" for m in loaded.values())
-    lines = [f"## Benchmark `spurious` — models {shown}", "",
-             f"{n} held-out shapes-world scenes (seeds {spurious_seeds(n, seed)[0]}..) in each of three groups "
-             "from the same seeds: aligned (the main object's category badge), absent (no badge), conflicting "
-             "(another category's badge); each queried with the main object's category caption. Cue metrics "
-             "use the badge's exact mask (pairs with a badge only); object metrics the caption's mask. "
-             "`cue_reliance_rank` is Spearman's rho over pairs between a method's cue share and the model's "
-             "true reliance on the badge (score with it minus score without it); its interval resamples pairs. "
-             "`cue_share` / `cue_pointing` have no better direction in general (↓ is nominal): a faithful map "
-             "follows the model's reliance, so compare the two models.", "",
-             f"- methods: {', '.join(names)} (default options unless listed below)"]
+    lines = [
+        f"## Benchmark `spurious` — models {shown}",
+        "",
+        f"{n} held-out shapes-world scenes (seeds {spurious_seeds(n, seed)[0]}..) in each of three groups "
+        "from the same seeds: aligned (the main object's category badge), absent (no badge), conflicting "
+        "(another category's badge); each queried with the main object's category caption. Cue metrics "
+        "use the badge's exact mask (pairs with a badge only); object metrics the caption's mask. "
+        "`cue_reliance_rank` is Spearman's rho over pairs between a method's cue share and the model's "
+        "true reliance on the badge (score with it minus score without it); its interval resamples pairs. "
+        "`cue_share` / `cue_pointing` have no better direction in general (↓ is nominal): a faithful map "
+        "follows the model's reliance, so compare the two models.",
+        "",
+        f"- methods: {', '.join(names)} (default options unless listed below)",
+    ]
     lines += [f"- skipped {m}: {why}" for m, why in skipped.items()]
     lines += [f"- {m} options: {json.dumps(o, sort_keys=True)}" for m, o in (method_options or {}).items()]
     for t in tags:
         r = rel[t]
-        lines.append(f"- true reliance of `{t}` (mean over pairs, cosine): aligned {r.get('aligned', float('nan')):+.4f}, "
-                     f"conflicting {r.get('conflicting', float('nan')):+.4f}")
+        lines.append(
+            f"- true reliance of `{t}` (mean over pairs, cosine): aligned {r.get('aligned', float('nan')):+.4f}, "
+            f"conflicting {r.get('conflicting', float('nan')):+.4f}"
+        )
     for t in tags:
         lines += ["", f"### `{t}` (`{getattr(loaded[t], 'name', loaded[t])}`)", ""]
         lines.append(leaderboard_markdown(runs[t], primary).rstrip())
@@ -216,8 +246,8 @@ def _frame(run: Path) -> Any:
 
 
 def _difference_table(run_a: Path, run_b: Path, names: list[str], primary: str) -> list[str]:
-    from . import io as rio
     from ..metrics.cue import spearman
+    from . import io as rio
     from .report import BOOT_SEED, N_BOOT, bootstrap_ci
 
     cfg = rio.read_json(run_a / rio.CONFIG)
@@ -246,7 +276,9 @@ def _difference_table(run_a: Path, run_b: Path, names: list[str], primary: str) 
                 if col not in sa or col not in sb:
                     cells.append("–")
                     continue
-                diff = sa[col].to_numpy(dtype=np.float64, na_value=np.nan) - sb[col].to_numpy(dtype=np.float64, na_value=np.nan)
+                diff = sa[col].to_numpy(dtype=np.float64, na_value=np.nan) - sb[col].to_numpy(
+                    dtype=np.float64, na_value=np.nan
+                )
                 d, lo, hi = bootstrap_ci(diff)
             cells.append("–" if np.isnan(d) else f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]")
         lines.append(f"| {meth} | " + " | ".join(cells) + " |")

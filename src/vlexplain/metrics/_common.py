@@ -12,7 +12,7 @@ Conventions used by every metric:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -155,7 +155,7 @@ def text_curve(
     """
     if mode not in ("deletion", "insertion"):
         raise InputError(f"mode must be 'deletion' or 'insertion', got {mode!r}")
-    n = check_pairs(pixels, texts)
+    check_pairs(pixels, texts)
     maps = prepare_token_maps(token_maps, texts)
     cm = texts.content_mask.bool()
     ranks = rank_desc(maps, cm)

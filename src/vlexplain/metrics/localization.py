@@ -9,7 +9,7 @@ mask covering the whole image for AUROC, a map without positive mass for the ene
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,9 @@ def _prepare(maps: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
     if masks is None:
         raise InputError("this metric needs ground-truth masks (B, H, W)")
     if masks.dim() != 3 or maps.dim() != 3 or maps.shape[0] != masks.shape[0]:
-        raise InputError(f"maps and masks must be (B, H, W) with equal B, got {tuple(maps.shape)} and {tuple(masks.shape)}")
+        raise InputError(
+            f"maps and masks must be (B, H, W) with equal B, got {tuple(maps.shape)} and {tuple(masks.shape)}"
+        )
     masks = masks.to(maps.device).bool()
     maps = maps.float()
     if maps.shape[-2:] != masks.shape[-2:]:

@@ -20,7 +20,7 @@ is pytorch-grad-cam's ``ROADCombined`` (higher is better).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +52,7 @@ def _solve(x_img: Tensor, m: Tensor, tol: float, max_iter: int) -> Tensor:
     """
     h, w = x_img.shape[-2:]
     k = neighbour_kernel(x_img.device)
-    conv = lambda t: F.conv2d(t, k, padding=1)  # noqa: E731  (zero padding: outside pixels weigh nothing)
+    conv = lambda t: F.conv2d(t, k, padding=1)
     s = conv(torch.ones(1, 1, h, w, device=x_img.device))
     keep = 1 - m
     rhs = m * conv(x_img * keep)
@@ -86,6 +86,7 @@ def _solve(x_img: Tensor, m: Tensor, tol: float, max_iter: int) -> Tensor:
     out[active] = x
     return out
 
+
 def linear_impute(
     images: Tensor,
     removed: Tensor,
@@ -110,7 +111,9 @@ def linear_impute(
         an image is removed the system has no data; its pixels become 0 (plus noise).
     """
     if removed.shape != (images.shape[0], *images.shape[2:]):
-        raise InputError(f"removed must be (B, H, W) = {(images.shape[0], *images.shape[2:])}, got {tuple(removed.shape)}")
+        raise InputError(
+            f"removed must be (B, H, W) = {(images.shape[0], *images.shape[2:])}, got {tuple(removed.shape)}"
+        )
     b, c, h, w = images.shape
     x_img = images.float().reshape(b * c, 1, h, w)
     m = removed.to(images.device)[:, None].expand(b, c, h, w).reshape(b * c, 1, h, w).float()

@@ -36,7 +36,9 @@ from ._common import check_pairs, image_maps_from_explanations, minmax01, prepar
 from .deletion_insertion import gaussian_kernel1d
 from .localization import average_ranks
 
-_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
+_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase) + (
+    (nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()
+)
 
 
 @torch.no_grad()
@@ -92,7 +94,9 @@ def ssim(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5, data_range:
     return s.flatten(1).mean(1).float()
 
 
-def _explain_maps(model: DualEncoder, pixels: Tensor, texts: TextBatch, method: str, seed: int, options: dict) -> Tensor:
+def _explain_maps(
+    model: DualEncoder, pixels: Tensor, texts: TextBatch, method: str, seed: int, options: dict
+) -> Tensor:
     from ..attribution.api import explain
 
     exps = explain(model, pixels, list(texts.texts), method=method, seed=seed, sides=["image"], **options)
@@ -154,4 +158,9 @@ def cascading_randomization(
         spa.append(spearman(orig.abs().flatten(1), rand.abs().flatten(1)))
         ss.append(ssim(minmax01(orig), minmax01(rand)))
     del work
-    return {"stages": stages, "spearman": torch.stack(sp, 1), "spearman_abs": torch.stack(spa, 1), "ssim": torch.stack(ss, 1)}
+    return {
+        "stages": stages,
+        "spearman": torch.stack(sp, 1),
+        "spearman_abs": torch.stack(spa, 1),
+        "ssim": torch.stack(ss, 1),
+    }

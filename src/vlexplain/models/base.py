@@ -14,8 +14,9 @@ maps for CNN towers; :meth:`Tower.tokens` gives a ``(B, T, D)`` view of either.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -54,7 +55,7 @@ class TextBatch:
     def __len__(self) -> int:
         return int(self.ids.shape[0])
 
-    def to(self, device: torch.device | str) -> "TextBatch":
+    def to(self, device: torch.device | str) -> TextBatch:
         return TextBatch(
             self.ids.to(device),
             self.attention_mask.to(device),
@@ -65,7 +66,7 @@ class TextBatch:
             self.truncated,
         )
 
-    def select(self, index: Sequence[int] | Tensor) -> "TextBatch":
+    def select(self, index: Sequence[int] | Tensor) -> TextBatch:
         """Rows ``index`` (repeats allowed), same padding length."""
         idx = torch.as_tensor(index, dtype=torch.long)
         il = idx.tolist()
@@ -251,7 +252,7 @@ class DualEncoder(nn.Module):
     def tokenize(self, texts: Sequence[str]) -> TextBatch:
         raise NotImplementedError
 
-    def preprocess(self, image: "Any") -> Tensor:
+    def preprocess(self, image: Any) -> Tensor:
         """PIL image -> (3, H, W) normalised tensor (resize shortest side, centre crop)."""
         from ..images import default_preprocess
 

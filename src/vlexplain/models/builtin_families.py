@@ -21,14 +21,25 @@ def _shapes() -> DualEncoder:
     return load_shapes_clip()
 
 
-register_family(Family(
-    key="offline", name="built-in offline model (EfficientNet-Lite0 + MiniLM, ConSE)", library="vlexplain",
-    examples="offline", tiny=_offline, image_tower="cnn",
-    notes="pretrained weights from pip packages; blocks = the 7 EfficientNet stages; M2IB after stage 4 "
-          "(14 x 14), Grad-CAM after the last stage; MiniLM text tower (mean pooling)",
-))
-register_family(Family(
-    key="testbed-shapes", name="shapes-world CLIP (trained by vlexplain)", library="vlexplain",
-    examples="testbed:shapes, testbed:shapes@DIR", tiny=_shapes,
-    notes="a small transformers CLIPModel with a word tokenizer; ground-truth masks in the shapes testbed; M2IB and Grad-CAM at block round(10 n / 12) - 1 of n",
-))
+register_family(
+    Family(
+        key="offline",
+        name="built-in offline model (EfficientNet-Lite0 + MiniLM, ConSE)",
+        library="vlexplain",
+        examples="offline",
+        tiny=_offline,
+        image_tower="cnn",
+        notes="pretrained weights from pip packages; blocks = the 7 EfficientNet stages; M2IB after stage 4 "
+        "(14 x 14), Grad-CAM after the last stage; MiniLM text tower (mean pooling)",
+    )
+)
+register_family(
+    Family(
+        key="testbed-shapes",
+        name="shapes-world CLIP (trained by vlexplain)",
+        library="vlexplain",
+        examples="testbed:shapes, testbed:shapes@DIR",
+        tiny=_shapes,
+        notes="a small transformers CLIPModel with a word tokenizer; ground-truth masks in the shapes testbed; M2IB and Grad-CAM at block round(10 n / 12) - 1 of n",
+    )
+)

@@ -15,8 +15,9 @@ Example:
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 #: modules that register families when imported (one per library and tower kind)
 FAMILY_MODULES: tuple[str, ...] = (

@@ -77,8 +77,9 @@ class AlignDualEncoder(HFAdapter):
             self.input_size = (int(crop["height"]), int(crop["width"]))
         table = model.text_model.embeddings.word_embeddings
         ctx = int(tcfg.max_position_embeddings)
-        self._tok = resolve_tokenizer(tokenizer, processor, table, "AlignModel", ctx, "first",
-                                      fallback=bert_fallback(table, ctx))
+        self._tok = resolve_tokenizer(
+            tokenizer, processor, table, "AlignModel", ctx, "first", fallback=bert_fallback(table, ctx)
+        )
 
     @property
     def logit_scale(self) -> Tensor:
@@ -100,21 +101,43 @@ def tiny_align(seed: int = 0) -> nn.Module:
 
     torch.manual_seed(seed)
     cfg = AlignConfig(
-        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         vocab_size=30522, max_position_embeddings=64, initializer_range=0.2),
-        vision_config=dict(image_size=32, width_coefficient=0.25, depth_coefficient=0.25, hidden_dim=64,
-                           in_channels=[32, 16, 24, 40], out_channels=[16, 24, 40, 80], kernel_sizes=[3, 3, 5, 3],
-                           strides=[1, 2, 2, 2], num_block_repeats=[1, 2, 2, 3], expand_ratios=[1, 6, 6, 6],
-                           depthwise_padding=[]),
+        text_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            vocab_size=30522,
+            max_position_embeddings=64,
+            initializer_range=0.2,
+        ),
+        vision_config=dict(
+            image_size=32,
+            width_coefficient=0.25,
+            depth_coefficient=0.25,
+            hidden_dim=64,
+            in_channels=[32, 16, 24, 40],
+            out_channels=[16, 24, 40, 80],
+            kernel_sizes=[3, 3, 5, 3],
+            strides=[1, 2, 2, 2],
+            num_block_repeats=[1, 2, 2, 3],
+            expand_ratios=[1, 6, 6, 6],
+            depthwise_padding=[],
+        ),
         projection_dim=24,
     )
     return AlignModel(cfg).eval()
 
 
-register_family(Family(
-    key="hf-align", name="ALIGN (transformers AlignModel)", library="transformers",
-    examples="hf:kakaobrain/align-base", tiny=tiny_align, image_tower="cnn",
-    notes="EfficientNet image tower, blocks = the MBConv blocks (no attention: attention methods apply to "
-          "the text side only); M2IB at block round(10 n / 12) - 1 of n, Grad-CAM at the last block; "
-          "BERT text tower pooled at [CLS]",
-))
+register_family(
+    Family(
+        key="hf-align",
+        name="ALIGN (transformers AlignModel)",
+        library="transformers",
+        examples="hf:kakaobrain/align-base",
+        tiny=tiny_align,
+        image_tower="cnn",
+        notes="EfficientNet image tower, blocks = the MBConv blocks (no attention: attention methods apply to "
+        "the text side only); M2IB at block round(10 n / 12) - 1 of n, Grad-CAM at the last block; "
+        "BERT text tower pooled at [CLS]",
+    )
+)

@@ -47,8 +47,9 @@ class BertCLIPDualEncoder(HFAdapter):
         table = body.embeddings.word_embeddings
         # RoBERTa-style position tables hold padding_idx + 1 extra rows
         ctx = int(tcfg.max_position_embeddings) - (int(tcfg.pad_token_id) + 1 if hasattr(tm, "roberta") else 0)
-        self._tok = resolve_tokenizer(tokenizer, processor, table, type(model).__name__, ctx, "first",
-                                      fallback=bert_fallback(table, ctx))
+        self._tok = resolve_tokenizer(
+            tokenizer, processor, table, type(model).__name__, ctx, "first", fallback=bert_fallback(table, ctx)
+        )
 
 
 def _adapter(model: nn.Module, tokenizer: Any = None, processor: Any = None, name: str = "hf") -> BertCLIPDualEncoder:
@@ -58,10 +59,18 @@ def _adapter(model: nn.Module, tokenizer: Any = None, processor: Any = None, nam
 register_hf(HFEntry(("altclip",), "AltCLIPModel", _adapter, "hf-altclip"))
 register_hf(HFEntry(("chinese_clip",), "ChineseCLIPModel", _adapter, "hf-chinese-clip"))
 
-_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=30522,
-             max_position_embeddings=66, initializer_range=0.2)
-_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
-               patch_size=8)
+_TEXT = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    vocab_size=30522,
+    max_position_embeddings=66,
+    initializer_range=0.2,
+)
+_VISION = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8
+)
 
 
 def tiny_altclip(seed: int = 0) -> nn.Module:
@@ -71,8 +80,9 @@ def tiny_altclip(seed: int = 0) -> nn.Module:
     from transformers import AltCLIPConfig, AltCLIPModel
 
     torch.manual_seed(seed)
-    cfg = AltCLIPConfig(text_config=dict(_TEXT, pad_token_id=0, project_dim=32), vision_config=_VISION,
-                        projection_dim=16)
+    cfg = AltCLIPConfig(
+        text_config=dict(_TEXT, pad_token_id=0, project_dim=32), vision_config=_VISION, projection_dim=16
+    )
     return AltCLIPModel(cfg).eval()
 
 
@@ -82,18 +92,29 @@ def tiny_chinese_clip(seed: int = 0) -> nn.Module:
     from transformers import ChineseCLIPConfig, ChineseCLIPModel
 
     torch.manual_seed(seed)
-    cfg = ChineseCLIPConfig(text_config=dict(_TEXT, max_position_embeddings=64), vision_config=_VISION,
-                            projection_dim=16)
+    cfg = ChineseCLIPConfig(
+        text_config=dict(_TEXT, max_position_embeddings=64), vision_config=_VISION, projection_dim=16
+    )
     return ChineseCLIPModel(cfg).eval()
 
 
-register_family(Family(
-    key="hf-altclip", name="AltCLIP (transformers AltCLIPModel)", library="transformers",
-    examples="hf:BAAI/AltCLIP, hf:BAAI/AltCLIP-m9", tiny=tiny_altclip,
-    notes="CLIP ViT; XLM-R text tower pooled at <s> (pass its tokenizer); M2IB and Grad-CAM at block round(10 n / 12) - 1 of n",
-))
-register_family(Family(
-    key="hf-chinese-clip", name="Chinese-CLIP (transformers ChineseCLIPModel)", library="transformers",
-    examples="hf:OFA-Sys/chinese-clip-vit-base-patch16", tiny=tiny_chinese_clip,
-    notes="CLIP ViT; Chinese BERT text tower pooled at [CLS] (pass its tokenizer); M2IB and Grad-CAM at block round(10 n / 12) - 1 of n",
-))
+register_family(
+    Family(
+        key="hf-altclip",
+        name="AltCLIP (transformers AltCLIPModel)",
+        library="transformers",
+        examples="hf:BAAI/AltCLIP, hf:BAAI/AltCLIP-m9",
+        tiny=tiny_altclip,
+        notes="CLIP ViT; XLM-R text tower pooled at <s> (pass its tokenizer); M2IB and Grad-CAM at block round(10 n / 12) - 1 of n",
+    )
+)
+register_family(
+    Family(
+        key="hf-chinese-clip",
+        name="Chinese-CLIP (transformers ChineseCLIPModel)",
+        library="transformers",
+        examples="hf:OFA-Sys/chinese-clip-vit-base-patch16",
+        tiny=tiny_chinese_clip,
+        notes="CLIP ViT; Chinese BERT text tower pooled at [CLS] (pass its tokenizer); M2IB and Grad-CAM at block round(10 n / 12) - 1 of n",
+    )
+)

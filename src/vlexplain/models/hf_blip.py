@@ -41,15 +41,18 @@ class BlipITCDualEncoder(HFAdapter):
         self._use_processor(processor)
         table = model.text_encoder.embeddings.word_embeddings
         ctx = int(tcfg.max_position_embeddings)
-        self._tok = resolve_tokenizer(tokenizer, processor, table, "BlipForImageTextRetrieval", ctx, "first",
-                                      fallback=bert_fallback(table, ctx))
+        self._tok = resolve_tokenizer(
+            tokenizer, processor, table, "BlipForImageTextRetrieval", ctx, "first", fallback=bert_fallback(table, ctx)
+        )
 
 
 def _blip(model: nn.Module, tokenizer: Any = None, processor: Any = None, name: str = "hf") -> BlipITCDualEncoder:
     return BlipITCDualEncoder(model, tokenizer, processor, name)
 
 
-register_hf(HFEntry(("blip",), "BlipForImageTextRetrieval", _blip, "hf-blip", architectures=("BlipForImageTextRetrieval",)))
+register_hf(
+    HFEntry(("blip",), "BlipForImageTextRetrieval", _blip, "hf-blip", architectures=("BlipForImageTextRetrieval",))
+)
 
 
 def tiny_blip(seed: int = 0) -> nn.Module:
@@ -59,19 +62,38 @@ def tiny_blip(seed: int = 0) -> nn.Module:
 
     torch.manual_seed(seed)
     cfg = BlipConfig(
-        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         vocab_size=30522, max_position_embeddings=64, encoder_hidden_size=32, bos_token_id=101,
-                         initializer_range=0.2),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=32, patch_size=8),
+        text_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            vocab_size=30522,
+            max_position_embeddings=64,
+            encoder_hidden_size=32,
+            bos_token_id=101,
+            initializer_range=0.2,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+        ),
         image_text_hidden_size=16,
     )
     return BlipForImageTextRetrieval(cfg).eval()
 
 
-register_family(Family(
-    key="hf-blip", name="BLIP retrieval, contrastive path (transformers BlipForImageTextRetrieval)",
-    library="transformers", examples="hf:Salesforce/blip-itm-base-coco", tiny=tiny_blip,
-    notes="class-token ViT; BERT text tower pooled at [CLS]; the ITC score (use_itm_head=False), not the "
-          "ITM head; no ITC temperature in the model: logit targets use a scale of 100; M2IB and Grad-CAM at block round(10 n / 12) - 1 of n",
-))
+register_family(
+    Family(
+        key="hf-blip",
+        name="BLIP retrieval, contrastive path (transformers BlipForImageTextRetrieval)",
+        library="transformers",
+        examples="hf:Salesforce/blip-itm-base-coco",
+        tiny=tiny_blip,
+        notes="class-token ViT; BERT text tower pooled at [CLS]; the ITC score (use_itm_head=False), not the "
+        "ITM head; no ITC temperature in the model: logit targets use a scale of 100; M2IB and Grad-CAM at block round(10 n / 12) - 1 of n",
+    )
+)

@@ -139,8 +139,9 @@ class HFDualEncoder(HFAdapter):
                 return None
             return clip_bpe_tokenizer(ctx, pool, pad_to_context=self.siglip)
 
-        self._tok = resolve_tokenizer(tokenizer, processor, table, type(model).__name__, ctx, pool,
-                                      pad_to_context=self.siglip, fallback=clip_bpe)
+        self._tok = resolve_tokenizer(
+            tokenizer, processor, table, type(model).__name__, ctx, pool, pad_to_context=self.siglip, fallback=clip_bpe
+        )
         if not self.siglip and self._tok.eos_id != tcfg.eos_token_id and tcfg.eos_token_id != 2:
             raise ModelLoadError(
                 f"the tokenizer's end-of-text id ({self._tok.eos_id}) differs from the model config's "
@@ -162,10 +163,22 @@ def tiny_clip(image_size: int = 64, patch: int = 16, layers: int = 3, seed: int 
 
     torch.manual_seed(seed)
     cfg = CLIPConfig(
-        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
-                         vocab_size=49408, max_position_embeddings=77),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
-                           image_size=image_size, patch_size=patch),
+        text_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            vocab_size=49408,
+            max_position_embeddings=77,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            image_size=image_size,
+            patch_size=patch,
+        ),
         projection_dim=16,
     )
     return CLIPModel(cfg).eval()
@@ -177,22 +190,45 @@ def tiny_siglip(image_size: int = 64, patch: int = 16, layers: int = 3, seed: in
 
     torch.manual_seed(seed)
     cfg = SiglipConfig(
-        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
-                         vocab_size=49408, max_position_embeddings=16, projection_size=32),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
-                           image_size=image_size, patch_size=patch),
+        text_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            vocab_size=49408,
+            max_position_embeddings=16,
+            projection_size=32,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            image_size=image_size,
+            patch_size=patch,
+        ),
     )
     return SiglipModel(cfg).eval()
 
 
-register_family(Family(
-    key="hf-clip", name="CLIP (transformers CLIPModel)", library="transformers",
-    examples="hf:openai/clip-vit-base-patch32, hf:openai/clip-vit-large-patch14", tiny=tiny_clip,
-    notes="class-token ViT; causal text tower pooled at [EOS]; M2IB and Grad-CAM at block round(10 n / 12) - 1 of n",
-))
-register_family(Family(
-    key="hf-siglip", name="SigLIP (transformers SiglipModel)", library="transformers",
-    examples="hf:google/siglip-base-patch16-224", tiny=tiny_siglip,
-    notes="no class token, attention-pooling head (attention maps read as the mean over query rows); "
-          "texts padded to the context, pooled at the last position; M2IB and Grad-CAM at block round(10 n / 12) - 1 of n",
-))
+register_family(
+    Family(
+        key="hf-clip",
+        name="CLIP (transformers CLIPModel)",
+        library="transformers",
+        examples="hf:openai/clip-vit-base-patch32, hf:openai/clip-vit-large-patch14",
+        tiny=tiny_clip,
+        notes="class-token ViT; causal text tower pooled at [EOS]; M2IB and Grad-CAM at block round(10 n / 12) - 1 of n",
+    )
+)
+register_family(
+    Family(
+        key="hf-siglip",
+        name="SigLIP (transformers SiglipModel)",
+        library="transformers",
+        examples="hf:google/siglip-base-patch16-224",
+        tiny=tiny_siglip,
+        notes="no class token, attention-pooling head (attention maps read as the mean over query rows); "
+        "texts padded to the context, pooled at the last position; M2IB and Grad-CAM at block round(10 n / 12) - 1 of n",
+    )
+)

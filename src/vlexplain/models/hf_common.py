@@ -16,8 +16,9 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -207,8 +208,16 @@ def clip_block(layer: Any, h: Tensor, mask: Tensor | None, need_attn: bool, num_
         qkv = lambda x: (at.q_proj(x), at.k_proj(x), at.v_proj(x))
         out = at.out_proj
     return prenorm_block(
-        h, ln1=layer.layer_norm1, qkv=qkv, out_proj=out, ln2=layer.layer_norm2, mlp=layer.mlp,
-        num_heads=num_heads, mask=mask, need_attn=need_attn, rows=rows,
+        h,
+        ln1=layer.layer_norm1,
+        qkv=qkv,
+        out_proj=out,
+        ln2=layer.layer_norm2,
+        mlp=layer.mlp,
+        num_heads=num_heads,
+        mask=mask,
+        need_attn=need_attn,
+        rows=rows,
     )
 
 

@@ -120,7 +120,7 @@ def template_tokenizer(tok: Any, context_length: int) -> TokenizerSpec:
     body = tok("a photo", add_special_tokens=False)["input_ids"]
     full = tok("a photo")["input_ids"]
     k = next((i for i in range(len(full) - len(body) + 1) if full[i : i + len(body)] == body), None)
-    prefix, suffix = (full[:k], full[k + len(body):]) if k is not None else ([], [])
+    prefix, suffix = (full[:k], full[k + len(body) :]) if k is not None else ([], [])
     if k is None or len(prefix) > 1 or len(suffix) > 1:
         raise ModelLoadError(f"cannot read where {type(tok).__name__} puts its special tokens ({full} around {body})")
     pad = tok.pad_token_id if tok.pad_token_id is not None else (suffix or prefix or [0])[0]
@@ -165,8 +165,15 @@ class Siglip2DualEncoder(HFAdapter):
         aspect: (height, width) of typical photos: the input size the processor would choose.
     """
 
-    def __init__(self, model: Any, tokenizer: Any = None, processor: Any = None, name: str = "hf",
-                 input_size: tuple[int, int] | None = None, aspect: tuple[int, int] | None = None):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any = None,
+        processor: Any = None,
+        name: str = "hf",
+        input_size: tuple[int, int] | None = None,
+        aspect: tuple[int, int] | None = None,
+    ):
         super().__init__(model, name)
         vcfg, tcfg = model.config.vision_config, model.config.text_config
         P = int(vcfg.patch_size)
@@ -181,8 +188,7 @@ class Siglip2DualEncoder(HFAdapter):
         H, W = int(input_size[0]), int(input_size[1])
         if H % P or W % P or H <= 0 or W <= 0 or (H // P) * (W // P) > self.max_num_patches:
             raise ModelLoadError(
-                f"input_size {H}x{W}: need multiples of the patch size {P} with at most "
-                f"{self.max_num_patches} patches"
+                f"input_size {H}x{W}: need multiples of the patch size {P} with at most {self.max_num_patches} patches"
             )
         self.input_size = (H, W)
         self.mean, self.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
@@ -193,7 +199,11 @@ class Siglip2DualEncoder(HFAdapter):
         ctx = tcfg.max_position_embeddings
         if tokenizer is None and processor is not None:
             tokenizer = getattr(processor, "tokenizer", None)
-        if tokenizer is not None and not isinstance(tokenizer, TokenizerSpec) and hasattr(tokenizer, "convert_ids_to_tokens"):
+        if (
+            tokenizer is not None
+            and not isinstance(tokenizer, TokenizerSpec)
+            and hasattr(tokenizer, "convert_ids_to_tokens")
+        ):
             check_vocab(vocab_size_of(tokenizer), table, "Siglip2Model")
             tokenizer = template_tokenizer(tokenizer, ctx)
 
@@ -202,8 +212,9 @@ class Siglip2DualEncoder(HFAdapter):
 
             return clip_bpe_tokenizer(ctx, "last", pad_to_context=True) if table.num_embeddings == 49408 else None
 
-        self._tok = resolve_tokenizer(tokenizer, None, table, "Siglip2Model", ctx, "last",
-                                      pad_to_context=True, fallback=clip_bpe)
+        self._tok = resolve_tokenizer(
+            tokenizer, None, table, "Siglip2Model", ctx, "last", pad_to_context=True, fallback=clip_bpe
+        )
 
     def preprocess(self, image: Any) -> Tensor:
         """PIL image -> (3, H, W): the whole image resized to the input size (no crop), as SigLIP 2's
@@ -216,11 +227,15 @@ class Siglip2DualEncoder(HFAdapter):
         s = torch.tensor(self.std).view(3, 1, 1)
         return (x - m) / s
 
-    def encode_naflex(self, pixel_values: Tensor, pixel_attention_mask: Tensor, spatial_shapes: Tensor,
-                      normalize: bool = True) -> Tensor:
+    def encode_naflex(
+        self, pixel_values: Tensor, pixel_attention_mask: Tensor, spatial_shapes: Tensor, normalize: bool = True
+    ) -> Tensor:
         """Embed a SigLIP 2 processor batch (a shape of its own per image, padded patches masked)."""
-        x = {"pixel_values": pixel_values.to(self.device), "pixel_attention_mask": pixel_attention_mask.to(self.device),
-             "spatial_shapes": spatial_shapes.to(self.device)}
+        x = {
+            "pixel_values": pixel_values.to(self.device),
+            "pixel_attention_mask": pixel_attention_mask.to(self.device),
+            "spatial_shapes": spatial_shapes.to(self.device),
+        }
         e = self.image.encode(x)
         return F.normalize(e, dim=-1) if normalize else e
 
@@ -239,17 +254,35 @@ def tiny_siglip2(layers: int = 2, seed: int = 0) -> nn.Module:
 
     torch.manual_seed(seed)
     cfg = Siglip2Config(
-        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
-                         vocab_size=49408, max_position_embeddings=16, projection_size=32),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
-                           num_patches=16, patch_size=8),
+        text_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            vocab_size=49408,
+            max_position_embeddings=16,
+            projection_size=32,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_patches=16,
+            patch_size=8,
+        ),
     )
     return Siglip2Model(cfg).eval()
 
 
-register_family(Family(
-    key="hf-siglip2", name="SigLIP 2 NaFlex (transformers Siglip2Model)", library="transformers",
-    examples="hf:google/siglip2-base-patch16-naflex", tiny=tiny_siglip2,
-    notes="no class token, attention-pooling head; one (H, W) per adapter (input_size= / aspect=), "
-          "encode_naflex for processor batches with a shape per image; M2IB and Grad-CAM at block round(10 n / 12) - 1 of n",
-))
+register_family(
+    Family(
+        key="hf-siglip2",
+        name="SigLIP 2 NaFlex (transformers Siglip2Model)",
+        library="transformers",
+        examples="hf:google/siglip2-base-patch16-naflex",
+        tiny=tiny_siglip2,
+        notes="no class token, attention-pooling head; one (H, W) per adapter (input_size= / aspect=), "
+        "encode_naflex for processor batches with a shape per image; M2IB and Grad-CAM at block round(10 n / 12) - 1 of n",
+    )
+)

@@ -55,8 +55,9 @@ class EfficientNetTower(Tower):
     def stem(self, x: Tensor, inputs_embeds: Tensor | None = None) -> Tensor:
         return self.net.bn1(self.net.conv_stem(x))
 
-    def block(self, i: int, h: Tensor, x: Any, need_attn: bool = False,
-              rows: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    def block(
+        self, i: int, h: Tensor, x: Any, need_attn: bool = False, rows: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         # rows is never passed: pooled_positions is None (the head pools the whole map)
         return self.net.blocks[i](h), None
 
@@ -104,8 +105,9 @@ class MiniLMTower(Tower):
         typ = e.token_type_embeddings(torch.zeros_like(x.ids))
         return e.dropout(e.LayerNorm(inputs_embeds + pos + typ))
 
-    def block(self, i: int, h: Tensor, x: TextBatch, need_attn: bool = False,
-              rows: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    def block(
+        self, i: int, h: Tensor, x: TextBatch, need_attn: bool = False, rows: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         # rows is never passed: pooled_positions is None (mean pooling reads every token)
         layer = self.bert.encoder.layer[i]
         sa = layer.attention.self

@@ -136,7 +136,9 @@ class OpenCLIPDualEncoder(DualEncoder):
         if getattr(self.text, "coca", False):  # CoCa: reserve the class token's slot after the text
             b = _pad_to(b, b.ids.shape[1] + 1, self.pad_token_id, tail_token="<cls>")
         if b.ids.numel() and int(b.ids.max()) >= self.text.vocab_size:
-            raise InputError(f"the tokenizer produced id {int(b.ids.max())}, past the model's {self.text.vocab_size} tokens")
+            raise InputError(
+                f"the tokenizer produced id {int(b.ids.max())}, past the model's {self.text.vocab_size} tokens"
+            )
         if getattr(self.text, "pad_mask", False):  # the tower masks padding keys: so do the methods
             b.attention_mask = (b.ids != self.pad_token_id).long()
             if getattr(self.text, "coca", False):
@@ -165,7 +167,6 @@ class OpenCLIPDualEncoder(DualEncoder):
     @property
     def logit_bias(self) -> Tensor | None:
         return getattr(self.model, "logit_bias", None)
-
 
 
 def _pad_to(b: TextBatch, T: int, pad: int, tail_token: str = "") -> TextBatch:
@@ -199,8 +200,17 @@ def tiny_coca(seed: int = 0) -> nn.Module:
     from open_clip.coca_model import CoCa
 
     torch.manual_seed(seed)
-    vision = dict(image_size=32, patch_size=16, width=32, layers=3, head_width=8, attentional_pool=True,
-                  attn_pooler_heads=4, attn_pooler_queries=8, output_tokens=True)
+    vision = dict(
+        image_size=32,
+        patch_size=16,
+        width=32,
+        layers=3,
+        head_width=8,
+        attentional_pool=True,
+        attn_pooler_heads=4,
+        attn_pooler_queries=8,
+        output_tokens=True,
+    )
     text = dict(context_length=16, vocab_size=49408, width=32, heads=4, layers=3, embed_cls=True, output_tokens=True)
     multimodal = dict(context_length=16, vocab_size=49408, width=32, heads=4, layers=1, attn_pooler_heads=4)
     return CoCa(embed_dim=16, multimodal_cfg=multimodal, text_cfg=text, vision_cfg=vision).eval()
@@ -215,7 +225,9 @@ def tiny_text_pool(pool_type: str, seed: int = 0, **text: Any) -> nn.Module:
     tc = dict(context_length=16, vocab_size=49408, width=32, heads=4, layers=2, pool_type=pool_type)
     tc.update(text)
     m = CustomTextCLIP(
-        embed_dim=16, vision_cfg=dict(image_size=32, patch_size=16, width=32, layers=2, head_width=8), text_cfg=tc,
+        embed_dim=16,
+        vision_cfg=dict(image_size=32, patch_size=16, width=32, layers=2, head_width=8),
+        text_cfg=tc,
     )
     m.text.use_pad_mask = pad_mask and m.text.attn_mask is None
     return m.eval()
@@ -229,10 +241,19 @@ def tiny_hf_text(kind: str = "bert", pooler: str = "cls_pooler", seed: int = 0) 
 
     torch.manual_seed(seed)
     cfg_cls = transformers.BertConfig if kind == "bert" else transformers.XLMRobertaConfig
-    cfg = cfg_cls(vocab_size=30522 if kind == "bert" else 250002, hidden_size=32, num_hidden_layers=2,
-                  num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
-    m = CustomTextCLIP(embed_dim=16, vision_cfg=dict(image_size=32, patch_size=16, width=32, layers=2, head_width=8),
-                       text_cfg=dict(context_length=64, vocab_size=cfg.vocab_size, width=32, heads=4, layers=1))
+    cfg = cfg_cls(
+        vocab_size=30522 if kind == "bert" else 250002,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    m = CustomTextCLIP(
+        embed_dim=16,
+        vision_cfg=dict(image_size=32, patch_size=16, width=32, layers=2, head_width=8),
+        text_cfg=dict(context_length=64, vocab_size=cfg.vocab_size, width=32, heads=4, layers=1),
+    )
     m.text = HFTextEncoder(kind, 16, config=cfg, pooler_type=pooler, proj_type="linear")
     return m.eval()
 
@@ -251,32 +272,51 @@ def tiny_biomedclip(seed: int = 0) -> DualEncoder:
     m: Any = tiny_hf_text("bert", "cls_last_hidden_state_pooler", seed=seed)
     from open_clip.hf_model import HFTextEncoder
 
-    m.text = HFTextEncoder("bert", 16, config=m.text.config, pooler_type="cls_last_hidden_state_pooler", proj_type="mlp")
+    m.text = HFTextEncoder(
+        "bert", 16, config=m.text.config, pooler_type="cls_last_hidden_state_pooler", proj_type="mlp"
+    )
     return OpenCLIPDualEncoder(m.eval(), tokenizer=minilm_tokenizer(), name="tiny BiomedCLIP-style")
 
 
 def _register() -> None:
     from .families import Family, register_family
 
-    register_family(Family(
-        key="open_clip-vit", name="OpenCLIP ViT", library="open_clip",
-        examples="open_clip:ViT-B-32/laion2b_s34b_b79k, open_clip:ViT-L-14, open_clip:ViT-H-14",
-        tiny=tiny_vit, image_tower="vit",
-        notes="M2IB and Grad-CAM at block round(10 n / 12) - 1 of n; text pooled at the end-of-text token",
-    ))
-    register_family(Family(
-        key="open_clip-coca", name="OpenCLIP CoCa (contrastive path)", library="open_clip",
-        examples="open_clip:coca_ViT-B-32, open_clip:coca_ViT-L-14", tiny=tiny_coca, image_tower="vit",
-        notes="image: attentional pooler over all tokens (attention maps read as the mean over query rows); "
-        "text: the appended class token, texts padded to the context length",
-    ))
-    register_family(Family(
-        key="open_clip-hf-text", name="OpenCLIP with a transformers text tower (HFTextEncoder)", library="open_clip",
-        examples="BiomedCLIP-PubMedBERT_256-vit_base_patch16_224, open_clip:xlm-roberta-base-ViT-B-32, "
-        "open_clip:roberta-ViT-B-32", tiny=tiny_biomedclip, image_tower="vit",
-        notes="BERT / RoBERTa / XLM-R text: CLS or mean pooling as configured; needs the model's tokenizer "
-        "(open_clip:ARCH/WEIGHTS@TOKENIZER_DIR offline); T5 / mT5 encoders are refused",
-    ))
+    register_family(
+        Family(
+            key="open_clip-vit",
+            name="OpenCLIP ViT",
+            library="open_clip",
+            examples="open_clip:ViT-B-32/laion2b_s34b_b79k, open_clip:ViT-L-14, open_clip:ViT-H-14",
+            tiny=tiny_vit,
+            image_tower="vit",
+            notes="M2IB and Grad-CAM at block round(10 n / 12) - 1 of n; text pooled at the end-of-text token",
+        )
+    )
+    register_family(
+        Family(
+            key="open_clip-coca",
+            name="OpenCLIP CoCa (contrastive path)",
+            library="open_clip",
+            examples="open_clip:coca_ViT-B-32, open_clip:coca_ViT-L-14",
+            tiny=tiny_coca,
+            image_tower="vit",
+            notes="image: attentional pooler over all tokens (attention maps read as the mean over query rows); "
+            "text: the appended class token, texts padded to the context length",
+        )
+    )
+    register_family(
+        Family(
+            key="open_clip-hf-text",
+            name="OpenCLIP with a transformers text tower (HFTextEncoder)",
+            library="open_clip",
+            examples="BiomedCLIP-PubMedBERT_256-vit_base_patch16_224, open_clip:xlm-roberta-base-ViT-B-32, "
+            "open_clip:roberta-ViT-B-32",
+            tiny=tiny_biomedclip,
+            image_tower="vit",
+            notes="BERT / RoBERTa / XLM-R text: CLS or mean pooling as configured; needs the model's tokenizer "
+            "(open_clip:ARCH/WEIGHTS@TOKENIZER_DIR offline); T5 / mT5 encoders are refused",
+        )
+    )
 
 
 _register()

@@ -20,8 +20,9 @@ from __future__ import annotations
 import contextlib
 import inspect
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import ModelLoadError, require
 
@@ -77,7 +78,8 @@ def _from_reader(e: BaseException) -> bool:
 
     names = ("torch/serialization", "_weights_only_unpickler", "safetensors")
     return isinstance(e, (pickle.UnpicklingError, EOFError, UnicodeDecodeError)) or any(
-        any(n in f.filename for n in names) for f in traceback.extract_tb(e.__traceback__))
+        any(n in f.filename for n in names) for f in traceback.extract_tb(e.__traceback__)
+    )
 
 
 def _checkpoint_error(path: str, arch: str, e: BaseException) -> ModelLoadError:
@@ -100,7 +102,7 @@ def check_checkpoint(path: str, arch: str) -> None:
         with warnings.catch_warnings():  # torch warns about unusual pickle protocols before refusing
             warnings.simplefilter("ignore")
             obj = _read_weights(path, torch)
-    except Exception as e:  # noqa: BLE001 - the unpickler raises many types on a bad file
+    except Exception as e:
         raise _checkpoint_error(path, arch, e) from None
     if obj is not None and not isinstance(obj, dict):
         raise ModelLoadError(f"{path} holds a {type(obj).__name__}, not a state dict of an OpenCLIP {arch} model")
@@ -172,14 +174,20 @@ def _tokenizer(open_clip: Any, name: str, tok_dir: str | None, offline: bool, sp
 
         try:
             with hub_cache_only():
-                return HFTokenizer(tok_dir, context_length=ctx or 77, tokenizer_mode=tc.get("tokenizer_mode"),
-                                   **tc.get("tokenizer_kwargs", {}))
+                return HFTokenizer(
+                    tok_dir,
+                    context_length=ctx or 77,
+                    tokenizer_mode=tc.get("tokenizer_mode"),
+                    **tc.get("tokenizer_kwargs", {}),
+                )
         except Exception as e:  # transformers raises many types for a bad directory
-            raise ModelLoadError(f"cannot read a tokenizer from {tok_dir}: {str(e).strip().splitlines()[0][:160]}") from None
+            raise ModelLoadError(
+                f"cannot read a tokenizer from {tok_dir}: {str(e).strip().splitlines()[0][:160]}"
+            ) from None
     try:
         with hub_cache_only(offline):
             return open_clip.get_tokenizer(name)
-    except Exception as e:  # noqa: BLE001 - hub and tokenizer libraries raise many types
+    except Exception as e:
         where = tc.get("hf_tokenizer_name") or name
         if offline:
             raise _offline_error(f"the tokenizer of {spec} ({where})", LOCAL_TOK) from None
@@ -221,7 +229,7 @@ def load_open_clip(rest: str, tokenizer: Any = None, preprocess: Any = None) -> 
             model, pre = _create(open_clip, arch, str(Path(weights).expanduser()) if is_file else (weights or None))
     except ModelLoadError:
         raise
-    except Exception as e:  # noqa: BLE001 - torch.load, safetensors, hub and config errors
+    except Exception as e:
         if is_file:
             raise _checkpoint_error(weights, arch, e) from None
         if offline:

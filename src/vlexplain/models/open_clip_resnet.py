@@ -87,16 +87,18 @@ def tiny_resnet(seed: int = 0) -> nn.Module:
 def _register() -> None:
     from .families import Family, register_family
 
-    register_family(Family(
-        key="open_clip-resnet",
-        name="OpenCLIP ModifiedResNet (CLIP ResNets)",
-        library="open_clip",
-        examples="open_clip:RN50, open_clip:RN101, open_clip:RN50x4",
-        tiny=tiny_resnet,
-        image_tower="cnn",
-        notes="blocks = the Bottlenecks of layer1..layer4; M2IB at the end of layer3, Grad-CAM at the end of "
-        "layer4; attention lives only in the pooling head, so chefer / attention_rollout do not apply",
-    ))
+    register_family(
+        Family(
+            key="open_clip-resnet",
+            name="OpenCLIP ModifiedResNet (CLIP ResNets)",
+            library="open_clip",
+            examples="open_clip:RN50, open_clip:RN101, open_clip:RN50x4",
+            tiny=tiny_resnet,
+            image_tower="cnn",
+            notes="blocks = the Bottlenecks of layer1..layer4; M2IB at the end of layer3, Grad-CAM at the end of "
+            "layer4; attention lives only in the pooling head, so chefer / attention_rollout do not apply",
+        )
+    )
 
 
 _register()

@@ -27,7 +27,8 @@ which returns them.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -52,8 +53,18 @@ def oc_block(blk: Any, h: Tensor, mask: Tensor | None, need_attn: bool, rows: Te
     ls1 = None if isinstance(blk.ls_1, nn.Identity) else blk.ls_1
     ls2 = None if isinstance(blk.ls_2, nn.Identity) else blk.ls_2
     return prenorm_block(
-        h, ln1=blk.ln_1, qkv=qkv, out_proj=mha.out_proj, ln2=blk.ln_2, mlp=blk.mlp, num_heads=mha.num_heads,
-        mask=mask, need_attn=need_attn, ls1=ls1, ls2=ls2, rows=rows,
+        h,
+        ln1=blk.ln_1,
+        qkv=qkv,
+        out_proj=mha.out_proj,
+        ln2=blk.ln_2,
+        mlp=blk.mlp,
+        num_heads=mha.num_heads,
+        mask=mask,
+        need_attn=need_attn,
+        ls1=ls1,
+        ls2=ls2,
+        rows=rows,
     )
 
 
@@ -148,7 +159,9 @@ class OpenCLIPTextTower(Tower):
         mask = self._mask(h, x)
         if self.has_attention:
             return oc_block(blk, h, mask, need_attn, rows)
-        out = blk(h, attn_mask=None if mask is None else mask.reshape(-1, *mask.shape[-2:]) if mask.dim() == 4 else mask)
+        out = blk(
+            h, attn_mask=None if mask is None else mask.reshape(-1, *mask.shape[-2:]) if mask.dim() == 4 else mask
+        )
         if rows is not None:
             out = out[torch.arange(h.shape[0], device=h.device), rows][:, None]
         return out, None
@@ -193,7 +206,11 @@ class HFTextEncoderTower(Tower):
         self.enc: Any = enc  # an OpenCLIP HFTextEncoder
         self.tf: Any = enc.transformer  # its transformers encoder
         cfg = enc.config
-        if getattr(cfg, "is_encoder_decoder", False) or not hasattr(self.tf, "encoder") or not hasattr(self.tf.encoder, "layer"):
+        if (
+            getattr(cfg, "is_encoder_decoder", False)
+            or not hasattr(self.tf, "encoder")
+            or not hasattr(self.tf.encoder, "layer")
+        ):
             raise ModelLoadError(
                 f"OpenCLIP text tower on a {cfg.model_type!r} model is not supported; supported: BERT-style "
                 "encoders (bert, roberta, xlm-roberta)"
@@ -248,7 +265,8 @@ class HFTextEncoderTower(Tower):
 
         pooler = getattr(self.tf, "pooler", None)
         out = BaseModelOutputWithPoolingAndCrossAttentions(
-            last_hidden_state=h, pooler_output=pooler(h) if pooler is not None else None)
+            last_hidden_state=h, pooler_output=pooler(h) if pooler is not None else None
+        )
         return self.enc.proj(self.enc.pooler(out, self._real(x)))
 
 

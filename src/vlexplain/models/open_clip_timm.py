@@ -24,7 +24,8 @@ on ViTs and the last stage on stage towers.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -72,7 +73,9 @@ class TimmViTTower(Tower):
         self.num_prefix_tokens = int(getattr(self.trunk, "num_prefix_tokens", 0))
         self.has_class_token = getattr(self.trunk, "cls_token", None) is not None
         pool = getattr(self.trunk, "global_pool", "token")
-        self.reads_class_token = self.has_class_token and pool == "token" and getattr(self.trunk, "attn_pool", None) is None
+        self.reads_class_token = (
+            self.has_class_token and pool == "token" and getattr(self.trunk, "attn_pool", None) is None
+        )
         self.has_attention = all(_reads_attention(b) for b in self.trunk.blocks)
         self._rope_cache: dict[tuple, Any] = {}
         gh, gw = self.trunk.patch_embed.grid_size
@@ -143,7 +146,9 @@ class TimmStagesTower(Tower):
         self.trunk: Any = visual.trunk  # a timm ConvNeXt or FastVit
         name = type(self.trunk).__name__
         if name not in _POST_STAGES or getattr(self.trunk, "fork_feat", False):
-            raise ModelLoadError(f"timm trunk {name} is not supported; supported: VisionTransformer, Eva, {', '.join(_POST_STAGES)}")
+            raise ModelLoadError(
+                f"timm trunk {name} is not supported; supported: VisionTransformer, Eva, {', '.join(_POST_STAGES)}"
+            )
         self.post: Any = getattr(self.trunk, _POST_STAGES[name])
 
     @property
@@ -211,7 +216,8 @@ def tiny_siglip(seed: int = 0) -> nn.Module:
     """ViT-B-16-SigLIP's wiring: timm ViT with a MAP head, no class token, bidirectional text pooled last."""
     return _tiny_custom(
         dict(timm_model_name="vit_base_patch16_siglip_224", timm_pool="map", timm_proj="none", image_size=32),
-        _VIT, embed_dim=32,
+        _VIT,
+        embed_dim=32,
         text_cfg=dict(context_length=16, vocab_size=49408, no_causal_mask=True, proj_bias=True, pool_type="last"),
         seed=seed,
     )
@@ -221,7 +227,8 @@ def tiny_siglip_registers(seed: int = 0) -> nn.Module:
     """A timm ViT with 2 register tokens, no class token, average pooling, a non-square 32 x 48 input."""
     return _tiny_custom(
         dict(timm_model_name="vit_base_patch16_224", timm_pool="avg", timm_proj="linear", image_size=(32, 48)),
-        dict(_VIT, img_size=(32, 48), class_token=False, reg_tokens=2, no_embed_class=True, global_pool="avg"), seed=seed,
+        dict(_VIT, img_size=(32, 48), class_token=False, reg_tokens=2, no_embed_class=True, global_pool="avg"),
+        seed=seed,
     )
 
 
@@ -229,7 +236,8 @@ def tiny_eva(seed: int = 0) -> nn.Module:
     """EVA02-B-16's wiring: timm Eva (rotary positions, SwiGLU), class-token pooling."""
     return _tiny_custom(
         dict(timm_model_name="eva02_base_patch16_clip_224", timm_pool="token", timm_proj=None, image_size=32),
-        _VIT, seed=seed,
+        _VIT,
+        seed=seed,
     )
 
 
@@ -237,11 +245,17 @@ def tiny_vitamin(seed: int = 0) -> nn.Module:
     """ViTamin-S's wiring: a timm ViT on a MobileNet-conv patch stem, average pooling, linear projection."""
     from timm.models.vitamin import VitCfg, VitConvCfg
 
-    cfg = VitCfg(embed_dim=(8, 16, 32), depths=(1, 1, 1), stem_width=8,
-                 conv_cfg=VitConvCfg(norm_layer="layernorm2d", norm_eps=1e-6), head_type="1d")
+    cfg = VitCfg(
+        embed_dim=(8, 16, 32),
+        depths=(1, 1, 1),
+        stem_width=8,
+        conv_cfg=VitConvCfg(norm_layer="layernorm2d", norm_eps=1e-6),
+        head_type="1d",
+    )
     return _tiny_custom(
         dict(timm_model_name="vitamin_small_224", timm_pool="", timm_proj="linear", image_size=32),
-        dict(embed_dim=32, depth=3, num_heads=2, img_size=32, embed_cfg=cfg), seed=seed,
+        dict(embed_dim=32, depth=3, num_heads=2, img_size=32, embed_cfg=cfg),
+        seed=seed,
     )
 
 
@@ -249,7 +263,8 @@ def tiny_convnext(seed: int = 0) -> nn.Module:
     """convnext_base's wiring, 4 stages of one block."""
     return _tiny_custom(
         dict(timm_model_name="convnext_base", timm_pool="", timm_proj="linear", image_size=64),
-        dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32)), seed=seed,
+        dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32)),
+        seed=seed,
     )
 
 
@@ -258,38 +273,80 @@ def tiny_mobileclip(seed: int = 0) -> nn.Module:
     return _tiny_custom(
         dict(timm_model_name="fastvit_mci0", timm_pool="avg", timm_proj=None, image_size=64),
         dict(layers=(1, 1, 1, 1), embed_dims=(8, 16, 32, 64)),
-        text_cfg=dict(no_causal_mask=True), seed=seed,
+        text_cfg=dict(no_causal_mask=True),
+        seed=seed,
     )
 
 
 def _register() -> None:
     from .families import Family, register_family
 
-    vit_note = ("M2IB and Grad-CAM at block round(10 n / 12) - 1 of n; attention read from timm's unfused "
-                "attention path; the patch grid is the trunk's own")
+    vit_note = (
+        "M2IB and Grad-CAM at block round(10 n / 12) - 1 of n; attention read from timm's unfused "
+        "attention path; the patch grid is the trunk's own"
+    )
     for key, name, examples, tiny, notes in (
-        ("open_clip-siglip", "OpenCLIP SigLIP / SigLIP 2 (timm ViT, MAP head)",
-         "open_clip:ViT-B-16-SigLIP, open_clip:ViT-SO400M-14-SigLIP-384, open_clip:ViT-B-16-SigLIP2",
-         tiny_siglip, "no class token: attention maps are read as the mean over query rows; text pooled at the "
-         "last position, texts padded to the context length; " + vit_note),
-        ("open_clip-timm-vit", "OpenCLIP timm ViT (register tokens, average pooling)",
-         "open_clip:vit_medium_patch16_gap_256",
-         tiny_siglip_registers, vit_note),
-        ("open_clip-eva", "OpenCLIP EVA02 (timm Eva, rotary positions)",
-         "open_clip:EVA02-B-16, open_clip:EVA02-L-14", tiny_eva, vit_note),
-        ("open_clip-vitamin", "OpenCLIP ViTamin (conv stem + timm ViT)",
-         "open_clip:ViTamin-S, open_clip:ViTamin-B", tiny_vitamin, vit_note),
+        (
+            "open_clip-siglip",
+            "OpenCLIP SigLIP / SigLIP 2 (timm ViT, MAP head)",
+            "open_clip:ViT-B-16-SigLIP, open_clip:ViT-SO400M-14-SigLIP-384, open_clip:ViT-B-16-SigLIP2",
+            tiny_siglip,
+            "no class token: attention maps are read as the mean over query rows; text pooled at the "
+            "last position, texts padded to the context length; " + vit_note,
+        ),
+        (
+            "open_clip-timm-vit",
+            "OpenCLIP timm ViT (register tokens, average pooling)",
+            "open_clip:vit_medium_patch16_gap_256",
+            tiny_siglip_registers,
+            vit_note,
+        ),
+        (
+            "open_clip-eva",
+            "OpenCLIP EVA02 (timm Eva, rotary positions)",
+            "open_clip:EVA02-B-16, open_clip:EVA02-L-14",
+            tiny_eva,
+            vit_note,
+        ),
+        (
+            "open_clip-vitamin",
+            "OpenCLIP ViTamin (conv stem + timm ViT)",
+            "open_clip:ViTamin-S, open_clip:ViTamin-B",
+            tiny_vitamin,
+            vit_note,
+        ),
     ):
-        register_family(Family(key=key, name=name, library="open_clip", examples=examples, tiny=tiny,
-                               image_tower="vit", notes=notes))
-    cnn_note = ("blocks = the stages; M2IB after stage 3 of 4, Grad-CAM after the last stage; attention methods "
-                "do not apply to the image side")
-    register_family(Family(key="open_clip-convnext", name="OpenCLIP ConvNeXt (timm)",
-                           examples="open_clip:convnext_base, open_clip:convnext_large_d",
-                           library="open_clip", tiny=tiny_convnext, image_tower="cnn", notes=cnn_note))
-    register_family(Family(key="open_clip-mobileclip", name="OpenCLIP MobileCLIP (timm FastViT-MCi)",
-                           examples="open_clip:MobileCLIP-S1, open_clip:MobileCLIP2-S0",
-                           library="open_clip", tiny=tiny_mobileclip, image_tower="hybrid", notes=cnn_note))
+        register_family(
+            Family(
+                key=key, name=name, library="open_clip", examples=examples, tiny=tiny, image_tower="vit", notes=notes
+            )
+        )
+    cnn_note = (
+        "blocks = the stages; M2IB after stage 3 of 4, Grad-CAM after the last stage; attention methods "
+        "do not apply to the image side"
+    )
+    register_family(
+        Family(
+            key="open_clip-convnext",
+            name="OpenCLIP ConvNeXt (timm)",
+            examples="open_clip:convnext_base, open_clip:convnext_large_d",
+            library="open_clip",
+            tiny=tiny_convnext,
+            image_tower="cnn",
+            notes=cnn_note,
+        )
+    )
+    register_family(
+        Family(
+            key="open_clip-mobileclip",
+            name="OpenCLIP MobileCLIP (timm FastViT-MCi)",
+            examples="open_clip:MobileCLIP-S1, open_clip:MobileCLIP2-S0",
+            library="open_clip",
+            tiny=tiny_mobileclip,
+            image_tower="hybrid",
+            notes=cnn_note,
+        )
+    )
 
 
 _register()

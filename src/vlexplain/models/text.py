@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 
-from ..errors import InputError
 from .base import TextBatch
 
 PoolMode = Literal["eos", "last", "mean", "first"]
@@ -66,7 +66,11 @@ class TokenizerSpec:
                 body = body[:room]
             else:
                 dropped.append("")
-            row = ([self.sos_id] if self.sos_id is not None else []) + body + ([self.eos_id] if self.eos_id is not None else [])
+            row = (
+                ([self.sos_id] if self.sos_id is not None else [])
+                + body
+                + ([self.eos_id] if self.eos_id is not None else [])
+            )
             rows.append(row)
         T = self.context_length if self.pad_to_context else max(len(r) for r in rows)
         B = len(rows)

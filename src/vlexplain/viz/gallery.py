@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import html
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .core import token_html
 from .save import atomic_write_text
@@ -34,7 +34,11 @@ def write_gallery(out_dir: str | os.PathLike, entries: Sequence[dict], title: st
     for e in entries:
         img = f"<img src='{html.escape(e['overlay'])}' alt='overlay'>" if e.get("overlay") else ""
         label = e.get("label")
-        lab = f"<span class='{'match' if label == 'match' else 'nomatch'}'> · {html.escape(label)}</span>" if label else ""
+        lab = (
+            f"<span class='{'match' if label == 'match' else 'nomatch'}'> · {html.escape(label)}</span>"
+            if label
+            else ""
+        )
         toks = token_html(e["tokens"], e.get("token_scores"))
         cards.append(
             "<div class='card'>"

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from torch import Tensor
@@ -78,8 +79,9 @@ def wrap_title(text: str, width: int = TITLE_CHARS, max_lines: int = TITLE_LINES
     """Wrap a (possibly long) title into lines of ``width`` characters, at most ``max_lines``."""
     import textwrap
 
-    return textwrap.fill(" ".join(text.split()), width=width, max_lines=max_lines, placeholder=" \u2026",
-                         break_long_words=True)
+    return textwrap.fill(
+        " ".join(text.split()), width=width, max_lines=max_lines, placeholder=" \u2026", break_long_words=True
+    )
 
 
 def overlay_figure(exp: Displayable, path: str | os.PathLike, title: str | None = None) -> None:
@@ -88,8 +90,9 @@ def overlay_figure(exp: Displayable, path: str | os.PathLike, title: str | None 
     rgb = exp.image_rgb().cpu()
     head = wrap_title(title or f"\u201c{exp.text}\u201d   cosine {exp.score:.3f}")
     extra = 0.2 * head.count("\n")  # inches for the title's extra lines
-    fig, axes = plt.subplots(1, 2, figsize=(7.6, 3.9 + extra), gridspec_kw={"width_ratios": [1, 1.22]},
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        1, 2, figsize=(7.6, 3.9 + extra), gridspec_kw={"width_ratios": [1, 1.22]}, layout="constrained"
+    )
     axes[0].imshow(rgb.permute(1, 2, 0).numpy())
     axes[0].set_title("image", fontsize=10)
     if exp.image_map is not None:
@@ -149,8 +152,14 @@ def text_figure(exp: Displayable, path: str | os.PathLike, max_width: float = 12
         x = pad
         y = 1.0 - (pad + (row + 0.5) * line_h) / height
         for i in ln:
-            fig.text(x / width, y, toks[i], fontproperties=font, va="center",
-                     bbox=dict(boxstyle="round,pad=0.25", fc=(1.0, 1 - n[i], 1 - n[i]), ec="none"))
+            fig.text(
+                x / width,
+                y,
+                toks[i],
+                fontproperties=font,
+                va="center",
+                bbox=dict(boxstyle="round,pad=0.25", fc=(1.0, 1 - n[i], 1 - n[i]), ec="none"),
+            )
             x += widths[i] + gap
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=dpi))
     plt.close(fig)
