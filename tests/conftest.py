@@ -7,59 +7,14 @@ import os
 import pytest
 import torch
 
+from vlexplain.models.hf_clip import tiny_clip, tiny_siglip
+
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
-def tiny_hf_clip(image_size: int = 64, patch: int = 16, layers: int = 3, seed: int = 0):
-    from transformers import CLIPConfig, CLIPModel
-
-    torch.manual_seed(seed)
-    cfg = CLIPConfig(
-        text_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=layers,
-            num_attention_heads=4,
-            vocab_size=49408,
-            max_position_embeddings=77,
-        ),
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=layers,
-            num_attention_heads=4,
-            image_size=image_size,
-            patch_size=patch,
-        ),
-        projection_dim=16,
-    )
-    return CLIPModel(cfg).eval()
-
-
-def tiny_siglip(image_size: int = 64, patch: int = 16, layers: int = 3, seed: int = 0):
-    from transformers import SiglipConfig, SiglipModel
-
-    torch.manual_seed(seed)
-    cfg = SiglipConfig(
-        text_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=layers,
-            num_attention_heads=4,
-            vocab_size=49408,
-            max_position_embeddings=16,
-            projection_size=32,
-        ),
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=layers,
-            num_attention_heads=4,
-            image_size=image_size,
-            patch_size=patch,
-        ),
-    )
-    return SiglipModel(cfg).eval()
+# The transformers builders are the families table's own (one definition for the fixtures, the
+# contract tests over the families and ``vlexplain models``).
+tiny_hf_clip = tiny_clip
 
 
 def tiny_open_clip(image_size: int = 64, patch: int = 16, layers: int = 3, seed: int = 0):
