@@ -79,6 +79,24 @@ def register(app: typer.Typer) -> None:
                 "--data goes with `vlexplain benchmark data` (your pairs with ground truth), and "
                 "`benchmark data` needs --data"
             )
+
+        def shared(mets: list[str] | None = None) -> dict:
+            """The options every kind of benchmark takes, parsed in the order each kind always parsed them
+            (``mets``: the metrics when the kind chose them itself, else --metrics)."""
+            return dict(
+                methods=_names(methods, "methods") if methods else None,
+                metrics=mets if mets is not None else (_names(metrics, "metrics") if metrics else None),
+                n=n,
+                seed=seed,
+                batch_size=batch_size,
+                resume=resume,
+                method_options=_options(method_options, "--method-options"),
+                metric_options=_options(metric_options, "--metric-options"),
+                device=device,
+                progress=not no_progress,
+            )
+
+        out_dir = out or Path("benchmarks") / "runs" / kind
         if kind == "data":
             from ..eval.data_bench import run_data_benchmark
 
@@ -97,19 +115,10 @@ def register(app: typer.Typer) -> None:
             )
             res = run_data_benchmark(
                 ds,
-                out or Path("benchmarks") / "runs" / kind,
-                methods=_names(methods, "methods") if methods else None,
-                metrics=_names(metrics, "metrics") if metrics else None,
-                n=n,
+                out_dir,
                 model=model,
-                seed=seed,
-                batch_size=batch_size,
-                resume=resume,
-                method_options=_options(method_options, "--method-options"),
-                metric_options=_options(metric_options, "--metric-options"),
-                device=device,
-                progress=not no_progress,
                 skip_missing=skip_missing,
+                **shared(),
             )
             typer.echo(res.markdown)
             typer.echo(f"leaderboard: {res.leaderboard}\nreport: {res.report}")
@@ -122,18 +131,9 @@ def register(app: typer.Typer) -> None:
             if sanity and "cascading_randomization" not in mets:
                 mets.append("cascading_randomization")
             sp = run_spurious_benchmark(
-                out or Path("benchmarks") / "runs" / kind,
-                methods=_names(methods, "methods") if methods else None,
-                metrics=mets,
-                n=n,
+                out_dir,
                 models={**MODELS, "spurious": model} if model else None,
-                seed=seed,
-                batch_size=batch_size,
-                resume=resume,
-                method_options=_options(method_options, "--method-options"),
-                metric_options=_options(metric_options, "--metric-options"),
-                device=device,
-                progress=not no_progress,
+                **shared(mets),
             )
             typer.echo(sp.markdown)
             typer.echo(
@@ -143,20 +143,11 @@ def register(app: typer.Typer) -> None:
             return
         res = run_benchmark(
             kind,
-            out or Path("benchmarks") / "runs" / kind,
-            methods=_names(methods, "methods") if methods else None,
-            metrics=_names(metrics, "metrics") if metrics else None,
-            n=n,
+            out_dir,
             model=model,
-            seed=seed,
-            batch_size=batch_size,
-            resume=resume,
             grid=grid,
             sanity=sanity,
-            method_options=_options(method_options, "--method-options"),
-            metric_options=_options(metric_options, "--metric-options"),
-            device=device,
-            progress=not no_progress,
+            **shared(),
         )
         typer.echo(res.markdown)
         typer.echo(f"leaderboard: {res.leaderboard}\nreport: {res.report}")
