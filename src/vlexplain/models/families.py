@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -59,22 +60,29 @@ class Family:
 
 
 _FAMILIES: dict[str, Family] = {}
+_ORIGIN: dict[str, str] = {}  # family key -> the module that registered it
 
 
 def register_family(family: Family) -> Family:
     """Add ``family`` to the table (a second registration with the same key replaces the first)."""
     _FAMILIES[family.key] = family
+    caller = sys._getframe(1).f_globals.get("__name__", "")
+    _ORIGIN[family.key] = caller
     return family
 
 
 def families() -> list[Family]:
-    """Every registered family, in registration order (family modules are imported first)."""
+    """Every registered family, in the order of :data:`FAMILY_MODULES` (registration order within a
+    module), whatever was imported first."""
     for mod in FAMILY_MODULES:
         try:
             importlib.import_module(mod)
         except ImportError:  # a family whose library is not installed is simply not listed
             pass
-    return list(_FAMILIES.values())
+    rank = {m: i for i, m in enumerate(FAMILY_MODULES)}
+    keys = list(_FAMILIES)  # registration order within a module
+    # the table's order is FAMILY_MODULES', whichever module happened to be imported first
+    return sorted(_FAMILIES.values(), key=lambda f: (rank.get(_ORIGIN[f.key], len(rank)), keys.index(f.key)))
 
 
 def get_family(key: str) -> Family:
