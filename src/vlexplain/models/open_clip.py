@@ -213,7 +213,12 @@ def tiny_coca(seed: int = 0) -> nn.Module:
     )
     text = dict(context_length=16, vocab_size=49408, width=32, heads=4, layers=3, embed_cls=True, output_tokens=True)
     multimodal = dict(context_length=16, vocab_size=49408, width=32, heads=4, layers=1, attn_pooler_heads=4)
-    return CoCa(embed_dim=16, multimodal_cfg=multimodal, text_cfg=text, vision_cfg=vision).eval()
+    m = CoCa(embed_dim=16, multimodal_cfg=multimodal, text_cfg=text, vision_cfg=vision)
+    # open_clip leaves the decoder's text projection as torch.empty (its init is commented out; a
+    # checkpoint fills it): give it seeded values so two builds are equal and hold no NaN
+    with torch.no_grad():
+        m.text_decoder.text_projection.normal_(std=m.text_decoder.width**-0.5)
+    return m.eval()
 
 
 def tiny_text_pool(pool_type: str, seed: int = 0, **text: Any) -> nn.Module:
