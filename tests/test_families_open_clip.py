@@ -478,3 +478,103 @@ class _Evil:
         import os
 
         return (os.system, (f"touch {self.target}",))
+
+
+# --- hybrids: attention methods on MobileCLIP's attention stage --------------------------------------
+
+
+def _own_attention(model, pixels, text_emb):
+    """The literal reference on OpenCLIP's own forward: every FastViT attention block of the last
+    attention stage switched to timm's unfused path, its softmax hooked, the cosine score with
+    ``text_emb`` differentiated w.r.t. each; returns ([A], [dscore/dA], grid)."""
+    from timm.models.fastvit import AttentionBlock
+
+    stages = list(model.visual.trunk.stages)
+    last = max(s for s, st in enumerate(stages) if any(isinstance(b, AttentionBlock) for b in st.blocks))
+    mixers = [b.token_mixer for b in stages[last].blocks if isinstance(b, AttentionBlock)]
+    store, hooks, sizes = [], [], []
+    for m in mixers:
+        m.fused_attn = False
+        hooks.append(m.attn_drop.register_forward_hook(lambda mod, i, o: store.append(o)))
+        hooks.append(m.register_forward_pre_hook(lambda mod, a: sizes.append(tuple(a[0].shape[-2:]))))
+    try:
+        with torch.enable_grad():
+            px = pixels.clone().requires_grad_(True)  # frozen weights: the graph starts at the input
+            emb = model.encode_image(px, normalize=True)
+            score = (emb * text_emb).sum(-1)
+            grads = torch.autograd.grad(score.sum(), store)
+    finally:
+        for h in hooks:
+            h.remove()
+        for m in mixers:
+            m.fused_attn = True
+    return [a.detach() for a in store], list(grads), sizes[-1]
+
+
+def test_hybrid_splits_the_attention_stage_into_blocks(built):
+    model, dual = built("open_clip-mobileclip")
+    tower, trunk = dual.image, model.visual.trunk
+    n_conv = len(trunk.stages) - 1
+    assert tower.units == [(s, None) for s in range(n_conv)] + [
+        (n_conv, j) for j in range(len(trunk.stages[-1].blocks))
+    ]
+    assert tower.has_attention and tower.attention_blocks == list(range(n_conv, tower.num_blocks))
+    assert len(tower.attention_blocks) >= 2  # the tiny build keeps two attention blocks, so R combines blocks
+    assert tower.default_layer() == 2  # the end of stage 3 of 4, as before the split
+    # every parameter of the trunk's stages is in exactly one block module
+    ids = [id(p) for m in tower.block_modules() for p in m.parameters()]
+    assert sorted(ids) == sorted(id(p) for p in trunk.stages.parameters())
+
+
+@pytest.mark.parametrize("last_only", [False, True])
+def test_hybrid_chefer_and_rollout_match_the_models_own_forward(built, last_only):
+    from vlexplain.attribution.attention_rollout import rollout_relevance
+    from vlexplain.attribution.chefer import chefer_relevance, image_readout
+    from vlexplain.models.base import frozen
+
+    model, dual = built("open_clip-mobileclip")
+    px = torch.rand(2, 3, *dual.input_size, generator=torch.Generator().manual_seed(3))
+    with frozen(dual):
+        te = torch.nn.functional.normalize(dual.encode_text(dual.tokenize(TEXTS)), dim=-1)
+        attns, grads, (gh, gw) = _own_attention(model, px, te)
+
+        def score(e):
+            return (torch.nn.functional.normalize(e, dim=-1) * te).sum(-1)
+
+        R = chefer_relevance(dual, dual.image, px, score, last_block_only=last_only)
+        mine = image_readout(dual.image, R)
+        roll = image_readout(dual.image, rollout_relevance(dual.image, px))
+    T = gh * gw
+    assert R.shape == (2, T, T) and mine.shape == (2, gh, gw) and dual.image.grid == (gh, gw)
+    for b in range(2):
+        ref = torch.eye(T)
+        for i in [len(attns) - 1] if last_only else range(len(attns)):
+            ref = ref + (grads[i][b] * attns[i][b]).clamp(min=0).mean(0) @ ref
+        torch.testing.assert_close(mine[b], ref.mean(0).reshape(gh, gw), rtol=1e-4, atol=1e-6)
+        rr = torch.eye(T)
+        for A in attns:
+            a = 0.5 * A[b].mean(0) + 0.5 * torch.eye(T)
+            rr = (a / a.sum(-1, keepdim=True)) @ rr
+        torch.testing.assert_close(roll[b], rr.mean(0).reshape(gh, gw), rtol=1e-4, atol=1e-6)
+    assert float((R - torch.eye(T)).abs().max()) > 1e-6  # relevance beyond the identity
+
+
+def test_hybrid_methods_and_refusals(built):
+    _, dual = built("open_clip-mobileclip")
+    img = torch.rand(3, *dual.input_size, generator=torch.Generator().manual_seed(4))
+    for name in ("chefer", "attention_rollout", "legrad"):
+        e = vx.explain(dual, img, "a cat", method=name, sides=["image"])
+        assert e.image_map.shape == dual.input_size and torch.isfinite(e.image_map).all()
+    e = vx.explain(dual, img, "a cat", method="legrad", blocks=5, sides=["image"])  # capped at the attention blocks
+    assert torch.isfinite(e.image_map).all()
+    for name in ("grad_eclip", "mask_clip", "clip_surgery"):  # CLIP-layout internals: refused, alternatives named
+        why = vx.get_method(name).why_not(dual, "image")
+        assert why is not None and "chefer" in why and "m2ib" in why
+    with pytest.raises(vx.errors.MethodError, match="start_layer 5 is out of range"):
+        vx.explain(dual, img, "a cat", method="chefer", start_layer=dual.image.num_blocks, sides=["image"])
+
+
+def test_cnn_refusal_names_the_methods_that_apply(built):
+    _, dual = built("open_clip-resnet")
+    why = vx.get_method("chefer").why_not(dual, "image")
+    assert "CNN" in why and "gradcam" in why and "m2ib" in why and "chefer" not in why.split("(")[1]

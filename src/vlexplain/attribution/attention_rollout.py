@@ -20,17 +20,18 @@ from torch import Tensor
 
 from ..models.base import Tower
 from .base import Explainer, PairBatch, register_method
-from .chefer import check_start_layer, image_readout, require_attention, text_readout
+from .chefer import attention_keys, check_start_layer, image_readout, require_attention, text_readout
 
 
 def rollout_relevance(tower: Tower, x: Any, start_layer: int = 0) -> Tensor:
     """(B, T, T) attention rollout of ``tower`` on ``x`` from block ``start_layer`` on."""
     require_attention(tower, "attention_rollout")
+    wanted = set(attention_keys(tower, start_layer))
     attns: list[Tensor] = []
 
     def on_block(i: int, h: Tensor, a: Tensor | None) -> None:
-        if i >= start_layer:
-            assert a is not None, "need_attn=True passes each block's attention"
+        if i in wanted:
+            assert a is not None, "need_attn=True passes each attention block's attention"
             attns.append(a)  # (B, heads, T, T)
 
     with torch.no_grad():

@@ -117,7 +117,10 @@ class Explainer:
             return f"{cls.name} has no {side} side"
         tower = model.tower(side)
         if cls.needs_attention and not tower.has_attention:
-            return f"{cls.name} needs attention probabilities; the {side} tower of this model is a {tower.kind.upper()}"
+            return (
+                f"{cls.name} needs attention probabilities; the {side} tower of this model is a "
+                f"{tower.kind.upper()} without token attention{usable_methods_hint(model, side)}"
+            )
         return None
 
     def settings(self) -> dict[str, Any]:
@@ -132,6 +135,20 @@ class Explainer:
 
 
 _METHODS: dict[str, type[Explainer]] = {}
+_LISTING: list[bool] = []  # set while usable_methods_hint asks every method (no nested listing)
+
+
+def usable_methods_hint(model: DualEncoder, side: Side) -> str:
+    """`` (methods for this side: a, b, ...)``: the registered methods that apply to ``side`` of
+    ``model``, for refusals to name the alternatives ('' while already listing)."""
+    if _LISTING:
+        return ""
+    _LISTING.append(True)
+    try:
+        usable = [n for n, c in sorted(_METHODS.items()) if c.why_not(model, side) is None]
+    finally:
+        _LISTING.pop()
+    return f" (methods for this side: {', '.join(usable)})" if usable else ""
 
 
 def register_method(cls: type[Explainer]) -> type[Explainer]:

@@ -44,14 +44,23 @@ def require_attention(tower: Tower, method: str) -> None:
 
 
 def check_start_layer(model: DualEncoder, start_layer: int, method: str) -> int:
-    """Raise MethodError unless ``start_layer`` is a block index of every attention tower."""
+    """Raise MethodError unless ``start_layer`` is a block index of every attention tower, at or
+    before its last attention block."""
     for tower in (model.image, model.text):
-        if tower.has_attention and not (isinstance(start_layer, int) and 0 <= start_layer < tower.num_blocks):
+        if not tower.has_attention:
+            continue
+        last = tower.attention_blocks[-1]
+        if not (isinstance(start_layer, int) and not isinstance(start_layer, bool) and 0 <= start_layer <= last):
+            where = "" if last == tower.num_blocks - 1 else f"; its last attention block is {last}"
             raise MethodError(
-                f"{method}: start_layer {start_layer} is out of range for the {tower.modality} tower "
-                f"(0..{tower.num_blocks - 1})"
+                f"{method}: start_layer {start_layer} is out of range for the {tower.modality} tower (0..{last}{where})"
             )
     return start_layer
+
+
+def attention_keys(tower: Tower, first: int) -> list[int]:
+    """The attention blocks of ``tower`` from block ``first`` on (hybrids: the conv blocks are skipped)."""
+    return [i for i in tower.attention_blocks if i >= first]
 
 
 def chefer_relevance(
@@ -78,12 +87,12 @@ def chefer_relevance(
         (B, T, T) relevance ``R``; row ``q`` is the relevance of every token for token ``q``.
     """
     require_attention(tower, "chefer")
-    first = tower.num_blocks - 1 if last_block_only else start_layer
+    wanted = set(attention_keys(tower, tower.attention_blocks[-1] if last_block_only else start_layer))
     attns: dict[int, Tensor] = {}
 
     def on_block(i: int, h: Tensor, a: Tensor | None) -> None:
-        if i >= first:
-            assert a is not None, "need_attn=True passes each block's attention"
+        if i in wanted:
+            assert a is not None, "need_attn=True passes each attention block's attention"
             attns[i] = a  # (B, heads, T, T)
 
     with torch.enable_grad():

@@ -19,7 +19,7 @@ from torch import Tensor
 from ..errors import MethodError
 from ..models.base import DualEncoder, Tower
 from ..models.blocks import BlockRecord, record_blocks
-from .base import Side
+from .base import Side, usable_methods_hint
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,7 @@ def why_not_native(
         return (
             f"{name} reads query, key and value vectors inside the transformer blocks; "
             f"the {side} tower of this model ({tower.kind.upper()}, {type(tower).__name__}) does not expose them"
+            f"{usable_methods_hint(model, side)}"
         )
     if parts and not caps.parts:
         return (

@@ -1,6 +1,7 @@
 """LeGrad: layer-wise gradients of the attention maps (Bousselham et al., 2024).
 
-For each of the last ``blocks`` transformer blocks ``l`` of a tower, the block's output tokens
+For each of the last ``blocks`` attention blocks ``l`` of a tower (a hybrid's: those of its last
+attention stage), the block's output tokens
 ``h_l`` are read through the model's own head into an embedding ``e_l``; the score of ``e_l``
 against the other modality is differentiated with respect to the block's attention
 probabilities ``A_l`` (B, heads, T, T)::
@@ -46,8 +47,8 @@ def legrad_map(
         score: (B, d) un-normalised embedding -> (B,) scores; rows are independent.
         query_mask: (B, T) 1 for the query rows to average over (None: all rows).
     """
-    n = tower.num_blocks
-    first = n - blocks
+    keys = tower.attention_blocks[-blocks:]  # the last attention blocks (hybrids: of the last attention stage)
+    first, last = keys[0], keys[-1]
     hiddens: dict[int, Tensor] = {}
     with torch.enable_grad():
         with torch.no_grad():
@@ -56,16 +57,17 @@ def legrad_map(
         attns: dict[int, Tensor] = {}
 
         def on_block(i: int, h: Tensor, a: Tensor | None) -> None:
-            hiddens[i] = h
-            assert a is not None
-            attns[i] = a  # (B, heads, T, T)
+            if i in keys:
+                hiddens[i] = h
+                assert a is not None
+                attns[i] = a  # (B, heads, T, T)
 
-        tower.encode(x, start=first - 1, hidden=h0, stop=n - 1, on_block=on_block, need_attn=True)
+        tower.encode(x, start=first - 1, hidden=h0, stop=last, on_block=on_block, need_attn=True)
         total = None
-        for i in range(first, n):
+        for i in keys:
             h = hiddens[i]
             e = tower.head(h.mean(1, keepdim=True), x) if pooling == "mean" else tower.head(h, x)
-            (g,) = torch.autograd.grad(score(e).sum(), attns[i], retain_graph=i < n - 1)
+            (g,) = torch.autograd.grad(score(e).sum(), attns[i], retain_graph=i < last)
             g = g.relu().mean(1)  # (B, T, T) mean over heads
             if query_mask is None:
                 r = g.mean(1)
@@ -74,7 +76,7 @@ def legrad_map(
                 r = (g * qm[:, :, None]).sum(1) / qm.sum(1, keepdim=True).clamp_min(1)
             total = r if total is None else total + r
     assert total is not None
-    return total / blocks
+    return total / len(keys)
 
 
 @register_method
@@ -124,7 +126,7 @@ class LeGrad(Explainer):
         return "mean" if tower.num_prefix_tokens > 0 and capabilities(self.model, side).pooled else "head"
 
     def _blocks(self, tower: Tower) -> int:
-        return min(self.blocks, tower.num_blocks)
+        return min(self.blocks, len(tower.attention_blocks))
 
     def attribute_image(self, batch: PairBatch) -> Tensor:
         tower = self.model.image

@@ -111,6 +111,13 @@ class Tower(nn.Module):
     def num_blocks(self) -> int:
         raise NotImplementedError
 
+    @property
+    def attention_blocks(self) -> list[int]:
+        """Blocks whose attention the attention methods read, all over the same tokens: every block
+        of a transformer tower; the attention blocks of the last attention stage of a hybrid; none
+        for a CNN."""
+        return list(range(self.num_blocks)) if self.has_attention else []
+
     # --- to implement -------------------------------------------------------------------------
     def stem(self, x: TowerInput, inputs_embeds: Tensor | None = None) -> Tensor:
         """Hidden state before block 0. ``inputs_embeds`` (text) replaces the token embeddings."""

@@ -12,10 +12,12 @@ Two tower kinds, both running timm's own modules (never a copied forward):
   the softmaxed attention (the very tensor multiplied with the values, so gradients with respect
   to it are exact). The patch grid is the trunk's own (``patch_embed.grid_size``), square or not.
 * :class:`TimmStagesTower` for convolutional and hybrid trunks (ConvNeXt; FastViT / MobileCLIP):
-  stem = ``stem``; blocks = the ``stages``; head = the trunk's post-stage layer (``norm_pre`` or
-  ``final_conv``) + ``forward_head`` + OpenCLIP's head. Hidden states are feature maps; attention
-  methods do not apply (the attention of MobileCLIP's last stage works on feature maps inside a
-  stage, where no per-block token attention can be read out).
+  stem = ``stem``; blocks = the ``stages``, except that a stage whose blocks mix tokens with
+  attention (MobileCLIP's last) is split into its blocks; head = the trunk's post-stage layer
+  (``norm_pre`` or ``final_conv``) + ``forward_head`` + OpenCLIP's head. Hidden states are feature
+  maps. On hybrids the attention methods that need only attention probabilities (chefer,
+  attention_rollout, legrad) read the attention blocks of the last attention stage, whose tokens
+  are that stage's feature-map positions; ConvNeXt has no attention.
 
 Default layers: the shared relative depth (block 9 of 12) for M2IB; Grad-CAM uses the same block
 on ViTs and the last stage on stage towers.
@@ -52,9 +54,13 @@ def timm_attention_probs(attn: Any) -> Iterator[list[Tensor]]:
         handle.remove()
 
 
-def _reads_attention(blk: nn.Module) -> bool:
-    a = getattr(blk, "attn", None)
+def _timm_attention(a: Any) -> bool:
+    """Whether ``a`` is a timm attention module with an unfused path whose probabilities can be read."""
     return a is not None and hasattr(a, "fused_attn") and isinstance(getattr(a, "attn_drop", None), nn.Module)
+
+
+def _reads_attention(blk: nn.Module) -> bool:
+    return _timm_attention(getattr(blk, "attn", None))
 
 
 class TimmViTTower(Tower):
@@ -133,12 +139,26 @@ class TimmViTTower(Tower):
 _POST_STAGES = {"ConvNeXt": "norm_pre", "FastVit": "final_conv"}
 
 
+def _attention_mixer(blk: nn.Module) -> Any:
+    """The token-mixing attention of a hybrid trunk's block (FastViT ``AttentionBlock``), or None."""
+    mixer = getattr(blk, "token_mixer", None)
+    return mixer if _timm_attention(mixer) else None
+
+
 class TimmStagesTower(Tower):
-    """A convolutional or hybrid timm trunk (ConvNeXt, FastViT / MobileCLIP) split at its stages."""
+    """A convolutional or hybrid timm trunk (ConvNeXt, FastViT / MobileCLIP) split at its stages.
+
+    Convolutional stages are one block each. A stage whose blocks mix tokens with attention
+    (MobileCLIP's last stage, FastViT-SA's) is split into its blocks, its downsampling and
+    positional convolution running with the first of them, so that each attention block reports
+    its softmaxed attention over the stage's feature-map positions (read from timm's unfused path,
+    as for timm ViTs). Attention methods then read :attr:`attention_blocks`: the attention blocks
+    of the last attention stage, whose tokens are the positions of that stage's feature map (no
+    class token: maps are the mean over query rows, on that stage's grid).
+    """
 
     modality = "image"
     kind = "cnn"
-    has_attention = False
 
     def __init__(self, visual: Any):
         super().__init__()
@@ -150,19 +170,65 @@ class TimmStagesTower(Tower):
                 f"timm trunk {name} is not supported; supported: VisionTransformer, Eva, {', '.join(_POST_STAGES)}"
             )
         self.post: Any = getattr(self.trunk, _POST_STAGES[name])
+        #: (stage, block) per tower block; block None: the whole stage
+        self.units: list[tuple[int, int | None]] = []
+        attn_units: dict[int, list[int]] = {}
+        for s, stage in enumerate(self.trunk.stages):
+            blocks = list(getattr(stage, "blocks", []))
+            if any(_attention_mixer(b) is not None for b in blocks):
+                for j, b in enumerate(blocks):
+                    if _attention_mixer(b) is not None:
+                        attn_units.setdefault(s, []).append(len(self.units))
+                    self.units.append((s, j))
+            else:
+                self.units.append((s, None))
+        self._attention_blocks = attn_units[max(attn_units)] if attn_units else []
+        self.has_attention = bool(self._attention_blocks)
+        self.grid = None  # set by each run through an attention block: that stage's (H, W)
 
     @property
     def num_blocks(self) -> int:
-        return len(self.trunk.stages)
+        return len(self.units)
+
+    @property
+    def attention_blocks(self) -> list[int]:
+        return list(self._attention_blocks)
 
     def block_modules(self) -> list[nn.Module]:
-        return list(self.trunk.stages)
+        out: list[nn.Module] = []
+        for s, j in self.units:
+            stage = self.trunk.stages[s]
+            if j is None:
+                out.append(stage)
+            elif j == 0:  # the stage's downsampling and positional convolution run with its first block
+                out.append(nn.ModuleList([stage.downsample, stage.pos_emb, stage.blocks[0]]))
+            else:
+                out.append(stage.blocks[j])
+        return out
+
+    def default_layer(self) -> int:
+        """The end of the stage at the shared relative depth (stage 3 of 4), whatever the split."""
+        n = len(self.trunk.stages)
+        k = max(0, min(n - 1, round(10 * n / 12) - 1))
+        return max(i for i, (s, _) in enumerate(self.units) if s == k)
 
     def stem(self, x: Tensor, inputs_embeds: Tensor | None = None) -> Tensor:
         return self.trunk.stem(x.to(next(self.trunk.parameters()).dtype))
 
     def block(self, i: int, h: Tensor, x: Any, need_attn: bool = False, rows: Tensor | None = None):
-        return self.trunk.stages[i](h), None
+        s, j = self.units[i]
+        stage = self.trunk.stages[s]
+        if j is None:
+            return stage(h), None
+        if j == 0:
+            h = stage.pos_emb(stage.downsample(h))
+        blk = stage.blocks[j]
+        if not (need_attn and i in self._attention_blocks):
+            return blk(h), None
+        self.grid = (int(h.shape[-2]), int(h.shape[-1]))
+        with timm_attention_probs(_attention_mixer(blk)) as probs:
+            out = blk(h)
+        return out, probs[-1]  # (B, heads, H*W, H*W)
 
     def head(self, h: Tensor, x: Any) -> Tensor:
         return self.v.head(self.trunk.forward_head(self.post(h)))
@@ -271,8 +337,10 @@ def tiny_convnext(seed: int = 0) -> nn.Module:
 def tiny_mobileclip(seed: int = 0) -> nn.Module:
     """MobileCLIP-S1's wiring: FastViT-MCi (RepMixer stages, attention in the last), bidirectional text."""
     return _tiny_custom(
-        dict(timm_model_name="fastvit_mci0", timm_pool="avg", timm_proj=None, image_size=64),
-        dict(layers=(1, 1, 1, 1), embed_dims=(8, 16, 32, 64)),
+        dict(timm_model_name="fastvit_mci0", timm_pool="avg", timm_proj=None, image_size=96),
+        # two attention blocks on a 3 x 3 grid; layer scale 0.1 (timm's init, 1e-5, leaves random
+        # attention blocks nearly silent, unlike trained ones)
+        dict(layers=(1, 1, 1, 2), embed_dims=(8, 16, 32, 64), layer_scale_init_value=0.1),
         text_cfg=dict(no_causal_mask=True),
         seed=seed,
     )
@@ -344,7 +412,12 @@ def _register() -> None:
             library="open_clip",
             tiny=tiny_mobileclip,
             image_tower="hybrid",
-            notes=cnn_note,
+            notes=(
+                "blocks = the convolutional stages, then the blocks of the attention stage; M2IB after stage 3 "
+                "of 4, Grad-CAM after the last stage; chefer, attention_rollout and legrad read the attention "
+                "blocks of the last attention stage (no class token: the mean over query rows, on that stage's "
+                "grid); grad_eclip, mask_clip and clip_surgery need CLIP's block layout and are refused"
+            ),
         )
     )
 
