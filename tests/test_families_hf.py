@@ -313,3 +313,49 @@ def test_siglip2_tokenizer_as_its_processor_lays_texts_out(raw_models):
     e = vx.explain(m, torch.zeros(3, *m.input_size), texts[1], method="chefer", sides=["text"])
     assert e.tokens == tb.shown_tokens(1) and e.token_scores.shape == (len(e.tokens),)
     assert torch.isfinite(e.token_scores).all()
+
+
+def test_siglip2_input_size_from_the_spec_and_the_command_line(raw_models, tmp_path, capsys):
+    """``SPEC#size=HxW`` / ``#aspect=HxW`` (and load_model's input_size= / aspect=) choose the SigLIP 2
+    image shape everywhere a spec is accepted; other models and malformed options are refused."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from vlexplain.cli import main
+    from vlexplain.models.hf_clip import tiny_clip
+    from vlexplain.models.hf_siglip2 import naflex_size
+
+    d = tmp_path / "siglip2"
+    raw_models("hf-siglip2").save_pretrained(d)
+    m = vx.load_model(f"{d}#size=16x64")
+    assert m.input_size == (16, 64) and m.image.grid == (2, 8) and m.name.endswith("#size=16x64")
+    assert vx.load_model(f"{d}#aspect=300x1000").input_size == naflex_size(300, 1000, 8, 16)
+    assert vx.load_model(str(d), aspect=(300, 1000)).input_size == naflex_size(300, 1000, 8, 16)
+    assert vx.load_model(str(d)).input_size == (32, 32)  # the square that fills the patch budget
+
+    img = tmp_path / "wide.png"
+    Image.fromarray((np.random.default_rng(0).random((30, 100, 3)) * 255).astype(np.uint8)).save(img)
+    out = tmp_path / "out"
+    rc = main(["explain", str(img), "-t", "a cat", "-m", f"{d}#size=16x64", "--method", "chefer", "-o", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    saved = json.loads(next(out.glob("*.json")).read_text())
+    assert saved["image_map_shape"] == [16, 64] and np.asarray(saved["patch_map"]).shape == (2, 8)
+    assert saved["settings"]["model"].endswith("#size=16x64")
+
+    clip_dir = tmp_path / "clip"
+    tiny_clip().save_pretrained(clip_dir)
+    capsys.readouterr()  # the save's progress bars
+    for spec, msg in (
+        (f"{d}#size=20x64", "multiples of the patch size"),
+        (f"{d}#size=64x64", "at most 16 patches"),
+        (f"{d}#size=big", "expected #size=HxW"),
+        (f"{d}#aspect=3", "expected #size=HxW"),
+        (f"{d}#size=16x64,aspect=3x4", "not both"),
+        (f"{clip_dir}#size=32x32", "any image size"),
+    ):
+        rc = main(["explain", str(img), "-t", "a cat", "-m", spec, "-o", str(tmp_path / "o2")])
+        err = capsys.readouterr().err.strip().splitlines()
+        err = [line for line in err if line.strip() and not line.startswith(("Loading weights", "warning"))]
+        assert rc == 2 and len(err) == 1 and msg in err[0], err

@@ -176,24 +176,12 @@ class Siglip2DualEncoder(HFAdapter):
     ):
         super().__init__(model, name)
         vcfg, tcfg = model.config.vision_config, model.config.text_config
-        P = int(vcfg.patch_size)
         ip = getattr(processor, "image_processor", None)
         self.max_num_patches = int(getattr(ip, "max_num_patches", None) or vcfg.num_patches)
-        if input_size is None:
-            if aspect is not None:
-                input_size = naflex_size(int(aspect[0]), int(aspect[1]), P, self.max_num_patches)
-            else:
-                g = math.isqrt(self.max_num_patches)
-                input_size = (g * P, g * P)
-        H, W = int(input_size[0]), int(input_size[1])
-        if H % P or W % P or H <= 0 or W <= 0 or (H // P) * (W // P) > self.max_num_patches:
-            raise ModelLoadError(
-                f"input_size {H}x{W}: need multiples of the patch size {P} with at most {self.max_num_patches} patches"
-            )
-        self.input_size = (H, W)
         self.mean, self.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
         self._use_processor(processor)
-        self.image = Siglip2VisionTower(model.vision_model, (H // P, W // P))
+        self.image = Siglip2VisionTower(model.vision_model, (1, 1))
+        self.set_input_size(input_size, aspect)
         self.text = Siglip2TextTower(model.text_model)
         table = model.text_model.embeddings.token_embedding
         ctx = tcfg.max_position_embeddings
@@ -215,6 +203,30 @@ class Siglip2DualEncoder(HFAdapter):
         self._tok = resolve_tokenizer(
             tokenizer, None, table, "Siglip2Model", ctx, "last", pad_to_context=True, fallback=clip_bpe
         )
+
+    def set_input_size(self, input_size: tuple[int, int] | None = None, aspect: tuple[int, int] | None = None) -> None:
+        """Explain images at ``input_size`` (H, W), or at the size the SigLIP 2 processor picks for
+        photos of ``aspect`` (height, width); neither: the square that fills ``max_num_patches``.
+
+        Raises:
+            ModelLoadError: a size that is not a multiple of the patch size or holds too many patches.
+        """
+        P = int(self.model.config.vision_config.patch_size)
+        if input_size is None:
+            if aspect is not None:
+                if min(int(aspect[0]), int(aspect[1])) <= 0:
+                    raise ModelLoadError(f"aspect {aspect[0]}x{aspect[1]}: need a positive height and width")
+                input_size = naflex_size(int(aspect[0]), int(aspect[1]), P, self.max_num_patches)
+            else:
+                g = math.isqrt(self.max_num_patches)
+                input_size = (g * P, g * P)
+        H, W = int(input_size[0]), int(input_size[1])
+        if H % P or W % P or H <= 0 or W <= 0 or (H // P) * (W // P) > self.max_num_patches:
+            raise ModelLoadError(
+                f"input_size {H}x{W}: need multiples of the patch size {P} with at most {self.max_num_patches} patches"
+            )
+        self.input_size = (H, W)
+        self.image.grid = (H // P, W // P)
 
     def preprocess(self, image: Any) -> Tensor:
         """PIL image -> (3, H, W): the whole image resized to the input size (no crop), as SigLIP 2's
@@ -282,7 +294,8 @@ register_family(
         library="transformers",
         examples="hf:google/siglip2-base-patch16-naflex",
         tiny=tiny_siglip2,
-        notes="no class token, attention-pooling head; one (H, W) per adapter (input_size= / aspect=), "
+        notes="no class token, attention-pooling head; one (H, W) per adapter (SPEC#size=HxW or SPEC#aspect=HxW; "
+        "input_size= / aspect= in Python), "
         "encode_naflex for processor batches with a shape per image; M2IB and Grad-CAM at block round(10 n / 12) - 1 of n",
     )
 )

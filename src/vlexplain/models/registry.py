@@ -24,6 +24,7 @@ SPEC_FORMS = """accepted model specs:
   open_clip:ARCH                           an OpenCLIP architecture with random weights (for timing)
   open_clip:ARCH/WEIGHTS@DIR               ... with the tokenizer saved (save_pretrained) in DIR
   PATH                                     a local save_pretrained directory of any of those (class from model_type)
+  SPEC#size=HxW, SPEC#aspect=HxW           SigLIP 2 NaFlex: explain HxW images, or the size its processor picks for HxW photos
   an in-memory transformers model of those classes or an OpenCLIP model object (`vlexplain models`)"""
 
 
@@ -181,35 +182,80 @@ def _load_open_clip(rest: str, tokenizer: Any, preprocess: Any) -> DualEncoder:
     return load_open_clip(rest, tokenizer, preprocess)
 
 
+def parse_size_options(spec: str) -> tuple[str, dict[str, tuple[int, int]]]:
+    """``"SPEC#size=256x384"`` -> ``("SPEC", {"input_size": (256, 384)})`` (also ``#aspect=3x4``)."""
+    base, sep, tail = spec.rpartition("#")
+    if not sep or not tail.strip().startswith(("size", "aspect")):
+        return spec, {}  # no option (a '#' inside a path stays part of it)
+    out: dict[str, tuple[int, int]] = {}
+    keys = {"size": "input_size", "aspect": "aspect"}
+    for part in tail.split(","):
+        k, eq, v = part.partition("=")
+        hw = v.lower().split("x")
+        if not eq or k.strip() not in keys or len(hw) != 2 or not all(t.strip().isdigit() for t in hw):
+            raise ModelLoadError(
+                f"model spec option {part!r} in {spec!r}: expected #size=HxW or #aspect=HxW (e.g. #size=256x384)"
+            )
+        out[keys[k.strip()]] = (int(hw[0]), int(hw[1]))
+    if len(out) > 1:
+        raise ModelLoadError(f"{spec!r}: give #size=HxW or #aspect=HxW, not both")
+    return base, out
+
+
 def load_model(
     spec: Any,
     tokenizer: Any = None,
     preprocess: Any = None,
     device: str | torch.device | None = None,
+    input_size: tuple[int, int] | None = None,
+    aspect: tuple[int, int] | None = None,
 ) -> DualEncoder:
     """Load a dual encoder.
 
     Args:
-        spec: a spec string (see :data:`SPEC_FORMS`) or an in-memory model.
+        spec: a spec string (see :data:`SPEC_FORMS`) or an in-memory model. A string may end in
+            ``#size=HxW`` or ``#aspect=HxW`` (the same as ``input_size`` / ``aspect``).
         tokenizer: optional tokenizer for in-memory models (default: CLIP's BPE from open_clip).
         preprocess: optional image preprocessing (transform or HF processor).
         device: where to put the model (default: CPU).
+        input_size: (H, W) of the images to explain, for models that take any size (SigLIP 2
+            NaFlex); other models are refused.
+        aspect: (height, width) of typical photos: the input size such a model's processor picks.
 
     Returns:
         A :class:`DualEncoder` in eval mode.
 
     Example:
         >>> model = load_model("offline")
+        >>> model = load_model("hf:google/siglip2-base-patch16-naflex#aspect=3x4")  # doctest: +SKIP
     """
     from ..devices import check_device
 
     device = check_device(device)  # a bad or absent device is refused before anything loads
+    size: dict[str, Any] = {}
+    if isinstance(spec, (str, os.PathLike)):
+        spec, size = parse_size_options(str(spec))
+    if input_size is not None or aspect is not None:
+        if size or (input_size is not None and aspect is not None):
+            raise ModelLoadError("give one of input_size, aspect and a #size= / #aspect= spec option")
+        size = {"input_size": input_size} if input_size is not None else {"aspect": aspect}
     if isinstance(spec, nn.Module):
         model = wrap_model(spec, tokenizer, preprocess)
-    elif isinstance(spec, (str, os.PathLike)):
-        model = _load_spec(str(spec), tokenizer, preprocess)
+    elif isinstance(spec, str):
+        model = _load_spec(spec, tokenizer, preprocess)
     else:
         raise ModelLoadError(f"cannot load a model from a {type(spec).__name__}\n{SPEC_FORMS}")
+    if size:
+        setter = getattr(model, "set_input_size", None)
+        if setter is None:
+            H, W = model.input_size
+            raise ModelLoadError(
+                f"{model.name} takes {H}x{W} images; an input size or aspect can be chosen only for models "
+                "that take any image size (SigLIP 2 NaFlex)"
+            )
+        setter(**size)
+        k, (a, b) = next(iter(size.items()))
+        model.name = f"{model.name}#{'size' if k == 'input_size' else 'aspect'}={a}x{b}"
     if device is not None:
         model = model.to(device)
     return model.eval()
