@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -43,3 +46,49 @@ def average_gradients(
         flat = mean(torch.cat([g.reshape(-1) for g in group]))
         for g, part in zip(group, flat.split([g.numel() for g in group])):
             g.copy_(part.view_as(g))
+
+
+# --- the launcher of data-parallel CPU workers (testbed train-shapes) ------------------------------
+def join_workers(procs: Any, results: Any, got: dict[int, dict]) -> list[dict]:
+    """Wait for every worker's result. A worker that fails before delivering it stops the others and
+    raises (torch's join, with the worker's error); one that crashes while exiting after delivering it
+    (a rare abort in the process group's teardown) leaves the others to finish and save."""
+    import warnings
+
+    while True:
+        while not results.empty():
+            r = results.get()
+            got[r["rank"]] = r
+        ps = procs.processes
+        if any(not p.is_alive() and p.exitcode != 0 and i not in got for i, p in enumerate(ps)):
+            procs.join()  # raises, naming the failed worker
+        if not any(p.is_alive() for p in ps):
+            break
+        time.sleep(0.1)
+    if len(got) < len(ps):
+        procs.join()
+        raise RuntimeError(f"data-parallel workers {sorted(set(range(len(ps))) - set(got))} ended without a result")
+    bad = [f"worker {i} exited with code {p.exitcode}" for i, p in enumerate(ps) if p.exitcode != 0]
+    if bad:
+        warnings.warn(f"{'; '.join(bad)} after delivering its result; the weights are complete", stacklevel=2)
+    return [got[i] for i in range(len(ps))]
+
+
+def stop_workers(processes: list, results: Any, got: dict[int, dict], work: Any, out_dir: str | Path) -> None:
+    """Ask every worker to stop at the end of its step (they agree through the lead's clock), wait, report."""
+    import os
+    import signal
+
+    for p in processes:
+        if p.is_alive():
+            os.kill(p.pid, signal.SIGINT)
+    for p in processes:
+        p.join(120)
+        if p.is_alive():
+            p.kill()
+    while not results.empty():
+        r = results.get()
+        got[r["rank"]] = r
+    for info in got.values():
+        if info["rank"] == 0 and info["steps"]:
+            work.done, work.resume = info["steps"], f"weights saved to {out_dir}; continue with --init-from {out_dir}"

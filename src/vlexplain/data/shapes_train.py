@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..distributed import average_gradients
+from ..distributed import average_gradients, join_workers, stop_workers
 from ..interrupt import atomic, on_interrupt, track
 from .optim import Muon, Optimizers
 from .shapes import CATEGORIES, Scene, all_texts, category_caption, render_scene, vocabulary
@@ -272,37 +272,18 @@ def train_shapes(
     procs = mp.start_processes(
         _worker, args=(processes, port, results, args), nprocs=processes, join=False, start_method="spawn"
     )
+    got: dict[int, dict] = {}  # results delivered so far, by rank
     with track("steps", max_steps, resume=None) as work:
         try:
-            while not procs.join():
-                pass
+            infos = join_workers(procs, results, got)
         except KeyboardInterrupt:  # Ctrl-C / SIGTERM: the workers stop after this step and rank 0 saves
-            _stop_workers(procs.processes, results, work, out_dir)
+            stop_workers(procs.processes, results, got, work, out_dir)
             raise
-    infos = [results.get() for _ in range(processes)]
     info = next(i for i in infos if i["rank"] == 0)
     if len({i["checksum"] for i in infos}) != 1:
         raise RuntimeError("data-parallel workers ended with different weights")
     info["cpu_seconds"] = round(sum(i["cpu_seconds"] for i in infos), 1)
     return info
-
-
-def _stop_workers(processes: list, results: Any, work: Any, out_dir: str | Path) -> None:
-    """Ask every worker to stop at the end of its step (they agree through the lead's clock), wait, report."""
-    import os
-    import signal
-
-    for p in processes:
-        if p.is_alive():
-            os.kill(p.pid, signal.SIGINT)
-    for p in processes:
-        p.join(120)
-        if p.is_alive():
-            p.kill()
-    while not results.empty():
-        info = results.get()
-        if info["rank"] == 0 and info["steps"]:
-            work.done, work.resume = info["steps"], f"weights saved to {out_dir}; continue with --init-from {out_dir}"
 
 
 _STOP = threading.Event()  # set in a worker by SIGINT / SIGTERM: the lead's clock then reads "time is up"
