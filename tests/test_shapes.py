@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import vlexplain as vx
 from vlexplain.data import shapes
 from vlexplain.data.grids import PHOTOS, make_grid, photo_text
 from vlexplain.data.shapes import (
@@ -284,6 +285,9 @@ def test_two_process_training_equals_one_process_on_the_union_batch(tmp_path, op
         minutes=5, out_dir=tmp_path / "two", seed=3, config=cfg, progress=False, processes=2, max_steps=3
     )
     assert two["steps"] == 3 and two["processes"] == 2
+    # the output directory is a model spec as it is (the shapes world's word tokenizer comes with it)
+    as_path = vx.load_model(str(tmp_path / "two"))
+    assert as_path.name == f"testbed:shapes@{tmp_path / 'two'}" and as_path.tokenize(["a circle"]).ids.shape[0] == 1
     cfg_one = st.ShapesCLIPConfig(**{**cfg.__dict__, "batch_size": 16})
     pools = [st._Pool(cfg, 3, {t: i for i, t in enumerate(st.all_texts())}, rank) for rank in range(2)]
 

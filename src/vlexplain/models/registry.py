@@ -274,6 +274,8 @@ def _load_spec(s: str, tokenizer: Any, preprocess: Any) -> DualEncoder:
         return _load_open_clip(rest, tokenizer, preprocess)
     p = Path(s).expanduser()
     if p.is_dir():
+        if (p / "vocab.json").exists() and (p / "train_config.json").exists():  # `testbed train-shapes --out`
+            return _LOADERS["testbed:"].load(f"testbed:shapes@{p}")
         if (p / "open_clip_config.json").exists():
             return _load_open_clip(f"local-dir:{p}", tokenizer, preprocess)
         if (p / "config.json").exists():
