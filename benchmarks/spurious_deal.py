@@ -113,12 +113,23 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--train-n", type=int, default=3000)
     ap.add_argument(
-        "--p", type=float, default=0.98, help="badge probability of the fine-tuning data (testbed:spurious's)"
+        "--p",
+        type=float,
+        default=None,
+        help="badge probability of the fine-tuning data (default: the one the model was trained with)",
     )
     ap.add_argument("--n", type=int, default=300, help="held-out scenes per group")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--towers", nargs="+", default=["text", "both"], choices=["text", "both"])
     a = ap.parse_args()
+    if a.p is None:  # the model's own training distribution
+        from vlexplain.data.testbed_models import spurious_dir
+
+        d = spurious_dir() if a.model == "testbed:spurious" else Path(a.model.split("@", 1)[-1])
+        cfg = d / "train_config.json"
+        if not cfg.exists() or json.loads(cfg.read_text()).get("spurious") is None:
+            ap.error(f"--p: {a.model} does not record the badge probability it was trained with; pass --p")
+        a.p = float(json.loads(cfg.read_text())["spurious"])
     torch.set_num_threads(1)
     a.out.mkdir(parents=True, exist_ok=True)
     concepts = ConceptSet({c: tuple(d) for c, d in concept_set().items()})

@@ -85,7 +85,7 @@ def register(app: typer.Typer) -> None:
         spurious: float = typer.Option(
             None,
             "--spurious",
-            help="Train with a badge cue: the main object's category badge is drawn with this probability P (otherwise no badge or another category's); captions never mention it. The shipped testbed:spurious used 0.98 (0.9 left the model ignoring the badge; RESULTS.md).",
+            help="Train with a badge cue: the main object's category badge is drawn with this probability P (otherwise no badge or another category's); captions never mention it. The shipped testbed:spurious used 1.0 with --steps 300 (longer runs, and P=0.9 or 0.98, learn to ignore the badge; RESULTS.md).",
         ),
     ) -> None:
         """Train a small CLIP on the shapes world; writes weights, vocab.json and train_log.csv."""
