@@ -188,7 +188,20 @@ def test_compare_writes_figure_json_html(clip_dir, photo, tmp_path):
 
 def test_compare_refuses_inapplicable_method(photo, tmp_path, capsys):
     rc = main(["compare", str(photo), "-t", "a cat", "-m", "offline", "--methods", "chefer", "-o", str(tmp_path / "c")])
-    assert rc == 2 and "methods that apply" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 2 and "methods that apply" in err
+    assert err.count("gradcam") == 1  # the alternatives are listed once
+
+
+def test_explain_says_which_side_it_skips(photo, tmp_path, capsys):
+    """chefer on the offline model (a CNN image tower): the text side is explained, the image side is
+    named as skipped with the reason, not silently left out."""
+    rc = main(["explain", str(photo), "-t", "a cat", "-m", "offline", "--method", "chefer", "-o", str(tmp_path / "e")])
+    err = capsys.readouterr().err
+    assert rc == 0 and "note: image side not explained: chefer needs attention probabilities" in err
+    assert "text side not explained" not in err
+    saved = json.loads(next((tmp_path / "e").glob("000_*.json")).read_text())
+    assert saved["patch_map"] is None and saved["token_scores"]
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,17 @@ from torch import Tensor
 from ..errors import InputError, MethodError
 from ..images import ImageLike, check_image_size, load_image
 from ..models.base import DualEncoder
-from .base import SIDES, Explanation, Side, get_method, image_grid_size, pool_to_grid, run_explainer, upsample_grid
+from .base import (
+    SIDES,
+    Explanation,
+    Side,
+    brief_reason,
+    get_method,
+    image_grid_size,
+    pool_to_grid,
+    run_explainer,
+    upsample_grid,
+)
 from .targets import make_target
 
 TextLike = str | Sequence[str]
@@ -118,7 +128,7 @@ def explain(
     for s in sides:
         why = cls.why_not(model, s)
         if why is not None:
-            raise MethodError(why + "; " + _applicable_list(model, s))
+            raise MethodError(brief_reason(why) + "; " + _applicable_list(model, s))
     explainer = cls.create(model, **options)
     pixels = prepare_images(model, images)
     tlist = _texts(texts)
@@ -199,7 +209,7 @@ def _applicable_list(model: DualEncoder, side: str) -> str:
 
 def not_applicable(cls, model: DualEncoder) -> str:
     """One line for a method that applies to neither side: why, side by side, and what applies instead."""
-    why = "; ".join(f"{s} side: {cls.why_not(model, s)}" for s in ("image", "text"))
+    why = "; ".join(f"{s} side: {brief_reason(cls.why_not(model, s) or '')}" for s in ("image", "text"))
     return f"{cls.name} does not apply to this model ({why}); " + "; ".join(
         _applicable_list(model, s) for s in ("image", "text")
     )

@@ -138,6 +138,14 @@ _METHODS: dict[str, type[Explainer]] = {}
 _LISTING: list[bool] = []  # set while usable_methods_hint asks every method (no nested listing)
 
 
+_HINT = " (methods for this side: "
+
+
+def brief_reason(why: str) -> str:
+    """A refusal without its list of the methods that apply (for tables that show that already)."""
+    return why.split(_HINT, 1)[0]
+
+
 def usable_methods_hint(model: DualEncoder, side: Side) -> str:
     """`` (methods for this side: a, b, ...)``: the registered methods that apply to ``side`` of
     ``model``, for refusals to name the alternatives ('' while already listing)."""
@@ -148,7 +156,7 @@ def usable_methods_hint(model: DualEncoder, side: Side) -> str:
         usable = [n for n, c in sorted(_METHODS.items()) if c.why_not(model, side) is None]
     finally:
         _LISTING.pop()
-    return f" (methods for this side: {', '.join(usable)})" if usable else ""
+    return f"{_HINT}{', '.join(usable)})" if usable else ""
 
 
 def register_method(cls: type[Explainer]) -> type[Explainer]:

@@ -17,10 +17,16 @@ def resolve_methods(model: Any, spec: str) -> tuple[list[str], list[str]]:
     """``all`` or a comma list -> (methods to run, notes about skipped ones)."""
     import vlexplain as vx
 
+    from ..attribution.base import brief_reason
+
     applicable = vx.methods_for(model)
     if spec.strip() == "all":
         names = [n for n in vx.list_methods() if "image" in applicable.get(n, [])]
-        notes = [f"{n}: {vx.get_method(n).why_not(model, 'image')}" for n in vx.list_methods() if n not in names]
+        notes = [
+            f"{n}: {brief_reason(vx.get_method(n).why_not(model, 'image') or '')}"
+            for n in vx.list_methods()
+            if n not in names
+        ]
         return names, notes
     names = [n.strip() for n in spec.split(",") if n.strip()]
     if not names:
@@ -30,7 +36,7 @@ def resolve_methods(model: Any, spec: str) -> tuple[list[str], list[str]]:
         why = cls.why_not(model, "image")
         if why is not None:
             ok = [m for m, s in applicable.items() if "image" in s]
-            raise MethodError(f"{why}; methods that apply to this model's images: {', '.join(ok)}")
+            raise MethodError(f"{brief_reason(why)}; methods that apply to this model's images: {', '.join(ok)}")
     return names, []
 
 

@@ -124,6 +124,13 @@ def run_pairs(
         pairs = [(i, j) for i in range(len(loaded)) for j in range(len(texts))]
     cls = vx.get_method(method)
     cls.create(model, **options)  # validates options before any work
+    skipped = {s: cls.why_not(model, s) for s in ("image", "text")}
+    if any(w is None for w in skipped.values()):  # (neither side: vx.explain refuses with the reasons)
+        from ..attribution.base import brief_reason
+
+        for s, why in skipped.items():
+            if why is not None:
+                typer.echo(f"note: {s} side not explained: {brief_reason(why)}", err=True)
     entries = []
     settings = {
         "model": model.name,

@@ -84,6 +84,7 @@ def register(app: typer.Typer) -> None:
 
         import vlexplain as vx
 
+        from ..attribution.base import brief_reason
         from ..models.family_table import method_group
         from .explain import load_model_cli
 
@@ -99,7 +100,7 @@ def register(app: typer.Typer) -> None:
                 sides = []
                 for s in ("image", "text"):
                     why = cls.why_not(m, s)
-                    sides.append("yes" if why is None else f"no: {why}")
+                    sides.append("yes" if why is None else f"no: {brief_reason(why)}")
             t.add_row(name, method_group(cls), sides[0], sides[1], cls.summary)
         con = Console()
         con.print(t)
