@@ -278,6 +278,9 @@ def run_concepts(
     cm = deal_maps(model, px, [cls], cs, templates=templates, method=method, **(options or {}))
     K = len(descriptors)
     concepts = cm.concepts[0].detach().float().cpu()
+    published: float | None
+    mean_overlap: float | None
+    overlap_sum: float | None
     if K >= 2:
         published, mean_overlap = disentanglability(cm.concepts, cm.mask)
         overlap_sum = mean_overlap * K * (K - 1) / 2  # S: the per-image sum over pairs

@@ -8,6 +8,7 @@ import json
 import os
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -132,7 +133,9 @@ def concept_figure(run: ConceptRun, dpi: int = 100, per_row: int = 3):
     axes[0, 0].imshow(rgb.permute(1, 2, 0).numpy())
     name = run.image_name if len(run.image_name) <= 30 else run.image_name[:14] + "…" + run.image_name[-14:]
     axes[0, 0].set_title(f"image\n{name}", fontsize=9)
-    panels = [("category map", run.prompts[0], run.scores[0], run.category, None)]
+    panels: list[tuple[str, str, float, Any, float | None]] = [
+        ("category map", run.prompts[0], run.scores[0], run.category, None)
+    ]
     for j in range(len(run.descriptors)):
         panels.append(
             (
@@ -146,8 +149,8 @@ def concept_figure(run: ConceptRun, dpi: int = 100, per_row: int = 3):
     for k, (head, prompt, score, m, loc) in enumerate(panels, 1):
         ax = axes[k // cols, k % cols]
         ax.imshow(overlay(rgb, m))
-        wrapped = textwrap.wrap(prompt, 32)
-        wrapped = "\n".join(wrapped[:2]) + ("…" if len(wrapped) > 2 else "")
+        lines = textwrap.wrap(prompt, 32)
+        wrapped = "\n".join(lines[:2]) + ("…" if len(lines) > 2 else "")
         extra = f"   localizability {loc:.3f}" if loc is not None else ""
         ax.set_title(f"{head}\n{wrapped}\ncosine {score:.3f}{extra}", fontsize=9)
     for ax in axes.flat:

@@ -100,6 +100,8 @@ def register(app: typer.Typer) -> None:
         if kind == "data":
             from ..eval.data_bench import run_data_benchmark
 
+            assert data is not None  # checked above
+
             ds = open_data(
                 data,
                 split,

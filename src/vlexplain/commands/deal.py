@@ -6,7 +6,7 @@ import datetime
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import typer
 
@@ -89,14 +89,14 @@ def _data(data: str, split: str, model, rule: tuple[float, float, int] | None = 
         from ..data.shapes_classes import parse_shapes_spec, shapes_classes
 
         return shapes_classes(parse_shapes_spec(data), split, transform=model.preprocess)
-    from ..data.classes import DEFAULT_TEST_FRACTION, open_class_dataset
+    from ..data.classes import DEFAULT_TEST_FRACTION, Split, open_class_dataset
 
     _check_data(data)
     tf, vf, seed = rule or (DEFAULT_TEST_FRACTION, 0.0, 0)
     return open_class_dataset(
         Path(data),
-        split,
-        transform=model.preprocess,  # type: ignore[arg-type]
+        cast(Split, split),  # checked by open_class_dataset
+        transform=model.preprocess,
         test_fraction=tf,
         val_fraction=vf,
         split_seed=seed,
@@ -350,6 +350,7 @@ def register(app: typer.Typer) -> None:
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
         }
         if earlier is not None:
+            assert before is not None  # earlier is read from --before
             _same(earlier[0], cfg, before)
         idx = list(range(min(gallery, n)))
         if earlier is not None and earlier[2]:  # show the images the earlier gallery shows

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -137,7 +138,7 @@ def register(app: typer.Typer) -> None:
             f"{info['last_loss']:.3f}; saved to {out}"
         )
         if evaluate:
-            metrics = evaluate_shapes(load_shapes_clip(out))
+            metrics: dict[str, Any] = dict(evaluate_shapes(load_shapes_clip(out)))
             if spurious is not None:
                 from ..data.spurious import evaluate_spurious
 

@@ -339,9 +339,11 @@ def cub(root: str | Path, split: Split = "train", transform: Callable[[Any], Any
     is_train = {r[0]: r[1] == "1" for r in _table(root / "train_test_split.txt", 2)}
     labels = {r[0]: int(r[1]) for r in _table(root / "image_class_labels.txt", 2)}
     classes = cub_classes(root)
-    boxes = {}
+    boxes: dict[str, tuple[float, float, float, float]] = {}
     if (root / "bounding_boxes.txt").is_file():
-        boxes = {r[0]: tuple(float(v) for v in r[1:5]) for r in _table(root / "bounding_boxes.txt", 5)}
+        boxes = {
+            r[0]: (float(r[1]), float(r[2]), float(r[3]), float(r[4])) for r in _table(root / "bounding_boxes.txt", 5)
+        }
     parts = _cub_parts(root)
     missing = [i for i in names if i not in labels or i not in is_train]
     if missing:

@@ -260,7 +260,7 @@ def expand(
     """
     i = 0
     captions.columns_used = cols.renamed()
-    ik, ck = cols.image, cols.caption
+    ik, ck = cols.image or "image", cols.caption or "caption"  # (resolved columns are never None)
     bk, mk = cols.boxes or "boxes", cols.mask or "mask"
     for rec, where in rows:
         if not isinstance(rec, dict):

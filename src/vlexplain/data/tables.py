@@ -121,7 +121,7 @@ def _header_rows(file: Path, base: Path, delim: str, cols: Columns, captions: Ca
             f"one field: {header[0][:60]!r}"
         )
     resolved = cols.resolve(header, f"{file}:1")
-    keep = {resolved.image, resolved.caption, resolved.boxes or "boxes", resolved.mask or "mask"}
+    keep = {k for k in (resolved.image, resolved.caption, resolved.boxes or "boxes", resolved.mask or "mask") if k}
     yield from expand(_records(file, delim, header, header=True, keep=keep), resolved, captions, base)
 
 

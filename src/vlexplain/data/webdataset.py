@@ -132,7 +132,8 @@ def _samples(shard: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         tf = tarfile.open(shard, "r|*" if streaming else "r:")
     except (tarfile.TarError, OSError) as e:
         raise InputError(f"{shard}: not a readable tar shard ({e})") from None
-    key, files = None, {}
+    key: str | None = None
+    files: dict[str, Any] = {}
     try:
         while True:
             try:
@@ -161,7 +162,7 @@ def _samples(shard: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             else:
                 files[ext] = LazyBytes(str(shard), m.offset_data, m.size)
             if not streaming:
-                tf.members = []  # headers already handled: do not keep them all in memory
+                tf.members = []  # type: ignore[attr-defined]  # headers handled: do not keep them all in memory
         if key is not None:
             yield key, files
     finally:

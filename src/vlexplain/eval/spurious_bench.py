@@ -92,7 +92,7 @@ def make_spurious_data(
             img, msk = f"images/{g}_{i:05d}.png", f"masks/{g}_{i:05d}.png"
             scene.pil().save(d / img)
             _save_mask(scene.text_masks()[cap], d / msk)
-            row = {
+            row: dict[str, Any] = {
                 "image": img,
                 "caption": cap,
                 "mask": msk,
@@ -163,11 +163,13 @@ def run_spurious_benchmark(
         raise InputError(f"{out} already holds a benchmark; pass --resume to continue it or choose another --out")
     dev = _resolve_device(device, 1)
     loaded = {t: (load_model(m, device=dev) if isinstance(m, (str, os.PathLike)) else m) for t, m in specs.items()}
-    names, skipped = None, {}
+    names: list[str] | None = None
+    skipped: dict[str, str] = {}
     for m in loaded.values():
         got, sk = applicable_methods(m, methods)
         names = got if names is None else [x for x in names if x in got]
         skipped.update(sk)
+    assert names is not None  # at least one model
     mets = list(metrics) if metrics else list(DEFAULT_METRICS)
     files = make_spurious_data(out / "data", loaded, n, seed)
     for t, m in loaded.items():
