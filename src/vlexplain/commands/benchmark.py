@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
     def benchmark_cmd(
         kind: str = typer.Argument(
             ...,
-            help="Testbed: shapes (shapes-world scenes), grids (grids of real photos) or spurious (a badge cue: testbed:spurious vs testbed:shapes).",
+            help="Testbed: shapes (shapes-world scenes), grids (grids of real photos), spurious (a badge cue: testbed:spurious vs testbed:shapes) or data (your own pairs with boxes or masks, --data).",
         ),
         methods: str | None = typer.Option(
             None,

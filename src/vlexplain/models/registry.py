@@ -17,6 +17,8 @@ from .base import DualEncoder
 SPEC_FORMS = """accepted model specs:
   offline                                  built-in EfficientNet-Lite0 + MiniLM model (no download)
   testbed:shapes                           the small CLIP trained on the shapes world (ships with vlexplain)
+  testbed:spurious                         the shapes-world CLIP that learned a badge shortcut (ships with vlexplain)
+  testbed:shapes@DIR, DIR                  a shapes-world CLIP trained with `vlexplain testbed train-shapes --out DIR`
   hf:ORG/NAME                              a transformers dual encoder, hub id (network or the local cache):
                                            CLIP, SigLIP, SigLIP 2, ALIGN, AltCLIP, Chinese-CLIP, BLIP retrieval
   open_clip:ARCH/PRETRAINED                an OpenCLIP model, e.g. open_clip:ViT-B-32/laion2b_s34b_b79k
