@@ -208,3 +208,28 @@ def test_offline_cnn_bottleneck(offline):
     e = vx.explain(offline, load_photo("cat"), "a cat", method="m2ib", steps=3, num_samples=4)
     assert e.patch_map.shape == (14, 14) and e.image_map.shape == (224, 224)
     assert torch.isfinite(e.patch_map).all() and e.tokens == ["a", "cat"]
+
+
+@pytest.mark.parametrize("method", ["m2ib", "m2ib_fast"])
+@pytest.mark.parametrize("layer", [-1, 1])
+def test_hidden_state_kept_from_the_embedding_pass_changes_nothing(method, layer):
+    """run_explainer keeps the bottleneck layer's hidden state from the embedding pass; the maps, the
+    token scores and the embeddings are bit-identical to a batch that does not carry it."""
+    from vlexplain.attribution.base import PairBatch, run_explainer
+    from vlexplain.attribution.targets import make_target
+    from vlexplain.models.base import frozen
+
+    model = vx.load_model(tiny_hf_clip())
+    px = torch.rand(2, 3, *model.input_size, generator=torch.Generator().manual_seed(5))
+    tb = model.tokenize(["a red cat on a mat", "two dogs"])
+    ex = vx.get_method(method).create(model, layer=layer, steps=3)
+    tgt = make_target(model, "cosine")
+    img, txt, score = run_explainer(ex, px, tb, tgt, [0, 1], ["image", "text"])
+    with frozen(model), torch.no_grad():
+        ie = F.normalize(model.image.encode(px), dim=-1)
+        te = F.normalize(model.text.encode(tb), dim=-1)
+    assert torch.equal(score, (ie * te).sum(-1))
+    with frozen(model):
+        plain = PairBatch(px, tb, ie, te, tgt, [0, 1])
+        assert plain.hidden == {}
+        assert torch.equal(img, ex.attribute_image(plain)) and torch.equal(txt, ex.attribute_text(plain))

@@ -44,6 +44,8 @@ class PairBatch:
         target: the score to explain, ``target(image_emb, text_emb) -> (B,)``.
         seeds: one seed per pair; stochastic methods draw each pair's noise from its own
             generator so that a pair's result does not depend on the rest of the batch.
+        hidden: side -> (block, hidden state after that block) computed with the embeddings, for
+            methods that asked for it (:meth:`Explainer.hidden_layer`); empty otherwise.
     """
 
     pixels: Tensor
@@ -52,6 +54,12 @@ class PairBatch:
     text_emb: Tensor
     target: Target
     seeds: list[int]
+    hidden: dict[str, tuple[int, Tensor]] = field(default_factory=dict)
+
+    def hidden_at(self, side: str, layer: int) -> Tensor | None:
+        """The no-grad hidden state of ``side`` after block ``layer``, if it came with the batch."""
+        got = self.hidden.get(side)
+        return got[1] if got is not None and got[0] == layer else None
 
     def __len__(self) -> int:
         return int(self.pixels.shape[0])
@@ -108,6 +116,12 @@ class Explainer:
     def attribute_text(self, batch: PairBatch) -> Tensor:
         """(B, T) score per token position (SOS/EOS/padding are dropped by the caller)."""
         raise NotImplementedError
+
+    def hidden_layer(self, side: Side) -> int | None:
+        """The block whose output :meth:`attribute_image` / :meth:`attribute_text` reads first, if
+        any: :func:`run_explainer` then keeps it from the embedding pass (``PairBatch.hidden``)
+        instead of the method running the tower up to it again."""
+        return None
 
     # --- applicability ------------------------------------------------------------------------
     @classmethod
@@ -322,11 +336,23 @@ def run_explainer(
 ) -> tuple[Tensor | None, Tensor | None, Tensor]:
     """Run one batch; returns (image maps (B,gh,gw) or (B,H,W), token scores (B,T), scores (B,))."""
     model = explainer.model
+    hidden: dict[str, tuple[int, Tensor]] = {}
+
+    def embed(side: Side, x: Any) -> Tensor:
+        tower = model.tower(side)
+        layer = explainer.hidden_layer(side) if side in sides else None
+        # (not at the last block: the full encode computes only the pooled row there)
+        if layer is None or not -1 <= layer < tower.num_blocks - 1:
+            return tower.encode(x)
+        h = tower.encode(x, stop=layer)
+        hidden[side] = (layer, h)
+        return tower.encode(x, start=layer, hidden=h)  # the same operations as one encode
+
     with frozen(model):
         with torch.no_grad():
-            ie = F.normalize(model.image.encode(pixels), dim=-1)
-            te = F.normalize(model.text.encode(texts), dim=-1)
-        batch = PairBatch(pixels, texts, ie, te, target, list(seeds))
+            ie = F.normalize(embed("image", pixels), dim=-1)
+            te = F.normalize(embed("text", texts), dim=-1)
+        batch = PairBatch(pixels, texts, ie, te, target, list(seeds), hidden)
         img = explainer.attribute_image(batch).detach() if "image" in sides else None
         txt = explainer.attribute_text(batch).detach() if "text" in sides else None
     return img, txt, (ie * te).sum(-1)

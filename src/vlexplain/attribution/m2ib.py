@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ..errors import MethodError
 from ..models.base import TextBatch, Tower
-from .base import Explainer, PairBatch, check_layer, register_method
+from .base import Explainer, PairBatch, Side, check_layer, register_method
 
 
 def kl_capacity(h: Tensor, lam: Tensor) -> Tensor:
@@ -55,6 +55,7 @@ def fit_bottleneck(
     bf16: bool = False,
     antithetic: bool = False,
     common_noise: bool = False,
+    hidden: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Fit one bottleneck per input row; return per-token capacity (B, T) and the hidden state.
 
@@ -71,13 +72,18 @@ def fit_bottleneck(
         antithetic: draw ``num_samples // 2`` noise tensors and use each with both signs
             (``num_samples`` must be even).
         common_noise: draw the noise once and use the same draws at every step.
+        hidden: the hidden state after block ``layer`` for ``x``, when the caller has it (no grad);
+            else it is computed here.
 
     The map is the capacity at the last step's ``alpha``, before that step's update (as in the
     released code), so the last step's forward and backward pass would change nothing and is not
     run: ``steps`` steps cost ``steps - 1`` passes through the blocks above ``layer``.
     """
-    with torch.no_grad():
-        H = tower.encode(x, stop=layer)  # (B, T, D) or (B, C, h, w)
+    if hidden is not None:
+        H = hidden.detach()
+    else:
+        with torch.no_grad():
+            H = tower.encode(x, stop=layer)  # (B, T, D) or (B, C, h, w)
     B = H.shape[0]
     S = num_samples
     alpha = torch.full_like(H, init, requires_grad=True)
@@ -210,7 +216,19 @@ class M2IB(Explainer):
         # noise draws per step on each side (m2ib: the same on both)
         self.image_samples = self.text_samples = num_samples
 
-    def _fit(self, tower: Tower, x: Any, target: Tensor, layer: int, seeds: list[int], num_samples: int):
+    def hidden_layer(self, side: Side) -> int | None:
+        return self.image_layer if side == "image" else self.text_layer
+
+    def _fit(
+        self,
+        tower: Tower,
+        x: Any,
+        target: Tensor,
+        layer: int,
+        seeds: list[int],
+        num_samples: int,
+        hidden: Tensor | None = None,
+    ):
         with torch.enable_grad():
             return fit_bottleneck(
                 tower,
@@ -225,15 +243,20 @@ class M2IB(Explainer):
                 bf16=self.bf16,
                 antithetic=self.antithetic,
                 common_noise=self.common_noise,
+                hidden=hidden,
             )
 
     def attribute_image(self, batch: PairBatch) -> Tensor:
         tower = self.model.image
-        scores, H = self._fit(tower, batch.pixels, batch.text_emb, self.image_layer, batch.seeds, self.image_samples)
+        L = self.image_layer
+        scores, H = self._fit(
+            tower, batch.pixels, batch.text_emb, L, batch.seeds, self.image_samples, batch.hidden_at("image", L)
+        )
         return tower.token_scores_to_grid(scores, H)
 
     def attribute_text(self, batch: PairBatch) -> Tensor:
+        L = self.text_layer
         scores, _ = self._fit(
-            self.model.text, batch.texts, batch.image_emb, self.text_layer, batch.seeds, self.text_samples
+            self.model.text, batch.texts, batch.image_emb, L, batch.seeds, self.text_samples, batch.hidden_at("text", L)
         )
         return scores
