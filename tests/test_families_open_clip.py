@@ -578,3 +578,25 @@ def test_cnn_refusal_names_the_methods_that_apply(built):
     _, dual = built("open_clip-resnet")
     why = vx.get_method("chefer").why_not(dual, "image")
     assert "CNN" in why and "gradcam" in why and "m2ib" in why and "chefer" not in why.split("(")[1]
+
+
+def test_hybrid_with_two_attention_stages_reads_the_last():
+    """MobileCLIP2-S3/S4's wiring (FastViT-MCi3: attention in stages 4 and 5, at different grids): the
+    attention methods read the last stage's blocks; the embedding is still the model's own."""
+    from vlexplain.models.open_clip_timm import _tiny_custom
+
+    m = _tiny_custom(
+        dict(timm_model_name="fastvit_mci3", timm_pool="avg", timm_proj=None, image_size=192),
+        dict(layers=(1, 1, 1, 1, 2), embed_dims=(16, 32, 64, 128, 256), layer_scale_init_value=0.1),
+        text_cfg=dict(no_causal_mask=True),
+    )
+    d = vx.load_model(m)
+    t = d.image
+    assert t.units == [(0, None), (1, None), (2, None), (3, 0), (4, 0), (4, 1)]
+    assert t.attention_blocks == [4, 5] and t.default_layer() == 3  # M2IB: the end of stage 4 of 5
+    img = torch.rand(3, *d.input_size, generator=torch.Generator().manual_seed(6))
+    e = vx.explain(d, img, "a cat", method="chefer", sides=["image"])
+    assert tuple(e.patch_map.shape) == (3, 3) and torch.isfinite(e.image_map).all()  # stage 5: 192 / 64
+    with torch.no_grad():
+        x = torch.randn(2, 3, *d.input_size, generator=torch.Generator().manual_seed(7))
+        assert _rel(d.encode_image(x, normalize=False), m.encode_image(x, normalize=False)) < 1e-5
