@@ -23,6 +23,7 @@ from .hf_common import (
     bert_fallback,
     register_hf,
     resolve_tokenizer,
+    tiny_transformer,
 )
 
 
@@ -101,15 +102,7 @@ def tiny_align(seed: int = 0) -> nn.Module:
 
     torch.manual_seed(seed)
     cfg = AlignConfig(
-        text_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            vocab_size=30522,
-            max_position_embeddings=64,
-            initializer_range=0.2,
-        ),
+        text_config=tiny_transformer(2, vocab_size=30522, max_position_embeddings=64, initializer_range=0.2),
         vision_config=dict(
             image_size=32,
             width_coefficient=0.25,

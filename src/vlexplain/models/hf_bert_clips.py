@@ -19,6 +19,7 @@ from .hf_common import (
     bert_fallback,
     register_hf,
     resolve_tokenizer,
+    tiny_transformer,
 )
 
 
@@ -59,18 +60,8 @@ def _adapter(model: nn.Module, tokenizer: Any = None, processor: Any = None, nam
 register_hf(HFEntry(("altclip",), "AltCLIPModel", _adapter, "hf-altclip"))
 register_hf(HFEntry(("chinese_clip",), "ChineseCLIPModel", _adapter, "hf-chinese-clip"))
 
-_TEXT = dict(
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    vocab_size=30522,
-    max_position_embeddings=66,
-    initializer_range=0.2,
-)
-_VISION = dict(
-    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8
-)
+_TEXT = tiny_transformer(2, vocab_size=30522, max_position_embeddings=66, initializer_range=0.2)
+_VISION = tiny_transformer(2, image_size=32, patch_size=8)
 
 
 def tiny_altclip(seed: int = 0) -> nn.Module:

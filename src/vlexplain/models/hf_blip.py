@@ -23,6 +23,7 @@ from .hf_common import (
     bert_fallback,
     register_hf,
     resolve_tokenizer,
+    tiny_transformer,
 )
 
 
@@ -62,25 +63,15 @@ def tiny_blip(seed: int = 0) -> nn.Module:
 
     torch.manual_seed(seed)
     cfg = BlipConfig(
-        text_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
+        text_config=tiny_transformer(
+            2,
             vocab_size=30522,
             max_position_embeddings=64,
             encoder_hidden_size=32,
             bos_token_id=101,
             initializer_range=0.2,
         ),
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            image_size=32,
-            patch_size=8,
-        ),
+        vision_config=tiny_transformer(2, image_size=32, patch_size=8),
         image_text_hidden_size=16,
     )
     return BlipForImageTextRetrieval(cfg).eval()

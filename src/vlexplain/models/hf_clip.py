@@ -18,6 +18,7 @@ from .hf_common import (
     clip_block,
     register_hf,
     resolve_tokenizer,
+    tiny_transformer,
 )
 from .text import PoolMode, TokenizerSpec, clip_bpe_tokenizer
 
@@ -163,22 +164,8 @@ def tiny_clip(image_size: int = 64, patch: int = 16, layers: int = 3, seed: int 
 
     torch.manual_seed(seed)
     cfg = CLIPConfig(
-        text_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=layers,
-            num_attention_heads=4,
-            vocab_size=49408,
-            max_position_embeddings=77,
-        ),
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=layers,
-            num_attention_heads=4,
-            image_size=image_size,
-            patch_size=patch,
-        ),
+        text_config=tiny_transformer(layers, vocab_size=49408, max_position_embeddings=77),
+        vision_config=tiny_transformer(layers, image_size=image_size, patch_size=patch),
         projection_dim=16,
     )
     return CLIPModel(cfg).eval()
@@ -190,23 +177,8 @@ def tiny_siglip(image_size: int = 64, patch: int = 16, layers: int = 3, seed: in
 
     torch.manual_seed(seed)
     cfg = SiglipConfig(
-        text_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=layers,
-            num_attention_heads=4,
-            vocab_size=49408,
-            max_position_embeddings=16,
-            projection_size=32,
-        ),
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=layers,
-            num_attention_heads=4,
-            image_size=image_size,
-            patch_size=patch,
-        ),
+        text_config=tiny_transformer(layers, vocab_size=49408, max_position_embeddings=16, projection_size=32),
+        vision_config=tiny_transformer(layers, image_size=image_size, patch_size=patch),
     )
     return SiglipModel(cfg).eval()
 

@@ -62,6 +62,12 @@ class HFEntry:
 _ENTRIES: list[HFEntry] = []
 
 
+def tiny_transformer(layers: int = 2, **extra: Any) -> dict[str, Any]:
+    """The config fields every tiny random-weight transformer tower of the families table shares
+    (width 32, MLP 64, 4 heads, ``layers`` blocks), plus ``extra``."""
+    return dict(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4, **extra)
+
+
 def register_hf(entry: HFEntry) -> HFEntry:
     """Add an adapter to the table (a later entry for the same class replaces the earlier one)."""
     _ENTRIES[:] = [e for e in _ENTRIES if e.model_class != entry.model_class]

@@ -36,6 +36,7 @@ from .hf_common import (
     clip_block,
     register_hf,
     resolve_tokenizer,
+    tiny_transformer,
     vocab_size_of,
 )
 from .text import TokenizerSpec, _clean_token
@@ -266,23 +267,8 @@ def tiny_siglip2(layers: int = 2, seed: int = 0) -> nn.Module:
 
     torch.manual_seed(seed)
     cfg = Siglip2Config(
-        text_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=layers,
-            num_attention_heads=4,
-            vocab_size=49408,
-            max_position_embeddings=16,
-            projection_size=32,
-        ),
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=layers,
-            num_attention_heads=4,
-            num_patches=16,
-            patch_size=8,
-        ),
+        text_config=tiny_transformer(layers, vocab_size=49408, max_position_embeddings=16, projection_size=32),
+        vision_config=tiny_transformer(layers, num_patches=16, patch_size=8),
     )
     return Siglip2Model(cfg).eval()
 

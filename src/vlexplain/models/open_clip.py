@@ -244,16 +244,11 @@ def tiny_hf_text(kind: str = "bert", pooler: str = "cls_pooler", seed: int = 0) 
     from open_clip.hf_model import HFTextEncoder
     from open_clip.model import CustomTextCLIP
 
+    from .hf_common import tiny_transformer
+
     torch.manual_seed(seed)
     cfg_cls = transformers.BertConfig if kind == "bert" else transformers.XLMRobertaConfig
-    cfg = cfg_cls(
-        vocab_size=30522 if kind == "bert" else 250002,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
+    cfg = cfg_cls(**tiny_transformer(2, vocab_size=30522 if kind == "bert" else 250002, max_position_embeddings=64))
     m = CustomTextCLIP(
         embed_dim=16,
         vision_cfg=dict(image_size=32, patch_size=16, width=32, layers=2, head_width=8),
