@@ -98,3 +98,17 @@ class FakeServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def generate_args(
+    classes, url: str, out, *flags: str, model: str = "fake-llm", k: int | None = 4, cache=None
+) -> list[str]:
+    """``vlexplain concepts generate`` argv as a user types it: the classes file, the server, the
+    model name, ``--k`` (None: the default), ``--out``, ``--cache`` (None: the default), then ``flags``."""
+    args = ["concepts", "generate", "--classes", str(classes), "--base-url", url, "--model", model]
+    if k is not None:
+        args += ["--k", str(k)]
+    args += ["--out", str(out)]
+    if cache is not None:
+        args += ["--cache", str(cache)]
+    return args + list(flags)

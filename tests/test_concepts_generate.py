@@ -7,7 +7,7 @@ import socket
 import time
 
 import pytest
-from llm_support import POOL, FakeServer
+from llm_support import POOL, FakeServer, generate_args
 
 from vlexplain.cli import main
 from vlexplain.concepts.generate import (
@@ -207,23 +207,7 @@ def test_cli_end_to_end(server, tmp_path, capsys):
     classes = tmp_path / "classes.txt"
     classes.write_text("Cardinal\nBlue Jay\n")
     out = tmp_path / "set" / "concepts.json"
-    args = [
-        "concepts",
-        "generate",
-        "--classes",
-        str(classes),
-        "--base-url",
-        server.url,
-        "--model",
-        "fake-llm",
-        "--k",
-        "5",
-        "--out",
-        str(out),
-        "--cache",
-        str(tmp_path / "cache"),
-        "--no-progress",
-    ]
+    args = generate_args(classes, server.url, out, "--no-progress", k=5, cache=tmp_path / "cache")
     assert main(args) == 0
     cs = load_concepts(out)
     assert cs.classes == ["Cardinal", "Blue Jay"] and cs.descriptors("Cardinal") == POOL[:5]
@@ -328,23 +312,7 @@ def test_cli_reports_retries_unless_quiet(server, tmp_path, capsys):
     classes = tmp_path / "classes.txt"
     classes.write_text("Cardinal\n")
     busy = (503, {"error": {"message": "loading model"}}, {"Retry-After": "0"})
-    args = [
-        "concepts",
-        "generate",
-        "--classes",
-        str(classes),
-        "--base-url",
-        server.url,
-        "--model",
-        "fake-llm",
-        "--k",
-        "4",
-        "--out",
-        str(tmp_path / "c.json"),
-        "--cache",
-        str(tmp_path / "cache"),
-        "--refresh",
-    ]
+    args = generate_args(classes, server.url, tmp_path / "c.json", "--refresh", cache=tmp_path / "cache")
     for flags, shown in ((["--no-progress"], True), ([], True), (["--quiet"], False)):
         server.script = [busy]
         assert main(args + flags) == 0
@@ -393,27 +361,7 @@ def test_a_refused_class_is_skipped_and_listed(server, sleeps, tmp_path, capsys)
     classes.write_text("Cardinal\nBlue Jay\nRobin\nWren\n")
     out = tmp_path / "concepts.json"
     server.script = [(200, "no idea"), (200, "still no idea"), (413, "too large")]
-    rc = main(
-        [
-            "concepts",
-            "generate",
-            "--classes",
-            str(classes),
-            "--base-url",
-            server.url,
-            "--model",
-            "fake-llm",
-            "--k",
-            "4",
-            "--out",
-            str(out),
-            "--cache",
-            str(tmp_path / "cache"),
-            "--retries",
-            "1",
-            "--quiet",
-        ]
-    )
+    rc = main(generate_args(classes, server.url, out, "--retries", "1", "--quiet", cache=tmp_path / "cache"))
     err = capsys.readouterr().err
     assert rc == 2 and not out.exists() and len(err.strip().splitlines()) == 1
     assert (
@@ -422,28 +370,7 @@ def test_a_refused_class_is_skipped_and_listed(server, sleeps, tmp_path, capsys)
     )
     assert len(server.requests) == 3 + 3  # Cardinal twice, Wren once; Blue Jay and Robin from the cache
     # a rerun asks only for the failed classes
-    assert (
-        main(
-            [
-                "concepts",
-                "generate",
-                "--classes",
-                str(classes),
-                "--base-url",
-                server.url,
-                "--model",
-                "fake-llm",
-                "--k",
-                "4",
-                "--out",
-                str(out),
-                "--cache",
-                str(tmp_path / "cache"),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    assert main(generate_args(classes, server.url, out, "--quiet", cache=tmp_path / "cache")) == 0
     assert len(server.requests) == 8 and list(load_concepts(out).classes) == ["Cardinal", "Blue Jay", "Robin", "Wren"]
 
 

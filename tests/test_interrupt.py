@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from llm_support import POOL, FakeServer
+from llm_support import POOL, FakeServer, generate_args
 from PIL import Image
 
 from vlexplain.cli import main
@@ -131,21 +131,9 @@ def test_in_process_main_returns_130(tmp_path, capsys):
 
         threading.Thread(target=ctrl_c, daemon=True).start()
         rc = main(
-            [
-                "concepts",
-                "generate",
-                "--classes",
-                str(classes),
-                "--base-url",
-                server.url,
-                "--model",
-                "m",
-                "--out",
-                str(tmp_path / "c.json"),
-                "--cache",
-                str(tmp_path / "cache"),
-                "--no-progress",
-            ]
+            generate_args(
+                classes, server.url, tmp_path / "c.json", "--no-progress", model="m", k=None, cache=tmp_path / "cache"
+            )
         )
         hold.set()
     finally:
@@ -188,22 +176,7 @@ def test_concepts_generate(tmp_path, sig):
         classes = tmp_path / "classes.txt"
         classes.write_text("Cardinal\nBlue Jay\nRobin\n")
         out = tmp_path / "concepts.json"
-        args = [
-            "concepts",
-            "generate",
-            "--classes",
-            str(classes),
-            "--base-url",
-            server.url,
-            "--model",
-            "fake-llm",
-            "--k",
-            "4",
-            "--out",
-            str(out),
-            "--cache",
-            str(tmp_path / "cache"),
-        ]
+        args = generate_args(classes, server.url, out, cache=tmp_path / "cache")
         line = interrupt(args, lambda: len(server.requests) >= 2, tmp_path / "err.txt", sig)
         word = "interrupted" if sig == signal.SIGINT else "terminated"
         assert line == f"{word}; 1 of 3 classes done, rerun the same command (finished classes are cached)"
