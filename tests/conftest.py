@@ -17,6 +17,39 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 tiny_hf_clip = tiny_clip
 
 
+def two_process_cli(*cli_args: str) -> list[str]:
+    """``accelerate launch`` of ``vlexplain`` with two CPU processes on a free port. (``--cpu
+    --num_processes 2`` starts a single process unless an MPI hostfile is configured; ``--multi_gpu``
+    starts two processes through torch.distributed.run, also on a CPU-only machine.)"""
+    import socket
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--num_cpu_threads_per_process",
+        "1",
+        "--main_process_port",
+        str(port),
+        "-m",
+        "vlexplain.cli",
+        *cli_args,
+    ]
+
+
 def tiny_open_clip(image_size: int = 64, patch: int = 16, layers: int = 3, seed: int = 0):
     from open_clip.model import CLIP
 

@@ -11,14 +11,12 @@ import csv
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_hf_clip
+from conftest import tiny_hf_clip, two_process_cli
 from PIL import Image
 
 import vlexplain as vx
@@ -73,29 +71,8 @@ def test_two_processes_equal_one_with_double_batch(tmp_path):
     ref, r1 = _one_process(tmp_path, one, 3)
     assert r1.step == 3 and r1.world_size == 1
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--num_cpu_threads_per_process",
-        "1",
-        "--main_process_port",
-        str(port),
-        "-m",
-        "vlexplain.cli",
+    cmd = two_process_cli(
         "deal",
         "train",
         "--data",
@@ -119,7 +96,7 @@ def test_two_processes_equal_one_with_double_batch(tmp_path):
         "--save-every",
         "1",
         "--no-progress",
-    ]
+    )
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import two_process_cli
 from PIL import Image
 
 import vlexplain as vx
@@ -459,37 +460,8 @@ def test_sigkill_then_resume_equals_uninterrupted(cli_setup):
 @pytest.mark.slow
 def test_two_processes_equal_one(cli_setup):
     d, args, env, ref = cli_setup
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     run = d / "two"
-    # `--cpu --num_processes 2` starts a single process unless an MPI hostfile is configured;
-    # `--multi_gpu` starts two processes through torch.distributed.run, also on a CPU-only machine.
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--num_cpu_threads_per_process",
-        "1",
-        "--main_process_port",
-        str(port),
-        "-m",
-        "vlexplain.cli",
-        *args,
-        "--out",
-        str(run),
-    ]
+    cmd = two_process_cli(*args, "--out", str(run))
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     man = json.loads((run / "manifest.json").read_text())
