@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -149,7 +150,7 @@ class Explainer:
 
 
 _METHODS: dict[str, type[Explainer]] = {}
-_LISTING: list[bool] = []  # set while usable_methods_hint asks every method (no nested listing)
+_LISTING = threading.local()  # .on while usable_methods_hint asks every method (no nested listing; per thread)
 
 
 _HINT = " (methods for this side: "
@@ -163,13 +164,13 @@ def brief_reason(why: str) -> str:
 def usable_methods_hint(model: DualEncoder, side: Side) -> str:
     """`` (methods for this side: a, b, ...)``: the registered methods that apply to ``side`` of
     ``model``, for refusals to name the alternatives ('' while already listing)."""
-    if _LISTING:
+    if getattr(_LISTING, "on", False):
         return ""
-    _LISTING.append(True)
+    _LISTING.on = True
     try:
         usable = [n for n, c in sorted(_METHODS.items()) if c.why_not(model, side) is None]
     finally:
-        _LISTING.pop()
+        _LISTING.on = False
     return f"{_HINT}{', '.join(usable)})" if usable else ""
 
 
