@@ -1,4 +1,4 @@
-"""The ``vlexplain`` command line (typer). Subcommands live in :mod:`vlexplain.commands`.
+"""The ``vlexplain`` command line (typer). Subcommands live in ``vlexplain.commands``.
 
 Every subcommand is a thin wrapper around the public API. Errors a user can fix print one line and
 exit with code 2 (``--debug`` shows the traceback).

@@ -16,7 +16,7 @@ _KINDS = {
 
 
 def check_device(device: str | torch.device | None) -> torch.device | None:
-    """The device named by ``device``, or :class:`InputError` if the name is not a device or this
+    """The device named by ``device``, or [`InputError`][vlexplain.InputError] if the name is not a device or this
     machine has no such device (``cuda`` without CUDA, ``cuda:3`` on a machine with two GPUs).
 
     Args:

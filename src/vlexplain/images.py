@@ -29,7 +29,7 @@ def load_image(source: str | os.PathLike | Image.Image) -> Image.Image:
     """Open an image as 8-bit RGB.
 
     Handles EXIF rotation, CMYK, 16-bit, greyscale, palette and RGBA (composited on white). Raises
-    :class:`InputError` with a one-line message for missing, empty, truncated or non-image files and
+    [`InputError`][vlexplain.InputError] with a one-line message for missing, empty, truncated or non-image files and
     for decompression bombs.
     """
     if isinstance(source, Image.Image):
@@ -92,7 +92,7 @@ def check_image_size(
     """Refuse an image whose preprocessing would allocate too much; warn when the crop drops most of it.
 
     Checked before anything is resized. ``image`` is a Pillow image or its (width, height),
-    ``input_size`` the model's (H, W). Raises :class:`InputError` saying how to fix the image
+    ``input_size`` the model's (H, W). Raises [`InputError`][vlexplain.InputError] saying how to fix the image
     (crop it).
     """
     w, h = image.size if isinstance(image, Image.Image) else image
@@ -121,7 +121,7 @@ def default_preprocess(
 ) -> torch.Tensor:
     """CLIP preprocessing: bicubic resize of the shortest side, centre crop, normalise -> (3, H, W).
 
-    Images whose resize would be too large are refused first (:func:`check_image_size`).
+    Images whose resize would be too large are refused first (``check_image_size``).
     """
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import functional as F

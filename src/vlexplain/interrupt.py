@@ -1,7 +1,7 @@
 """Interrupting long runs: Ctrl-C (SIGINT) and SIGTERM end a command cleanly and keep finished work.
 
-A long loop reports what it has finished into a :func:`track` context; the command line installs
-:func:`catch_signals`, and an interruption prints one line built from the loop's last report and
+A long loop reports what it has finished into a ``track`` context; the command line installs
+``catch_signals``, and an interruption prints one line built from the loop's last report and
 exits with ``128 + signal`` (130 for Ctrl-C, 143 for SIGTERM)::
 
     with track("pairs", total=64, done=16, resume="rerun with --resume") as work:
@@ -10,7 +10,7 @@ exits with ``128 + signal`` (130 for Ctrl-C, 143 for SIGTERM)::
             work.advance(len(batch))
     # Ctrl-C -> "interrupted; 24 of 64 pairs done, rerun with --resume"
 
-Both signals raise :class:`Interrupted`, a ``KeyboardInterrupt``, so ``finally`` blocks and
+Both signals raise ``Interrupted``, a ``KeyboardInterrupt``, so ``finally`` blocks and
 ``except KeyboardInterrupt`` clean-ups (a checkpoint written on the way out) run for either.
 """
 
@@ -123,7 +123,7 @@ def atomic() -> Iterator[None]:
 
 @contextmanager
 def catch_signals() -> Iterator[_State]:
-    """Turn SIGINT and SIGTERM into :class:`Interrupted` while the block runs (main thread only).
+    """Turn SIGINT and SIGTERM into ``Interrupted`` while the block runs (main thread only).
 
     The previous handlers are restored on exit. Yields the state whose ``signum`` tells whether a
     signal arrived (reset on entry).

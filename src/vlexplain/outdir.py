@@ -1,7 +1,7 @@
 """Where a command writes: ``--out`` checked before any work, and one run at a time per folder.
 
 The commands' ``--out`` options run these checks through typer callbacks
-(:mod:`vlexplain.commands._out`). They refuse, in one line, an ``--out`` that names an existing file where a folder is expected (or a
+(``vlexplain.commands._out``). They refuse, in one line, an ``--out`` that names an existing file where a folder is expected (or a
 folder where a file is expected) and one in a place that cannot be written; the folder callback
 also claims the folder for the command's lifetime, so a second run into the same ``--out``
 is refused while the first one runs (instead of both overwriting each other's files).
@@ -126,5 +126,5 @@ class FolderClaim:
 
 
 def claim(out: str | os.PathLike, flag: str = "--out") -> FolderClaim:
-    """Claim ``out`` for this process until :meth:`FolderClaim.release` (see :class:`FolderClaim`)."""
+    """Claim ``out`` for this process until ``FolderClaim.release`` (see ``FolderClaim``)."""
     return FolderClaim(Path(out).expanduser(), flag).acquire()

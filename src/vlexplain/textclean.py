@@ -31,7 +31,7 @@ def preview(text: str, words: int = 8, chars: int = 60) -> str:
 def clean_text(text: object) -> str:
     """``text`` without its control characters (a warning says which were removed).
 
-    Tabs and line breaks are whitespace and stay. Raises :class:`InputError` for a non-string and
+    Tabs and line breaks are whitespace and stay. Raises [`InputError`][vlexplain.InputError] for a non-string and
     for a text without a visible character once control characters, format characters (such as
     zero-width spaces) and whitespace are set aside, e.g. ``"\\x00\\x00"`` or ``" \\u200b "``.
     """
@@ -48,5 +48,5 @@ def clean_text(text: object) -> str:
 
 
 def clean_texts(texts: list[str]) -> list[str]:
-    """:func:`clean_text` of every text."""
+    """``clean_text`` of every text."""
     return [clean_text(t) for t in texts]

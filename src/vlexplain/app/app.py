@@ -64,7 +64,7 @@ def _image_path(payload: Any) -> str | None:
     """The uploaded file's path from an image payload (events run with ``preprocess=False``).
 
     Gradio has already checked that the file lies in its upload cache; the image is decoded here,
-    by :func:`vlexplain.images.load_image`, so that a non-image gets a clear message.
+    by ``vlexplain.images.load_image``, so that a non-image gets a clear message.
     """
     if payload is None:
         return None
@@ -95,7 +95,7 @@ def _user_error(e: Exception):
 
 
 class Explorer:
-    """The explorer's callbacks, sharing one :class:`ModelCache` and one output folder."""
+    """The explorer's callbacks, sharing one ``ModelCache`` and one output folder."""
 
     def __init__(self, cache: ModelCache):
         self.cache = cache

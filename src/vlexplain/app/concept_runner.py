@@ -3,7 +3,7 @@
 One image, one class and its descriptors give DEAL's category map (the image against the class
 prompt) and one concept map per descriptor (the image against each concept prompt), with this
 image's disentanglability (published form and raw mean pairwise overlap) and localizability
-(insertion test), computed by :mod:`vlexplain.concepts`.
+(insertion test), computed by ``vlexplain.concepts``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ TYPED_SOURCE = "typed in the page"
 def concept_method_choices(model: DualEncoder) -> list[tuple[str, str]]:
     """(label, name) of the map methods for concept maps on ``model``: DEAL's relevance first.
 
-    ``"deal"`` is the differentiable last-block relevance of :mod:`vlexplain.concepts.relevance`
+    ``"deal"`` is the differentiable last-block relevance of ``vlexplain.concepts.relevance``
     (Grad-CAM on the last block of a CNN tower); every registered method with an image side on
     this model also works, for evaluation only (read from the registry).
     """
@@ -110,7 +110,7 @@ def read_concept_file(path: str | Path, name: str | None = None) -> ConceptSet:
         name: the name shown in messages (the upload's own name; the server path is never shown).
 
     Returns:
-        A validated :class:`ConceptSet` whose ``source`` is ``name``.
+        A validated ``ConceptSet`` whose ``source`` is ``name``.
     """
     from ..concepts.sets import load_concepts
 
@@ -147,7 +147,7 @@ def shapes_templates() -> Templates:
 def concept_presets() -> dict[str, tuple[Callable[[], ConceptSet], Templates]]:
     """Built-in concept sets: menu label -> (loader, the prompt templates that suit the set).
 
-    The shapes world's part descriptors (:func:`vlexplain.data.shapes.concept_set`) come with the
+    The shapes world's part descriptors (``vlexplain.data.shapes.concept_set``) come with the
     prompts the ``testbed:shapes`` model was trained on.
     """
     out: dict[str, tuple[Callable[[], ConceptSet], Templates]] = {}
@@ -253,14 +253,14 @@ def run_concepts(
         model: the dual encoder.
         image: an RGB image.
         cls: the class name (``{class}`` of the templates).
-        descriptors: its descriptors (``{descriptor}``), at most :data:`MAX_DESCRIPTORS`.
-        method: ``"deal"`` or a registered method with an image side (see :func:`concept_method_choices`).
+        descriptors: its descriptors (``{descriptor}``), at most ``MAX_DESCRIPTORS``.
+        method: ``"deal"`` or a registered method with an image side (see ``concept_method_choices``).
         options: the method's options.
         templates: the prompt templates.
         image_name: shown in the results.
 
     Returns:
-        A :class:`ConceptRun`; the metrics are those of :mod:`vlexplain.concepts.metrics` for this image.
+        A ``ConceptRun``; the metrics are those of ``vlexplain.concepts.metrics`` for this image.
     """
     from ..concepts.metrics import disentanglability, localizability
     from ..concepts.relevance import deal_maps

@@ -1,6 +1,6 @@
-"""The explorer's Concepts tab (:func:`_concepts_tab`) and the widget helpers both tabs share.
+"""The explorer's Concepts tab (``_concepts_tab``) and the widget helpers both tabs share.
 
-:mod:`vlexplain.app.app` builds the page from these and re-exports every name here.
+``vlexplain.app.app`` builds the page from these and re-exports every name here.
 """
 
 from __future__ import annotations

@@ -30,11 +30,11 @@ class ModelCache:
     on the same model at once; requests on different models run in parallel.
 
     Args:
-        loader: spec -> model (default :func:`vlexplain.load_model`).
+        loader: spec -> model (default [`vlexplain.load_model`][vlexplain.load_model]).
         max_models: the most models kept loaded; loading another first drops the least recently
             used one (a request still running on a dropped model keeps it until it finishes).
         allowed: the only specs that may be loaded (None: any spec); others are refused with
-            :class:`InputError` naming the allowed ones.
+            [`InputError`][vlexplain.InputError] naming the allowed ones.
     """
 
     def __init__(
@@ -58,7 +58,7 @@ class ModelCache:
         self._load_lock = threading.Lock()
 
     def check(self, spec: str) -> str:
-        """The cleaned spec, or :class:`InputError` when it is empty or not allowed here."""
+        """The cleaned spec, or [`InputError`][vlexplain.InputError] when it is empty or not allowed here."""
         spec = (spec or "").strip()
         if not spec:
             raise InputError("no model given: choose 'offline' or type a model spec")

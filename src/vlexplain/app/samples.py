@@ -65,7 +65,7 @@ ConceptSample = tuple[str, list[str], "Templates"]  # (class, descriptors, promp
 
 
 def concept_suggestions() -> dict[str, Callable[[], ConceptSample]]:
-    """Menu label (as in :func:`sample_images`) -> loader of a suggested (class, descriptors, templates).
+    """Menu label (as in ``sample_images``) -> loader of a suggested (class, descriptors, templates).
 
     Photos suggest a hand-written class and descriptors with the default prompts; a shapes scene
     suggests its largest visible object's category with that category's descriptors from the

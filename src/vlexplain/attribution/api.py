@@ -99,10 +99,10 @@ def explain(
     """Explain image-text pairs with a registered method.
 
     Args:
-        model: a :class:`DualEncoder` from :func:`vlexplain.load_model`.
+        model: a [`DualEncoder`][vlexplain.DualEncoder] from [`vlexplain.load_model`][vlexplain.load_model].
         images: a path, PIL image, array, (3,H,W) or (N,3,H,W) preprocessed tensor, or a list.
         texts: a string or a list of strings. Pairs are zipped; one image or one text broadcasts.
-        method: a name from :func:`vlexplain.list_methods`.
+        method: a name from [`vlexplain.list_methods`][vlexplain.list_methods].
         seed: seed for stochastic methods: one int that every pair uses (a pair's result then does not
             depend on batching or on the other pairs), or one int per pair (what the evaluation runner
             passes, so that a random reference or a noise draw is not the same for every pair).
@@ -114,7 +114,7 @@ def explain(
         **options: the method's options (e.g. ``layer``, ``beta``, ``steps`` for m2ib).
 
     Returns:
-        One :class:`Explanation` for one image and one text, else a list (one per pair).
+        One [`Explanation`][vlexplain.Explanation] for one image and one text, else a list (one per pair).
 
     Example:
         >>> exp = explain(load_model("offline"), "cat.jpg", "a cat", method="m2ib")

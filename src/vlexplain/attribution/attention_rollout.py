@@ -6,7 +6,7 @@ For every block ``b`` (from ``start_layer`` on) with attention probabilities ``A
     R = Ahat_b @ R                              (R starts as I)
 
 Gradient-free, so it explains the tower's representation rather than a particular pair's score.
-Read out like :mod:`.chefer`: the CLS row (image towers with a class token), the mean over rows
+Read out like ``.chefer``: the CLS row (image towers with a class token), the mean over rows
 (image towers without one, e.g. SigLIP), the pooled position's row (text), or the mean over real
 tokens' rows (mean-pooled text towers).
 """

@@ -9,7 +9,7 @@ A method is one file with one class::
         def attribute_text(self, batch: PairBatch) -> Tensor: ...    # (B, T) per token position
 
 The base class handles batching, freezing the model, seeding, upsampling and building
-:class:`Explanation` objects; the CLI, the web explorer, benchmarks and contract tests read the
+[`Explanation`][vlexplain.attribution.base.Explanation] objects; the CLI, the web explorer, benchmarks and contract tests read the
 registry.
 """
 
@@ -46,7 +46,7 @@ class PairBatch:
         seeds: one seed per pair; stochastic methods draw each pair's noise from its own
             generator so that a pair's result does not depend on the rest of the batch.
         hidden: side -> (block, hidden state after that block) computed with the embeddings, for
-            methods that asked for it (:meth:`Explainer.hidden_layer`); empty otherwise.
+            methods that asked for it ([`Explainer.hidden_layer`][vlexplain.attribution.base.Explainer.hidden_layer]); empty otherwise.
     """
 
     pixels: Tensor
@@ -96,7 +96,7 @@ class Explainer:
 
     @classmethod
     def create(cls, model: DualEncoder, **options: Any) -> Explainer:
-        """Build the method, turning unknown or bad options into a clear :class:`MethodError`."""
+        """Build the method, turning unknown or bad options into a clear [`MethodError`][vlexplain.MethodError]."""
         sig = inspect.signature(cls.__init__)
         known = [k for k, p in list(sig.parameters.items())[2:] if p.kind is not inspect.Parameter.VAR_KEYWORD]
         unknown = sorted(set(options) - set(known))
@@ -119,8 +119,8 @@ class Explainer:
         raise NotImplementedError
 
     def hidden_layer(self, side: Side) -> int | None:
-        """The block whose output :meth:`attribute_image` / :meth:`attribute_text` reads first, if
-        any: :func:`run_explainer` then keeps it from the embedding pass (``PairBatch.hidden``)
+        """The block whose output ``attribute_image`` / ``attribute_text`` reads first, if
+        any: ``run_explainer`` then keeps it from the embedding pass (``PairBatch.hidden``)
         instead of the method running the tower up to it again."""
         return None
 

@@ -2,10 +2,10 @@
 
 These methods read a transformer block's internals (query, key, value, the attention output before
 its projection) and the model's own head applied per token. Both come through the Tower protocol:
-:func:`~vlexplain.models.blocks.record_blocks` captures what every block computed (for towers whose
-blocks run through :func:`~vlexplain.models.blocks.prenorm_block`), and
-:meth:`~vlexplain.models.base.Tower.project_tokens` applies the final norm and projection to every
-token. :func:`capabilities` probes a tower once for both, so methods can refuse clearly.
+``record_blocks`` captures what every block computed (for towers whose
+blocks run through ``prenorm_block``), and
+[`project_tokens`][vlexplain.models.base.Tower.project_tokens] applies the final norm and projection to every
+token. ``capabilities`` probes a tower once for both, so methods can refuse clearly.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 batched, chunked scoring of perturbed images and texts.
 
 Perturbed inputs of every pair in a batch are scored together in chunks, so a method makes
-``ceil(total / chunk)`` forward passes. Scores are the batch's :class:`Target` of the perturbed
+``ceil(total / chunk)`` forward passes. Scores are the batch's [`Target`][vlexplain.Target] of the perturbed
 input against the other modality's fixed embedding.
 """
 

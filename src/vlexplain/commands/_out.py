@@ -1,4 +1,4 @@
-"""typer callbacks for ``--out`` options (see :mod:`vlexplain.outdir`)."""
+"""typer callbacks for ``--out`` options (see ``vlexplain.outdir``)."""
 
 from __future__ import annotations
 

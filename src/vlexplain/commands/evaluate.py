@@ -1,4 +1,4 @@
-"""``vlexplain evaluate`` and ``vlexplain report``: thin wrappers around :mod:`vlexplain.eval`."""
+"""``vlexplain evaluate`` and ``vlexplain report``: thin wrappers around ``vlexplain.eval``."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def open_data(
     coco_ground_truth: str,
     coco_match: str,
 ):
-    """The command line's data options -> a :class:`~vlexplain.data.pairs.PairDataset`."""
+    """The command line's data options -> a ``PairDataset``."""
     from ..data.pairs import open_pairs
 
     if coco_ground_truth not in ("boxes", "masks"):

@@ -1,4 +1,4 @@
-"""``vlexplain explain`` and ``demo`` (``models`` and ``methods`` are in :mod:`.models`)."""
+"""``vlexplain explain`` and ``demo`` (``models`` and ``methods`` are in ``.models``)."""
 
 from __future__ import annotations
 

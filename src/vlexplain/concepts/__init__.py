@@ -1,13 +1,13 @@
 """Concept-level explanations and DEAL fine-tuning (Li, Ma, Peng, ECCV 2024).
 
-* :mod:`.sets` — concept sets (``{class: [descriptors]}`` JSON, CSV or a dict) and validation;
-* :mod:`.generate` — concept sets written by a chat model behind an OpenAI-compatible endpoint;
-* :mod:`.relevance` — differentiable concept maps (last-block gradient-weighted attention
+* ``.sets`` — concept sets (``{class: [descriptors]}`` JSON, CSV or a dict) and validation;
+* ``.generate`` — concept sets written by a chat model behind an OpenAI-compatible endpoint;
+* ``.relevance`` — differentiable concept maps (last-block gradient-weighted attention
   relevance) and figures;
-* :mod:`.metrics` — disentanglability, localizability, zero-shot accuracy, part metrics;
-* :mod:`.losses` / :mod:`.train` — DEAL losses and the fine-tuning loop;
-* :mod:`.evaluate` — dataset-level evaluation (with ground truth: CUB keypoints, shapes-world masks);
-* :mod:`.report` — the before / after report (``report.html``, ``metrics.json``, ``metrics.csv``).
+* ``.metrics`` — disentanglability, localizability, zero-shot accuracy, part metrics;
+* ``.losses`` / ``.train`` — DEAL losses and the fine-tuning loop;
+* ``.evaluate`` — dataset-level evaluation (with ground truth: CUB keypoints, shapes-world masks);
+* ``.report`` — the before / after report (``report.html``, ``metrics.json``, ``metrics.csv``).
 """
 
 from .generate import generate_concepts

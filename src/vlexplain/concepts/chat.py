@@ -107,13 +107,13 @@ class ChatClient:
     """OpenAI-compatible chat client with a whole-reply time limit, retries and visible waits.
 
     Args:
-        base_url: the OpenAI-style base URL (see :func:`chat_url`).
+        base_url: the OpenAI-style base URL (see ``chat_url``).
         model: the model name sent with each request.
         api_key: sent as ``Authorization: Bearer``; None or "" sends no header.
         timeout: seconds one reply may take in all, from the request to its last byte.
         retries: further attempts after a 429, a 5xx or a lost connection.
         timeout_retries: further attempts after a reply that hit ``timeout`` (at most ``retries``).
-        backoff: first wait in seconds; doubled after each failure (capped at :data:`MAX_WAIT`);
+        backoff: first wait in seconds; doubled after each failure (capped at ``MAX_WAIT``);
             a ``Retry-After`` header takes precedence.
         sleep: the function that waits (tests pass a recorder).
         notify: called with one line per retry and per slow reply (None: silent).

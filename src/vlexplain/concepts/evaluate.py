@@ -1,6 +1,6 @@
 """Dataset-level evaluation of concept explanations (the DEAL paper's table, plus part metrics).
 
-:func:`evaluate_concepts` reports, over a labelled dataset:
+``evaluate_concepts`` reports, over a labelled dataset:
 
 * zero-shot accuracy (top-1 / top-5) with standard prompts and with concept-based prompts;
 * disentanglability (published form: from the per-image sum over concept pairs of the overlap)
@@ -10,9 +10,9 @@
   the mean part area (what a map without information scores on both). CUB part keypoints are
   matched to descriptors by keywords ("bill" -> beak; descriptors naming no part are left out)
   and part masks are disks around the visible keypoints; shapes-world datasets give exact masks
-  (:meth:`~vlexplain.data.shapes_classes.ShapesClassDataset.concept_mask`).
+  (``concept_mask``).
 
-Concept maps are explained against each image's true class. :func:`concept_gallery` returns the
+Concept maps are explained against each image's true class. ``concept_gallery`` returns the
 maps of a few images for a report.
 """
 
@@ -99,13 +99,13 @@ def evaluate_concepts(
         batch_size: images per batch.
         max_images: evaluate the first N images only.
         part_radius: part disk radius as a fraction of the input side.
-        blur_sigma: localizability baseline blur (see :func:`~.metrics.localizability`).
+        blur_sigma: localizability baseline blur (see ``localizability``).
         progress: print one line per batch.
 
     Returns:
         A dict of metrics (accuracies in percent), JSON-ready except ``per_item``: for each averaged
         metric, ``{"values", "image"}`` numpy arrays of its items (images, or concept maps) and the
-        image each item belongs to, for paired comparisons (:func:`paired_interval`).
+        image each item belongs to, for paired comparisons (``paired_interval``).
     """
     classes = list(dataset.classes)
     concepts = concepts.align(classes)
@@ -295,7 +295,7 @@ def concept_gallery(
         dataset: items ``(image, label)`` with ``.classes``.
         concepts: the concept set.
         indices: the items to show.
-        k, templates, method, part_radius: as in :func:`evaluate_concepts`.
+        k, templates, method, part_radius: as in ``evaluate_concepts``.
 
     Returns:
         One dict per image: ``index``, ``label`` (class name), ``predicted`` (top-1 class with the

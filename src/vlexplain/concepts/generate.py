@@ -9,9 +9,9 @@ request for the classes already done::
     concepts = generate_concepts(["Cardinal", "Blue Jay"], "http://localhost:8000/v1", "llama3")
     # {'Cardinal': ['Red crest', 'Black face mask', ...], 'Blue Jay': [...]}
 
-The base URL is what an OpenAI client takes as ``base_url`` (see :func:`vlexplain.concepts.chat.chat_url`).
+The base URL is what an OpenAI client takes as ``base_url`` (see ``vlexplain.concepts.chat.chat_url``).
 Class names may be in any script: they are matched after NFKC normalisation and case folding
-(:func:`vlexplain.concepts.sets.normalize_name`), and cache files are named by a readable slug plus
+(``vlexplain.concepts.sets.normalize_name``), and cache files are named by a readable slug plus
 a short hash, so "Pâté" and "Pât", or "Сорока" and "北京鸭", stay apart.
 """
 
@@ -77,7 +77,7 @@ def read_classes(path: str | Path) -> list[str]:
         The names in file order.
 
     Raises:
-        InputError: a missing or empty source, or names that repeat (after :func:`normalize_name`).
+        InputError: a missing or empty source, or names that repeat (after ``normalize_name``).
     """
     p = Path(path)
     if p.is_dir():
@@ -269,7 +269,7 @@ def _cache_key(url: str, model: str, cls: str, k: int, context: str | None, temp
 def cache_slug(cls: str, n: int = 40) -> str:
     """A readable, file-system-safe part of a cache file name: letters and digits of any script.
 
-    NFKC and case folding as in :func:`normalize_name`; everything else becomes ``-``. The hash
+    NFKC and case folding as in ``normalize_name``; everything else becomes ``-``. The hash
     that follows it in the file name keeps names apart that share a slug.
     """
     name = unicodedata.normalize("NFKC", cls).casefold()
@@ -318,15 +318,15 @@ def generate_concepts(
     """Ask a chat model for ``k`` descriptors per class.
 
     Args:
-        classes: class names (see :func:`read_classes`); the keys of the result.
-        base_url: OpenAI-style base URL, e.g. ``http://localhost:8000/v1`` (see :func:`chat_url`).
+        classes: class names (see ``read_classes``); the keys of the result.
+        base_url: OpenAI-style base URL, e.g. ``http://localhost:8000/v1`` (see ``chat_url``).
         model: model name on that server.
         k: descriptors per class (the published DEAL sets have 6 and use the first 5).
         api_key_env: environment variable holding the API key.
         require_key: whether a missing key is an error; None: required unless the server is on
             this machine (localhost).
         context: a few words on what the classes are ("bird species"), added to the prompt.
-        cache_dir: where replies are kept (default :func:`default_cache_dir`).
+        cache_dir: where replies are kept (default ``default_cache_dir``).
         use_cache: False ignores cached replies (new replies are still stored).
         retries: further attempts per request after a 429 / 5xx / lost connection (one after a
             timeout), and further requests per class after an unusable reply.
@@ -343,7 +343,7 @@ def generate_concepts(
 
     Returns:
         ``{class: [k descriptors]}`` in the order of ``classes``; it passes
-        :func:`vlexplain.concepts.sets.validate`.
+        ``vlexplain.concepts.sets.validate``.
 
     Raises:
         GenerationError: classes whose requests were refused (HTTP 400/413/422) or whose replies

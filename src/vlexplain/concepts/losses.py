@@ -8,7 +8,7 @@ With concept maps ``h_1..h_K`` and the category map ``h_c`` of an image (min-max
   the batch-contrastive CLIP loss (``"contrastive"``), or ``"none"``;
 * total = prediction + lambda_sep * disentangle + lambda_con * localize.
 
-The maps must come from :func:`~vlexplain.concepts.relevance.deal_maps` with
+The maps must come from ``deal_maps`` with
 ``create_graph=True`` for the two explanation losses to reach the model.
 """
 
@@ -130,7 +130,7 @@ def deal_losses(
         class_names: every class, in label order (keys of ``concepts``).
         concepts: the concept set.
         lambda_sep / lambda_con: weights of the disentangle and localize losses.
-        prediction: the prediction loss (see :func:`prediction_loss`).
+        prediction: the prediction loss (see ``prediction_loss``).
         k: descriptors per class.
         templates: prompt templates.
         detach_maps: detach the maps before the explanation losses (reproduces the released

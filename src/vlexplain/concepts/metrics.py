@@ -1,19 +1,19 @@
 """Metrics of concept-level explanations (DEAL, ECCV 2024) and zero-shot accuracy.
 
-* :func:`disentanglability` — published: ``sigmoid(10 * (0.2 - S / 100))`` where ``S`` is the
+* ``disentanglability`` — published: ``sigmoid(10 * (0.2 - S / 100))`` where ``S`` is the
   disentangle loss: per image the sum over concept pairs i > j of ``sum_pixels h_i * h_j`` (maps
   min-max normalised, on the patch grid), averaged over images — this is what the released
   evaluation computes (its K = 5 concepts give 10 pairs). ``pairs="mean"`` uses the mean over
   pairs instead. The raw mean pairwise overlap is returned too.
-* :func:`localizability` — insertion test: the top 20/40/60/80/100 % pixels of a concept map
+* ``localizability`` — insertion test: the top 20/40/60/80/100 % pixels of a concept map
   (upsampled bicubically) are inserted (every channel) into a blurred copy of *the same* image;
   the score of a step is ``clamp(|s_ins - s_blur| / |s_orig - s_blur|, 0, 1)`` with ``s`` the
   cosine of the image and the concept prompt; averaged over steps, then over maps. The default
   blur is the released one (bilinear down-sampling to half size and back). (The released code
   inserted channel 0 only and paired most maps with the wrong image.)
-* :func:`zero_shot_logits` — standard prompts or concept-based prompts (the class score is the
-  mean cosine over the class's concept prompts); :func:`topk_accuracy`.
-* :func:`part_pointing` / :func:`part_energy` — with ground-truth part masks: whether a map's
+* ``zero_shot_logits`` — standard prompts or concept-based prompts (the class score is the
+  mean cosine over the class's concept prompts); ``topk_accuracy``.
+* ``part_pointing`` / ``part_energy`` — with ground-truth part masks: whether a map's
   maximum falls inside the part, and the share of the map's mass inside it.
 """
 
@@ -139,7 +139,7 @@ def localizability(
         texts: N concept prompts, or (N, d) text embeddings.
         steps: fractions of pixels inserted.
         blur_sigma: Gaussian blur of the baseline in pixels (default: the released baseline,
-            :func:`downsample_blur`).
+            ``downsample_blur``).
         blurred: the baseline images instead of blurring ``pixels``.
 
     Returns:
@@ -217,7 +217,7 @@ def part_pointing(maps: Tensor, part_masks: Tensor) -> Tensor:
     """(N,) 1.0 where the maximum of each map (upsampled to the mask size) lies inside the part mask.
 
     Where several pixels tie at the maximum, the share of them inside the part mask (as
-    :func:`vlexplain.metrics.localization.pointing_game` scores ties).
+    ``vlexplain.metrics.localization.pointing_game`` scores ties).
 
     Args:
         maps: (N, gh, gw) or (N, H, W) maps.

@@ -276,7 +276,7 @@ def deal_maps(
         method: ``"deal"`` or a registered method name (evaluation only).
 
     Returns:
-        A :class:`ConceptMaps`.
+        A ``ConceptMaps``.
     """
     B = pixels.shape[0]
     if len(classes) != B:

@@ -1,16 +1,16 @@
 """The DEAL evaluation report: metrics of one or more models side by side, and a concept-map gallery.
 
-:func:`write_report` writes, into one folder:
+``write_report`` writes, into one folder:
 
 * ``metrics.json``: the configuration, every column's metrics (as returned by
-  :func:`~vlexplain.concepts.evaluate.evaluate_concepts`), the flattened ``delta`` (last column
+  ``evaluate_concepts``), the flattened ``delta`` (last column
   minus first) and the gallery's captions;
   and, where both columns hold per-item scores, ``delta_ci``: the 95 % paired bootstrap interval of
   each delta (images resampled);
 * ``metrics.csv``: one row per metric (``metric, <columns...>, delta, delta_low, delta_high,
   higher_is_better``);
 * ``scores.npz``: every column's per-item scores (so a later comparison can pair them);
-* ``gallery.npz``: the gallery's images and maps (read back by :func:`read_report`, so a later
+* ``gallery.npz``: the gallery's images and maps (read back by ``read_report``, so a later
   evaluation can be compared with this one without evaluating the model again);
 * ``report.html``: one self-contained page (inline CSS, base64 PNGs): the metric table with
   before / after / delta, the configuration, and for a few images the category and concept maps
@@ -102,7 +102,7 @@ def deltas(columns: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
 
 
 def delta_intervals(columns: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[float, float]]:
-    """95 % paired bootstrap intervals of :func:`deltas`, for metrics whose per-item scores pair up."""
+    """95 % paired bootstrap intervals of ``deltas``, for metrics whose per-item scores pair up."""
     from .evaluate import paired_interval
 
     names = list(columns)
@@ -268,7 +268,7 @@ def write_report(
         out_dir: the folder (created).
         config: the evaluation's settings (shown in the report, saved in ``metrics.json``).
         columns: column name -> metrics, in display order (``before``, ``after``).
-        galleries: column name -> :func:`~vlexplain.concepts.evaluate.concept_gallery` items.
+        galleries: column name -> ``concept_gallery`` items.
 
     Returns:
         The path of ``report.html``.
@@ -365,7 +365,7 @@ def write_report(
 
 
 def read_report(folder: str | Path, column: str | None = None) -> tuple[dict[str, Any], dict[str, Any], list[dict]]:
-    """One column of an earlier :func:`write_report` output: (config, metrics, gallery items).
+    """One column of an earlier ``write_report`` output: (config, metrics, gallery items).
 
     Args:
         folder: the folder holding ``metrics.json`` (and ``gallery.npz``).

@@ -93,7 +93,7 @@ class ConceptSet:
         return min(n), max(n)
 
     def align(self, class_names: Sequence[str]) -> ConceptSet:
-        """The set keyed by ``class_names`` (matched after :func:`normalize_name`), in their order.
+        """The set keyed by ``class_names`` (matched after ``normalize_name``), in their order.
 
         Raises:
             InputError: listing every class of ``class_names`` the set does not cover.
@@ -220,14 +220,14 @@ def load_concepts(
     Args:
         source: a ``.json`` file, a ``.csv`` file (``class,descriptor`` rows) or a mapping.
         k: keep the first ``k`` descriptors of each class (the published DEAL runs use 5 of 6).
-        classes: align to these class names (see :meth:`ConceptSet.align`); classes of the data
+        classes: align to these class names (see ``ConceptSet.align``); classes of the data
             missing from the set raise InputError.
         model: also check that every concept prompt fits the model's text context.
         template: the concept prompt used for that check.
         max_words: longest descriptor allowed, in words.
 
     Returns:
-        A validated :class:`ConceptSet`.
+        A validated ``ConceptSet``.
     """
     if isinstance(source, Mapping):
         raw, name = source, "dict"

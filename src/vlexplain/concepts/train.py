@@ -289,13 +289,13 @@ def deal_train(
         dataset: items ``(image, label)`` (PIL images or preprocessed tensors) with ``.classes``.
         concepts: the concept set; aligned to ``dataset.classes`` (missing classes raise InputError).
         out_dir: where ``config.json``, ``log.csv`` and ``checkpoint/`` go.
-        steps, lr, batch_size, lambda_sep, lambda_con, freeze_text: see :class:`DealConfig`.
+        steps, lr, batch_size, lambda_sep, lambda_con, freeze_text: see ``DealConfig``.
         resume: continue from ``out_dir/checkpoint`` when it exists.
         progress: show a progress bar.
-        **options: any other :class:`DealConfig` field (betas, eps, weight_decay, prediction, k, ...).
+        **options: any other ``DealConfig`` field (betas, eps, weight_decay, prediction, k, ...).
 
     Returns:
-        A :class:`TrainResult`; ``stopped`` names the reason when the run stopped early.
+        A ``TrainResult``; ``stopped`` names the reason when the run stopped early.
     """
     fields = {f.name for f in dataclasses.fields(DealConfig)}
     unknown = set(options) - fields

@@ -16,7 +16,7 @@
 
 Hidden files and everything inside hidden folders (``.ipynb_checkpoints``, ``.DS_Store``…) are
 ignored. Items are ``(image, label)``; the image is a PIL image, or the output of ``transform`` when
-one is set (e.g. ``model.preprocess``). :meth:`ClassDataset.describe` says which layout and split were
+one is set (e.g. ``model.preprocess``). ``ClassDataset.describe`` says which layout and split were
 read and how many images they hold (what run configurations record).
 """
 
@@ -74,7 +74,7 @@ class ClassDataset(torch.utils.data.Dataset):
 
     Attributes:
         classes: class names in label order.
-        samples: the :class:`ClassSample` of every item.
+        samples: the ``ClassSample`` of every item.
         transform: applied to each PIL image (None: items are PIL images).
         root: the folder the dataset was read from.
     """

@@ -8,7 +8,7 @@ plural ``s`` / ``es`` accepted; "person" also answers to people, man, woman, boy
 their plurals), or with ``match="all"`` every object of the image; as ``boxes`` (``bbox``, pixels of
 the original image) or ``masks`` (the ``segmentation`` polygons or RLE, rasterised at pixel centres).
 A pair whose caption names none of its image's categories has no ground truth (counted in
-:meth:`CocoReader.describe`).
+``CocoReader.describe``).
 """
 
 from __future__ import annotations

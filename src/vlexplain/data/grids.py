@@ -58,7 +58,7 @@ DEFAULT_PHOTOS: tuple[str, ...] = tuple(PHOTOS)
 
 @functools.cache
 def load_photo(name: str) -> Image.Image:
-    """One of :data:`PHOTOS` as an RGB image (cached)."""
+    """One of ``PHOTOS`` as an RGB image (cached)."""
     if name not in PHOTOS:
         raise InputError(f"unknown photo {name!r}; choose from {', '.join(PHOTOS)}")
     a = PHOTOS[name][0]()
@@ -149,11 +149,11 @@ def make_grid(
         seed: numpy Generator seed (photo choice, crops, flips, query).
         rows, cols: layout (``cols`` defaults to ``rows``).
         cell_size: cell side in pixels (default ``224 // rows``).
-        photos: names to draw from (default: all of :data:`PHOTOS`); at least ``rows * cols``.
+        photos: names to draw from (default: all of ``PHOTOS``); at least ``rows * cols``.
         query: queried cell (default: drawn).
 
     Returns:
-        A :class:`GridSample`.
+        A ``GridSample``.
     """
     cols = rows if cols is None else cols
     if rows < 1 or cols < 1 or rows * cols < 2:
@@ -177,5 +177,5 @@ def make_grid(
 
 
 def grid_dataset(n: int, seed: int = 0, rows: int = 2, **kwargs) -> list[GridSample]:
-    """``n`` grids with seeds ``seed, seed + 1, ...`` (keyword options as in :func:`make_grid`)."""
+    """``n`` grids with seeds ``seed, seed + 1, ...`` (keyword options as in ``make_grid``)."""
     return [make_grid(seed + i, rows=rows, **kwargs) for i in range(n)]

@@ -10,7 +10,7 @@ from .rows import PairRow, expand, is_url, refuse_url, resolve
 
 
 def load_hf(pd: Any):
-    """The saved dataset of a :class:`~vlexplain.data.pairs.PairDataset`, its split chosen."""
+    """The saved dataset of a ``PairDataset``, its split chosen."""
     try:
         import datasets
     except ImportError:

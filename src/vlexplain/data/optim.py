@@ -1,7 +1,7 @@
 """Optimisers for training the testbed models on a CPU.
 
-:class:`Muon` is the Muon update (momentum, then the update matrix orthogonalised by a quintic
-Newton-Schulz iteration) with the conventions of :class:`torch.optim.Muon` (Nesterov momentum
+``Muon`` is the Muon update (momentum, then the update matrix orthogonalised by a quintic
+Newton-Schulz iteration) with the conventions of ``torch.optim.Muon`` (Nesterov momentum
 0.95, the same iteration coefficients, ``adjust_lr_fn="match_rms_adamw"`` learning-rate scaling,
 decoupled weight decay). It differs in how the iteration runs: in float32, with all matrices of one
 shape stacked into a single batched product. ``torch.optim.Muon`` runs it in bfloat16, one matrix

@@ -1,6 +1,6 @@
 """Image-caption pair datasets read lazily from the layouts CLIP users store them in.
 
-Accepted sources (see :func:`open_pairs`; the README has a table with the command for each):
+Accepted sources (see ``open_pairs``; the README has a table with the command for each):
 
 * ``*.jsonl``: one JSON object per line with an image path and a caption (optional ``boxes``:
   COCO ``[x, y, w, h]`` boxes in pixels of the original image, optional ``mask``: a PNG path).
@@ -21,12 +21,12 @@ Accepted sources (see :func:`open_pairs`; the README has a table with the comman
 Folders holding ``train`` / ``val`` / ``test`` sub-folders (or Parquet files named
 ``<split>-*.parquet``) and saved ``DatasetDict`` s have splits: ``split`` picks one. A caption field
 holding a list of captions gives its first caption, or with ``all_captions`` one pair per caption
-(:attr:`PairDataset.notes` says so). URLs are refused with one line: nothing is downloaded.
+(``PairDataset.notes`` says so). URLs are refused with one line: nothing is downloaded.
 
 Relative image paths are resolved against the folder of the data file. Iteration is streaming:
-:meth:`PairDataset.rows` parses text only, :meth:`PairDataset.load` opens one image. A malformed
-line raises :class:`~vlexplain.errors.InputError` naming the file and line; a missing or corrupt
-image makes :meth:`PairDataset.load` return a :class:`Pair` with ``error`` set instead of raising.
+``PairDataset.rows`` parses text only, ``PairDataset.load`` opens one image. A malformed
+line raises [`InputError`][vlexplain.errors.InputError] naming the file and line; a missing or corrupt
+image makes ``PairDataset.load`` return a ``Pair`` with ``error`` set instead of raising.
 """
 
 from __future__ import annotations
@@ -72,11 +72,11 @@ class PairDataset:
 
     Args:
         source: the data file, folder, saved dataset or shard pattern.
-        format: one of :data:`FORMATS`; detected from the path when None.
+        format: one of ``FORMATS``; detected from the path when None.
         split: for sources with splits (saved ``DatasetDict``, split folders, ``<split>-*.parquet``),
             which split (default: the only one, else "test").
         image_key / caption_key: the image and caption columns (default: the known names, see
-            :data:`~vlexplain.data.rows.IMAGE_KEYS`); box_key / mask_key: the ground-truth columns
+            ``IMAGE_KEYS``); box_key / mask_key: the ground-truth columns
             (default ``boxes`` / ``mask`` when present).
         all_captions: a list of captions gives one pair per caption (default: its first caption).
         images: COCO: the image folder (default: ``../<name>`` for ``captions_<name>.json``).
@@ -283,7 +283,7 @@ class PairDataset:
 
 
 def open_pairs(source: str | os.PathLike | PairDataset, **kwargs: Any) -> PairDataset:
-    """A :class:`PairDataset` for a path (format detected) or the dataset itself."""
+    """A ``PairDataset`` for a path (format detected) or the dataset itself."""
     if isinstance(source, PairDataset):
         return source
     return PairDataset(source, **kwargs)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-# demo name -> photo name in :data:`vlexplain.data.grids.PHOTOS`
+# demo name -> photo name in ``vlexplain.data.grids.PHOTOS``
 PHOTOS = {
     "cat": "chelsea",
     "coffee": "coffee",

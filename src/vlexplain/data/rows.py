@@ -45,7 +45,7 @@ class PairRow:
         index: 0-based position in the dataset (the sample id used by evaluation runs).
         caption: the text.
         image: an image path (absolute), an in-memory image, encoded image bytes, or a
-            :class:`LazyBytes` (a member of a tar shard).
+            ``LazyBytes`` (a member of a tar shard).
         source: ``file:line`` (or ``dataset[index]``, ``shard.tar:key``) for messages.
         boxes: COCO ``[x, y, w, h]`` boxes in original-image pixels, or None.
         mask: a ground-truth mask: a PNG path, an image, a callable returning one, or None.
@@ -103,7 +103,7 @@ class MissingImage:
 
 @dataclass
 class Columns:
-    """Which fields hold what; None: found among the known names (see :data:`IMAGE_KEYS`...)."""
+    """Which fields hold what; None: found among the known names (see ``IMAGE_KEYS``...)."""
 
     image: str | None = None
     caption: str | None = None
@@ -253,9 +253,9 @@ def expand(
     base: Path,
     image: Callable[[Any, str], Any] | None = None,
 ) -> Iterator[PairRow]:
-    """``(record, where)`` -> numbered :class:`PairRow` (one per caption when lists are expanded).
+    """``(record, where)`` -> numbered ``PairRow`` (one per caption when lists are expanded).
 
-    ``image(value, where)`` turns the image field into what :class:`PairRow` holds (default: a path
+    ``image(value, where)`` turns the image field into what ``PairRow`` holds (default: a path
     resolved against ``base``, URLs refused).
     """
     i = 0

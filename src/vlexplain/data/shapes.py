@@ -10,7 +10,7 @@ the part masks equal the rendered pixels exactly. Texts come in three kinds:
 * part descriptors in the style of DEAL concept sets: ``"a triangular roof"``, ``"a red roof"``.
 
 Some descriptors are shared between categories (``"two round black wheels"`` on cars and buses,
-``"a grey pole"`` on traffic lights and lamps). :meth:`Scene.text_masks` maps every text that is
+``"a grey pole"`` on traffic lights and lamps). ``Scene.text_masks`` maps every text that is
 true of a scene to the union of the pixels it refers to.
 
 Example:
@@ -93,11 +93,11 @@ class Scene:
     Attributes:
         seed: the seed it was drawn from (same seed and options -> identical scene).
         image: ``(S, S, 3)`` uint8 RGB.
-        labels: ``(S, S)`` uint8 part labels (0 = background, see :data:`MAX_PARTS`).
+        labels: ``(S, S)`` uint8 part labels (0 = background, see ``MAX_PARTS``).
         objects: the objects in drawing order.
         background: background kind.
-        badge: the cue badge drawn on top, if any (:mod:`vlexplain.data.shapes_cue`); its pixels
-            carry the label :data:`BADGE_LABEL` and belong to no object.
+        badge: the cue badge drawn on top, if any (``vlexplain.data.shapes_cue``); its pixels
+            carry the label ``BADGE_LABEL`` and belong to no object.
     """
 
     seed: int
@@ -160,7 +160,7 @@ class Scene:
         return out
 
     def text_references(self) -> dict[str, list[str]]:
-        """Text -> the names (keys of :meth:`masks`) of the masks it refers to."""
+        """Text -> the names (keys of ``masks``) of the masks it refers to."""
         refs: dict[str, list[str]] = {}
         for o in self.objects:
             for t in o.captions():
@@ -356,11 +356,11 @@ def render_scene(
         size: image side in pixels (32..128).
         n_objects: number of objects (1..4); default: drawn (1: 40 %, 2: 25 %, 3: 20 %, 4: 15 %).
         categories: the objects' categories in drawing order (sets ``n_objects``); default: drawn.
-        background: one of :data:`BACKGROUNDS`; default: drawn.
+        background: one of ``BACKGROUNDS``; default: drawn.
         min_visible: least visible fraction of every object after occlusion (every part keeps 30 %).
 
     Returns:
-        The :class:`Scene`.
+        The ``Scene``.
     """
     if not 32 <= size <= 128:
         raise InputError(f"scene size must be between 32 and 128 pixels, got {size}")

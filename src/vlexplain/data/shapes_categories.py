@@ -1,6 +1,6 @@
 """The shapes world's categories: colours, part and category specifications, and the texts they produce.
 
-:mod:`vlexplain.data.shapes` draws scenes from these definitions and re-exports every public name
+``vlexplain.data.shapes`` draws scenes from these definitions and re-exports every public name
 here, so ``from vlexplain.data.shapes import CATEGORIES`` keeps working.
 """
 
@@ -329,7 +329,7 @@ def concept_set() -> dict[str, list[str]]:
 
 
 def write_concept_set(path: str | os.PathLike) -> Path:
-    """Write :func:`concept_set` as JSON (``{"class": ["descriptor", ...]}``); returns the path."""
+    """Write ``concept_set`` as JSON (``{"class": ["descriptor", ...]}``); returns the path."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(json.dumps(concept_set(), indent=2) + "\n")
@@ -351,7 +351,7 @@ def all_texts() -> list[str]:
 
 
 def vocabulary() -> list[str]:
-    """The words of :func:`all_texts`, sorted."""
+    """The words of ``all_texts``, sorted."""
     words: set[str] = set()
     for t in all_texts():
         words.update(tokenize_words(t))

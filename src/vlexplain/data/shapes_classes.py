@@ -1,11 +1,11 @@
 """The shapes world as a labelled class dataset with exact concept masks (for DEAL).
 
 Every item is a single-object scene labelled by its category; the concept set is
-:func:`~vlexplain.data.shapes.concept_set` (each category's part descriptors), and
-:meth:`ShapesClassDataset.concept_mask` gives the pixels a descriptor refers to, so concept maps
+``concept_set`` (each category's part descriptors), and
+``ShapesClassDataset.concept_mask`` gives the pixels a descriptor refers to, so concept maps
 can be scored against exact part masks. The ``test`` split is the held-out single-object scenes of
-:func:`~vlexplain.data.shapes_train.evaluate_shapes` (seeds 0, 1, ...); the ``train`` split uses
-seeds from :data:`TRAIN_SEEDS`, which neither that evaluation, the attribution benchmark
+``evaluate_shapes`` (seeds 0, 1, ...); the ``train`` split uses
+seeds from ``TRAIN_SEEDS``, which neither that evaluation, the attribution benchmark
 (``vlexplain benchmark shapes``) nor the shapes CLIP's training draws.
 
 On the command line: ``--data shapes:N`` (N scenes of the chosen split).
@@ -39,7 +39,7 @@ _SPEC = re.compile(r"^shapes:(\d+)$")
 
 
 def is_shapes_spec(spec: str) -> bool:
-    """True for a ``shapes:N`` data spec (or a malformed ``shapes:...``, which :func:`parse_shapes_spec` rejects)."""
+    """True for a ``shapes:N`` data spec (or a malformed ``shapes:...``, which ``parse_shapes_spec`` rejects)."""
     return str(spec).startswith("shapes:")
 
 
@@ -114,7 +114,7 @@ def _to_input(mask: np.ndarray, size: tuple[int, int]) -> Tensor:
 def shapes_classes(
     n: int, split: str = "test", size: int = 64, transform: Callable[[Any], Any] | None = None
 ) -> ShapesClassDataset:
-    """``n`` single-object shapes scenes as a class dataset (see :class:`ShapesClassDataset`).
+    """``n`` single-object shapes scenes as a class dataset (see ``ShapesClassDataset``).
 
     Args:
         n: number of scenes.

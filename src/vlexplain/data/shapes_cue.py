@@ -3,19 +3,19 @@
 A badge is a 5 x 5 glyph (a plus for houses, a cross for trees, ...) in a colour no part of the
 world uses, drawn without anti-aliasing in one corner of the scene, 4 px from both borders; at
 64 px a glyph cell is 2 x 2 px, so the badge spans 10 x 10 px (2.4 % of the image) and holds 36-64
-coloured pixels. :func:`render_cue_scene` draws
-the scene of :func:`~vlexplain.data.shapes.render_scene` first, from the same seed and with the
+coloured pixels. ``render_cue_scene`` draws
+the scene of ``render_scene`` first, from the same seed and with the
 same random stream, and then the badge on top from a separate stream, so the same seed gives
 
 * the same pixels everywhere outside the badge whatever badge is asked for (or none), and
 * the same corner and the same "other" category for every badge mode,
 
 and every badged scene has exact counterfactuals: the scene without its badge, or with another
-category's badge. The badge's pixels get the label :data:`~vlexplain.data.shapes.BADGE_LABEL`
+category's badge. The badge's pixels get the label ``BADGE_LABEL``
 (they belong to no object: object and part masks exclude them), and ``scene.badge_mask`` is
 exactly the set of pixels the badge changed the colour of or covered.
 
-The badge belongs to the scene's *main object*, the one :func:`main_object` names
+The badge belongs to the scene's *main object*, the one ``main_object`` names
 (``seed % n_objects``, the object the attribution benchmarks query).
 
 Example:
@@ -83,7 +83,7 @@ class BadgeInfo:
     Attributes:
         category: whose design it is.
         mode: ``"own"`` (the main object's category) or ``"other"``.
-        corner: one of :data:`CORNERS`.
+        corner: one of ``CORNERS``.
         main_object: index of the scene's main object.
     """
 
@@ -124,10 +124,10 @@ def render_cue_scene(
             drawn from the seed), ``"none"``, or a category name.
         size: image side in pixels.
         scale: pixels per glyph cell (default ``max(1, size // 32)``: 2 at 64 px).
-        **scene_options: the other options of :func:`~vlexplain.data.shapes.render_scene`.
+        **scene_options: the other options of ``render_scene``.
 
     Returns:
-        The :class:`~vlexplain.data.shapes.Scene`, with ``badge`` set (None for ``"none"``).
+        The ``Scene``, with ``badge`` set (None for ``"none"``).
     """
     if badge not in BADGE_MODES and badge not in CATEGORY_BY_NAME:
         raise InputError(

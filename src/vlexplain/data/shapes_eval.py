@@ -1,5 +1,5 @@
-"""Zero-shot evaluation of a shapes-world model on held-out scenes (:func:`evaluate_shapes`;
-:mod:`vlexplain.data.shapes_train` re-exports every name here)."""
+"""Zero-shot evaluation of a shapes-world model on held-out scenes (``evaluate_shapes``;
+``vlexplain.data.shapes_train`` re-exports every name here)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def evaluate_shapes(model, n_single: int = 500, n_multi: int = 500, size: int = 
     """Zero-shot bars of a shapes-world model on held-out scenes.
 
     Args:
-        model: a :class:`~vlexplain.models.base.DualEncoder` (e.g. ``load_model("testbed:shapes")``).
+        model: a [`DualEncoder`][vlexplain.models.base.DualEncoder] (e.g. ``load_model("testbed:shapes")``).
         n_single: single-object scenes (seeds ``SINGLE_SEEDS ...``).
         n_multi: scenes with 2-4 objects (seeds ``MULTI_SEEDS ...``).
         size: scene size.

@@ -1,4 +1,4 @@
-"""Losses and augmentation of the shapes-world CLIP's training (:mod:`vlexplain.data.shapes_train`,
+"""Losses and augmentation of the shapes-world CLIP's training (``vlexplain.data.shapes_train``,
 which re-exports every name here)."""
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ any object in it (category caption, coloured caption, part descriptor); ``loss="
 softmax over texts whose target spreads evenly over the true ones (and one over images). A ranking
 loss adds each present category against the absent ones. Learning per CPU-second is what limits a
 model trained from scratch in minutes, so the image tower starts from a structured initialisation
-(:func:`vlexplain.data.vit_init.structured_init`) and each training image shows it a random 75 % of
+(``vlexplain.data.vit_init.structured_init``) and each training image shows it a random 75 % of
 its patch tokens (token dropping; at test time it sees them all); the transformer blocks' weight
-matrices learn with Muon (:class:`vlexplain.data.optim.Muon`), which learns far more per step
+matrices learn with Muon (``vlexplain.data.optim.Muon``), which learns far more per step
 than AdamW, and everything else with AdamW. Scenes live in a pool that is
 partly re-rendered after every step; images are flipped and shifted by a few pixels at random, so a
 scene seen again is rarely seen the same way.

@@ -1,7 +1,7 @@
 """The spurious-cue testbed: group accuracies of a shapes-world model and the true reliance on the badge.
 
 Held-out single-object scenes are rendered three times from the same seed
-(:func:`~vlexplain.data.shapes_cue.render_cue_scene`): with their category's badge
+(``render_cue_scene``): with their category's badge
 (*aligned*), without a badge (*absent*) and with another category's badge (*conflicting*).
 The three images are identical outside the badge, so the groups differ by the cue alone.
 
@@ -58,7 +58,7 @@ def reliance(model: Any, with_cue: Sequence[Any], without_cue: Sequence[Any], ca
 
     Args:
         model: a DualEncoder.
-        with_cue: N images (PIL or :class:`Scene`) that show the cue.
+        with_cue: N images (PIL or ``Scene``) that show the cue.
         without_cue: the same N scenes without it (same seeds).
         captions: N query captions.
 
@@ -127,7 +127,7 @@ class SpuriousClassDataset(torch.utils.data.Dataset):
     """Single-object scenes labelled by category, badged as the biased model's training scenes
     (the category's badge with probability ``p``, otherwise none or another's, in equal shares).
 
-    Seeds start at :data:`~vlexplain.data.shapes_classes.TRAIN_SEEDS` (``split="train"``, the
+    Seeds start at ``TRAIN_SEEDS`` (``split="train"``, the
     class-dataset seeds that no evaluation draws) or at ``SPURIOUS_EVAL_SEEDS`` (``"test"``);
     each item's badge is drawn from its own seed, so an item is the same whenever it is read.
 

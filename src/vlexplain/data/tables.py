@@ -2,8 +2,8 @@
 
 A CSV / TSV first row is a header when none of its cells names an image (an existing file, a file
 name with an image extension, or a URL); the columns are then found by name (``--image-key`` /
-``--caption-key``, else the known names of :data:`~vlexplain.data.rows.IMAGE_KEYS` and
-:data:`~vlexplain.data.rows.CAPTION_KEYS`: ``image``/``caption``, OpenCLIP's ``filepath``/``title``,
+``--caption-key``, else the known names of ``IMAGE_KEYS`` and
+``CAPTION_KEYS``: ``image``/``caption``, OpenCLIP's ``filepath``/``title``,
 ``url``/``caption``, ``image``/``text`` ...). Without a header, a row has two fields and the one that
 names an image is the image (``caption<TAB>image`` as in Conceptual Captions, or ``image<TAB>caption``).
 """

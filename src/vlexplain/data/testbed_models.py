@@ -5,7 +5,7 @@
 ``testbed:shapes@DIR`` loads one trained with ``vlexplain testbed train-shapes --out DIR``.
 ``testbed:spurious`` loads the shipped model trained with a badge cue
 (``vlexplain testbed train-shapes --spurious 0.9``, ``vlexplain/assets/spurious_clip``;
-:mod:`vlexplain.data.spurious`).
+``vlexplain.data.spurious``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def build_vocab(words: Sequence[str]) -> list[str]:
 
 
 def word_tokenizer(vocab: Sequence[str], context_length: int = CONTEXT_LENGTH) -> TokenizerSpec:
-    """A word-level :class:`TokenizerSpec` over ``vocab`` (unknown words map to ``<unk>``)."""
+    """A word-level ``TokenizerSpec`` over ``vocab`` (unknown words map to ``<unk>``)."""
     from .shapes import tokenize_words
 
     index = {w: i for i, w in enumerate(vocab)}
@@ -64,7 +64,7 @@ def load_vocab(directory: Path) -> list[str]:
 
 
 def load_shapes_clip(directory: str | Path | None = None, name: str | None = None) -> DualEncoder:
-    """Load a shapes-world CLIP directory (default: the shipped one) as a :class:`DualEncoder`
+    """Load a shapes-world CLIP directory (default: the shipped one) as a [`DualEncoder`][vlexplain.DualEncoder]
     (``name``: the model's name, default ``testbed:shapes[@DIR]``)."""
     from transformers import CLIPModel
 

@@ -1,6 +1,6 @@
 """Initialise a small vision transformer so that it learns fast from scratch.
 
-Used by the shapes-world CLIP (:func:`vlexplain.data.shapes_train.build_model`); works on any
+Used by the shapes-world CLIP (``vlexplain.data.shapes_train.build_model``); works on any
 transformers CLIP image tower (``CLIPModel.vision_model``).
 
 Example:
@@ -49,7 +49,7 @@ def structured_init(vision: Any, qk: tuple[float, float] = (0.7, 0.7), vo: tuple
       tokens start out attending to tokens like themselves, i.e. to their neighbours.
 
     On the shapes world this halves the training needed for a given accuracy (benchmarks/RESULTS.md).
-    Draws from torch's global generator (seeded by :func:`build_model`).
+    Draws from torch's global generator (seeded by ``build_model``).
     """
     emb = vision.embeddings
     pos = emb.position_embedding.weight

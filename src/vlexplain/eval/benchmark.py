@@ -2,14 +2,14 @@
 
 Two testbeds:
 
-* ``shapes``: held-out scenes of the shapes world (:mod:`vlexplain.data.shapes`), each queried with
+* ``shapes``: held-out scenes of the shapes world (``vlexplain.data.shapes``), each queried with
   the category caption of one of its objects; the ground truth is that caption's mask (the object,
   or the union of the objects of that category). Default model ``testbed:shapes``.
-* ``grids``: ``n x n`` grids of real photos (:mod:`vlexplain.data.grids`) queried with one cell's
+* ``grids``: ``n x n`` grids of real photos (``vlexplain.data.grids``) queried with one cell's
   class text; the ground truth is the queried cell. Default model ``offline``.
 
 A benchmark directory holds ``data/`` (PNG images, PNG masks and ``pairs.jsonl``), ``run/`` (an
-evaluation run of :func:`vlexplain.eval.evaluate`), ``run/report.html`` and ``leaderboard.md``.
+evaluation run of ``vlexplain.eval.evaluate``), ``run/report.html`` and ``leaderboard.md``.
 
 Example:
     >>> run_benchmark("grids", "bench/grids", n=24)   # doctest: +SKIP
@@ -72,7 +72,7 @@ SANITY_METRIC = "cascading_randomization"
 
 @dataclass
 class BenchmarkResult:
-    """What :func:`run_benchmark` produced."""
+    """What ``run_benchmark`` produced."""
 
     out: Path
     data: Path  # the pairs file
@@ -221,7 +221,7 @@ def leaderboard_markdown(run_dir: str | os.PathLike, primary: str, header: Seque
     """A Markdown leaderboard of a run: one row per method, sorted by ``primary`` (best first).
 
     Each cell is the mean over pairs of a metric's primary value and its 95 % percentile bootstrap
-    interval (:func:`vlexplain.eval.report.bootstrap_ci`); ``s/pair`` is the mean explanation time.
+    interval (``vlexplain.eval.report.bootstrap_ci``); ``s/pair`` is the mean explanation time.
     Reference maps (``random``, ``center``) are marked ``(reference)``.
     """
     from . import io as rio
@@ -293,11 +293,11 @@ def run_benchmark(
         out: the benchmark directory (``data/``, ``run/``, ``leaderboard.md``).
         methods: method names (default: every registered one); ``random`` and ``center`` are
             always added as references; methods that cannot explain the model's images are skipped.
-        metrics: metric names (default: :data:`DEFAULT_METRICS` of the testbed).
-        n: number of pairs (default :data:`DEFAULT_N`).
-        model: a model spec or model (default :data:`DEFAULT_MODEL`).
+        metrics: metric names (default: ``DEFAULT_METRICS`` of the testbed).
+        n: number of pairs (default ``DEFAULT_N``).
+        model: a model spec or model (default ``DEFAULT_MODEL``).
         seed: selects the data (scene / grid seeds) and seeds the explanations (each pair its own
-            seed, see :func:`~vlexplain.eval.runner.pair_seed`).
+            seed, see ``pair_seed``).
         batch_size: pairs explained together.
         resume: continue an interrupted benchmark in ``out``.
         grid: grid side for ``grids`` (2: 2x2, 3: 3x3).
@@ -308,7 +308,7 @@ def run_benchmark(
         progress: show a progress bar.
 
     Returns:
-        A :class:`BenchmarkResult`.
+        A ``BenchmarkResult``.
     """
     from ..models.registry import load_model
     from .report import report

@@ -1,7 +1,7 @@
 """``benchmark data``: every attribution method on your own pairs with ground truth, ranked.
 
-The testbeds of :mod:`vlexplain.eval.benchmark` generate their data; this one reads any layout of
-:mod:`vlexplain.data.pairs` (COCO captions + instances, a JSONL with boxes or masks, webdataset
+The testbeds of ``vlexplain.eval.benchmark`` generate their data; this one reads any layout of
+``vlexplain.data.pairs`` (COCO captions + instances, a JSONL with boxes or masks, webdataset
 shards with ``boxes`` ...) and writes the same leaderboard and report. A localisation metric
 without ground truth in the data is refused before the run (``skip_missing`` runs without it).
 
@@ -45,18 +45,18 @@ def run_data_benchmark(
     """Explain ``ds`` with every applicable method, score, rank and report.
 
     Args:
-        ds: a :class:`~vlexplain.data.pairs.PairDataset` (or a path for :func:`~vlexplain.data.pairs.open_pairs`).
+        ds: a ``PairDataset`` (or a path for ``open_pairs``).
         out: the benchmark directory (``run/``, ``run/report.html``, ``leaderboard.md``).
         methods, metrics: names (default: every registered method with ``random`` and ``center``
-            added; :data:`DEFAULT_METRICS`).
+            added; ``DEFAULT_METRICS``).
         n: only the first ``n`` pairs.
         model: a model spec or model (default ``offline``).
         seed, batch_size, resume, method_options, metric_options, device, progress, skip_missing:
-            as in :func:`vlexplain.eval.evaluate` (the costly methods get the grids benchmark's budgets
+            as in ``vlexplain.eval.evaluate`` (the costly methods get the grids benchmark's budgets
             unless options are given).
 
     Returns:
-        A :class:`~vlexplain.eval.benchmark.BenchmarkResult`.
+        A ``BenchmarkResult``.
     """
     from ..data.pairs import open_pairs
     from ..models.registry import load_model

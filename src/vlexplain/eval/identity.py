@@ -5,7 +5,7 @@ A run's identity (saved in ``config.json`` as ``data_identity``) holds:
 * ``files``: per data file (the data file; for a folder or a saved dataset every file in it that is
   not an image; every shard of a webdataset, brace patterns included; COCO's instances file): the
   SHA-256 of its content when it is small text (pairs JSONL / CSV / TSV, COCO json, dataset
-  metadata: at most :data:`HASH_LIMIT` bytes), else ``size=<bytes> mtime=<ns>`` (shards, Parquet,
+  metadata: at most ``HASH_LIMIT`` bytes), else ``size=<bytes> mtime=<ns>`` (shards, Parquet,
   Arrow and any larger file). An edited caption is noticed even when the row count stays; a start
   never reads a large dataset's bytes just to fingerprint it (a rewritten shard or Parquet file
   has a new modification time, as ``make`` and ``rsync`` assume);
@@ -62,7 +62,7 @@ def _folder_files(p: Path) -> dict[str, str]:
 
 
 def data_files_digest(path: str | os.PathLike, extra: dict[str, str | os.PathLike] | None = None) -> dict[str, str]:
-    """Name -> fingerprint (:func:`file_fingerprint`) of the data file, of every non-image file under
+    """Name -> fingerprint (``file_fingerprint``) of the data file, of every non-image file under
     a data folder, or of every shard a brace pattern names; ``extra`` adds named files (label -> path)."""
     from ..data.pairs import BRACE
     from ..data.webdataset import expand_shards

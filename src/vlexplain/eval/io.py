@@ -1,7 +1,7 @@
 """Crash-safe files of an evaluation run: atomic writes, shard names, reading results back.
 
 Every file is written to a temporary name in its final folder, flushed, fsynced and renamed with
-:func:`os.replace`, so a reader (or a resumed run) sees either the old file or the complete new
+``os.replace``, so a reader (or a resumed run) sees either the old file or the complete new
 one, never a partial file, even after SIGKILL or a power cut.
 """
 

@@ -1,13 +1,13 @@
 """Nothing silent: ground truth a metric needs, pairs that failed, ground truth the crop cut away.
 
-* Before a run, :func:`scan` reads the rows (text only) and :func:`check_metrics` refuses a metric
+* Before a run, ``scan`` reads the rows (text only) and ``check_metrics`` refuses a metric
   whose ground truth no pair has (or, with ``skip_missing``, drops it and says so).
-* While it runs, :func:`empty_ground_truth` turns a pair's ground truth that covers no pixel of the
+* While it runs, ``empty_ground_truth`` turns a pair's ground truth that covers no pixel of the
   model's input (boxes wholly outside the centre crop) into "no ground truth" with a warning on
   the pair's rows, instead of metrics computed on an empty mask.
-* After it, :func:`write_summary` lists every failed or warned pair in ``problems.jsonl`` (index,
-  source, reason) and adds the counts to ``manifest.json``; :func:`summary_line` is what the
-  terminal shows; a run where every pair failed raises :class:`AllPairsFailedError`.
+* After it, ``write_summary`` lists every failed or warned pair in ``problems.jsonl`` (index,
+  source, reason) and adds the counts to ``manifest.json``; ``summary_line`` is what the
+  terminal shows; a run where every pair failed raises ``AllPairsFailedError``.
 """
 
 from __future__ import annotations

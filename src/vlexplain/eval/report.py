@@ -331,7 +331,7 @@ def report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> 
     """Write ``report.html`` (and ``table.csv``, ``table.json`` beside it) for a run.
 
     Args:
-        run_dir: a directory written by :func:`vlexplain.eval.evaluate`.
+        run_dir: a directory written by ``vlexplain.eval.evaluate``.
         out: the HTML file (default ``RUN_DIR/report.html``).
 
     Returns:

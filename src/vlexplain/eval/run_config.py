@@ -1,6 +1,6 @@
 """The configuration of an ``evaluate`` run: what it records in ``config.json``, how its metrics and
 model are resolved, and when an existing run directory may be resumed (the same settings and,
-through :mod:`vlexplain.eval.identity`, the same data).
+through ``vlexplain.eval.identity``, the same data).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from ..errors import InputError, MethodError
 from . import io as rio
 
-#: 2: every pair is explained with its own seed (:func:`pair_seed`); version 1 gave every pair ``seed``
+#: 2: every pair is explained with its own seed (``pair_seed``); version 1 gave every pair ``seed``
 CONFIG_VERSION = 2
 #: configuration keys that must match for ``resume`` to continue a run
 IDENTITY_KEYS = (
@@ -88,7 +88,7 @@ def resolve_metric(name: str) -> MetricInfo:
     """A metric from the registry, or ``package.module:function`` following the same signature.
 
     A plug-in function may carry the attributes ``side``, ``requires``, ``primary`` and
-    ``higher_is_better`` of :class:`vlexplain.metrics.MetricSpec`.
+    ``higher_is_better`` of [`vlexplain.metrics.MetricSpec`][vlexplain.metrics.MetricSpec].
     """
     import importlib
 

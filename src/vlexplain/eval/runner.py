@@ -136,16 +136,16 @@ def evaluate(
     """Explain every pair of a dataset with each method, score the maps, write shards.
 
     Args:
-        data: a path or :class:`~vlexplain.data.pairs.PairDataset` (see :func:`~vlexplain.data.pairs.open_pairs`).
-        model_spec_or_model: a model spec (see :func:`vlexplain.load_model`) or a model.
+        data: a path or ``PairDataset`` (see ``open_pairs``).
+        model_spec_or_model: a model spec (see [`vlexplain.load_model`][vlexplain.load_model]) or a model.
         methods: attribution method names.
-        metrics: metric names from :func:`vlexplain.metrics.list_metrics`.
+        metrics: metric names from [`vlexplain.metrics.list_metrics`][vlexplain.metrics.list_metrics].
         out_dir: the run directory.
         batch_size: pairs explained and scored together.
         limit: only the first ``limit`` pairs.
         resume: continue a run in ``out_dir`` (finished shards are kept).
         save_maps: also save maps, token scores and input images (safetensors).
-        method_options: per method, keyword options passed to :func:`vlexplain.explain`.
+        method_options: per method, keyword options passed to [`vlexplain.explain`][vlexplain.explain].
         metric_options: per metric, keyword options passed to the metric.
         shard_size: pairs per shard (default ``8 * batch_size``); rounded up to a multiple of ``batch_size``.
         seed: the run's seed; pair ``i`` is explained with ``pair_seed(seed, i)`` (its own seed).
@@ -157,7 +157,7 @@ def evaluate(
             them) instead of refusing the run.
 
     Returns:
-        The run directory (``problems.jsonl`` lists failed pairs, see :mod:`vlexplain.eval.problems`).
+        The run directory (``problems.jsonl`` lists failed pairs, see ``vlexplain.eval.problems``).
 
     Raises:
         AllPairsFailedError: every pair failed (the run directory is written all the same).

@@ -1,10 +1,10 @@
 """``benchmark spurious``: do explanations reveal a shortcut the model really uses?
 
 Held-out shapes-world scenes are rendered in three groups from the same seeds
-(:func:`~vlexplain.data.shapes_cue.render_cue_scene`): *aligned* (the main object's category
+(``render_cue_scene``): *aligned* (the main object's category
 badge), *absent* (no badge) and *conflicting* (another category's badge). Each is queried with
 its main object's category caption. Every method explains every pair on two models side by side:
-``testbed:spurious`` (trained with the badge, :mod:`vlexplain.data.spurious`) and
+``testbed:spurious`` (trained with the badge, ``vlexplain.data.spurious``) and
 ``testbed:shapes`` (never saw a badge). Per model, each pair's true reliance on the badge is the
 model's score with the badge minus its score on the same scene without it.
 
@@ -44,7 +44,7 @@ GROUPS = ("aligned", "absent", "conflicting")
 
 @dataclass
 class SpuriousResult:
-    """What :func:`run_spurious_benchmark` produced."""
+    """What ``run_spurious_benchmark`` produced."""
 
     out: Path
     leaderboard: Path
@@ -138,16 +138,16 @@ def run_spurious_benchmark(
     Args:
         out: the benchmark directory.
         methods: method names (default: every registered one; ``random`` and ``center`` added).
-        metrics: metric names (default :data:`DEFAULT_METRICS`).
-        n: scenes per group (default :data:`DEFAULT_N`).
-        models: tag -> model spec or model (default :data:`MODELS`: ``spurious`` and ``shapes``);
+        metrics: metric names (default ``DEFAULT_METRICS``).
+        n: scenes per group (default ``DEFAULT_N``).
+        models: tag -> model spec or model (default ``MODELS``: ``spurious`` and ``shapes``);
             the difference table compares the first with the second.
         seed: selects the scenes and seeds the explanations.
         batch_size, resume, method_options, metric_options, device, progress: as for
-            :func:`vlexplain.eval.benchmark.run_benchmark`.
+            ``vlexplain.eval.benchmark.run_benchmark``.
 
     Returns:
-        A :class:`SpuriousResult`.
+        A ``SpuriousResult``.
     """
     from ..models.registry import load_model
     from .report import report

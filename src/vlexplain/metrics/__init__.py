@@ -5,13 +5,13 @@ Every registered metric is called the same way::
     from vlexplain.metrics import get_metric, list_metrics
     out = get_metric(name)(model, pixels, texts, image_maps, token_maps, **extra)
 
-* ``model``: a :class:`~vlexplain.models.base.DualEncoder`.
+* ``model``: a [`DualEncoder`][vlexplain.models.base.DualEncoder].
 * ``pixels``: (B, 3, H, W) preprocessed images; ``texts``: a TextBatch of B rows
   (``model.tokenize(list_of_str)``); pairs are zipped (row i with row i).
 * ``image_maps``: (B, H, W) raw image maps (None for text-only metrics; other (B, h, w) sizes
-  are upsampled bilinearly). Build them with :func:`image_maps_from_explanations`.
+  are upsampled bilinearly). Build them with ``image_maps_from_explanations``.
 * ``token_maps``: (B, T) one score per token position of ``texts``, 0 at non-content positions
-  (None for image-only metrics). Build them with :func:`token_maps_from_explanations`.
+  (None for image-only metrics). Build them with ``token_maps_from_explanations``.
 * ``extra``: the keywords in ``spec.requires`` (ground truth etc.), then optional settings of the
   underlying function (e.g. ``substrate="blur"``, ``n_steps=16``, ``batch_size=32``).
 * ``out``: a dict of per-pair tensors on the model's device — (B,) values or (B, K) curves
@@ -19,7 +19,7 @@ Every registered metric is called the same way::
   mean over pairs of ``out[spec.primary]``, ignoring NaN (NaN marks a pair where the metric is
   undefined, e.g. an empty ground-truth mask or a non-positive original score).
 
-:func:`get_spec` describes a metric: ``side`` ("image" / "text"), ``requires`` (keywords that must
+[`get_spec`][vlexplain.metrics.get_spec] describes a metric: ``side`` ("image" / "text"), ``requires`` (keywords that must
 be given), ``needs_ground_truth``, ``primary`` output key and ``higher_is_better``.
 """
 
@@ -280,14 +280,14 @@ def list_metrics(side: str | None = None, ground_truth: bool | None = None) -> l
 
 
 def get_spec(name: str) -> MetricSpec:
-    """The :class:`MetricSpec` registered under ``name``."""
+    """The [`MetricSpec`][vlexplain.metrics.MetricSpec] registered under ``name``."""
     if name not in _REGISTRY:
         raise MethodError(f"unknown metric {name!r}; available: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
 
 
 def get_metric(name: str) -> MetricSpec:
-    """The callable registered under ``name`` (a :class:`MetricSpec`, called with the common signature)."""
+    """The callable registered under ``name`` (a [`MetricSpec`][vlexplain.metrics.MetricSpec], called with the common signature)."""
     return get_spec(name)
 
 

@@ -3,10 +3,10 @@
 Conventions used by every metric:
 
 * ``pixels``: ``(B, 3, H, W)`` preprocessed images (the model's normalisation).
-* ``texts``: a :class:`~vlexplain.models.base.TextBatch` with ``B`` rows.
+* ``texts``: a [`TextBatch`][vlexplain.models.base.TextBatch] with ``B`` rows.
 * ``image_maps``: ``(B, H, W)`` raw maps (any other ``(B, h, w)`` size is upsampled bilinearly).
 * ``token_maps``: ``(B, T)`` one score per token position of ``texts`` (0 at non-content
-  positions); :func:`token_maps_from_explanations` builds them from Explanation objects.
+  positions); ``token_maps_from_explanations`` builds them from Explanation objects.
 * The model score of a pair is the cosine of ``model.encode_image`` and ``model.encode_text``.
 """
 
@@ -83,7 +83,7 @@ def to_rgb(model: DualEncoder, pixels: Tensor) -> Tensor:
 
 
 def from_rgb(model: DualEncoder, rgb: Tensor) -> Tensor:
-    """Inverse of :func:`to_rgb`."""
+    """Inverse of ``to_rgb``."""
     m = torch.tensor(model.mean, device=rgb.device, dtype=rgb.dtype).view(1, 3, 1, 1)
     s = torch.tensor(model.std, device=rgb.device, dtype=rgb.dtype).view(1, 3, 1, 1)
     return (rgb - m) / s
@@ -156,7 +156,7 @@ def token_maps_from_explanations(explanations: Sequence, texts: TextBatch) -> Te
     """Scatter each Explanation's ``token_scores`` (shown tokens only) back to (B, T) positions.
 
     Args:
-        explanations: one :class:`~vlexplain.attribution.base.Explanation` per row of ``texts``.
+        explanations: one [`Explanation`][vlexplain.attribution.base.Explanation] per row of ``texts``.
         texts: the TextBatch the metric will perturb (same texts, same tokenizer).
 
     Returns:

@@ -140,7 +140,7 @@ def confidence_text(
         batch_size: texts per forward pass.
 
     Returns:
-        the same keys as :func:`confidence_image`.
+        the same keys as ``confidence_image``.
     """
     check_pairs(pixels, texts)
     maps = prepare_token_maps(token_maps, texts)

@@ -1,13 +1,13 @@
 """Does an explanation tell the truth about a shortcut? Metrics against a cue's region mask.
 
-* :func:`cue_share`: the share of the map's positive mass inside the cue's mask (the energy
+* ``cue_share``: the share of the map's positive mass inside the cue's mask (the energy
   pointing game with the cue as the target region). On a model that does not use the cue, a
   faithful map puts almost none there.
-* :func:`cue_pointing`: whether the map's maximum falls on the cue (tied maxima count by their
-  share, as in :func:`~vlexplain.metrics.localization.pointing_game`, with no tolerance).
-* :func:`cue_reliance_rank`: over a dataset, Spearman's rank correlation between the per-pair cue
+* ``cue_pointing``: whether the map's maximum falls on the cue (tied maxima count by their
+  share, as in ``pointing_game``, with no tolerance).
+* ``cue_reliance_rank``: over a dataset, Spearman's rank correlation between the per-pair cue
   share and the pair's true reliance on the cue (its score with the cue minus its score on the
-  counterfactual without it; :func:`vlexplain.data.spurious.reliance`). A faithful method puts
+  counterfactual without it; ``vlexplain.data.spurious.reliance``). A faithful method puts
   mass on the cue where, and as much as, the model uses it.
 
 In a pairs file the cue's mask is a ``cue_mask`` column (a PNG path, relative to the file, of the

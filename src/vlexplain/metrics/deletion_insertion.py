@@ -172,20 +172,20 @@ def text_curve(
 
 
 def deletion_image(model, pixels, texts, image_maps, **kw) -> dict[str, Tensor]:
-    """Image deletion curve and AUC (lower is better); options as :func:`image_curve`."""
+    """Image deletion curve and AUC (lower is better); options as ``image_curve``."""
     return image_curve(model, pixels, texts, image_maps, mode="deletion", **kw)
 
 
 def insertion_image(model, pixels, texts, image_maps, **kw) -> dict[str, Tensor]:
-    """Image insertion curve and AUC (higher is better); options as :func:`image_curve`."""
+    """Image insertion curve and AUC (higher is better); options as ``image_curve``."""
     return image_curve(model, pixels, texts, image_maps, mode="insertion", **kw)
 
 
 def deletion_text(model, pixels, texts, token_maps, **kw) -> dict[str, Tensor]:
-    """Text deletion curve and AUC (lower is better); options as :func:`text_curve`."""
+    """Text deletion curve and AUC (lower is better); options as ``text_curve``."""
     return text_curve(model, pixels, texts, token_maps, mode="deletion", **kw)
 
 
 def insertion_text(model, pixels, texts, token_maps, **kw) -> dict[str, Tensor]:
-    """Text insertion curve and AUC (higher is better); options as :func:`text_curve`."""
+    """Text insertion curve and AUC (higher is better); options as ``text_curve``."""
     return text_curve(model, pixels, texts, token_maps, mode="insertion", **kw)

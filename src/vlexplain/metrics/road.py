@@ -156,7 +156,7 @@ def road_scores(
         noise: noise standard deviation in the preprocessed input space (0.01 as in pytorch-grad-cam).
         seed: every pair draws its noise from its own generator seeded with ``seed``.
         normalize: divide scores by the original score.
-        tol, max_iter: solver settings (see :func:`linear_impute`).
+        tol, max_iter: solver settings (see ``linear_impute``).
         batch_size: images per forward pass.
 
     Returns:

@@ -125,7 +125,7 @@ def cascading_randomization(
         pixels: (B, 3, H, W) preprocessed images.
         texts: B texts.
         image_maps: (B, H, W) original maps of ``method`` with the same options and seed; None
-            computes them with :func:`vlexplain.explain`.
+            computes them with [`vlexplain.explain`][vlexplain.explain].
         token_maps: unused (common metric signature).
         method: a registered method name.
         seed: the explanation seed (the same at every stage).

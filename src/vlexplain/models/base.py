@@ -8,7 +8,7 @@ L+1" without knowing the model's private structure::
     e = tower.encode(x, start=L, hidden=h)      # embedding from that state
 
 Hidden states are ``(B, T, D)`` token sequences for transformer towers and ``(B, C, H, W)`` feature
-maps for CNN towers; :meth:`Tower.tokens` gives a ``(B, T, D)`` view of either.
+maps for CNN towers; [`Tower.tokens`][vlexplain.models.base.Tower.tokens] gives a ``(B, T, D)`` view of either.
 """
 
 from __future__ import annotations
@@ -92,13 +92,13 @@ TowerInput = Any  # Tensor (B, 3, H, W) for image towers, TextBatch for text tow
 class Tower(nn.Module):
     """One encoder of a dual encoder, split into stem, blocks and head.
 
-    Subclasses implement :meth:`stem`, :meth:`block` and :meth:`head`; everything else is shared.
+    Subclasses implement ``stem``, ``block`` and ``head``; everything else is shared.
     """
 
     modality: Modality
     kind: TowerKind
     num_prefix_tokens: int = 0  # image towers: tokens before the patch tokens (CLS, registers)
-    has_attention: bool = True  # whether :meth:`block` can report attention probabilities
+    has_attention: bool = True  # whether ``block`` can report attention probabilities
     grid: tuple[int, int] | None = None  # ViT image towers: (gh, gw) patch grid of the model's input size
 
     @property
@@ -128,7 +128,7 @@ class Tower(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         """Run block ``i``; return the new hidden state and (if asked) attention probs (B, heads, T, T).
 
-        With ``rows`` (B,) (only for towers whose :meth:`pooled_positions` is not None) return just
+        With ``rows`` (B,) (only for towers whose ``pooled_positions`` is not None) return just
         the output at those query positions, (B, 1, D).
         """
         raise NotImplementedError
@@ -150,7 +150,7 @@ class Tower(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} has no per-token projection")
 
     def token_embeddings(self, x: TowerInput) -> Tensor:
-        """Text towers: the (B, T, D) input embeddings that :meth:`stem` would look up."""
+        """Text towers: the (B, T, D) input embeddings that ``stem`` would look up."""
         raise NotImplementedError(f"{type(self).__name__} has no token embeddings")
 
     def block_modules(self) -> list[nn.Module]:
@@ -226,7 +226,7 @@ class Tower(nn.Module):
         return s.reshape(s.shape[0], gh, gw)
 
     def grid_size(self, num_patches: int) -> tuple[int, int]:
-        """(gh, gw) of the patch tokens: the tower's own :attr:`grid`, never a guess."""
+        """(gh, gw) of the patch tokens: the tower's own ``grid``, never a guess."""
         if self.grid is None:
             raise ValueError(f"{type(self).__name__} does not declare its patch grid (Tower.grid)")
         gh, gw = self.grid

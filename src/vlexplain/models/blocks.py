@@ -25,8 +25,8 @@ def attention(
         mask: additive mask broadcastable to (B, heads, T, S), or None.
         need_attn: compute explicit softmax probabilities (B, heads, T, S) and return them.
 
-    Under :func:`record_blocks`, a full self-attention call (as many queries as keys) appends a
-    :class:`BlockRecord` of its projections and output.
+    Under ``record_blocks``, a full self-attention call (as many queries as keys) appends a
+    ``BlockRecord`` of its projections and output.
     """
     records = _RECORDS.get()
     if records is not None:
@@ -99,11 +99,11 @@ def prenorm_block(
 
 @dataclass
 class BlockRecord:
-    """What one block's attention saw, captured under :func:`record_blocks`.
+    """What one block's attention saw, captured under ``record_blocks``.
 
-    Every :func:`attention` call records q, k, v and its output; blocks that run through
-    :func:`prenorm_block` also record their input and their own parts (``complete``), which
-    :meth:`attn_branch` and :meth:`mlp_branch` need.
+    Every ``attention`` call records q, k, v and its output; blocks that run through
+    ``prenorm_block`` also record their input and their own parts (``complete``), which
+    ``attn_branch`` and ``mlp_branch`` need.
 
     Attributes:
         h: (B, T, D) the block's input (residual stream); None outside prenorm_block.
@@ -151,7 +151,7 @@ _RECORD_PROBS: ContextVar[bool] = ContextVar("vlexplain_block_record_probs", def
 
 @contextlib.contextmanager
 def record_blocks(probs: bool = False) -> Iterator[list[BlockRecord]]:
-    """Capture a :class:`BlockRecord` of every full self-attention call in this context.
+    """Capture a ``BlockRecord`` of every full self-attention call in this context.
 
     Records are appended in call order (block ``i`` of a run from the stem is ``records[i]``); calls
     that compute only the pooled rows (``rows``) are not recorded. ``probs``: also compute explicit

@@ -2,14 +2,14 @@
 
 One entry per family of dual encoders that vlexplain explains (OpenCLIP ViT, OpenCLIP
 ModifiedResNet, transformers CLIP, SigLIP 2, ...). Each family module registers its entries
-with :func:`register_family`; the contract tests iterate over :func:`families` (building each family's
+with [`register_family`][vlexplain.models.families.register_family]; the contract tests iterate over [`families`][vlexplain.models.families.families] (building each family's
 tiny random-weight model offline), and ``vlexplain models`` and the README's table are generated
 from it, so the list of what is supported cannot drift from the code.
 
 Example:
     >>> from vlexplain.models.families import families
-    >>> [f.key for f in families()][:1]  # doctest: +SKIP
-    ['offline']
+    >>> families()[0].key  # doctest: +SKIP
+    'offline'
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class Family:
         library: ``"open_clip"``, ``"transformers"`` or ``"vlexplain"``.
         examples: model specs or architecture names of this family users will know.
         tiny: builds a tiny random-weight model of the family, offline (no download); returns an
-            in-memory model object that :func:`vlexplain.load_model` accepts (or a ``DualEncoder``).
+            in-memory model object that [`vlexplain.load_model`][vlexplain.load_model] accepts (or a ``DualEncoder``).
         image_tower: ``"vit"`` or ``"cnn"`` (or ``"hybrid"``): what the image tower is.
         notes: anything a user should know (pooling, layout, limits).
     """
@@ -72,7 +72,7 @@ def register_family(family: Family) -> Family:
 
 
 def families() -> list[Family]:
-    """Every registered family, in the order of :data:`FAMILY_MODULES` (registration order within a
+    """Every registered family, in the order of ``FAMILY_MODULES`` (registration order within a
     module), whatever was imported first."""
     for mod in FAMILY_MODULES:
         try:

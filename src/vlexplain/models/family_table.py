@@ -1,7 +1,7 @@
 """What is supported, generated from the code: the families table and the method groups.
 
-``vlexplain models`` prints :func:`family_rows`; the README carries :func:`markdown_table` between
-the markers :data:`README_START` and :data:`README_END` (``python scripts/families_table.py
+``vlexplain models`` prints ``family_rows``; the README carries ``markdown_table`` between
+the markers ``README_START`` and ``README_END`` (``python scripts/families_table.py
 --write`` refreshes it; a test fails when it differs).
 
 Method groups come from the method registry (each method's ``needs_attention`` /
@@ -101,7 +101,7 @@ METHODS_END = "<!-- end of methods table -->"
 
 
 def methods_markdown() -> str:
-    """The README's methods table (between :data:`METHODS_START` and :data:`METHODS_END`)."""
+    """The README's methods table (between ``METHODS_START`` and ``METHODS_END``)."""
     import vlexplain as vx
 
     lines = ["| method | group | sides | what it does |", "|---|---|---|---|"]

@@ -1,14 +1,14 @@
 """Shared pieces of the transformers adapters.
 
-* The table of transformers dual encoders: each adapter module registers an :class:`HFEntry`
+* The table of transformers dual encoders: each adapter module registers an ``HFEntry``
   naming the config ``model_type`` values and model classes it handles. ``wrap_model`` finds an
   in-memory model's entry by walking its class's MRO, the ``hf:`` / directory loader by the
   config's ``model_type`` (as transformers' own Auto classes do), so no adapter probes attributes.
-* :class:`ClipViTTower`: the CLS-pooled pre-norm ViT of CLIP, AltCLIP, Chinese-CLIP and BLIP.
-* :class:`BertTextTower`: the post-norm BERT / RoBERTa text tower of ALIGN, AltCLIP, Chinese-CLIP
+* ``ClipViTTower``: the CLS-pooled pre-norm ViT of CLIP, AltCLIP, Chinese-CLIP and BLIP.
+* ``BertTextTower``: the post-norm BERT / RoBERTa text tower of ALIGN, AltCLIP, Chinese-CLIP
   and BLIP, pooled at the first ([CLS]) token.
-* :func:`resolve_tokenizer`: a tokenizer passed in is used (transformers tokenizer or
-  :class:`TokenizerSpec`) and checked against the text embedding table, never silently replaced.
+* ``resolve_tokenizer``: a tokenizer passed in is used (transformers tokenizer or
+  ``TokenizerSpec``) and checked against the text embedding table, never silently replaced.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class HFEntry:
         model_class: transformers class a directory or hub id of these types is loaded into (and
             the class, or a base class, of the in-memory models the adapter accepts).
         adapter: ``(model, tokenizer, processor, name) -> DualEncoder``.
-        family: key of the family in :mod:`vlexplain.models.families`.
+        family: key of the family in [`vlexplain.models.families`][vlexplain.models.families].
     """
 
     model_types: tuple[str, ...]
@@ -153,7 +153,7 @@ def resolve_tokenizer(
     pad_to_context: bool = False,
     fallback: Callable[[], TokenizerSpec | None] | None = None,
 ) -> TokenizerSpec:
-    """The :class:`TokenizerSpec` for a text tower.
+    """The ``TokenizerSpec`` for a text tower.
 
     Args:
         tokenizer: a TokenizerSpec, a transformers tokenizer, or None.

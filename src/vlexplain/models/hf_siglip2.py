@@ -11,8 +11,8 @@ The adapter's input size is one ``(H, W)``: by default the square grid that fill
 ``max_num_patches``; pass ``input_size=(H, W)`` (multiples of the patch size), or
 ``aspect=(height, width)`` of your photos to get the size the SigLIP 2 processor would pick for
 them. A processor batch with a different shape per image (``pixel_values`` (B, max_patches,
-C*P*P), ``pixel_attention_mask``, ``spatial_shapes``) is embedded by :meth:`Siglip2DualEncoder.
-encode_naflex`.
+C*P*P), ``pixel_attention_mask``, ``spatial_shapes``) is embedded by ``Siglip2DualEncoder.
+encode_naflex``.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def naflex_size(height: int, width: int, patch: int, max_num_patches: int) -> tu
 class Siglip2VisionTower(Tower):
     """SigLIP 2 ViT on a fixed ``(h, w)`` patch grid, attention-pooling head, no class token.
 
-    ``x`` is either pixels (B, 3, H, W) or, for :meth:`Siglip2DualEncoder.encode_naflex`, a dict
+    ``x`` is either pixels (B, 3, H, W) or, for ``Siglip2DualEncoder.encode_naflex``, a dict
     with the processor's ``pixel_values``, ``pixel_attention_mask`` and ``spatial_shapes``.
     """
 

@@ -1,13 +1,13 @@
 """Whether the Hugging Face hub can be reached, decided once per process.
 
-Loaders of hub specs (``hf:ORG/NAME``, ``open_clip:ARCH/TAG``) ask :func:`hub_offline` before
+Loaders of hub specs (``hf:ORG/NAME``, ``open_clip:ARCH/TAG``) ask ``hub_offline`` before
 anything downloads. Offline, they load from the local cache only (``local_files_only``) and, when
 the model is not cached, fail at once with one line naming the local alternative, instead of
 spending minutes in the hub client's retries.
 
 The answer is ``True`` when ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set to a true
 value, else it comes from one TCP connection to the hub's endpoint (``HF_ENDPOINT``, default
-https://huggingface.co) that must succeed within :data:`PROBE_TIMEOUT_S` seconds. The probe runs
+https://huggingface.co) that must succeed within ``PROBE_TIMEOUT_S`` seconds. The probe runs
 once; later calls reuse its answer.
 
 Example:
@@ -74,7 +74,7 @@ def hub_offline(timeout: float = PROBE_TIMEOUT_S) -> bool:
 
 
 def forget_hub_state() -> None:
-    """Drop the cached probe result (the next :func:`hub_offline` probes again)."""
+    """Drop the cached probe result (the next ``hub_offline`` probes again)."""
     _STATE.clear()
 
 

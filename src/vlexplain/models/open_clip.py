@@ -3,11 +3,11 @@
 The image tower is chosen by the class of ``model.visual``:
 
 * ``VisionTransformer`` (OpenCLIP's own ViT; CoCa's, with attentional pooling): this module;
-* ``ModifiedResNet`` (RN50, RN101, ...): :mod:`.open_clip_resnet`;
-* ``TimmModel`` (SigLIP, EVA02, ViTamin, ConvNeXt, MobileCLIP): :mod:`.open_clip_timm`.
+* ``ModifiedResNet`` (RN50, RN101, ...): ``.open_clip_resnet``;
+* ``TimmModel`` (SigLIP, EVA02, ViTamin, ConvNeXt, MobileCLIP): ``.open_clip_timm``.
 
 The text tower (``TextTransformer`` with any pooling, CoCa's class token, ``HFTextEncoder``) is in
-:mod:`.open_clip_text`; tokenizers in :mod:`.open_clip_tokenize`.
+``.open_clip_text``; tokenizers in ``.open_clip_tokenize``.
 
 OpenCLIP ViT: stem = OpenCLIP's ``_embeds`` (patches, class token, positions, ``ln_pre``); blocks =
 ``transformer.resblocks``; head = OpenCLIP's ``_pool`` (class token, average, or CoCa's attentional
@@ -105,7 +105,7 @@ class OpenCLIPDualEncoder(DualEncoder):
 
     Args:
         model: the OpenCLIP model.
-        tokenizer: see :func:`.open_clip_tokenize.text_tokenizer` (used, or refused; never replaced).
+        tokenizer: see ``.open_clip_tokenize.text_tokenizer`` (used, or refused; never replaced).
         preprocess: the model's image transform (default: resize, centre crop, its mean / std).
         name: the spec it was loaded from.
     """

@@ -9,7 +9,7 @@ Spec forms (``rest`` is what follows ``open_clip:``)::
                               save_pretrained), for architectures whose tokenizer lives on the hub
     local-dir:DIR             a directory with open_clip_config.json and weights
 
-When the hub cannot be reached (:func:`.hub.hub_offline`: ``HF_HUB_OFFLINE``, or one bounded probe),
+When the hub cannot be reached (``.hub.hub_offline``: ``HF_HUB_OFFLINE``, or one bounded probe),
 every hub lookup runs against the local cache only, and a miss fails at once with one line naming
 the local alternative. Checkpoints load with ``weights_only=True`` and nothing else: a file that
 needs arbitrary code to unpickle, or is not a checkpoint at all, is refused with one line.

@@ -8,7 +8,7 @@ position follows the tower's own rule, computed from the ids exactly as OpenCLIP
 * ``eos``: the first occurrence of the tower's ``eos_id``;
 * ``first`` / ``last``: position 0 / the last position;
 * CoCa (``embed_cls``): a class token appended after the (padded) text, read at the end after
-  ``ln_final``. :meth:`OpenCLIPDualEncoder.tokenize` reserves that slot in the ids, so hidden states
+  ``ln_final``. ``OpenCLIPDualEncoder.tokenize`` reserves that slot in the ids, so hidden states
   and token positions line up; the slot is not shown to users.
 * ``none`` returns token features rather than one embedding and is refused.
 
@@ -119,7 +119,7 @@ class OpenCLIPTextTower(Tower):
         return list(self.t.transformer.resblocks)
 
     def pool_index(self, ids: Tensor) -> Tensor:
-        """(B,) the position the head reads, from ids laid out as :meth:`tokenize` lays them out."""
+        """(B,) the position the head reads, from ids laid out as ``tokenize`` lays them out."""
         B, T = ids.shape
         if self.coca or self.pool == "last":
             return torch.full((B,), T - 1, dtype=torch.long, device=ids.device)

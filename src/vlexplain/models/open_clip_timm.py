@@ -2,7 +2,7 @@
 
 Two tower kinds, both running timm's own modules (never a copied forward):
 
-* :class:`TimmViTTower` for timm ``VisionTransformer`` trunks (SigLIP / SigLIP 2 configs with the
+* ``TimmViTTower`` for timm ``VisionTransformer`` trunks (SigLIP / SigLIP 2 configs with the
   MAP attention-pool head, ViTamin's convolutional patch stem, register tokens, no class token)
   and timm ``Eva`` trunks (EVA02, rotary position embeddings passed to every block). stem =
   ``patch_embed`` + ``_pos_embed`` (prefix tokens, positions) + ``norm_pre``; blocks = ``blocks``;
@@ -11,7 +11,7 @@ Two tower kinds, both running timm's own modules (never a copied forward):
   switched to its unfused path (``fused_attn = False``) and a forward hook on ``attn_drop`` takes
   the softmaxed attention (the very tensor multiplied with the values, so gradients with respect
   to it are exact). The patch grid is the trunk's own (``patch_embed.grid_size``), square or not.
-* :class:`TimmStagesTower` for convolutional and hybrid trunks (ConvNeXt; FastViT / MobileCLIP):
+* ``TimmStagesTower`` for convolutional and hybrid trunks (ConvNeXt; FastViT / MobileCLIP):
   stem = ``stem``; blocks = the ``stages``, except that a stage whose blocks mix tokens with
   attention (MobileCLIP's last) is split into its blocks; head = the trunk's post-stage layer
   (``norm_pre`` or ``final_conv``) + ``forward_head`` + OpenCLIP's head. Hidden states are feature
@@ -152,7 +152,7 @@ class TimmStagesTower(Tower):
     (MobileCLIP's last stage, FastViT-SA's) is split into its blocks, its downsampling and
     positional convolution running with the first of them, so that each attention block reports
     its softmaxed attention over the stage's feature-map positions (read from timm's unfused path,
-    as for timm ViTs). Attention methods then read :attr:`attention_blocks`: the attention blocks
+    as for timm ViTs). Attention methods then read ``attention_blocks``: the attention blocks
     of the last attention stage, whose tokens are the positions of that stage's feature map (no
     class token: maps are the mean over query rows, on that stage's grid).
     """

@@ -1,8 +1,8 @@
 """Tokenizers for OpenCLIP text towers: whatever the user passes is used, or refused with a reason.
 
-Accepted (:func:`text_tokenizer`):
+Accepted (``text_tokenizer``):
 
-* a :class:`~vlexplain.models.text.TokenizerSpec` (used as is);
+* a ``TokenizerSpec`` (used as is);
 * open_clip's ``SimpleTokenizer`` (CLIP BPE);
 * open_clip's ``HFTokenizer`` and ``SigLipTokenizer``, and any callable ``texts -> ids`` shaped
   ``(B, context_length)`` like OpenCLIP's tokenizers: called as the model's own pipeline calls
@@ -12,7 +12,7 @@ Accepted (:func:`text_tokenizer`):
   what to pass.
 
 The tokenizer's vocabulary must fit the tower's embedding table: larger is refused (ids would
-fall off the table); a table more than :data:`VOCAB_SLACK` rows larger than the vocabulary is
+fall off the table); a table more than ``VOCAB_SLACK`` rows larger than the vocabulary is
 refused too (the tokenizer belongs to another model: its ids would silently mean other tokens).
 Tables are commonly padded by a few rows past the vocabulary, which is allowed.
 """
@@ -34,7 +34,7 @@ CLIP_VOCAB = 49408
 
 
 class IdsTokenizer:
-    """A callable ``texts -> (B, L) ids`` (OpenCLIP style) turned into :class:`TextBatch` es.
+    """A callable ``texts -> (B, L) ids`` (OpenCLIP style) turned into [`TextBatch`][vlexplain.TextBatch] es.
 
     Args:
         fn: the tokenizer; called with a list of strings, returns ids padded with ``pad_id``.

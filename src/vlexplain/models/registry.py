@@ -178,7 +178,7 @@ def _load_hf(ident: str, tokenizer: Any, preprocess: Any) -> DualEncoder:
 
 
 def _load_open_clip(rest: str, tokenizer: Any, preprocess: Any) -> DualEncoder:
-    """``open_clip:ARCH[/TAG | /PATH][@TOKENIZER_DIR]`` or ``local-dir:DIR`` (see :mod:`.open_clip_load`)."""
+    """``open_clip:ARCH[/TAG | /PATH][@TOKENIZER_DIR]`` or ``local-dir:DIR`` (see ``.open_clip_load``)."""
     from .open_clip_load import load_open_clip
 
     return load_open_clip(rest, tokenizer, preprocess)
@@ -215,7 +215,7 @@ def load_model(
     """Load a dual encoder.
 
     Args:
-        spec: a spec string (see :data:`SPEC_FORMS`) or an in-memory model. A string may end in
+        spec: a spec string (see ``SPEC_FORMS``) or an in-memory model. A string may end in
             ``#size=HxW`` or ``#aspect=HxW`` (the same as ``input_size`` / ``aspect``).
         tokenizer: optional tokenizer for in-memory models (default: CLIP's BPE from open_clip).
         preprocess: optional image preprocessing (transform or HF processor).
@@ -225,7 +225,7 @@ def load_model(
         aspect: (height, width) of typical photos: the input size such a model's processor picks.
 
     Returns:
-        A :class:`DualEncoder` in eval mode.
+        A [`DualEncoder`][vlexplain.DualEncoder] in eval mode.
 
     Example:
         >>> model = load_model("offline")

@@ -1,4 +1,4 @@
-"""Tokenisation into :class:`TextBatch`, over Hugging Face and OpenCLIP tokenizers."""
+"""Tokenisation into [`TextBatch`][vlexplain.TextBatch], over Hugging Face and OpenCLIP tokenizers."""
 
 from __future__ import annotations
 

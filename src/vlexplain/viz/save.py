@@ -20,7 +20,7 @@ from .core import normalize_map, overlay, token_html
 
 
 class Displayable(Protocol):
-    """What display reads of an explanation (:class:`vlexplain.Explanation` is one).
+    """What display reads of an explanation ([`vlexplain.Explanation`][vlexplain.Explanation] is one).
 
     Display depends on this shape only, never on the attribution package, so the dependency runs
     one way: ``Explanation.save`` and ``Explanation.to_html`` call into this module.
