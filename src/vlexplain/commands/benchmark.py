@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
     def benchmark_cmd(
         kind: str = typer.Argument(
             ...,
-            help="Testbed: shapes (shapes-world scenes), grids (grids of real photos), spurious (a badge cue: testbed:spurious vs testbed:shapes) or data (your own pairs with boxes or masks, --data).",
+            help="Testbed: shapes (shapes-world scenes), grids (grids of real photos), spurious (a badge cue: testbed:spurious vs testbed:shapes) or data (your own pairs with boxes or masks, --data); published protocols on your copy of the dataset (--data, --model): imagenet-seg (gtsegs_ijcv.mat or ImageNet-S; pixel accuracy, mIoU, mAP), openimages-points (OpenImages V7 point labels; p-mIoU), openvocab-seg (--layout voc|context|coco-object|ade20k; mIoU).",
         ),
         methods: str | None = typer.Option(
             None,
@@ -70,10 +70,79 @@ def register(app: typer.Typer) -> None:
         instances: Path | None = _D["instances"],
         coco_ground_truth: str = _D["coco_ground_truth"],
         coco_match: str = _D["coco_match"],
+        layout: str | None = typer.Option(
+            None, "--layout", help="openvocab-seg: the dataset's layout: voc, context, coco-object or ade20k."
+        ),
+        classes: Path | None = typer.Option(
+            None, "--classes", help="openvocab-seg: class names, one line per label id, synonyms separated by ', '."
+        ),
+        no_background: bool = typer.Option(
+            False,
+            "--no-background",
+            help="openvocab-seg: voc / context without the background class (VOC20, Context59).",
+        ),
+        short_side: int = typer.Option(
+            336, "--short-side", min=1, help="openvocab-seg: images resized to this short side."
+        ),
+        stride: int | None = typer.Option(
+            None, "--stride", min=1, help="openvocab-seg: sliding-window stride (default: half the model's input)."
+        ),
+        no_slide: bool = typer.Option(
+            False, "--no-slide", help="openvocab-seg: the whole image resized to the model's input, no sliding windows."
+        ),
+        templates: str = typer.Option(
+            "imagenet80", "--templates", help="openvocab-seg: imagenet80 (80 prompt templates averaged) or single."
+        ),
+        logit_scale: float = typer.Option(40.0, "--logit-scale", help="openvocab-seg: softmax temperature over names."),
+        prob_threshold: float | None = typer.Option(
+            None,
+            "--prob-threshold",
+            help="openvocab-seg: pixels below this top probability go to class 0 (default 0.1 with a background class, else 0).",
+        ),
+        clamp_negative: bool = typer.Option(
+            False, "--clamp-negative", help="imagenet-seg: clamp negative map values to 0 first (TextSpan's variant)."
+        ),
+        point_threshold: float = typer.Option(
+            0.5, "--point-threshold", help="openimages-points: threshold of the min-max normalised map."
+        ),
     ) -> None:
         """Benchmark attribution methods on a testbed with ground truth; print the Markdown leaderboard."""
         from ..eval.benchmark import run_benchmark
+        from ..eval.protocols import KINDS as PROTOCOL_KINDS
+        from .benchmark_protocols import check_options, run_protocol
 
+        protocol_opts = dict(
+            layout=layout,
+            classes=classes,
+            no_background=no_background,
+            short_side=short_side,
+            stride=stride,
+            no_slide=no_slide,
+            templates=templates,
+            logit_scale=logit_scale,
+            prob_threshold=prob_threshold,
+            clamp_negative=clamp_negative,
+            point_threshold=point_threshold,
+        )
+        if kind in PROTOCOL_KINDS:
+            run_protocol(
+                kind,
+                data,
+                out or Path("benchmarks") / "runs" / kind,
+                dict(
+                    model=model,
+                    methods=_names(methods, "methods") if methods else None,
+                    method_options=_options(method_options, "--method-options"),
+                    n=n,
+                    seed=seed,
+                    resume=resume,
+                    device=device,
+                    progress=not no_progress,
+                ),
+                protocol_opts,
+            )
+            return
+        check_options(kind, protocol_opts)
         if (kind == "data") != (data is not None):
             raise InputError(
                 "--data goes with `vlexplain benchmark data` (your pairs with ground truth), and "

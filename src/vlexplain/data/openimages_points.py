@@ -119,4 +119,5 @@ class OpenImagesPoints:
 
     def __getitem__(self, i: int) -> tuple[Image.Image, list[tuple[str, np.ndarray, np.ndarray]]]:
         image_id, classes = self.items[i]
+        assert self.image_dir is not None
         return load_image(str(self.image_dir / f"{image_id}.jpg")), classes

@@ -1,0 +1,410 @@
+"""The published-protocol benchmarks: readers on small replicas of the official file layouts, the
+protocols' statistics by hand, and each protocol end to end with a hand-computed score.
+
+The end-to-end runs use an ``oracle`` method registered for the test only: its map is the red channel
+of the image (openvocab-seg: 1 where the pixel's colour is the queried class's colour), so the
+predicted regions, and hence the scores, are known by construction.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_hf_clip, tiny_open_clip
+from PIL import Image
+
+import vlexplain as vx
+from vlexplain.attribution.base import _METHODS, Explainer, PairBatch
+from vlexplain.cli import main
+from vlexplain.errors import InputError, MethodError
+from vlexplain.eval.protocols import stats as S
+
+h5py = pytest.importorskip("h5py")
+
+
+# --- replicas of the official layouts -------------------------------------------------------------
+def _square_image(size=64, lo=16, hi=48, colour=(255, 0, 0)) -> np.ndarray:
+    a = np.zeros((size, size, 3), np.uint8)
+    a[lo:hi, lo:hi] = colour
+    return a
+
+
+def write_gtsegs(path, images: list[np.ndarray], masks: list[np.ndarray]) -> None:
+    """gtsegs_ijcv.mat as MATLAB v7.3 writes it: /value/img and /value/gt hold object references;
+    arrays are stored column-major (transposed); each mask sits in a 1x1 cell."""
+    with h5py.File(path, "w") as f:
+        refs = f.create_group("#refs#")
+        img = f.create_dataset("value/img", (len(images), 1), dtype=h5py.ref_dtype)
+        gt = f.create_dataset("value/gt", (len(images), 1), dtype=h5py.ref_dtype)
+        for i, (a, m) in enumerate(zip(images, masks)):
+            img[i, 0] = refs.create_dataset(f"img{i}", data=a.transpose(2, 1, 0)).ref
+            mask = refs.create_dataset(f"mask{i}", data=m.astype(np.uint8).T)
+            cell = refs.create_dataset(f"cell{i}", (1, 1), dtype=h5py.ref_dtype)
+            cell[0, 0] = mask.ref
+            gt[i, 0] = cell.ref
+
+
+def _seg_mask(size=64) -> np.ndarray:
+    m = np.zeros((size, size), np.uint8)
+    m[16:48, 24:56] = 1
+    return m
+
+
+def test_imagenet_seg_reader(tmp_path) -> None:
+    from vlexplain.data.imagenet_seg import ImageNetSegmentation
+
+    a = np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)  # H 20, W 30
+    m = np.zeros((20, 30), np.uint8)
+    m[5:9, 2:25] = 1
+    write_gtsegs(tmp_path / "gtsegs_ijcv.mat", [a, _square_image()], [m, _seg_mask()])
+    ds = ImageNetSegmentation(tmp_path)  # the folder holding the file
+    assert len(ds) == 2
+    image, mask = ds[0]
+    assert image.size == (30, 20) and np.array_equal(np.asarray(image), a)
+    assert mask.dtype == bool and mask.shape == (20, 30) and mask.sum() == 4 * 23 and mask[5, 2] and not mask[4, 2]
+    # malformed: an HDF5 file without the references, a file that is not HDF5, no file
+    with h5py.File(tmp_path / "other.mat", "w") as f:
+        f.create_dataset("x", data=np.zeros(3))
+    for bad, msg in (("other.mat", "not the ImageNet-Segmentation file"), ("nope.mat", "not found")):
+        with pytest.raises(InputError, match=msg):
+            ImageNetSegmentation(tmp_path / bad)
+    (tmp_path / "text.mat").write_text("MATLAB 5.0 MAT-file")
+    with pytest.raises(InputError, match="HDF5"):
+        ImageNetSegmentation(tmp_path / "text.mat")
+
+
+def test_imagenet_s_reader(tmp_path) -> None:
+    from vlexplain.data.imagenet_s import ImageNetS, wnid_names
+
+    root = tmp_path / "ImageNetS50"
+    wnid = "n01443537"  # goldfish: class 1 of ImageNet-S50's categories file
+    (root / "validation" / wnid).mkdir(parents=True)
+    (root / "validation-segmentation" / wnid).mkdir(parents=True)
+    Image.fromarray(_square_image(32)).save(root / "validation" / wnid / "ILSVRC2012_val_1.JPEG")
+    lab = np.zeros((32, 32, 3), np.uint8)
+    lab[0:10, 0:10, 0] = 1  # class 1 (R + 256 G)
+    lab[20:22, :, 0], lab[20:22, :, 1] = 1000 % 256, 1000 // 256  # ignored
+    lab[30:, :, 0] = 7  # another class: not this image's object
+    Image.fromarray(lab).save(root / "validation-segmentation" / wnid / "ILSVRC2012_val_1.png")
+    (tmp_path / "ImageNetS_categories_im50.txt").write_text(f"{wnid}\nn01491361\n")
+    ds = ImageNetS(root)
+    image, obj, ignore, name = ds[0]
+    assert image.size == (32, 32) and name == wnid_names()[wnid] == "goldfish"
+    assert obj.sum() == 100 and obj[0:10, 0:10].all() and ignore.sum() == 64 and not obj[30:].any()
+    Image.fromarray(lab[..., 0]).save(root / "validation-segmentation" / wnid / "ILSVRC2012_val_1.png")
+    with pytest.raises(InputError, match="annotations are RGB"):
+        ds[0]
+    with pytest.raises(InputError, match="no validation"):
+        ImageNetS(tmp_path)
+
+
+def write_openimages(root, rows: list[tuple], images: dict[str, np.ndarray]) -> None:
+    (root / "images").mkdir(parents=True)
+    for k, a in images.items():
+        Image.fromarray(a).save(root / "images" / f"{k}.jpg", quality=100)
+    head = "ImageId,X,Y,Label,EstimatedYesNo,Source,YesVotes,NoVotes,UnsureVotes\n"
+    body = "".join(f"{i},{x},{y},{lab},{yn},ih,1,0,0\n" for i, x, y, lab, yn in rows)
+    (root / "oidv7-val-annotations-point-labels.csv").write_text(head + body)
+    (root / "oidv7-class-descriptions.csv").write_text("LabelName,DisplayName\n/m/01yrx,Cat\n/m/0bt9lr,Dog\n")
+
+
+# points (x, y) in [0, 1]; the red square covers pixels 16..47 of 64: x, y in [0.25, 0.75)
+POINTS = [
+    ("img1", 0.3, 0.3, "/m/01yrx", "yes"),  # in: tp
+    ("img1", 0.7, 0.5, "/m/01yrx", "yes"),  # in: tp
+    ("img1", 0.1, 0.1, "/m/01yrx", "yes"),  # out: fn
+    ("img1", 0.5, 0.5, "/m/01yrx", "no"),  # in: fp
+    ("img1", 0.9, 0.9, "/m/01yrx", "no"),  # out: tn
+    ("img1", 0.95, 0.2, "/m/01yrx", "no"),  # out: tn
+    ("img1", 0.05, 0.5, "/m/01yrx", "unsure"),  # left out
+    ("img2", 0.5, 0.6, "/m/0bt9lr", "yes"),  # in: tp
+    ("gone", 0.5, 0.6, "/m/0bt9lr", "yes"),  # image not on disk
+]
+
+
+def test_openimages_reader(tmp_path) -> None:
+    from vlexplain.data.openimages_points import OpenImagesPoints
+
+    write_openimages(tmp_path, POINTS, {"img1": _square_image(), "img2": _square_image()})
+    ds = OpenImagesPoints(tmp_path)
+    assert len(ds) == 2 and ds.missing == 1
+    image, classes = ds[0]
+    assert image.size == (64, 64) and [c for c, _, _ in classes] == ["Cat"]
+    _, pos, neg = classes[0]
+    assert pos.tolist() == [[0.3, 0.3], [0.7, 0.5], [0.1, 0.1]] and neg.shape == (3, 2)
+    bad = tmp_path / "bad"
+    write_openimages(bad, [("img1", 0.3, 0.3, "/m/9999", "yes")], {"img1": _square_image()})
+    with pytest.raises(InputError, match="not in oidv7-class-descriptions"):
+        OpenImagesPoints(bad)
+    (bad / "oidv7-val-annotations-point-labels.csv").write_text("ImageId,X,Label\nimg1,0.3,/m/01yrx\n")
+    with pytest.raises(InputError, match="missing column"):
+        OpenImagesPoints(bad)
+
+
+def write_voc(root, labels: list[np.ndarray], images: list[np.ndarray]) -> None:
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "SegmentationClass").mkdir()
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    ids = [f"2007_{i:06d}" for i in range(len(labels))]
+    for i, lab, a in zip(ids, labels, images):
+        Image.fromarray(a).save(
+            root / "JPEGImages" / f"{i}.jpg", quality=100, subsampling=0
+        )  # colours exact in 8x8 blocks
+        p = Image.fromarray(lab.astype(np.uint8), mode="P")
+        p.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * 759)
+        p.save(root / "SegmentationClass" / f"{i}.png")
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(ids) + "\n")
+
+
+@pytest.mark.parametrize("layout", ["voc", "context", "coco-object", "ade20k"])
+def test_semseg_layouts(tmp_path, layout) -> None:
+    from vlexplain.data.semseg import LAYOUTS, SemSegFolder
+
+    lay = LAYOUTS[layout]
+    lab = np.array([[0, 1, 2], [255, 3, 0]], np.uint8)
+    (tmp_path / lay.images).mkdir(parents=True)
+    (tmp_path / lay.labels).mkdir(parents=True)
+    Image.fromarray(np.zeros((2, 3, 3), np.uint8)).save(tmp_path / lay.images / "a1.jpg")
+    Image.fromarray(lab, mode="L").save(tmp_path / lay.labels / f"a1{lay.label_suffix}")
+    if lay.split:
+        (tmp_path / lay.split).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / lay.split).write_text("a1\n")
+    ds = SemSegFolder(tmp_path, layout)
+    image, got = ds[0]
+    assert image.size == (3, 2) and len(ds) == 1
+    n = {"voc": 21, "context": 60, "coco-object": 81, "ade20k": 150}[layout]
+    assert len(ds.classes) == n
+    if layout == "ade20k":  # label 0 ("other") ignored, the rest shifted down
+        assert got.tolist() == [[255, 0, 1], [255, 2, 255]]
+    else:
+        assert got.tolist() == lab.tolist()
+    if layout in ("voc", "context"):  # VOC20 / Context59
+        no_bg = SemSegFolder(tmp_path, layout, background=False)
+        assert len(no_bg.classes) == n - 1 and no_bg[0][1].tolist() == [[255, 0, 1], [255, 2, 255]]
+    else:
+        with pytest.raises(InputError, match="no background"):
+            SemSegFolder(tmp_path, layout, background=False)
+    top = 2 if layout == "ade20k" else 3  # the largest label id
+    (tmp_path / "few.txt").write_text("sky, wall\ncat\n" + ("dog\n" if top == 3 else ""))
+    with pytest.raises(InputError, match=f"label id {top} but the class list has {top} classes"):
+        SemSegFolder(tmp_path, layout, classes=tmp_path / "few.txt")
+
+
+# --- statistics by hand ---------------------------------------------------------------------------
+def test_average_precision_equals_scikit_learn() -> None:
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        y = rng.integers(0, 2, 200)
+        s = rng.integers(0, 7, 200) / 6.0  # many ties
+        assert S.average_precision(s, y) == pytest.approx(average_precision_score(y, s), abs=1e-12)
+
+
+def test_chefer_stats_by_hand() -> None:
+    hm = torch.zeros(64, 64)
+    hm[16:48, 16:48] = 3.0  # the predicted object: the square
+    t = torch.from_numpy(_seg_mask()).long()  # the true object: shifted 8 px right
+    st = S.chefer_stats(hm, t)
+    # correct 768 object + 2816 background of 4096; inter (bg, obj) = 2816, 768; union = 3328, 1280
+    assert st[:6].tolist() == [3584, 4096, 2816, 768, 3328, 1280]
+    # AP of [1 - r, r] pooled: score 1 on 4096 entries (3584 positive), 0 on 4096 (512 positive)
+    assert st[6] == pytest.approx(0.875 * 0.875 + 0.125 * 0.5)
+    red = S.chefer_reduce(st[None], np.ones(1))
+    assert red["pixel_accuracy"] == pytest.approx(87.5)
+    assert red["mIoU"] == pytest.approx(100 * (768 / 1280 + 2816 / 3328) / 2)
+    # ignored pixels (-1) count nowhere; a constant map predicts background everywhere (released NaN rule)
+    t2 = t.clone()
+    t2[:, :8] = -1
+    assert S.chefer_stats(hm, t2)[1] == 4096 - 512
+    flat = S.chefer_stats(torch.ones(64, 64), t)
+    assert flat[3] == 0 and flat[0] == 4096 - 1024
+
+
+def test_points_and_miou_by_hand() -> None:
+    hm = torch.zeros(10, 10)
+    hm[:5] = 1.0  # top half in
+    pos = np.array([[0.5, 0.1], [0.5, 0.9], [0.2, 0.3]])  # in, out, in
+    neg = np.array([[0.5, 0.2], [0.5, 0.8]])  # in, out
+    assert S.point_stats(hm, pos, neg).tolist() == [2, 1, 1]
+    rows = np.array([[0, 2, 1, 1], [1, 1, 0, 0], [0, 1, 0, 1]], float)  # class 0 twice
+    assert S.points_reduce(rows, np.ones(3))["p-mIoU"] == pytest.approx(100 * (3 / 6 + 1) / 2)
+    pred = torch.tensor([[0, 1, 1], [2, 2, 0]])
+    lab = torch.tensor([[0, 1, 2], [255, 2, 1]])
+    st = S.confusion_stats(pred, lab, 4)
+    # the ignored pixel (predicted 2) counts nowhere; class 0: inter 1, union 2; class 1: inter 1,
+    # union 3; class 2: inter 1, union 2; class 3: empty (left out of the mean)
+    assert st.tolist() == [[1, 1, 1, 0], [2, 3, 2, 0]]
+    assert S.miou_reduce(st[None], np.ones(1))["mIoU"] == pytest.approx(100 * (1 / 2 + 1 / 3 + 1 / 2) / 3)
+
+
+def test_bootstrap_resamples_images() -> None:
+    rows = np.array([[1.0, 0, 0], [0.0, 1, 0]])
+    got = S.bootstrap(rows, np.array([0, 1]), 2, lambda r, w: {"a": 100 * (w * r[:, 0]).sum() / w.sum()}, n_boot=200)
+    v, lo, hi = got["a"]
+    assert v == 50 and lo == 0 and hi == 100
+
+
+# --- the protocols end to end -----------------------------------------------------------------------
+class Oracle(Explainer):
+    """The red channel of the image, or (openvocab-seg) 1 where the pixel has the queried class's colour."""
+
+    name = "oracle"
+    summary = "test oracle"
+    needs_gradients = False
+    sides = ("image",)
+    colours: dict[int, tuple[float, ...]] = {}  # query row of ``queries`` -> RGB
+    queries: torch.Tensor | None = None
+
+    def attribute_image(self, batch: PairBatch) -> torch.Tensor:
+        rgb = self.model.denormalize(batch.pixels)  # (B, 3, H, W) in [0, 1]
+        if self.queries is None:
+            return rgb[:, 0]
+        q = (batch.text_emb @ self.queries.T.to(batch.text_emb)).argmax(-1)
+        out = torch.zeros(rgb.shape[0], *rgb.shape[-2:])
+        for b, j in enumerate(q.tolist()):
+            if j in self.colours:
+                c = torch.tensor(self.colours[j]).view(3, 1, 1)
+                out[b] = ((rgb[b] - c).abs().sum(0) < 0.5).float()
+        return out
+
+
+@pytest.fixture
+def oracle():
+    _METHODS["oracle"] = Oracle
+    Oracle.queries, Oracle.colours = None, {}
+    try:
+        yield Oracle
+    finally:
+        del _METHODS["oracle"]
+
+
+def test_imagenet_seg_protocol(tmp_path, oracle) -> None:
+    from vlexplain.eval.protocols.imagenet_seg import run_imagenet_seg
+
+    write_gtsegs(tmp_path / "gtsegs_ijcv.mat", [_square_image()] * 2, [_seg_mask(), _seg_mask()])
+    model = vx.load_model(tiny_open_clip())
+    res = run_imagenet_seg(tmp_path, tmp_path / "run", model=model, methods=["oracle"], progress=False)
+    acc, miou, ap = (res.values["oracle"][k] for k in ("pixel_accuracy", "mIoU", "mAP"))
+    assert acc[0] == pytest.approx(87.5) and ap[0] == pytest.approx(100 * (0.875**2 + 0.0625))
+    assert miou[0] == pytest.approx(100 * (768 / 1280 + 2816 / 3328) / 2)
+    assert miou[1] == pytest.approx(miou[0]) and miou[2] == pytest.approx(miou[0])  # two equal images
+    assert set(res.values) == {"oracle", "random", "center"}
+    assert "Chefer" in res.markdown and "Differences" in res.markdown
+    # resumable: a finished run resumed recomputes nothing and gives the same values
+    again = run_imagenet_seg(tmp_path, tmp_path / "run", model=model, methods=["oracle"], progress=False, resume=True)
+    assert again.values == res.values
+    with pytest.raises(InputError, match="not empty"):
+        run_imagenet_seg(tmp_path, tmp_path / "run", model=model, methods=["oracle"], progress=False)
+    with pytest.raises(InputError, match="other settings"):
+        run_imagenet_seg(tmp_path, tmp_path / "run", model=model, methods=["oracle"], resume=True, seed=3)
+
+
+def test_openimages_points_protocol(tmp_path, oracle) -> None:
+    from vlexplain.eval.protocols.openimages_points import run_openimages_points
+
+    write_openimages(tmp_path, POINTS, {"img1": _square_image(), "img2": _square_image()})
+    model = vx.load_model(tiny_open_clip())
+    res = run_openimages_points(tmp_path, tmp_path / "run", model=model, methods=["oracle"], progress=False)
+    # Cat: tp 2, fp 1, fn 1 -> 0.5; Dog: tp 1 -> 1
+    assert res.values["oracle"]["p-mIoU"][0] == pytest.approx(75.0)
+    assert "1 labelled images not on disk" in res.markdown
+
+
+def test_openvocab_seg_protocol(tmp_path, oracle) -> None:
+    from vlexplain.data.semseg_classes import VOC21
+    from vlexplain.eval.protocols.openvocab_seg import query_embeddings, run_openvocab_seg
+
+    red, green = (255, 0, 0), (0, 255, 0)
+    img1 = np.zeros((64, 96, 3), np.uint8)
+    img1[:, :48], img1[:, 48:] = red, green
+    lab1 = np.full((64, 96), 2, np.uint8)
+    lab1[:, :40] = 1
+    lab1[0] = 255  # a border row, ignored
+    img2 = np.zeros((64, 64, 3), np.uint8)
+    img2[:] = red
+    lab2 = np.ones((64, 64), np.uint8)
+    write_voc(tmp_path, [lab1, lab2], [img1, img2])
+    model = vx.load_model(tiny_open_clip())
+    te, owner = query_embeddings(model, VOC21, "single")
+    Oracle.queries = te
+    first = {int(c): j for j, c in reversed(list(enumerate(owner.tolist())))}
+    Oracle.colours = {first[1]: (1.0, 0.0, 0.0), first[2]: (0.0, 1.0, 0.0)}  # aeroplane red, bicycle green
+    res = run_openvocab_seg(
+        tmp_path, tmp_path / "run", model=model, layout="voc", methods=["oracle"], short_side=64,
+        templates="single", progress=False,
+    )  # fmt: skip
+    # class 1: pred 48x63 + 64x64, label 40x63 + 64x64, inter = label; class 2: pred 48x63, label 56x63
+    iou1 = (40 * 63 + 4096) / (48 * 63 + 4096)
+    iou2 = (48 * 63) / (56 * 63)
+    assert res.values["oracle"]["mIoU"][0] == pytest.approx(100 * (iou1 + iou2) / 2)
+    assert "sliding windows of 64 px at stride 32" in res.markdown and "PAMR" in res.markdown
+
+
+def test_predict_by_hand() -> None:
+    from vlexplain.eval.protocols.openvocab_seg import _windows, predict
+
+    logits = torch.tensor([[[0.0, 0.3]], [[0.2, 0.0]], [[0.25, 0.0]]])  # 3 queries, 1x2 pixels
+    owner = torch.tensor([0, 1, 1])  # class 1 has two names
+    assert predict(logits, owner, 2, 40.0, 0.0).tolist() == [[1, 0]]
+    assert predict(logits, owner, 2, 1.0, 0.9).tolist() == [[0, 0]]  # nothing confident: class 0
+    assert _windows(64, 96, 64, 32) == [(0, 0), (0, 32)]
+    assert _windows(100, 64, 64, 32) == [(0, 0), (32, 0), (36, 0)]  # the last window flush with the border
+
+
+def test_method_the_tower_cannot_run(tmp_path, siglip) -> None:
+    from vlexplain.eval.protocols.imagenet_seg import run_imagenet_seg
+
+    write_gtsegs(tmp_path / "gtsegs_ijcv.mat", [_square_image()], [_seg_mask()])
+    with pytest.raises(MethodError, match="gem"):
+        run_imagenet_seg(tmp_path, tmp_path / "run", model=siglip, methods=["gem"], progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def cli_env(tmp_path_factory):
+    d = tmp_path_factory.mktemp("protocols-cli")
+    tiny_hf_clip().save_pretrained(d / "model")
+    write_voc(d / "voc", [np.array([[0, 1], [2, 30]], np.uint8)], [np.zeros((2, 2, 3), np.uint8)])
+    (d / "bad.mat").write_text("not hdf5")
+    return d
+
+
+@pytest.mark.parametrize(
+    "argv,msg",
+    [
+        (["imagenet-seg", "--data", "MISSING.mat"], "not found"),
+        (["imagenet-seg", "--data", "ENV/bad.mat"], "HDF5"),
+        (["openimages-points", "--data", "ENV"], "point-label CSV"),
+        (["openvocab-seg", "--data", "ENV/voc"], "needs --layout"),
+        (["openvocab-seg", "--data", "ENV/voc", "--layout", "voc"], "label id 30 but the class list has 21"),
+        (["openvocab-seg", "--data", "ENV/voc", "--layout", "mars"], "unknown layout"),
+        (["imagenet-seg"], "needs --data"),
+        (["shapes", "--layout", "voc"], "--layout goes with"),
+    ],
+)
+def test_cli_bad_input_one_line_exit_2(cli_env, tmp_path, capsys, argv, msg) -> None:
+    out = tmp_path / "out"
+    args = [a.replace("ENV", str(cli_env)).replace("MISSING", str(tmp_path / "missing")) for a in argv]
+    rc = main(["benchmark", *args, "--model", str(cli_env / "model"), "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("Loading weights", "warning"))]
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_cli_lists_the_kinds_and_runs(cli_env, tmp_path, capsys, oracle) -> None:
+    assert main(["benchmark", "--help"]) == 0
+    helptext = capsys.readouterr().out
+    for kind in ("imagenet-seg", "openimages-points", "openvocab-seg"):
+        assert kind in helptext
+    write_openimages(tmp_path / "oi", POINTS, {"img1": _square_image(), "img2": _square_image()})
+    argv = ["benchmark", "openimages-points", "--data", str(tmp_path / "oi"), "--model", str(cli_env / "model")]
+    rc = main([*argv, "--methods", "oracle", "--out", str(tmp_path / "run"), "--no-progress"])
+    assert rc == 0
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["values"]["oracle"]["p-mIoU"][0] == pytest.approx(75.0)
+    assert "| oracle |" in capsys.readouterr().out
