@@ -408,3 +408,39 @@ def test_cli_lists_the_kinds_and_runs(cli_env, tmp_path, capsys, oracle) -> None
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     assert res["values"]["oracle"]["p-mIoU"][0] == pytest.approx(75.0)
     assert "| oracle |" in capsys.readouterr().out
+
+
+def test_partial_resume_equals_one_run(tmp_path) -> None:
+    """A run that lost a shard (killed mid-way) resumes to the same values as an uninterrupted one."""
+    from vlexplain.eval.protocols.openimages_points import run_openimages_points
+
+    write_openimages(tmp_path / "oi", POINTS, {"img1": _square_image(), "img2": _square_image()})
+    model = vx.load_model(tiny_open_clip())
+    kw = dict(model=model, methods=["sclip"], progress=False, shard_size=1)
+    full = run_openimages_points(tmp_path / "oi", tmp_path / "run", **kw)
+    shard = tmp_path / "run" / "shards" / "stats-000001.npz"
+    before = shard.read_bytes()
+    shard.unlink()
+    again = run_openimages_points(tmp_path / "oi", tmp_path / "run", resume=True, **kw)
+    assert again.values == full.values and shard.read_bytes() == before
+
+
+def test_two_processes_equal_one(cli_env, tmp_path) -> None:
+    """Under accelerate launch (two CPU processes) the shards are split and the values are the same."""
+    import subprocess
+
+    from conftest import two_process_cli
+
+    ids = [f"im{i:02d}" for i in range(18)]  # two shards of 16: one per process
+    rows = [(k, x, y, lab, yn) for k in ids for _, x, y, lab, yn in POINTS[:4]]
+    write_openimages(tmp_path / "oi", rows, {k: _square_image(lo=2 * i, hi=40 + i) for i, k in enumerate(ids)})
+    common = ["--data", str(tmp_path / "oi"), "--model", str(cli_env / "model"), "--methods", "sclip"]
+    assert main(["benchmark", "openimages-points", *common, "--out", str(tmp_path / "one"), "--no-progress"]) == 0
+    argv = two_process_cli("benchmark", "openimages-points", *common, "--out", str(tmp_path / "two"), "--no-progress")
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    one = json.loads((tmp_path / "one" / "results.json").read_text())["values"]
+    two = json.loads((tmp_path / "two" / "results.json").read_text())["values"]
+    assert one == two
+    assert len(list((tmp_path / "two" / "shards").glob("stats-*.npz"))) == 2

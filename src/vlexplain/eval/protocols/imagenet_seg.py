@@ -22,10 +22,13 @@ PROTOCOL = (
     "Protocol: Chefer et al. (CVPR 2021) `imagenet_seg_eval.py`, as TextSpan (ICLR 2024) and LeGrad (ICCV 2025) "
     "report ImageNet-Segmentation: image and mask resized to the model's input (no crop), map min-max "
     "normalised and thresholded at its mean, pixel accuracy and mIoU over {{background, object}} summed "
-    'over the dataset, mAP averaged over images. Differences: the explained text is "a photo of a {{c}}." with '
-    "c the model's zero-shot top-1 ImageNet class (TextSpan: the top-1 class of an 80-template classifier; "
-    "ImageNet-S: the image's own class); {clamp}."
+    "over the dataset, mAP averaged over images. Differences: {text}; {clamp}."
 )
+TEXT_ZERO_SHOT = (
+    'the explained text is "a photo of a {c}." with c the model\'s zero-shot top-1 ImageNet class under that '
+    "one prompt (Chefer: the ViT classifier's top class; TextSpan: the top class of an 80-template classifier)"
+)
+TEXT_OWN = 'ImageNet-S images: the explained text is "a photo of a {c}." with c the image\'s own class'
 
 
 def open_dataset(data: str | os.PathLike) -> Any:
@@ -126,4 +129,4 @@ def run_imagenet_seg(
         else "no clamping of negative values (Chefer; TextSpan clamps, --clamp-negative)"
     )
     title = f"imagenet-seg — {ds.describe()['kind']}, {total} images, model `{spec}`"
-    return finish(outp, title, PROTOCOL.format(clamp=clamp), values, {"skipped": skipped, "config": config})
+    return finish(outp, title, PROTOCOL.format(text=TEXT_OWN if labelled else TEXT_ZERO_SHOT, clamp=clamp), values, {"skipped": skipped, "config": config})
