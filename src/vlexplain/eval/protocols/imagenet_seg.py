@@ -129,4 +129,10 @@ def run_imagenet_seg(
         else "no clamping of negative values (Chefer; TextSpan clamps, --clamp-negative)"
     )
     title = f"imagenet-seg — {ds.describe()['kind']}, {total} images, model `{spec}`"
-    return finish(outp, title, PROTOCOL.format(text=TEXT_OWN if labelled else TEXT_ZERO_SHOT, clamp=clamp), values, {"skipped": skipped, "config": config})
+    return finish(
+        outp,
+        title,
+        PROTOCOL.format(text=TEXT_OWN if labelled else TEXT_ZERO_SHOT, clamp=clamp),
+        values,
+        {"skipped": skipped, "config": config},
+    )
