@@ -91,6 +91,20 @@ def _maps(model: Any, explainer: Any, px: Tensor, te: Tensor, seed: int) -> Tens
     return m if tuple(m.shape[-2:]) == size else upsample_grid(m, size)
 
 
+def slide_maps(
+    model: Any, explainer: Any, px: Tensor, corners: list[tuple[int, int]], crop: int, te: Tensor, seed: int
+) -> Tensor:
+    """(Q, h, w) maps of a (3, h, w) image: every window's maps added where it lies, divided by the
+    number of windows over each pixel (the released ``forward_slide``)."""
+    size = tuple(px.shape[-2:])
+    acc = torch.zeros(len(te), *size)
+    count = torch.zeros(1, *size)
+    for y, x in corners:
+        acc[:, y : y + crop, x : x + crop] += _maps(model, explainer, px[:, y : y + crop, x : x + crop], te, seed).cpu()
+        count[:, y : y + crop, x : x + crop] += 1
+    return acc / count
+
+
 def predict(logits: Tensor, owner: Tensor, n_classes: int, logit_scale: float, thd: float) -> Tensor:
     """(Q, H, W) query maps -> (H, W) class ids (the released ``postprocess_result``)."""
     probs = (logits * logit_scale).softmax(0)
@@ -160,14 +174,8 @@ def run_openvocab_seg(
             px, size, corners = squash(mdl, image), tuple(mdl.input_size), [(0, 0)]
         stats = {}
         for m, ex in explainers.items():
-            acc = torch.zeros(len(te), *size)
-            count = torch.zeros(1, *size)
-            for y, x in corners:
-                acc[:, y : y + crop, x : x + crop] += _maps(
-                    mdl, ex, px[:, y : y + crop, x : x + crop], te, pair_seed(seed, i)
-                ).cpu()
-                count[:, y : y + crop, x : x + crop] += 1
-            logits = F.interpolate((acc / count)[None], size=label.shape, mode="bilinear", align_corners=False)[0]
+            logits = slide_maps(mdl, ex, px, corners, crop, te, pair_seed(seed, i))
+            logits = F.interpolate(logits[None], size=label.shape, mode="bilinear", align_corners=False)[0]
             pred = predict(logits, owner, nc, logit_scale, thd)
             stats[m] = confusion_stats(pred, torch.from_numpy(label), nc)[None]
         return stats
