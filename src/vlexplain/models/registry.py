@@ -181,7 +181,8 @@ def _load_open_clip(rest: str, tokenizer: Any, preprocess: Any) -> DualEncoder:
     """``open_clip:ARCH[/TAG | /PATH][@TOKENIZER_DIR]`` or ``local-dir:DIR`` (see ``.open_clip_load``)."""
     from .open_clip_load import load_open_clip
 
-    return load_open_clip(rest, tokenizer, preprocess)
+    model, tokenizer, preprocess, name = load_open_clip(rest, tokenizer, preprocess)
+    return wrap_model(model, tokenizer, preprocess, name=name)
 
 
 def parse_size_options(spec: str) -> tuple[str, dict[str, tuple[int, int]]]:
