@@ -102,6 +102,7 @@ def test_written_files_respect_the_umask(tmp_path, umask):
     import os
 
     from vlexplain.eval import io as rio
+    from vlexplain.outdir import current_umask
     from vlexplain.viz.gallery import write_gallery
     from vlexplain.viz.save import save_explanation
 
@@ -110,7 +111,7 @@ def test_written_files_respect_the_umask(tmp_path, umask):
         written = save_explanation(_explanation(["a", "cat"]), tmp_path / "x")
         written.append(str(write_gallery(tmp_path, [], "t", "s")))
         written.append(str(rio.atomic_write_text(tmp_path / "run" / "a.txt", "hi")))
-        assert rio.current_umask() == umask
+        assert current_umask() == umask
     finally:
         os.umask(old)
     for p in written:
