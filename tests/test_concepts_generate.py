@@ -10,12 +10,12 @@ import pytest
 from llm_support import POOL, FakeServer, generate_args
 
 from vlexplain.cli import main
+from vlexplain.concepts.chat import chat_url
 from vlexplain.concepts.generate import (
     CACHE_EXCERPT,
     REASK_EXCERPT,
     GenerationError,
     ReplyError,
-    chat_url,
     generate_concepts,
     parse_descriptors,
     read_classes,
