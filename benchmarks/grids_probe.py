@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 import vlexplain as vx
-from vlexplain.data.grids import grid_dataset
-from vlexplain.eval.benchmark import BENCHMARK_METHOD_OPTIONS, GRIDS_SEED_BASE
+from vlexplain.eval.benchmarks.base import BENCHMARK_METHOD_OPTIONS, GRIDS_SEED_BASE
 from vlexplain.eval.runner import pair_seed
 from vlexplain.metrics.gridpg import cell_masks, grid_pointing_game
+from vlexplain.testbeds.grids import grid_dataset
 
 METHODS = ["m2ib", "gradcam", "saliency", "gradient_x_input", "integrated_gradients"]
 

@@ -31,7 +31,7 @@ def _speeds() -> dict[str, dict]:
 
 def methods_table() -> str:
     import vlexplain as vx
-    from vlexplain.models.family_table import method_group
+    from vlexplain.commands.family_table import method_group
 
     speeds = _speeds()
     head = "| method | group | sides | what it does | paper | CPU s / pair (batch 8) |"
@@ -60,7 +60,7 @@ def metrics_table() -> str:
 
 
 def families_table() -> str:
-    from vlexplain.models.family_table import markdown_table
+    from vlexplain.commands.family_table import markdown_table
 
     return markdown_table()
 

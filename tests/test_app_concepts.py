@@ -20,8 +20,9 @@ CAT_CONCEPTS = ["pointed ears", "long white whiskers", "striped fur"]
 
 def _direct_concepts(model, image, cls, descriptors, templates=None) -> dict:
     """This image's DEAL maps and metrics straight from vlexplain.concepts (what the tab must show)."""
-    from vlexplain.concepts import ConceptSet, Templates, deal_maps
     from vlexplain.concepts.metrics import disentanglability, localizability
+    from vlexplain.concepts.relevance import Templates, deal_maps
+    from vlexplain.concepts.sets import ConceptSet
 
     templates = templates or Templates()
     px = model.preprocess(image)[None]
@@ -111,7 +112,7 @@ def test_browser_concepts_tab(server, browser, files, tmp_path):
 
 @pytest.mark.slow
 def test_browser_concept_sets_and_bad_inputs(server, browser, tmp_path):
-    from vlexplain.data.shapes import concept_set
+    from vlexplain.testbeds.shapes_categories import concept_set
 
     page = _open_concepts(browser, server)
     # the built-in shapes world: picking a class fills its descriptors and the shapes prompts
@@ -194,7 +195,7 @@ def test_run_concepts_equals_the_concepts_module_and_hand_metrics(offline):
 
     from vlexplain.app.concept_runner import run_concepts
     from vlexplain.app.render import concept_metrics_html, concept_png
-    from vlexplain.data.photos import load_photo
+    from vlexplain.testbeds.photos import load_photo
 
     image = load_photo("cat")
     res = run_concepts(offline, image, "cat", CAT_CONCEPTS, image_name="chelsea.png")
@@ -302,7 +303,7 @@ def test_explorer_concept_callbacks_fill_fields_and_refuse_unknown_classes(tmp_p
     from vlexplain.app.app import Explorer
     from vlexplain.app.concept_runner import SHAPES_PRESET
     from vlexplain.app.runner import ModelCache
-    from vlexplain.data.shapes import concept_set
+    from vlexplain.testbeds.shapes_categories import concept_set
 
     ex = Explorer(ModelCache(lambda spec: pytest.fail("no model is needed here")))
     cls, descs, cat_tpl, con_tpl, status = ex.pick_concept_class(SHAPES_PRESET, "bus", None)

@@ -11,11 +11,8 @@ import torch
 from PIL import Image
 
 from vlexplain.cli import main
-from vlexplain.data.grids import make_grid
-from vlexplain.data.shapes import category_caption, render_scene
-from vlexplain.data.shapes_train import TRAIN_SEED_BASE
 from vlexplain.errors import InputError
-from vlexplain.eval.benchmark import (
+from vlexplain.eval.benchmarks.base import (
     SHAPES_SEED_BASE,
     applicable_methods,
     make_grid_data,
@@ -23,6 +20,10 @@ from vlexplain.eval.benchmark import (
     run_benchmark,
     shapes_seeds,
 )
+from vlexplain.testbeds.grids import make_grid
+from vlexplain.testbeds.shapes import render_scene
+from vlexplain.testbeds.shapes_categories import category_caption
+from vlexplain.testbeds.shapes_train import TRAIN_SEED_BASE
 
 
 def _rows(path: Path) -> list[dict]:
@@ -36,9 +37,9 @@ def _mask(path: Path) -> np.ndarray:
 @pytest.fixture(scope="module")
 def tiny_shapes_dir(tmp_path_factory) -> Path:
     """A randomly initialised, tiny shapes-world CLIP saved as a ``testbed:shapes@DIR`` directory."""
-    from vlexplain.data.shapes import vocabulary
-    from vlexplain.data.shapes_train import ShapesCLIPConfig, build_model
-    from vlexplain.data.testbed_models import build_vocab
+    from vlexplain.testbeds.shapes_categories import vocabulary
+    from vlexplain.testbeds.shapes_train import ShapesCLIPConfig, build_model
+    from vlexplain.testbeds.testbed_models import build_vocab
 
     d = tmp_path_factory.mktemp("shapes_clip")
     vocab = build_vocab(vocabulary())
@@ -190,7 +191,7 @@ def test_benchmark_grids_runs(tmp_path, tiny_shapes_dir):
 
 
 def test_grids_benchmark_budgets_and_caller_options():
-    from vlexplain.eval.benchmark import BENCHMARK_METHOD_OPTIONS, _with_benchmark_defaults
+    from vlexplain.eval.benchmarks.base import BENCHMARK_METHOD_OPTIONS, _with_benchmark_defaults
 
     got = _with_benchmark_defaults("grids", ["rise", "m2ib"], {"rise": {"p_keep": 0.3}, "m2ib": {"steps": 5}})
     # the testbed's budget stays unless the caller sets that option; methods not run get nothing

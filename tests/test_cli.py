@@ -252,7 +252,7 @@ def test_train_shapes_recipe_options_reach_the_model(tmp_path):
     assert (cfg["num_hidden_layers"], cfg["hidden_act"]) == (2, "gelu")  # both differ from the defaults
     saved = json.loads((out / "train_config.json").read_text())
     assert saved["vision_layers"] == 2 and saved["optimizer"] == "adamw"
-    from vlexplain.data.shapes_train import ShapesCLIPConfig
+    from vlexplain.testbeds.shapes_train import ShapesCLIPConfig
 
     default = ShapesCLIPConfig()  # options left out take the recipe's defaults, not a copy of them
     for key in ("batch_size", "lr", "rank_weight", "token_drop", "loss", "init", "muon_lr"):

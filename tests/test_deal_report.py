@@ -20,9 +20,10 @@ from vlexplain.concepts.report import flatten, read_report, write_report
 from vlexplain.concepts.sets import load_concepts
 from vlexplain.concepts.train import find_checkpoint
 from vlexplain.data.classes import cub
-from vlexplain.data.shapes import concept_set, render_scene
-from vlexplain.data.shapes_classes import TRAIN_SEEDS, parse_shapes_spec, shapes_classes
 from vlexplain.errors import InputError
+from vlexplain.testbeds.shapes import render_scene
+from vlexplain.testbeds.shapes_categories import concept_set
+from vlexplain.testbeds.shapes_classes import TRAIN_SEEDS, parse_shapes_spec, shapes_classes
 
 SHAPES_PROMPTS = Templates("a {class}", "{descriptor}")
 

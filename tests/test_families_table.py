@@ -10,9 +10,7 @@ import torch
 
 import vlexplain as vx
 from vlexplain.cli import main
-from vlexplain.errors import MethodError
-from vlexplain.models.families import families
-from vlexplain.models.family_table import (
+from vlexplain.commands.family_table import (
     GROUPS,
     METHODS_END,
     METHODS_START,
@@ -22,6 +20,8 @@ from vlexplain.models.family_table import (
     methods_markdown,
     readme_block,
 )
+from vlexplain.errors import MethodError
+from vlexplain.models.families import families
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 HF_KEYS = [f.key for f in families() if f.library == "transformers"]

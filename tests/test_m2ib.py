@@ -203,7 +203,7 @@ def test_bad_options(hf_clip):
 
 
 def test_offline_cnn_bottleneck(offline):
-    from vlexplain.data.photos import load_photo
+    from vlexplain.testbeds.photos import load_photo
 
     e = vx.explain(offline, load_photo("cat"), "a cat", method="m2ib", steps=3, num_samples=4)
     assert e.patch_map.shape == (14, 14) and e.image_map.shape == (224, 224)

@@ -209,8 +209,9 @@ def _r(a, b):
 def test_fast_maps_agree_with_m2ib():
     """Default options on the trained shapes model: m2ib_fast's maps agree with m2ib's at r >= 0.99
     (image) and about as well as m2ib's own maps under other seeds (image and text)."""
-    from vlexplain.data.shapes import category_caption, render_scene
-    from vlexplain.eval.benchmark import shapes_seeds
+    from vlexplain.eval.benchmarks.base import shapes_seeds
+    from vlexplain.testbeds.shapes import render_scene
+    from vlexplain.testbeds.shapes_categories import category_caption
 
     model = vx.load_model("testbed:shapes")
     scenes = [render_scene(s) for s in shapes_seeds(8)]

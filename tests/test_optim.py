@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vlexplain.data.optim import Muon, Optimizers, orthogonalize
+from vlexplain.testbeds.optim import Muon, Optimizers, orthogonalize
 
 
 def test_orthogonalize_flattens_the_spectrum_like_an_svd():
@@ -51,7 +51,7 @@ def test_muon_refuses_non_matrices_and_skips_parameters_without_gradients():
 
 
 def test_shapes_trainer_gives_muon_the_block_matrices_and_adamw_the_rest():
-    import vlexplain.data.shapes_train as st
+    import vlexplain.testbeds.shapes_train as st
 
     cfg = st.ShapesCLIPConfig(
         vision_width=32,

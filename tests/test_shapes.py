@@ -9,19 +9,18 @@ import pytest
 import torch
 
 import vlexplain as vx
-from vlexplain.data import shapes
-from vlexplain.data.grids import PHOTOS, make_grid, photo_text
-from vlexplain.data.shapes import (
-    BACKGROUNDS,
+from vlexplain.errors import InputError
+from vlexplain.testbeds.grids import PHOTOS, make_grid, photo_text
+from vlexplain.testbeds.shapes import BACKGROUNDS, mask_box, render_scene
+from vlexplain.testbeds.shapes_categories import (
     CATEGORIES,
     COLOURS,
     all_texts,
+    article,
+    category_caption,
     concept_set,
-    mask_box,
-    render_scene,
     write_concept_set,
 )
-from vlexplain.errors import InputError
 
 SEEDS = list(range(40))
 
@@ -99,10 +98,10 @@ def test_texts_and_ground_truth():
     tm = s.text_masks()
     assert tm["a house"].sum() == s.object_mask(0).sum()
     house = s.objects[0]
-    assert tm[shapes.category_caption("house", house.colour)].sum() == s.object_mask(0).sum()
+    assert tm[category_caption("house", house.colour)].sum() == s.object_mask(0).sum()
     assert (tm["a triangular roof"] == s.part_mask(0, "roof")).all()
     roof = next(p for p in house.parts if p.name == "roof")
-    assert (tm[f"{shapes.article(roof.colour)} {roof.colour} roof"] == s.part_mask(0, "roof")).all()
+    assert (tm[f"{article(roof.colour)} {roof.colour} roof"] == s.part_mask(0, "roof")).all()
     # shared descriptor: the wheels of the car and of the bus
     assert (tm["two round black wheels"] == (s.part_mask(1, "wheels") | s.part_mask(2, "wheels"))).all()
     assert s.text_references()["two round black wheels"] == ["object1/wheels", "object2/wheels"]
@@ -148,7 +147,7 @@ def shapes_clip():
 
 
 def test_shipped_model_files():
-    from vlexplain.data.testbed_models import assets_dir
+    from vlexplain.testbeds.testbed_models import assets_dir
 
     d = assets_dir()
     for f in ("config.json", "model.safetensors", "vocab.json", "train_log.csv", "metrics.json"):
@@ -157,8 +156,8 @@ def test_shipped_model_files():
 
 
 def test_shipped_model_reaches_category_bar(shapes_clip):
-    from vlexplain.data.shapes_train import evaluate_shapes
-    from vlexplain.data.testbed_models import assets_dir
+    from vlexplain.testbeds.shapes_eval import evaluate_shapes
+    from vlexplain.testbeds.testbed_models import assets_dir
 
     recorded = json.loads((assets_dir() / "metrics.json").read_text())["metrics"]
     res = evaluate_shapes(shapes_clip, n_single=recorded["n_single"], n_multi=0)  # the recorded held-out set
@@ -174,7 +173,7 @@ def test_different_texts_give_different_embeddings(shapes_clip):
     e = shapes_clip.encode_text(shapes_clip.tokenize(texts))
     off = (e @ e.T)[~torch.eye(len(texts), dtype=torch.bool)]
     assert off.min() < 0.5 and off.mean() < 0.8
-    from vlexplain.data.shapes import concept_set
+    from vlexplain.testbeds.shapes_categories import concept_set
 
     concepts = concept_set()  # every part descriptor lies nearest to a category that has that part
     names = [c.name for c in CATEGORIES]
@@ -195,7 +194,7 @@ def test_different_texts_give_different_embeddings(shapes_clip):
 
 
 def test_adapter_matches_training_path(shapes_clip):
-    from vlexplain.data.shapes_train import _embed, scene_pixels
+    from vlexplain.testbeds.shapes_train import _embed, scene_pixels
 
     scenes = [render_scene(s) for s in range(4)]
     x = scene_pixels(scenes)
@@ -208,8 +207,8 @@ def test_adapter_matches_training_path(shapes_clip):
 
 
 def test_twenty_second_training_lowers_loss(tmp_path):
-    from vlexplain.data.shapes_train import ShapesCLIPConfig, train_shapes
-    from vlexplain.data.testbed_models import load_shapes_clip
+    from vlexplain.testbeds.shapes_train import ShapesCLIPConfig, train_shapes
+    from vlexplain.testbeds.testbed_models import load_shapes_clip
 
     cfg = ShapesCLIPConfig(
         vision_width=32,
@@ -235,7 +234,7 @@ def test_twenty_second_training_lowers_loss(tmp_path):
 
 
 def test_losses_against_hand_computed_values():
-    from vlexplain.data.shapes_train import multi_positive_loss, ranking_loss
+    from vlexplain.testbeds.shapes_losses import multi_positive_loss, ranking_loss
 
     logits = torch.tensor([[2.0, 0.0, 1.0], [0.0, 3.0, -1.0]])
     pos = torch.tensor([[True, False, True], [False, True, False]])
@@ -251,7 +250,7 @@ def test_losses_against_hand_computed_values():
     assert torch.allclose(ranking_loss(logits, pos), (r0a + r0c + r1b) / 3)
 
     # sigmoid: every (scene, text) pair is its own binary problem; summed over texts, mean over scenes
-    from vlexplain.data.shapes_train import sigmoid_loss
+    from vlexplain.testbeds.shapes_losses import sigmoid_loss
 
     sp = torch.nn.functional.softplus
     per_pair = torch.where(pos, sp(-logits), sp(logits))
@@ -261,7 +260,7 @@ def test_losses_against_hand_computed_values():
 @pytest.mark.parametrize("optimizer", ["muon", "adamw"])
 def test_two_process_training_equals_one_process_on_the_union_batch(tmp_path, optimizer):
     """Two data-parallel processes of batch b take the same steps as one process of batch 2b."""
-    import vlexplain.data.shapes_train as st
+    import vlexplain.testbeds.shapes_train as st
 
     cfg = st.ShapesCLIPConfig(
         vision_width=32,

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from vlexplain.data.shapes_train import ShapesCLIPConfig, _embed, build_model
-from vlexplain.data.vit_init import low_rank_factors, sincos_2d
+from vlexplain.testbeds.shapes_train import ShapesCLIPConfig, _embed, build_model
+from vlexplain.testbeds.vit_init import low_rank_factors, sincos_2d
 
 
 def test_sincos_codes_against_the_formula():
@@ -109,7 +109,7 @@ def test_token_dropping_path():
 
 
 def test_bad_recipe_settings_fail_before_training(tmp_path):
-    from vlexplain.data.shapes_train import train_shapes
+    from vlexplain.testbeds.shapes_train import train_shapes
 
     with pytest.raises(ValueError, match="token_drop"):
         train_shapes(minutes=0.1, out_dir=tmp_path / "m", config=ShapesCLIPConfig(token_drop=1.0), progress=False)
@@ -119,7 +119,7 @@ def test_bad_recipe_settings_fail_before_training(tmp_path):
 
 
 def test_random_shift_against_a_plain_reference():
-    from vlexplain.data.shapes_train import random_shift
+    from vlexplain.testbeds.shapes_losses import random_shift
 
     x = torch.randn(6, 3, 10, 12, generator=torch.Generator().manual_seed(0))
     got = random_shift(x, 3, torch.Generator().manual_seed(5))

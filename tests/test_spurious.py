@@ -10,8 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from vlexplain.data.shapes import BADGE_LABEL, CATEGORIES, render_scene
-from vlexplain.data.shapes_cue import (
+from vlexplain.errors import InputError
+from vlexplain.metrics import get_metric, get_spec, list_metrics
+from vlexplain.metrics.cue import average_ranks, cue_pointing, cue_reliance_rank, cue_share, spearman
+from vlexplain.testbeds.shapes import BADGE_LABEL, render_scene
+from vlexplain.testbeds.shapes_categories import CATEGORIES
+from vlexplain.testbeds.shapes_cue import (
     BADGE_COLOURS,
     BADGE_MODES,
     CORNERS,
@@ -20,9 +24,6 @@ from vlexplain.data.shapes_cue import (
     render_cue_scene,
     training_badge,
 )
-from vlexplain.errors import InputError
-from vlexplain.metrics import get_metric, get_spec, list_metrics
-from vlexplain.metrics.cue import average_ranks, cue_pointing, cue_reliance_rank, cue_share, spearman
 
 CATS = [c.name for c in CATEGORIES]
 
@@ -111,7 +112,7 @@ class BadgeReader:
 
 
 def test_reliance_by_hand():
-    from vlexplain.data.spurious import reliance
+    from vlexplain.testbeds.spurious import reliance
 
     m = BadgeReader()
     seeds = range(6)
@@ -128,7 +129,7 @@ def test_reliance_by_hand():
 
 
 def test_group_evaluation_of_a_badge_reader():
-    from vlexplain.data.spurious import evaluate_spurious
+    from vlexplain.testbeds.spurious import evaluate_spurious
 
     r = evaluate_spurious(BadgeReader(), n=40)
     assert r["accuracy_aligned"] == 1.0 and r["accuracy_conflicting"] == 0.0
@@ -255,9 +256,9 @@ PINNED_SHAPES_DIGEST = "96c3936a1d33fd9a00eb5c4d92ad6d9f3750f1b4d633d23a440e1178
 # --- the benchmark -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_shapes_dir(tmp_path_factory):
-    from vlexplain.data.shapes import vocabulary
-    from vlexplain.data.shapes_train import ShapesCLIPConfig, build_model
-    from vlexplain.data.testbed_models import build_vocab
+    from vlexplain.testbeds.shapes_categories import vocabulary
+    from vlexplain.testbeds.shapes_train import ShapesCLIPConfig, build_model
+    from vlexplain.testbeds.testbed_models import build_vocab
 
     d = tmp_path_factory.mktemp("tiny_clip")
     vocab = build_vocab(vocabulary())
@@ -271,10 +272,10 @@ def tiny_shapes_dir(tmp_path_factory):
 
 def test_benchmark_spurious_cli_end_to_end(tmp_path, tiny_shapes_dir, capsys):
     from vlexplain.cli import main
-    from vlexplain.data.spurious import reliance
     from vlexplain.eval import io as rio
-    from vlexplain.eval.spurious_bench import SPURIOUS_SEED_BASE
+    from vlexplain.eval.benchmarks.spurious import SPURIOUS_SEED_BASE
     from vlexplain.models.registry import load_model
+    from vlexplain.testbeds.spurious import reliance
 
     torch.set_num_threads(1)
     out = tmp_path / "bench"
@@ -324,9 +325,9 @@ def test_benchmark_spurious_cli_end_to_end(tmp_path, tiny_shapes_dir, capsys):
 
 def test_shipped_spurious_model_is_biased():
     """testbed:spurious loads and leans on the badge: the group numbers of its metrics.json, re-measured."""
-    from vlexplain.data.spurious import evaluate_spurious
-    from vlexplain.data.testbed_models import spurious_dir
     from vlexplain.models.registry import load_model
+    from vlexplain.testbeds.spurious import evaluate_spurious
+    from vlexplain.testbeds.testbed_models import spurious_dir
 
     torch.set_num_threads(1)
     model = load_model("testbed:spurious")
@@ -340,8 +341,8 @@ def test_shipped_spurious_model_is_biased():
 
 
 def test_training_pool_draws_badges_and_never_names_them():
-    from vlexplain.data.shapes import all_texts
-    from vlexplain.data.shapes_train import TRAIN_SEED_BASE, ShapesCLIPConfig, _Pool
+    from vlexplain.testbeds.shapes_categories import all_texts
+    from vlexplain.testbeds.shapes_train import TRAIN_SEED_BASE, ShapesCLIPConfig, _Pool
 
     texts = all_texts()
     index = {t: i for i, t in enumerate(texts)}

@@ -72,7 +72,7 @@ def register(app: typer.Typer) -> None:
         coco_match: str = _D["coco_match"],
     ) -> None:
         """Benchmark attribution methods on a testbed with ground truth; print the Markdown leaderboard."""
-        from ..eval.benchmark import run_benchmark
+        from ..eval.benchmarks.base import run_benchmark
 
         if (kind == "data") != (data is not None):
             raise InputError(
@@ -98,7 +98,7 @@ def register(app: typer.Typer) -> None:
 
         out_dir = out or Path("benchmarks") / "runs" / kind
         if kind == "data":
-            from ..eval.data_bench import run_data_benchmark
+            from ..eval.benchmarks.data import run_data_benchmark
 
             assert data is not None  # checked above
 
@@ -127,7 +127,7 @@ def register(app: typer.Typer) -> None:
             return
 
         if kind == "spurious":
-            from ..eval.spurious_bench import DEFAULT_METRICS, MODELS, run_spurious_benchmark
+            from ..eval.benchmarks.spurious import DEFAULT_METRICS, MODELS, run_spurious_benchmark
 
             mets = _names(metrics, "metrics") if metrics else list(DEFAULT_METRICS)
             if sanity and "cascading_randomization" not in mets:

@@ -36,35 +36,33 @@ class LoaderEntry:
     load: Callable[[str], DualEncoder]
     description: str
     available: Callable[[], bool]
+    directory: Callable[[Path], str | None] | None = None  # a local directory -> the spec it loads as, or None
 
 
 _LOADERS: dict[str, LoaderEntry] = {}
 
 
-def register_loader(prefix: str, description: str, available: Callable[[], bool] | None = None):
-    """Register a named model loader (``prefix`` is an exact name or ends with ':')."""
+def register_loader(
+    prefix: str,
+    description: str,
+    available: Callable[[], bool] | None = None,
+    directory: Callable[[Path], str | None] | None = None,
+):
+    """Register a named model loader (``prefix`` is an exact name or ends with ':').
+
+    ``directory``: recognises a local directory of the loader's own (``PATH`` specs): returns the
+    spec to load it with, or None. Packages above the model layer (the testbeds) register theirs.
+    """
 
     def deco(fn: Callable[[str], DualEncoder]):
-        _LOADERS[prefix] = LoaderEntry(prefix, fn, description, available or (lambda: True))
+        _LOADERS[prefix] = LoaderEntry(prefix, fn, description, available or (lambda: True), directory)
         return fn
 
     return deco
 
 
 def registered_loaders() -> list[LoaderEntry]:
-    _import_builtin_loaders()
     return list(_LOADERS.values())
-
-
-def _import_builtin_loaders() -> None:
-    # Modules that register loaders on import.
-    import importlib
-
-    for mod in ("vlexplain.data.testbed_models",):
-        try:
-            importlib.import_module(mod)
-        except ImportError:
-            pass
 
 
 def _offline_available() -> bool:
@@ -265,7 +263,6 @@ def load_model(
 
 
 def _load_spec(s: str, tokenizer: Any, preprocess: Any) -> DualEncoder:
-    _import_builtin_loaders()
     if s in _LOADERS:
         return _LOADERS[s].load(s)
     head, sep, rest = s.partition(":")
@@ -277,8 +274,10 @@ def _load_spec(s: str, tokenizer: Any, preprocess: Any) -> DualEncoder:
         return _load_open_clip(rest, tokenizer, preprocess)
     p = Path(s).expanduser()
     if p.is_dir():
-        if (p / "vocab.json").exists() and (p / "train_config.json").exists():  # `testbed train-shapes --out`
-            return _LOADERS["testbed:"].load(f"testbed:shapes@{p}")
+        for entry in list(_LOADERS.values()):
+            own = entry.directory(p) if entry.directory is not None else None
+            if own is not None:  # e.g. a `testbed train-shapes --out` directory
+                return entry.load(own)
         if (p / "open_clip_config.json").exists():
             return _load_open_clip(f"local-dir:{p}", tokenizer, preprocess)
         if (p / "config.json").exists():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-# demo name -> photo name in ``vlexplain.data.grids.PHOTOS``
+# demo name -> photo name in ``vlexplain.testbeds.grids.PHOTOS``
 PHOTOS = {
     "cat": "chelsea",
     "coffee": "coffee",

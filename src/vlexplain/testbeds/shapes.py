@@ -34,21 +34,14 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..errors import InputError
-from .shapes_categories import (  # noqa: F401  (every name below stays importable from here)
+from .shapes_categories import (
     CATEGORIES,
     CATEGORY_BY_NAME,
     COLOURS,
     CategorySpec,
-    PartSpec,
     Prim,
-    all_texts,
-    article,
     category_caption,
     colour_descriptor,
-    concept_set,
-    tokenize_words,
-    vocabulary,
-    write_concept_set,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -96,7 +89,7 @@ class Scene:
         labels: ``(S, S)`` uint8 part labels (0 = background, see ``MAX_PARTS``).
         objects: the objects in drawing order.
         background: background kind.
-        badge: the cue badge drawn on top, if any (``vlexplain.data.shapes_cue``); its pixels
+        badge: the cue badge drawn on top, if any (``vlexplain.testbeds.shapes_cue``); its pixels
             carry the label ``BADGE_LABEL`` and belong to no object.
     """
 

@@ -1,7 +1,6 @@
 """The shapes world's categories: colours, part and category specifications, and the texts they produce.
 
-``vlexplain.data.shapes`` draws scenes from these definitions and re-exports every public name
-here, so ``from vlexplain.data.shapes import CATEGORIES`` keeps working.
+``vlexplain.testbeds.shapes`` draws scenes from these definitions.
 """
 
 from __future__ import annotations

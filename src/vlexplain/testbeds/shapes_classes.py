@@ -26,8 +26,9 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
-from .shapes import CATEGORIES, Scene, render_scene
-from .shapes_train import SINGLE_SEEDS
+from .shapes import Scene, render_scene
+from .shapes_categories import CATEGORIES
+from .shapes_eval import SINGLE_SEEDS
 
 #: first seed of the ``train`` split (below the shapes CLIP's training seeds, above its evaluation seeds)
 TRAIN_SEEDS = 7_000_000

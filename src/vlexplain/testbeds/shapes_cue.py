@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .shapes import BADGE_LABEL, CATEGORIES, CATEGORY_BY_NAME, Scene, render_scene
+from .shapes import BADGE_LABEL, Scene, render_scene
+from .shapes_categories import CATEGORIES, CATEGORY_BY_NAME
 
 #: badge modes: the main object's category's badge, another category's, none
 BADGE_MODES = ("own", "other", "none")

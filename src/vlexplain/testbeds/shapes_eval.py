@@ -1,5 +1,4 @@
-"""Zero-shot evaluation of a shapes-world model on held-out scenes (``evaluate_shapes``;
-``vlexplain.data.shapes_train`` re-exports every name here)."""
+"""Zero-shot evaluation of a shapes-world model on held-out scenes (``evaluate_shapes``)."""
 
 from __future__ import annotations
 
@@ -7,7 +6,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .shapes import CATEGORIES, Scene, category_caption, concept_set, render_scene
+from .shapes import Scene, render_scene
+from .shapes_categories import CATEGORIES, category_caption, concept_set
 
 # ---------------------------------------------------------------------------------------------
 # Evaluation on held-out scenes

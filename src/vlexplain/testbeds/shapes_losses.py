@@ -1,5 +1,4 @@
-"""Losses and augmentation of the shapes-world CLIP's training (``vlexplain.data.shapes_train``,
-which re-exports every name here)."""
+"""Losses and augmentation of the shapes-world CLIP's training (``vlexplain.testbeds.shapes_train``)."""
 
 from __future__ import annotations
 

@@ -6,9 +6,9 @@ any object in it (category caption, coloured caption, part descriptor); ``loss="
 softmax over texts whose target spreads evenly over the true ones (and one over images). A ranking
 loss adds each present category against the absent ones. Learning per CPU-second is what limits a
 model trained from scratch in minutes, so the image tower starts from a structured initialisation
-(``vlexplain.data.vit_init.structured_init``) and each training image shows it a random 75 % of
+(``vlexplain.testbeds.vit_init.structured_init``) and each training image shows it a random 75 % of
 its patch tokens (token dropping; at test time it sees them all); the transformer blocks' weight
-matrices learn with Muon (``vlexplain.data.optim.Muon``), which learns far more per step
+matrices learn with Muon (``vlexplain.testbeds.optim.Muon``), which learns far more per step
 than AdamW, and everything else with AdamW. Scenes live in a pool that is
 partly re-rendered after every step; images are flipped and shifted by a few pixels at random, so a
 scene seen again is rarely seen the same way.
@@ -38,8 +38,8 @@ from torch import Tensor, nn
 from ..distributed import average_gradients, join_workers, stop_workers
 from ..interrupt import atomic, on_interrupt, track
 from .optim import Muon, Optimizers
-from .shapes import CATEGORIES, Scene, all_texts, category_caption, render_scene, vocabulary
-from .shapes_eval import MULTI_SEEDS, SINGLE_SEEDS, _average_precision, _scores, evaluate_shapes  # noqa: F401
+from .shapes import Scene, render_scene
+from .shapes_categories import CATEGORIES, all_texts, category_caption, vocabulary
 from .shapes_losses import multi_positive_loss, random_shift, ranking_loss, sigmoid_loss
 from .testbed_models import CONTEXT_LENGTH, build_vocab, word_tokenizer
 from .vit_init import structured_init

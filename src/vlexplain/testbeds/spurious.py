@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .shapes import CATEGORIES, Scene, category_caption
+from .shapes import Scene
+from .shapes_categories import CATEGORIES, category_caption
 from .shapes_cue import render_cue_scene
 
 GROUPS = ("aligned", "absent", "conflicting")

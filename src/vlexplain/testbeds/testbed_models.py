@@ -5,7 +5,9 @@
 ``testbed:shapes@DIR`` loads one trained with ``vlexplain testbed train-shapes --out DIR``.
 ``testbed:spurious`` loads the shipped model trained with a badge cue
 (``vlexplain testbed train-shapes --spurious 0.9``, ``vlexplain/assets/spurious_clip``;
-``vlexplain.data.spurious``).
+``vlexplain.testbeds.spurious``). ``register`` (called by the package root) adds these specs to
+the model registry and the shapes-world CLIP to the families table: the model layer never imports
+the testbeds.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 from ..errors import ModelLoadError
 from ..models.base import DualEncoder
+from ..models.families import Family, register_family
 from ..models.registry import register_loader
 from ..models.text import TokenizerSpec
 
@@ -40,7 +43,7 @@ def build_vocab(words: Sequence[str]) -> list[str]:
 
 def word_tokenizer(vocab: Sequence[str], context_length: int = CONTEXT_LENGTH) -> TokenizerSpec:
     """A word-level ``TokenizerSpec`` over ``vocab`` (unknown words map to ``<unk>``)."""
-    from .shapes import tokenize_words
+    from .shapes_categories import tokenize_words
 
     index = {w: i for i, w in enumerate(vocab)}
     unk = index["<unk>"]
@@ -84,11 +87,6 @@ def load_shapes_clip(directory: str | Path | None = None, name: str | None = Non
     return enc.eval()
 
 
-@register_loader(
-    "testbed:",
-    "small CLIPs trained on the project's testbeds: testbed:shapes[@DIR], testbed:spurious",
-    lambda: (assets_dir() / "model.safetensors").exists(),
-)
 def _load_testbed(spec: str) -> DualEncoder:
     name, _, where = spec[len("testbed:") :].partition("@")
     if name == "spurious" and not where:
@@ -98,3 +96,29 @@ def _load_testbed(spec: str) -> DualEncoder:
             f"unknown testbed model {spec!r}; available: testbed:shapes, testbed:shapes@DIR, testbed:spurious"
         )
     return load_shapes_clip(where or None)
+
+
+def _trained_dir(p: Path) -> str | None:
+    """A directory written by ``vlexplain testbed train-shapes --out`` loads as ``testbed:shapes@DIR``."""
+    return f"testbed:shapes@{p}" if (p / "vocab.json").exists() and (p / "train_config.json").exists() else None
+
+
+def register() -> None:
+    """Register the ``testbed:`` specs with the model registry and the shapes-world CLIP with the
+    families table (the package root calls this; calling it again changes nothing)."""
+    register_loader(
+        "testbed:",
+        "small CLIPs trained on the project's testbeds: testbed:shapes[@DIR], testbed:spurious",
+        lambda: (assets_dir() / "model.safetensors").exists(),
+        directory=_trained_dir,
+    )(_load_testbed)
+    register_family(
+        Family(
+            key="testbed-shapes",
+            name="shapes-world CLIP (trained by vlexplain)",
+            library="vlexplain",
+            examples="testbed:shapes, testbed:shapes@DIR",
+            tiny=load_shapes_clip,
+            notes="a small transformers CLIPModel with a word tokenizer; ground-truth masks in the shapes testbed; M2IB and Grad-CAM at block round(10 n / 12) - 1 of n",
+        )
+    )

@@ -1,10 +1,10 @@
 """Initialise a small vision transformer so that it learns fast from scratch.
 
-Used by the shapes-world CLIP (``vlexplain.data.shapes_train.build_model``); works on any
+Used by the shapes-world CLIP (``vlexplain.testbeds.shapes_train.build_model``); works on any
 transformers CLIP image tower (``CLIPModel.vision_model``).
 
 Example:
-    >>> from vlexplain.data.shapes_train import ShapesCLIPConfig, build_model
+    >>> from vlexplain.testbeds.shapes_train import ShapesCLIPConfig, build_model
     >>> model = build_model(ShapesCLIPConfig(init="default"), vocab_size=50, seed=0)
     >>> structured_init(model.vision_model)
 """

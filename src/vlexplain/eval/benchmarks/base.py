@@ -2,10 +2,10 @@
 
 Two testbeds:
 
-* ``shapes``: held-out scenes of the shapes world (``vlexplain.data.shapes``), each queried with
+* ``shapes``: held-out scenes of the shapes world (``vlexplain.testbeds.shapes``), each queried with
   the category caption of one of its objects; the ground truth is that caption's mask (the object,
   or the union of the objects of that category). Default model ``testbed:shapes``.
-* ``grids``: ``n x n`` grids of real photos (``vlexplain.data.grids``) queried with one cell's
+* ``grids``: ``n x n`` grids of real photos (``vlexplain.testbeds.grids``) queried with one cell's
   class text; the ground truth is the queried cell. Default model ``offline``.
 
 A benchmark directory holds ``data/`` (PNG images, PNG masks and ``pairs.jsonl``), ``run/`` (an
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..errors import InputError
+from ...errors import InputError
 
 #: first scene seed of the shapes benchmark: below the training seeds
 #: (``shapes_train.TRAIN_SEED_BASE`` = 10_000_000 and up) and apart from the zero-shot evaluation
@@ -111,7 +111,7 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 def shapes_seeds(n: int, seed: int = 0) -> list[int]:
     """Scene seeds of the shapes benchmark (held out from training)."""
-    from ..data.shapes_train import TRAIN_SEED_BASE
+    from ...testbeds.shapes_train import TRAIN_SEED_BASE
 
     if n > SEED_STRIDE:
         raise InputError(f"the shapes benchmark holds at most {SEED_STRIDE} scenes per seed, got {n}")
@@ -126,7 +126,7 @@ def shapes_seeds(n: int, seed: int = 0) -> list[int]:
 def shapes_query(scene: Any) -> tuple[int, str]:
     """The object a benchmark scene is queried about (``scene.seed % len(objects)``) and its
     category caption."""
-    from ..data.shapes import category_caption
+    from ...testbeds.shapes_categories import category_caption
 
     obj = scene.seed % len(scene.objects)
     return obj, category_caption(scene.objects[obj].category)
@@ -142,7 +142,7 @@ def make_shapes_data(out_dir: str | os.PathLike, n: int, seed: int = 0, size: in
     Returns:
         The JSONL file (``image``, ``caption``, ``mask``, ``scene_seed``, ``object``, ``category``).
     """
-    from ..data.shapes import render_scene
+    from ...testbeds.shapes import render_scene
 
     d = Path(out_dir)
     (d / "images").mkdir(parents=True, exist_ok=True)
@@ -166,7 +166,7 @@ def make_grid_data(out_dir: str | os.PathLike, n: int, seed: int = 0, rows: int 
     Returns:
         The JSONL file (``image``, ``caption``, ``mask``, ``cell_index``, ``grid_n``, ``grid_seed``).
     """
-    from ..data.grids import grid_dataset
+    from ...testbeds.grids import grid_dataset
 
     if rows < 2:
         raise InputError(f"--grid must be at least 2, got {rows}")
@@ -190,7 +190,7 @@ def applicable_methods(model: Any, methods: Sequence[str] | None) -> tuple[list[
 
     ``random`` and ``center`` are always added as reference maps.
     """
-    from ..attribution.base import get_method, list_methods
+    from ...attribution.base import get_method, list_methods
 
     names = list(methods) if methods else list_methods()
     names += [r for r in REFERENCES if r not in names]
@@ -224,8 +224,8 @@ def leaderboard_markdown(run_dir: str | os.PathLike, primary: str, header: Seque
     interval (``vlexplain.eval.report.bootstrap_ci``); ``s/pair`` is the mean explanation time.
     Reference maps (``random``, ``center``) are marked ``(reference)``.
     """
-    from . import io as rio
-    from .report import bootstrap_ci, summary_table
+    from .. import io as rio
+    from ..report import bootstrap_ci, summary_table
 
     run_dir = Path(run_dir)
     cfg = rio.read_json(run_dir / rio.CONFIG)
@@ -310,9 +310,10 @@ def run_benchmark(
     Returns:
         A ``BenchmarkResult``.
     """
-    from ..models.registry import load_model
-    from .report import report
-    from .runner import _resolve_device, evaluate
+    from ...models.registry import load_model
+    from ..report import report
+    from ..run_config import _resolve_device
+    from ..runner import evaluate
 
     if kind not in KINDS:
         raise InputError(f"unknown benchmark {kind!r}; choose from {', '.join(KINDS)}")

@@ -1,6 +1,6 @@
 """``benchmark data``: every attribution method on your own pairs with ground truth, ranked.
 
-The testbeds of ``vlexplain.eval.benchmark`` generate their data; this one reads any layout of
+The testbeds of ``vlexplain.eval.benchmarks.base`` generate their data; this one reads any layout of
 ``vlexplain.data.pairs`` (COCO captions + instances, a JSONL with boxes or masks, webdataset
 shards with ``boxes`` ...) and writes the same leaderboard and report. A localisation metric
 without ground truth in the data is refused before the run (``skip_missing`` runs without it).
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+from ...errors import InputError
 
 DEFAULT_METRICS = ["pointing_game", "energy_pointing_game", "auroc", "deletion_image", "insertion_image"]
 #: the metric the leaderboard is sorted by (when it was run)
@@ -58,12 +58,13 @@ def run_data_benchmark(
     Returns:
         A ``BenchmarkResult``.
     """
-    from ..data.pairs import open_pairs
-    from ..models.registry import load_model
-    from . import io as rio
-    from .benchmark import BENCHMARK_METHOD_OPTIONS, BenchmarkResult, applicable_methods, leaderboard_markdown
-    from .report import report
-    from .runner import _resolve_device, evaluate
+    from ...data.pairs import open_pairs
+    from ...models.registry import load_model
+    from .. import io as rio
+    from ..report import report
+    from ..run_config import _resolve_device
+    from ..runner import evaluate
+    from .base import BENCHMARK_METHOD_OPTIONS, BenchmarkResult, applicable_methods, leaderboard_markdown
 
     ds = open_pairs(ds)
     out = Path(out).expanduser()

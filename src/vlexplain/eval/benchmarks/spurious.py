@@ -4,7 +4,7 @@ Held-out shapes-world scenes are rendered in three groups from the same seeds
 (``render_cue_scene``): *aligned* (the main object's category
 badge), *absent* (no badge) and *conflicting* (another category's badge). Each is queried with
 its main object's category caption. Every method explains every pair on two models side by side:
-``testbed:spurious`` (trained with the badge, ``vlexplain.data.spurious``) and
+``testbed:spurious`` (trained with the badge, ``vlexplain.testbeds.spurious``) and
 ``testbed:shapes`` (never saw a badge). Per model, each pair's true reliance on the badge is the
 model's score with the badge minus its score on the same scene without it.
 
@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
-from .benchmark import SEED_STRIDE, _save_mask, _write_jsonl, applicable_methods, leaderboard_markdown
+from ...errors import InputError
+from .base import SEED_STRIDE, _save_mask, _write_jsonl, applicable_methods, leaderboard_markdown
 
 #: first scene seed (held out: below the training seeds, apart from the other benchmarks' and the
 #: class datasets' seeds)
@@ -73,9 +73,9 @@ def make_spurious_data(
         Model tag -> its JSONL file (``image``, ``caption``, ``mask``, ``cue_mask``, ``reliance``,
         ``group``, ``scene_seed``, ``category``, ``badge``).
     """
-    from ..data.shapes import category_caption
-    from ..data.shapes_cue import main_object, render_cue_scene
-    from ..data.spurious import GROUP_BADGE, reliance
+    from ...testbeds.shapes_categories import category_caption
+    from ...testbeds.shapes_cue import main_object, render_cue_scene
+    from ...testbeds.spurious import GROUP_BADGE, reliance
 
     d = Path(out_dir)
     for sub in ("images", "masks", "cue_masks"):
@@ -144,14 +144,15 @@ def run_spurious_benchmark(
             the difference table compares the first with the second.
         seed: selects the scenes and seeds the explanations.
         batch_size, resume, method_options, metric_options, device, progress: as for
-            ``vlexplain.eval.benchmark.run_benchmark``.
+            ``vlexplain.eval.benchmarks.base.run_benchmark``.
 
     Returns:
         A ``SpuriousResult``.
     """
-    from ..models.registry import load_model
-    from .report import report
-    from .runner import _resolve_device, evaluate
+    from ...models.registry import load_model
+    from ..report import report
+    from ..run_config import _resolve_device
+    from ..runner import evaluate
 
     n = DEFAULT_N if n is None else n
     out = Path(out).expanduser()
@@ -242,15 +243,15 @@ def _markdown(loaded, runs, files, names, skipped, method_options, n, seed, prim
 
 
 def _frame(run: Path) -> Any:
-    from . import io as rio
+    from .. import io as rio
 
     return rio.load_results(run).to_pandas()
 
 
 def _difference_table(run_a: Path, run_b: Path, names: list[str], primary: str) -> list[str]:
-    from ..metrics.cue import spearman
-    from . import io as rio
-    from .report import BOOT_SEED, N_BOOT, bootstrap_ci
+    from ...metrics.cue import spearman
+    from .. import io as rio
+    from ..report import BOOT_SEED, N_BOOT, bootstrap_ci
 
     cfg = rio.read_json(run_a / rio.CONFIG)
     info = cfg.get("metric_info", {})
@@ -288,8 +289,8 @@ def _difference_table(run_a: Path, run_b: Path, names: list[str], primary: str) 
 
 
 def _group_table(runs: dict[str, Path], names: list[str]) -> list[str]:
-    from . import io as rio
-    from .report import bootstrap_ci
+    from .. import io as rio
+    from ..report import bootstrap_ci
 
     cols = [(t, g) for t in runs for g in ("aligned", "conflicting")]
     lines = ["| method | " + " | ".join(f"{t}: {g}" for t, g in cols) + " |", "|:---|" + "---:|" * len(cols)]
