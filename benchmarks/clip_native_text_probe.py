@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 import vlexplain as vx
-from vlexplain.eval.benchmarks.base import SCENE_SIZE, shapes_query, shapes_seeds
+from vlexplain.eval.benchmarks.shapes import SCENE_SIZE, shapes_query, shapes_seeds
 from vlexplain.testbeds.shapes import render_scene
 
 

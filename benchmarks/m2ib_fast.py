@@ -76,7 +76,7 @@ def load(name: str):
         torch.manual_seed(0)
         return vx.load_model(CLIPModel(CLIPConfig()).eval()), photos, texts
     if name == "shapes":
-        from vlexplain.eval.benchmarks.base import shapes_query, shapes_seeds
+        from vlexplain.eval.benchmarks.shapes import shapes_query, shapes_seeds
         from vlexplain.testbeds.shapes import render_scene
         from vlexplain.testbeds.shapes_categories import category_caption
 

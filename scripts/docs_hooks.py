@@ -6,7 +6,8 @@ A page that contains one of these markers gets the generated table in its place:
   paper, CPU cost per pair from ``benchmarks/methods_speed.json`` when it lists the method);
 * ``<!-- generated: metrics -->``: every registered metric (side, primary output, direction,
   ground truth it needs, summary);
-* ``<!-- generated: families -->``: the supported model families (the README's table).
+* ``<!-- generated: families -->``: the supported model families (the README's table);
+* ``<!-- generated: benchmarks -->``: every registered benchmark kind (``vlexplain benchmark KIND``).
 """
 
 from __future__ import annotations
@@ -65,10 +66,25 @@ def families_table() -> str:
     return markdown_table()
 
 
+def benchmarks_table() -> str:
+    from vlexplain.eval.benchmarks.base import get_benchmark, list_benchmarks
+
+    head = "| kind | pairs and ground truth | default model | pairs (`--n`) | metrics | sorted by | own options |"
+    lines = [head, "|---|---|---|---|---|---|---|"]
+    for name in list_benchmarks():
+        b = get_benchmark(name)
+        n = "all" if b.default_n is None else f"{b.default_n} {b.n_help or ''}".strip()
+        opts = ", ".join(f"`--{o.name.replace('_', '-')}`" for o in b.options) or "-"
+        mets = ", ".join(f"`{m}`" for m in b.default_metrics)
+        lines.append(f"| `{name}` | {_cell(b.summary)} | `{b.default_model}` | {n} | {mets} | `{b.primary}` | {opts} |")
+    return "\n".join(lines)
+
+
 GENERATORS = {
     "<!-- generated: methods -->": methods_table,
     "<!-- generated: metrics -->": metrics_table,
     "<!-- generated: families -->": families_table,
+    "<!-- generated: benchmarks -->": benchmarks_table,
 }
 
 

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 import vlexplain as vx
-from vlexplain.eval.benchmarks.base import shapes_query
+from vlexplain.eval.benchmarks.shapes import shapes_query
 from vlexplain.testbeds.shapes import render_scene
 from vlexplain.viz.core import overlay
 

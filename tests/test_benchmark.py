@@ -12,14 +12,9 @@ from PIL import Image
 
 from vlexplain.cli import main
 from vlexplain.errors import InputError
-from vlexplain.eval.benchmarks.base import (
-    SHAPES_SEED_BASE,
-    applicable_methods,
-    make_grid_data,
-    make_shapes_data,
-    run_benchmark,
-    shapes_seeds,
-)
+from vlexplain.eval.benchmarks.base import applicable_methods, run_benchmark
+from vlexplain.eval.benchmarks.grids import make_grid_data
+from vlexplain.eval.benchmarks.shapes import SHAPES_SEED_BASE, make_shapes_data, shapes_seeds
 from vlexplain.testbeds.grids import make_grid
 from vlexplain.testbeds.shapes import render_scene
 from vlexplain.testbeds.shapes_categories import category_caption
@@ -191,13 +186,14 @@ def test_benchmark_grids_runs(tmp_path, tiny_shapes_dir):
 
 
 def test_grids_benchmark_budgets_and_caller_options():
-    from vlexplain.eval.benchmarks.base import BENCHMARK_METHOD_OPTIONS, _with_benchmark_defaults
+    from vlexplain.eval.benchmarks.base import _with_benchmark_defaults, get_benchmark
 
-    got = _with_benchmark_defaults("grids", ["rise", "m2ib"], {"rise": {"p_keep": 0.3}, "m2ib": {"steps": 5}})
+    grids, shapes = get_benchmark("grids").method_options, get_benchmark("shapes").method_options
+    got = _with_benchmark_defaults(grids, ["rise", "m2ib"], {"rise": {"p_keep": 0.3}, "m2ib": {"steps": 5}})
     # the testbed's budget stays unless the caller sets that option; methods not run get nothing
     assert got == {
-        "rise": {"n_masks": BENCHMARK_METHOD_OPTIONS["grids"]["rise"]["n_masks"], "p_keep": 0.3},
+        "rise": {"n_masks": grids["rise"]["n_masks"], "p_keep": 0.3},
         "m2ib": {"steps": 5},
     }
-    assert _with_benchmark_defaults("grids", ["rise"], {"rise": {"n_masks": 1000}}) == {"rise": {"n_masks": 1000}}
-    assert _with_benchmark_defaults("shapes", ["rise"], None) == {}
+    assert _with_benchmark_defaults(grids, ["rise"], {"rise": {"n_masks": 1000}}) == {"rise": {"n_masks": 1000}}
+    assert _with_benchmark_defaults(shapes, ["rise"], None) == {}

@@ -440,8 +440,13 @@ def test_benchmark_data_ranks_methods_on_your_pairs(tmp_path, capsys):
     df = load_results(out / "run").to_pandas()
     centre = df[df["method"] == "center"].sort_values("index")["pointing_game"].tolist()
     assert centre == [1.0, 0.0]
+    capsys.readouterr()
+    # --data is an option of `benchmark data` only; `benchmark data` needs it
     assert main(["benchmark", "grids", "--data", str(f), "--out", str(tmp_path / "x")]) == 2
-    assert "--data goes with `vlexplain benchmark data`" in capsys.readouterr().err
+    assert "No such option" in capsys.readouterr().err
+    assert main(["benchmark", "data", "--out", str(tmp_path / "y")]) == 2
+    assert "Missing option '--data'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
 def test_named_ground_truth_fields(imgs):

@@ -209,7 +209,7 @@ def _r(a, b):
 def test_fast_maps_agree_with_m2ib():
     """Default options on the trained shapes model: m2ib_fast's maps agree with m2ib's at r >= 0.99
     (image) and about as well as m2ib's own maps under other seeds (image and text)."""
-    from vlexplain.eval.benchmarks.base import shapes_seeds
+    from vlexplain.eval.benchmarks.shapes import shapes_seeds
     from vlexplain.testbeds.shapes import render_scene
     from vlexplain.testbeds.shapes_categories import category_caption
 

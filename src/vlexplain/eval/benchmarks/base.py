@@ -1,12 +1,11 @@
-"""``benchmark``: every attribution method on a ground-truth testbed, scored and ranked.
+"""Benchmark kinds in a registry, and what every kind shares: methods, leaderboard, the run itself.
 
-Two testbeds:
-
-* ``shapes``: held-out scenes of the shapes world (``vlexplain.testbeds.shapes``), each queried with
-  the category caption of one of its objects; the ground truth is that caption's mask (the object,
-  or the union of the objects of that category). Default model ``testbed:shapes``.
-* ``grids``: ``n x n`` grids of real photos (``vlexplain.testbeds.grids``) queried with one cell's
-  class text; the ground truth is the queried cell. Default model ``offline``.
+A kind is one module of ``vlexplain.eval.benchmarks`` that registers a [`Benchmark`][vlexplain.eval.benchmarks.base.Benchmark]:
+its name, where its pairs and their ground truth come from, its default model, methods and
+metrics, the metric its leaderboard is sorted by, and its own options. ``vlexplain benchmark``
+has one subcommand per registered kind, and the docs' table of kinds is generated from the
+registry. Built in: ``shapes`` and ``grids`` (pairs generated with exact ground truth),
+``spurious`` (a badge shortcut, two models side by side) and ``data`` (your own pairs).
 
 A benchmark directory holds ``data/`` (PNG images, PNG masks and ``pairs.jsonl``), ``run/`` (an
 evaluation run of ``vlexplain.eval.evaluate``), ``run/report.html`` and ``leaderboard.md``.
@@ -20,7 +19,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,44 +29,133 @@ from PIL import Image
 
 from ...errors import InputError
 
-#: first scene seed of the shapes benchmark: below the training seeds
-#: (``shapes_train.TRAIN_SEED_BASE`` = 10_000_000 and up) and apart from the zero-shot evaluation
-#: scenes of ``evaluate_shapes`` (0.. and 1_000_000..)
-SHAPES_SEED_BASE = 5_000_000
-#: scene seeds of benchmark seed ``s`` are ``SHAPES_SEED_BASE + SEED_STRIDE * s + i``
+#: the data seeds of benchmark seed ``s`` start at ``BASE + SEED_STRIDE * s`` (each kind its own BASE)
 SEED_STRIDE = 100_000
-#: first grid seed (grids are not used for training; kept apart from the examples' small seeds)
-GRIDS_SEED_BASE = 1_000
-SCENE_SIZE = 64
-
-KINDS = ("shapes", "grids")
-DEFAULT_MODEL = {"shapes": "testbed:shapes", "grids": "offline"}
-DEFAULT_N = {"shapes": 64, "grids": 16}
-#: cheaper budgets for the costly methods where a forward pass is expensive (224-px CNN on a CPU:
-#: with their own defaults rise takes ~60 s and kernel_shap ~18 s per grid); options given by the
-#: caller take precedence, so ``--method-options '{"rise": {"n_masks": 1000}}'`` restores a default
-BENCHMARK_METHOD_OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
-    "shapes": {},
-    "grids": {"rise": {"n_masks": 250}, "kernel_shap": {"n_samples": 96}, "integrated_gradients": {"steps": 16}},
-}
-DEFAULT_METRICS = {
-    "shapes": [
-        "pointing_game",
-        "energy_pointing_game",
-        "auroc",
-        "deletion_image",
-        "insertion_image",
-        "confidence_image",
-        "confidence_text",
-        "deletion_text",
-        "insertion_text",
-    ],
-    "grids": ["grid_pointing_game", "energy_pointing_game", "pointing_game", "deletion_image", "insertion_image"],
-}
-#: the localisation metric the leaderboard is sorted by
-PRIMARY = {"shapes": "pointing_game", "grids": "grid_pointing_game"}
 REFERENCES = ("random", "center")
 SANITY_METRIC = "cascading_randomization"
+#: the settings every kind takes (``run_benchmark``'s keywords; a kind's own options use other names)
+SHARED = (
+    "methods",
+    "metrics",
+    "n",
+    "model",
+    "seed",
+    "batch_size",
+    "resume",
+    "method_options",
+    "metric_options",
+    "device",
+    "progress",
+)
+
+
+@dataclass(frozen=True)
+class Option:
+    """An option of one benchmark kind: ``--NAME`` of ``vlexplain benchmark KIND``, a keyword of
+    [`run_benchmark`][vlexplain.eval.benchmarks.base.run_benchmark].
+
+    Attributes:
+        name: the keyword (a Python identifier); the flag is ``--name`` with ``-`` for ``_``.
+        default: the value when the option is not given.
+        help: one line for ``--help``.
+        type: ``str``, ``int``, ``float``, ``bool`` (a flag) or ``Path``.
+        min: the smallest value of an ``int`` option.
+        required: the option must be given (then ``default`` is None).
+    """
+
+    name: str
+    default: Any
+    help: str
+    type: type = str
+    min: int | None = None
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One kind of benchmark.
+
+    A kind whose pairs are generated gives ``make_data`` and ``describe``, and
+    [`run_benchmark`][vlexplain.eval.benchmarks.base.run_benchmark] does the rest: load the model,
+    keep the methods that explain its images, write the pairs, evaluate, report and rank. A kind
+    that needs more (two models, the user's data) gives ``run`` instead.
+
+    Attributes:
+        name: the subcommand (``vlexplain benchmark NAME``) and registry key.
+        summary: one line: the pairs, their ground truth and the model (``--help``, the docs' table).
+        default_model: the model spec used without ``--model``.
+        default_n: pairs without ``--n`` (None: all of them).
+        default_metrics: metrics without ``--metrics``.
+        primary: the metric the leaderboard is sorted by (the first metric run when it was not).
+        make_data: ``make_data(out_dir, n, seed, **options) -> pairs.jsonl`` (images, masks, captions).
+        describe: ``describe(n, seed, **options) -> str``: what the pairs are, for the leaderboard.
+        run: ``run(out, **settings, **options) -> result`` (a result has ``markdown``,
+            ``leaderboard`` and ``reports``); ``settings`` are the ``SHARED`` keywords.
+        default_methods: methods without ``--methods`` (None: every registered method);
+            ``random`` and ``center`` are always added.
+        method_options: cheaper budgets for costly methods; the caller's options take precedence.
+        options: the kind's own options.
+        reads_data: its ``data`` option is the user's pairs, read with the data options of
+            ``vlexplain evaluate`` (``--split``, ``--image-key``, ...).
+        model_help, n_help: ``--help`` of ``--model`` and ``--n`` when the defaults do not say it.
+    """
+
+    name: str
+    summary: str
+    default_model: str
+    default_n: int | None
+    default_metrics: tuple[str, ...]
+    primary: str
+    make_data: Callable[..., Path] | None = None
+    describe: Callable[..., str] | None = None
+    run: Callable[..., Any] | None = None
+    default_methods: tuple[str, ...] | None = None
+    method_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    options: tuple[Option, ...] = ()
+    reads_data: bool = False
+    model_help: str = ""
+    n_help: str = ""
+
+
+_BENCHMARKS: dict[str, Benchmark] = {}
+
+
+def register_benchmark(bench: Benchmark) -> Benchmark:
+    """Add a kind to the registry (a second registration under the same name replaces the first)."""
+    if (bench.run is None) == (bench.make_data is None or bench.describe is None):
+        raise ValueError(f"benchmark {bench.name!r}: give make_data and describe, or run")
+    clash = [o.name for o in bench.options if o.name in SHARED or o.name == "sanity"]
+    if clash:
+        raise ValueError(f"benchmark {bench.name!r}: options {clash} shadow the shared settings")
+    if bench.reads_data and "data" not in {o.name for o in bench.options}:
+        raise ValueError(f"benchmark {bench.name!r} reads data but has no 'data' option")
+    _BENCHMARKS[bench.name] = bench
+    return bench
+
+
+def _load_builtin_benchmarks() -> None:
+    import importlib
+    import pkgutil
+
+    from .. import benchmarks
+
+    for m in pkgutil.iter_modules(benchmarks.__path__):
+        if m.name != "base":
+            importlib.import_module(f"{benchmarks.__name__}.{m.name}")
+
+
+def list_benchmarks() -> list[str]:
+    """Names of all registered benchmark kinds."""
+    _load_builtin_benchmarks()
+    return sorted(_BENCHMARKS)
+
+
+def get_benchmark(name: str) -> Benchmark:
+    """The kind registered under ``name`` (an ``InputError`` naming the kinds otherwise)."""
+    _load_builtin_benchmarks()
+    if name not in _BENCHMARKS:
+        raise InputError(f"unknown benchmark {name!r}; choose from {', '.join(sorted(_BENCHMARKS))}")
+    return _BENCHMARKS[name]
 
 
 @dataclass
@@ -82,6 +170,11 @@ class BenchmarkResult:
     markdown: str  # its text
     methods: list[str]
     skipped: dict[str, str] = field(default_factory=dict)  # method -> why it was left out
+
+    @property
+    def reports(self) -> list[Path]:
+        """The HTML reports (one)."""
+        return [self.report]
 
 
 # --- data ----------------------------------------------------------------------------------
@@ -107,81 +200,6 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
     os.replace(tmp, path)
     return path
-
-
-def shapes_seeds(n: int, seed: int = 0) -> list[int]:
-    """Scene seeds of the shapes benchmark (held out from training)."""
-    from ...testbeds.shapes_train import TRAIN_SEED_BASE
-
-    if n > SEED_STRIDE:
-        raise InputError(f"the shapes benchmark holds at most {SEED_STRIDE} scenes per seed, got {n}")
-    first = SHAPES_SEED_BASE + SEED_STRIDE * seed
-    if seed < 0 or first + n > TRAIN_SEED_BASE:
-        raise InputError(
-            f"benchmark seed must be between 0 and {(TRAIN_SEED_BASE - SHAPES_SEED_BASE) // SEED_STRIDE - 1}"
-        )
-    return [first + i for i in range(n)]
-
-
-def shapes_query(scene: Any) -> tuple[int, str]:
-    """The object a benchmark scene is queried about (``scene.seed % len(objects)``) and its
-    category caption."""
-    from ...testbeds.shapes_categories import category_caption
-
-    obj = scene.seed % len(scene.objects)
-    return obj, category_caption(scene.objects[obj].category)
-
-
-def make_shapes_data(out_dir: str | os.PathLike, n: int, seed: int = 0, size: int = SCENE_SIZE) -> Path:
-    """Render ``n`` held-out scenes; write ``images/``, ``masks/`` and ``pairs.jsonl`` under ``out_dir``.
-
-    Scene ``i`` is queried with the category caption of object ``scene.seed % len(objects)``; its
-    mask is every visible pixel that caption refers to (the object, plus any other object of the
-    same category).
-
-    Returns:
-        The JSONL file (``image``, ``caption``, ``mask``, ``scene_seed``, ``object``, ``category``).
-    """
-    from ...testbeds.shapes import render_scene
-
-    d = Path(out_dir)
-    (d / "images").mkdir(parents=True, exist_ok=True)
-    (d / "masks").mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i, s in enumerate(shapes_seeds(n, seed)):
-        scene = render_scene(s, size=size)
-        obj, caption = shapes_query(scene)
-        cat = scene.objects[obj].category
-        mask = scene.text_masks()[caption]
-        img, msk = f"images/{i:06d}.png", f"masks/{i:06d}.png"
-        _save_png(scene.pil(), d / img)
-        _save_mask(mask, d / msk)
-        rows.append({"image": img, "caption": caption, "mask": msk, "scene_seed": s, "object": obj, "category": cat})
-    return _write_jsonl(d / "pairs.jsonl", rows)
-
-
-def make_grid_data(out_dir: str | os.PathLike, n: int, seed: int = 0, rows: int = 2) -> Path:
-    """Compose ``n`` photo grids; write ``images/``, ``masks/`` and ``pairs.jsonl`` under ``out_dir``.
-
-    Returns:
-        The JSONL file (``image``, ``caption``, ``mask``, ``cell_index``, ``grid_n``, ``grid_seed``).
-    """
-    from ...testbeds.grids import grid_dataset
-
-    if rows < 2:
-        raise InputError(f"--grid must be at least 2, got {rows}")
-    d = Path(out_dir)
-    (d / "images").mkdir(parents=True, exist_ok=True)
-    (d / "masks").mkdir(parents=True, exist_ok=True)
-    out = []
-    for i, g in enumerate(grid_dataset(n, seed=GRIDS_SEED_BASE + SEED_STRIDE * seed, rows=rows)):
-        img, msk = f"images/{i:06d}.png", f"masks/{i:06d}.png"
-        _save_png(g.image, d / img)
-        _save_mask(g.mask, d / msk)
-        out.append(
-            {"image": img, "caption": g.text, "mask": msk, "cell_index": g.query, "grid_n": g.rows, "grid_seed": g.seed}
-        )
-    return _write_jsonl(d / "pairs.jsonl", out)
 
 
 # --- methods -------------------------------------------------------------------------------
@@ -279,63 +297,109 @@ def run_benchmark(
     seed: int = 0,
     batch_size: int = 8,
     resume: bool = False,
-    grid: int = 2,
     sanity: bool = False,
     method_options: dict[str, dict[str, Any]] | None = None,
     metric_options: dict[str, dict[str, Any]] | None = None,
     device: str | None = None,
     progress: bool = True,
-) -> BenchmarkResult:
-    """Generate a testbed, explain it with every applicable method, score, rank and report.
+    **options: Any,
+) -> Any:
+    """Run the registered benchmark ``kind``: explain its pairs with every applicable method, score,
+    rank and report.
 
     Args:
-        kind: "shapes" or "grids".
+        kind: a registered kind ([`list_benchmarks`][vlexplain.eval.benchmarks.base.list_benchmarks]).
         out: the benchmark directory (``data/``, ``run/``, ``leaderboard.md``).
-        methods: method names (default: every registered one); ``random`` and ``center`` are
-            always added as references; methods that cannot explain the model's images are skipped.
-        metrics: metric names (default: ``DEFAULT_METRICS`` of the testbed).
-        n: number of pairs (default ``DEFAULT_N``).
-        model: a model spec or model (default ``DEFAULT_MODEL``).
-        seed: selects the data (scene / grid seeds) and seeds the explanations (each pair its own
-            seed, see ``pair_seed``).
+        methods: method names (default: the kind's, else every registered one); ``random`` and
+            ``center`` are always added as references; methods that cannot explain the model's
+            images are skipped.
+        metrics: metric names (default: the kind's ``default_metrics``).
+        n: number of pairs (default: the kind's ``default_n``).
+        model: a model spec or model (default: the kind's ``default_model``).
+        seed: selects the data and seeds the explanations (each pair its own seed, see ``pair_seed``).
         batch_size: pairs explained together.
         resume: continue an interrupted benchmark in ``out``.
-        grid: grid side for ``grids`` (2: 2x2, 3: 3x3).
         sanity: also run ``cascading_randomization`` (expensive).
-        method_options: per method, keyword options (default: the methods' defaults).
+        method_options: per method, keyword options (over the kind's cheaper budgets).
         metric_options: per metric, keyword options.
         device: "cpu", "cuda"...; default cuda when available.
         progress: show a progress bar.
+        **options: the kind's own options (``grid`` for ``grids``, ``data`` for ``data``, ...).
 
     Returns:
-        A ``BenchmarkResult``.
+        The kind's result (``markdown``, ``leaderboard``, ``reports``; a ``BenchmarkResult`` for the
+        kinds that generate their pairs).
     """
+    bench = get_benchmark(kind)
+    own = {o.name: o for o in bench.options}
+    unknown = sorted(set(options) - set(own))
+    if unknown:
+        takes = ", ".join(own) or "none"
+        raise InputError(f"benchmark {kind} has no option {', '.join(unknown)} (its options: {takes})")
+    values = {name: options.get(name, o.default) for name, o in own.items()}
+    missing = [name for name, o in own.items() if o.required and values[name] is None]
+    if missing:
+        raise InputError(f"benchmark {kind} needs {', '.join('--' + m.replace('_', '-') for m in missing)}")
+    if sanity:
+        metrics = list(metrics) if metrics else list(bench.default_metrics)
+        if SANITY_METRIC not in metrics:
+            metrics.append(SANITY_METRIC)
+    if not methods and bench.default_methods:
+        methods = list(bench.default_methods)
+    settings = dict(
+        methods=methods,
+        metrics=metrics,
+        n=n,
+        model=model,
+        seed=seed,
+        batch_size=batch_size,
+        resume=resume,
+        method_options=method_options,
+        metric_options=metric_options,
+        device=device,
+        progress=progress,
+    )
+    if bench.run is not None:
+        return bench.run(out, **settings, **values)
+    return _run_generated(bench, out, values, **settings)
+
+
+def _run_generated(
+    bench: Benchmark,
+    out: str | os.PathLike,
+    options: dict[str, Any],
+    methods: Sequence[str] | None,
+    metrics: Sequence[str] | None,
+    n: int | None,
+    model: Any,
+    seed: int,
+    batch_size: int,
+    resume: bool,
+    method_options: dict[str, dict[str, Any]] | None,
+    metric_options: dict[str, dict[str, Any]] | None,
+    device: str | None,
+    progress: bool,
+) -> BenchmarkResult:
+    """A kind whose pairs are generated: model, methods, pairs, evaluation, report, leaderboard."""
     from ...models.registry import load_model
     from ..report import report
     from ..run_config import _resolve_device
     from ..runner import evaluate
 
-    if kind not in KINDS:
-        raise InputError(f"unknown benchmark {kind!r}; choose from {', '.join(KINDS)}")
-    n = DEFAULT_N[kind] if n is None else n
-    if n < 1:
+    assert bench.make_data is not None and bench.describe is not None  # checked at registration
+    n = bench.default_n if n is None else n
+    if n is None or n < 1:
         raise InputError("--n must be at least 1")
     out = Path(out).expanduser()
     run_dir = out / "run"
     if (run_dir / "config.json").exists() and not resume:
         raise InputError(f"{out} already holds a benchmark; pass --resume to continue it or choose another --out")
-    spec = model if model is not None else DEFAULT_MODEL[kind]
+    spec = model if model is not None else bench.default_model
     loaded = load_model(spec, device=_resolve_device(device, 1))
     names, skipped = applicable_methods(loaded, methods)
-    method_options = _with_benchmark_defaults(kind, names, method_options)
-    mets = list(metrics) if metrics else list(DEFAULT_METRICS[kind])
-    if sanity and SANITY_METRIC not in mets:
-        mets.append(SANITY_METRIC)
-    data = (
-        make_shapes_data(out / "data", n, seed)
-        if kind == "shapes"
-        else make_grid_data(out / "data", n, seed, rows=grid)
-    )
+    method_options = _with_benchmark_defaults(bench.method_options, names, method_options)
+    mets = list(metrics) if metrics else list(bench.default_metrics)
+    data = bench.make_data(out / "data", n, seed, **options)
     # one shard per batch: an interrupted benchmark loses at most one batch
     evaluate(
         data,
@@ -352,17 +416,20 @@ def run_benchmark(
         progress=progress,
     )
     html = report(run_dir)
-    primary = PRIMARY[kind] if PRIMARY[kind] in mets else mets[0]
-    header = _header(kind, loaded, n, seed, grid, names, skipped, method_options, metric_options, primary)
+    primary = bench.primary if bench.primary in mets else mets[0]
+    what = bench.describe(n, seed, **options)
+    header = _header(bench.name, loaded, what, names, skipped, method_options, metric_options, primary)
     md = leaderboard_markdown(run_dir, primary, header)
     lb = out / "leaderboard.md"
     lb.write_text(md)
     return BenchmarkResult(out, data, run_dir, html, lb, md, names, skipped)
 
 
-def _with_benchmark_defaults(kind: str, names: Sequence[str], given: dict | None) -> dict[str, dict[str, Any]]:
-    """The testbed's cheaper budgets for the chosen methods, overridden option by option by ``given``."""
-    out = {m: dict(o) for m, o in BENCHMARK_METHOD_OPTIONS[kind].items() if m in names}
+def _with_benchmark_defaults(
+    budgets: Mapping[str, Mapping[str, Any]], names: Sequence[str], given: dict | None
+) -> dict[str, dict[str, Any]]:
+    """The kind's cheaper budgets for the chosen methods, overridden option by option by ``given``."""
+    out = {m: dict(o) for m, o in budgets.items() if m in names}
     for m, o in (given or {}).items():
         out[m] = {**out.get(m, {}), **o}
     return out
@@ -371,21 +438,13 @@ def _with_benchmark_defaults(kind: str, names: Sequence[str], given: dict | None
 def _header(
     kind: str,
     model: Any,
-    n: int,
-    seed: int,
-    grid: int,
+    what: str,
     names: list[str],
     skipped: dict[str, str],
     method_options: dict | None,
     metric_options: dict | None,
     primary: str,
 ) -> list[str]:
-    what = (
-        f"{n} held-out shapes-world scenes (seeds {shapes_seeds(n, seed)[0]}..), queried with one object's "
-        "category caption; ground truth: that caption's mask"
-        if kind == "shapes"
-        else f"{n} {grid}x{grid} grids of real photos, queried with one cell's class text; ground truth: the cell"
-    )
     lines = [
         f"## Benchmark `{kind}` — model `{getattr(model, 'name', model)}`",
         "",

@@ -1,6 +1,6 @@
 """``benchmark data``: every attribution method on your own pairs with ground truth, ranked.
 
-The testbeds of ``vlexplain.eval.benchmarks.base`` generate their data; this one reads any layout of
+The other kinds generate their data; this one reads any layout of
 ``vlexplain.data.pairs`` (COCO captions + instances, a JSONL with boxes or masks, webdataset
 shards with ``boxes`` ...) and writes the same leaderboard and report. A localisation metric
 without ground truth in the data is refused before the run (``skip_missing`` runs without it).
@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import InputError
+from .base import Benchmark, Option, register_benchmark
+from .grids import METHOD_OPTIONS
 
 DEFAULT_METRICS = ["pointing_game", "energy_pointing_game", "auroc", "deletion_image", "insertion_image"]
 #: the metric the leaderboard is sorted by (when it was run)
@@ -64,7 +66,7 @@ def run_data_benchmark(
     from ..report import report
     from ..run_config import _resolve_device
     from ..runner import evaluate
-    from .base import BENCHMARK_METHOD_OPTIONS, BenchmarkResult, applicable_methods, leaderboard_markdown
+    from .base import BenchmarkResult, applicable_methods, leaderboard_markdown
 
     ds = open_pairs(ds)
     out = Path(out).expanduser()
@@ -74,7 +76,7 @@ def run_data_benchmark(
     spec = model if model is not None else DEFAULT_MODEL
     loaded = load_model(spec, device=_resolve_device(device, 1))
     names, skipped = applicable_methods(loaded, methods)
-    options = {m: dict(o) for m, o in BENCHMARK_METHOD_OPTIONS["grids"].items() if m in names}
+    options = {m: dict(o) for m, o in METHOD_OPTIONS.items() if m in names}
     for m, o in (method_options or {}).items():
         options[m] = {**options.get(m, {}), **o}
     mets = list(metrics) if metrics else list(DEFAULT_METRICS)
@@ -120,3 +122,27 @@ def run_data_benchmark(
     lb = out / "leaderboard.md"
     lb.write_text(md)
     return BenchmarkResult(out, Path(ds.path), run_dir, html, lb, md, names, skipped)
+
+
+def _run(out: str | os.PathLike, *, data: Any, skip_missing: bool = False, **settings: Any) -> Any:
+    return run_data_benchmark(data, out, skip_missing=skip_missing, **settings)
+
+
+register_benchmark(
+    Benchmark(
+        name="data",
+        summary="your own pairs with boxes or masks (--data: COCO, JSONL, CSV, webdataset, Parquet, ...)",
+        default_model=DEFAULT_MODEL,
+        default_n=None,
+        default_metrics=tuple(DEFAULT_METRICS),
+        primary=PRIMARY,
+        run=_run,
+        method_options=METHOD_OPTIONS,
+        options=(
+            Option("data", None, "Your pairs with boxes / masks.", type=Path, required=True),
+            Option("skip_missing", False, "Run without the metrics whose ground truth the data lacks.", type=bool),
+        ),
+        reads_data=True,
+        n_help="pairs (the first N of the data)",
+    )
+)

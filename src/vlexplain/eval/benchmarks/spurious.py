@@ -30,7 +30,15 @@ from typing import Any
 import numpy as np
 
 from ...errors import InputError
-from .base import SEED_STRIDE, _save_mask, _write_jsonl, applicable_methods, leaderboard_markdown
+from .base import (
+    SEED_STRIDE,
+    Benchmark,
+    _save_mask,
+    _write_jsonl,
+    applicable_methods,
+    leaderboard_markdown,
+    register_benchmark,
+)
 
 #: first scene seed (held out: below the training seeds, apart from the other benchmarks' and the
 #: class datasets' seeds)
@@ -52,6 +60,11 @@ class SpuriousResult:
     runs: dict[str, Path]
     reliance: dict[str, dict[str, float]]  # model tag -> group -> mean true reliance
     skipped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def reports(self) -> list[Path]:
+        """The HTML reports, one per model."""
+        return [r / "report.html" for r in self.runs.values()]
 
 
 def spurious_seeds(n: int, seed: int = 0) -> list[int]:
@@ -144,7 +157,7 @@ def run_spurious_benchmark(
             the difference table compares the first with the second.
         seed: selects the scenes and seeds the explanations.
         batch_size, resume, method_options, metric_options, device, progress: as for
-            ``vlexplain.eval.benchmarks.base.run_benchmark``.
+            [`run_benchmark`][vlexplain.eval.benchmarks.base.run_benchmark].
 
     Returns:
         A ``SpuriousResult``.
@@ -313,3 +326,24 @@ def _group_table(runs: dict[str, Path], names: list[str]) -> list[str]:
             cells.append(f"{mean:.3f} [{lo:.3f}, {hi:.3f}]")
         lines.append(f"| {meth} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _run(out: str | os.PathLike, *, model: Any = None, **settings: Any) -> SpuriousResult:
+    """``benchmark spurious``: ``model`` replaces the biased model (``testbed:spurious``)."""
+    return run_spurious_benchmark(out, models={**MODELS, "spurious": model} if model else None, **settings)
+
+
+register_benchmark(
+    Benchmark(
+        name="spurious",
+        summary="a badge shortcut: scenes with the category's badge, none or another's; testbed:spurious "
+        "against testbed:shapes",
+        default_model=MODELS["spurious"],
+        default_n=DEFAULT_N,
+        default_metrics=tuple(DEFAULT_METRICS),
+        primary=PRIMARY,
+        run=_run,
+        model_help="The biased model's spec (default: testbed:spurious); it is compared with testbed:shapes.",
+        n_help="scenes per group",
+    )
+)
