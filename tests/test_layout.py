@@ -277,3 +277,12 @@ def test_tests_are_short():
         if (n := len(p.read_text().splitlines())) > 650
     }
     assert long == {}
+
+
+def test_tests_mirror_the_packages():
+    """tests/PACKAGE/ holds the tests of src/vlexplain/PACKAGE/ (tests/cli/: commands/ and cli.py);
+    tests of the package root's own modules sit in tests/; tests/support/ holds helpers, not tests."""
+    packages = {p.parent.name for p in SRC.glob("*/__init__.py")}
+    folders = {p.name for p in (ROOT / "tests").iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert folders - {"support"} == (packages - {"commands"}) | {"cli"}
+    assert not list((ROOT / "tests" / "support").glob("test_*.py"))

@@ -9,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from app_support import (  # noqa: F401 (fixtures)
+
+from tests.app.support import (
     CHEAP_M2IB,
     _get,
     _open,
@@ -17,9 +18,6 @@ from app_support import (  # noqa: F401 (fixtures)
     _screenshot,
     _upload,
     _wait_toast,
-    browser,
-    files,
-    server,
 )
 
 pytest.importorskip("gradio", reason="the web explorer needs the 'app' extra: pip install 'vlexplain[app]'")

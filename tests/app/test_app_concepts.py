@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from app_support import SERVER_THREADS, _get, _open, _screenshot, _wait_toast, browser, files, server  # noqa: F401 (fixtures)
+
+from tests.app.support import SERVER_THREADS, _get, _open, _screenshot, _wait_toast
 
 pytest.importorskip("gradio", reason="the web explorer needs the 'app' extra: pip install 'vlexplain[app]'")
 

@@ -7,15 +7,15 @@ import warnings
 
 import pytest
 import torch
-from test_contract import cheap_options
 
 import vlexplain as vx
+from tests.attribution.test_contract import cheap_options
 from vlexplain.attribution.base import image_grid_size
 
 
 @pytest.fixture(scope="module")
 def wide_vit():
-    from conftest import tiny_open_clip
+    from tests.support.models import tiny_open_clip
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

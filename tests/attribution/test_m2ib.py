@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_hf_clip, tiny_open_clip
 
 import vlexplain as vx
+from tests.support.models import tiny_hf_clip, tiny_open_clip
 from vlexplain.attribution.m2ib import M2IB
 from vlexplain.errors import MethodError
 

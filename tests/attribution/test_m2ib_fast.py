@@ -6,12 +6,12 @@ from __future__ import annotations
 import types
 
 import pytest
-import test_m2ib
 import torch
 import torch.nn.functional as F
-from conftest import tiny_hf_clip
 
 import vlexplain as vx
+from tests.attribution import test_m2ib
+from tests.support.models import tiny_hf_clip
 from vlexplain.attribution.m2ib import M2IB, _draw_noise, _noise_sampler, _repeat_input, _token_mask, kl_capacity
 from vlexplain.attribution.m2ib_fast import M2IBFast
 from vlexplain.errors import MethodError
@@ -160,7 +160,7 @@ class _NoiseProxy(types.SimpleNamespace):
 @pytest.mark.parametrize("modality", ["image", "text"])
 @pytest.mark.parametrize("antithetic,common", [(True, False), (False, True), (True, True)])
 def test_fast_estimators_equal_the_literal_algorithm(monkeypatch, modality, antithetic, common):
-    """The literal released algorithm (tests/test_m2ib.py), fed the same antithetic / common noise."""
+    """The literal released algorithm (tests/attribution/test_m2ib.py), fed the same antithetic / common noise."""
     raw = tiny_hf_clip(layers=3)
     model = vx.load_model(tiny_hf_clip(layers=3))
     pixels = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))

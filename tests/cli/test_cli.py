@@ -8,9 +8,9 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import tiny_hf_clip
 from PIL import Image
 
+from tests.support.models import tiny_hf_clip
 from vlexplain.cli import main
 
 

@@ -14,9 +14,9 @@ import json
 
 import numpy as np
 import pytest
-from conftest import tiny_hf_clip
 from PIL import Image
 
+from tests.support.models import tiny_hf_clip
 from vlexplain.cli import main
 
 NO_WRITE = "/proc/vlexplain-test-out"

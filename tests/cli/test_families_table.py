@@ -23,7 +23,7 @@ from vlexplain.commands.family_table import (
 from vlexplain.errors import MethodError
 from vlexplain.models.families import families
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 HF_KEYS = [f.key for f in families() if f.library == "transformers"]
 
 

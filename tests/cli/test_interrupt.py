@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from llm_support import POOL, FakeServer, generate_args
 from PIL import Image
 
+from tests.support.llm import POOL, FakeServer, generate_args
 from vlexplain.cli import main
 from vlexplain.interrupt import Interrupted, atomic, catch_signals, message, track
 
@@ -65,9 +65,10 @@ def interrupt(args: list[str], ready: Callable[[], bool], log: Path, sig: int = 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> Path:
     """The tiny CLIP of conftest saved with save_pretrained, with a CLIP tokenizer (open_clip's vocabulary)."""
-    from conftest import tiny_hf_clip
     from open_clip.tokenizer import SimpleTokenizer
     from transformers import CLIPTokenizer
+
+    from tests.support.models import tiny_hf_clip
 
     path = tmp_path_factory.mktemp("tiny") / "model"
     path.mkdir()

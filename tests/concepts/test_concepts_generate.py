@@ -7,8 +7,8 @@ import socket
 import time
 
 import pytest
-from llm_support import POOL, FakeServer, generate_args
 
+from tests.support.llm import POOL, FakeServer, generate_args
 from vlexplain.cli import main
 from vlexplain.concepts.chat import chat_url
 from vlexplain.concepts.generate import (

@@ -16,10 +16,11 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_hf_clip, two_process_cli
 from PIL import Image
 
 import vlexplain as vx
+from tests.support.cli import two_process_cli
+from tests.support.models import tiny_hf_clip
 from vlexplain.concepts.sets import load_concepts
 from vlexplain.concepts.train import batch_indices, deal_train, find_checkpoint, load_checkpoint
 from vlexplain.data.classes import image_folder

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_hf_clip
-from test_deal import CUB_CONCEPTS, make_cub
 
 import vlexplain as vx
+from tests.support.cub import CUB_CONCEPTS, make_cub
+from tests.support.models import tiny_hf_clip
 from vlexplain.concepts.evaluate import concept_gallery, evaluate_concepts, paired_interval
 from vlexplain.concepts.relevance import Templates, deal_maps
 from vlexplain.concepts.report import flatten, read_report, write_report

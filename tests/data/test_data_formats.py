@@ -290,8 +290,7 @@ def test_hf_datasetdict_named_columns_and_split(tmp_path):
 
 def test_evaluate_cli_reads_named_columns_of_a_datasetdict_split(tmp_path, capsys):
     datasets = pytest.importorskip("datasets")
-    from conftest import tiny_hf_clip
-
+    from tests.support.models import tiny_hf_clip
     from vlexplain.cli import main
 
     tiny_hf_clip().save_pretrained(tmp_path / "model")
@@ -401,8 +400,7 @@ def test_split_folders_of_pairs_and_split_on_a_single_file(tmp_path):
 
 def test_benchmark_data_ranks_methods_on_your_pairs(tmp_path, capsys):
     """`benchmark data`: the centre map hits a box over the image centre and misses one in a corner."""
-    from conftest import tiny_hf_clip
-
+    from tests.support.models import tiny_hf_clip
     from vlexplain.cli import main
     from vlexplain.eval import load_results
 

@@ -8,9 +8,9 @@ import json
 
 import numpy as np
 import pytest
-from conftest import tiny_hf_clip
 from PIL import Image
 
+from tests.support.models import tiny_hf_clip
 from vlexplain.data.classes import folder_classes, image_folder, open_class_dataset, split_counts, split_folders
 from vlexplain.errors import InputError
 
@@ -216,7 +216,7 @@ def test_deal_refuses_a_url_in_one_line(tmp_path, capsys):
 
 
 def test_cub_split_comes_from_its_own_file(tmp_path):
-    from test_deal import make_cub
+    from tests.support.cub import make_cub
 
     make_cub(tmp_path / "CUB_200_2011")  # train_test_split.txt: images 1, 2 train; 3, 4 test
     te = open_class_dataset(tmp_path, "test", test_fraction=0.5)  # the fraction does not apply to CUB

@@ -22,7 +22,7 @@ from vlexplain.eval.benchmarks.base import (
     run_benchmark,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

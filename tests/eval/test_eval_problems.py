@@ -8,9 +8,9 @@ import json
 
 import numpy as np
 import pytest
-from conftest import tiny_hf_clip
 from PIL import Image
 
+from tests.support.models import tiny_hf_clip
 from vlexplain.errors import InputError
 from vlexplain.eval import evaluate, load_results
 from vlexplain.eval.problems import AllPairsFailedError, summary_line

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import two_process_cli
 from PIL import Image
 
 import vlexplain as vx
+from tests.support.cli import two_process_cli
 from vlexplain.errors import InputError
 from vlexplain.eval import evaluate, load_maps, load_results, report
 from vlexplain.eval.report import bootstrap_ci
@@ -381,9 +381,10 @@ def test_cli_help_and_errors(capsys):
 # --- end to end through the command line: SIGKILL + resume, two processes -------------------
 def _tiny_model_dir(path: Path) -> Path:
     """The tiny CLIP of conftest saved with save_pretrained, plus a CLIP tokenizer (from open_clip's vocabulary)."""
-    from conftest import tiny_hf_clip
     from open_clip.tokenizer import SimpleTokenizer
     from transformers import CLIPTokenizer
+
+    from tests.support.models import tiny_hf_clip
 
     path.mkdir(parents=True, exist_ok=True)
     st = SimpleTokenizer()

@@ -145,8 +145,7 @@ def _instances(path, polygon):
 
 
 def test_resume_of_coco_refuses_changed_instances_and_images_with_exit_2(tmp_path, capsys):
-    from conftest import tiny_hf_clip
-
+    from tests.support.models import tiny_hf_clip
     from vlexplain.cli import main
 
     tiny_hf_clip().save_pretrained(tmp_path / "model")

@@ -362,7 +362,7 @@ def test_loads_arch_with_a_local_checkpoint(tmp_path, monkeypatch):
     ],
 )
 def test_m2ib_equals_the_literal_reference(key, modality, built):
-    from m2ib_module_reference import reference_m2ib_module
+    from tests.support.m2ib_module_reference import reference_m2ib_module
 
     model, dual = built(key)
     tower = dual.tower(modality)

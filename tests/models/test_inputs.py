@@ -119,7 +119,7 @@ def test_in_memory_models_and_fallback_tokenizer(hf_clip, oc_clip, siglip):
 
 
 def test_local_directory_loads(tmp_path):
-    from conftest import tiny_hf_clip
+    from tests.support.models import tiny_hf_clip
 
     raw = tiny_hf_clip()
     raw.save_pretrained(tmp_path / "clip")

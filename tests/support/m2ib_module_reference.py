@@ -5,7 +5,7 @@ replaces the block's output with the bottleneck sample, capacity from the last f
 the hooked module is given directly, so it covers every tower kind: token states ``(B, T, D)``
 (timm ViT / Eva blocks, OpenCLIP text blocks) and feature maps ``(B, C, H, W)`` (ModifiedResNet
 Bottlenecks, ConvNeXt stages), where the bottleneck mask has the feature map's own shape.
-Used by tests/test_families_open_clip.py and benchmarks/m2ib_speed.py.
+Used by tests/models/test_families_open_clip.py and benchmarks/m2ib_speed.py.
 """
 
 from __future__ import annotations
