@@ -69,14 +69,15 @@ def families_table() -> str:
 def benchmarks_table() -> str:
     from vlexplain.eval.benchmarks.base import get_benchmark, list_benchmarks
 
-    head = "| kind | pairs and ground truth | default model | pairs (`--n`) | metrics | sorted by | own options |"
-    lines = [head, "|---|---|---|---|---|---|---|"]
+    lines = ["| kind | pairs and ground truth | defaults | metrics (leaderboard sorted by the **bold** one) |"]
+    lines.append("|---|---|---|---|")
     for name in list_benchmarks():
         b = get_benchmark(name)
-        n = "all" if b.default_n is None else f"{b.default_n} {b.n_help or ''}".strip()
-        opts = ", ".join(f"`--{o.name.replace('_', '-')}`" for o in b.options) or "-"
-        mets = ", ".join(f"`{m}`" for m in b.default_metrics)
-        lines.append(f"| `{name}` | {_cell(b.summary)} | `{b.default_model}` | {n} | {mets} | `{b.primary}` | {opts} |")
+        n = "all pairs" if b.default_n is None else f"{b.default_n} {b.n_help or 'pairs'}"
+        opts = ", ".join(f"`--{o.name.replace('_', '-')}`" for o in b.options)
+        mets = ", ".join(f"**{m}**" if m == b.primary else m for m in b.default_metrics)
+        what = _cell(b.summary) + (f"; own options: {opts}" if opts else "")
+        lines.append(f"| `{name}` | {what} | `{b.default_model}`, {n} | {mets} |")
     return "\n".join(lines)
 
 

@@ -132,4 +132,4 @@ def test_the_docs_table_lists_every_kind(registry):
     rows = [r for r in benchmarks_table().splitlines()[2:]]
     assert [r.split("|")[1].strip(" `") for r in rows] == list_benchmarks()
     toy = rows[-1]
-    assert "toy pairs from a test module" in toy and "`--level`, `--shuffle`" in toy
+    assert "toy pairs from a test module" in toy and "`--level`, `--shuffle`" in toy and "**pointing_game**" in toy

@@ -2,7 +2,8 @@
 
 ``vlexplain models`` prints ``family_rows``; the README carries ``markdown_table`` between
 the markers ``README_START`` and ``README_END`` (``python scripts/families_table.py
---write`` refreshes it; a test fails when it differs).
+--write`` refreshes it; a test fails when it differs). The table joins the model families with
+the attribution methods, so it lives above both, beside the ``models`` command.
 
 Method groups come from the method registry (each method's ``needs_attention`` /
 ``needs_gradients`` flags), so a new method joins its group without editing this file:
