@@ -67,7 +67,7 @@ def families_table() -> str:
 
 
 def benchmarks_table() -> str:
-    from vlexplain.eval.benchmarks.base import get_benchmark, list_benchmarks
+    from vlexplain.eval.benchmarks.registry import get_benchmark, list_benchmarks
 
     lines = ["| kind | pairs and ground truth | defaults | metrics (leaderboard sorted by the **bold** one) |"]
     lines.append("|---|---|---|---|")

@@ -186,7 +186,8 @@ def test_benchmark_grids_runs(tmp_path, tiny_shapes_dir):
 
 
 def test_grids_benchmark_budgets_and_caller_options():
-    from vlexplain.eval.benchmarks.base import _with_benchmark_defaults, get_benchmark
+    from vlexplain.eval.benchmarks.base import _with_benchmark_defaults
+    from vlexplain.eval.benchmarks.registry import get_benchmark
 
     grids, shapes = get_benchmark("grids").method_options, get_benchmark("shapes").method_options
     got = _with_benchmark_defaults(grids, ["rise", "m2ib"], {"rise": {"p_keep": 0.3}, "m2ib": {"steps": 5}})

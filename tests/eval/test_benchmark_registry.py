@@ -11,16 +11,9 @@ import pytest
 
 from vlexplain.cli import main
 from vlexplain.errors import InputError
-from vlexplain.eval.benchmarks import base
-from vlexplain.eval.benchmarks.base import (
-    SANITY_METRIC,
-    Benchmark,
-    Option,
-    get_benchmark,
-    list_benchmarks,
-    register_benchmark,
-    run_benchmark,
-)
+from vlexplain.eval.benchmarks import registry as kinds
+from vlexplain.eval.benchmarks.base import SANITY_METRIC, run_benchmark
+from vlexplain.eval.benchmarks.registry import Benchmark, Option, get_benchmark, list_benchmarks, register_benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,10 +22,10 @@ ROOT = Path(__file__).resolve().parents[2]
 def registry():
     """The registry, restored after the test (whatever the test registered is gone)."""
     list_benchmarks()  # the built-in kinds are in before the snapshot
-    saved = dict(base._BENCHMARKS)
-    yield base._BENCHMARKS
-    base._BENCHMARKS.clear()
-    base._BENCHMARKS.update(saved)
+    saved = dict(kinds._BENCHMARKS)
+    yield kinds._BENCHMARKS
+    kinds._BENCHMARKS.clear()
+    kinds._BENCHMARKS.update(saved)
 
 
 def _toy(calls: list) -> Benchmark:

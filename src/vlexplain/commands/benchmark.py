@@ -1,6 +1,6 @@
 """``vlexplain benchmark KIND``: every method on a ground-truth testbed; a leaderboard and an HTML report.
 
-One subcommand per kind registered in ``vlexplain.eval.benchmarks.base`` (its shared options, then
+One subcommand per kind registered in ``vlexplain.eval.benchmarks.registry`` (its shared options, then
 its own, then the data options of ``evaluate`` for a kind that reads the user's pairs).
 """
 
@@ -173,7 +173,7 @@ def _run(bench: Any, kw: dict[str, Any]) -> None:
 
 def register(app: typer.Typer) -> None:
     """Add ``benchmark`` with one subcommand per registered kind."""
-    from ..eval.benchmarks.base import get_benchmark, list_benchmarks
+    from ..eval.benchmarks.registry import get_benchmark, list_benchmarks
 
     group = typer.Typer(
         help="Benchmark attribution methods on a testbed with ground truth (one subcommand per kind).",

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import InputError
-from .base import Benchmark, Option, register_benchmark
 from .grids import METHOD_OPTIONS
+from .registry import Benchmark, Option, register_benchmark
 
 DEFAULT_METRICS = ["pointing_game", "energy_pointing_game", "auroc", "deletion_image", "insertion_image"]
 #: the metric the leaderboard is sorted by (when it was run)

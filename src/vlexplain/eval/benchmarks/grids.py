@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import InputError
-from .base import SEED_STRIDE, Benchmark, Option, _save_mask, _save_png, _write_jsonl, register_benchmark
+from .base import SEED_STRIDE, _save_mask, _save_png, _write_jsonl
+from .registry import Benchmark, Option, register_benchmark
 
 #: first grid seed (grids are not used for training; kept apart from the examples' small seeds)
 GRIDS_SEED_BASE = 1_000

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import InputError
-from .base import SEED_STRIDE, Benchmark, _save_mask, _save_png, _write_jsonl, register_benchmark
+from .base import SEED_STRIDE, _save_mask, _save_png, _write_jsonl
+from .registry import Benchmark, register_benchmark
 
 #: first scene seed of the shapes benchmark: below the training seeds
 #: (``shapes_train.TRAIN_SEED_BASE`` = 10_000_000 and up) and apart from the zero-shot evaluation

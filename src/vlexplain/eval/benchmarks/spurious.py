@@ -30,15 +30,8 @@ from typing import Any
 import numpy as np
 
 from ...errors import InputError
-from .base import (
-    SEED_STRIDE,
-    Benchmark,
-    _save_mask,
-    _write_jsonl,
-    applicable_methods,
-    leaderboard_markdown,
-    register_benchmark,
-)
+from .base import SEED_STRIDE, _save_mask, _write_jsonl, applicable_methods, leaderboard_markdown
+from .registry import Benchmark, register_benchmark
 
 #: first scene seed (held out: below the training seeds, apart from the other benchmarks' and the
 #: class datasets' seeds)
