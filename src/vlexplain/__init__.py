@@ -11,6 +11,9 @@ from .attribution.targets import Target
 from .errors import InputError, MethodError, ModelLoadError, VlexplainError
 from .models.base import DualEncoder, TextBatch, Tower
 from .models.registry import SPEC_FORMS, load_model
+from .testbeds.testbed_models import register as _register_testbeds
+
+_register_testbeds()  # the testbed: specs and the shapes-world family (the model layer never imports testbeds)
 
 __version__ = "0.1.0"
 

@@ -267,7 +267,7 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed"),
     ) -> None:
         """The offline model on real photos (cat, coffee, rocket, astronaut, Grace Hopper), matching and non-matching texts."""
-        from ..data.photos import demo_set
+        from ..testbeds.photos import demo_set
 
         photos, texts, labels = demo_set()
         if method not in __import__("vlexplain").list_methods():

@@ -43,8 +43,8 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        from ..models.family_table import GROUPS, family_rows, method_groups
         from ..models.registry import SPEC_FORMS, registered_loaders
+        from .family_table import GROUPS, family_rows, method_groups
 
         con = Console()
         lines = ["supported model families (image side / text side: the method groups that apply)", ""]
@@ -85,8 +85,8 @@ def register(app: typer.Typer) -> None:
         import vlexplain as vx
 
         from ..attribution.base import brief_reason
-        from ..models.family_table import method_group
         from .explain import load_model_cli
+        from .family_table import method_group
 
         m = load_model_cli(model, None) if model else None
         t = Table(title="attribution methods" + (f" for {model}" if model else ""))
