@@ -11,9 +11,11 @@ import typer
 
 from ..errors import InputError, MethodError
 from ..interrupt import track
+from ._interactions import check_request, explain_options, write_interactions
 from ._out import out_dir
 
 ModelOpt = typer.Option("offline", "--model", "-m", help="Model spec (see `vlexplain models`).")
+_IX = explain_options()
 
 
 def _slug(s: str, n: int = 40) -> str:
@@ -235,9 +237,15 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(
             False, "--resume", help="Keep the pairs an interrupted run with the same settings finished in --out."
         ),
+        interactions: bool = _IX["interactions"],
+        span: str | None = _IX["span"],
+        interaction_method: str = _IX["interaction_method"],
+        interaction_option: list[str] = _IX["interaction_option"],
     ) -> None:
         """Explain every IMAGE x TEXT pair: overlay PNGs, token highlights, JSON and an index.html gallery."""
         opts = parse_options(option)
+        ix_opts = parse_options(interaction_option)
+        interactions = interactions or span is not None
         for k, v in (("layer", layer), ("beta", beta), ("steps", steps)):
             if v is not None:
                 opts[k] = v
@@ -245,6 +253,8 @@ def register(app: typer.Typer) -> None:
             if not p.exists():
                 raise InputError(f"image not found: {p}")
         m = load_model_cli(model, device)
+        if interactions:  # bad method, option or span: one line before anything is written
+            check_request(m, list(text), interaction_method, ix_opts, span)
         index = run_pairs(
             m,
             [(str(p), p) for p in images],
@@ -257,6 +267,11 @@ def register(app: typer.Typer) -> None:
             options=opts,
             resume=resume,
         )
+        if interactions:
+            write_interactions(
+                m, list(images), list(text), zip_pairs=zip_pairs, out=out, seed=seed,
+                method=interaction_method, options=ix_opts, span=span,
+            )  # fmt: skip
         typer.echo(f"wrote {index}")
 
     @app.command()

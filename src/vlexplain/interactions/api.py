@@ -52,6 +52,8 @@ def interactions(
     pixels = prepare_images(model, images)
     ii, ti = _broadcast(pixels.shape[0], len(tlist))
     seeds = _pair_seeds(seed, len(ii))
+    first = {t: k for k, t in reversed(list(enumerate(tlist)))}
+    ti_same = [first[tlist[t]] for t in ti]  # pairs with equal texts share the text's work
     for t in sorted(set(tlist)):
         n_tokens = int(model.tokenize([t]).content_mask.sum())
         if not n_tokens:
@@ -69,7 +71,7 @@ def interactions(
                 ie = F.normalize(model.image.encode(px), dim=-1)
                 te = F.normalize(model.text.encode(tb), dim=-1)
             batch = InteractionBatch(
-                px, tb, ie, te, [seeds[k] for k in chunk], [ii[k] for k in chunk], [ti[k] for k in chunk],
+                px, tb, ie, te, [seeds[k] for k in chunk], [ii[k] for k in chunk], [ti_same[k] for k in chunk],
                 [tlist[ti[k]] for k in chunk],
             )  # fmt: skip
             inst.last_extras = []

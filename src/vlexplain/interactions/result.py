@@ -141,11 +141,19 @@ class Interactions:
         }
 
     # display lives in vlexplain.viz (imported on use, as for Explanation)
-    def save(self, path_prefix: str) -> list[str]:
-        """Write ``PREFIX_interactions.png``, ``PREFIX_interactions.html`` and ``PREFIX_interactions.json``."""
+    def save(self, path_prefix: str, spans: Sequence[Span] = ()) -> list[str]:
+        """Write ``PREFIX_interactions.png``, ``PREFIX_interactions.html`` and ``PREFIX_interactions.json``.
+
+        Args:
+            path_prefix: where to write (the suffixes are added).
+            spans: parts of the text whose regions are shown first (checked before anything is written).
+        """
         from ..viz.interactions import save_interactions
 
-        return save_interactions(self, path_prefix)
+        extra = [
+            (s if isinstance(s, str) else " ".join(self.tokens[i] for i in self.span(s)), self.region(s)) for s in spans
+        ]
+        return save_interactions(self, path_prefix, extra)
 
     def to_html(self) -> str:
         from ..viz.interactions import interactions_html

@@ -11,6 +11,7 @@ import html
 import io
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -25,12 +26,12 @@ MAX_PANELS = 12
 CMAP = "RdBu_r"  # signed: red = the word and the region raise the score together, blue = lower it
 
 
-def _panels(inter: Any) -> list[tuple[str, Tensor]]:
-    """(label, (gh, gw) map) for each content word (every token when the text has none)."""
+def _panels(inter: Any, extra: Sequence[tuple[str, Tensor]] = ()) -> list[tuple[str, Tensor]]:
+    """(label, (gh, gw) map): the ``extra`` spans, then each content word (every token when the text has none)."""
     words = [(w, m) for w, _, m in inter.word_maps()]
     if not words:
         words = [(t, inter.matrix[i]) for i, t in enumerate(inter.tokens)]
-    return words[:MAX_PANELS]
+    return [(f"\u201c{w}\u201d", m) for w, m in extra] + words[: max(0, MAX_PANELS - len(extra))]
 
 
 def _up(m: Tensor, size: tuple[int, int]) -> np.ndarray:
@@ -49,48 +50,56 @@ def _limit(maps: list[Tensor]) -> float:
     return v if v > 0 else 1.0
 
 
-def interactions_figure(inter: Any, path: str | os.PathLike, cols: int = 4) -> None:
-    """PNG: the image, then one panel per content word with its region map on one signed colour
-    scale (cosine units), so words can be compared."""
+def _heat_rgba(m: np.ndarray, vmax: float) -> np.ndarray:
+    """(H, W, 4) signed colours whose opacity grows with |value| (the image shows where nothing interacts)."""
+    import matplotlib
+
+    rgba = matplotlib.colormaps[CMAP](np.clip(m / (2 * vmax) + 0.5, 0, 1))
+    rgba[..., 3] = 0.8 * np.clip(np.abs(m) / vmax, 0, 1) ** 0.75
+    return rgba
+
+
+def interactions_figure(
+    inter: Any, path: str | os.PathLike, extra: Sequence[tuple[str, Tensor]] = (), cols: int = 5
+) -> None:
+    """PNG: the image, then one panel per requested span and content word with its region map
+    (red: the word and the region raise the score together, blue: they lower it). Each panel has
+    its own scale, stated in its title with the region's sum (cosine units)."""
     plt = _mpl()
-    panels = _panels(inter)
+    panels = _panels(inter, extra)
     rgb = inter.image_rgb().detach().float().cpu().permute(1, 2, 0).numpy()
     size = rgb.shape[:2]
     n = len(panels) + 1
     cols = min(cols, n)
     rows = (n + cols - 1) // cols
-    head = wrap_title(f"\u201c{inter.text}\u201d   cosine {inter.score:.3f}   {inter.method}")
+    head = wrap_title(f"\u201c{inter.text}\u201d   cosine {inter.score:.3f}   {inter.method}", width=90)
     fig, axes = plt.subplots(
-        rows, cols, figsize=(2.6 * cols + 0.9, 2.75 * rows + 0.35 + 0.2 * head.count("\n")), squeeze=False,
+        rows, cols, figsize=(2.5 * cols, 2.75 * rows + 0.3 + 0.2 * head.count("\n")), squeeze=False,
         layout="constrained",
     )  # fmt: skip
-    vmax = _limit([m for _, m in panels])
     axes[0, 0].imshow(rgb)
     axes[0, 0].set_title("image", fontsize=10)
-    im = None
+    muted = rgb * 0.6 + 0.4 * rgb.mean(-1, keepdims=True)
     for k, (label, m) in enumerate(panels, start=1):
         ax = axes[k // cols, k % cols]
-        ax.imshow(rgb * 0.55 + 0.45 * rgb.mean(-1, keepdims=True))  # muted, so the map reads
-        im = ax.imshow(_up(m, size), cmap=CMAP, vmin=-vmax, vmax=vmax, alpha=0.6)
-        ax.set_title(f"{label}  (sum {float(m.sum()):+.3g})", fontsize=10)
+        vmax = _limit([m])
+        ax.imshow(muted)
+        ax.imshow(_heat_rgba(_up(m, size), vmax))
+        ax.set_title(f"{label}\nsum {float(m.sum()):+.3g}   scale \u00b1{vmax:.2g}", fontsize=9)
     for ax in axes.flat:
         ax.axis("off")
-    if im is not None:
-        cb = fig.colorbar(im, ax=axes, fraction=0.025, pad=0.01, shrink=0.8)
-        cb.set_label("interaction (cosine units)", fontsize=8)
-        cb.ax.tick_params(labelsize=7)
     fig.suptitle(head, fontsize=11)
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
     plt.close(fig)
 
 
-def _png_data(rgb: np.ndarray, m: Tensor, vmax: float) -> str:
-    """data: URL of the image with ``m`` blended over it (the figure's colour scale)."""
-    import matplotlib
+def _png_data(rgb: np.ndarray, m: Tensor) -> str:
+    """data: URL of the image with ``m`` blended over it on its own signed scale."""
     from PIL import Image
 
-    heat = matplotlib.colormaps[CMAP](np.clip(_up(m, rgb.shape[:2]) / (2 * vmax) + 0.5, 0, 1))[..., :3]
-    out = ((rgb * 0.55 + 0.45 * rgb.mean(-1, keepdims=True)) * 0.4 + heat * 0.6).clip(0, 1)
+    heat = _heat_rgba(_up(m, rgb.shape[:2]), _limit([m]))
+    a = heat[..., 3:]
+    out = ((rgb * 0.6 + 0.4 * rgb.mean(-1, keepdims=True)) * (1 - a) + heat[..., :3] * a).clip(0, 1)
     buf = io.BytesIO()
     Image.fromarray((out * 255).astype(np.uint8)).save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
@@ -101,7 +110,6 @@ def interactions_html(inter: Any) -> str:
     content word's region on the image; hovering a word in the caption outlines its panel."""
     rgb = inter.image_rgb().detach().float().cpu().permute(1, 2, 0).numpy()
     panels = _panels(inter)
-    vmax = _limit([m for _, m in panels])
     totals = inter.matrix.sum((1, 2)).float().cpu()
     tmax = float(totals.abs().max()) or 1.0
     word_of = {i: k for k, (_, idx, _) in enumerate(inter.word_maps()[:MAX_PANELS]) for i in idx}
@@ -117,8 +125,9 @@ def interactions_html(inter: Any) -> str:
         )
     cards = "".join(
         f"<figure id='vx-w{k}' class='vx-p' style='display:inline-block;margin:4px;text-align:center'>"
-        f"<img src='{_png_data(rgb, m, vmax)}' style='width:160px;border-radius:4px'>"
-        f"<figcaption style='font:12px sans-serif'>{html.escape(w)} ({float(m.sum()):+.3g})</figcaption></figure>"
+        f"<img src='{_png_data(rgb, m)}' style='width:160px;border-radius:4px'>"
+        f"<figcaption style='font:12px sans-serif'>{html.escape(w)}<br>sum {float(m.sum()):+.3g},"
+        f" scale ±{_limit([m]):.2g}</figcaption></figure>"
         for k, (w, m) in enumerate(panels)
     )
     script = (
@@ -131,21 +140,27 @@ def interactions_html(inter: Any) -> str:
         "<div style='font-family:sans-serif;max-width:760px'>"
         f"<div style='margin:4px'>{''.join(spans)}</div>"
         f"<div style='color:#555;font-size:12px;margin:4px'>{html.escape(inter.method)} · cosine {inter.score:.3f}"
-        f" · colour scale ±{vmax:.3g} (red: raises the score, blue: lowers it) · {inter.seconds:.2f} s</div>"
+        f" · red: the word and the region raise the score, blue: they lower it (each map on its own scale)"
+        f" · {inter.seconds:.2f} s</div>"
         f"{cards}</div>{script}"
     )
 
 
-def save_interactions(inter: Any, path_prefix: str | os.PathLike) -> list[str]:
-    """Write PREFIX_interactions.png, PREFIX_interactions.html and PREFIX_interactions.json."""
+def save_interactions(
+    inter: Any, path_prefix: str | os.PathLike, extra: Sequence[tuple[str, Tensor]] = ()
+) -> list[str]:
+    """Write PREFIX_interactions.png, PREFIX_interactions.html and PREFIX_interactions.json
+    (``extra``: (label, region) of requested spans, shown first and kept in the JSON)."""
     prefix = str(path_prefix) + "_interactions"
-    interactions_figure(inter, prefix + ".png")
+    interactions_figure(inter, prefix + ".png", extra)
     page = (
         "<!doctype html><meta charset='utf-8'><title>vlexplain interactions</title>"
         f"<body style='font-family:sans-serif'>{interactions_html(inter)}</body>"
     )
     atomic_write_text(prefix + ".html", page)
-    atomic_write_text(prefix + ".json", json.dumps(inter.to_dict(), indent=1))
+    d = inter.to_dict()
+    d["spans"] = [{"span": label, "region": m.float().cpu().tolist()} for label, m in extra]
+    atomic_write_text(prefix + ".json", json.dumps(d, indent=1))
     return [prefix + ".png", prefix + ".html", prefix + ".json"]
 
 
