@@ -50,6 +50,8 @@ def token_offsets(text: str, tokens: Sequence[str]) -> list[tuple[int, int]]:
         end = nxt[0] if nxt is not None else len(text)
         while start < end and text[start].isspace():
             start += 1
+        while end > start and text[end - 1].isspace():
+            end -= 1
         out.append((start, max(start, end)))
     return out
 
@@ -100,6 +102,10 @@ def content_words(text: str, tokens: Sequence[str]) -> list[tuple[str, list[int]
         core = "".join(c for c in w if c.isalnum() or c in "-'")
         core = core.strip("-'")
         if core and any(c.isalnum() for c in core) and _lower(core) not in STOPWORDS:
-            kept = [i for i in idx if any(c.isalnum() for c in tokens[i])]  # not the trailing comma
-            out.append((core, kept or idx))
+            word = [any(c.isalnum() for c in tokens[i]) for i in idx]  # trim punctuation at the ends
+            first, last = (
+                word.index(True) if True in word else 0,
+                len(word) - word[::-1].index(True) if True in word else len(word),
+            )
+            out.append((core, idx[first:last] or idx))
     return out
