@@ -143,7 +143,10 @@ def test_token_offsets_and_content_words():
     toks = ["a", "red", "<unk>", "bus", ","]
     assert token_offsets("A red zzq bus,", toks) == [(0, 1), (2, 5), (6, 9), (10, 13), (13, 14)]
     assert span_tokens("A red zzq bus,", toks, "zzq") == [2]
-    words = content_words("A red double-decker bus, near the tree.", ["a", "red", "double", "-", "decker", "bus", ",", "near", "the", "tree", "."])
+    words = content_words(
+        "A red double-decker bus, near the tree.",
+        ["a", "red", "double", "-", "decker", "bus", ",", "near", "the", "tree", "."],
+    )
     assert [(w, i) for w, i in words] == [("red", [1]), ("double-decker", [2, 3, 4]), ("bus", [5]), ("tree", [9])]
 
 

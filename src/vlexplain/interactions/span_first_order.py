@@ -62,6 +62,13 @@ class SpanFirstOrder(InteractionMethod):
         cls.create(model, **(base_options or {}))  # bad base options: one line now
         self.base, self.variant, self.base_options = base, variant, dict(base_options or {})
 
+    @classmethod
+    def why_not(cls, model: DualEncoder) -> str | None:
+        from ..attribution.base import brief_reason, get_method
+
+        why = get_method("gradcam").why_not(model, "image")
+        return None if why is None else f"span_first_order's default base gradcam: {brief_reason(why)} (pass base=)"
+
     def interact(self, batch: InteractionBatch) -> Tensor:
         from ..attribution.api import explain
 
