@@ -6,7 +6,8 @@ A page that contains one of these markers gets the generated table in its place:
   paper, CPU cost per pair from ``benchmarks/methods_speed.json`` when it lists the method);
 * ``<!-- generated: metrics -->``: every registered metric (side, primary output, direction,
   ground truth it needs, summary);
-* ``<!-- generated: families -->``: the supported model families (the README's table).
+* ``<!-- generated: families -->``: the supported model families (the README's table);
+* ``<!-- generated: interaction-methods -->``: every registered interaction method.
 """
 
 from __future__ import annotations
@@ -65,10 +66,22 @@ def families_table() -> str:
     return markdown_table()
 
 
+def interaction_methods_table() -> str:
+    import vlexplain as vx
+
+    lines = ["| method | kind | what it does | paper |", "|---|---|---|---|"]
+    for name in vx.list_interaction_methods():
+        cls = vx.get_interaction_method(name)
+        kind = "reference" if cls.reference else ("gradients" if cls.needs_gradients else "forward passes")
+        lines.append(f"| `{name}` | {kind} | {_cell(cls.summary)} | {_cell(cls.paper or '-')} |")
+    return "\n".join(lines)
+
+
 GENERATORS = {
     "<!-- generated: methods -->": methods_table,
     "<!-- generated: metrics -->": metrics_table,
     "<!-- generated: families -->": families_table,
+    "<!-- generated: interaction-methods -->": interaction_methods_table,
 }
 
 

@@ -1,7 +1,7 @@
 """vlexplain.interactions: second-order explanations (which words go with which image regions).
 
 One file per method, registered with [`register_interaction`][vlexplain.interactions.base.register_interaction];
-[`vlexplain.interactions`][vlexplain.interactions] runs them and returns [`Interactions`][vlexplain.Interactions].
+`vx.interactions` runs them and returns [`Interactions`][vlexplain.Interactions].
 """
 
 from .api import interactions

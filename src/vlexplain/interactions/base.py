@@ -11,7 +11,7 @@ region. A method is one file with one class::
         def interact(self, batch: InteractionBatch) -> Tensor: ...  # (B, T, gh, gw)
 
 ``interact`` returns a row for every token position of ``batch.texts`` (start/end tokens and padding
-included); [`vlexplain.interactions`][vlexplain.interactions] keeps the rows of the shown tokens.
+included); `vx.interactions` keeps the rows of the shown tokens.
 The CLI, the listings and the contract tests read the registry.
 """
 

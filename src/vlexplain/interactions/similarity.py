@@ -124,12 +124,14 @@ def explain_similarity(
 
     Args:
         model: a [`DualEncoder`][vlexplain.DualEncoder].
-        a, b: two images (paths, PIL images, arrays, (3, H, W) tensors) or two texts.
+        a: an image (a path, PIL image, array, (3, H, W) tensor) or a text.
+        b: another input of the same modality.
         modality: ``image`` or ``text`` (None: texts when both are strings that name no file).
         layer: the block whose input the interactions are taken at (None: the last block).
         steps: points on each integrated-Jacobian path.
         baseline: the reference (images: ``zeros``, ``blur``, ``mean``; texts: ``one_token``, ``pad``).
-        mode, chunk: how the Jacobians are batched (see ``integrated_jacobians``).
+        mode: how the Jacobians are batched (see ``integrated_jacobians``).
+        chunk: Jacobian products per batched pass.
 
     Returns:
         A [`Similarity`][vlexplain.Similarity].
@@ -151,16 +153,16 @@ def explain_similarity(
     t0 = time.perf_counter()
     with frozen(model):
         if mod == "image":
-            x = torch.cat([prepare_images(model, a), prepare_images(model, b)])  # type: ignore[arg-type]
+            x = torch.cat([prepare_images(model, a), prepare_images(model, b)])
             same = bool(torch.equal(x[0], x[1]))
-            xu = x[:1] if same else x
-            p = integrated_path(tower, xu, image_reference(xu, base), L, steps, mode, chunk)
+            xi = x[:1] if same else x
+            p = integrated_path(tower, xi, image_reference(xi, base), L, steps, mode, chunk)
         else:
             texts = _texts([a, b])  # type: ignore[list-item]
             tb = model.tokenize(texts)
             same = texts[0] == texts[1]
-            xu = tb.select([0]) if same else tb
-            p = integrated_path(tower, xu, text_reference(xu, base, model.pad_token_id), L, steps, mode, chunk)
+            xt = tb.select([0]) if same else tb
+            p = integrated_path(tower, xt, text_reference(xt, base, model.pad_token_id), L, steps, mode, chunk)
     rows = [0, 0] if same else [0, 1]
     c, e, r = p.contracted[rows], p.embedding[rows], p.reference[rows]
     norms = e[0].norm() * e[1].norm()
