@@ -165,7 +165,9 @@ class Banzhaf(InteractionMethod):
             Zi, wi = coalitions(n_i, b_i, self.p, batch.seeds[j])
             Zt, wt = coalitions(n_t, b_t, self.p, batch.seeds[j] + 1)
             plans.append((Zi, wi, Zt, wt))
-        cell = grid_feature_mask((int(model.input_size[0]), int(model.input_size[1])), self.cells, dev)  # (H, W) cell index
+        cell = grid_feature_mask(
+            (int(model.input_size[0]), int(model.input_size[1])), self.cells, dev
+        )  # (H, W) cell index
         base = image_reference(batch.pixels, self.image_baseline)
 
         def encode_images(pair: list[int], Z: Tensor) -> Tensor:

@@ -105,14 +105,14 @@ def _png_data(rgb: np.ndarray, m: Tensor) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def interactions_html(inter: Any) -> str:
+def interactions_html(inter: Any, extra: Sequence[tuple[str, Tensor]] = ()) -> str:
     """A self-contained card: the caption (each token tinted by its total interaction), and each
     content word's region on the image; hovering a word in the caption outlines its panel."""
     rgb = inter.image_rgb().detach().float().cpu().permute(1, 2, 0).numpy()
-    panels = _panels(inter)
+    panels = _panels(inter, extra)
     totals = inter.matrix.sum((1, 2)).float().cpu()
     tmax = float(totals.abs().max()) or 1.0
-    word_of = {i: k for k, (_, idx, _) in enumerate(inter.word_maps()[:MAX_PANELS]) for i in idx}
+    word_of = {i: k + len(extra) for k, (_, idx, _) in enumerate(inter.word_maps()[:MAX_PANELS]) for i in idx}
     spans = []
     for i, (t, v) in enumerate(zip(inter.tokens, totals.tolist())):
         a = abs(v) / tmax
@@ -132,7 +132,7 @@ def interactions_html(inter: Any) -> str:
     )
     script = (
         "<script>document.querySelectorAll('.vx-t[data-w]').forEach(function(s){"
-        "var p=document.getElementById('vx-w'+s.dataset.w);"
+        "var p=document.getElementById('vx-w'+s.dataset.w);if(!p)return;"
         "s.onmouseenter=function(){p.style.outline='3px solid #333'};"
         "s.onmouseleave=function(){p.style.outline=''};});</script>"
     )
@@ -155,7 +155,7 @@ def save_interactions(
     interactions_figure(inter, prefix + ".png", extra)
     page = (
         "<!doctype html><meta charset='utf-8'><title>vlexplain interactions</title>"
-        f"<body style='font-family:sans-serif'>{interactions_html(inter)}</body>"
+        f"<body style='font-family:sans-serif'>{interactions_html(inter, extra)}</body>"
     )
     atomic_write_text(prefix + ".html", page)
     d = inter.to_dict()
@@ -171,14 +171,18 @@ def save_similarity(sim: Any, path_prefix: str | os.PathLike) -> list[str]:
     vmax = _limit([sim.map_a, sim.map_b])
     if sim.modality == "image":
         fig, axes = plt.subplots(1, 2, figsize=(7.2, 3.9), layout="constrained")
-        im = None
+        import matplotlib
+
         for i, (ax, m) in enumerate(zip(axes, (sim.map_a, sim.map_b))):
             rgb = _rgb(sim.pixels[i], sim.mean, sim.std)
-            ax.imshow(rgb)
-            im = ax.imshow(_up(m, rgb.shape[:2]), cmap=CMAP, vmin=-vmax, vmax=vmax, alpha=0.6)
-            ax.set_title("image " + "ab"[i], fontsize=10)
+            ax.imshow(rgb * 0.6 + 0.4 * rgb.mean(-1, keepdims=True))
+            ax.imshow(_heat_rgba(_up(m, rgb.shape[:2]), vmax))
+            ax.set_title(f"image {'ab'[i]}: sum {float(m.sum()):+.3g}", fontsize=10)
             ax.axis("off")
-        fig.colorbar(im, ax=axes, fraction=0.03).set_label("interaction (cosine units)", fontsize=8)
+        sm = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(-vmax, vmax), CMAP)
+        fig.colorbar(sm, ax=axes, fraction=0.03).set_label(
+            "interaction with the other image (cosine units)", fontsize=8
+        )
     else:
         mat = sim.matrix.float().cpu().numpy()
         v = float(np.abs(mat).max()) or 1.0
