@@ -69,11 +69,12 @@ def families_table() -> str:
 def interaction_methods_table() -> str:
     import vlexplain as vx
 
-    lines = ["| method | kind | what it does | paper |", "|---|---|---|---|"]
+    lines = ["| method | kind | needs | what it does | paper |", "|---|---|---|---|---|"]
     for name in vx.list_interaction_methods():
         cls = vx.get_interaction_method(name)
-        kind = "reference" if cls.reference else ("gradients" if cls.needs_gradients else "forward passes")
-        lines.append(f"| `{name}` | {kind} | {_cell(cls.summary)} | {_cell(cls.paper or '-')} |")
+        kind = "reference" if cls.reference else "interaction"
+        needs = "gradients" if cls.needs_gradients else "forward passes" if cls.uses_model else "-"
+        lines.append(f"| `{name}` | {kind} | {needs} | {_cell(cls.summary)} | {_cell(cls.paper or '-')} |")
     return "\n".join(lines)
 
 

@@ -80,7 +80,7 @@ def print_interaction_methods(con: Any, model: Any | None) -> None:
         cls = get_interaction_method(name)
         kind = "reference" if cls.reference else "interaction"
         if model is None:
-            need = "gradients" if cls.needs_gradients else "forward passes"
+            need = "gradients" if cls.needs_gradients else "forward passes" if cls.uses_model else "-"
         else:
             why = cls.why_not(model)
             need = "yes" if why is None else f"no: {why}"

@@ -82,6 +82,8 @@ class InteractionMethod:
     paper: ClassVar[str] = ""
     #: the method needs gradients through both towers
     needs_gradients: ClassVar[bool] = False
+    #: the method runs the model at all (False: a reference that ignores it)
+    uses_model: ClassVar[bool] = True
     #: a reference (a floor every interaction method should beat), not an interaction method proper
     reference: ClassVar[bool] = False
 

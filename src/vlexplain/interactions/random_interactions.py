@@ -20,6 +20,7 @@ class RandomInteractions(InteractionMethod):
     name = "random"
     summary = "uniform noise per token and cell (the floor of evaluations)"
     reference = True
+    uses_model = False
 
     def __init__(self, model):
         super().__init__(model)

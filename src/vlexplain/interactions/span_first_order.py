@@ -42,6 +42,7 @@ class SpanFirstOrder(InteractionMethod):
     name = "span_first_order"
     summary = "reference: a first-order map per word (the word alone, or the caption less the caption without it)"
     reference = True
+    needs_gradients = True  # its default base, gradcam
 
     def __init__(
         self,
