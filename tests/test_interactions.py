@@ -174,3 +174,24 @@ def test_listing_says_why_not(offline):
     out = interaction_methods_for(offline)
     assert set(out) == set(vx.list_interaction_methods())
     assert all(v is None or isinstance(v, str) for v in out.values())
+
+
+def test_span_first_order_is_the_words_own_map(oc_clip):
+    """A content word's region is the base method's map of the image against the word alone (or the
+    caption's map less the caption's without it); function words get zero rows."""
+    from vlexplain.attribution.base import image_grid_size, pool_to_grid
+
+    img = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(7))
+    text = "a red double-decker bus"
+    alone = vx.interactions(oc_clip, img, text, method="span_first_order", base="saliency")
+    grid = image_grid_size(oc_clip)
+
+    def fo(t: str) -> torch.Tensor:
+        e = vx.explain(oc_clip, img, t, method="saliency", sides=["image"])
+        return pool_to_grid(e.image_map[None], grid)[0]
+
+    torch.testing.assert_close(alone.region("double-decker"), fo("double-decker"), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(alone.region("bus"), fo("bus"), rtol=1e-5, atol=1e-7)
+    assert float(alone.matrix[0].abs().sum()) == 0.0  # "a"
+    removed = vx.interactions(oc_clip, img, text, method="span_first_order", base="saliency", variant="removed")
+    torch.testing.assert_close(removed.region("red"), fo(text) - fo("a double-decker bus"), rtol=1e-5, atol=1e-7)

@@ -3,8 +3,9 @@
 Without any second-order computation, "which region goes with this word?" can be answered with
 an ordinary attribution map of the image against the word alone (``variant="alone"``), or as the
 difference of the caption's map and the map of the caption with the word removed
-(``variant="removed"``). Each word's map is shared equally by the word's tokens, so a word's
-region (the sum of its rows) is exactly that map. Interaction methods should beat this.
+(``variant="removed"``). Each content word's map is shared equally by the word's tokens, so its
+region (the sum of its rows) is exactly that map; function words ("a", "the", "of") get zero rows.
+Interaction methods should beat this.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from ..attribution.base import image_grid_size, pool_to_grid
 from ..errors import MethodError
 from ..models.base import DualEncoder
 from .base import InteractionBatch, InteractionMethod, register_interaction
-from .spans import words
+from .spans import content_words, token_offsets, words
 
 Variant = Literal["alone", "removed"]
 VARIANTS: tuple[Variant, ...] = ("alone", "removed")
@@ -77,18 +78,21 @@ class SpanFirstOrder(InteractionMethod):
         rows: list[tuple[int, list[int], int, int | None]] = []  # (pair, token rows, plus, minus)
         for j in range(len(batch)):
             text = batch.strings[j]
-            ws = words(text, batch.texts.shown_tokens(j))
+            shown = batch.texts.shown_tokens(j)
+            ws = content_words(text, shown) or words(text, shown)  # function words get no region
             pos = batch.texts.content_mask[j].nonzero()[:, 0].tolist()
             if self.variant == "removed":
                 plan.append((j, text))
                 whole = len(plan) - 1
-            for k, (w, idx) in enumerate(ws):
+            offs = token_offsets(text, shown)
+            for w, idx in ws:
                 at = [pos[i] for i in idx]
                 if self.variant == "alone":
                     plan.append((j, w))
                     rows.append((j, at, len(plan) - 1, None))
                     continue
-                rest = " ".join(x for i, (x, _) in enumerate(ws) if i != k)
+                lo, hi = offs[idx[0]][0], offs[idx[-1]][1]
+                rest = " ".join((text[:lo] + " " + text[hi:]).split())  # the caption without the word
                 if rest:
                     plan.append((j, rest))
                 rows.append((j, at, whole, len(plan) - 1 if rest else None))
