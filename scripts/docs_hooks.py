@@ -8,6 +8,7 @@ A page that contains one of these markers gets the generated table in its place:
   ground truth it needs, summary);
 * ``<!-- generated: families -->``: the supported model families (the README's table);
 * ``<!-- generated: benchmarks -->``: every registered benchmark kind (``vlexplain benchmark KIND``).
+* ``<!-- generated: interaction-methods -->``: every registered interaction method.
 """
 
 from __future__ import annotations
@@ -81,11 +82,24 @@ def benchmarks_table() -> str:
     return "\n".join(lines)
 
 
+def interaction_methods_table() -> str:
+    import vlexplain as vx
+
+    lines = ["| method | kind | needs | what it does | paper |", "|---|---|---|---|---|"]
+    for name in vx.list_interaction_methods():
+        cls = vx.get_interaction_method(name)
+        kind = "reference" if cls.reference else "interaction"
+        needs = "gradients" if cls.needs_gradients else "forward passes" if cls.uses_model else "-"
+        lines.append(f"| `{name}` | {kind} | {needs} | {_cell(cls.summary)} | {_cell(cls.paper or '-')} |")
+    return "\n".join(lines)
+
+
 GENERATORS = {
     "<!-- generated: methods -->": methods_table,
     "<!-- generated: metrics -->": metrics_table,
     "<!-- generated: families -->": families_table,
     "<!-- generated: benchmarks -->": benchmarks_table,
+    "<!-- generated: interaction-methods -->": interaction_methods_table,
 }
 
 

@@ -78,7 +78,7 @@ def register(app: typer.Typer) -> None:
             None, "--model", "-m", help="Show which methods apply to this model and their default layers."
         ),
     ) -> None:
-        """Registered attribution methods (with --model: which sides apply, why not, default layers)."""
+        """Registered attribution and interaction methods (with --model: which apply, why not, default layers)."""
         from rich.console import Console
         from rich.table import Table
 
@@ -104,6 +104,9 @@ def register(app: typer.Typer) -> None:
             t.add_row(name, method_group(cls), sides[0], sides[1], cls.summary)
         con = Console()
         con.print(t)
+        from ._interactions import print_interaction_methods
+
+        print_interaction_methods(con, m)
         if m is not None:
             con.print(
                 f"image tower: {m.image.kind}, {m.image.num_blocks} blocks; text tower: {m.text.num_blocks} blocks",
