@@ -74,14 +74,12 @@ def captum_table() -> str:
     from vlexplain.attribution.captum_bridge import bridge_options
     from vlexplain.attribution.captum_catalog import ALGORITHMS, REFUSED
 
-    lines = ["| method | kind | sides | what it does | bridge options | paper |", "|---|---|---|---|---|---|"]
+    lines = ["| method | kind | sides | what it does | bridge options |", "|---|---|---|---|---|"]
     for name, a in sorted(ALGORITHMS.items()):
         own = [k for k in ("layer", "baseline", "grid", "reduce", "smooth") if k in bridge_options(a)]
         kind = a.kind + (" (block output)" if a.layer else "")
         opts = ", ".join(f"`{k}`" for k in own) or "-"
-        lines.append(
-            f"| `captum:{name}` | {kind} | {', '.join(a.sides)} | {_cell(a.summary)} | {opts} | {_cell(a.paper or '-')} |"
-        )
+        lines.append(f"| `captum:{name}` | {kind} | {', '.join(a.sides)} | {_cell(a.summary)} | {opts} |")
     lines += ["", "Refused, with the reason given:", ""]
     lines += [f"- `captum:{n}`: {_cell(r)}" for n, r in sorted(REFUSED.items())]
     lines.append("- `captum:Neuron*`: explains one unit of a layer (a `neuron_selector`), not the image-text score")

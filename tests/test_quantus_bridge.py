@@ -20,8 +20,8 @@ from vlexplain.metrics import get_metric, list_metrics
 @pytest.fixture(scope="module")
 def shapes_batch():
     """The shipped shapes model, three held-out scenes with their captions' masks, saliency maps."""
-    from vlexplain.eval.benchmark import SHAPES_SEED_BASE
     from vlexplain.data.shapes import category_caption, render_scene
+    from vlexplain.eval.benchmark import SHAPES_SEED_BASE
 
     model = vx.load_model("testbed:shapes")
     caps, imgs, masks = [], [], []
@@ -70,7 +70,9 @@ def test_own_localisation_metrics_agree_with_quantus(shapes_batch):
     ours = {k: get_metric(k)(model, px, texts, maps, None, masks=masks) for k in ("auroc", "energy_pointing_game")}
     pg = get_metric("pointing_game")(model, px, texts, maps, None, masks=masks, tolerance=0)["pointing_game"]
     theirs_auc = get_metric("quantus:AUC")(model, px, texts, maps, None, masks=masks, **raw)["score"]
-    theirs_rma = get_metric("quantus:RelevanceMassAccuracy")(model, px, texts, maps.clamp_min(0), None, masks=masks, **raw)
+    theirs_rma = get_metric("quantus:RelevanceMassAccuracy")(
+        model, px, texts, maps.clamp_min(0), None, masks=masks, **raw
+    )
     theirs_pg = get_metric("quantus:PointingGame")(model, px, texts, maps, None, masks=masks, **raw)["score"]
     flat = maps.flatten(1)
     assert ((flat == flat.max(1, keepdim=True).values).sum(1) == 1).all()  # unique maxima: no tie rule applies
@@ -162,7 +164,14 @@ def test_benchmark_and_evaluate_with_the_bridges(tmp_path, tiny_shapes_dir, caps
         ["--methods", "captum:NoiseTunnel", "--metrics", "quantus:AUC"],
         ["--methods", "captum:Saliency", "--metrics", "quantus:ROAD"],
         ["--methods", "captum:Saliency", "--metrics", "quantus:AUC", "--metric-options", '{"quantus:AUC": {"x": 1}}'],
-        ["--methods", "captum:Saliency", "--metrics", "quantus:AUC", "--method-options", '{"captum:Saliency": {"y": 1}}'],
+        [
+            "--methods",
+            "captum:Saliency",
+            "--metrics",
+            "quantus:AUC",
+            "--method-options",
+            '{"captum:Saliency": {"y": 1}}',
+        ],
     ):
         fresh = tmp_path / "fresh"
         assert main([*ev[:6], str(fresh), *bad, "--no-progress"]) == 2

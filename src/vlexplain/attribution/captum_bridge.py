@@ -447,7 +447,7 @@ def _make_class(algo: Algorithm) -> type[CaptumMethod]:
         "name": PREFIX + algo.name,
         "summary": f"Captum {algo.name}: {algo.summary}",
         "paper": algo.paper,
-        "sides": algo.sides,  # type: ignore[dict-item]
+        "sides": algo.sides,
         "needs_gradients": algo.kind == "gradient",
         "algorithm": algo,
         "__init__": __init__,

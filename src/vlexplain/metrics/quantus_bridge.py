@@ -94,7 +94,7 @@ def _quantus():
     return require("quantus", "quantus")
 
 
-def _metric_classes() -> dict[str, type]:
+def _metric_classes() -> dict[str, Any]:
     """Quantus metric classes by name (its public metrics)."""
     q = _quantus()
     from quantus.metrics.base import Metric
@@ -109,7 +109,7 @@ def _metric_classes() -> dict[str, type]:
     return out
 
 
-def category(cls: type) -> str:
+def category(cls: Any) -> str:
     """faithfulness, robustness, localisation, complexity, randomisation or axiomatic."""
     return cls.__module__.split(".")[2]
 
@@ -130,6 +130,9 @@ class PairClassifier(nn.Module):
     The dual encoder rides along as a plain attribute (not a submodule), so Quantus randomises the
     image tower's layers only, and a deep copy keeps ``dual.image is self.image``.
     """
+
+    text_emb: Tensor
+    dual: Any
 
     def __init__(self, dual: Any, text_emb: Tensor, texts: list[str]):
         super().__init__()
@@ -157,7 +160,7 @@ def make_explain_func(method: str, seed: int, options: dict[str, Any]) -> Callab
         caps = [model.texts[int(y)] for y in ys]
         exps = explain(dual, px, caps, method=method, seed=seed, sides=["image"], batch_size=len(caps), **options)
         exps = exps if isinstance(exps, list) else [exps]
-        return np.stack([e.image_map.float().cpu().numpy() for e in exps])[:, None]
+        return np.stack([e.image_map.float().cpu().numpy() for e in exps if e.image_map is not None])[:, None]
 
     return explain_func
 
@@ -198,7 +201,7 @@ def no_new_hooks(module: nn.Module) -> Iterator[None]:
 
 
 # --- running a metric ----------------------------------------------------------------------
-def _split_options(cls: type, opts: dict[str, Any], hw: tuple[int, int]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _split_options(cls: Any, opts: dict[str, Any], hw: tuple[int, int]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(constructor keywords, call keywords): the bridge's defaults, then the user's options."""
     init_params = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs", "args"}
     call_params = set(inspect.signature(cls.__call__).parameters) - {"self", "kwargs", "args"}
