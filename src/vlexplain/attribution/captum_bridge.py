@@ -6,7 +6,8 @@ held fixed, so any Captum algorithm can explain it:
 
 * image side: the input is the preprocessed pixels (B, 3, H, W); the attributions are reduced over
   colour channels (``reduce``: ``sum`` by default, the maximum for ``Saliency``, whose
-  attributions are gradient magnitudes, as vlexplain's ``saliency`` does);
+  attributions are gradient magnitudes, as vlexplain's ``saliency`` does; perturbation algorithms
+  give each feature one value, which fills its channels: ``mean`` keeps that value);
 * text side: the input is the token input embeddings (B, T, D), summed over the embedding
   (``Saliency``: their L2 norm), as vlexplain's gradient methods do; SOS/EOS/padding are not shown;
 * layer algorithms (``LayerGradCam``, ``LayerConductance`` ...) attribute to the output of block
@@ -53,7 +54,7 @@ RESERVED = {
 RESERVED_INIT = {"forward_func", "model", "layer", "device_ids", "attribution_method"}
 #: vlexplain's defaults where Captum's would be slow (one forward pass per perturbation)
 DEFAULTS = {"perturbations_per_eval": 16}
-REDUCE = ("sum", "max", "norm", "abs_sum")
+REDUCE = ("sum", "mean", "max", "norm", "abs_sum")
 IMAGE_BASELINES = ("mean", "black", "blur")
 #: feature cells per side on CNN image towers (ViTs: the patch grid)
 CNN_GRID = 7
@@ -340,6 +341,8 @@ class CaptumMethod(Explainer):
             obj = captum_attr.NoiseTunnel(obj)
             rng = float(x.max() - x.min())
             call.update(nt_type=opts["smooth"], nt_samples=opts["n_samples"], stdevs=opts["stdev"] * rng)
+        if algo.kind == "gradient":
+            x.requires_grad_(True)  # (a copy) Captum would set it and warn
         with torch.enable_grad():
             out = obj.attribute(x, additional_forward_args=rows, **call)
         out = out[0] if isinstance(out, tuple) else out
@@ -348,12 +351,16 @@ class CaptumMethod(Explainer):
     def _reduce(self, attr: Tensor, side: Side) -> Tensor:
         """Raw attributions -> (B, H, W) / (B, gh, gw) maps or (B, T) token scores."""
         how = self.options.get("reduce") or self.algorithm.reduce
+        if self.options.get("reduce") is None and self.algorithm.features != "none" and how == "sum":
+            how = "mean"  # a perturbed feature's value fills all its channels / embedding dimensions
         if how == "saliency":  # vlexplain's saliency: max over pixel channels, L2 norm over the embedding
             how = "max" if side == "image" else "norm"
         layer_out = self.algorithm.layer and self.algorithm.name != "GuidedGradCam"
         dim = 1 if side == "image" or layer_out else -1  # layer outputs are channel-first (B, C, ...)
         if how == "sum":
             return attr.sum(dim)
+        if how == "mean":
+            return attr.mean(dim)
         if how == "abs_sum":
             return attr.abs().sum(dim)
         if how == "max":
