@@ -6,8 +6,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import tomllib
-
 ROOT = Path(__file__).resolve().parent.parent
 ROLE = re.compile(r":(func|class|meth|mod|attr|data|obj|exc):`")
 

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import MethodError, require
-from ..models.base import DualEncoder, TextBatch, Tower
+from ..models.base import DualEncoder, TextBatch, Tower, frozen
 from .base import Bridge, Explainer, PairBatch, Side, check_layer, image_grid_size, register_bridge
 from .captum_catalog import ALGORITHMS, Algorithm, refusal
 from .perturbation import grid_feature_mask
@@ -151,6 +151,28 @@ def _modules_of(tower: Tower) -> set[str]:
     return {type(m).__name__ for m in tower.modules()}
 
 
+def _deeplift_failure(cls: type[CaptumMethod], model: DualEncoder, side: Side) -> str | None:
+    """Captum's reason when its DeepLift hooks cannot run on this tower (a ReLU-like module it finds
+    no recorded input for: reused, or bypassed by the tower's forward), from one probe pair; cached."""
+    cache: dict[tuple[str, str], str | None] = model.__dict__.setdefault("_vx_deeplift_probe", {})
+    key = (cls.name, side)
+    if key not in cache:
+        from .targets import make_target
+
+        texts = model.tokenize(["a photo"]).to(model.device)
+        with torch.no_grad():
+            px = torch.zeros(1, 3, *model.input_size, device=model.device, dtype=model.dtype)
+            ie, te = model.encode_image(px), model.encode_text(texts)
+        batch = PairBatch(px, texts, ie, te, make_target(model), [0])
+        try:
+            with frozen(model):
+                cls(model)._attribute(batch, side)
+            cache[key] = None
+        except RuntimeError as e:
+            cache[key] = str(e).split(". ")[0].strip()
+    return cache[key]
+
+
 def _lrp_gap(tower: Tower) -> list[str]:
     """Leaf module types of ``tower`` that Captum's LRP has no rule for."""
     from captum.attr._core import lrp
@@ -231,6 +253,10 @@ class CaptumMethod(Explainer):
                 f"{cls.name} changes the backward pass of {'/'.join(algo.rule_modules[:3])}... modules; the {side} "
                 f"tower of this model has none, so it would return plain gradients"
             )
+        if algo.name.startswith(("DeepLift", "LayerDeepLift")):
+            failure = _deeplift_failure(cls, model, side)
+            if failure is not None:
+                return f"Captum's {algo.name} cannot run on the {side} tower of this model: {failure}"
         if algo.lrp:
             gap = _lrp_gap(tower)
             if gap:
