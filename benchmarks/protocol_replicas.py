@@ -30,10 +30,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vlexplain.data.shapes import CATEGORIES, render_scene
-from vlexplain.eval.protocols.imagenet_seg import run_imagenet_seg
-from vlexplain.eval.protocols.openimages_points import run_openimages_points
-from vlexplain.eval.protocols.openvocab_seg import run_openvocab_seg
+from vlexplain.eval.benchmarks.imagenet_seg import run_imagenet_seg
+from vlexplain.eval.benchmarks.openimages_points import run_openimages_points
+from vlexplain.eval.benchmarks.openvocab_seg import run_openvocab_seg
+from vlexplain.testbeds.shapes import render_scene
+from vlexplain.testbeds.shapes_categories import CATEGORIES
 
 MODEL = "testbed:shapes"
 METHODS = ["gem", "sclip", "clearclip", "naclip", "mask_clip", "clip_surgery", "legrad", "grad_eclip", "chefer"]
