@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support.replicas import POINTS, seg_mask, square_image, write_gtsegs, write_openimages
+from tests.support.replicas import POINTS, seg_mask, square_image, write_gtsegs, write_openimages, write_voc
 from vlexplain.errors import InputError
 
 h5py = pytest.importorskip("h5py")
@@ -112,3 +112,23 @@ def test_semseg_layouts(tmp_path, layout) -> None:
     (tmp_path / "few.txt").write_text("sky, wall\ncat\n" + ("dog\n" if top == 3 else ""))
     with pytest.raises(InputError, match=f"label id {top} but the class list has {top} classes"):
         SemSegFolder(tmp_path, layout, classes=tmp_path / "few.txt")
+
+
+def test_semseg_malformed_files(tmp_path) -> None:
+    """A colour-coded (RGB) label map, a label file that is not a PNG and a missing split file are
+    one-line errors when the folder is opened (the label maps are read before any run starts)."""
+    from vlexplain.data.semseg import SemSegFolder
+
+    lab = np.array([[0, 1], [2, 3]], np.uint8)
+    write_voc(tmp_path, [lab], [np.zeros((2, 2, 3), np.uint8)])
+    assert SemSegFolder(tmp_path, "voc")[0][1].tolist() == lab.tolist()
+    png = tmp_path / "SegmentationClass" / "2007_000000.png"
+    Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(png)
+    with pytest.raises(InputError, match="a RGB image; label maps hold one class id per pixel"):
+        SemSegFolder(tmp_path, "voc")
+    png.write_bytes(b"not a png")
+    with pytest.raises(InputError, match="not a readable PNG"):
+        SemSegFolder(tmp_path, "voc")
+    (tmp_path / "ImageSets" / "Segmentation" / "val.txt").unlink()
+    with pytest.raises(InputError, match="split file .* not found"):
+        SemSegFolder(tmp_path, "voc")

@@ -294,3 +294,42 @@ def test_two_processes_equal_one(cli_env, tmp_path) -> None:
     two = json.loads((tmp_path / "two" / "results.json").read_text())["values"]
     assert one == two
     assert len(list((tmp_path / "two" / "shards").glob("stats-*.npz"))) == 2
+
+
+@pytest.mark.parametrize(
+    "kind,fn,flags,expected",
+    [
+        ("imagenet-seg", "run_imagenet_seg", ["--clamp-negative"], {"clamp_negative": True}),
+        ("openimages-points", "run_openimages_points", ["--point-threshold", "0.25"], {"threshold": 0.25}),
+        (
+            "openvocab-seg",
+            "run_openvocab_seg",
+            ["--layout", "context", "--no-background", "--no-slide", "--stride", "7", "--templates", "single"],
+            {"layout": "context", "background": False, "slide": False, "stride": 7, "templates": "single"},
+        ),
+    ],
+)
+def test_cli_options_reach_the_protocol(cli_env, tmp_path, capsys, monkeypatch, kind, fn, flags, expected) -> None:
+    """Each kind's own options (and the shared ones) reach its protocol under the protocol's names."""
+    import importlib
+    from pathlib import Path
+
+    from vlexplain.eval.benchmarks.protocol_run import ProtocolResult
+
+    module = importlib.import_module(f"vlexplain.eval.benchmarks.{kind.replace('-', '_')}")
+    calls = []
+
+    def fake(data, out, **kw):
+        calls.append((data, out, kw))
+        return ProtocolResult(Path(out), Path(out) / "results.json", Path(out) / "leaderboard.md", "| fake |", {})
+
+    monkeypatch.setattr(module, fn, fake)
+    out = tmp_path / "out"
+    argv = ["benchmark", kind, "--data", str(tmp_path), *flags, "--model", "M", "--n", "3", "--seed", "2"]
+    assert main([*argv, "--methods", "sclip", "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert "| fake |" in capsys.readouterr().out
+    ((data, got_out, kw),) = calls
+    assert data == tmp_path and got_out == out
+    assert {k: kw[k] for k in expected} == expected
+    shared = {"model": "M", "n": 3, "seed": 2, "methods": ["sclip"], "resume": True, "progress": False}
+    assert {k: kw[k] for k in shared} == shared
