@@ -44,10 +44,15 @@ def open_dataset(data: str | os.PathLike) -> Any:
     return ImageNetSegmentation(p)
 
 
-def _zero_shot(model: Any) -> tuple[list[str], torch.Tensor]:
+def _imagenet_names() -> list[str]:
+    """The 1000 ImageNet class names of OpenCLIP's zero-shot metadata (checked before a run writes)."""
     from ...errors import require
 
-    names = list(require("open_clip.zero_shot_metadata", "openclip").IMAGENET_CLASSNAMES)
+    return list(require("open_clip.zero_shot_metadata", "openclip").IMAGENET_CLASSNAMES)
+
+
+def _zero_shot(model: Any, names: list[str]) -> torch.Tensor:
+    """(1000, d) unit-norm text embeddings of "a photo of a {c}." for the ImageNet classes."""
     with torch.no_grad():
         t = torch.cat(
             [
@@ -55,7 +60,7 @@ def _zero_shot(model: Any) -> tuple[list[str], torch.Tensor]:
                 for i in range(0, len(names), 250)
             ]
         )
-    return names, t
+    return torch.nn.functional.normalize(t, dim=-1)
 
 
 def run_imagenet_seg(
@@ -83,7 +88,8 @@ def run_imagenet_seg(
     names, skipped = select_methods(mdl, methods)
     opts = dict(method_options or {})
     labelled = hasattr(ds, "names")  # ImageNet-S knows each image's class
-    zs = None if labelled else _zero_shot(mdl)
+    classnames = None if labelled else _imagenet_names()
+    zs: list[torch.Tensor] = []  # the class embeddings, computed with the first image a run explains
     size = tuple(mdl.input_size)
 
     def compute(i: int) -> dict[str, np.ndarray]:
@@ -94,16 +100,12 @@ def run_imagenet_seg(
             image, obj = ds[i]
             target, cname = obj.astype(np.int64), ""
         px = squash(mdl, image)
-        if zs is not None:
+        if classnames is not None:
+            if not zs:
+                zs.append(_zero_shot(mdl, classnames))
             with torch.no_grad():
-                cname = zs[0][
-                    int(
-                        (
-                            torch.nn.functional.normalize(mdl.encode_image(px[None]), dim=-1)
-                            @ torch.nn.functional.normalize(zs[1], dim=-1).T
-                        ).argmax()
-                    )
-                ]
+                img = torch.nn.functional.normalize(mdl.encode_image(px[None]), dim=-1)
+                cname = classnames[int((img @ zs[0].T).argmax())]
         t = torch.from_numpy(resize_mask(target, size))
         stats = {}
         for m in names:
