@@ -118,6 +118,19 @@ def predict(logits: Tensor, owner: Tensor, n_classes: int, logit_scale: float, t
     return pred
 
 
+def _protocol_text(
+    short_side: int, slide: bool, crop: int, stride: int, templates: str, logit_scale: float, thd: float
+) -> str:
+    """The protocol this run follows, with its settings, for the leaderboard."""
+    slide_txt = (
+        f"sliding windows of {crop} px at stride {stride}" if slide else "the whole image resized to the model's input"
+    )
+    temp_txt = (
+        "the 80 ImageNet prompt templates averaged" if templates == "imagenet80" else 'one prompt "a photo of a {}."'
+    )
+    return PROTOCOL.format(short_side=short_side, slide=slide_txt, templates=temp_txt, logit_scale=logit_scale, thd=thd)
+
+
 def run_openvocab_seg(
     data: str | os.PathLike,
     out: str | os.PathLike,
@@ -201,15 +214,7 @@ def run_openvocab_seg(
     outp = Path(out).expanduser()
     got = run_shards(outp, config, total, names, compute, resume=resume, shard_size=shard_size, progress=progress)
     values = {m: bootstrap(rows, item, total, miou_reduce, seed=seed) for m, (rows, item) in got.items()}
-    slide_txt = (
-        f"sliding windows of {crop} px at stride {stride}" if slide else "the whole image resized to the model's input"
-    )
-    temp_txt = (
-        "the 80 ImageNet prompt templates averaged" if templates == "imagenet80" else 'one prompt "a photo of a {}."'
-    )
-    proto = PROTOCOL.format(
-        short_side=short_side, slide=slide_txt, templates=temp_txt, logit_scale=logit_scale, thd=thd
-    )
+    proto = _protocol_text(short_side, slide, crop, stride, templates, logit_scale, thd)
     title = f"openvocab-seg — {layout}{'' if ds.background else ' (no background)'}, {total} images, {nc} classes, model `{spec}`"
     return finish(outp, title, proto, values, {"skipped": skipped, "config": config})
 
