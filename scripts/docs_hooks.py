@@ -83,7 +83,8 @@ def benchmarks_table() -> str:
         opts = ", ".join(f"`--{o.name.replace('_', '-')}`" for o in b.options)
         mets = ", ".join(f"**{m}**" if m == b.primary else m for m in b.default_metrics)
         what = _cell(b.summary) + (f"; own options: {opts}" if opts else "")
-        lines.append(f"| `{name}` | {what} | `{b.default_model}`, {n} | {mets} |")
+        model = f"`{b.default_model}`" if b.default_model else "`--model` required"
+        lines.append(f"| `{name}` | {what} | {model}, {n} | {mets} |")
     return "\n".join(lines)
 
 

@@ -4,7 +4,8 @@
 
 Rows: two shapes-world scenes explained with `testbed:shapes` (the queried object outlined in
 white) and one photo explained with the offline model. Columns: the registered methods at their
-defaults (seed 0); a method that does not apply to a model leaves its cell empty with the reason.
+defaults (seed 0), in bands of at most 11 methods; a method that does not apply to a model leaves its
+cell empty with the reason.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import vlexplain as vx
 from vlexplain.eval.benchmarks.shapes import shapes_query
 from vlexplain.testbeds.shapes import render_scene
 from vlexplain.viz.core import overlay
+
+MAX_COLUMNS = 11  # methods per band of the figure
 
 
 def _rows():
@@ -44,49 +47,63 @@ def main() -> None:
 
     methods = vx.list_methods()
     rows = list(_rows())
-    fig, axes = plt.subplots(len(rows), len(methods) + 1, figsize=(1.45 * (len(methods) + 1), 1.7 * len(rows)))
-    for r, (model, image, text, outline) in enumerate(rows):
-        pixels = model.preprocess(image)
-        rgb = model.denormalize(pixels)
-        axes[r, 0].imshow(rgb.permute(1, 2, 0).numpy())
-        axes[r, 0].set_title(f'"{text}"\n{model.name}', fontsize=7)
-        for c, name in enumerate(methods, 1):
-            ax = axes[r, c]
-            if r == 0:
-                ax.set_title(name, fontsize=7, fontweight="bold")
-            why = vx.get_method(name).why_not(model, "image")
-            if why is not None:
-                ax.text(
-                    0.5,
-                    0.5,
-                    "does not apply\n(CNN image tower)" if "CNN" in why else "does not apply",
-                    ha="center",
-                    va="center",
-                    fontsize=6,
-                    color="0.4",
-                    transform=ax.transAxes,
-                )
-                ax.set_facecolor("0.95")
-                continue
-            exp = vx.explain(model, pixels, text, method=name, seed=0, sides=["image"])
-            ax.imshow(overlay(rgb, exp.image_map.detach().float().cpu()))
-            if outline is not None:
-                ax.contour(
-                    torch.nn.functional.interpolate(
-                        torch.from_numpy(outline.astype(np.float32))[None, None], size=rgb.shape[-2:]
-                    )[0, 0].numpy(),
-                    levels=[0.5],
-                    colors="white",
-                    linewidths=0.6,
-                )
+    # the methods in bands of at most MAX_COLUMNS, each band with its own copy of the inputs
+    n_bands = -(-len(methods) // MAX_COLUMNS)
+    width = -(-len(methods) // n_bands)
+    fig, axes = plt.subplots(
+        n_bands * len(rows), width + 1, figsize=(1.45 * (width + 1), 1.7 * n_bands * len(rows)), squeeze=False
+    )
+    for b in range(n_bands):
+        band = methods[b * width : (b + 1) * width]
+        for r, (model, image, text, outline) in enumerate(rows):
+            _draw_row(axes[b * len(rows) + r], band, model, image, text, outline, titles=r == 0)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
+        if not ax.has_data() and not ax.texts and not ax.images:
+            ax.axis("off")  # the cells past the last method of a band
     fig.suptitle("Every method's image map at its defaults (red: most relevant); white: the queried object", fontsize=9)
     fig.tight_layout()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)
     print(f"wrote {args.out}")
+
+
+def _draw_row(axes, methods, model, image, text, outline, titles: bool) -> None:
+    """One input (first cell) and its map by each of ``methods`` (the next cells)."""
+    pixels = model.preprocess(image)
+    rgb = model.denormalize(pixels)
+    axes[0].imshow(rgb.permute(1, 2, 0).numpy())
+    axes[0].set_title(f'"{text}"\n{model.name}', fontsize=7)
+    for c, name in enumerate(methods, 1):
+        ax = axes[c]
+        if titles:
+            ax.set_title(name, fontsize=7, fontweight="bold")
+        why = vx.get_method(name).why_not(model, "image")
+        if why is not None:
+            ax.text(
+                0.5,
+                0.5,
+                "does not apply\n(CNN image tower)" if "CNN" in why else "does not apply",
+                ha="center",
+                va="center",
+                fontsize=6,
+                color="0.4",
+                transform=ax.transAxes,
+            )
+            ax.set_facecolor("0.95")
+            continue
+        exp = vx.explain(model, pixels, text, method=name, seed=0, sides=["image"])
+        ax.imshow(overlay(rgb, exp.image_map.detach().float().cpu()))
+        if outline is not None:
+            ax.contour(
+                torch.nn.functional.interpolate(
+                    torch.from_numpy(outline.astype(np.float32))[None, None], size=rgb.shape[-2:]
+                )[0, 0].numpy(),
+                levels=[0.5],
+                colors="white",
+                linewidths=0.6,
+            )
 
 
 if __name__ == "__main__":

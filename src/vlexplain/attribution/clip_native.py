@@ -1,4 +1,5 @@
-"""Shared plumbing of the CLIP-native methods (Grad-ECLIP, LeGrad, CLIP Surgery, MaskCLIP).
+"""Shared plumbing of the CLIP-native methods (Grad-ECLIP, LeGrad, CLIP Surgery, MaskCLIP and the
+training-free dense methods GEM, SCLIP, ClearCLIP, NACLIP).
 
 These methods read a transformer block's internals (query, key, value, the attention output before
 its projection) and the model's own head applied per token. Both come through the Tower protocol:
@@ -10,10 +11,12 @@ token. ``capabilities`` probes a tower once for both, so methods can refuse clea
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import MethodError
@@ -124,3 +127,42 @@ def check_count(tower: Tower, value: Any, option: str, method: str) -> int:
 def to_grid(tower: Tower, scores: Tensor) -> Tensor:
     """(B, T) per-token scores of an image tower -> (B, gh, gw), prefix tokens dropped."""
     return tower.token_scores_to_grid(scores, scores[..., None])
+
+
+def split_heads(x: Tensor, num_heads: int) -> Tensor:
+    """(B, T, D) heads concatenated -> (B, heads, T, D / heads)."""
+    B, T, D = x.shape
+    return x.view(B, T, num_heads, D // num_heads).transpose(1, 2)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    """(B, heads, T, hd) -> (B, T, heads * hd)."""
+    B, h, T, hd = x.shape
+    return x.transpose(1, 2).reshape(B, T, h * hd)
+
+
+def last_block_features(
+    tower: Tower, pixels: Tensor, mix: Callable[[BlockRecord], Tensor], *, residual: bool, mlp: bool
+) -> Tensor:
+    """(B, T, d) unit-norm token features with the last block's attention replaced.
+
+    ``mix(record)`` returns the new attention output before the output projection (B, T, D),
+    computed from the last block's recorded q, k, v; the block then adds it to its input when
+    ``residual`` and runs its MLP when ``mlp``; the head's final norm and projection follow per token.
+    """
+    with torch.no_grad():
+        _, recs = run_tail(tower, pixels, tower.num_blocks - 1, grad=False)
+        r = recs[-1]
+        assert r.h is not None, "why_not_native(parts=True) admits only pre-norm blocks"
+        u = r.attn_branch(mix(r))
+        if residual:
+            u = r.h + u
+        if mlp:
+            u = u + r.mlp_branch(u)
+        return F.normalize(tower.project_tokens(u, pixels), dim=-1)
+
+
+def text_cosines(tower: Tower, feats: Tensor, text_emb: Tensor) -> Tensor:
+    """(B, T, d) unit-norm token features, (B, d) text embeddings -> (B, gh, gw) patch cosines."""
+    cos = (feats * F.normalize(text_emb, dim=-1)[:, None]).sum(-1)  # (B, T)
+    return to_grid(tower, cos)

@@ -86,7 +86,7 @@ def prenorm_block(
     a, probs = attention(q, k, v, num_heads, mask, need_attn)
     if records is not None and len(records) > n_before:  # complete attention()'s record
         r = records[-1]
-        r.h, r.out_proj, r.ls1, r.ln2, r.mlp, r.ls2 = h, out_proj, ls1, ln2, mlp, ls2
+        r.h, r.ln1, r.out_proj, r.ls1, r.ln2, r.mlp, r.ls2 = h, ln1, out_proj, ls1, ln2, mlp, ls2
     a = out_proj(a)
     if ls1 is not None:
         a = ls1(a)
@@ -111,6 +111,7 @@ class BlockRecord:
         attn: (B, T, D) the attention output before the output projection (heads concatenated).
         probs: (B, heads, T, S) attention probabilities (None unless asked for).
         num_heads: the block's head count. mask: the additive attention mask it used.
+        ln1: the block's first norm (``q, k, v`` are projections of ``ln1(h)``); None outside prenorm_block.
     """
 
     h: Tensor | None
@@ -121,6 +122,7 @@ class BlockRecord:
     probs: Tensor | None
     num_heads: int
     mask: Tensor | None
+    ln1: Callable[[Tensor], Tensor] | None = None
     out_proj: Callable[[Tensor], Tensor] | None = None
     ls1: Callable[[Tensor], Tensor] | None = None
     ln2: Callable[[Tensor], Tensor] | None = None

@@ -5,7 +5,9 @@ its name, where its pairs and their ground truth come from, its default model, m
 metrics, the metric its leaderboard is sorted by, and its own options. ``vlexplain benchmark``
 has one subcommand per registered kind, and the docs' table of kinds is generated from the
 registry. Built in: ``shapes`` and ``grids`` (pairs generated with exact ground truth),
-``spurious`` (a badge shortcut, two models side by side) and ``data`` (your own pairs).
+``spurious`` (a badge shortcut, two models side by side), ``data`` (your own pairs) and the
+published protocols on your copy of a dataset: ``imagenet-seg``, ``openimages-points`` and
+``openvocab-seg`` (sharing ``protocol_common``, ``protocol_run`` and ``protocol_stats``).
 """
 
 from __future__ import annotations
