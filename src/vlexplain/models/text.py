@@ -11,7 +11,7 @@ import torch
 
 from .base import TextBatch
 
-PoolMode = Literal["eos", "last", "mean", "first"]
+PoolMode = Literal["eos", "last", "mean", "first", "argmax"]
 
 
 @dataclass
@@ -24,8 +24,9 @@ class TokenizerSpec:
         decode: ids -> text (to report what truncation dropped).
         sos_id / eos_id / pad_id: special ids (sos / eos None when the model has no start / end token).
         context_length: the tower's maximum sequence length.
-        pool: where the tower pools: first EOS, last position, mean over real tokens, or the first
-            token ([CLS] of BERT-style towers).
+        pool: where the tower pools: first EOS, last position, mean over real tokens, the first
+            token ([CLS] of BERT-style towers), or the largest id of the text's own tokens
+            (``argmax``: transformers' legacy CLIP pooling, OWL-ViT's and OpenCLIP's ``argmax``).
         pad_to_context: always pad to the context length (SigLIP).
         padding_side: "left" puts the padding before the text (SigLIP 2's Gemma tokenizer).
         mask_padding: with ``pad_to_context``, mark padding 0 in the attention mask (SigLIP 2 masks
@@ -86,7 +87,10 @@ class TokenizerSpec:
             ids[i, s : s + len(r)] = torch.tensor(r)
             am[i, s : s + len(r)] = 1
             content[i, s + off : s + len(r) - end] = True
-            pool[i] = {"eos": s + len(r) - 1, "last": T - 1, "mean": -1, "first": s}[self.pool]
+            if self.pool == "argmax":  # the first largest id among the text's own tokens (padding excluded)
+                pool[i] = s + max(range(len(r)), key=lambda j: (r[j], -j))
+            else:
+                pool[i] = {"eos": s + len(r) - 1, "last": T - 1, "mean": -1, "first": s}[self.pool]
             toks = [""] * s + [self.decode_token(j) for j in r] + [""] * (T - s - len(r))
             tokens.append(toks)
         if self.pad_to_context and not self.mask_padding:  # the tower attends to the padding too (SigLIP)
