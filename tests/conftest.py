@@ -97,7 +97,8 @@ def family_model():
         if key not in cache:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                cache[key] = vx.load_model(get_family(key).tiny())
+                fam = get_family(key)
+                cache[key] = vx.load_model(fam.tiny(), tokenizer=fam.tiny_tokenizer())
         return cache[key]
 
     return get

@@ -105,3 +105,50 @@ def test_current_eos_clip_pools_at_the_first_eos():
     with torch.no_grad():
         own = features(raw2.get_text_features(input_ids=tb.ids, attention_mask=tb.attention_mask))
         assert _rel(m.encode_text(tb, normalize=False), own) < 1e-5
+
+
+def _xlm_layout_model(kind: str, eos: int = 2):
+    """A tiny model of ``kind`` whose text tower has the XLM-layout vocabulary (``</s> = 2``, the
+    largest id of a text is a word) and the given ``eos_token_id``."""
+    import transformers
+
+    from vlexplain.models.hf_groupvit import tiny_groupvit
+
+    torch.manual_seed(0)
+    text = tiny_transformer(2, vocab_size=5 + len(WORDS), max_position_embeddings=16)
+    text.update(bos_token_id=0, pad_token_id=1, eos_token_id=eos)
+    vision = tiny_transformer(2, image_size=32, patch_size=8)
+    if kind == "GroupViT":
+        vision = tiny_groupvit().config.vision_config.to_dict()
+    cfg = getattr(transformers, f"{kind}Config")(text_config=text, vision_config=vision)
+    return getattr(transformers, f"{kind}Model")(cfg).eval()
+
+
+#: (model kind, eos_token_id, where its own forward pools): the rule read from each text model's forward
+RULES = [
+    ("CLIP", 2, "argmax"),
+    ("CLIP", 4, "eos"),
+    ("CLIPSeg", 2, "argmax"),
+    ("CLIPSeg", 4, "eos"),
+    ("GroupViT", 2, "argmax"),
+    ("OwlViT", 2, "argmax"),
+    ("OwlViT", 4, "argmax"),  # OWL-ViT pools at the largest id whatever its eos_token_id
+    ("Owlv2", 2, "argmax"),
+    ("MetaClip2", 2, "eos"),  # MetaCLIP 2 pools at the first eos_token_id, 2 included
+    ("Aimv2", 2, "eos"),
+]
+
+
+@pytest.mark.parametrize(("kind", "eos", "rule"), RULES, ids=[f"{k}-eos{e}" for k, e, _ in RULES])
+def test_every_causal_text_tower_pools_as_its_own_forward(kind, eos, rule):
+    raw, tok = _xlm_layout_model(kind, eos), xlm_tokenizer()
+    if eos != 2:
+        tok.eos_token = "<mask>"  # id 4 ends the texts
+    m = vx.load_model(raw, tokenizer=tok)
+    tb = m.tokenize(TEXTS)
+    expected = tb.ids.argmax(-1) if rule == "argmax" else (tb.ids == eos).int().argmax(-1)
+    assert torch.equal(tb.pool_index, expected)
+    with torch.no_grad():
+        own = features(raw.get_text_features(input_ids=tb.ids, attention_mask=tb.attention_mask))
+        assert _rel(m.encode_text(tb, normalize=False), own) < 1e-5
+        assert _rel(m.encode_text(m.tokenize(TEXTS[2:]), normalize=False)[0], own[2]) < 1e-5

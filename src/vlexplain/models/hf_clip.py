@@ -110,7 +110,7 @@ class HFTextTower(Tower):
         if self.siglip:
             return self.tm.head(h)
         assert self.projection is not None, "CLIP text towers have a projection"
-        return self.projection(h)
+        return self.projection(h.flatten(0, 1)).unflatten(0, h.shape[:2])  # (GroupViT's has a BatchNorm1d)
 
 
 def causal_text_pool(text_model: Any) -> PoolMode:
@@ -150,15 +150,16 @@ class HFDualEncoder(HFAdapter):
     pools where the model's own forward pools (``causal_text_pool``).
     """
 
+    #: the CLIP BPE vocabulary that ships with open_clip is the fallback for 49408-row tables
+    clip_bpe_fallback = True
+
     def __init__(self, model: Any, tokenizer: Any = None, processor: Any = None, name: str = "hf"):
         super().__init__(model, name)
         self.siglip = "siglip" in type(model).__name__.lower()
         vcfg, tcfg = model.config.vision_config, model.config.text_config
         if self.siglip:
-            self.image: Tower = SiglipVisionTower(model.vision_model)
             self.mean, self.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-        else:
-            self.image = ClipViTTower(model.vision_model, model.visual_projection)
+        self.image: Tower = self.image_tower(model)
         self.text = HFTextTower(model.text_model, getattr(model, "text_projection", None), self.siglip)
         self.input_size = (vcfg.image_size, vcfg.image_size)
         self._use_processor(processor)
@@ -167,7 +168,7 @@ class HFDualEncoder(HFAdapter):
         table = model.text_model.embeddings.token_embedding
 
         def clip_bpe() -> TokenizerSpec | None:
-            if table.num_embeddings != 49408:
+            if table.num_embeddings != 49408 or not self.clip_bpe_fallback:
                 return None
             return clip_bpe_tokenizer(ctx, pool, pad_to_context=self.siglip)
 
@@ -176,6 +177,12 @@ class HFDualEncoder(HFAdapter):
         )
         if not self.siglip:
             self._tok = check_eos(self._tok, model.text_model, pool)
+
+    def image_tower(self, model: Any) -> Tower:
+        """The image tower (subclasses of other image architectures override this)."""
+        if self.siglip:
+            return SiglipVisionTower(model.vision_model)
+        return ClipViTTower(model.vision_model, model.visual_projection)
 
 
 def _clip(model: nn.Module, tokenizer: Any = None, processor: Any = None, name: str = "hf") -> HFDualEncoder:

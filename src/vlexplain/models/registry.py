@@ -95,7 +95,7 @@ def wrap_model(model: Any, tokenizer: Any = None, preprocess: Any = None, name: 
 
         entry = entry_for_model(model)
         if entry is None:
-            known = ", ".join(e.model_class for e in hf_entries())
+            known = ", ".join(e.model_class for e in hf_entries() if not e.refusal)
             raise ModelLoadError(f"cannot explain a transformers {cls}; supported transformers dual encoders: {known}")
         return entry.adapter(model, tokenizer, preprocess, name or cls)
     if hasattr(model, "visual") and hasattr(model, "encode_text"):
@@ -136,6 +136,8 @@ def _load_hf(ident: str, tokenizer: Any, preprocess: Any) -> DualEncoder:
             f"{what} is a {config.model_type!r} model; vlexplain loads these transformers model types: "
             f"{', '.join(supported_model_types())}"
         )
+    if entry.refusal:
+        raise ModelLoadError(f"cannot explain {what} ({entry.model_class}): {entry.refusal}")
     archs = list(getattr(config, "architectures", None) or [])
     if entry.architectures and archs and not set(archs) & set(entry.architectures):
         raise ModelLoadError(
@@ -260,6 +262,9 @@ def load_model(
         model.name = f"{model.name}#{'size' if k == 'input_size' else 'aspect'}={a}x{b}"
     if device is not None:
         model = model.to(device)
+    from .embedding_check import check_embedding_sizes
+
+    check_embedding_sizes(model)  # a projection that does not fit its tower: one line now, not in every method
     return model.eval()
 
 
