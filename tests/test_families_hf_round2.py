@@ -201,3 +201,22 @@ def test_a_projection_that_does_not_match_its_towers_is_refused_at_load(tmp_path
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip() and not ln.startswith("Loading weights")]
     assert rc == 2 and len(err) == 1 and "do not match" in err[0], err
     assert not (tmp_path / "o").exists()
+
+
+def test_vision_text_dual_encoder_deit_and_clip_text():
+    """DeiT (class and distillation tokens, pooled through its pooler) with CLIP's text model (pooled
+    as CLIPModel's): the model's own embeddings."""
+    from transformers import CLIPTextConfig, DeiTConfig, VisionTextDualEncoderConfig, VisionTextDualEncoderModel
+
+    torch.manual_seed(0)
+    cfg = VisionTextDualEncoderConfig.from_vision_text_configs(
+        DeiTConfig(**tiny_transformer(2, image_size=32, patch_size=8)),
+        CLIPTextConfig(**tiny_transformer(2, vocab_size=49408, max_position_embeddings=16)),
+        projection_dim=16,
+    )
+    raw = VisionTextDualEncoderModel(cfg).eval()
+    m = vx.load_model(raw)  # CLIP's BPE for a 49408-row CLIP text table
+    assert m.image.num_prefix_tokens == 2 and m.image.grid == (4, 4)
+    _check_own(m, raw, torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3)))
+    e = vx.explain(m, torch.randn(3, 32, 32), TEXTS[1], method="chefer")
+    assert e.patch_map.shape == (4, 4) and torch.isfinite(e.token_scores).all()
