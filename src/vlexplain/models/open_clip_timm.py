@@ -34,6 +34,8 @@ from torch import Tensor, nn
 
 from ..errors import ModelLoadError
 from .base import Tower
+from .blocks import active_records
+from .timm_record import recording_attention
 
 
 @contextlib.contextmanager
@@ -121,9 +123,23 @@ class TimmViTTower(Tower):
         rope = self._rope_cache[key]
         return rope[i] if getattr(t, "rope_mixed", False) and rope is not None else rope
 
+    def pooled_positions(self, x: Any) -> Tensor | None:
+        """Class-token pooling: position 0 (average and attention pooling read every token: None)."""
+        return torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if self.reads_class_token else None
+
     def block(self, i: int, h: Tensor, x: Any, need_attn: bool = False, rows: Tensor | None = None):
         blk = self.trunk.blocks[i]
         kw = {"rope": self._rope(x, i)} if self.eva else {}
+        records = active_records()
+        if records is not None and rows is None and self.has_attention:  # q, k, v read for the CLIP-native methods
+            with recording_attention(blk.attn) as cap:
+                out = blk(h, **kw)
+            rec = cap.record()
+            if rec is not None:
+                records.append(rec)
+            return out, rec.probs if rec is not None and need_attn else None
+        if rows is not None:  # the head reads the class token only: its row
+            return blk(h, **kw)[torch.arange(h.shape[0], device=h.device), rows][:, None], None
         if not need_attn:
             return blk(h, **kw), None
         with timm_attention_probs(blk.attn) as probs:

@@ -1,0 +1,112 @@
+"""Grad-ECLIP on OpenCLIP's timm trunks (EVA02 with rotary positions, a class-token timm ViT): the
+map equals a literal re-implementation written on the timm model's own modules (q / k / v from the
+attention's own projection, norms and rotary embedding, the block's residual structure by hand).
+Trunks that pool several tokens (SigLIP's attention pooling, average pooling) have no pooled token
+and are refused with that reason."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import vlexplain as vx
+from vlexplain.errors import MethodError
+from vlexplain.models.open_clip_timm import _VIT, _tiny_custom
+
+TEXT = "a photo of a small cat"
+
+
+def tiny_eva8(seed: int = 0):
+    """EVA02-B-16's wiring with 8-px patches (a 4 x 4 grid at 32 px)."""
+    vision = dict(timm_model_name="eva02_base_patch16_clip_224", timm_pool="token", timm_proj=None, image_size=32)
+    return _tiny_custom(vision, dict(_VIT, patch_size=8), seed=seed)
+
+
+def tiny_cls_vit(seed: int = 0):
+    """A class-token timm ViT pooled at its class token, with 8-px patches."""
+    vision = dict(timm_model_name="vit_base_patch16_224", timm_pool="token", timm_proj="linear", image_size=32)
+    return _tiny_custom(vision, dict(_VIT, patch_size=8), seed=seed)
+
+
+def _qkv(at, u):
+    """q, k, v (B, heads, N, hd) as timm's attention module computes them, before its norms."""
+    B, N, _ = u.shape
+    if getattr(at, "qkv", None) is None:  # Eva with separate projections
+        return [p(u).reshape(B, N, at.num_heads, -1).transpose(1, 2) for p in (at.q_proj, at.k_proj, at.v_proj)]
+    bias = at.qkv.bias
+    if getattr(at, "q_bias", None) is not None:  # Eva: q / v biases, no k bias
+        bias = torch.cat((at.q_bias, at.k_bias, at.v_bias))
+    qkv = F.linear(u, at.qkv.weight, bias).reshape(B, N, 3, at.num_heads, -1).permute(2, 0, 3, 1, 4)
+    return list(qkv.unbind(0))
+
+
+def reference_map(model, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Grad-ECLIP of the last block, written out on the timm trunk's modules: (B, gh, gw)."""
+    from timm.layers import apply_rot_embed_cat
+    from timm.models.eva import Eva
+
+    trunk = model.visual.trunk
+    eva = isinstance(trunk, Eva)
+    with torch.no_grad():
+        h = trunk.patch_embed(x)
+        h, rope = trunk._pos_embed(h) if eva else (trunk._pos_embed(h), None)
+        h = trunk.norm_pre(h)
+        for blk in trunk.blocks[:-1]:
+            h = blk(h, rope=rope) if eva else blk(h)
+    blk = trunk.blocks[-1]
+    at = blk.attn
+    q, k, v = _qkv(at, blk.norm1(h))
+    q, k = at.q_norm(q), at.k_norm(k)
+    npt = trunk.num_prefix_tokens
+    if rope is not None:
+        half = getattr(at, "rotate_half", False)
+        q = torch.cat([q[:, :, :npt], apply_rot_embed_cat(q[:, :, npt:], rope, half=half)], dim=2)
+        k = torch.cat([k[:, :, :npt], apply_rot_embed_cat(k[:, :, npt:], rope, half=half)], dim=2)
+    probs = ((q @ k.transpose(-2, -1)) * at.scale).softmax(-1)
+    B, H, N, hd = q.shape
+    a = (probs @ v).transpose(1, 2).reshape(B, N, H * hd).detach().requires_grad_(True)
+    out = at.proj(at.norm(a))
+    if eva:
+        h1 = h + (out if blk.gamma_1 is None else blk.gamma_1 * out)
+        m = blk.mlp(blk.norm2(h1))
+        h2 = h1 + (m if blk.gamma_2 is None else blk.gamma_2 * m)
+    else:
+        h1 = h + blk.ls1(out)
+        h2 = h1 + blk.ls2(blk.mlp(blk.norm2(h1)))
+    with torch.no_grad():  # the hand-written block is the module's own forward
+        own = blk(h, rope=rope) if eva else blk(h)
+        torch.testing.assert_close(h2, own, rtol=1e-5, atol=1e-5)
+    e = model.visual.head(trunk.forward_head(trunk.norm(h2)))
+    score = F.cosine_similarity(e, t, dim=-1)
+    g = torch.autograd.grad(score.sum(), a)[0][:, 0]  # (B, D) at the class token
+    flat = lambda z: z.transpose(1, 2).reshape(B, N, -1).detach()
+    vf, qf, kf = flat(v), flat(q), flat(k)
+    cos = F.cosine_similarity(qf[:, :1], kf, dim=-1)[:, npt:]  # (B, patches)
+    lam = (cos - cos.amin(-1, keepdim=True)) / (cos.amax(-1, keepdim=True) - cos.amin(-1, keepdim=True))
+    m_b = (g[:, None, :] * vf).sum(-1)[:, npt:] * lam
+    gh, gw = trunk.patch_embed.grid_size
+    return m_b.relu().reshape(B, gh, gw)
+
+
+@pytest.mark.parametrize("build", [tiny_eva8, tiny_cls_vit], ids=["eva02", "cls-vit"])
+def test_grad_eclip_on_timm_trunks_equals_the_literal_reference(build):
+    model = build()
+    dual = vx.load_model(model)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        t = dual.encode_text(dual.tokenize([TEXT, TEXT]), normalize=False)
+    ref = reference_map(model, x, t)
+    got = vx.explain(dual, x, [TEXT, TEXT], method="grad_eclip", sides=["image"], batch_size=2)
+    for i in range(2):
+        assert float(ref[i].abs().max()) > 0  # a map that can fail
+        torch.testing.assert_close(got[i].patch_map, ref[i], rtol=1e-4, atol=1e-5 * float(ref[i].abs().max()))
+    assert sum(1 for mm in model.modules() if mm._forward_pre_hooks or mm._forward_hooks) == 0
+    assert all(getattr(b.attn, "fused_attn", True) == b.attn.fused_attn for b in model.visual.trunk.blocks)
+
+
+@pytest.mark.parametrize("key", ["open_clip-siglip", "open_clip-timm-vit", "open_clip-vitamin"])
+def test_grad_eclip_refuses_timm_trunks_without_a_pooled_token(key, family_model):
+    m = family_model(key)
+    with pytest.raises(MethodError, match="pools several tokens"):
+        vx.explain(m, torch.zeros(3, *m.input_size), TEXT, method="grad_eclip", sides=["image"])
