@@ -75,7 +75,7 @@ class _Capture(TorchFunctionMode):
         self.calls: list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]] = []
         self.outputs: list[Tensor] = []  # the attention output (B, T, D) before the projection
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention:
             got = explicit_sdpa(*args, **kwargs)
