@@ -1,4 +1,5 @@
-"""Grad-ECLIP on OpenCLIP's timm trunks (EVA02 with rotary positions, a class-token timm ViT): the
+"""Grad-ECLIP on OpenCLIP's timm trunks (EVA02 with rotary positions, a class-token timm ViT, a
+relative-position ViT): the
 map equals a literal re-implementation written on the timm model's own modules (q / k / v from the
 attention's own projection, norms and rotary embedding, the block's residual structure by hand).
 Trunks that pool several tokens (SigLIP's attention pooling, average pooling) have no pooled token
@@ -29,6 +30,13 @@ def tiny_cls_vit(seed: int = 0):
     return _tiny_custom(vision, dict(_VIT, patch_size=8), seed=seed)
 
 
+def tiny_relpos8(seed: int = 0):
+    """vit_relpos_medium_patch16_cls_224's wiring (relative-position biases) with 8-px patches."""
+    from vlexplain.models.open_clip_timm import tiny_relpos
+
+    return tiny_relpos(seed)
+
+
 def _qkv(at, u):
     """q, k, v (B, heads, N, hd) as timm's attention module computes them, before its norms."""
     B, N, _ = u.shape
@@ -48,12 +56,21 @@ def reference_map(model, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
     trunk = model.visual.trunk
     eva = isinstance(trunk, Eva)
+    relpos = hasattr(trunk, "shared_rel_pos")
+    kw: dict = {}
     with torch.no_grad():
         h = trunk.patch_embed(x)
-        h, rope = trunk._pos_embed(h) if eva else (trunk._pos_embed(h), None)
-        h = trunk.norm_pre(h)
+        if relpos:  # no absolute positions: the class token, then biases inside every block
+            h = torch.cat([trunk.cls_token.expand(h.shape[0], -1, -1), h], dim=1)
+            shared = trunk.shared_rel_pos.get_bias() if trunk.shared_rel_pos is not None else None
+            kw = {"shared_rel_pos": shared}
+        else:
+            h, rope = trunk._pos_embed(h) if eva else (trunk._pos_embed(h), None)
+            h = trunk.norm_pre(h)
+            kw = {"rope": rope} if eva else {}
         for blk in trunk.blocks[:-1]:
-            h = blk(h, rope=rope) if eva else blk(h)
+            h = blk(h, **kw)
+    rope = kw.get("rope")
     blk = trunk.blocks[-1]
     at = blk.attn
     q, k, v = _qkv(at, blk.norm1(h))
@@ -63,10 +80,13 @@ def reference_map(model, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         half = getattr(at, "rotate_half", False)
         q = torch.cat([q[:, :, :npt], apply_rot_embed_cat(q[:, :, npt:], rope, half=half)], dim=2)
         k = torch.cat([k[:, :, :npt], apply_rot_embed_cat(k[:, :, npt:], rope, half=half)], dim=2)
-    probs = ((q @ k.transpose(-2, -1)) * at.scale).softmax(-1)
+    logits = (q @ k.transpose(-2, -1)) * at.scale
+    if relpos:
+        logits = logits + (at.rel_pos.get_bias() if at.rel_pos is not None else kw["shared_rel_pos"])
+    probs = logits.softmax(-1)
     B, H, N, hd = q.shape
     a = (probs @ v).transpose(1, 2).reshape(B, N, H * hd).detach().requires_grad_(True)
-    out = at.proj(at.norm(a))
+    out = at.proj(at.norm(a) if hasattr(at, "norm") else a)
     if eva:
         h1 = h + (out if blk.gamma_1 is None else blk.gamma_1 * out)
         m = blk.mlp(blk.norm2(h1))
@@ -75,7 +95,7 @@ def reference_map(model, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         h1 = h + blk.ls1(out)
         h2 = h1 + blk.ls2(blk.mlp(blk.norm2(h1)))
     with torch.no_grad():  # the hand-written block is the module's own forward
-        own = blk(h, rope=rope) if eva else blk(h)
+        own = blk(h, **kw)
         torch.testing.assert_close(h2, own, rtol=1e-5, atol=1e-5)
     e = model.visual.head(trunk.forward_head(trunk.norm(h2)))
     score = F.cosine_similarity(e, t, dim=-1)
@@ -89,7 +109,7 @@ def reference_map(model, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return m_b.relu().reshape(B, gh, gw)
 
 
-@pytest.mark.parametrize("build", [tiny_eva8, tiny_cls_vit], ids=["eva02", "cls-vit"])
+@pytest.mark.parametrize("build", [tiny_eva8, tiny_cls_vit, tiny_relpos8], ids=["eva02", "cls-vit", "relpos"])
 def test_grad_eclip_on_timm_trunks_equals_the_literal_reference(build):
     model = build()
     dual = vx.load_model(model)

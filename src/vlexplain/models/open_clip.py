@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from ..errors import InputError, ModelLoadError
 from .base import DualEncoder, TextBatch, Tower
+from .open_clip_m2m import M2M100EncoderTower
 from .open_clip_text import HFTextEncoderTower, OpenCLIPTextTower, oc_block, plain_blocks, text_tower
 from .open_clip_tokenize import text_tokenizer
 
@@ -110,7 +111,7 @@ class OpenCLIPDualEncoder(DualEncoder):
         name: the spec it was loaded from.
     """
 
-    text: OpenCLIPTextTower | HFTextEncoderTower
+    text: OpenCLIPTextTower | HFTextEncoderTower | M2M100EncoderTower
 
     def __init__(self, model: Any, tokenizer: Any = None, preprocess: Any = None, name: str = "open_clip"):
         super().__init__()

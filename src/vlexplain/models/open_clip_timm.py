@@ -3,8 +3,10 @@
 Two tower kinds, both running timm's own modules (never a copied forward):
 
 * ``TimmViTTower`` for timm ``VisionTransformer`` trunks (SigLIP / SigLIP 2 configs with the
-  MAP attention-pool head, ViTamin's convolutional patch stem, register tokens, no class token)
-  and timm ``Eva`` trunks (EVA02, rotary position embeddings passed to every block). stem =
+  MAP attention-pool head, ViTamin's convolutional patch stem, register tokens, no class token),
+  timm ``Eva`` trunks (EVA02, PE-Core; rotary position embeddings passed to every block) and
+  ``VisionTransformerRelPos`` trunks (relative-position biases passed to every block, no absolute
+  position embedding). stem =
   ``patch_embed`` + ``_pos_embed`` (prefix tokens, positions) + ``norm_pre``; blocks = ``blocks``;
   head = ``norm`` + ``forward_head`` (token / average / MAP pooling) + OpenCLIP's projection head.
   Attention probabilities are read through timm's documented route: the block's ``Attention`` is
@@ -74,10 +76,12 @@ class TimmViTTower(Tower):
     def __init__(self, visual: Any):
         super().__init__()
         from timm.models.eva import Eva
+        from timm.models.vision_transformer_relpos import VisionTransformerRelPos
 
         self.v: Any = visual  # an OpenCLIP TimmModel
-        self.trunk: Any = visual.trunk  # a timm VisionTransformer or Eva
+        self.trunk: Any = visual.trunk  # a timm VisionTransformer, Eva or VisionTransformerRelPos
         self.eva = isinstance(self.trunk, Eva)
+        self.relpos = isinstance(self.trunk, VisionTransformerRelPos)
         self.num_prefix_tokens = int(getattr(self.trunk, "num_prefix_tokens", 0))
         self.has_class_token = getattr(self.trunk, "cls_token", None) is not None
         pool = getattr(self.trunk, "global_pool", "token")
@@ -103,6 +107,8 @@ class TimmViTTower(Tower):
     def stem(self, x: Tensor, inputs_embeds: Tensor | None = None) -> Tensor:
         t = self.trunk
         h = t.patch_embed(x.to(next(t.parameters()).dtype))
+        if self.relpos:  # positions enter as attention biases; no absolute embedding, no pre-norm
+            return h if t.cls_token is None else torch.cat([t.cls_token.expand(h.shape[0], -1, -1), h], dim=1)
         if self.eva:
             h, _ = t._pos_embed(h)
         else:
@@ -130,6 +136,9 @@ class TimmViTTower(Tower):
     def block(self, i: int, h: Tensor, x: Any, need_attn: bool = False, rows: Tensor | None = None):
         blk = self.trunk.blocks[i]
         kw = {"rope": self._rope(x, i)} if self.eva else {}
+        if self.relpos:
+            shared = self.trunk.shared_rel_pos
+            kw = {"shared_rel_pos": shared.get_bias() if shared is not None else None}
         records = active_records()
         if records is not None and rows is None and self.has_attention:  # q, k, v read for the CLIP-native methods
             with recording_attention(blk.attn) as cap:
@@ -253,10 +262,16 @@ class TimmStagesTower(Tower):
 def timm_tower(visual: Any) -> Tower:
     """The tower for an OpenCLIP ``TimmModel`` (ModelLoadError for unsupported trunks)."""
     from timm.models.eva import Eva
+    from timm.models.swin_transformer import SwinTransformer
     from timm.models.vision_transformer import VisionTransformer
+    from timm.models.vision_transformer_relpos import VisionTransformerRelPos
 
-    if isinstance(visual.trunk, (VisionTransformer, Eva)):
+    if isinstance(visual.trunk, (VisionTransformer, Eva, VisionTransformerRelPos)):
         return TimmViTTower(visual)
+    if isinstance(visual.trunk, SwinTransformer):
+        from .open_clip_swin import TimmSwinTower
+
+        return TimmSwinTower(visual)
     return TimmStagesTower(visual)
 
 
@@ -341,6 +356,15 @@ def tiny_vitamin(seed: int = 0) -> nn.Module:
     )
 
 
+def tiny_relpos(seed: int = 0) -> nn.Module:
+    """vit_relpos_medium_patch16_cls_224's wiring: relative-position biases, class-token pooling."""
+    return _tiny_custom(
+        dict(timm_model_name="vit_relpos_medium_patch16_cls_224", timm_pool="", timm_proj="linear", image_size=32),
+        dict(_VIT, patch_size=8),
+        seed=seed,
+    )
+
+
 def tiny_convnext(seed: int = 0) -> nn.Module:
     """convnext_base's wiring, 4 stages of one block."""
     return _tiny_custom(
@@ -391,6 +415,13 @@ def _register() -> None:
             "open_clip:EVA02-B-16, open_clip:EVA02-L-14",
             tiny_eva,
             vit_note,
+        ),
+        (
+            "open_clip-relpos",
+            "OpenCLIP relative-position ViT (timm VisionTransformerRelPos)",
+            "open_clip:vit_relpos_medium_patch16_cls_224",
+            tiny_relpos,
+            "positions enter every block as attention biases; " + vit_note,
         ),
         (
             "open_clip-vitamin",

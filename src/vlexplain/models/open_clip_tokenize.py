@@ -145,7 +145,7 @@ def text_tokenizer(tok: Any, tower: Any, context_length: int) -> TokenizerSpec |
     if isinstance(tok, ConfigTokenizer):
         tok = tok.tokenizer
     if tok is None:
-        if table != CLIP_VOCAB or type(tower).__name__ == "HFTextEncoderTower":
+        if table != CLIP_VOCAB or type(tower).__name__ in ("HFTextEncoderTower", "M2M100EncoderTower"):
             raise ModelLoadError(
                 f"this model's text vocabulary ({table} tokens) is not CLIP's BPE; pass its tokenizer: "
                 "load_model(model, tokenizer=open_clip.get_tokenizer(ARCH) or a transformers tokenizer), "

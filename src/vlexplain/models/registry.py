@@ -20,7 +20,9 @@ SPEC_FORMS = """accepted model specs:
   testbed:spurious                         the shapes-world CLIP that learned a badge shortcut (ships with vlexplain)
   testbed:shapes@DIR, DIR                  a shapes-world CLIP trained with `vlexplain testbed train-shapes --out DIR`
   hf:ORG/NAME                              a transformers dual encoder, hub id (network or the local cache):
-                                           CLIP, SigLIP, SigLIP 2, ALIGN, AltCLIP, Chinese-CLIP, BLIP retrieval
+                                           CLIP, SigLIP, SigLIP 2, MetaCLIP 2, ALIGN, AltCLIP, Chinese-CLIP,
+                                           BLIP retrieval, AIMv2, TIPSv2, GroupViT, OWL-ViT / OWLv2 / CLIPSeg
+                                           (their CLIP backbone), VisionTextDualEncoderModel
   open_clip:ARCH/PRETRAINED                an OpenCLIP model, e.g. open_clip:ViT-B-32/laion2b_s34b_b79k
   open_clip:ARCH/PATH.pt                   an OpenCLIP architecture with a local checkpoint file
   open_clip:ARCH                           an OpenCLIP architecture with random weights (for timing)
