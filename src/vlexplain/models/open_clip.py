@@ -287,10 +287,13 @@ def _register() -> None:
             key="open_clip-vit",
             name="OpenCLIP ViT",
             library="open_clip",
-            examples="open_clip:ViT-B-32/laion2b_s34b_b79k, open_clip:ViT-L-14, open_clip:ViT-H-14",
+            examples="open_clip:ViT-B-32/laion2b_s34b_b79k, open_clip:ViT-L-14, open_clip:ViT-H-14, "
+            "open_clip:ViT-L-14-CLIPA/datacomp1b",
             tiny=tiny_vit,
             image_tower="vit",
-            notes="M2IB and Grad-CAM at block round(10 n / 12) - 1 of n; text pooled at the end-of-text token",
+            notes="M2IB and Grad-CAM at block round(10 n / 12) - 1 of n; text pooled at the end-of-text token "
+            "(CLIPA: at the last position, with the bert-base-uncased tokenizer its config names, from the hub "
+            "cache or @DIR)",
         )
     )
     register_family(
