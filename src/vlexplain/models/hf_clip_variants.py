@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .families import Family, register_family
-from .hf_clip import HFDualEncoder
+from .hf_clip import HFDualEncoder, _clip
 from .hf_common import HFEntry, register_hf, tiny_transformer
 from .tiny_tokenizers import xlm_tokenizer
 
@@ -37,10 +37,6 @@ def _metaclip2(model: nn.Module, tokenizer: Any = None, processor: Any = None, n
     return MetaClip2DualEncoder(model, tokenizer, processor, name)
 
 
-def _clip_like(model: nn.Module, tokenizer: Any = None, processor: Any = None, name: str = "hf") -> HFDualEncoder:
-    return HFDualEncoder(model, tokenizer, processor, name)
-
-
 def _inner(attr: str):
     """The adapter of a detector or segmenter: its CLIP model ``model.<attr>``."""
 
@@ -51,9 +47,9 @@ def _inner(attr: str):
 
 
 register_hf(HFEntry(("metaclip_2",), "MetaClip2Model", _metaclip2, "hf-metaclip2"))
-register_hf(HFEntry(("owlvit",), "OwlViTModel", _clip_like, "hf-owlvit"))
-register_hf(HFEntry(("owlv2",), "Owlv2Model", _clip_like, "hf-owlv2"))
-register_hf(HFEntry(("clipseg",), "CLIPSegModel", _clip_like, "hf-clipseg"))
+register_hf(HFEntry(("owlvit",), "OwlViTModel", _clip, "hf-owlvit"))
+register_hf(HFEntry(("owlv2",), "Owlv2Model", _clip, "hf-owlv2"))
+register_hf(HFEntry(("clipseg",), "CLIPSegModel", _clip, "hf-clipseg"))
 register_hf(HFEntry((), "OwlViTForObjectDetection", _inner("owlvit"), "hf-owlvit"))
 register_hf(HFEntry((), "Owlv2ForObjectDetection", _inner("owlv2"), "hf-owlv2"))
 register_hf(HFEntry((), "CLIPSegForImageSegmentation", _inner("clip"), "hf-clipseg"))
