@@ -220,3 +220,16 @@ def test_vision_text_dual_encoder_deit_and_clip_text():
     _check_own(m, raw, torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3)))
     e = vx.explain(m, torch.randn(3, 32, 32), TEXTS[1], method="chefer")
     assert e.patch_map.shape == (4, 4) and torch.isfinite(e.token_scores).all()
+
+
+def test_the_load_time_probe_leaves_batch_norm_statistics_alone():
+    """GroupViT's projections hold BatchNorm layers: a model handed over in training mode is put in
+    eval mode before the embedding-size probe runs, so its running statistics stay as they were."""
+    from vlexplain.models.hf_groupvit import tiny_groupvit
+
+    raw = tiny_groupvit().train()
+    before = {k: v.clone() for k, v in raw.state_dict().items() if "running" in k or "num_batches" in k}
+    assert before
+    vx.load_model(raw)
+    after = raw.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())

@@ -266,8 +266,9 @@ def load_model(
         model = model.to(device)
     from .embedding_check import check_embedding_sizes
 
+    model = model.eval()  # (before the probe: a BatchNorm in training mode would update its statistics)
     check_embedding_sizes(model)  # a projection that does not fit its tower: one line now, not in every method
-    return model.eval()
+    return model
 
 
 def _load_spec(s: str, tokenizer: Any, preprocess: Any) -> DualEncoder:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -124,12 +125,18 @@ def from_hf_tokenizer(tok: Any, context_length: int, pool: PoolMode, pad_to_cont
     )
 
 
-def clip_bpe_tokenizer(context_length: int = 77, pool: PoolMode = "eos", pad_to_context: bool = False) -> TokenizerSpec:
-    """The CLIP BPE vocabulary that ships inside open_clip (no download)."""
+@functools.lru_cache(maxsize=1)
+def _simple_tokenizer() -> Any:
+    """open_clip's ``SimpleTokenizer``, built once per process (reading its 49,408 merges takes a
+    second or two; the tokenizer is the same for every model that uses it)."""
     from ..errors import require
 
-    tokmod = require("open_clip.tokenizer", "openclip")
-    t = tokmod.SimpleTokenizer()
+    return require("open_clip.tokenizer", "openclip").SimpleTokenizer()
+
+
+def clip_bpe_tokenizer(context_length: int = 77, pool: PoolMode = "eos", pad_to_context: bool = False) -> TokenizerSpec:
+    """The CLIP BPE vocabulary that ships inside open_clip (no download)."""
+    t = _simple_tokenizer()
     return TokenizerSpec(
         encode=t.encode,
         decode_token=lambda i: _clean_token(t.decoder[int(i)]),
