@@ -6,7 +6,9 @@ A page that contains one of these markers gets the generated table in its place:
   paper, CPU cost per pair from ``benchmarks/methods_speed.json`` when it lists the method);
 * ``<!-- generated: metrics -->``: every registered metric (side, primary output, direction,
   ground truth it needs, summary);
-* ``<!-- generated: families -->``: the supported model families (the README's table).
+* ``<!-- generated: families -->``: the supported model families (the README's table);
+* ``<!-- generated: benchmarks -->``: every registered benchmark kind (``vlexplain benchmark KIND``).
+* ``<!-- generated: interaction-methods -->``: every registered interaction method.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def _speeds() -> dict[str, dict]:
 
 def methods_table() -> str:
     import vlexplain as vx
-    from vlexplain.models.family_table import method_group
+    from vlexplain.commands.family_table import method_group
 
     speeds = _speeds()
     head = "| method | group | sides | what it does | paper | CPU s / pair (batch 8) |"
@@ -60,15 +62,44 @@ def metrics_table() -> str:
 
 
 def families_table() -> str:
-    from vlexplain.models.family_table import markdown_table
+    from vlexplain.commands.family_table import markdown_table
 
     return markdown_table()
+
+
+def benchmarks_table() -> str:
+    from vlexplain.eval.benchmarks.registry import get_benchmark, list_benchmarks
+
+    lines = ["| kind | pairs and ground truth | defaults | metrics (leaderboard sorted by the **bold** one) |"]
+    lines.append("|---|---|---|---|")
+    for name in list_benchmarks():
+        b = get_benchmark(name)
+        n = "all pairs" if b.default_n is None else f"{b.default_n} {b.n_help or 'pairs'}"
+        opts = ", ".join(f"`--{o.name.replace('_', '-')}`" for o in b.options)
+        mets = ", ".join(f"**{m}**" if m == b.primary else m for m in b.default_metrics)
+        what = _cell(b.summary) + (f"; own options: {opts}" if opts else "")
+        lines.append(f"| `{name}` | {what} | `{b.default_model}`, {n} | {mets} |")
+    return "\n".join(lines)
+
+
+def interaction_methods_table() -> str:
+    import vlexplain as vx
+
+    lines = ["| method | kind | needs | what it does | paper |", "|---|---|---|---|---|"]
+    for name in vx.list_interaction_methods():
+        cls = vx.get_interaction_method(name)
+        kind = "reference" if cls.reference else "interaction"
+        needs = "gradients" if cls.needs_gradients else "forward passes" if cls.uses_model else "-"
+        lines.append(f"| `{name}` | {kind} | {needs} | {_cell(cls.summary)} | {_cell(cls.paper or '-')} |")
+    return "\n".join(lines)
 
 
 GENERATORS = {
     "<!-- generated: methods -->": methods_table,
     "<!-- generated: metrics -->": metrics_table,
     "<!-- generated: families -->": families_table,
+    "<!-- generated: benchmarks -->": benchmarks_table,
+    "<!-- generated: interaction-methods -->": interaction_methods_table,
 }
 
 

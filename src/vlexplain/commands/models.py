@@ -43,8 +43,8 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        from ..models.family_table import GROUPS, family_rows, method_groups
         from ..models.registry import SPEC_FORMS, registered_loaders
+        from .family_table import GROUPS, family_rows, method_groups
 
         con = Console()
         lines = ["supported model families (image side / text side: the method groups that apply)", ""]
@@ -81,15 +81,15 @@ def register(app: typer.Typer) -> None:
             None, "--model", "-m", help="Show which methods apply to this model and their default layers."
         ),
     ) -> None:
-        """Registered attribution methods (with --model: which sides apply, why not, default layers)."""
+        """Registered attribution and interaction methods (with --model: which apply, why not, default layers)."""
         from rich.console import Console
         from rich.table import Table
 
         import vlexplain as vx
 
         from ..attribution.base import brief_reason
-        from ..models.family_table import method_group
         from .explain import load_model_cli
+        from .family_table import method_group
 
         m = load_model_cli(model, None) if model else None
         t = Table(title="attribution methods" + (f" for {model}" if model else ""))
@@ -107,6 +107,9 @@ def register(app: typer.Typer) -> None:
             t.add_row(name, method_group(cls), sides[0], sides[1], cls.summary)
         con = Console()
         con.print(t)
+        from ._interactions import print_interaction_methods
+
+        print_interaction_methods(con, m)
         if m is not None:
             con.print(
                 f"image tower: {m.image.kind}, {m.image.num_blocks} blocks; text tower: {m.text.num_blocks} blocks",

@@ -36,9 +36,7 @@ from torch import Tensor
 from ..errors import InputError, VlexplainError
 from ..interrupt import track
 from . import io as rio
-from .run_config import (  # noqa: F401  (CONFIG_VERSION, IDENTITY_KEYS, resolve_metric: importable from here)
-    CONFIG_VERSION,
-    IDENTITY_KEYS,
+from .run_config import (
     EvalConfig,
     MetricInfo,
     _check_methods,

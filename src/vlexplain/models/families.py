@@ -38,8 +38,6 @@ FAMILY_MODULES: tuple[str, ...] = (
     "vlexplain.models.open_clip",
     "vlexplain.models.open_clip_resnet",
     "vlexplain.models.open_clip_timm",
-    "vlexplain.models.open_clip_swin",
-    "vlexplain.models.open_clip_m2m",
 )
 
 

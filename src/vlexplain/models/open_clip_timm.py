@@ -21,6 +21,12 @@ Two tower kinds, both running timm's own modules (never a copied forward):
   attention_rollout, legrad) read the attention blocks of the last attention stage, whose tokens
   are that stage's feature-map positions; ConvNeXt has no attention.
 
+* ``TimmSwinTower`` for timm ``SwinTransformer`` trunks: Swin attends within shifted local
+  windows, so no block has an attention map over one set of tokens; it is a stage tower like
+  ConvNeXt's (blocks = ``layers``, head = ``norm`` + ``forward_head`` + OpenCLIP's head). timm's
+  Swin runs channels-last; the tower's hidden states are channels-first feature maps, each stage
+  running on their channels-last view.
+
 Default layers: the shared relative depth (block 9 of 12) for M2IB; Grad-CAM uses the same block
 on ViTs and the last stage on stage towers.
 """
@@ -259,6 +265,43 @@ class TimmStagesTower(Tower):
         return self.v.head(self.trunk.forward_head(self.post(h)))
 
 
+class TimmSwinTower(Tower):
+    """A timm ``SwinTransformer`` trunk inside an OpenCLIP ``TimmModel``, split at its stages."""
+
+    modality = "image"
+    kind = "cnn"
+    has_attention = False  # window attention: no map over one common set of tokens
+
+    def __init__(self, visual: Any):
+        super().__init__()
+        self.v: Any = visual  # an OpenCLIP TimmModel
+        self.trunk: Any = visual.trunk  # a timm SwinTransformer
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.trunk.layers)
+
+    def block_modules(self) -> list[nn.Module]:
+        return list(self.trunk.layers)
+
+    def default_layer(self) -> int:
+        """The stage at the shared relative depth (stage 3 of 4)."""
+        n = self.num_blocks
+        return max(0, min(n - 1, round(10 * n / 12) - 1))
+
+    def stem(self, x: Tensor, inputs_embeds: Tensor | None = None) -> Tensor:
+        h = self.trunk.patch_embed(x.to(next(self.trunk.parameters()).dtype))  # (B, H, W, C)
+        return h.permute(0, 3, 1, 2)
+
+    def block(self, i: int, h: Tensor, x: Any, need_attn: bool = False, rows: Tensor | None = None):
+        out = self.trunk.layers[i](h.permute(0, 2, 3, 1))
+        return out.permute(0, 3, 1, 2), None
+
+    def head(self, h: Tensor, x: Any) -> Tensor:
+        t = self.trunk
+        return self.v.head(t.forward_head(t.norm(h.permute(0, 2, 3, 1))))
+
+
 def timm_tower(visual: Any) -> Tower:
     """The tower for an OpenCLIP ``TimmModel`` (ModelLoadError for unsupported trunks)."""
     from timm.models.eva import Eva
@@ -269,8 +312,6 @@ def timm_tower(visual: Any) -> Tower:
     if isinstance(visual.trunk, (VisionTransformer, Eva, VisionTransformerRelPos)):
         return TimmViTTower(visual)
     if isinstance(visual.trunk, SwinTransformer):
-        from .open_clip_swin import TimmSwinTower
-
         return TimmSwinTower(visual)
     return TimmStagesTower(visual)
 
@@ -386,6 +427,15 @@ def tiny_mobileclip(seed: int = 0) -> nn.Module:
     )
 
 
+def tiny_swin(seed: int = 0) -> nn.Module:
+    """swin_base_patch4_window7_224's wiring: 4-px patches, two stages of one block, windows of 4, 32 px."""
+    return _tiny_custom(
+        dict(timm_model_name="swin_base_patch4_window7_224", timm_pool="", timm_proj="linear", image_size=32),
+        dict(embed_dim=16, depths=(1, 1), num_heads=(2, 4), window_size=4, img_size=32),
+        seed=seed,
+    )
+
+
 def _register() -> None:
     from .families import Family, register_family
 
@@ -465,6 +515,19 @@ def _register() -> None:
                 "blocks of the last attention stage (no class token: the mean over query rows, on that stage's "
                 "grid); grad_eclip, mask_clip and clip_surgery need CLIP's block layout and are refused"
             ),
+        )
+    )
+    register_family(
+        Family(
+            key="open_clip-swin",
+            name="OpenCLIP Swin (timm SwinTransformer)",
+            library="open_clip",
+            examples="open_clip:swin_base_patch4_window7_224",
+            tiny=tiny_swin,
+            image_tower="cnn",
+            notes="window attention, no map over one set of tokens: blocks = the stages, their feature maps "
+            "the hidden states; M2IB after stage 3 of 4, Grad-CAM after the last stage; attention methods do "
+            "not apply to the image side",
         )
     )
 
