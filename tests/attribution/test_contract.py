@@ -132,9 +132,40 @@ def _maps(e) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("name", vx.list_methods())
 def test_method_contract(name: str, kind: str, request) -> None:
     model = request.getfixturevalue("family_model")(kind) if kind in FAMILY_KINDS else request.getfixturevalue(kind)
+    check_contract(name, kind, model, cheap_options(name, kind))
+
+
+#: the bridged methods (captum:<Algorithm>) run the same contract on a CLIP ViT and on the offline model
+BRIDGED = [n for n in vx.list_methods(bridged=True) if ":" in n]
+#: cheap options of the bridged methods (keys a method does not take are dropped)
+BRIDGE_CHEAP: dict[str, Any] = dict(n_steps=4, n_samples=4, perturbations_per_eval=64)
+BRIDGE_CHEAP_OFFLINE: dict[str, Any] = dict(grid=3, n_samples=2, n_steps=2)
+
+
+def bridge_options(name: str, kind: str) -> dict[str, Any]:
+    opts = {**BRIDGE_CHEAP, **(BRIDGE_CHEAP_OFFLINE if kind == "offline" else {})}
+    if name.endswith(":ShapleyValues"):
+        opts.pop("grid", None)
+    params = inspect.signature(vx.get_method(name).__init__).parameters
+    return {k: v for k, v in opts.items() if k in params}
+
+
+@pytest.mark.parametrize("kind", ["hf_clip", "offline"])
+@pytest.mark.parametrize("name", BRIDGED)
+def test_bridged_method_contract(name: str, kind: str, request) -> None:
+    check_contract(name, kind, request.getfixturevalue(kind), bridge_options(name, kind))
+
+
+@pytest.mark.parametrize("kind", ["hf_clip", "offline"])
+def test_at_least_twelve_captum_algorithms_apply(kind: str, request) -> None:
+    model = request.getfixturevalue(kind)
+    both = [n for n in BRIDGED if n.startswith("captum:") and vx.get_method(n).why_not(model, "image") is None]
+    assert len(both) >= 12, both
+
+
+def check_contract(name: str, kind: str, model, opts: dict[str, Any]) -> None:
     cls = vx.get_method(name)
     sides = [s for s in ("image", "text") if cls.why_not(model, s) is None]
-    opts = cheap_options(name, kind)
     images = _images(model, kind)
 
     for s in ("image", "text"):  # sides that do not apply are refused with a clear error
@@ -177,8 +208,10 @@ def test_method_contract(name: str, kind: str, request) -> None:
     for j in range(2):
         for k, v in _maps(batched[j]).items():
             # perturbation maps are differences of scores: batch and single forwards may round
-            # each score differently by a few float32 ulps (1e-6 of the score covers ~10)
-            floor = 1e-6 * abs(single[j].score) if not cls.needs_gradients else 0.0
+            # each score differently by a few float32 ulps (1e-6 of the score covers ~10); so are
+            # bridged attributions in the score's units (a block's gradient x activation on a
+            # LayerNorm'd state cancels to such noise)
+            floor = 1e-6 * abs(single[j].score) if not cls.needs_gradients or ":" in name else 0.0
             _close(v, _maps(single[j])[k], f"pair {j} {k}: batch of 2 vs one at a time", floor)
 
     assert torch.equal(images, pixels_before), "the input pixels were modified"
@@ -190,7 +223,7 @@ def test_method_contract(name: str, kind: str, request) -> None:
     assert model.training == was_training
 
 
-@pytest.mark.parametrize("name", vx.list_methods())
+@pytest.mark.parametrize("name", vx.list_methods(bridged=True))
 def test_registry_entry(name: str) -> None:
     cls = vx.get_method(name)
     assert cls.name == name and cls.summary, "every method needs a name and a one-line summary"

@@ -25,7 +25,9 @@ GROUPS: tuple[str, ...] = ("M2IB", "gradient", "attention", "gradient-free")
 
 
 def method_group(cls) -> str:
-    """The group of a registered method class."""
+    """The group of a registered method class (``captum`` for the bridge's ``captum:<Algorithm>``)."""
+    if cls.name.startswith("captum:"):
+        return "captum"
     if cls.name.startswith("m2ib"):
         return "M2IB"
     if cls.needs_attention:

@@ -95,7 +95,7 @@ def register(app: typer.Typer) -> None:
         t = Table(title="attribution methods" + (f" for {model}" if model else ""))
         for c in ("method", "group", "image", "text", "description"):
             t.add_column(c, overflow="fold")
-        for name in vx.list_methods():
+        for name in vx.list_methods(bridged=True):
             cls = vx.get_method(name)
             if m is None:
                 sides = [s if s in cls.sides else "-" for s in ("image", "text")]
@@ -107,6 +107,12 @@ def register(app: typer.Typer) -> None:
             t.add_row(name, method_group(cls), sides[0], sides[1], cls.summary)
         con = Console()
         con.print(t)
+        if not any(n.startswith("captum:") for n in vx.list_methods(bridged=True)):
+            con.print(
+                "captum:<Algorithm> (Captum's attribution algorithms): install them with pip install 'vlexplain[captum]'",
+                markup=False,
+                highlight=False,
+            )
         from ._interactions import print_interaction_methods
 
         print_interaction_methods(con, m)
