@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import vlexplain as vx
-from vlexplain.models.tiny_tokenizers import xlm_tokenizer
+from vlexplain.models.tiny_tokenizers import nllb_tokenizer
 
 TEXTS = ["a photo of a small cat", "two dogs"]
 _TEXT = dict(context_length=16, vocab_size=49408, width=32, heads=4, layers=1)
@@ -75,7 +75,7 @@ def test_nllb_clip_loads_from_a_local_directory(tmp_path, monkeypatch):
     from transformers import M2M100Config, M2M100Model
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    tok = xlm_tokenizer()
+    tok = nllb_tokenizer()
     nllb = tmp_path / "nllb-config"
     torch.manual_seed(0)
     M2M100Model(
@@ -114,6 +114,7 @@ def test_nllb_clip_loads_from_a_local_directory(tmp_path, monkeypatch):
 
     ids = open_clip.get_tokenizer(f"local-dir:{d}")(TEXTS)  # the model's own pipeline: padded to 64
     batch = dual.tokenize(TEXTS)
+    assert (batch.ids[:, 0] == tok.convert_tokens_to_ids("eng_Latn")).all()  # pooled at the language code
     with torch.no_grad():
         own = model.encode_text(ids, normalize=False)
         assert _rel(dual.encode_text(batch, normalize=False), own) < 1e-5
@@ -121,3 +122,30 @@ def test_nllb_clip_loads_from_a_local_directory(tmp_path, monkeypatch):
     assert batch.shown_tokens(0) == TEXTS[0].split()
     e = vx.explain(dual, torch.randn(3, 32, 32), TEXTS[0], method="chefer", sides=["text"])
     assert e.tokens == TEXTS[0].split() and torch.isfinite(e.token_scores).all()
+
+
+def test_nllb_clip_with_a_transformers_tokenizer_lays_texts_out_as_its_pipeline(tmp_path, monkeypatch):
+    """NLLB's tokenizer starts a text with its source-language code, not ``<s>``: passed as a
+    transformers tokenizer it lays texts out as open_clip's HFTokenizer (the model's own pipeline) does,
+    so the first token the tower pools is the language code and the embeddings are the model's own."""
+    from open_clip.tokenizer import HFTokenizer
+
+    from vlexplain.models.open_clip import tiny_nllb_clip
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tok = nllb_tokenizer()
+    tok.save_pretrained(tmp_path)
+    model = tiny_nllb_clip().model
+    dual = vx.load_model(model, tokenizer=tok)
+    own_ids = HFTokenizer(str(tmp_path), context_length=64)(TEXTS)
+    batch = dual.tokenize(TEXTS)
+    assert torch.equal(batch.ids, own_ids[:, : batch.ids.shape[1]]) and (own_ids[:, batch.ids.shape[1] :] == 1).all()
+    assert batch.pool_index.tolist() == [0, 0] and int(batch.ids[0, 0]) == tok.convert_tokens_to_ids("eng_Latn")
+    with torch.no_grad():
+        own = model.encode_text(own_ids, normalize=False)
+        assert _rel(dual.encode_text(batch, normalize=False), own) < 1e-5
+        # pooled at <s> instead, as a start token read from bos_token_id would have it: another embedding
+        wrong = batch.ids.clone()
+        wrong[:, 0] = tok.bos_token_id
+        assert _rel(model.encode_text(wrong, normalize=False), own) > 1e-2
+    assert batch.shown_tokens(0) == TEXTS[0].split()

@@ -19,14 +19,14 @@ WORDS = "a photo of the cat two small dogs sleeping on red mat dog in grass".spl
 TEXTS = ["a photo of the cat", "two small dogs sleeping on a red mat", "a dog"]
 
 
-def xlm_tokenizer():
+def xlm_tokenizer(end: str = "</s>"):
     """An XLM-R-layout tokenizer (``<s>=0 <pad>=1 </s>=2 <unk>=3 <mask>=4``, one piece per word),
-    built offline."""
+    built offline; its template ends a text with ``end``."""
     from transformers import XLMRobertaTokenizer
 
     vocab = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("<mask>", 0.0)]
     vocab += [(f"▁{w}", -1.0) for w in WORDS]
-    return XLMRobertaTokenizer(vocab=vocab)
+    return XLMRobertaTokenizer(vocab=vocab, eos_token=end, sep_token=end)
 
 
 def legacy_clip(seed: int = 0, eos: int = 2):
@@ -96,12 +96,18 @@ def test_current_eos_clip_pools_at_the_first_eos():
     with pytest.raises(ModelLoadError, match="eos_token_id"):
         vx.load_model(raw, tokenizer=tok)
     raw2 = legacy_clip(eos=2)
-    tok2 = xlm_tokenizer()
-    tok2.eos_token = "<mask>"  # the tokenizer now ends texts with id 4 as well
+    tok2 = xlm_tokenizer(end="<mask>")  # the tokenizer now ends texts with id 4 as well
     raw2.text_model.config.eos_token_id = raw2.text_model.eos_token_id = 4
     m = vx.load_model(raw2, tokenizer=tok2)
     tb = m.tokenize(TEXTS)
+    assert torch.equal(tb.ids, tok2(TEXTS, padding=True, return_tensors="pt")["input_ids"])  # its own layout
     assert tb.ids[0, tb.pool_index[0]] == 4
+    # a tokenizer told afterwards that <mask> is its end token still ends texts with </s>: refused
+    tok3 = xlm_tokenizer()
+    tok3.eos_token = "<mask>"
+    assert tok3("a cat")["input_ids"][-1] == 2
+    with pytest.raises(ModelLoadError, match="end-of-text id \\(2\\)"):
+        vx.load_model(raw2, tokenizer=tok3)
     with torch.no_grad():
         own = features(raw2.get_text_features(input_ids=tb.ids, attention_mask=tb.attention_mask))
         assert _rel(m.encode_text(tb, normalize=False), own) < 1e-5
@@ -141,11 +147,10 @@ RULES = [
 
 @pytest.mark.parametrize(("kind", "eos", "rule"), RULES, ids=[f"{k}-eos{e}" for k, e, _ in RULES])
 def test_every_causal_text_tower_pools_as_its_own_forward(kind, eos, rule):
-    raw, tok = _xlm_layout_model(kind, eos), xlm_tokenizer()
-    if eos != 2:
-        tok.eos_token = "<mask>"  # id 4 ends the texts
+    raw, tok = _xlm_layout_model(kind, eos), xlm_tokenizer(end="</s>" if eos == 2 else "<mask>")  # eos ends texts
     m = vx.load_model(raw, tokenizer=tok)
     tb = m.tokenize(TEXTS)
+    assert torch.equal(tb.ids, tok(TEXTS, padding=True, return_tensors="pt")["input_ids"])
     expected = tb.ids.argmax(-1) if rule == "argmax" else (tb.ids == eos).int().argmax(-1)
     assert torch.equal(tb.pool_index, expected)
     with torch.no_grad():

@@ -281,14 +281,15 @@ def tiny_biomedclip(seed: int = 0) -> DualEncoder:
 
 def tiny_nllb_clip(seed: int = 0) -> Any:
     """nllb-clip-base's wiring: an OpenCLIP ViT and the M2M-100 encoder of a tiny NLLB (2 layers, the
-    tiny XLM-layout vocabulary: ``<s>=0 <pad>=1 </s>=2``), pooled at the first token, linear projection."""
+    tiny NLLB-layout vocabulary: ``<s>=0 <pad>=1 </s>=2``, texts start with their language code),
+    pooled at the first token, linear projection."""
     from open_clip.hf_model import HFTextEncoder
     from open_clip.model import CustomTextCLIP
     from transformers import M2M100Config
 
-    from .tiny_tokenizers import xlm_tokenizer
+    from .tiny_tokenizers import nllb_tokenizer
 
-    tok = xlm_tokenizer()
+    tok = nllb_tokenizer()
     torch.manual_seed(seed)
     cfg = M2M100Config(
         vocab_size=len(tok), d_model=32, encoder_layers=2, decoder_layers=1, encoder_attention_heads=4,

@@ -103,15 +103,32 @@ def _clean_token(s: str) -> str:
     return s.replace("</w>", "").replace("Ġ", "").replace("▁", "")
 
 
+def special_tokens_around(tok: Any) -> tuple[int | None, int | None]:
+    """The start and end ids a transformers tokenizer's own template puts around a text (None: none).
+
+    Read from the tokenizer itself (``tok(text)`` against ``tok(text, add_special_tokens=False)``), as
+    a processor and OpenCLIP's ``HFTokenizer`` call it: NLLB's starts a text with its source-language
+    code, not ``<s>``; SigLIP's T5 tokenizer only appends ``</s>``; Gemma's only prepends ``<bos>``.
+
+    Raises:
+        ModelLoadError: the template is not one token before and one after the text at most.
+    """
+    from ..errors import ModelLoadError
+
+    body = tok("a photo", add_special_tokens=False)["input_ids"]
+    full = tok("a photo")["input_ids"]
+    k = next((i for i in range(len(full) - len(body) + 1) if full[i : i + len(body)] == body), None)
+    prefix, suffix = (full[:k], full[k + len(body) :]) if k is not None else ([], [])
+    if k is None or not body or len(prefix) > 1 or len(suffix) > 1:
+        raise ModelLoadError(f"cannot read where {type(tok).__name__} puts its special tokens ({full} around {body})")
+    return (int(prefix[0]) if prefix else None), (int(suffix[0]) if suffix else None)
+
+
 def from_hf_tokenizer(tok: Any, context_length: int, pool: PoolMode, pad_to_context: bool = False) -> TokenizerSpec:
-    """Wrap a transformers tokenizer."""
-    sos = tok.bos_token_id if tok.bos_token_id is not None else getattr(tok, "cls_token_id", None)
-    eos = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
-    if pool == "last":  # SigLIP: no start token, EOS appended, pooled at the last position
-        sos = None
-    if pool == "first" and getattr(tok, "cls_token_id", None) is not None:
-        sos = tok.cls_token_id  # pooled at [CLS] (BLIP's tokenizer names [DEC] its bos token)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+    """Wrap a transformers tokenizer: texts laid out as its own template lays them out
+    (``special_tokens_around``), so the pooled position holds the token the model's pipeline puts there."""
+    sos, eos = special_tokens_around(tok)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (eos if eos is not None else 0)
     return TokenizerSpec(
         encode=lambda t: tok(t, add_special_tokens=False)["input_ids"],
         decode_token=lambda i: _clean_token(tok.convert_ids_to_tokens(int(i))),

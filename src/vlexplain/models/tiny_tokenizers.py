@@ -28,6 +28,24 @@ def xlm_tokenizer(words: tuple[str, ...] = WORDS) -> Any:
     return XLMRobertaTokenizer(vocab=vocab)
 
 
+def nllb_tokenizer(words: tuple[str, ...] = WORDS) -> Any:
+    """An NLLB-200-layout tokenizer (``<s>=0 <pad>=1 </s>=2 <unk>=3``, the words, then the language
+    codes ``eng_Latn`` and ``fra_Latn`` and ``<mask>``): a text is ``eng_Latn ... </s>``, the
+    source-language code first, as NLLB-CLIP's tokenizer lays it out."""
+    from transformers import NllbTokenizer
+
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    merges: Any = bpe_merges(words, vocab)  # pairs, as the tokenizers library takes them
+    for extra in ("eng_Latn", "fra_Latn", "<mask>"):
+        vocab[extra] = len(vocab)
+    return NllbTokenizer(
+        vocab=vocab,
+        merges=merges,
+        src_lang="eng_Latn",
+        extra_special_tokens=["eng_Latn", "fra_Latn"],
+    )
+
+
 def bert_tokenizer(words: tuple[str, ...] = WORDS) -> Any:
     """An uncased WordPiece tokenizer in bert-base-uncased's layout (``[PAD]=0``, ``[UNK]=100``,
     ``[CLS]=101``, ``[SEP]=102``, ``[MASK]=103``, unused rows between), then the words."""
