@@ -14,9 +14,9 @@ from .families import Refusal, register_refusal
 from .hf_common import HFEntry, register_hf
 
 BLIP2 = (
-    "its image-text contrastive score is the maximum over 32 query embeddings of their cosine with the text "
-    "embedding, so an image has no one embedding; vlexplain's methods and targets compare one image embedding "
-    "with one text embedding"
+    "its image-text contrastive score is the maximum over its query embeddings (32 in the released models) of "
+    "their cosine with the text embedding, so an image has no one embedding; vlexplain's methods and targets "
+    "compare one image embedding with one text embedding"
 )
 
 
