@@ -1,9 +1,9 @@
 """Grad-ECLIP on OpenCLIP's timm trunks (EVA02 with rotary positions, a class-token timm ViT, a
-relative-position ViT): the
-map equals a literal re-implementation written on the timm model's own modules (q / k / v from the
-attention's own projection, norms and rotary embedding, the block's residual structure by hand).
-Trunks that pool several tokens (SigLIP's attention pooling, average pooling) have no pooled token
-and are refused with that reason."""
+relative-position ViT, SigLIP's MAP head): the map equals a literal re-implementation written on
+the timm model's own modules (q / k / v from the attention's own projection, norms and rotary
+embedding, the block's residual structure by hand; for the MAP head its learned query, key / value
+projection and MLP). Trunks that pool several tokens otherwise (average pooling) have no pooled
+token and are refused with that reason."""
 
 from __future__ import annotations
 
@@ -109,14 +109,60 @@ def reference_map(model, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return m_b.relu().reshape(B, gh, gw)
 
 
-@pytest.mark.parametrize("build", [tiny_eva8, tiny_cls_vit, tiny_relpos8], ids=["eva02", "cls-vit", "relpos"])
+def tiny_siglip8(seed: int = 0):
+    """ViT-B-16-SigLIP's wiring (MAP head, no class token) with 8-px patches."""
+    vision = dict(timm_model_name="vit_base_patch16_siglip_224", timm_pool="map", timm_proj="none", image_size=32)
+    text = dict(context_length=16, no_causal_mask=True, proj_bias=True, pool_type="last")
+    return _tiny_custom(vision, dict(_VIT, patch_size=8), embed_dim=32, text_cfg=text, seed=seed)
+
+
+def tiny_pe_core8(seed: int = 0):
+    """PE-Core-B-16's wiring (timm Eva: class token, rotary positions, a MAP head) with 8-px patches."""
+    vision = dict(timm_model_name="vit_pe_core_base_patch16_224", timm_pool="map", timm_proj=None, image_size=32)
+    return _tiny_custom(vision, dict(_VIT, patch_size=8, attn_pool_num_heads=2), seed=seed)
+
+
+def reference_map_pool_head(model, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Grad-ECLIP at the MAP head, written out on timm's AttentionPoolLatent: (B, gh, gw)."""
+    trunk = model.visual.trunk
+    pool = trunk.attn_pool
+    with torch.no_grad():
+        z = trunk.forward_features(x)  # (B, N, C) after the last block and the final norm
+    B, N, C = z.shape
+    H, hd = pool.num_heads, pool.head_dim
+    q = pool.q(pool.latent.expand(B, -1, -1)).reshape(B, 1, H, hd).transpose(1, 2)
+    k, v = pool.kv(z).reshape(B, N, 2, H, hd).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k = pool.q_norm(q), pool.k_norm(k)
+    probs = ((q @ k.transpose(-2, -1)) * pool.scale).softmax(-1)  # (B, H, 1, N)
+    a = (probs @ v).transpose(1, 2).reshape(B, 1, C).detach().requires_grad_(True)
+    y = pool.proj(a)
+    pooled = (y + pool.mlp(pool.norm(y)))[:, 0]
+    e = model.visual.head(trunk.head(trunk.fc_norm(pooled)))
+    with torch.no_grad():  # the hand-written head is the model's own
+        torch.testing.assert_close(e, model.encode_image(x, normalize=False), rtol=1e-5, atol=1e-6)
+    g = torch.autograd.grad(F.cosine_similarity(e, t, dim=-1).sum(), a)[0][:, 0]  # (B, C) at the query
+    flat = lambda u: u.transpose(1, 2).reshape(B, u.shape[2], C).detach()
+    npt = trunk.num_prefix_tokens  # PE-Core's class token is keyed too, but not a patch
+    cos = F.cosine_similarity(flat(q), flat(k), dim=-1)[:, npt:]  # (B, patches)
+    lam = (cos - cos.amin(-1, keepdim=True)) / (cos.amax(-1, keepdim=True) - cos.amin(-1, keepdim=True))
+    m = (g[:, None, :] * flat(v)).sum(-1)[:, npt:] * lam
+    gh, gw = trunk.patch_embed.grid_size
+    return m.relu().reshape(B, gh, gw)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [tiny_eva8, tiny_cls_vit, tiny_relpos8, tiny_siglip8, tiny_pe_core8],
+    ids=["eva02", "cls-vit", "relpos", "siglip-map", "pe-core-map"],
+)
 def test_grad_eclip_on_timm_trunks_equals_the_literal_reference(build):
     model = build()
     dual = vx.load_model(model)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         t = dual.encode_text(dual.tokenize([TEXT, TEXT]), normalize=False)
-    ref = reference_map(model, x, t)
+    pool_head = build in (tiny_siglip8, tiny_pe_core8)
+    ref = (reference_map_pool_head if pool_head else reference_map)(model, x, t)
     got = vx.explain(dual, x, [TEXT, TEXT], method="grad_eclip", sides=["image"], batch_size=2)
     for i in range(2):
         assert float(ref[i].abs().max()) > 0  # a map that can fail
@@ -125,7 +171,14 @@ def test_grad_eclip_on_timm_trunks_equals_the_literal_reference(build):
     assert all(getattr(b.attn, "fused_attn", True) == b.attn.fused_attn for b in model.visual.trunk.blocks)
 
 
-@pytest.mark.parametrize("key", ["open_clip-siglip", "open_clip-timm-vit", "open_clip-vitamin"])
+def test_grad_eclip_at_the_map_head_is_one_block():
+    dual = vx.load_model(tiny_siglip8())
+    with pytest.raises(MethodError, match="image_blocks must be 1"):
+        vx.explain(dual, torch.zeros(3, 32, 32), TEXT, method="grad_eclip", image_blocks=2)
+    assert not [mm for mm in dual.model.modules() if mm._forward_pre_hooks or mm._forward_hooks]
+
+
+@pytest.mark.parametrize("key", ["open_clip-timm-vit", "open_clip-vitamin", "hf-siglip"])
 def test_grad_eclip_refuses_timm_trunks_without_a_pooled_token(key, family_model):
     m = family_model(key)
     with pytest.raises(MethodError, match="pools several tokens"):

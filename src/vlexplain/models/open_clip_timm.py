@@ -139,6 +139,13 @@ class TimmViTTower(Tower):
         """Class-token pooling: position 0 (average and attention pooling read every token: None)."""
         return torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if self.reads_class_token else None
 
+    def pool_attention(self) -> Any:
+        """timm's ``AttentionPoolLatent`` (the MAP head) with one latent query, pooled at it."""
+        pool: Any = getattr(self.trunk, "attn_pool", None)
+        if type(pool).__name__ != "AttentionPoolLatent" or pool.latent_len != 1 or pool.pos_embed is not None:
+            return None
+        return pool if pool.pool == "token" and self.has_attention else None
+
     def block(self, i: int, h: Tensor, x: Any, need_attn: bool = False, rows: Tensor | None = None):
         blk = self.trunk.blocks[i]
         kw = {"rope": self._rope(x, i)} if self.eva else {}

@@ -107,7 +107,8 @@ def recording_attention(attn: Any) -> Iterator[_Capture]:
     ``scaled_dot_product_attention`` and reports what it computed (``_Capture.record()``)."""
     cap = _Capture()
     norm = getattr(attn, "norm", None)
-    target = norm if isinstance(norm, nn.Module) else attn.proj
+    pool = type(attn).__name__ == "AttentionPoolLatent"  # its ``norm`` is the MLP's, after ``proj``
+    target = norm if isinstance(norm, nn.Module) and not pool else attn.proj
     handle = target.register_forward_pre_hook(lambda m, args: cap.outputs.append(args[0]))
     prev = attn.fused_attn
     attn.fused_attn = True
