@@ -148,8 +148,11 @@ class GradECLIP(Explainer):
 
     @classmethod
     def why_not(cls, model: DualEncoder, side: Side) -> str | None:
-        pool_head = side == "image" and model.image.pool_attention() is not None
-        return super().why_not(model, side) or why_not_native(cls.name, model, side, pooled=not pool_head)
+        why = super().why_not(model, side)
+        if why is not None:
+            return why
+        pool_head = side == "image" and model.tower(side).pool_attention() is not None
+        return why_not_native(cls.name, model, side, pooled=not pool_head)
 
     def attribute_image(self, batch: PairBatch) -> Tensor:
         tower = self.model.image
