@@ -14,7 +14,9 @@ import torch
 from tests.support.models import tiny_hf_clip, tiny_open_clip
 from vlexplain.models.hf_clip import tiny_siglip
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One thread per xdist worker (``-n 2`` on two cores would otherwise run four threads and thrash);
+# a single process may use two.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +54,8 @@ def family_model():
         if key not in cache:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                cache[key] = vx.load_model(get_family(key).tiny())
+                fam = get_family(key)
+                cache[key] = vx.load_model(fam.tiny(), tokenizer=fam.tiny_tokenizer())
         return cache[key]
 
     return get

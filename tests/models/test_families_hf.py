@@ -39,7 +39,8 @@ def raw_models():
 
 
 def _tokenizer(key: str):
-    return minilm_bert_tokenizer() if key in BERT_TEXT else None
+    own = get_family(key).tiny_tokenizer()
+    return own if own is not None else minilm_bert_tokenizer() if key in BERT_TEXT else None
 
 
 def _own_features(raw, m, px, tb):

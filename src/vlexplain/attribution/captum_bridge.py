@@ -152,8 +152,9 @@ def _modules_of(tower: Tower) -> set[str]:
 
 
 def _deeplift_failure(cls: type[CaptumMethod], model: DualEncoder, side: Side) -> str | None:
-    """Captum's reason when its DeepLift hooks cannot run on this tower (a ReLU-like module it finds
-    no recorded input for: reused, or bypassed by the tower's forward), from one probe pair; cached."""
+    """Captum's reason when its hooks on ReLU-like modules (DeepLift's, guided backpropagation's)
+    cannot run on this tower (a module it finds no recorded input for: reused, or bypassed by the
+    tower's forward; one whose input never requires grad), from one probe pair; cached."""
     cache: dict[tuple[str, str], str | None] = model.__dict__.setdefault("_vx_deeplift_probe", {})
     key = (cls.name, side)
     if key not in cache:
@@ -253,7 +254,9 @@ class CaptumMethod(Explainer):
                 f"{cls.name} changes the backward pass of {'/'.join(algo.rule_modules[:3])}... modules; the {side} "
                 f"tower of this model has none, so it would return plain gradients"
             )
-        if algo.name.startswith(("DeepLift", "LayerDeepLift")):
+        # DeepLift's and the guided / deconvolution algorithms' hooks on ReLU-like modules (a ReLU whose
+        # input never requires grad, as in a relative-position bias MLP over constant coordinates, fails)
+        if algo.name.startswith(("DeepLift", "LayerDeepLift", "GuidedBackprop", "Deconvolution", "GuidedGradCam")):
             failure = _deeplift_failure(cls, model, side)
             if failure is not None:
                 return f"Captum's {algo.name} cannot run on the {side} tower of this model: {failure}"

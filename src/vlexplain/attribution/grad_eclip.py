@@ -17,8 +17,13 @@ dense forward recomputes them with a single head, which changes the model being 
 text side's key-similarity is min-max normalised over the text's own tokens, not over the padding
 to 77 tokens; maps stay raw (the released text map is divided by its sum). Queries and keys are
 read as in the released notebooks (``generate_emap.py`` first passes them through the output
-projection, a variant we do not offer). Towers that pool with an
-attention head (SigLIP's image tower) have no pooled token and are refused.
+projection, a variant we do not offer).
+
+An image tower that pools with an attention head of one learned query (SigLIP's and PE-Core's MAP
+head in timm) is explained at that head: its query takes the pooled token's place, ``v`` and ``k``
+are the head's value and key vectors of the last block's tokens, ``a`` its attention output before
+its projection (the map of one "block": ``image_blocks`` must be 1). Towers that pool several
+tokens otherwise (average pooling, transformers SigLIP's head) are refused.
 """
 
 from __future__ import annotations
@@ -30,9 +35,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import MethodError
 from ..models.base import DualEncoder, TextBatch, Tower
 from .base import Explainer, PairBatch, Side, register_method
 from .clip_native import check_count, run_tail, to_grid, why_not_native
+
+
+def _probe(model: DualEncoder) -> Tensor:
+    return torch.zeros(1, 3, *model.input_size, device=model.device, dtype=model.dtype)
 
 
 def _minmax(x: Tensor, keep: Tensor) -> Tensor:
@@ -74,6 +84,28 @@ def grad_eclip_maps(
     return torch.stack(maps)
 
 
+def pool_head_map(tower: Tower, x: Tensor, score: Callable[[Tensor], Tensor], withksim: bool) -> Tensor:
+    """Grad-ECLIP at an attention-pooling head of one query (``Tower.pool_attention``): (B, T)."""
+    from ..models.timm_record import recording_attention
+
+    with torch.no_grad():
+        h = tower.encode(x, stop=tower.num_blocks - 1)  # (B, T, D) after the last block
+    h = h.detach().requires_grad_(True)  # (the parameters' flags may be off)
+    with torch.enable_grad(), recording_attention(tower.pool_attention()) as cap:
+        e = tower.head(h, x)
+        r = cap.record()
+        if r is None:
+            raise MethodError(f"the {tower.modality} tower's pooling head did not record its attention")
+        (g,) = torch.autograd.grad(score(e).sum(), [r.attn])
+    m = (g[:, :1] * r.v.detach()).sum(-1)  # (B, T): the query's gradient x every token's value
+    if withksim:
+        q = F.normalize(r.q.detach()[:, :1], dim=-1)  # (B, 1, D)
+        k = F.normalize(r.k.detach(), dim=-1)  # (B, T, D)
+        keep = (torch.arange(h.shape[1], device=h.device) >= tower.num_prefix_tokens)[None].expand(h.shape[:2])
+        m = m * _minmax((k * q).sum(-1), keep)
+    return m
+
+
 @register_method
 class GradECLIP(Explainer):
     """Grad-ECLIP: the pooled token's attention-output gradient times the value vectors.
@@ -104,6 +136,11 @@ class GradECLIP(Explainer):
         self.text_blocks = text_blocks
         if type(self).why_not(model, "image") is None:
             check_count(model.image, image_blocks, "image_blocks", self.name)
+            if model.image.pooled_positions(_probe(model)) is None and image_blocks != 1:
+                raise MethodError(
+                    f"{self.name}: this image tower pools at an attention head (one query), read as one block: "
+                    "image_blocks must be 1"
+                )
         if type(self).why_not(model, "text") is None:
             n = model.text.num_blocks
             self.text_blocks = max(1, round(2 * n / 3)) if text_blocks is None else text_blocks
@@ -111,10 +148,17 @@ class GradECLIP(Explainer):
 
     @classmethod
     def why_not(cls, model: DualEncoder, side: Side) -> str | None:
-        return super().why_not(model, side) or why_not_native(cls.name, model, side, pooled=True)
+        why = super().why_not(model, side)
+        if why is not None:
+            return why
+        pool_head = side == "image" and model.tower(side).pool_attention() is not None
+        return why_not_native(cls.name, model, side, pooled=not pool_head)
 
     def attribute_image(self, batch: PairBatch) -> Tensor:
         tower = self.model.image
+        if tower.pool_attention() is not None and tower.pooled_positions(batch.pixels) is None:
+            m = pool_head_map(tower, batch.pixels, lambda e: batch.target(e, batch.text_emb), self.withksim)
+            return to_grid(tower, m.relu())
         maps = grad_eclip_maps(
             tower, batch.pixels, lambda e: batch.target(e, batch.text_emb), self.image_blocks, self.withksim, None
         )

@@ -56,6 +56,9 @@ def register(app: typer.Typer) -> None:
                 f"    text side:  {r['text side']}",
             ]
             lines += [f"    notes:      {r['notes']}"] if r["notes"] else []
+        from ..models.families import refusals
+
+        lines += ["", "refused at load:"] + [f"    {r.name} [{r.library}]: {r.reason}" for r in refusals()]
         groups = method_groups()
         lines += ["", "method groups:"] + [f"    {g}: {', '.join(groups[g]) or '-'}" for g in GROUPS] + [""]
         typer.echo("\n".join(lines))

@@ -137,6 +137,11 @@ class Tower(nn.Module):
         """(B,) the one position per row the head reads (CLS, EOS), or None if it reads more."""
         return None
 
+    def pool_attention(self) -> Any:
+        """The attention module of an attention-pooling head whose one learned query gives the
+        embedding (SigLIP's MAP head in timm), recordable as a block's attention; None otherwise."""
+        return None
+
     def head(self, h: Tensor, x: TowerInput) -> Tensor:
         """Final norm, pooling and projection: hidden after the last block -> (B, d) embedding."""
         raise NotImplementedError

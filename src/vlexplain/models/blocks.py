@@ -168,6 +168,17 @@ def record_blocks(probs: bool = False) -> Iterator[list[BlockRecord]]:
         _RECORD_PROBS.reset(t2)
 
 
+def active_records() -> list[BlockRecord] | None:
+    """The record list of the enclosing ``record_blocks`` (None outside one): towers whose blocks
+    run a library's own attention module (timm) append their ``BlockRecord`` to it themselves."""
+    return _RECORDS.get()
+
+
+def records_want_probs() -> bool:
+    """Whether the enclosing ``record_blocks`` asked for attention probabilities."""
+    return _RECORD_PROBS.get()
+
+
 def causal_mask(T: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     """(T, T) additive mask: 0 on and below the diagonal, -inf above."""
     return torch.full((T, T), float("-inf"), device=device, dtype=dtype).triu(1)

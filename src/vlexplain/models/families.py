@@ -29,6 +29,12 @@ FAMILY_MODULES: tuple[str, ...] = (
     "vlexplain.models.hf_align",
     "vlexplain.models.hf_bert_clips",
     "vlexplain.models.hf_blip",
+    "vlexplain.models.hf_clip_variants",
+    "vlexplain.models.hf_groupvit",
+    "vlexplain.models.hf_dual_encoder",
+    "vlexplain.models.hf_aimv2",
+    "vlexplain.models.hf_tipsv2",
+    "vlexplain.models.hf_refused",
     "vlexplain.models.open_clip",
     "vlexplain.models.open_clip_resnet",
     "vlexplain.models.open_clip_timm",
@@ -48,6 +54,9 @@ class Family:
             in-memory model object that [`vlexplain.load_model`][vlexplain.load_model] accepts (or a ``DualEncoder``).
         image_tower: ``"vit"`` or ``"cnn"`` (or ``"hybrid"``): what the image tower is.
         notes: anything a user should know (pooling, layout, limits).
+        tokenizer: builds, offline, a small tokenizer in the layout of the family's own (an XLM or
+            SentencePiece vocabulary of a few words) for the tiny model; None when the adapter finds
+            one itself (CLIP's BPE, the uncased WordPiece vocabulary).
     """
 
     key: str
@@ -57,9 +66,44 @@ class Family:
     tiny: Callable[[], Any]
     image_tower: str = "vit"
     notes: str = ""
+    tokenizer: Callable[[], Any] | None = None
+
+    def tiny_tokenizer(self) -> Any:
+        """The tokenizer to load the tiny model with (None: the adapter's own fallback)."""
+        return self.tokenizer() if self.tokenizer is not None else None
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A model class users hold that vlexplain refuses at load, and why (shown under the table).
+
+    Attributes:
+        name: the class or architecture (``"Blip2ForImageTextRetrieval"``).
+        library: ``"transformers"`` or ``"open_clip"``.
+        reason: one line: why its methods cannot explain it.
+    """
+
+    name: str
+    library: str
+    reason: str
 
 
 _FAMILIES: dict[str, Family] = {}
+_REFUSALS: dict[str, Refusal] = {}
+
+
+def register_refusal(refusal: Refusal) -> Refusal:
+    """Add a refused class to the table's list of refusals."""
+    _REFUSALS[refusal.name] = refusal
+    return refusal
+
+
+def refusals() -> list[Refusal]:
+    """Every registered refusal (the family modules imported first), by name."""
+    families()
+    return sorted(_REFUSALS.values(), key=lambda r: (r.library, r.name))
+
+
 _ORIGIN: dict[str, str] = {}  # family key -> the module that registered it
 
 

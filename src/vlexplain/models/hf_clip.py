@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -109,45 +110,79 @@ class HFTextTower(Tower):
         if self.siglip:
             return self.tm.head(h)
         assert self.projection is not None, "CLIP text towers have a projection"
-        return self.projection(h)
+        return self.projection(h.flatten(0, 1)).unflatten(0, h.shape[:2])  # (GroupViT's has a BatchNorm1d)
+
+
+def causal_text_pool(text_model: Any) -> PoolMode:
+    """Where a transformers CLIP-style causal text model pools, by the rule of its own forward.
+
+    CLIP, CLIPSeg and GroupViT text models whose config keeps the legacy ``eos_token_id = 2``
+    (configs older than transformers PR #24773, and MetaCLIP 2-style checkpoints with an XLM
+    tokenizer, ``<s>=0 <pad>=1 </s>=2``) pool at the largest id of the text (``argmax``), which with
+    such a tokenizer is a word, not ``</s>``; with any other ``eos_token_id`` they pool at its first
+    occurrence. OWL-ViT and OWLv2 always pool at the largest id; MetaCLIP 2 and AIMv2 always at
+    the first ``eos_token_id``.
+    """
+    name = type(text_model).__name__
+    if name.startswith(("OwlViT", "Owlv2")):
+        return "argmax"
+    legacy = name.startswith(("CLIPText", "CLIPSegText", "GroupViTText"))
+    return "argmax" if legacy and text_model.config.eos_token_id == 2 else "eos"
+
+
+def check_eos(tok: TokenizerSpec, text_model: Any, pool: PoolMode) -> TokenizerSpec:
+    """The tokenizer with the text model's pooling rule; refused when the model pools at its
+    ``eos_token_id`` and the tokenizer ends texts with another id."""
+    eos = text_model.config.eos_token_id
+    if pool == "eos" and tok.eos_id != eos:
+        raise ModelLoadError(
+            f"the tokenizer's end-of-text id ({tok.eos_id}) differs from the model config's "
+            f"eos_token_id ({eos}): the text tower would pool at the wrong position"
+        )
+    return tok if tok.pool == pool else dataclasses.replace(tok, pool=pool)
 
 
 class HFDualEncoder(HFAdapter):
     """A transformers CLIPModel or SiglipModel behind the DualEncoder protocol.
 
     Without a tokenizer, models whose text embedding table has CLIP's 49408 rows use the CLIP BPE
-    vocabulary that ships with open_clip; any other vocabulary must be passed.
+    vocabulary that ships with open_clip; any other vocabulary must be passed. The text tower
+    pools where the model's own forward pools (``causal_text_pool``).
     """
+
+    #: the CLIP BPE vocabulary that ships with open_clip is the fallback for 49408-row tables
+    clip_bpe_fallback = True
 
     def __init__(self, model: Any, tokenizer: Any = None, processor: Any = None, name: str = "hf"):
         super().__init__(model, name)
         self.siglip = "siglip" in type(model).__name__.lower()
         vcfg, tcfg = model.config.vision_config, model.config.text_config
         if self.siglip:
-            self.image: Tower = SiglipVisionTower(model.vision_model)
             self.mean, self.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-        else:
-            self.image = ClipViTTower(model.vision_model, model.visual_projection)
+        self.image: Tower = self.image_tower(model)
         self.text = HFTextTower(model.text_model, getattr(model, "text_projection", None), self.siglip)
         self.input_size = (vcfg.image_size, vcfg.image_size)
         self._use_processor(processor)
         ctx = tcfg.max_position_embeddings
-        pool: PoolMode = "last" if self.siglip else "eos"
+        pool: PoolMode = "last" if self.siglip else causal_text_pool(model.text_model)
         table = model.text_model.embeddings.token_embedding
 
         def clip_bpe() -> TokenizerSpec | None:
-            if table.num_embeddings != 49408:
+            if table.num_embeddings != 49408 or not self.clip_bpe_fallback:
                 return None
             return clip_bpe_tokenizer(ctx, pool, pad_to_context=self.siglip)
 
         self._tok = resolve_tokenizer(
             tokenizer, processor, table, type(model).__name__, ctx, pool, pad_to_context=self.siglip, fallback=clip_bpe
         )
-        if not self.siglip and self._tok.eos_id != tcfg.eos_token_id and tcfg.eos_token_id != 2:
-            raise ModelLoadError(
-                f"the tokenizer's end-of-text id ({self._tok.eos_id}) differs from the model config's "
-                f"eos_token_id ({tcfg.eos_token_id}): the text tower would pool at the wrong position"
-            )
+        if not self.siglip:
+            self._tok = check_eos(self._tok, model.text_model, pool)
+
+    def image_tower(self, model: Any) -> Tower:
+        """The image tower (subclasses of other image architectures override this)."""
+        if self.siglip:
+            return SiglipVisionTower(model.vision_model)
+        return ClipViTTower(model.vision_model, model.visual_projection)
 
 
 def _clip(model: nn.Module, tokenizer: Any = None, processor: Any = None, name: str = "hf") -> HFDualEncoder:
@@ -190,7 +225,9 @@ register_family(
         library="transformers",
         examples="hf:openai/clip-vit-base-patch32, hf:openai/clip-vit-large-patch14",
         tiny=tiny_clip,
-        notes="class-token ViT; causal text tower pooled at [EOS]; M2IB and Grad-CAM at block round(10 n / 12) - 1 of n",
+        notes="class-token ViT; causal text tower pooled at [EOS], or, with the legacy eos_token_id = 2 "
+        "(XLM tokenizers), at the largest id as the model's own forward does; M2IB and Grad-CAM at block "
+        "round(10 n / 12) - 1 of n",
     )
 )
 register_family(

@@ -4,7 +4,8 @@
   naming the config ``model_type`` values and model classes it handles. ``wrap_model`` finds an
   in-memory model's entry by walking its class's MRO, the ``hf:`` / directory loader by the
   config's ``model_type`` (as transformers' own Auto classes do), so no adapter probes attributes.
-* ``ClipViTTower``: the CLS-pooled pre-norm ViT of CLIP, AltCLIP, Chinese-CLIP and BLIP.
+* ``ClipViTTower``: the CLS-pooled pre-norm ViT of CLIP, AltCLIP, Chinese-CLIP, BLIP, MetaCLIP 2,
+  CLIPSeg and OWL-ViT.
 * ``BertTextTower``: the post-norm BERT / RoBERTa text tower of ALIGN, AltCLIP, Chinese-CLIP
   and BLIP, pooled at the first ([CLS]) token.
 * ``resolve_tokenizer``: a tokenizer passed in is used (transformers tokenizer or
@@ -35,6 +36,12 @@ HF_MODULES: tuple[str, ...] = (
     "vlexplain.models.hf_align",
     "vlexplain.models.hf_bert_clips",
     "vlexplain.models.hf_blip",
+    "vlexplain.models.hf_clip_variants",
+    "vlexplain.models.hf_groupvit",
+    "vlexplain.models.hf_dual_encoder",
+    "vlexplain.models.hf_aimv2",
+    "vlexplain.models.hf_tipsv2",
+    "vlexplain.models.hf_refused",
 )
 
 
@@ -57,6 +64,8 @@ class HFEntry:
     #: when set, a saved config's ``architectures`` must name one of these (BLIP's captioning and
     #: VQA checkpoints share the model type of the retrieval one but lack its contrastive heads)
     architectures: tuple[str, ...] = ()
+    #: when set, the class is refused at load with this reason (one line, before any weight is read)
+    refusal: str = ""
 
 
 _ENTRIES: list[HFEntry] = []
@@ -103,7 +112,7 @@ def entry_for_type(model_type: str) -> HFEntry | None:
 
 
 def supported_model_types() -> list[str]:
-    return [t for e in hf_entries() for t in e.model_types]
+    return [t for e in hf_entries() if not e.refusal for t in e.model_types]
 
 
 def features(out: Any) -> Tensor:
@@ -257,7 +266,7 @@ class ClipViTTower(Tower):
         emb = self.vm.embeddings
         w = emb.patch_embedding.weight
         h = emb(x.to(w.dtype))
-        pre = getattr(self.vm, "pre_layrnorm", None)
+        pre = getattr(self.vm, "pre_layrnorm", getattr(self.vm, "pre_layernorm", None))  # (OWL-ViT's spelling)
         return pre(h) if pre is not None else h
 
     def block(self, i: int, h: Tensor, x: Any, need_attn: bool = False, rows: Tensor | None = None):

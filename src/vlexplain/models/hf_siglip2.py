@@ -39,7 +39,7 @@ from .hf_common import (
     tiny_transformer,
     vocab_size_of,
 )
-from .text import TokenizerSpec, _clean_token
+from .text import TokenizerSpec, _clean_token, special_tokens_around
 
 
 def patchify(x: Tensor, patch: int) -> Tensor:
@@ -118,19 +118,14 @@ def template_tokenizer(tok: Any, context_length: int) -> TokenizerSpec:
     """A SigLIP 2 tokenizer as its own template lays texts out: the special tokens it adds around a
     text (Gemma: ``<bos>`` first), its padding side (left) and masked padding, padded to the context
     length and pooled at the last position, as ``processor(text=..., padding="max_length")``."""
-    body = tok("a photo", add_special_tokens=False)["input_ids"]
-    full = tok("a photo")["input_ids"]
-    k = next((i for i in range(len(full) - len(body) + 1) if full[i : i + len(body)] == body), None)
-    prefix, suffix = (full[:k], full[k + len(body) :]) if k is not None else ([], [])
-    if k is None or len(prefix) > 1 or len(suffix) > 1:
-        raise ModelLoadError(f"cannot read where {type(tok).__name__} puts its special tokens ({full} around {body})")
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (suffix or prefix or [0])[0]
+    sos, eos = special_tokens_around(tok)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else next((i for i in (eos, sos) if i is not None), 0)
     return TokenizerSpec(
         encode=lambda t: tok(t, add_special_tokens=False)["input_ids"],
         decode_token=lambda i: _clean_token(tok.convert_ids_to_tokens(int(i))),
         decode=lambda ids: tok.decode(ids),
-        sos_id=prefix[0] if prefix else None,
-        eos_id=suffix[0] if suffix else None,
+        sos_id=sos,
+        eos_id=eos,
         pad_id=int(pad),
         context_length=context_length,
         pool="last",

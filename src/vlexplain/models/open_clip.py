@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from ..errors import InputError, ModelLoadError
 from .base import DualEncoder, TextBatch, Tower
+from .open_clip_m2m import M2M100EncoderTower
 from .open_clip_text import HFTextEncoderTower, OpenCLIPTextTower, oc_block, plain_blocks, text_tower
 from .open_clip_tokenize import text_tokenizer
 
@@ -110,7 +111,7 @@ class OpenCLIPDualEncoder(DualEncoder):
         name: the spec it was loaded from.
     """
 
-    text: OpenCLIPTextTower | HFTextEncoderTower
+    text: OpenCLIPTextTower | HFTextEncoderTower | M2M100EncoderTower
 
     def __init__(self, model: Any, tokenizer: Any = None, preprocess: Any = None, name: str = "open_clip"):
         super().__init__()
@@ -278,6 +279,34 @@ def tiny_biomedclip(seed: int = 0) -> DualEncoder:
     return OpenCLIPDualEncoder(m.eval(), tokenizer=minilm_tokenizer(), name="tiny BiomedCLIP-style")
 
 
+def tiny_nllb_clip(seed: int = 0) -> Any:
+    """nllb-clip-base's wiring: an OpenCLIP ViT and the M2M-100 encoder of a tiny NLLB (2 layers, the
+    tiny NLLB-layout vocabulary: ``<s>=0 <pad>=1 </s>=2``, texts start with their language code),
+    pooled at the first token, linear projection."""
+    from open_clip.hf_model import HFTextEncoder
+    from open_clip.model import CustomTextCLIP
+    from transformers import M2M100Config
+
+    from .tiny_tokenizers import nllb_tokenizer
+
+    tok = nllb_tokenizer()
+    torch.manual_seed(seed)
+    cfg = M2M100Config(
+        vocab_size=len(tok), d_model=32, encoder_layers=2, decoder_layers=1, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
+        pad_token_id=1, bos_token_id=0, eos_token_id=2, scale_embedding=True,
+    )  # fmt: skip
+    m = CustomTextCLIP(
+        embed_dim=16,
+        vision_cfg=dict(image_size=32, patch_size=8, width=32, layers=2, head_width=8),
+        text_cfg=dict(context_length=64, vocab_size=len(tok), width=32, heads=4, layers=1),
+    )
+    text = HFTextEncoder("m2m_100", 16, config=cfg, pooler_type="cls_pooler", proj_type="linear")
+    text.transformer = text.transformer.encoder  # as HFTextEncoder keeps an encoder-decoder's encoder
+    m.text = text
+    return OpenCLIPDualEncoder(m.eval(), tokenizer=tok, name="tiny NLLB-CLIP-style")
+
+
 def _register() -> None:
     from .families import Family, register_family
 
@@ -286,10 +315,13 @@ def _register() -> None:
             key="open_clip-vit",
             name="OpenCLIP ViT",
             library="open_clip",
-            examples="open_clip:ViT-B-32/laion2b_s34b_b79k, open_clip:ViT-L-14, open_clip:ViT-H-14",
+            examples="open_clip:ViT-B-32/laion2b_s34b_b79k, open_clip:ViT-L-14, open_clip:ViT-H-14, "
+            "open_clip:ViT-L-14-CLIPA/datacomp1b",
             tiny=tiny_vit,
             image_tower="vit",
-            notes="M2IB and Grad-CAM at block round(10 n / 12) - 1 of n; text pooled at the end-of-text token",
+            notes="M2IB and Grad-CAM at block round(10 n / 12) - 1 of n; text pooled at the end-of-text token "
+            "(CLIPA: at the last position, with the bert-base-uncased tokenizer its config names, from the hub "
+            "cache or @DIR)",
         )
     )
     register_family(
@@ -315,6 +347,17 @@ def _register() -> None:
             image_tower="vit",
             notes="BERT / RoBERTa / XLM-R text: CLS or mean pooling as configured; needs the model's tokenizer "
             "(open_clip:ARCH/WEIGHTS@TOKENIZER_DIR offline); T5 / mT5 encoders are refused",
+        )
+    )
+    register_family(
+        Family(
+            key="open_clip-nllb",
+            name="OpenCLIP NLLB-CLIP (M2M-100 encoder text tower)",
+            library="open_clip",
+            examples="open_clip:nllb-clip-base, open_clip:nllb-clip-large-siglip",
+            tiny=tiny_nllb_clip,
+            notes="multilingual: the text tower is NLLB-200's encoder, pooled at its first token (the source-"
+            "language code), padding masked; needs its tokenizer; M2IB and Grad-CAM at block round(10 n / 12) - 1 of n",
         )
     )
 

@@ -68,6 +68,14 @@ def split_spec(rest: str) -> tuple[str, str, str | None]:
 
 
 def _text_cfg(open_clip: Any, arch: str) -> dict:
+    if arch.startswith("local-dir:"):
+        import json
+
+        try:
+            cfg = json.loads((Path(arch[len("local-dir:") :]) / "open_clip_config.json").read_text())
+            return dict(cfg.get("model_cfg", {}).get("text_cfg", {}))
+        except (OSError, ValueError, AttributeError):
+            return {}
     cfg = open_clip.get_model_config(arch) or {}
     return dict(cfg.get("text_cfg", {}))
 
@@ -167,7 +175,7 @@ def _create(open_clip: Any, name: str, pretrained: str | None) -> tuple[Any, Any
 
 def _tokenizer(open_clip: Any, name: str, tok_dir: str | None, offline: bool, spec: str) -> Any:
     """The architecture's own tokenizer (from ``tok_dir`` when given), loaded inside the error handling."""
-    tc = _text_cfg(open_clip, name) if not name.startswith("local-dir:") else {}
+    tc = _text_cfg(open_clip, name)
     ctx = tc.get("context_length")
     if tok_dir is not None:
         from open_clip.tokenizer import HFTokenizer
@@ -224,6 +232,11 @@ def load_open_clip(rest: str, tokenizer: Any = None, preprocess: Any = None) -> 
         raise _offline_error(spec, LOCAL_CKPT)
     if tokenizer is None:  # first: a tokenizer that cannot be found fails before any model is built
         tokenizer = _tokenizer(open_clip, arch, tok_dir, offline, spec)
+        named = _text_cfg(open_clip, arch).get("hf_tokenizer_name")
+        if named:  # the one the architecture's config names (CLIPA: bert-base-uncased, 32,000 rows)
+            from .open_clip_tokenize import ConfigTokenizer
+
+            tokenizer = ConfigTokenizer(tokenizer, str(named))
     try:
         with hub_cache_only(offline), _quiet_logging():
             model, pre = _create(open_clip, arch, str(Path(weights).expanduser()) if is_file else (weights or None))

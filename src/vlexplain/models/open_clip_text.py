@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from ..errors import ModelLoadError
 from .base import TextBatch, Tower
 from .blocks import padding_mask, prenorm_block
+from .open_clip_m2m import M2M100EncoderTower, is_m2m100_encoder
 
 
 def oc_block(blk: Any, h: Tensor, mask: Tensor | None, need_attn: bool, rows: Tensor | None = None):
@@ -213,7 +214,7 @@ class HFTextEncoderTower(Tower):
         ):
             raise ModelLoadError(
                 f"OpenCLIP text tower on a {cfg.model_type!r} model is not supported; supported: BERT-style "
-                "encoders (bert, roberta, xlm-roberta)"
+                "encoders (bert, roberta, xlm-roberta) and M2M-100 encoders (NLLB-CLIP)"
             )
         self.pad_id = int(cfg.pad_token_id if cfg.pad_token_id is not None else 0)
         self.pool = type(enc.pooler).__name__  # MeanPooler, ClsPooler, ClsLastHiddenStatePooler, MaxPooler
@@ -270,11 +271,11 @@ class HFTextEncoderTower(Tower):
         return self.enc.proj(self.enc.pooler(out, self._real(x)))
 
 
-def text_tower(model: nn.Module) -> OpenCLIPTextTower | HFTextEncoderTower:
+def text_tower(model: nn.Module) -> OpenCLIPTextTower | HFTextEncoderTower | M2M100EncoderTower:
     """The text tower of an OpenCLIP model (``CLIP``, ``CustomTextCLIP``, ``CoCa``)."""
     text = getattr(model, "text", None)
     if text is None:
         return OpenCLIPTextTower(model)
     if type(text).__name__ == "HFTextEncoder":
-        return HFTextEncoderTower(text)
+        return M2M100EncoderTower(text) if is_m2m100_encoder(text) else HFTextEncoderTower(text)
     return OpenCLIPTextTower(text)

@@ -3,8 +3,10 @@
 Two tower kinds, both running timm's own modules (never a copied forward):
 
 * ``TimmViTTower`` for timm ``VisionTransformer`` trunks (SigLIP / SigLIP 2 configs with the
-  MAP attention-pool head, ViTamin's convolutional patch stem, register tokens, no class token)
-  and timm ``Eva`` trunks (EVA02, rotary position embeddings passed to every block). stem =
+  MAP attention-pool head, ViTamin's convolutional patch stem, register tokens, no class token),
+  timm ``Eva`` trunks (EVA02, PE-Core; rotary position embeddings passed to every block) and
+  ``VisionTransformerRelPos`` trunks (relative-position biases passed to every block, no absolute
+  position embedding). stem =
   ``patch_embed`` + ``_pos_embed`` (prefix tokens, positions) + ``norm_pre``; blocks = ``blocks``;
   head = ``norm`` + ``forward_head`` (token / average / MAP pooling) + OpenCLIP's projection head.
   Attention probabilities are read through timm's documented route: the block's ``Attention`` is
@@ -18,6 +20,12 @@ Two tower kinds, both running timm's own modules (never a copied forward):
   maps. On hybrids the attention methods that need only attention probabilities (chefer,
   attention_rollout, legrad) read the attention blocks of the last attention stage, whose tokens
   are that stage's feature-map positions; ConvNeXt has no attention.
+
+* ``TimmSwinTower`` for timm ``SwinTransformer`` trunks: Swin attends within shifted local
+  windows, so no block has an attention map over one set of tokens; it is a stage tower like
+  ConvNeXt's (blocks = ``layers``, head = ``norm`` + ``forward_head`` + OpenCLIP's head). timm's
+  Swin runs channels-last; the tower's hidden states are channels-first feature maps, each stage
+  running on their channels-last view.
 
 Default layers: the shared relative depth (block 9 of 12) for M2IB; Grad-CAM uses the same block
 on ViTs and the last stage on stage towers.
@@ -34,6 +42,8 @@ from torch import Tensor, nn
 
 from ..errors import ModelLoadError
 from .base import Tower
+from .blocks import active_records
+from .timm_record import recording_attention
 
 
 @contextlib.contextmanager
@@ -72,10 +82,12 @@ class TimmViTTower(Tower):
     def __init__(self, visual: Any):
         super().__init__()
         from timm.models.eva import Eva
+        from timm.models.vision_transformer_relpos import VisionTransformerRelPos
 
         self.v: Any = visual  # an OpenCLIP TimmModel
-        self.trunk: Any = visual.trunk  # a timm VisionTransformer or Eva
+        self.trunk: Any = visual.trunk  # a timm VisionTransformer, Eva or VisionTransformerRelPos
         self.eva = isinstance(self.trunk, Eva)
+        self.relpos = isinstance(self.trunk, VisionTransformerRelPos)
         self.num_prefix_tokens = int(getattr(self.trunk, "num_prefix_tokens", 0))
         self.has_class_token = getattr(self.trunk, "cls_token", None) is not None
         pool = getattr(self.trunk, "global_pool", "token")
@@ -101,6 +113,8 @@ class TimmViTTower(Tower):
     def stem(self, x: Tensor, inputs_embeds: Tensor | None = None) -> Tensor:
         t = self.trunk
         h = t.patch_embed(x.to(next(t.parameters()).dtype))
+        if self.relpos:  # positions enter as attention biases; no absolute embedding, no pre-norm
+            return h if t.cls_token is None else torch.cat([t.cls_token.expand(h.shape[0], -1, -1), h], dim=1)
         if self.eva:
             h, _ = t._pos_embed(h)
         else:
@@ -121,9 +135,33 @@ class TimmViTTower(Tower):
         rope = self._rope_cache[key]
         return rope[i] if getattr(t, "rope_mixed", False) and rope is not None else rope
 
+    def pooled_positions(self, x: Any) -> Tensor | None:
+        """Class-token pooling: position 0 (average and attention pooling read every token: None)."""
+        return torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if self.reads_class_token else None
+
+    def pool_attention(self) -> Any:
+        """timm's ``AttentionPoolLatent`` (the MAP head) with one latent query, pooled at it."""
+        pool: Any = getattr(self.trunk, "attn_pool", None)
+        if type(pool).__name__ != "AttentionPoolLatent" or pool.latent_len != 1 or pool.pos_embed is not None:
+            return None
+        return pool if pool.pool == "token" and self.has_attention else None
+
     def block(self, i: int, h: Tensor, x: Any, need_attn: bool = False, rows: Tensor | None = None):
         blk = self.trunk.blocks[i]
         kw = {"rope": self._rope(x, i)} if self.eva else {}
+        if self.relpos:
+            shared = self.trunk.shared_rel_pos
+            kw = {"shared_rel_pos": shared.get_bias() if shared is not None else None}
+        records = active_records()
+        if records is not None and rows is None and self.has_attention:  # q, k, v read for the CLIP-native methods
+            with recording_attention(blk.attn) as cap:
+                out = blk(h, **kw)
+            rec = cap.record()
+            if rec is not None:
+                records.append(rec)
+            return out, rec.probs if rec is not None and need_attn else None
+        if rows is not None:  # the head reads the class token only: its row
+            return blk(h, **kw)[torch.arange(h.shape[0], device=h.device), rows][:, None], None
         if not need_attn:
             return blk(h, **kw), None
         with timm_attention_probs(blk.attn) as probs:
@@ -234,13 +272,54 @@ class TimmStagesTower(Tower):
         return self.v.head(self.trunk.forward_head(self.post(h)))
 
 
+class TimmSwinTower(Tower):
+    """A timm ``SwinTransformer`` trunk inside an OpenCLIP ``TimmModel``, split at its stages."""
+
+    modality = "image"
+    kind = "cnn"
+    has_attention = False  # window attention: no map over one common set of tokens
+
+    def __init__(self, visual: Any):
+        super().__init__()
+        self.v: Any = visual  # an OpenCLIP TimmModel
+        self.trunk: Any = visual.trunk  # a timm SwinTransformer
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.trunk.layers)
+
+    def block_modules(self) -> list[nn.Module]:
+        return list(self.trunk.layers)
+
+    def default_layer(self) -> int:
+        """The stage at the shared relative depth (stage 3 of 4)."""
+        n = self.num_blocks
+        return max(0, min(n - 1, round(10 * n / 12) - 1))
+
+    def stem(self, x: Tensor, inputs_embeds: Tensor | None = None) -> Tensor:
+        h = self.trunk.patch_embed(x.to(next(self.trunk.parameters()).dtype))  # (B, H, W, C)
+        return h.permute(0, 3, 1, 2)
+
+    def block(self, i: int, h: Tensor, x: Any, need_attn: bool = False, rows: Tensor | None = None):
+        out = self.trunk.layers[i](h.permute(0, 2, 3, 1))
+        return out.permute(0, 3, 1, 2), None
+
+    def head(self, h: Tensor, x: Any) -> Tensor:
+        t = self.trunk
+        return self.v.head(t.forward_head(t.norm(h.permute(0, 2, 3, 1))))
+
+
 def timm_tower(visual: Any) -> Tower:
     """The tower for an OpenCLIP ``TimmModel`` (ModelLoadError for unsupported trunks)."""
     from timm.models.eva import Eva
+    from timm.models.swin_transformer import SwinTransformer
     from timm.models.vision_transformer import VisionTransformer
+    from timm.models.vision_transformer_relpos import VisionTransformerRelPos
 
-    if isinstance(visual.trunk, (VisionTransformer, Eva)):
+    if isinstance(visual.trunk, (VisionTransformer, Eva, VisionTransformerRelPos)):
         return TimmViTTower(visual)
+    if isinstance(visual.trunk, SwinTransformer):
+        return TimmSwinTower(visual)
     return TimmStagesTower(visual)
 
 
@@ -325,6 +404,15 @@ def tiny_vitamin(seed: int = 0) -> nn.Module:
     )
 
 
+def tiny_relpos(seed: int = 0) -> nn.Module:
+    """vit_relpos_medium_patch16_cls_224's wiring: relative-position biases, class-token pooling."""
+    return _tiny_custom(
+        dict(timm_model_name="vit_relpos_medium_patch16_cls_224", timm_pool="", timm_proj="linear", image_size=32),
+        dict(_VIT, patch_size=8),
+        seed=seed,
+    )
+
+
 def tiny_convnext(seed: int = 0) -> nn.Module:
     """convnext_base's wiring, 4 stages of one block."""
     return _tiny_custom(
@@ -342,6 +430,15 @@ def tiny_mobileclip(seed: int = 0) -> nn.Module:
         # attention blocks nearly silent, unlike trained ones)
         dict(layers=(1, 1, 1, 2), embed_dims=(8, 16, 32, 64), layer_scale_init_value=0.1),
         text_cfg=dict(no_causal_mask=True),
+        seed=seed,
+    )
+
+
+def tiny_swin(seed: int = 0) -> nn.Module:
+    """swin_base_patch4_window7_224's wiring: 4-px patches, two stages of one block, windows of 4, 32 px."""
+    return _tiny_custom(
+        dict(timm_model_name="swin_base_patch4_window7_224", timm_pool="", timm_proj="linear", image_size=32),
+        dict(embed_dim=16, depths=(1, 1), num_heads=(2, 4), window_size=4, img_size=32),
         seed=seed,
     )
 
@@ -375,6 +472,13 @@ def _register() -> None:
             "open_clip:EVA02-B-16, open_clip:EVA02-L-14",
             tiny_eva,
             vit_note,
+        ),
+        (
+            "open_clip-relpos",
+            "OpenCLIP relative-position ViT (timm VisionTransformerRelPos)",
+            "open_clip:vit_relpos_medium_patch16_cls_224",
+            tiny_relpos,
+            "positions enter every block as attention biases; " + vit_note,
         ),
         (
             "open_clip-vitamin",
@@ -418,6 +522,19 @@ def _register() -> None:
                 "blocks of the last attention stage (no class token: the mean over query rows, on that stage's "
                 "grid); grad_eclip, mask_clip and clip_surgery need CLIP's block layout and are refused"
             ),
+        )
+    )
+    register_family(
+        Family(
+            key="open_clip-swin",
+            name="OpenCLIP Swin (timm SwinTransformer)",
+            library="open_clip",
+            examples="open_clip:swin_base_patch4_window7_224",
+            tiny=tiny_swin,
+            image_tower="cnn",
+            notes="window attention, no map over one set of tokens: blocks = the stages, their feature maps "
+            "the hidden states; M2IB after stage 3 of 4, Grad-CAM after the last stage; attention methods do "
+            "not apply to the image side",
         )
     )
 

@@ -14,7 +14,9 @@ Accepted (``text_tokenizer``):
 The tokenizer's vocabulary must fit the tower's embedding table: larger is refused (ids would
 fall off the table); a table more than ``VOCAB_SLACK`` rows larger than the vocabulary is
 refused too (the tokenizer belongs to another model: its ids would silently mean other tokens).
-Tables are commonly padded by a few rows past the vocabulary, which is allowed.
+Tables are commonly padded by a few rows past the vocabulary, which is allowed. A tokenizer that
+the model's own config names (``ConfigTokenizer``: open_clip's CLIPA configs pair
+bert-base-uncased's 30,522 tokens with a 32,000-row table) may leave any number of rows unused.
 """
 
 from __future__ import annotations
@@ -31,6 +33,21 @@ from .text import PoolMode, TokenizerSpec, _clean_token, from_hf_tokenizer
 #: rows an embedding table may have past the tokenizer's vocabulary (tables padded to a multiple)
 VOCAB_SLACK = 128
 CLIP_VOCAB = 49408
+
+
+class ConfigTokenizer:
+    """A tokenizer that the model's own OpenCLIP config names (``text_cfg.hf_tokenizer_name``),
+    built as OpenCLIP builds it for that config; its vocabulary may be smaller than the table by
+    any number of rows. ``open_clip:`` specs wrap the tokenizer they load so.
+
+    Args:
+        tokenizer: the tokenizer (open_clip's ``HFTokenizer`` for such configs).
+        named: the name the config gives it (``"bert-base-uncased"``).
+    """
+
+    def __init__(self, tokenizer: Any, named: str):
+        self.tokenizer = tokenizer
+        self.named = named
 
 
 class IdsTokenizer:
@@ -99,8 +116,9 @@ def _vocab_of(tok: Any) -> int | None:
     return None
 
 
-def check_vocab(vocab: int | None, table: int, what: str) -> None:
-    """Refuse a tokenizer whose vocabulary does not fit an embedding table of ``table`` rows."""
+def check_vocab(vocab: int | None, table: int, what: str, named_by_config: bool = False) -> None:
+    """Refuse a tokenizer whose vocabulary does not fit an embedding table of ``table`` rows
+    (``named_by_config``: the model's config names it, so unused rows past it are allowed)."""
     if vocab is None:
         return
     if vocab > table:
@@ -108,11 +126,11 @@ def check_vocab(vocab: int | None, table: int, what: str) -> None:
             f"{what} has {vocab} tokens but the text tower's embedding table has {table} rows: it is not this "
             "model's tokenizer; pass the model's own (tokenizer=..., or open_clip:ARCH/WEIGHTS@TOKENIZER_DIR)"
         )
-    if table - vocab > VOCAB_SLACK:
+    if table - vocab > VOCAB_SLACK and not named_by_config:
         raise ModelLoadError(
             f"{what} has {vocab} tokens but the text tower's embedding table has {table} rows: its ids would "
             "name other tokens of this model; pass the model's own tokenizer (tokenizer=..., or "
-            "open_clip:ARCH/WEIGHTS@TOKENIZER_DIR)"
+            "open_clip:ARCH/WEIGHTS@TOKENIZER_DIR, which accepts the tokenizer the architecture's config names)"
         )
 
 
@@ -123,8 +141,11 @@ def text_tokenizer(tok: Any, tower: Any, context_length: int) -> TokenizerSpec |
     pool: PoolMode = "mean" if getattr(tower, "pool", "") == "MeanPooler" else "eos"
     if isinstance(tok, TokenizerSpec):
         return tok
+    named = isinstance(tok, ConfigTokenizer)
+    if isinstance(tok, ConfigTokenizer):
+        tok = tok.tokenizer
     if tok is None:
-        if table != CLIP_VOCAB or type(tower).__name__ == "HFTextEncoderTower":
+        if table != CLIP_VOCAB or type(tower).__name__ in ("HFTextEncoderTower", "M2M100EncoderTower"):
             raise ModelLoadError(
                 f"this model's text vocabulary ({table} tokens) is not CLIP's BPE; pass its tokenizer: "
                 "load_model(model, tokenizer=open_clip.get_tokenizer(ARCH) or a transformers tokenizer), "
@@ -135,7 +156,7 @@ def text_tokenizer(tok: Any, tower: Any, context_length: int) -> TokenizerSpec |
         return clip_bpe_tokenizer(context_length, pad_to_context=full)
     name = type(tok).__name__
     if hasattr(tok, "encoder") and hasattr(tok, "eot_token_id") and hasattr(tok, "encode"):  # SimpleTokenizer
-        check_vocab(len(tok.encoder), table, f"the tokenizer ({name})")
+        check_vocab(len(tok.encoder), table, f"the tokenizer ({name})", named)
         t = tok
         return TokenizerSpec(
             encode=t.encode,
@@ -149,7 +170,7 @@ def text_tokenizer(tok: Any, tower: Any, context_length: int) -> TokenizerSpec |
         )
     inner = getattr(tok, "tokenizer", None)
     if inner is not None and callable(tok) and hasattr(inner, "convert_ids_to_tokens"):  # HFTokenizer, SigLipTokenizer
-        check_vocab(_vocab_of(inner), table, f"the tokenizer ({name})")
+        check_vocab(_vocab_of(inner), table, f"the tokenizer ({name})", named)
         pad = inner.pad_token_id if inner.pad_token_id is not None else 0
         return IdsTokenizer(
             lambda texts: tok(texts, context_length=context_length),
@@ -159,7 +180,7 @@ def text_tokenizer(tok: Any, tower: Any, context_length: int) -> TokenizerSpec |
             full,
         )
     if hasattr(tok, "convert_ids_to_tokens") and hasattr(tok, "all_special_ids"):  # a transformers tokenizer
-        check_vocab(_vocab_of(tok), table, f"the tokenizer ({name})")
+        check_vocab(_vocab_of(tok), table, f"the tokenizer ({name})", named)
         return from_hf_tokenizer(
             tok, context_length, "last" if getattr(tower, "pool", "") == "last" else pool, pad_to_context=full
         )

@@ -20,7 +20,9 @@ SPEC_FORMS = """accepted model specs:
   testbed:spurious                         the shapes-world CLIP that learned a badge shortcut (ships with vlexplain)
   testbed:shapes@DIR, DIR                  a shapes-world CLIP trained with `vlexplain testbed train-shapes --out DIR`
   hf:ORG/NAME                              a transformers dual encoder, hub id (network or the local cache):
-                                           CLIP, SigLIP, SigLIP 2, ALIGN, AltCLIP, Chinese-CLIP, BLIP retrieval
+                                           CLIP, SigLIP, SigLIP 2, MetaCLIP 2, ALIGN, AltCLIP, Chinese-CLIP,
+                                           BLIP retrieval, AIMv2, TIPSv2, GroupViT, OWL-ViT / OWLv2 / CLIPSeg
+                                           (their CLIP backbone), VisionTextDualEncoderModel
   open_clip:ARCH/PRETRAINED                an OpenCLIP model, e.g. open_clip:ViT-B-32/laion2b_s34b_b79k
   open_clip:ARCH/PATH.pt                   an OpenCLIP architecture with a local checkpoint file
   open_clip:ARCH                           an OpenCLIP architecture with random weights (for timing)
@@ -93,7 +95,7 @@ def wrap_model(model: Any, tokenizer: Any = None, preprocess: Any = None, name: 
 
         entry = entry_for_model(model)
         if entry is None:
-            known = ", ".join(e.model_class for e in hf_entries())
+            known = ", ".join(e.model_class for e in hf_entries() if not e.refusal)
             raise ModelLoadError(f"cannot explain a transformers {cls}; supported transformers dual encoders: {known}")
         return entry.adapter(model, tokenizer, preprocess, name or cls)
     if hasattr(model, "visual") and hasattr(model, "encode_text"):
@@ -134,6 +136,8 @@ def _load_hf(ident: str, tokenizer: Any, preprocess: Any) -> DualEncoder:
             f"{what} is a {config.model_type!r} model; vlexplain loads these transformers model types: "
             f"{', '.join(supported_model_types())}"
         )
+    if entry.refusal:
+        raise ModelLoadError(f"cannot explain {what} ({entry.model_class}): {entry.refusal}")
     archs = list(getattr(config, "architectures", None) or [])
     if entry.architectures and archs and not set(archs) & set(entry.architectures):
         raise ModelLoadError(
@@ -259,7 +263,11 @@ def load_model(
         model.name = f"{model.name}#{'size' if k == 'input_size' else 'aspect'}={a}x{b}"
     if device is not None:
         model = model.to(device)
-    return model.eval()
+    from .embedding_check import check_embedding_sizes
+
+    model = model.eval()  # (before the probe: a BatchNorm in training mode would update its statistics)
+    check_embedding_sizes(model)  # a projection that does not fit its tower: one line now, not in every method
+    return model
 
 
 def _load_spec(s: str, tokenizer: Any, preprocess: Any) -> DualEncoder:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ import torch
 
 from .base import TextBatch
 
-PoolMode = Literal["eos", "last", "mean", "first"]
+PoolMode = Literal["eos", "last", "mean", "first", "argmax"]
 
 
 @dataclass
@@ -24,8 +25,9 @@ class TokenizerSpec:
         decode: ids -> text (to report what truncation dropped).
         sos_id / eos_id / pad_id: special ids (sos / eos None when the model has no start / end token).
         context_length: the tower's maximum sequence length.
-        pool: where the tower pools: first EOS, last position, mean over real tokens, or the first
-            token ([CLS] of BERT-style towers).
+        pool: where the tower pools: first EOS, last position, mean over real tokens, the first
+            token ([CLS] of BERT-style towers), or the largest id of the text's own tokens
+            (``argmax``: transformers' legacy CLIP pooling, OWL-ViT's and OpenCLIP's ``argmax``).
         pad_to_context: always pad to the context length (SigLIP).
         padding_side: "left" puts the padding before the text (SigLIP 2's Gemma tokenizer).
         mask_padding: with ``pad_to_context``, mark padding 0 in the attention mask (SigLIP 2 masks
@@ -86,7 +88,10 @@ class TokenizerSpec:
             ids[i, s : s + len(r)] = torch.tensor(r)
             am[i, s : s + len(r)] = 1
             content[i, s + off : s + len(r) - end] = True
-            pool[i] = {"eos": s + len(r) - 1, "last": T - 1, "mean": -1, "first": s}[self.pool]
+            if self.pool == "argmax":  # the first largest id among the text's own tokens (padding excluded)
+                pool[i] = s + max(range(len(r)), key=lambda j: (r[j], -j))
+            else:
+                pool[i] = {"eos": s + len(r) - 1, "last": T - 1, "mean": -1, "first": s}[self.pool]
             toks = [""] * s + [self.decode_token(j) for j in r] + [""] * (T - s - len(r))
             tokens.append(toks)
         if self.pad_to_context and not self.mask_padding:  # the tower attends to the padding too (SigLIP)
@@ -98,15 +103,32 @@ def _clean_token(s: str) -> str:
     return s.replace("</w>", "").replace("Ġ", "").replace("▁", "")
 
 
+def special_tokens_around(tok: Any) -> tuple[int | None, int | None]:
+    """The start and end ids a transformers tokenizer's own template puts around a text (None: none).
+
+    Read from the tokenizer itself (``tok(text)`` against ``tok(text, add_special_tokens=False)``), as
+    a processor and OpenCLIP's ``HFTokenizer`` call it: NLLB's starts a text with its source-language
+    code, not ``<s>``; SigLIP's T5 tokenizer only appends ``</s>``; Gemma's only prepends ``<bos>``.
+
+    Raises:
+        ModelLoadError: the template is not one token before and one after the text at most.
+    """
+    from ..errors import ModelLoadError
+
+    body = tok("a photo", add_special_tokens=False)["input_ids"]
+    full = tok("a photo")["input_ids"]
+    k = next((i for i in range(len(full) - len(body) + 1) if full[i : i + len(body)] == body), None)
+    prefix, suffix = (full[:k], full[k + len(body) :]) if k is not None else ([], [])
+    if k is None or not body or len(prefix) > 1 or len(suffix) > 1:
+        raise ModelLoadError(f"cannot read where {type(tok).__name__} puts its special tokens ({full} around {body})")
+    return (int(prefix[0]) if prefix else None), (int(suffix[0]) if suffix else None)
+
+
 def from_hf_tokenizer(tok: Any, context_length: int, pool: PoolMode, pad_to_context: bool = False) -> TokenizerSpec:
-    """Wrap a transformers tokenizer."""
-    sos = tok.bos_token_id if tok.bos_token_id is not None else getattr(tok, "cls_token_id", None)
-    eos = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
-    if pool == "last":  # SigLIP: no start token, EOS appended, pooled at the last position
-        sos = None
-    if pool == "first" and getattr(tok, "cls_token_id", None) is not None:
-        sos = tok.cls_token_id  # pooled at [CLS] (BLIP's tokenizer names [DEC] its bos token)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+    """Wrap a transformers tokenizer: texts laid out as its own template lays them out
+    (``special_tokens_around``), so the pooled position holds the token the model's pipeline puts there."""
+    sos, eos = special_tokens_around(tok)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (eos if eos is not None else 0)
     return TokenizerSpec(
         encode=lambda t: tok(t, add_special_tokens=False)["input_ids"],
         decode_token=lambda i: _clean_token(tok.convert_ids_to_tokens(int(i))),
@@ -120,12 +142,18 @@ def from_hf_tokenizer(tok: Any, context_length: int, pool: PoolMode, pad_to_cont
     )
 
 
-def clip_bpe_tokenizer(context_length: int = 77, pool: PoolMode = "eos", pad_to_context: bool = False) -> TokenizerSpec:
-    """The CLIP BPE vocabulary that ships inside open_clip (no download)."""
+@functools.lru_cache(maxsize=1)
+def _simple_tokenizer() -> Any:
+    """open_clip's ``SimpleTokenizer``, built once per process (reading its 49,408 merges takes a
+    second or two; the tokenizer is the same for every model that uses it)."""
     from ..errors import require
 
-    tokmod = require("open_clip.tokenizer", "openclip")
-    t = tokmod.SimpleTokenizer()
+    return require("open_clip.tokenizer", "openclip").SimpleTokenizer()
+
+
+def clip_bpe_tokenizer(context_length: int = 77, pool: PoolMode = "eos", pad_to_context: bool = False) -> TokenizerSpec:
+    """The CLIP BPE vocabulary that ships inside open_clip (no download)."""
+    t = _simple_tokenizer()
     return TokenizerSpec(
         encode=t.encode,
         decode_token=lambda i: _clean_token(t.decoder[int(i)]),
