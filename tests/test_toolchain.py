@@ -4,8 +4,9 @@ cross-reference style the docs build resolves."""
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 ROLE = re.compile(r":(func|class|meth|mod|attr|data|obj|exc):`")

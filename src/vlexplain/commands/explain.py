@@ -10,7 +10,7 @@ from typing import Any
 import typer
 
 from ..errors import InputError, MethodError
-from ..interrupt import track
+from ..interrupt import atomic, track
 from ._out import out_dir
 
 ModelOpt = typer.Option("offline", "--model", "-m", help="Model spec (see `vlexplain models`).")
@@ -168,9 +168,10 @@ def run_pairs(
                 candidates=texts if target == "softmax" else None,
                 **options,
             )
-            entries.append(save_entry(exp, out, prefix, Path(name).name, label))
+            with atomic():  # the pair's files (its JSON last) and its count go together
+                entries.append(save_entry(exp, out, prefix, Path(name).name, label))
+                work.advance()
             prog.advance(task)
-            work.advance()
     sub = f"model {model.name} · method {method} · seed {seed} · target {target}"
     return write_gallery(out, entries, title, sub)
 

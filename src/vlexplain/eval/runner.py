@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError, VlexplainError
-from ..interrupt import track
+from ..interrupt import atomic, track
 from . import io as rio
 from .run_config import (  # noqa: F401  (CONFIG_VERSION, IDENTITY_KEYS, resolve_metric: importable from here)
     CONFIG_VERSION,
@@ -279,14 +279,19 @@ def _run_shards(ctx: _Ctx, n_total: int, rank: int, world: int, show: bool) -> N
         for k, rows in _shards(ctx.ds, n_total, size):
             if k % world != rank or k in done:
                 continue
-            finished[k] = _run_shard(ctx, k, rows)
+            path, records = _run_shard(ctx, k, rows)
+            with atomic():  # the metrics file marks the shard finished: it and its count go together
+                _write_table(path, records, ctx.cfg.methods)
+                finished[k] = path
+                work.advance(len(rows))
             bar.advance(task, len(rows))
-            work.advance(len(rows))
             if world == 1:
                 write_manifest(ctx.out, n_total, size, finished)
 
 
-def _run_shard(ctx: _Ctx, k: int, rows: list[Any]) -> Path:
+def _run_shard(ctx: _Ctx, k: int, rows: list[Any]) -> tuple[Path, list[dict[str, Any]]]:
+    """Explain and score a shard's rows and write its maps; returns (its metrics file, its records),
+    the file still to be written (its existence marks the shard finished)."""
     records: list[dict[str, Any]] = []
     tensors: dict[str, Tensor] = {}
     meta: dict[str, str] = {}
@@ -298,9 +303,7 @@ def _run_shard(ctx: _Ctx, k: int, rows: list[Any]) -> Path:
         meta.update(met)
     if ctx.cfg.save_maps:
         _write_maps(ctx.out / rio.MAPS_DIR / rio.maps_name(k), tensors, meta)
-    path = ctx.out / rio.SHARD_DIR / rio.shard_name(k)
-    _write_table(path, records, ctx.cfg.methods)  # last: its existence marks the shard finished
-    return path
+    return ctx.out / rio.SHARD_DIR / rio.shard_name(k), records
 
 
 def _gt_mask(pair: Any, size: tuple[int, int]) -> Tensor | None:
