@@ -9,7 +9,23 @@ import torch
 
 from vlexplain.models.hf_clip import tiny_clip, tiny_siglip
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+THREADS = max(1, min(2, os.cpu_count() or 1))
+torch.set_num_threads(THREADS)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads_restored_per_module():
+    """The thread count a module (or its fixtures) set does not reach the next module."""
+    yield
+    torch.set_num_threads(THREADS)
+
+
+@pytest.fixture(autouse=True)
+def _threads_restored():
+    """The thread count a test sets does not reach the next test (its module's setting stays)."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
 
 
 # The transformers builders are the families table's own (one definition for the fixtures, the
