@@ -82,11 +82,10 @@ def read_classes(path: str | Path) -> list[str]:
     p = Path(path)
     if p.is_dir():
         names = _folder_classes(p)
-    elif p.is_file():
-        try:
-            text = p.read_text(encoding="utf-8-sig")
-        except UnicodeDecodeError:
-            raise InputError(f"--classes {p}: not a UTF-8 text file") from None
+    elif p.exists() or p.is_symlink():
+        from ..files import read_text
+
+        text = read_text(p, "class list")  # a FIFO, a link loop, invalid UTF-8 (with its line): one line each
         if text.lstrip().startswith(("[", "{")):
             try:
                 raw = json.loads(text)
