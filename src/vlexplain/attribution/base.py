@@ -88,6 +88,9 @@ class Explainer:
     needs_gradients: ClassVar[bool] = True
     #: sides the method explains
     sides: ClassVar[tuple[Side, ...]] = ("image", "text")
+    #: the options that set how much work a pair takes, with the largest value the web explorer
+    #: runs (larger values sent to it are lowered to these; the API and the command line take any)
+    web_limits: ClassVar[dict[str, int | float]] = {}
 
     def __init__(self, model: DualEncoder, **options: Any):
         if options:
@@ -96,14 +99,13 @@ class Explainer:
 
     @classmethod
     def create(cls, model: DualEncoder, **options: Any) -> Explainer:
-        """Build the method, turning unknown or bad options into a clear [`MethodError`][vlexplain.MethodError]."""
-        sig = inspect.signature(cls.__init__)
-        known = [k for k, p in list(sig.parameters.items())[2:] if p.kind is not inspect.Parameter.VAR_KEYWORD]
-        unknown = sorted(set(options) - set(known))
-        if unknown:
-            raise MethodError(
-                f"unknown option(s) for {cls.name}: {', '.join(unknown)}; options: {', '.join(known) or 'none'}"
-            )
+        """Build the method, turning unknown or bad options into a clear [`MethodError`][vlexplain.MethodError].
+
+        The options first pass ``vlexplain.validate.check_method_options`` (known keys, the types
+        ``__init__`` declares, finite numbers), then the method's own range checks."""
+        from ..validate import check_method_options
+
+        options = check_method_options(cls, options)
         try:
             return cls(model, **options)
         except TypeError as e:
@@ -123,6 +125,21 @@ class Explainer:
         any: ``run_explainer`` then keeps it from the embedding pass (``PairBatch.hidden``)
         instead of the method running the tower up to it again."""
         return None
+
+    @classmethod
+    def cost(cls, options: dict[str, Any]) -> float:
+        """About how many model passes (forward or backward, summed over both sides) one pair takes
+        with ``options``; the explorer bounds a request's total. Default: a forward and a backward
+        pass per side."""
+        return 4.0
+
+    @classmethod
+    def option(cls, options: dict[str, Any], name: str) -> Any:
+        """The value of option ``name``: as given in ``options``, else ``__init__``'s default."""
+        if name in options:
+            return options[name]
+        p = inspect.signature(cls.__init__).parameters.get(name)
+        return None if p is None or p.default is inspect.Parameter.empty else p.default
 
     # --- applicability ------------------------------------------------------------------------
     @classmethod

@@ -1,0 +1,302 @@
+"""One validation step for every option and input, shared by the command line, the API and the explorer.
+
+Everything a user can set is checked here before any work starts and before any folder is created
+or claimed: seeds, numbers (finite, in range), the options of methods and metrics (known keys, the
+types their signatures declare, finite numbers) and JSON option arguments. A method's own range
+checks (``Explainer.__init__``) and the model-dependent ones (a layer that the model has) run next,
+through ``Explainer.create``, which calls ``check_method_options`` first.
+
+The explorer adds ``web_options``: expensive options are lowered to the bounds the methods
+document in ``Explainer.web_limits``, and a request whose estimated cost (``Explainer.cost``,
+model passes per pair, times the texts) exceeds ``MAX_REQUEST_COST`` is refused.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError, MethodError
+
+#: seeds are whole numbers in 0 .. 2**63 - 1 (what every generator here accepts)
+MAX_SEED = 2**63 - 1
+#: whole-number options (counts, sizes, layers) stay within a 32-bit signed int
+MAX_INT = 2**31 - 1
+#: the most model passes (forward or backward, see ``Explainer.cost``) one explorer request may ask for
+MAX_REQUEST_COST = 60_000
+#: a JSON option argument longer than this is never taken for a file name
+MAX_PATH_CHARS = 4096
+
+
+def check_seed(seed: Any, name: str = "--seed") -> int:
+    """``seed`` as an int in ``0 .. MAX_SEED`` (an integral float is accepted), else an InputError."""
+    return int(check_number(seed, name, integer=True, lo=0, hi=MAX_SEED))
+
+
+def check_number(
+    value: Any,
+    name: str,
+    *,
+    integer: bool = False,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+) -> int | float:
+    """A finite number (an int when ``integer``) in ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        kind = "a whole number" if integer else "a number"
+        raise InputError(f"{name} must be {kind}, got {value!r}")
+    if not math.isfinite(value):
+        raise InputError(f"{name} must be a finite number, got {value!r}")
+    if integer:
+        if isinstance(value, float) and not value.is_integer():
+            raise InputError(f"{name} must be a whole number, got {value!r}")
+        value = int(value)
+    if lo is not None and (value <= lo if lo_open else value < lo):
+        raise InputError(f"{name} must be {'>' if lo_open else '>='} {lo:g}, got {value!r}")
+    if hi is not None and value > hi:
+        raise InputError(f"{name} must be at most {hi:g}, got {value!r}")
+    return value
+
+
+# --- options checked against a signature ------------------------------------------------------------
+def _hints(fn: Callable) -> dict[str, Any]:
+    """``fn``'s resolved annotations; one that cannot be resolved (a name imported only for type
+    checking) is left out, and its parameter is not type-checked."""
+    try:
+        return typing.get_type_hints(fn)
+    except Exception:
+        pass
+    out = {}
+    scope = getattr(fn, "__globals__", {})
+    for name, ann in getattr(fn, "__annotations__", {}).items():
+        if isinstance(ann, str):
+            try:
+                ann = eval(ann, scope)  # the annotations of our own (or a plug-in's) signature
+            except Exception:
+                continue
+        out[name] = ann
+    return out
+
+
+def _union() -> Any:
+    import types
+
+    return types.UnionType
+
+
+def check_value(value: Any, hint: Any, name: str) -> Any:
+    """``value`` checked against a type hint (bool, int, float, str, Literal, sequences, unions);
+    numbers must be finite and ints within ``MAX_INT``. Returns the value (an integral float given
+    for an int becomes an int)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, _union()):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return check_value(value, a, name)
+            except InputError as e:
+                errors.append(str(e))
+        raise InputError(errors[0] if len(errors) == 1 else f"{name}: {value!r} is not one of the accepted kinds")
+    if origin is typing.Literal:
+        if not any(value == a and type(value) is type(a) for a in args):
+            raise InputError(f"{name} must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise InputError(f"{name} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        return check_number(value, name, integer=True, lo=-MAX_INT - 1, hi=MAX_INT)
+    if hint is float:
+        return check_number(value, name)
+    if hint is str:
+        if not isinstance(value, str):
+            raise InputError(f"{name} must be a text, got {value!r}")
+        return value
+    if origin in (list, tuple, Sequence, typing.Sequence) or hint in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise InputError(f"{name} must be a list, got {value!r}")
+        item = args[0] if len(args) == 1 or (len(args) == 2 and args[1] is Ellipsis) else Any
+        return type(value)(check_value(v, item, f"{name}[{i}]") for i, v in enumerate(value))
+    return _finite_everywhere(value, name)
+
+
+def _finite_everywhere(value: Any, name: str) -> Any:
+    """Any value whose numbers (nested in lists and dicts too) are finite."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InputError(f"{name} must be a finite number, got {value!r}")
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _finite_everywhere(v, f"{name}[{i}]")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _finite_everywhere(v, f"{name}.{k}")
+    return value
+
+
+def signature_options(fn: Callable, skip: int = 0, exclude: Sequence[str] = ()) -> tuple[dict[str, Any], bool]:
+    """(option -> type hint, whether any other keyword is accepted) of ``fn``'s parameters after the
+    first ``skip`` (hint ``Any`` where none is declared)."""
+    params = list(inspect.signature(fn).parameters.values())[skip:]
+    hints = _hints(fn)
+    opts = {
+        p.name: hints.get(p.name, Any)
+        for p in params
+        if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in exclude
+    }
+    return opts, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def check_options(
+    options: Any, known: dict[str, Any], open_ended: bool, what: str, error: type[Exception] = InputError
+) -> dict[str, Any]:
+    """``options`` (a dict) checked against ``known`` (option -> type hint): unknown keys, types, finite numbers."""
+    if not isinstance(options, dict):
+        raise error(f"the options of {what} must be an object of option: value, got {options!r}")
+    bad = sorted(str(k) for k in options if not isinstance(k, str) or (k not in known and not open_ended))
+    if bad:
+        raise error(f"unknown option(s) for {what}: {', '.join(bad)}; options: {', '.join(known) or 'none'}")
+    out = {}
+    for k, v in options.items():
+        try:
+            out[k] = check_value(v, known.get(k, Any), f"{what} option {k}")
+        except InputError as e:
+            raise error(str(e)) from None
+    return out
+
+
+def check_method_options(cls: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """A method's options: known keys (its ``__init__``'s), the declared types, finite numbers.
+
+    Raises [`MethodError`][vlexplain.MethodError]; returns the checked options (see ``check_value``).
+    """
+    from .attribution.base import Explainer
+
+    known, open_ended = signature_options(cls.__init__, skip=2)
+    open_ended = open_ended and cls.__init__ is not Explainer.__init__  # the base takes no option
+    return check_options(options, known, open_ended, cls.name, MethodError)
+
+
+def check_methods_options(methods: Sequence[str], options: Any, flag: str = "--method-options") -> dict[str, dict]:
+    """Per-method options (``{"m2ib": {"steps": 5}}``) for the chosen ``methods``: every method named is
+    one of them, and each one's options pass ``check_method_options``."""
+    from .attribution.base import get_method
+
+    if not isinstance(options, dict):
+        raise InputError(f'{flag}: expected an object of objects, e.g. {{"m2ib": {{"steps": 5}}}}')
+    stray = [m for m in options if m not in methods]
+    if stray:
+        raise InputError(
+            f"{flag} names {', '.join(map(repr, stray))}, not among the methods run ({', '.join(methods)})"
+        )
+    return {m: check_method_options(get_method(m), o) for m, o in options.items()}
+
+
+def metric_options(info: Any) -> tuple[dict[str, Any], bool]:
+    """(option -> type hint, open-ended) of a metric: a registered ``MetricSpec`` (its ``options``
+    function's keywords) or a plug-in function (its keywords after the five common arguments)."""
+    fn = getattr(info, "options_fn", None) or info.fn
+    skip = 0 if fn is not info.fn else 5
+    known, open_ended = signature_options(fn, skip, exclude=("mode", *info.requires))
+    if fn is not info.fn:  # the underlying function's own positional inputs are not options
+        known = {k: v for k, v in known.items() if k not in ("model", "pixels", "texts", "image_maps", "token_maps")}
+    return known, open_ended
+
+
+def check_metrics_options(
+    metric_infos: dict[str, Any], options: Any, flag: str = "--metric-options"
+) -> dict[str, dict]:
+    """Per-metric options for the chosen metrics: known metric names, known keys, types, finite numbers."""
+    if not isinstance(options, dict):
+        raise InputError(f'{flag}: expected an object of objects, e.g. {{"deletion_image": {{"n_steps": 8}}}}')
+    stray = [m for m in options if m not in metric_infos]
+    if stray:
+        raise InputError(
+            f"{flag} names {', '.join(map(repr, stray))}, not among the metrics run ({', '.join(metric_infos)})"
+        )
+    out = {}
+    for name, opts in options.items():
+        known, open_ended = metric_options(metric_infos[name])
+        out[name] = check_options(opts, known, open_ended, f"metric {name}")
+    return out
+
+
+def check_metric_function(name: str, fn: Any) -> None:
+    """A plug-in metric must be callable as ``fn(model, pixels, texts, image_maps, token_maps, **options)``."""
+    try:
+        sig = inspect.signature(fn)
+        sig.bind(None, None, None, None, None)
+    except (TypeError, ValueError):
+        raise InputError(
+            f"{name!r} is not a metric function: it must take (model, pixels, texts, image_maps, token_maps, "
+            "**options) and return a dict of per-pair tensors"
+        ) from None
+
+
+def parse_json_option(value: str | None, flag: str, example: str = '{"m2ib": {"steps": 5}}') -> dict[str, Any]:
+    """A JSON object given inline or as the path of a JSON file (``{}`` when empty)."""
+    if value is None or not value.strip():
+        return {}
+    text = value
+    if not value.lstrip().startswith("{") and len(value) <= MAX_PATH_CHARS:
+        p = Path(value).expanduser()
+        try:
+            is_file = p.is_file()
+        except OSError:  # a name the system cannot hold: it is not a file
+            is_file = False
+        if is_file:
+            from .files import read_text
+
+            text = read_text(p, "JSON file")
+        elif p.suffix.lower() == ".json" or "/" in value:
+            raise InputError(f"{flag} {value}: no such JSON file (or give the JSON itself, e.g. '{example}')")
+    try:
+        obj = json.loads(text, parse_constant=_no_constant)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{flag}: not valid JSON ({e.msg} at column {e.colno}); expected e.g. '{example}'") from None
+    except ValueError as e:
+        raise InputError(f"{flag}: {e}") from None
+    if not isinstance(obj, dict) or not all(isinstance(v, dict) for v in obj.values()):
+        raise InputError(f"{flag}: expected a JSON object of objects, e.g. '{example}'")
+    return obj
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows; give a finite number")
+
+
+# --- the explorer's bounds -------------------------------------------------------------------------------
+def web_options(methods: Sequence[str], options: dict[str, dict[str, Any]], n_texts: int) -> tuple[dict, list[str]]:
+    """(options, notes) for an explorer request: each method's expensive options lowered to its
+    ``web_limits`` (a note says which), then the request's estimated cost checked against
+    ``MAX_REQUEST_COST``. Options must have passed ``check_method_options``."""
+    from .attribution.base import get_method
+
+    out, notes = {}, []
+    cost = 0.0
+    for m in methods:
+        cls = get_method(m)
+        opts = dict(options.get(m, {}))
+        for k, limit in cls.web_limits.items():
+            v = cls.option(opts, k)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v > limit:
+                opts[k] = type(v)(limit)
+                notes.append(f"{m}.{k} lowered to {limit:g} (the explorer's limit)")
+        out[m] = opts
+        cost += cls.cost(opts) * n_texts
+    if cost > MAX_REQUEST_COST:
+        raise InputError(
+            f"this request would take about {cost:,.0f} model passes (the explorer's limit is "
+            f"{MAX_REQUEST_COST:,}); choose fewer methods or texts, or smaller options"
+        )
+    return out, notes
