@@ -309,7 +309,7 @@ def test_deal_train(tmp_path):
         "--no-progress",
     ]
     line = interrupt(args, tmp_path / "err.txt", pause=("vlexplain.concepts.train:deal_losses", 3))
-    assert line == "interrupted; 3 of 16 steps done, rerun (without --fresh) to continue"
+    assert line == "interrupted; 3 of 16 steps done, rerun (without --overwrite) to continue"
     assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 3  # saved on the way out
     assert main(args) == 0
     assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 16

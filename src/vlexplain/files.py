@@ -33,7 +33,10 @@ def shown_name(path: str | os.PathLike) -> str:
     s = os.fspath(path)
     if isinstance(s, bytes):
         return s.decode("utf-8", "replace")
-    return s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    try:
+        return s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate no file system produced: replace each one
+        return "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in s)
 
 
 def _short(path: str | os.PathLike, n: int = 120) -> str:

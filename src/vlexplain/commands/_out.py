@@ -1,4 +1,5 @@
-"""typer callbacks for ``--out`` options (see ``vlexplain.outdir``)."""
+"""typer callbacks for ``--out`` options (see ``vlexplain.outdir``). A command claims its folder
+itself (``vlexplain.outdir.claimed``) once its inputs are validated."""
 
 from __future__ import annotations
 
@@ -6,16 +7,14 @@ from pathlib import Path
 
 import typer
 
-from ..outdir import check_out_dir, check_out_file, claim
+from ..outdir import check_out_dir, check_out_file
 
 
 def out_dir(ctx: typer.Context, value: Path | None) -> Path | None:
-    """A folder ``--out``: checked (not a file, writable), then claimed until the command ends."""
+    """A folder ``--out``: checked (not a file, writable); nothing is created or claimed here."""
     if value is None or ctx.resilient_parsing:
         return value
-    p = check_out_dir(value)
-    ctx.call_on_close(claim(p).release)
-    return p
+    return check_out_dir(value)
 
 
 def out_file(ctx: typer.Context, value: Path | None) -> Path | None:

@@ -8,7 +8,7 @@ import typer
 
 from ..errors import InputError
 from ._out import out_dir
-from .evaluate import _D, DATA_HELP, _names, _options, open_data
+from .evaluate import _D, DATA_HELP, _names, _options, check_run_options, open_data
 
 
 def register(app: typer.Typer) -> None:
@@ -44,6 +44,9 @@ def register(app: typer.Typer) -> None:
         ),
         batch_size: int = typer.Option(8, "--batch-size", min=1, help="Pairs explained together."),
         resume: bool = typer.Option(False, "--resume", help="Continue an interrupted benchmark in --out."),
+        overwrite: bool = typer.Option(
+            False, "--overwrite", help="Replace the benchmark --out holds (its files are removed first)."
+        ),
         grid: int = typer.Option(2, "--grid", min=2, help="Grid side for grids (2: 2x2, 3: 3x3)."),
         sanity: bool = typer.Option(False, "--sanity", help="Also run cascading_randomization (expensive)."),
         method_options: str | None = typer.Option(
@@ -80,6 +83,14 @@ def register(app: typer.Typer) -> None:
                 "`benchmark data` needs --data"
             )
 
+        from ..outdir import check_overwrite
+
+        check_overwrite(resume, overwrite)
+        m_opts = _options(method_options, "--method-options")
+        x_opts = _options(metric_options, "--metric-options")
+        names = _names(methods, "methods") if methods else []
+        check_run_options(names, _names(metrics, "metrics") if metrics else [], {}, {}, seed)
+
         def shared(mets: list[str] | None = None) -> dict:
             """The options every kind of benchmark takes, parsed in the order each kind always parsed them
             (``mets``: the metrics when the kind chose them itself, else --metrics)."""
@@ -90,8 +101,9 @@ def register(app: typer.Typer) -> None:
                 seed=seed,
                 batch_size=batch_size,
                 resume=resume,
-                method_options=_options(method_options, "--method-options"),
-                metric_options=_options(metric_options, "--metric-options"),
+                overwrite=overwrite,
+                method_options=m_opts,
+                metric_options=x_opts,
                 device=device,
                 progress=not no_progress,
             )

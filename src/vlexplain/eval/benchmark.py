@@ -285,6 +285,7 @@ def run_benchmark(
     metric_options: dict[str, dict[str, Any]] | None = None,
     device: str | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> BenchmarkResult:
     """Generate a testbed, explain it with every applicable method, score, rank and report.
 
@@ -306,23 +307,35 @@ def run_benchmark(
         metric_options: per metric, keyword options.
         device: "cpu", "cuda"...; default cuda when available.
         progress: show a progress bar.
+        overwrite: replace the benchmark ``out`` holds instead of refusing to write into it.
+
+    Every option is checked before anything is written or the folder is claimed.
 
     Returns:
         A ``BenchmarkResult``.
     """
     from ..models.registry import load_model
+    from ..outdir import check_overwrite, claimed, remove_run
+    from ..validate import check_number, check_seed
     from .report import report
     from .runner import _resolve_device, evaluate
 
     if kind not in KINDS:
         raise InputError(f"unknown benchmark {kind!r}; choose from {', '.join(KINDS)}")
-    n = DEFAULT_N[kind] if n is None else n
-    if n < 1:
-        raise InputError("--n must be at least 1")
+    n = int(check_number(DEFAULT_N[kind] if n is None else n, "--n", integer=True, lo=1, hi=1_000_000))
+    seed = check_seed(seed)
+    check_overwrite(resume, overwrite)
+    if kind == "grids":
+        from ..data.grids import make_grid
+
+        make_grid(seed=0, rows=grid)  # a grid size the photos allow (one small grid, nothing written)
     out = Path(out).expanduser()
     run_dir = out / "run"
-    if (run_dir / "config.json").exists() and not resume:
-        raise InputError(f"{out} already holds a benchmark; pass --resume to continue it or choose another --out")
+    if (run_dir / "config.json").exists() and not resume and not overwrite:
+        raise InputError(
+            f"{out} already holds a benchmark; pass --resume to continue it, --overwrite to replace it, "
+            "or choose another --out"
+        )
     spec = model if model is not None else DEFAULT_MODEL[kind]
     loaded = load_model(spec, device=_resolve_device(device, 1))
     names, skipped = applicable_methods(loaded, methods)
@@ -330,33 +343,48 @@ def run_benchmark(
     mets = list(metrics) if metrics else list(DEFAULT_METRICS[kind])
     if sanity and SANITY_METRIC not in mets:
         mets.append(SANITY_METRIC)
-    data = (
-        make_shapes_data(out / "data", n, seed)
-        if kind == "shapes"
-        else make_grid_data(out / "data", n, seed, rows=grid)
-    )
-    # one shard per batch: an interrupted benchmark loses at most one batch
-    evaluate(
-        data,
-        loaded,
-        names,
-        mets,
-        run_dir,
-        batch_size=batch_size,
-        resume=resume,
-        shard_size=batch_size,
-        method_options=method_options,
-        metric_options=metric_options,
-        seed=seed,
-        progress=progress,
-    )
-    html = report(run_dir)
-    primary = PRIMARY[kind] if PRIMARY[kind] in mets else mets[0]
-    header = _header(kind, loaded, n, seed, grid, names, skipped, method_options, metric_options, primary)
-    md = leaderboard_markdown(run_dir, primary, header)
-    lb = out / "leaderboard.md"
-    lb.write_text(md)
+    _check_options(loaded, names, mets, method_options, metric_options)
+    with claimed(out):
+        if overwrite:
+            remove_run(out, ("data", "run", "leaderboard.md"))
+        data = (
+            make_shapes_data(out / "data", n, seed)
+            if kind == "shapes"
+            else make_grid_data(out / "data", n, seed, rows=grid)
+        )
+        # one shard per batch: an interrupted benchmark loses at most one batch
+        evaluate(
+            data,
+            loaded,
+            names,
+            mets,
+            run_dir,
+            batch_size=batch_size,
+            resume=resume,
+            shard_size=batch_size,
+            method_options=method_options,
+            metric_options=metric_options,
+            seed=seed,
+            progress=progress,
+        )
+        html = report(run_dir)
+        primary = PRIMARY[kind] if PRIMARY[kind] in mets else mets[0]
+        header = _header(kind, loaded, n, seed, grid, names, skipped, method_options, metric_options, primary)
+        md = leaderboard_markdown(run_dir, primary, header)
+        lb = out / "leaderboard.md"
+        lb.write_text(md)
     return BenchmarkResult(out, data, run_dir, html, lb, md, names, skipped)
+
+
+def _check_options(model: Any, names: list[str], mets: list[str], method_options: dict, metric_options: Any) -> None:
+    """The methods' and metrics' options (keys, types, finite numbers, then on this model) before
+    anything is written."""
+    from ..validate import check_methods_options, check_metrics_options
+    from .run_config import _check_methods, resolve_metric
+
+    opts = check_methods_options(names, method_options)
+    check_metrics_options({m: resolve_metric(m) for m in mets}, metric_options or {})
+    _check_methods(model, names, opts)
 
 
 def _with_benchmark_defaults(kind: str, names: Sequence[str], given: dict | None) -> dict[str, dict[str, Any]]:

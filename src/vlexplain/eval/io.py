@@ -133,12 +133,32 @@ def remove_temporaries(run_dir: str | os.PathLike) -> int:
     return n
 
 
+def unreadable(path: Path) -> str | None:
+    """Why a shard file cannot be read as Parquet (None: it can)."""
+    import pyarrow.parquet as pq
+
+    try:
+        pq.read_metadata(path)
+    except Exception as e:  # pyarrow's ArrowInvalid, OSError...
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
+    return None
+
+
 def load_results(run_dir: str | os.PathLike):
-    """All per-sample rows of a run as one ``pyarrow.Table``, ordered by sample index then method."""
+    """All per-sample rows of a run as one ``pyarrow.Table``, ordered by sample index then method.
+
+    Raises InputError naming a shard that cannot be read (and how to recompute it)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    tables = [pq.read_table(p) for p in finished_shards(run_dir).values()]
+    from ..errors import InputError
+
+    tables = []
+    for p in finished_shards(run_dir).values():
+        why = unreadable(p)
+        if why:
+            raise InputError(f"cannot read {p} ({why}); rerun the evaluation with --resume to compute that shard again")
+        tables.append(pq.read_table(p))
     if not tables:
         return pa.table({"index": pa.array([], pa.int64()), "method": pa.array([], pa.string())})
     return pa.concat_tables(tables, promote_options="default")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,11 +94,14 @@ def resolve_metric(name: str) -> MetricInfo:
     import importlib
 
     if ":" in name:
+        from ..validate import check_metric_function
+
         mod, _, attr = name.partition(":")
         try:
             fn = getattr(importlib.import_module(mod), attr)
-        except (ImportError, AttributeError) as e:
+        except (ImportError, AttributeError, ValueError) as e:
             raise InputError(f"cannot import metric {name!r}: {e}") from None
+        check_metric_function(name, fn)
     else:
         from ..metrics import get_spec
 
@@ -134,7 +138,8 @@ def _resolve_device(device: str | None, world: int) -> str | None:
     return device
 
 
-def _check_methods(model: Any, methods: Sequence[str]) -> None:
+def _check_methods(model: Any, methods: Sequence[str], options: dict[str, dict[str, Any]] | None = None) -> None:
+    """Every method applies to the model, and its options are valid on it (layers it has...)."""
     from ..attribution.base import get_method
 
     if not methods:
@@ -145,16 +150,37 @@ def _check_methods(model: Any, methods: Sequence[str]) -> None:
             from ..attribution.api import not_applicable
 
             raise MethodError(not_applicable(cls, model))
+        cls.create(model, **(options or {}).get(m, {}))  # the model-dependent checks, before any pair
 
 
-def _prepare_dir(out: Path, cfg: EvalConfig, resume: bool) -> None:
+#: what ``overwrite`` removes from a run folder before the new run writes it
+RUN_FILES = (rio.CONFIG, rio.MANIFEST, "problems.jsonl", "report.html", rio.SHARD_DIR, rio.MAPS_DIR)
+#: the way forward a refusal names
+REPLACE = "pass --overwrite to replace the run, or choose another --out"
+
+
+def _prepare_dir(out: Path, cfg: EvalConfig, resume: bool, overwrite: bool = False) -> None:
+    """Check that ``out`` can take this run: empty, or (``resume``) holding the same run, or
+    (``overwrite``) holding a run that is removed here. Refusals say the one way forward."""
+    from ..outdir import remove_run
+
     cfg_path = out / rio.CONFIG
     if out.exists() and not out.is_dir():
         raise InputError(f"{out} exists and is not a directory")
+    if overwrite:
+        if cfg_path.exists() or rio.finished_shards(out):
+            print(f"note: --overwrite: replacing the run in {out}", file=sys.stderr)
+        remove_run(out, RUN_FILES)
+        return
     if cfg_path.exists():
-        old = rio.read_json(cfg_path)
         if not resume:
-            raise InputError(f"{out} already holds a run; pass --resume to continue it or choose another directory")
+            raise InputError(f"{out} already holds a run; pass --resume to continue it, {REPLACE}")
+        try:
+            old = rio.read_json(cfg_path)
+            if not isinstance(old, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as e:
+            raise InputError(f"cannot resume {out}: its {rio.CONFIG} is unreadable ({e}); {REPLACE}") from None
         new = _jsonable(dataclasses.asdict(cfg))
         diff = [k for k in IDENTITY_KEYS if old.get(k) != new.get(k)]
         if "data" in diff and isinstance(old.get("data"), dict):  # name the fields: path, images_dir, instances...
@@ -164,15 +190,25 @@ def _prepare_dir(out: Path, cfg: EvalConfig, resume: bool) -> None:
         if diff:
             raise InputError(
                 f"cannot resume {out}: the configuration differs in {', '.join(diff)}; resume with the "
-                "options of the first run, or start a new run (another --out, or drop --resume to replace it)"
+                f"options of the first run, {REPLACE}"
             )
         from .identity import describe_change
 
         change = describe_change(old.get("data_identity"), new["data_identity"], cfg.shard_size, cfg.num_samples)
         if change:  # the same settings on other data: finished shards would mix with new ones
-            raise InputError(f"cannot resume {out}: {change}; start a new run in another directory")
+            raise InputError(f"cannot resume {out}: {change}; {REPLACE}")
+        _drop_unreadable_shards(out)
     elif rio.finished_shards(out):
-        raise InputError(f"{out} holds result shards but no {rio.CONFIG}; choose another directory")
+        raise InputError(f"{out} holds result shards but no {rio.CONFIG}; {REPLACE}")
+
+
+def _drop_unreadable_shards(out: Path) -> None:
+    """A shard file that cannot be read (truncated or emptied after it was written) is computed again."""
+    for k, p in rio.finished_shards(out).items():
+        why = rio.unreadable(p)
+        if why:
+            print(f"warning: {p} is unreadable ({why}); shard {k} is computed again", file=sys.stderr)
+            p.unlink()
 
 
 def _jsonable(obj: Any) -> Any:

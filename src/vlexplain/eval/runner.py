@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import InputError, VlexplainError
+from ..errors import InputError, MethodError, VlexplainError
 from ..interrupt import atomic, track
 from . import io as rio
 from .run_config import (  # noqa: F401  (CONFIG_VERSION, IDENTITY_KEYS, resolve_metric: importable from here)
@@ -132,6 +133,7 @@ def evaluate(
     device: str | None = None,
     progress: bool = True,
     skip_missing: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Explain every pair of a dataset with each method, score the maps, write shards.
 
@@ -155,6 +157,11 @@ def evaluate(
         progress: show a progress bar (rank 0 only).
         skip_missing: run without the metrics whose ground truth no pair has (a warning names
             them) instead of refusing the run.
+        overwrite: replace the run ``out_dir`` holds (its files are removed first) instead of
+            refusing to write into it.
+
+    Every argument, the data's rows and the methods' options (on this model) are checked before
+    anything is written or the folder is claimed.
 
     Returns:
         The run directory (``problems.jsonl`` lists failed pairs, see ``vlexplain.eval.problems``).
@@ -166,29 +173,44 @@ def evaluate(
         >>> evaluate("pairs.jsonl", "offline", ["m2ib"], ["deletion_image"], "runs/a")
     """
     from ..data.pairs import open_pairs
+    from ..outdir import check_overwrite
+    from ..validate import check_methods_options, check_metrics_options, check_number, check_seed
 
-    if batch_size < 1:
-        raise InputError("batch_size must be at least 1")
-    if limit is not None and limit < 0:
-        raise InputError("limit must be >= 0")
+    batch_size = int(check_number(batch_size, "batch_size", integer=True, lo=1, hi=2**20))
+    if limit is not None:
+        limit = int(check_number(limit, "limit", integer=True, lo=0))
+    if shard_size is not None:
+        shard_size = int(check_number(shard_size, "shard_size", integer=True, lo=1, hi=2**24))
     if target not in ("cosine", "logit"):
         raise InputError(f"target must be 'cosine' or 'logit' for evaluation runs, got {target!r}")
+    seed = check_seed(seed)
+    check_overwrite(resume, overwrite)
+    methods = list(methods)
+    _check_names(methods, "methods")
+    metric_fns = {m: resolve_metric(m) for m in _check_names(list(metrics), "metrics")}
+    method_options = check_methods_options(methods, method_options or {}, "method_options")
+    metric_options = check_metrics_options(metric_fns, metric_options or {}, "metric_options")
     rank, world = dist_info()
     s = shard_size or 8 * batch_size
     s = -(-s // batch_size) * batch_size
     ds = open_pairs(data)
     model, spec = _model_and_spec(model_spec_or_model, _resolve_device(device, world))
-    _check_methods(model, methods)
-    metric_fns = {m: resolve_metric(m) for m in metrics}
+    _check_methods(model, methods, method_options)
     from . import problems
 
     n_total, have = problems.scan(ds, limit)  # validates every line before anything is written
+    if n_total == 0 and limit != 0:
+        raise InputError(
+            f"{getattr(ds, 'path', 'the data')} holds no pairs (no rows after its header, or an empty file)"
+        )
     if rank == 0:
         problems.announce(ds, n_total)  # what was read (split, notes) before the run starts
     metric_fns, skipped = problems.check_metrics(
         metric_fns, have, str(getattr(ds, "path", "the data")), skip_missing, show=rank == 0, n=n_total
     )
     metrics = list(metric_fns)
+    metric_options = {k: v for k, v in metric_options.items() if k in metric_fns}
+    _check_scored(model, methods, metric_fns, rank == 0)
     cfg = EvalConfig(
         ds.describe(),
         spec,
@@ -212,23 +234,63 @@ def evaluate(
 
     cfg.data_identity = data_identity(ds, n_total, s)  # what a resume must find unchanged
     out = Path(out_dir).expanduser()
-    _prepare_dir(out, cfg, resume)
-    _barrier(world)  # every process checked the directory before anyone writes to it
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        rio.remove_temporaries(out)
-        rio.atomic_write_json(out / rio.CONFIG, _jsonable(dataclasses.asdict(cfg)))
-    _barrier(world)
-    ctx = _Ctx(cfg, model, ds, out, metric_fns)
-    _run_shards(ctx, n_total, rank, world, progress and rank == 0)
-    _barrier(world)
-    if rank == 0:
-        write_manifest(out, n_total, s)
-        problems.write_summary(out, n_total)  # problems.jsonl; counts in the manifest
-    _barrier(world)
-    _release_group()
+    from ..outdir import claimed
+
+    with claimed(out):  # (no claim under a multi-process launcher: its processes share the folder)
+        if rank == 0 or not overwrite:  # (with --overwrite, process 0 alone removes the old run)
+            _prepare_dir(out, cfg, resume, overwrite)
+        _barrier(world)  # every process checked the directory before anyone writes to it
+        if rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            rio.remove_temporaries(out)
+            rio.atomic_write_json(out / rio.CONFIG, _jsonable(dataclasses.asdict(cfg)))
+        _barrier(world)
+        ctx = _Ctx(cfg, model, ds, out, metric_fns)
+        _run_shards(ctx, n_total, rank, world, progress and rank == 0)
+        _barrier(world)
+        if rank == 0:
+            write_manifest(out, n_total, s)
+            problems.write_summary(out, n_total)  # problems.jsonl; counts in the manifest
+        _barrier(world)
+        _release_group()
     problems.raise_if_all_failed(out)
     return out
+
+
+def _check_names(names: list[str], what: str) -> list[str]:
+    if not names or not all(isinstance(n, str) and n.strip() for n in names):
+        raise InputError(f"{what}: give at least one name (non-empty texts)")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise InputError(f"{what}: {', '.join(dup)} named twice")
+    return names
+
+
+def _check_scored(model: Any, methods: list[str], metric_fns: dict[str, MetricInfo], show: bool) -> None:
+    """Every method must feed at least one metric: a method that explains only the side no metric
+    reads (chefer on a CNN image tower with image metrics) would leave all its rows empty."""
+    from ..attribution.base import brief_reason, get_method
+
+    both: tuple[Side, Side] = ("image", "text")
+    for m in methods:
+        cls = get_method(m)
+        sides = [s for s in both if cls.why_not(model, s) is None]
+        fed = [n for n, info in metric_fns.items() if info.side is None or info.side in sides]
+        if fed:
+            starved = [n for n in metric_fns if n not in fed]
+            if starved and show:
+                print(
+                    f"note: {m} explains only the {' and '.join(sides)} side of this model: "
+                    f"{', '.join(starved)} stay empty for it",
+                    file=sys.stderr,
+                )
+            continue
+        missing = [s for s in both if s not in sides]
+        why = "; ".join(f"{s} side: {brief_reason(cls.why_not(model, s) or '')}" for s in missing)
+        raise MethodError(
+            f"{m} cannot be scored by the metrics chosen ({', '.join(metric_fns)}): it explains only the "
+            f"{' and '.join(sides)} side of this model ({why}); drop it, or add a metric of that side"
+        )
 
 
 def write_manifest(out: Path, n_total: int, shard_size: int, done: dict[int, Path] | None = None) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,9 +195,11 @@ def parse_size_options(spec: str) -> tuple[str, dict[str, tuple[int, int]]]:
     for part in tail.split(","):
         k, eq, v = part.partition("=")
         hw = v.lower().split("x")
-        if not eq or k.strip() not in keys or len(hw) != 2 or not all(t.strip().isdigit() for t in hw):
+        ok = len(hw) == 2 and all(re.fullmatch(r"[0-9]{1,4}", t.strip()) and int(t) > 0 for t in hw)
+        if not eq or k.strip() not in keys or not ok:
             raise ModelLoadError(
-                f"model spec option {part!r} in {spec!r}: expected #size=HxW or #aspect=HxW (e.g. #size=256x384)"
+                f"model spec option {part!r} in {spec!r}: expected #size=HxW or #aspect=HxW with whole numbers "
+                "from 1 to 9999 (e.g. #size=256x384)"
             )
         out[keys[k.strip()]] = (int(hw[0]), int(hw[1]))
     if len(out) > 1:
@@ -285,6 +288,13 @@ def _load_spec(s: str, tokenizer: Any, preprocess: Any) -> DualEncoder:
         raise ModelLoadError(f"{p} has no config.json: not a save_pretrained model directory\n{SPEC_FORMS}")
     if p.exists():
         raise ModelLoadError(f"{p} is a file; pass an OpenCLIP checkpoint as open_clip:ARCH/{p}\n{SPEC_FORMS}")
+    if "/" in s or s.startswith((".", "~")):  # a path: say so, instead of listing the spec forms
+        hub = re.fullmatch(r"[\w.-]+/[\w.-]+", s) is not None
+        raise ModelLoadError(
+            f"model directory not found: {p}"
+            + (f" (for a Hugging Face model, write hf:{s})" if hub else "")
+            + "; `vlexplain models` lists the other model specs"
+        )
     raise ModelLoadError(f"unknown model {s!r}\n{SPEC_FORMS}")
 
 
