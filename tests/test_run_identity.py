@@ -186,7 +186,10 @@ def test_resume_of_coco_refuses_changed_instances_and_images_with_exit_2(tmp_pat
     assert main([*args, "--resume"]) == 2
     err = capsys.readouterr().err
     said = [line for line in err.splitlines() if "cannot resume" in line]  # one line, after what was read
-    assert len(said) == 1 and "the data file instances_val2017.json (--instances) changed; pass --overwrite to replace the run" in said[0]
+    assert (
+        len(said) == 1
+        and "the data file instances_val2017.json (--instances) changed; pass --overwrite to replace the run" in said[0]
+    )
     _instances(inst, [1, 1, 4, 1, 4, 3, 1, 3])
     assert main([*args, "--resume"]) == 0  # restored: resumes
     capsys.readouterr()
