@@ -76,7 +76,7 @@ def check_input_file(path: str | os.PathLike, what: str = "image") -> Path:
         if test(st.st_mode):
             raise InputError(f"{what} {name} is {kind}, not a regular file; copy it to a file first")
     if st.st_size == 0:
-        raise InputError(f"{what} file is empty: {name}")
+        raise InputError(f"{what} is empty (0 bytes): {name}")
     if not os.access(p, os.R_OK):
         raise InputError(f"cannot read {what} {name}: permission denied")
     return p

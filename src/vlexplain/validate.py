@@ -58,10 +58,14 @@ def check_number(
             raise InputError(f"{name} must be a whole number, got {value!r}")
         value = int(value)
     if lo is not None and (value <= lo if lo_open else value < lo):
-        raise InputError(f"{name} must be {'>' if lo_open else '>='} {lo:g}, got {value!r}")
+        raise InputError(f"{name} must be {'>' if lo_open else '>='} {_fmt(lo)}, got {value!r}")
     if hi is not None and value > hi:
-        raise InputError(f"{name} must be at most {hi:g}, got {value!r}")
+        raise InputError(f"{name} must be at most {_fmt(hi)}, got {value!r}")
     return value
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 # --- options checked against a signature ------------------------------------------------------------
@@ -169,10 +173,45 @@ def check_options(
     out = {}
     for k, v in options.items():
         try:
-            out[k] = check_value(v, known.get(k, Any), f"{what} option {k}")
+            out[k] = _in_range(k, check_value(v, known.get(k, Any), f"{what} option {k}"), f"{what} option {k}")
         except InputError as e:
             raise error(str(e)) from None
     return out
+
+
+#: counts and sizes: whole numbers >= 1 (``n_*`` and ``*_size`` options too)
+_COUNTS = {
+    "steps",
+    "n_steps",
+    "max_iter",
+    "chunk",
+    "cell",
+    "grid",
+    "blur_kernel",
+    "num_samples",
+    "image_samples",
+    "text_samples",
+    "blocks",
+    "image_blocks",
+    "text_blocks",
+}
+#: scales, tolerances and weights: >= 0
+_SCALES = {"blur_sigma", "noise", "tol", "tolerance", "compactness", "beta", "lr"}
+
+
+def _in_range(name: str, value: Any, label: str) -> Any:
+    """The ranges options of these names share, whatever method or metric takes them: counts and
+    sizes >= 1, scales and tolerances >= 0, seeds in ``0 .. MAX_SEED`` (each method checks its own
+    ranges too)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    if name in _COUNTS or name.startswith("n_") or name.endswith("_size"):
+        return check_number(value, label, lo=1)
+    if name in _SCALES:
+        return check_number(value, label, lo=0)
+    if name == "seed" or name.endswith("_seed"):
+        return check_number(value, label, integer=True, lo=0, hi=MAX_SEED)
+    return value
 
 
 def check_method_options(cls: Any, options: dict[str, Any]) -> dict[str, Any]:
@@ -203,14 +242,25 @@ def check_methods_options(methods: Sequence[str], options: Any, flag: str = "--m
 
 
 def metric_options(info: Any) -> tuple[dict[str, Any], bool]:
-    """(option -> type hint, open-ended) of a metric: a registered ``MetricSpec`` (its ``options``
-    function's keywords) or a plug-in function (its keywords after the five common arguments)."""
-    fn = getattr(info, "options_fn", None) or info.fn
-    skip = 0 if fn is not info.fn else 5
-    known, open_ended = signature_options(fn, skip, exclude=("mode", *info.requires))
-    if fn is not info.fn:  # the underlying function's own positional inputs are not options
-        known = {k: v for k, v in known.items() if k not in ("model", "pixels", "texts", "image_maps", "token_maps")}
-    return known, open_ended
+    """(option -> type hint, open-ended) of a metric: a registered ``MetricSpec`` (the keyword-only
+    arguments of its ``options_fn``, else of its ``fn``) or a plug-in function (its arguments after
+    the five common ones)."""
+    fn = info.fn
+    spec_fn = getattr(fn, "options_fn", None) or getattr(fn, "fn", None)  # a registered MetricSpec
+    target = spec_fn if spec_fn is not None else fn
+    params = list(inspect.signature(target).parameters.values())
+    if spec_fn is None:
+        params = params[5:]
+    else:
+        params = [p for p in params if p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD)]
+    hints = _hints(target)
+    exclude = ("mode", *info.requires)
+    known = {
+        p.name: hints.get(p.name, Any)
+        for p in params
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in exclude
+    }
+    return known, any(p.kind is p.VAR_KEYWORD for p in params)
 
 
 def check_metrics_options(

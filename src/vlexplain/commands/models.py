@@ -90,8 +90,12 @@ def register(app: typer.Typer) -> None:
 
         m = load_model_cli(model, None) if model else None
         t = Table(title="attribution methods" + (f" for {model}" if model else ""))
-        for c in ("method", "group", "image", "text", "description"):
-            t.add_column(c, overflow="fold")
+        t.add_column("method", no_wrap=True, min_width=max(map(len, vx.list_methods())))  # names stay whole
+        t.add_column("group", no_wrap=True)
+        for c in ("image", "text"):
+            t.add_column(c, overflow="fold", min_width=5)
+        t.add_column("description", overflow="fold", min_width=16)  # its longest words fit
+        reasons = []  # (the reasons go below the table: the side columns stay narrow)
         for name in vx.list_methods():
             cls = vx.get_method(name)
             if m is None:
@@ -100,10 +104,14 @@ def register(app: typer.Typer) -> None:
                 sides = []
                 for s in ("image", "text"):
                     why = cls.why_not(m, s)
-                    sides.append("yes" if why is None else f"no: {brief_reason(why)}")
+                    sides.append("yes" if why is None else "no")
+                    if why is not None:
+                        reasons.append(f"{name}, {s} side: {brief_reason(why)}")
             t.add_row(name, method_group(cls), sides[0], sides[1], cls.summary)
         con = Console()
         con.print(t)
+        for line in reasons:
+            con.print(line, markup=False, highlight=False)
         if m is not None:
             con.print(
                 f"image tower: {m.image.kind}, {m.image.num_blocks} blocks; text tower: {m.text.num_blocks} blocks",

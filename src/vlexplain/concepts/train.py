@@ -276,8 +276,9 @@ def load_checkpoint(path: str | Path, model: DualEncoder, opt: torch.optim.Optim
         if not isinstance(state, dict) or not isinstance(state.get("step"), int):
             raise ValueError("no step count in optimizer.pt")
     except Exception as e:  # a truncated file, a foreign or code-carrying pickle (refused by weights_only)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"cannot load the checkpoint in {path} ({first[:200]}); {again}") from None
+        from ..models.registry import load_failure
+
+        raise InputError(f"cannot load the checkpoint in {path}: {load_failure(e)}; {again}") from None
     if opt is not None:
         try:
             opt.load_state_dict(state["optimizer"])

@@ -328,7 +328,10 @@ def run_benchmark(
     if kind == "grids":
         from ..data.grids import make_grid
 
-        make_grid(seed=0, rows=grid)  # a grid size the photos allow (one small grid, nothing written)
+        try:
+            make_grid(seed=0, rows=grid)  # a grid size the photos allow (one small grid, nothing written)
+        except InputError as e:
+            raise InputError(f"--grid {grid}: {e}") from None
     out = Path(out).expanduser()
     run_dir = out / "run"
     if (run_dir / "config.json").exists() and not resume and not overwrite:

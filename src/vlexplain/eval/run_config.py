@@ -174,7 +174,10 @@ def _prepare_dir(out: Path, cfg: EvalConfig, resume: bool, overwrite: bool = Fal
         return
     if cfg_path.exists():
         if not resume:
-            raise InputError(f"{out} already holds a run; pass --resume to continue it, {REPLACE}")
+            raise InputError(
+                f"{out} already holds a run; pass --resume to continue it, --overwrite to replace it, "
+                "or choose another --out"
+            )
         try:
             old = rio.read_json(cfg_path)
             if not isinstance(old, dict):

@@ -106,6 +106,21 @@ def wrap_model(model: Any, tokenizer: Any = None, preprocess: Any = None, name: 
     raise ModelLoadError(f"cannot explain a {cls}: expected a CLIPModel, SiglipModel or OpenCLIP model\n{SPEC_FORMS}")
 
 
+def load_failure(e: BaseException) -> str:
+    """One line on why weights did not load."""
+    import pickle
+
+    text = " ".join(str(e).split())
+    if isinstance(e, pickle.UnpicklingError) or "weights only load failed" in text.lower():
+        return (
+            "a weights file holds code, not only tensors (torch.load with weights_only=True refused it); "
+            "convert it to safetensors on a machine you trust"
+        )
+    if type(e).__name__ == "SafetensorError":
+        return f"a safetensors file is damaged or truncated ({text[:120]})"
+    return text[:200] or type(e).__name__
+
+
 def _load_hf(ident: str, tokenizer: Any, preprocess: Any) -> DualEncoder:
     """A hub id or a local save_pretrained directory; the class comes from the config's model_type."""
     transformers = require("transformers", "core")
@@ -145,8 +160,8 @@ def _load_hf(ident: str, tokenizer: Any, preprocess: Any) -> DualEncoder:
         )
     try:
         model = getattr(transformers, entry.model_class).from_pretrained(ident, **kw)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise ModelLoadError(f"cannot load {what} as a {entry.model_class}: {str(e).splitlines()[0][:160]}") from None
+    except Exception as e:  # OSError, a truncated safetensors file, a refused pickle...
+        raise ModelLoadError(f"cannot load {what} as a {entry.model_class}: {load_failure(e)}") from None
     tok_files = (
         "tokenizer.json",
         "tokenizer_config.json",
