@@ -75,6 +75,7 @@ class MetricInfo:
     requires: tuple[str, ...]  # keywords that must be given: masks, method, per-row extras
     primary: str | None  # output key that summarises the metric
     higher_is_better: bool | None
+    ranked: bool = True  # False: the direction is nominal, no method is "best" (cue metrics)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -82,6 +83,7 @@ class MetricInfo:
             "requires": list(self.requires),
             "primary": self.primary,
             "higher_is_better": self.higher_is_better,
+            "ranked": self.ranked,
         }
 
 
@@ -113,6 +115,7 @@ def resolve_metric(name: str) -> MetricInfo:
         tuple(getattr(fn, "requires", ())),
         getattr(fn, "primary", None),
         getattr(fn, "higher_is_better", None),
+        bool(getattr(fn, "ranked", True)),
     )
 
 

@@ -62,6 +62,9 @@ class MetricSpec:
             outputs ``A`` and ``B`` over the pairs (``primary`` then names that rho).
         options_fn: the function whose keyword-only arguments are the metric's options (None:
             ``fn``); options are checked against it before a run (``vlexplain.validate``).
+        ranked: whether a best value exists across methods (False: ``higher_is_better`` is
+            nominal, e.g. the cue metrics, where a faithful map follows the model's reliance on the
+            cue; reports then shade no best value).
     """
 
     name: str
@@ -74,6 +77,7 @@ class MetricSpec:
     summary: str = ""
     aggregate: str = ""
     options_fn: Callable | None = None
+    ranked: bool = True
 
     def __call__(self, model, pixels, texts, image_maps=None, token_maps=None, **extra: Any) -> dict[str, Any]:
         missing = [k for k in self.requires if extra.get(k) is None]
@@ -244,6 +248,7 @@ _REGISTRY: dict[str, MetricSpec] = {
             ("cue_mask",),
             True,
             summary="share of positive map mass on a cue's mask (cue_mask column)",
+            ranked=False,
         ),
         MetricSpec(
             "cue_pointing",
@@ -254,6 +259,7 @@ _REGISTRY: dict[str, MetricSpec] = {
             ("cue_mask",),
             True,
             summary="map maximum on a cue's mask (cue_mask column)",
+            ranked=False,
         ),
         MetricSpec(
             "cue_reliance_rank",
