@@ -156,7 +156,8 @@ def test_demo_runs_on_offline_model(tmp_path):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--method", "center"]) == 0
     html = (out / "index.html").read_text()
-    assert html.count("class='card'") == 12 and "no match" in html
+    assert html.count("class='card'") == 12 and "expected no match" in html
+    assert "the label is the expected answer" in html and "<span class='nomatch'> · expected no match" in html
     assert len(list(out.glob("*_overlay.png"))) == 12
 
 

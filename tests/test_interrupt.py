@@ -399,3 +399,13 @@ def test_signal_right_after_a_pair_is_saved_counts_it(tmp_path, monkeypatch, hf_
         )
     assert len(list((tmp_path / "out").glob("0*.json"))) == 1
     assert message() == "interrupted; 1 of 2 pairs done, rerun with --resume"
+
+
+def test_ctrl_c_while_starting_up_is_one_line(tmp_path):
+    """The signal handlers are installed before anything heavy is imported: a Ctrl-C in the first
+    moments (here: while the commands are being registered) ends with one line, not a traceback."""
+    args = ["explain", "x.png", "-t", "a cat", "--out", str(tmp_path / "out")]
+    line = interrupt(args, tmp_path / "err.txt", pause=("vlexplain.cli:_register_commands", 0))
+    assert line == "interrupted"
+    assert (tmp_path / "err.ready").read_text() == "-"  # neither torch nor transformers was imported yet
+    assert len((tmp_path / "err.txt").read_text().strip().splitlines()) == 1

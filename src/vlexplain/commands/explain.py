@@ -393,17 +393,19 @@ def _run_demo(m, images, texts, labels, method, out, seed):
             prefix = f"{k:03d}_{_slug(name, 24)}_{_slug(t)}"
             entries.append(save_entry(exp, out, prefix, name, lab))
             prog.advance(task)
+    return write_gallery(out, entries, "vlexplain demo — offline model", demo_subtitle(method, seed))
+
+
+def demo_subtitle(method: str, seed: int) -> str:
+    """The demo page's subtitle: what the labels and the scores are (and, for M2IB, the unit)."""
     unit = (
         " · the colour bar is in nats: the information (natural-log units) the bottleneck lets through "
         "at each spot of the image; more nats, more the match relies on it"
         if method in ("m2ib", "m2ib_fast")
         else ""
     )
-    return write_gallery(
-        out,
-        entries,
-        "vlexplain demo — offline model",
+    return (
         f"model offline (EfficientNet-Lite0 + MiniLM) · method {method} · seed {seed} · "
         "the label is the expected answer (green: the text describes the photo, red: it does not); "
-        f"the cosine is the model's own score{unit}",
+        f"the cosine is the model's own score{unit}"
     )
