@@ -85,15 +85,22 @@ def test_demo_labels_are_the_expected_answer_and_nats_are_explained():
 
 
 # --- the methods table ----------------------------------------------------------------------------------
-def test_methods_table_keeps_names_whole_at_80_columns(capsys, monkeypatch, hf_clip):
+def test_methods_table_keeps_names_whole_at_80_columns(capsys, monkeypatch, tmp_path):
+    """With a model the side columns used to hold the reasons, squeezing names ("attention_rollo|ut")."""
+    from conftest import tiny_hf_clip
+
     import vlexplain as vx
 
+    tiny_hf_clip().save_pretrained(tmp_path)
     monkeypatch.setenv("COLUMNS", "80")
-    assert main(["methods"]) == 0
-    out = capsys.readouterr().out
-    names = [ln.split("│")[1].strip() for ln in out.splitlines() if ln.startswith("│")]
-    assert [n for n in names if n] == vx.list_methods()
-    assert max(len(ln) for ln in out.splitlines()) <= 80
+    for argv in (["methods"], ["methods", "--model", str(tmp_path)]):
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        table = out[: out.index("┘") + 1] if "┘" in out else out
+        names = [ln.split("│")[1].strip() for ln in table.splitlines() if ln.startswith("│")]
+        assert [n for n in names if n] == vx.list_methods(), argv
+        assert max(len(ln) for ln in table.splitlines()) <= 80, argv
+    assert "clip_surgery, text side: clip_surgery has no text side" in out  # the reasons, below the table
 
 
 # --- the evaluation report ------------------------------------------------------------------------------
