@@ -162,6 +162,76 @@ RUN_FILES = (rio.CONFIG, rio.MANIFEST, "problems.jsonl", "report.html", rio.SHAR
 REPLACE = "pass --overwrite to replace the run, or choose another --out"
 
 
+def check_run_args(
+    batch_size: Any,
+    limit: Any,
+    shard_size: Any,
+    target: str,
+    seed: Any,
+    resume: bool,
+    overwrite: bool,
+    methods: Sequence[str],
+    metrics: Sequence[str],
+    method_options: Any,
+    metric_options: Any,
+) -> dict[str, Any]:
+    """``evaluate``'s arguments checked (numbers, names, the options' keys and types) before any
+    data is read or model loaded; returns them normalised, with the resolved metrics."""
+    from ..outdir import check_overwrite
+    from ..validate import check_methods_options, check_metrics_options, check_number, check_seed
+
+    out: dict[str, Any] = {"batch_size": int(check_number(batch_size, "batch_size", integer=True, lo=1, hi=2**20))}
+    out["limit"] = None if limit is None else int(check_number(limit, "limit", integer=True, lo=0))
+    out["shard_size"] = (
+        None if shard_size is None else int(check_number(shard_size, "shard_size", integer=True, lo=1, hi=2**24))
+    )
+    if target not in ("cosine", "logit"):
+        raise InputError(f"target must be 'cosine' or 'logit' for evaluation runs, got {target!r}")
+    out["seed"] = check_seed(seed)
+    check_overwrite(resume, overwrite)
+    out["methods"] = _check_names(list(methods), "methods")
+    out["metric_fns"] = {m: resolve_metric(m) for m in _check_names(list(metrics), "metrics")}
+    out["method_options"] = check_methods_options(out["methods"], method_options or {}, "method_options")
+    out["metric_options"] = check_metrics_options(out["metric_fns"], metric_options or {}, "metric_options")
+    return out
+
+
+def _check_names(names: list[str], what: str) -> list[str]:
+    if not names or not all(isinstance(n, str) and n.strip() for n in names):
+        raise InputError(f"{what}: give at least one name (non-empty texts)")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise InputError(f"{what}: {', '.join(dup)} named twice")
+    return names
+
+
+def _check_scored(model: Any, methods: list[str], metric_fns: dict[str, MetricInfo], show: bool) -> None:
+    """Every method must feed at least one metric: a method that explains only the side no metric
+    reads (chefer on a CNN image tower with image metrics) would leave all its rows empty."""
+    from ..attribution.base import Side, brief_reason, get_method
+
+    both: tuple[Side, Side] = ("image", "text")
+    for m in methods:
+        cls = get_method(m)
+        sides = [s for s in both if cls.why_not(model, s) is None]
+        fed = [n for n, info in metric_fns.items() if info.side is None or info.side in sides]
+        if fed:
+            starved = [n for n in metric_fns if n not in fed]
+            if starved and show:
+                print(
+                    f"note: {m} explains only the {' and '.join(sides)} side of this model: "
+                    f"{', '.join(starved)} stay empty for it",
+                    file=sys.stderr,
+                )
+            continue
+        missing = [s for s in both if s not in sides]
+        why = "; ".join(f"{s} side: {brief_reason(cls.why_not(model, s) or '')}" for s in missing)
+        raise MethodError(
+            f"{m} cannot be scored by the metrics chosen ({', '.join(metric_fns)}): it explains only the "
+            f"{' and '.join(sides)} side of this model ({why}); drop it, or add a metric of that side"
+        )
+
+
 def _prepare_dir(out: Path, cfg: EvalConfig, resume: bool, overwrite: bool = False) -> None:
     """Check that ``out`` can take this run: empty, or (``resume``) holding the same run, or
     (``overwrite``) holding a run that is removed here. Refusals say the one way forward."""

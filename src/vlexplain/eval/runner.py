@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,19 +33,22 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import InputError, MethodError, VlexplainError
+from ..errors import InputError, VlexplainError
 from ..interrupt import atomic, track
 from . import io as rio
+from .io import write_table as _write_table  # (the metrics file: its existence marks a shard finished)
 from .run_config import (  # noqa: F401  (CONFIG_VERSION, IDENTITY_KEYS, resolve_metric: importable from here)
     CONFIG_VERSION,
     IDENTITY_KEYS,
     EvalConfig,
     MetricInfo,
     _check_methods,
+    _check_scored,
     _jsonable,
     _model_and_spec,
     _prepare_dir,
     _resolve_device,
+    check_run_args,
     resolve_metric,
 )
 
@@ -173,23 +175,13 @@ def evaluate(
         >>> evaluate("pairs.jsonl", "offline", ["m2ib"], ["deletion_image"], "runs/a")
     """
     from ..data.pairs import open_pairs
-    from ..outdir import check_overwrite
-    from ..validate import check_methods_options, check_metrics_options, check_number, check_seed
 
-    batch_size = int(check_number(batch_size, "batch_size", integer=True, lo=1, hi=2**20))
-    if limit is not None:
-        limit = int(check_number(limit, "limit", integer=True, lo=0))
-    if shard_size is not None:
-        shard_size = int(check_number(shard_size, "shard_size", integer=True, lo=1, hi=2**24))
-    if target not in ("cosine", "logit"):
-        raise InputError(f"target must be 'cosine' or 'logit' for evaluation runs, got {target!r}")
-    seed = check_seed(seed)
-    check_overwrite(resume, overwrite)
-    methods = list(methods)
-    _check_names(methods, "methods")
-    metric_fns = {m: resolve_metric(m) for m in _check_names(list(metrics), "metrics")}
-    method_options = check_methods_options(methods, method_options or {}, "method_options")
-    metric_options = check_metrics_options(metric_fns, metric_options or {}, "metric_options")
+    a = check_run_args(
+        batch_size, limit, shard_size, target, seed, resume, overwrite, methods, metrics, method_options, metric_options
+    )
+    batch_size, limit, shard_size, seed = a["batch_size"], a["limit"], a["shard_size"], a["seed"]
+    methods, metric_fns = a["methods"], a["metric_fns"]
+    method_options, metric_options = a["method_options"], a["metric_options"]
     rank, world = dist_info()
     s = shard_size or 8 * batch_size
     s = -(-s // batch_size) * batch_size
@@ -210,7 +202,7 @@ def evaluate(
     )
     metrics = list(metric_fns)
     metric_options = {k: v for k, v in metric_options.items() if k in metric_fns}
-    _check_scored(model, methods, metric_fns, rank == 0)
+    _check_scored(model, list(methods), metric_fns, rank == 0)
     cfg = EvalConfig(
         ds.describe(),
         spec,
@@ -255,42 +247,6 @@ def evaluate(
         _release_group()
     problems.raise_if_all_failed(out)
     return out
-
-
-def _check_names(names: list[str], what: str) -> list[str]:
-    if not names or not all(isinstance(n, str) and n.strip() for n in names):
-        raise InputError(f"{what}: give at least one name (non-empty texts)")
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise InputError(f"{what}: {', '.join(dup)} named twice")
-    return names
-
-
-def _check_scored(model: Any, methods: list[str], metric_fns: dict[str, MetricInfo], show: bool) -> None:
-    """Every method must feed at least one metric: a method that explains only the side no metric
-    reads (chefer on a CNN image tower with image metrics) would leave all its rows empty."""
-    from ..attribution.base import brief_reason, get_method
-
-    both: tuple[Side, Side] = ("image", "text")
-    for m in methods:
-        cls = get_method(m)
-        sides = [s for s in both if cls.why_not(model, s) is None]
-        fed = [n for n, info in metric_fns.items() if info.side is None or info.side in sides]
-        if fed:
-            starved = [n for n in metric_fns if n not in fed]
-            if starved and show:
-                print(
-                    f"note: {m} explains only the {' and '.join(sides)} side of this model: "
-                    f"{', '.join(starved)} stay empty for it",
-                    file=sys.stderr,
-                )
-            continue
-        missing = [s for s in both if s not in sides]
-        why = "; ".join(f"{s} side: {brief_reason(cls.why_not(model, s) or '')}" for s in missing)
-        raise MethodError(
-            f"{m} cannot be scored by the metrics chosen ({', '.join(metric_fns)}): it explains only the "
-            f"{' and '.join(sides)} side of this model ({why}); drop it, or add a metric of that side"
-        )
 
 
 def write_manifest(out: Path, n_total: int, shard_size: int, done: dict[int, Path] | None = None) -> dict[str, Any]:
@@ -613,41 +569,3 @@ def _write_maps(path: Path, tensors: dict[str, Tensor], meta: dict[str, str]) ->
     from safetensors.torch import save_file
 
     rio.atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta or None))
-
-
-def _arrow_type(vals: list[Any]) -> Any:
-    import pyarrow as pa
-
-    v = next((v for v in vals if v is not None), None)
-    if isinstance(v, list):
-        return pa.list_(pa.string()) if v and isinstance(v[0], str) else pa.list_(pa.float64())
-    return pa.string() if isinstance(v, str) else pa.float64()
-
-
-def _write_table(path: Path, records: list[dict[str, Any]], methods: list[str]) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    order = {m: i for i, m in enumerate(methods)}
-    records = sorted(records, key=lambda r: (r["index"], order[r["method"]]))
-    cols: list[str] = []
-    for r in records:
-        cols += [c for c in r if c not in cols]
-    fixed = {
-        "index": pa.int64(),
-        "method": pa.string(),
-        "caption": pa.string(),
-        "image": pa.string(),
-        "error": pa.string(),
-        "warning": pa.string(),
-        "score": pa.float64(),
-        "seconds": pa.float64(),
-    }
-    arrays, fields = [], []
-    for c in cols:
-        vals = [r.get(c) for r in records]
-        typ = fixed.get(c) or _arrow_type(vals)
-        arrays.append(pa.array(vals, type=typ))
-        fields.append(pa.field(c, typ))
-    table = pa.Table.from_arrays(arrays, schema=pa.schema(fields))
-    rio.atomic_write(path, lambda tmp: pq.write_table(table, tmp))
