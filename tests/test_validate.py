@@ -1,23 +1,20 @@
-"""The one validation step (``vlexplain.validate``) and the explorer's bounds on each request."""
+"""The one validation step (``vlexplain.validate``, ``Explainer.checked_options``) and the explorer's
+bounds on each request (``vlexplain.attribution.options``)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Literal
 
-import numpy as np
 import pytest
-from PIL import Image
 
+from vlexplain.attribution.options import MAX_REQUEST_COST, web_options
 from vlexplain.errors import InputError, MethodError
 from vlexplain.validate import (
-    MAX_REQUEST_COST,
-    check_method_options,
     check_metrics_options,
     check_seed,
     check_value,
     parse_json_option,
-    web_options,
 )
 
 # --- values against type hints -----------------------------------------------------------------------
@@ -59,7 +56,7 @@ def test_method_options_are_checked_against_the_signature():
     import vlexplain as vx
 
     rise = vx.get_method("rise")
-    assert check_method_options(rise, {"n_masks": 8.0, "p_keep": 0.25}) == {"n_masks": 8, "p_keep": 0.25}
+    assert rise.checked_options({"n_masks": 8.0, "p_keep": 0.25}) == {"n_masks": 8, "p_keep": 0.25}
     for bad, msg in [
         ({"n_mask": 8}, "unknown option(s) for rise: n_mask; options: n_masks"),
         ({"n_masks": 2.5}, "n_masks must be a whole number"),
@@ -68,9 +65,9 @@ def test_method_options_are_checked_against_the_signature():
         ({"baseline": 3}, "baseline must be a text"),
     ]:
         with pytest.raises(MethodError, match=msg.replace("(", r"\(").replace(")", r"\)")):
-            check_method_options(rise, bad)
+            rise.checked_options(bad)
     with pytest.raises(MethodError, match="unknown option"):
-        check_method_options(vx.get_method("mask_clip"), {"anything": 1})  # the base class takes none
+        vx.get_method("mask_clip").checked_options({"anything": 1})  # the base class takes none
     with pytest.raises(MethodError, match="beta must be a finite number"):
         vx.get_method("m2ib").create(None, beta=float("inf"))  # create runs the same step first
 
@@ -89,7 +86,7 @@ def test_metric_options_known_keys_types_and_plug_ins():
     ]:
         with pytest.raises(InputError, match=msg):
             check_metrics_options(infos, opts)
-    plug = {"m": resolve_metric("test_validate:plug_in_metric")}
+    plug = {"m": resolve_metric("tests.test_validate:plug_in_metric")}
     assert check_metrics_options(plug, {"m": {"scale": 2}}) == {"m": {"scale": 2}}
     with pytest.raises(InputError, match="scale must be a finite number"):
         check_metrics_options(plug, {"m": {"scale": float("inf")}})
@@ -130,60 +127,3 @@ def test_web_options_lower_expensive_options_and_cap_a_request():
 
     every = vx.list_methods()  # every method with its defaults, on the most texts a request takes
     assert web_options(every, {}, 8)[1] == []
-
-
-@pytest.fixture(scope="module")
-def explorer(hf_clip):
-    pytest.importorskip("gradio")
-    from vlexplain.app.app import Explorer
-    from vlexplain.app.runner import ModelCache
-
-    return Explorer(ModelCache(lambda spec: hf_clip))
-
-
-def _explain(ex, tmp_path, texts="a cat", methods=("center",), options="", seed=0):
-    img = tmp_path / "x.png"
-    if not img.exists():
-        Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(img)
-    return ex.explain({"path": str(img)}, texts, "tiny", list(methods), options, seed)
-
-
-def test_explorer_lowers_an_expensive_option(explorer, tmp_path):
-    """rise.n_masks=100000000 once asked for a 19.6 GB allocation: it runs with the explorer's bound."""
-    scores, grid, tokens, files, status = _explain(explorer, tmp_path, methods=["rise"], options="rise.n_masks=1e8")
-    assert "rise.n_masks lowered to 4000 (the explorer's limit)" in status
-    import json
-
-    data = json.loads(open(files[1]).read())
-    assert data["explanations"][0]["settings"]["n_masks"] == 4000
-
-
-def test_explorer_refuses_bad_options_and_seeds(explorer, tmp_path):
-    import gradio as gr
-
-    for kw, msg in [
-        ({"options": "rise.n_masks=nan"}, "n_masks must be"),
-        ({"options": "center.x=1"}, "unknown option"),
-        ({"seed": 1e30}, "the seed must be at most"),
-        ({"seed": -3}, "the seed must be >= 0"),
-    ]:
-        with pytest.raises(gr.Error, match=msg):
-            _explain(explorer, tmp_path, methods=["rise", "center"], **kw)
-
-
-def test_explorer_removes_control_characters(explorer, tmp_path):
-    scores, _, tokens, files, status = _explain(explorer, tmp_path, texts="a\x00 cat\x07")
-    assert "\x00" not in scores + tokens and "\x07" not in scores + tokens and "a cat" in scores
-    assert "removed control characters (U+0000, U+0007)" in status
-
-
-def test_explorer_temp_folder_stays_bounded(explorer, tmp_path):
-    from pathlib import Path
-
-    from vlexplain.app.app import KEEP_RESULTS
-
-    root = Path(explorer._out.name)
-    for _ in range(KEEP_RESULTS + 5):
-        _explain(explorer, tmp_path)
-    assert len(list(root.iterdir())) == KEEP_RESULTS
-    assert len(list(root.rglob("*.png"))) == KEEP_RESULTS

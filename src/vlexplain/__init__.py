@@ -14,6 +14,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from .errors import InputError, MethodError, ModelLoadError, VlexplainError
+from .testbeds.specs import register as _register_testbeds
+
+# ``vx.interactions`` is a function named like the subpackage: the subpackage (light) is loaded now
+# and the name it bound removed, so that ``__getattr__`` gives the function and no later import of
+# the subpackage rebinds the name to the module
+importlib.import_module(".interactions", __name__)
+globals().pop("interactions")
+
+_register_testbeds()  # the testbed: specs and the shapes-world family (torch-free; the model layer never imports testbeds)
 
 __version__ = "0.1.0"
 
@@ -30,6 +39,14 @@ _LAZY = {
     "methods_for": ".attribution.base",
     "register_method": ".attribution.base",
     "Target": ".attribution.targets",
+    "interactions": ".interactions.api",
+    "InteractionMethod": ".interactions.base",
+    "get_interaction_method": ".interactions.base",
+    "list_interaction_methods": ".interactions.base",
+    "register_interaction": ".interactions.base",
+    "Interactions": ".interactions.result",
+    "Similarity": ".interactions.similarity",
+    "explain_similarity": ".interactions.similarity",
     "DualEncoder": ".models.base",
     "TextBatch": ".models.base",
     "Tower": ".models.base",
@@ -47,6 +64,15 @@ if TYPE_CHECKING:
         register_method,
     )
     from .attribution.targets import Target
+    from .interactions.api import interactions
+    from .interactions.base import (
+        InteractionMethod,
+        get_interaction_method,
+        list_interaction_methods,
+        register_interaction,
+    )
+    from .interactions.result import Interactions
+    from .interactions.similarity import Similarity, explain_similarity
     from .models.base import DualEncoder, TextBatch, Tower
     from .models.registry import SPEC_FORMS, load_model
 
@@ -66,6 +92,14 @@ def __dir__() -> list[str]:
 __all__ = [
     "load_model",
     "explain",
+    "interactions",
+    "Interactions",
+    "list_interaction_methods",
+    "get_interaction_method",
+    "register_interaction",
+    "InteractionMethod",
+    "explain_similarity",
+    "Similarity",
     "list_methods",
     "get_method",
     "methods_for",

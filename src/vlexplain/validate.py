@@ -4,11 +4,9 @@ Everything a user can set is checked here before any work starts and before any 
 or claimed: seeds, numbers (finite, in range), the options of methods and metrics (known keys, the
 types their signatures declare, finite numbers) and JSON option arguments. A method's own range
 checks (``Explainer.__init__``) and the model-dependent ones (a layer that the model has) run next,
-through ``Explainer.create``, which calls ``check_method_options`` first.
-
-The explorer adds ``web_options``: expensive options are lowered to the bounds the methods
-document in ``Explainer.web_limits``, and a request whose estimated cost (``Explainer.cost``,
-model passes per pair, times the texts) exceeds ``MAX_REQUEST_COST`` is refused.
+through ``Explainer.create``, which calls ``Explainer.checked_options`` (``check_options`` against
+its ``__init__``) first. Per-method options of a run and the explorer's bounds are in
+``vlexplain.attribution.options`` (they read the methods' registry, which this module does not).
 """
 
 from __future__ import annotations
@@ -21,14 +19,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, MethodError
+from .errors import InputError
 
 #: seeds are whole numbers in 0 .. 2**63 - 1 (what every generator here accepts)
 MAX_SEED = 2**63 - 1
 #: whole-number options (counts, sizes, layers) stay within a 32-bit signed int
 MAX_INT = 2**31 - 1
-#: the most model passes (forward or backward, see ``Explainer.cost``) one explorer request may ask for
-MAX_REQUEST_COST = 60_000
 #: a JSON option argument longer than this is never taken for a file name
 MAX_PATH_CHARS = 4096
 
@@ -214,33 +210,6 @@ def _in_range(name: str, value: Any, label: str) -> Any:
     return value
 
 
-def check_method_options(cls: Any, options: dict[str, Any]) -> dict[str, Any]:
-    """A method's options: known keys (its ``__init__``'s), the declared types, finite numbers.
-
-    Raises [`MethodError`][vlexplain.MethodError]; returns the checked options (see ``check_value``).
-    """
-    from .attribution.base import Explainer
-
-    known, open_ended = signature_options(cls.__init__, skip=2)
-    open_ended = open_ended and cls.__init__ is not Explainer.__init__  # the base takes no option
-    return check_options(options, known, open_ended, cls.name, MethodError)
-
-
-def check_methods_options(methods: Sequence[str], options: Any, flag: str = "--method-options") -> dict[str, dict]:
-    """Per-method options (``{"m2ib": {"steps": 5}}``) for the chosen ``methods``: every method named is
-    one of them, and each one's options pass ``check_method_options``."""
-    from .attribution.base import get_method
-
-    if not isinstance(options, dict):
-        raise InputError(f'{flag}: expected an object of objects, e.g. {{"m2ib": {{"steps": 5}}}}')
-    stray = [m for m in options if m not in methods]
-    if stray:
-        raise InputError(
-            f"{flag} names {', '.join(map(repr, stray))}, not among the methods run ({', '.join(methods)})"
-        )
-    return {m: check_method_options(get_method(m), o) for m, o in options.items()}
-
-
 def metric_options(info: Any) -> tuple[dict[str, Any], bool]:
     """(option -> type hint, open-ended) of a metric: a registered ``MetricSpec`` (the keyword-only
     arguments of its ``options_fn``, else of its ``fn``) or a plug-in function (its arguments after
@@ -323,30 +292,3 @@ def parse_json_option(value: str | None, flag: str, example: str = '{"m2ib": {"s
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows; give a finite number")
-
-
-# --- the explorer's bounds -------------------------------------------------------------------------------
-def web_options(methods: Sequence[str], options: dict[str, dict[str, Any]], n_texts: int) -> tuple[dict, list[str]]:
-    """(options, notes) for an explorer request: each method's expensive options lowered to its
-    ``web_limits`` (a note says which), then the request's estimated cost checked against
-    ``MAX_REQUEST_COST``. Options must have passed ``check_method_options``."""
-    from .attribution.base import get_method
-
-    out, notes = {}, []
-    cost = 0.0
-    for m in methods:
-        cls = get_method(m)
-        opts = dict(options.get(m, {}))
-        for k, limit in cls.web_limits.items():
-            v = cls.option(opts, k)
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and v > limit:
-                opts[k] = type(v)(limit)
-                notes.append(f"{m}.{k} lowered to {limit:g} (the explorer's limit)")
-        out[m] = opts
-        cost += cls.cost(opts) * n_texts
-    if cost > MAX_REQUEST_COST:
-        raise InputError(
-            f"this request would take about {cost:,.0f} model passes (the explorer's limit is "
-            f"{MAX_REQUEST_COST:,}); choose fewer methods or texts, or smaller options"
-        )
-    return out, notes

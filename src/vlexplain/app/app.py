@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from ..attribution.base import list_methods
+from ..attribution.options import web_options
 from ..errors import InputError, MethodError, VlexplainError, require
-from ..validate import check_seed, web_options
+from ..validate import check_seed
 from .concept_runner import (
     MAX_DESCRIPTORS,
     concept_method_choices,
@@ -36,9 +37,10 @@ from .concept_runner import (
     read_concept_file,
     run_concepts,
 )
-from .concepts_tab import CONCEPTS_INTRO, _concepts_tab, _image_input, _model_choices, _model_label  # noqa: F401
+from .concepts_tab import _concepts_tab
 from .runner import DEFAULT_MAX_MODELS, ModelCache, method_choices, method_options_help, parse_options, parse_texts, run
 from .samples import concept_suggestions, sample_images
+from .widgets import _image_input, _model_choices, _model_label
 
 _LOG = logging.getLogger("vlexplain.app")
 

@@ -99,11 +99,12 @@ def _release_memory() -> None:
 
 
 def method_choices(model: DualEncoder) -> list[tuple[str, str]]:
-    """(label, name) for every registered method that applies to ``model`` (read from the registry)."""
+    """(label, name) for every registered method that applies to ``model`` (read from the registry),
+    then the bridged ones (``captum:<Algorithm>``) when their library is installed."""
     from ..attribution.base import methods_for
 
     out = []
-    for name, sides in methods_for(model).items():
+    for name, sides in methods_for(model, bridged=True).items():
         out.append((name if len(sides) == 2 else f"{name} ({sides[0]} only)", name))
     return out
 
@@ -145,7 +146,7 @@ def parse_texts(raw: str) -> list[str]:
 
 def parse_options(raw: str, methods: Sequence[str]) -> dict[str, dict[str, Any]]:
     """``method.option=value`` lines -> {method: {option: value}} (values are Python literals),
-    each method's options checked (``vlexplain.validate.check_method_options``: known keys, types,
+    each method's options checked (``Explainer.checked_options``: known keys, types,
     finite numbers)."""
     out: dict[str, dict[str, Any]] = {m: {} for m in methods}
     for n, line in enumerate((raw or "").splitlines(), 1):
@@ -164,10 +165,9 @@ def parse_options(raw: str, methods: Sequence[str]) -> dict[str, dict[str, Any]]
             val = value.strip()
         out[name][opt.strip()] = val
     from ..attribution.base import get_method, list_methods
-    from ..validate import check_method_options
 
     registered = set(list_methods())  # (the concepts tab's "deal" maps take no option: they say so)
-    return {m: check_method_options(get_method(m), o) if m in registered else o for m, o in out.items()}
+    return {m: get_method(m).checked_options(o) if m in registered else o for m, o in out.items()}
 
 
 @dataclass

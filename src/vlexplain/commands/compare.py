@@ -140,10 +140,11 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Every method on IMAGE and each --text: one figure (texts x methods), token highlights, JSON, HTML."""
+        from ..attribution.options import check_methods_options
         from ..images import check_image_size, load_image
         from ..outdir import claimed
         from ..textclean import clean_text
-        from ..validate import check_methods_options, check_seed, parse_json_option
+        from ..validate import check_seed, parse_json_option
         from .explain import load_model_cli
 
         opts = parse_json_option(options, "--options", '{"rise": {"n_masks": 500}}')

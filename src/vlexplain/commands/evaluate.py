@@ -32,8 +32,9 @@ def check_run_options(
     """What ``evaluate`` and ``benchmark`` can check before any data is read or model loaded: the
     method and metric names, their options (keys, types, finite numbers) and the seed."""
     from ..attribution.base import get_method
+    from ..attribution.options import check_methods_options
     from ..eval.run_config import resolve_metric
-    from ..validate import check_methods_options, check_metrics_options, check_seed
+    from ..validate import check_metrics_options, check_seed
 
     check_seed(seed)
     for m in methods:

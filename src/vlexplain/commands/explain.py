@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +10,11 @@ import typer
 
 from ..errors import InputError, MethodError
 from ..interrupt import atomic, track
-from ._out import out_dir
+from ._interactions import check_request, explain_options, write_interactions
+from ._out import out_dir, pair_prefix, slug
 
 ModelOpt = typer.Option("offline", "--model", "-m", help="Model spec (see `vlexplain models`).")
-
-
-def _slug(s: str, n: int = 40) -> str:
-    return re.sub(r"[^a-zA-Z0-9]+", "-", s).strip("-").lower()[:n] or "text"
+_IX = explain_options()
 
 
 def parse_options(pairs: list[str]) -> dict[str, Any]:
@@ -42,7 +39,7 @@ def early_checks(
     from ..attribution.base import get_method
     from ..files import check_input_file
     from ..textclean import clean_text
-    from ..validate import check_method_options, check_seed
+    from ..validate import check_seed
 
     for p in images:
         check_input_file(p, "image")
@@ -51,7 +48,7 @@ def early_checks(
     check_seed(seed)
     if target not in ("cosine", "logit", "softmax"):
         raise InputError(f"--target {target!r}: use cosine, logit or softmax")
-    return check_method_options(get_method(method), options)
+    return get_method(method).checked_options(options)
 
 
 def load_model_cli(spec: str, device: str | None):
@@ -179,7 +176,7 @@ def _plan(model, images, texts, method, zip_pairs, seed, target, options, labels
         "texts": texts,
         "zip": zip_pairs,
     }
-    prefixes = [f"{k:03d}_{_slug(Path(loaded[i][0]).stem, 24)}_{_slug(texts[j])}" for k, (i, j) in enumerate(pairs)]
+    prefixes = [pair_prefix(k, loaded[i][0], texts[j]) for k, (i, j) in enumerate(pairs)]
     return {"loaded": loaded, "pairs": pairs, "labels": labels or {}, "settings": settings, "prefixes": prefixes}
 
 
@@ -326,14 +323,22 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(
             False, "--resume", help="Keep the pairs an interrupted run with the same settings finished in --out."
         ),
+        interactions: bool = _IX["interactions"],
+        span: str | None = _IX["span"],
+        interaction_method: str = _IX["interaction_method"],
+        interaction_option: list[str] = _IX["interaction_option"],
     ) -> None:
         """Explain every IMAGE x TEXT pair: overlay PNGs, token highlights, JSON and an index.html gallery."""
         opts = parse_options(option)
+        ix_opts = parse_options(interaction_option)
+        interactions = interactions or span is not None
         for k, v in (("layer", layer), ("beta", beta), ("steps", steps)):
             if v is not None:
                 opts[k] = v
         opts = early_checks(images, list(text), method, opts, seed, target)  # before loading a model
         m = load_model_cli(model, device)
+        if interactions:  # bad method, option or span: one line before anything is written
+            check_request(m, list(text), interaction_method, ix_opts, span)
         index = run_pairs(
             m,
             [(str(p), p) for p in images],
@@ -346,6 +351,11 @@ def register(app: typer.Typer) -> None:
             options=opts,
             resume=resume,
         )
+        if interactions:
+            write_interactions(
+                m, list(images), list(text), zip_pairs=zip_pairs, out=out, seed=seed,
+                method=interaction_method, options=ix_opts, span=span,
+            )  # fmt: skip
         typer.echo(f"wrote {index}")
 
     @app.command()
@@ -356,8 +366,8 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed"),
     ) -> None:
         """The offline model on real photos (cat, coffee, rocket, astronaut, Grace Hopper), matching and non-matching texts."""
-        from ..data.photos import demo_set
         from ..outdir import claimed
+        from ..testbeds.photos import demo_set
         from ..validate import check_seed
 
         check_seed(seed)
@@ -390,7 +400,7 @@ def _run_demo(m, images, texts, labels, method, out, seed):
         for k, (i, t, lab) in enumerate(plan):
             name, img = images[i]
             exp = vx.explain(m, img, t, method=method, seed=seed)
-            prefix = f"{k:03d}_{_slug(name, 24)}_{_slug(t)}"
+            prefix = f"{k:03d}_{slug(name, 24)}_{slug(t)}"
             entries.append(save_entry(exp, out, prefix, name, lab))
             prog.advance(task)
     return write_gallery(out, entries, "vlexplain demo — offline model", demo_subtitle(method, seed))

@@ -43,8 +43,9 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        from ..models.family_table import GROUPS, family_rows, method_groups
-        from ..models.registry import SPEC_FORMS, registered_loaders
+        from ..models.loaders import registered_loaders
+        from ..models.registry import SPEC_FORMS
+        from .family_table import GROUPS, family_rows, method_groups
 
         con = Console()
         lines = ["supported model families (image side / text side: the method groups that apply)", ""]
@@ -78,40 +79,33 @@ def register(app: typer.Typer) -> None:
             None, "--model", "-m", help="Show which methods apply to this model and their default layers."
         ),
     ) -> None:
-        """Registered attribution methods (with --model: which sides apply, why not, default layers)."""
+        """Registered attribution and interaction methods (with --model: which apply, why not, default layers)."""
         from rich.console import Console
         from rich.table import Table
 
         import vlexplain as vx
 
-        from ..attribution.base import brief_reason
-        from ..models.family_table import method_group
         from .explain import load_model_cli
 
         m = load_model_cli(model, None) if model else None
-        t = Table(title="attribution methods" + (f" for {model}" if model else ""))
-        t.add_column("method", no_wrap=True, min_width=max(map(len, vx.list_methods())))  # names stay whole
-        t.add_column("group", no_wrap=True)
-        for c in ("image", "text"):
-            t.add_column(c, overflow="fold", min_width=5)
-        t.add_column("description", overflow="fold", min_width=16)  # its longest words fit
-        reasons = []  # (the reasons go below the table: the side columns stay narrow)
-        for name in vx.list_methods():
-            cls = vx.get_method(name)
-            if m is None:
-                sides = [s if s in cls.sides else "-" for s in ("image", "text")]
-            else:
-                sides = []
-                for s in ("image", "text"):
-                    why = cls.why_not(m, s)
-                    sides.append("yes" if why is None else "no")
-                    if why is not None:
-                        reasons.append(f"{name}, {s} side: {brief_reason(why)}")
-            t.add_row(name, method_group(cls), sides[0], sides[1], cls.summary)
+        native = vx.list_methods()
+        bridged = [n for n in vx.list_methods(bridged=True) if n not in native]
         con = Console()
-        con.print(t)
+        reasons: list[str] = []  # (the reasons go below the tables: the side columns stay narrow)
+        for title, names in (("attribution methods", native), ("bridged methods (Captum)", bridged)):
+            if names:
+                con.print(_methods_table(title + (f" for {model}" if model else ""), names, m, reasons))
         for line in reasons:
             con.print(line, markup=False, highlight=False)
+        if not bridged:
+            con.print(
+                "captum:<Algorithm> (Captum's attribution algorithms): install them with pip install 'vlexplain[captum]'",
+                markup=False,
+                highlight=False,
+            )
+        from ._interactions import print_interaction_methods
+
+        print_interaction_methods(con, m)
         if m is not None:
             con.print(
                 f"image tower: {m.image.kind}, {m.image.num_blocks} blocks; text tower: {m.text.num_blocks} blocks",
@@ -124,3 +118,34 @@ def register(app: typer.Typer) -> None:
             for row in default_layers(m):
                 d.add_row(*row)
             con.print(d)
+
+
+def _methods_table(title: str, names: list[str], model: Any, reasons: list[str]) -> Any:
+    """A table of methods (names kept whole, the narrow side columns say yes / no with a model; the
+    reasons are appended to ``reasons``)."""
+    from rich.table import Table
+
+    import vlexplain as vx
+
+    from ..attribution.base import brief_reason
+    from .family_table import method_group
+
+    t = Table(title=title)
+    t.add_column("method", no_wrap=True, min_width=max(map(len, names)))  # names stay whole
+    t.add_column("group", no_wrap=True)
+    for c in ("image", "text"):
+        t.add_column(c, overflow="fold", min_width=5)
+    t.add_column("description", overflow="fold", min_width=16)  # its longest words fit
+    for name in names:
+        cls = vx.get_method(name)
+        if model is None:
+            sides = [s if s in cls.sides else "-" for s in ("image", "text")]
+        else:
+            sides = []
+            for s in ("image", "text"):
+                why = cls.why_not(model, s)
+                sides.append("yes" if why is None else "no")
+                if why is not None:
+                    reasons.append(f"{name}, {s} side: {brief_reason(why)}")
+        t.add_row(name, method_group(cls), sides[0], sides[1], cls.summary)
+    return t

@@ -44,7 +44,6 @@ from ..errors import InputError
 from ..files import check_input_file, shown_name, utf8_errors
 from ..images import load_image
 from .rows import Captions, Columns, LazyBytes, MissingImage, Pair, PairRow, is_url, open_bytes, refuse_url
-from .rows import check_boxes as _check_boxes  # noqa: F401  (kept importable from here)
 
 __all__ = ["Pair", "PairRow", "PairDataset", "open_pairs", "detect_format", "FORMATS"]
 

@@ -88,14 +88,15 @@ class MetricInfo:
 
 
 def resolve_metric(name: str) -> MetricInfo:
-    """A metric from the registry, or ``package.module:function`` following the same signature.
+    """A metric from the registry (``quantus:<Metric>`` included), or ``package.module:function``
+    following the same signature.
 
     A plug-in function may carry the attributes ``side``, ``requires``, ``primary`` and
     ``higher_is_better`` of [`vlexplain.metrics.MetricSpec`][vlexplain.metrics.MetricSpec].
     """
     import importlib
 
-    if ":" in name:
+    if ":" in name and not name.startswith("quantus:"):
         from ..validate import check_metric_function
 
         mod, _, attr = name.partition(":")
@@ -156,6 +157,16 @@ def _check_methods(model: Any, methods: Sequence[str], options: dict[str, dict[s
         cls.create(model, **(options or {}).get(m, {}))  # the model-dependent checks, before any pair
 
 
+def _check_quantus_options(metrics: Sequence[str], metric_options: dict[str, dict[str, Any]]) -> None:
+    """Refuse unknown options of bridged metrics (``quantus:``) before anything is written (a bad
+    option would otherwise fail every pair)."""
+    from ..metrics.quantus_bridge import PREFIX, check_options
+
+    for m in metrics:
+        if m.startswith(PREFIX):
+            check_options(m, metric_options.get(m, {}))
+
+
 #: what ``overwrite`` removes from a run folder before the new run writes it
 RUN_FILES = (rio.CONFIG, rio.MANIFEST, "problems.jsonl", "report.html", rio.SHARD_DIR, rio.MAPS_DIR)
 #: the way forward a refusal names
@@ -177,8 +188,9 @@ def check_run_args(
 ) -> dict[str, Any]:
     """``evaluate``'s arguments checked (numbers, names, the options' keys and types) before any
     data is read or model loaded; returns them normalised, with the resolved metrics."""
+    from ..attribution.options import check_methods_options
     from ..outdir import check_overwrite
-    from ..validate import check_methods_options, check_metrics_options, check_number, check_seed
+    from ..validate import check_metrics_options, check_number, check_seed
 
     out: dict[str, Any] = {"batch_size": int(check_number(batch_size, "batch_size", integer=True, lo=1, hi=2**20))}
     out["limit"] = None if limit is None else int(check_number(limit, "limit", integer=True, lo=0))

@@ -36,20 +36,18 @@ from torch import Tensor
 from ..errors import InputError, VlexplainError
 from ..interrupt import atomic, track
 from . import io as rio
-from .io import write_table as _write_table  # (the metrics file: its existence marks a shard finished)
-from .run_config import (  # noqa: F401  (CONFIG_VERSION, IDENTITY_KEYS, resolve_metric: importable from here)
-    CONFIG_VERSION,
-    IDENTITY_KEYS,
+from .io import write_table
+from .run_config import (
     EvalConfig,
     MetricInfo,
     _check_methods,
+    _check_quantus_options,
     _check_scored,
     _jsonable,
     _model_and_spec,
     _prepare_dir,
     _resolve_device,
     check_run_args,
-    resolve_metric,
 )
 
 if TYPE_CHECKING:
@@ -187,7 +185,8 @@ def evaluate(
     s = -(-s // batch_size) * batch_size
     ds = open_pairs(data)
     model, spec = _model_and_spec(model_spec_or_model, _resolve_device(device, world))
-    _check_methods(model, methods, method_options)
+    _check_methods(model, methods, method_options)  # captum: bridges included
+    _check_quantus_options(metrics, metric_options)
     from . import problems
 
     n_total, have = problems.scan(ds, limit)  # validates every line before anything is written
@@ -299,7 +298,7 @@ def _run_shards(ctx: _Ctx, n_total: int, rank: int, world: int, show: bool) -> N
                 continue
             path, records = _run_shard(ctx, k, rows)
             with atomic():  # the metrics file marks the shard finished: it and its count go together
-                _write_table(path, records, ctx.cfg.methods)
+                write_table(path, records, ctx.cfg.methods)
                 finished[k] = path
                 work.advance(len(rows))
             bar.advance(task, len(rows))

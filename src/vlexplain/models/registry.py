@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +12,7 @@ from torch import nn
 
 from ..errors import ModelLoadError, VlexplainError, require
 from .base import DualEncoder
+from .loaders import _LOADERS, register_loader
 
 SPEC_FORMS = """accepted model specs:
   offline                                  built-in EfficientNet-Lite0 + MiniLM model (no download)
@@ -29,43 +28,6 @@ SPEC_FORMS = """accepted model specs:
   PATH                                     a local save_pretrained directory of any of those (class from model_type)
   SPEC#size=HxW, SPEC#aspect=HxW           SigLIP 2 NaFlex: explain HxW images, or the size its processor picks for HxW photos
   an in-memory transformers model of those classes or an OpenCLIP model object (`vlexplain models`)"""
-
-
-@dataclass
-class LoaderEntry:
-    prefix: str  # "offline", "testbed:", ...
-    load: Callable[[str], DualEncoder]
-    description: str
-    available: Callable[[], bool]
-
-
-_LOADERS: dict[str, LoaderEntry] = {}
-
-
-def register_loader(prefix: str, description: str, available: Callable[[], bool] | None = None):
-    """Register a named model loader (``prefix`` is an exact name or ends with ':')."""
-
-    def deco(fn: Callable[[str], DualEncoder]):
-        _LOADERS[prefix] = LoaderEntry(prefix, fn, description, available or (lambda: True))
-        return fn
-
-    return deco
-
-
-def registered_loaders() -> list[LoaderEntry]:
-    _import_builtin_loaders()
-    return list(_LOADERS.values())
-
-
-def _import_builtin_loaders() -> None:
-    # Modules that register loaders on import.
-    import importlib
-
-    for mod in ("vlexplain.data.testbed_models",):
-        try:
-            importlib.import_module(mod)
-        except ImportError:
-            pass
 
 
 def _offline_available() -> bool:
@@ -197,7 +159,8 @@ def _load_open_clip(rest: str, tokenizer: Any, preprocess: Any) -> DualEncoder:
     """``open_clip:ARCH[/TAG | /PATH][@TOKENIZER_DIR]`` or ``local-dir:DIR`` (see ``.open_clip_load``)."""
     from .open_clip_load import load_open_clip
 
-    return load_open_clip(rest, tokenizer, preprocess)
+    model, tokenizer, preprocess, name = load_open_clip(rest, tokenizer, preprocess)
+    return wrap_model(model, tokenizer, preprocess, name=name)
 
 
 def parse_size_options(spec: str) -> tuple[str, dict[str, tuple[int, int]]]:
@@ -282,7 +245,6 @@ def load_model(
 
 
 def _load_spec(s: str, tokenizer: Any, preprocess: Any) -> DualEncoder:
-    _import_builtin_loaders()
     if s in _LOADERS:
         return _LOADERS[s].load(s)
     head, sep, rest = s.partition(":")
@@ -294,8 +256,10 @@ def _load_spec(s: str, tokenizer: Any, preprocess: Any) -> DualEncoder:
         return _load_open_clip(rest, tokenizer, preprocess)
     p = Path(s).expanduser()
     if p.is_dir():
-        if (p / "vocab.json").exists() and (p / "train_config.json").exists():  # `testbed train-shapes --out`
-            return _LOADERS["testbed:"].load(f"testbed:shapes@{p}")
+        for entry in list(_LOADERS.values()):
+            own = entry.directory(p) if entry.directory is not None else None
+            if own is not None:  # e.g. a `testbed train-shapes --out` directory
+                return entry.load(own)
         if (p / "open_clip_config.json").exists():
             return _load_open_clip(f"local-dir:{p}", tokenizer, preprocess)
         if (p / "config.json").exists():
