@@ -22,17 +22,25 @@ def test_the_command_line_imports_no_heavy_library_before_a_command_runs():
     code = (
         "import sys, vlexplain, vlexplain.cli\n"
         "from vlexplain.cli import main\n"
+        "from vlexplain.models.loaders import registered_loaders\n"
         "rc = main(['--help'])\n"
-        "print(rc, sorted(m for m in ('torch', 'transformers', 'open_clip', 'matplotlib') if m in sys.modules))"
+        "print(rc, sorted(m for m in ('torch', 'transformers', 'open_clip', 'matplotlib') if m in sys.modules),"
+        " [e.prefix for e in registered_loaders()])"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert r.stdout.strip().splitlines()[-1] == "0 []", r.stdout + r.stderr
+    # the testbed: specs are registered on import, without torch
+    assert r.stdout.strip().splitlines()[-1] == "0 [] ['testbed:']", r.stdout + r.stderr
 
 
 def test_lazy_package_names_resolve():
     import vlexplain as vx
 
     assert callable(vx.explain) and callable(vx.load_model) and "m2ib" in vx.list_methods()
+    import vlexplain.eval as ev
+    from vlexplain.eval.report import report
+    from vlexplain.interactions.api import interactions  # a subpackage named like vx.interactions
+
+    assert vx.interactions is interactions and ev.report is report  # the functions, not the modules
     assert {"explain", "load_model", "Explanation"} <= set(dir(vx))
     with pytest.raises(AttributeError):
         vx.no_such_name  # noqa: B018
