@@ -65,9 +65,9 @@ def register(app: typer.Typer) -> None:
         b.add_column("spec")
         b.add_column("available here")
         b.add_column("description")
-        for e in registered_loaders():
+        for e in sorted(registered_loaders(), key=lambda e: e.prefix.endswith(":")):  # named models first
             b.add_row(
-                e.prefix.rstrip(":") + ("shapes" if e.prefix.endswith(":") else ""),
+                e.prefix + ("shapes" if e.prefix.endswith(":") else ""),
                 "yes" if e.available() else "no (install extra)",
                 e.description,
             )
