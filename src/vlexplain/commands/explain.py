@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,7 @@ def run_pairs(
     labels: dict[tuple[int, int], str] | None = None,
     title: str = "vlexplain",
     resume: bool = False,
+    then: Callable[[], Any] | None = None,
 ) -> Path:
     """Explain every (image, text) pair (or zipped pairs), write per-pair files and the gallery.
 
@@ -116,7 +118,8 @@ def run_pairs(
     the folder's earlier run compared) before anything is written or the folder is claimed. With
     ``resume``, pairs whose files a run with the same settings and the same inputs (image files
     fingerprinted by content) left in ``out`` are read back instead of explained again; without
-    it, an earlier run's files in ``out`` are replaced.
+    it, an earlier run's files in ``out`` are replaced. ``then``: more writing into ``out`` (the
+    interactions) while the folder is still claimed.
     """
     from ..outdir import claimed
 
@@ -125,7 +128,10 @@ def run_pairs(
     with claimed(out):
         if not resume:
             _remove_earlier_run(out)
-        return _explain_pairs(model, plan, out, kept, method, seed, target, options, title)
+        index = _explain_pairs(model, plan, out, kept, method, seed, target, options, title)
+        if then is not None:
+            then()
+        return index
 
 
 def _plan(model, images, texts, method, zip_pairs, seed, target, options, labels) -> dict[str, Any]:
@@ -245,6 +251,8 @@ _PAIR_FILES = (
     "[0-9][0-9][0-9]_*_overlay.png",
     "[0-9][0-9][0-9]_*_text.html",
     "[0-9][0-9][0-9]_*_text.png",
+    "[0-9][0-9][0-9]_*_interactions.png",
+    "[0-9][0-9][0-9]_*_interactions.html",
 )
 
 
@@ -350,12 +358,11 @@ def register(app: typer.Typer) -> None:
             target=target,
             options=opts,
             resume=resume,
-        )
-        if interactions:
-            write_interactions(
+            then=(lambda: write_interactions(
                 m, list(images), list(text), zip_pairs=zip_pairs, out=out, seed=seed,
                 method=interaction_method, options=ix_opts, span=span,
-            )  # fmt: skip
+            )) if interactions else None,
+        )  # fmt: skip
         typer.echo(f"wrote {index}")
 
     @app.command()
