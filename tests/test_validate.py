@@ -92,10 +92,18 @@ def test_metric_options_known_keys_types_and_plug_ins():
         check_metrics_options(plug, {"m": {"scale": float("inf")}})
     with pytest.raises(InputError, match="is not a metric function"):
         resolve_metric("os:getcwd")
+    assert resolve_metric("tests.test_validate:masks_metric").requires == ("masks",)  # ground truth by keyword
 
 
 def plug_in_metric(model, pixels, texts, image_maps, token_maps, scale: float = 1.0):
     return {}
+
+
+def masks_metric(model, pixels, texts, image_maps, token_maps, *, masks):
+    return {}
+
+
+masks_metric.requires = ("masks",)  # type: ignore[attr-defined]
 
 
 def test_json_options_inline_file_and_long():

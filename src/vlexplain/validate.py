@@ -251,10 +251,12 @@ def check_metrics_options(
 
 
 def check_metric_function(name: str, fn: Any) -> None:
-    """A plug-in metric must be callable as ``fn(model, pixels, texts, image_maps, token_maps, **options)``."""
+    """A plug-in metric must be callable as ``fn(model, pixels, texts, image_maps, token_maps, **options)``
+    (its required keyword-only parameters are the ground truth it ``requires``: ``masks``, ``boxes``)."""
     try:
         sig = inspect.signature(fn)
-        sig.bind(None, None, None, None, None)
+        given = {p.name: None for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY and p.default is p.empty}
+        sig.bind(None, None, None, None, None, **given)
     except (TypeError, ValueError):
         raise InputError(
             f"{name!r} is not a metric function: it must take (model, pixels, texts, image_maps, token_maps, "
