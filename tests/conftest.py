@@ -6,17 +6,29 @@ plain helpers that tests import are in ``tests/support/``.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 from tests.support.models import tiny_hf_clip, tiny_open_clip
+from tests.support.threads import THREADS
 from vlexplain.models.hf_clip import tiny_siglip
 
-# One thread per xdist worker (``-n 2`` on two cores would otherwise run four threads and thrash);
-# a single process may use two.
-torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(THREADS)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads_restored_per_module():
+    """The thread count a module (or its fixtures) set does not reach the next module."""
+    yield
+    torch.set_num_threads(THREADS)
+
+
+@pytest.fixture(autouse=True)
+def _threads_restored():
+    """The thread count a test sets does not reach the next test (its module's setting stays)."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

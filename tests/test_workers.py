@@ -4,7 +4,6 @@ not cost the run (the other worker finishes and saves); one that fails before it
 from __future__ import annotations
 
 import os
-import time
 import warnings
 
 import pytest
@@ -13,23 +12,32 @@ import torch.multiprocessing as mp
 from vlexplain.distributed import join_workers
 
 
-def _worker(rank: int, results, crash_after: bool, crash_before: bool) -> None:
-    if rank == 1 and crash_before:
-        os.abort()
+def _worker(rank: int, results, crash_after: bool, crash_before: bool, gone, alive) -> None:
+    """Rank 0 delivers its result only once rank 1 has ended (``gone``: the pipe end only rank 1
+    keeps open reads EOF when it exits), so rank 1's crash always happens while rank 0 still runs."""
     if rank == 0:
-        time.sleep(1.0)  # still saving when the other one exits
+        alive.close()
+        try:
+            gone.recv()
+        except EOFError:  # rank 1 has exited
+            pass
+    else:
+        gone.close()
+        if crash_before:
+            os.abort()
     results.put({"rank": rank, "steps": 3})
     if rank == 1 and crash_after:
-        time.sleep(0.2)  # the queue's feeder has flushed
         os.abort()  # as gloo's teardown did once: "terminate called without an active exception"
 
 
 def _launch(crash_after: bool, crash_before: bool):
     ctx = mp.get_context("spawn")
     results = ctx.SimpleQueue()
+    gone, alive = ctx.Pipe(duplex=False)
     procs = mp.start_processes(
-        _worker, args=(results, crash_after, crash_before), nprocs=2, join=False, start_method="spawn"
+        _worker, args=(results, crash_after, crash_before, gone, alive), nprocs=2, join=False, start_method="spawn"
     )
+    alive.close()  # rank 1 holds the last copy
     return procs, results
 
 

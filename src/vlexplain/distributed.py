@@ -55,12 +55,17 @@ def join_workers(procs: Any, results: Any, got: dict[int, dict]) -> list[dict]:
     (a rare abort in the process group's teardown) leaves the others to finish and save."""
     import warnings
 
-    while True:
+    def drain() -> None:
         while not results.empty():
             r = results.get()
             got[r["rank"]] = r
+
+    while True:
+        drain()
         ps = procs.processes
-        if any(not p.is_alive() and p.exitcode != 0 and i not in got for i, p in enumerate(ps)):
+        failed = [i for i, p in enumerate(ps) if not p.is_alive() and p.exitcode != 0]
+        drain()  # a worker that delivered and then died: its result is in the queue by now
+        if any(i not in got for i in failed):
             procs.join()  # raises, naming the failed worker
         if not any(p.is_alive() for p in ps):
             break

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,7 +15,8 @@ from .errors import InputError
 
 ImageLike = str | os.PathLike | Image.Image | torch.Tensor | np.ndarray
 
-# Pillow's decompression-bomb guard stays on; 89 M pixels (Pillow's default) is the limit.
+#: the most pixels an image (or mask) may have: our own decompression-bomb limit, checked from the
+#: file's header before any pixel is decoded (89 M pixels, Pillow's default warning threshold)
 MAX_PIXELS = 89_478_485
 #: the most pixels an image may have after preprocessing resizes its shortest side to the model's
 #: input size (before the centre crop): 16 M pixels, about 64 MB while resizing. A thin image
@@ -25,38 +27,91 @@ MAX_RESIZED_PIXELS = 16 * 2**20
 CROP_WARN_SHARE = 0.5
 
 
+def open_image(source: str | os.PathLike | bytes, what: str = "image", where: str = "") -> Image.Image:
+    """Decode an image file (or encoded bytes) as it is stored: the one reader of images and masks.
+
+    The file goes through ``vlexplain.files.check_input_file`` first (missing, link loop, FIFO,
+    empty...); its size is read from the header and refused above ``MAX_PIXELS`` before any pixel
+    is decoded. Raises [`InputError`][vlexplain.InputError] with a one-line message.
+
+    Args:
+        source: a path, or the encoded bytes of an image.
+        what: the word for it in messages ("image", "mask").
+        where: where the bytes come from (a data file's ``file:line``), for messages about bytes.
+    """
+    from .files import check_input_file, shown_name
+
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if not len(source):
+            raise InputError(f"{where}: the {what} is empty (0 bytes)")
+        fp: Any = io.BytesIO(bytes(source))
+        name = where or what
+    else:
+        fp = check_input_file(source, what)
+        name = shown_name(fp)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides, below
+            im = Image.open(fp)
+        try:
+            w, h = im.size
+            if w * h > MAX_PIXELS:
+                raise InputError(
+                    f"{what} is too large (decompression-bomb guard: {w}x{h} = {w * h:,} pixels, "
+                    f"the limit is {MAX_PIXELS:,}): {name}"
+                )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im.load()
+        except BaseException:
+            im.close()
+            raise
+        return im
+    except Image.DecompressionBombError:
+        raise InputError(f"{what} is too large (decompression-bomb guard, > {MAX_PIXELS:,} pixels): {name}") from None
+    except UnidentifiedImageError:
+        raise InputError(f"not an image file (or an unsupported format): {name}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise InputError(f"cannot read {what} {name}: {e} (truncated or corrupt file?)") from None
+
+
+def image_size(path: str | os.PathLike, what: str = "image") -> tuple[int, int]:
+    """(width, height) of an image file, read from its header (no pixel decoded), guarded like ``open_image``."""
+    from .files import check_input_file, shown_name
+
+    p = check_input_file(path, what)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(p) as im:
+                return im.size
+    except Image.DecompressionBombError:
+        raise InputError(
+            f"{what} is too large (decompression-bomb guard, > {MAX_PIXELS:,} pixels): {shown_name(p)}"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InputError(f"cannot read {what} {shown_name(p)}: {e}") from None
+
+
 def load_image(source: str | os.PathLike | Image.Image) -> Image.Image:
     """Open an image as 8-bit RGB.
 
     Handles EXIF rotation, CMYK, 16-bit, greyscale, palette and RGBA (composited on white). Raises
-    [`InputError`][vlexplain.InputError] with a one-line message for missing, empty, truncated or non-image files and
-    for decompression bombs.
+    [`InputError`][vlexplain.InputError] with a one-line message for missing, empty, truncated or non-image files, for
+    what is not a regular file (a FIFO, a link loop) and for decompression bombs (``open_image``).
     """
     if isinstance(source, Image.Image):
         return to_rgb(source)
-    path = Path(source)
-    if not path.exists():
-        raise InputError(f"image not found: {path}")
-    if path.is_dir():
-        raise InputError(f"expected an image file, got a directory: {path}")
-    if path.stat().st_size == 0:
-        raise InputError(f"image file is empty: {path}")
-    old = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                im.load()
-                return to_rgb(im)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InputError(f"image is too large (decompression-bomb guard, > {MAX_PIXELS} pixels): {path}") from None
-    except UnidentifiedImageError:
-        raise InputError(f"not an image file (or an unsupported format): {path}") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise InputError(f"cannot read image {path}: {e} (truncated or corrupt file?)") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = old
+    with open_image(source) as im:
+        return to_rgb(im)
+
+
+def load_mask(source: str | os.PathLike | bytes | Image.Image, where: str = "") -> Image.Image:
+    """A ground-truth mask as an 8-bit greyscale image, read like images (``open_image``)."""
+    if isinstance(source, Image.Image):
+        return source.convert("L")
+    with open_image(source, "mask", where) as im:
+        return im.convert("L")
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

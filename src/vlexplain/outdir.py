@@ -2,10 +2,11 @@
 mode new files get (``file_mode``: 0o666 less the umask, for every atomic write of the package).
 
 The commands' ``--out`` options run these checks through typer callbacks
-(``vlexplain.commands._out``). They refuse, in one line, an ``--out`` that names an existing file where a folder is expected (or a
-folder where a file is expected) and one in a place that cannot be written; the folder callback
-also claims the folder for the command's lifetime, so a second run into the same ``--out``
-is refused while the first one runs (instead of both overwriting each other's files).
+(``vlexplain.commands._out``). They refuse, in one line, an ``--out`` that names an existing file
+where a folder is expected (or a folder where a file is expected) and one in a place that cannot be
+written. Checking writes nothing. Once every other input is validated, a command claims the folder
+(``claim`` / ``claimed``) for as long as it writes, so a second run into the same folder, under
+any name that resolves to it (a symbolic link, ``..``), is refused while the first one runs.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import InputError
@@ -73,6 +76,7 @@ def check_out_dir(out: str | os.PathLike, flag: str = "--out") -> Path:
             raise InputError(f"{flag} {p}: cannot write in this folder (permission denied)")
     else:
         _check_writable(p, flag)
+    FolderClaim(p, flag).refuse_if_busy()  # said at once; the claim itself is taken before the first write
     return p
 
 
@@ -96,7 +100,7 @@ class FolderClaim:
     def __init__(self, out: Path, flag: str = "--out"):
         self.out, self.flag = out, flag
         self.fd: int | None = None  # the lock file, while the folder is claimed
-        full = Path(os.path.abspath(out))  # "." and "runs/.." get a real folder name
+        full = Path(out).expanduser().resolve()  # the folder itself: a link to it, "." or "runs/.." claim it too
         self.path = full.parent / f".{full.name or 'root'}{LOCK_SUFFIX}"
 
     def acquire(self) -> FolderClaim:
@@ -114,10 +118,7 @@ class FolderClaim:
             except OSError as e:
                 os.close(fd)
                 if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    raise InputError(
-                        f"{self.flag} {self.out} is being written by another vlexplain run "
-                        f"({self._holder()}); wait for it to finish or choose another {self.flag}"
-                    ) from None
+                    raise InputError(self._busy()) from None
                 raise
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
@@ -130,6 +131,33 @@ class FolderClaim:
                 return self
             os.close(fd)
         raise InputError(f"{self.flag} {self.out}: could not claim the folder; try again")
+
+    def refuse_if_busy(self) -> None:
+        """Refuse (InputError) when another run holds the folder now; creates nothing."""
+        try:
+            import fcntl
+        except ImportError:
+            return
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+            return
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:  # no lock file: nobody holds the folder
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise InputError(self._busy()) from None
+            return
+        finally:
+            os.close(fd)  # (closing releases a lock taken here)
+
+    def _busy(self) -> str:
+        return (
+            f"{self.flag} {self.out} is being written by another vlexplain run "
+            f"({self._holder()}); wait for it to finish or choose another {self.flag}"
+        )
 
     def _holder(self) -> str:
         try:
@@ -152,3 +180,33 @@ class FolderClaim:
 def claim(out: str | os.PathLike, flag: str = "--out") -> FolderClaim:
     """Claim ``out`` for this process until ``FolderClaim.release`` (see ``FolderClaim``)."""
     return FolderClaim(Path(out).expanduser(), flag).acquire()
+
+
+@contextmanager
+def claimed(out: str | os.PathLike, flag: str = "--out") -> Iterator[FolderClaim]:
+    """``claim(out)`` for the block's duration (call it after validation, right before the first write)."""
+    c = claim(out, flag)
+    try:
+        yield c
+    finally:
+        c.release()
+
+
+#: what ``--overwrite`` removes from a folder that holds a run: the files and folders vlexplain wrote
+#: there (anything else in the folder is left alone)
+def remove_run(out: Path, names: tuple[str, ...], patterns: tuple[str, ...] = ()) -> None:
+    """Delete ``out/NAME`` for each of ``names`` (files or folders) and ``out/PATTERN`` matches."""
+    import shutil
+
+    targets = [out / n for n in names] + [p for pat in patterns for p in sorted(out.glob(pat))]
+    for t in targets:
+        if t.is_dir() and not t.is_symlink():
+            shutil.rmtree(t)
+        elif t.exists() or t.is_symlink():
+            t.unlink()
+
+
+def check_overwrite(resume: bool, overwrite: bool) -> None:
+    """``--resume`` and ``--overwrite`` ask for opposite things: refuse both at once."""
+    if resume and overwrite:
+        raise InputError("--resume continues the run in --out and --overwrite replaces it: give one of them")

@@ -37,6 +37,12 @@ def clean_text(text: object) -> str:
     """
     if not isinstance(text, str):
         raise InputError(f"texts must be strings, got {type(text).__name__}")
+    if any(unicodedata.category(c) == "Cs" for c in text):  # bytes that were not UTF-8 (a terminal's other encoding)
+        shown = "".join("\ufffd" if unicodedata.category(c) == "Cs" else c for c in text)
+        raise InputError(
+            f"the text {preview(shown)!r} is not valid UTF-8 (an undecodable byte, shown as \ufffd); "
+            "type it again in a UTF-8 terminal or fix the file it came from"
+        )
     bad = sorted({c for c in text if _is_control(c)})
     out = "".join(c for c in text if not _is_control(c)) if bad else text
     if not any(_visible(c) for c in out):

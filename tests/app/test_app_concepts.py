@@ -286,7 +286,7 @@ def test_concept_inputs_and_files_get_clear_messages(tmp_path):
         "b.json": ('{"owl": "white feathers"}', "not a class name with a list of strings"),
         "c.json": ('{"owl": []}', "no descriptors"),
         "d.csv": ("owl,white,feathers\n", "row 1: expected 2 columns"),
-        "e.csv": (b"\xff\xfe\x00owl", "not a UTF-8 text file"),
+        "e.csv": (b"\xff\xfe\x00owl", "not valid UTF-8 text at line 1, column 1 (byte 0xff)"),
         "f.txt": ("owl: feathers", "a concept file is a .json file"),
         "g.json": ("[" * 100_000, "cannot be read as a concept file"),
     }

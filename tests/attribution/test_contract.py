@@ -91,9 +91,24 @@ def _hook_state(model) -> dict[str, int]:
     return out
 
 
+EPS32 = torch.finfo(torch.float32).eps
+
+
+def score_noise(model) -> float:
+    """The float32 noise of one similarity the model computes: a dot product of two unit vectors
+    of ``d`` channels sums ``d`` products of magnitude up to 1, so a batch of 2 and one pair alone,
+    which may sum in different orders, can differ by about ``eps * sqrt(d)``; the factor 4 covers
+    the rounding the towers add before the dot product."""
+    with torch.no_grad():
+        d = model.encode_text(model.tokenize(["a"])).shape[-1]
+    return 4 * EPS32 * float(d) ** 0.5
+
+
 def _close(a: torch.Tensor, b: torch.Tensor, what: str, floor: float = 0.0) -> None:
-    """Equal up to 1e-4 of the map's range, or ``floor`` (the float32 noise of the scores a
-    gradient-free map is made of: a map that barely varies cannot be compared below it)."""
+    """Equal up to 1e-4 of the map's range, or ``floor`` (the float32 noise of the similarities a
+    gradient-free map is built from: ``score_noise``; a map made of differences of similarities of
+    magnitude ~1, such as CLIP Surgery's ``f . (t - r)`` or Kernel SHAP's regression on scores,
+    cannot be compared below the noise of those similarities, however small the map itself is)."""
     scale = float(b.abs().max()) if b.numel() else 0.0
     atol = max(1e-4 * scale + 1e-8, floor)
     torch.testing.assert_close(a, b, rtol=0, atol=atol, msg=lambda m: f"{what}: {m}")
@@ -144,8 +159,8 @@ BRIDGE_CHEAP_OFFLINE: dict[str, Any] = dict(grid=3, n_samples=2, n_steps=2)
 
 def bridge_options(name: str, kind: str) -> dict[str, Any]:
     opts = {**BRIDGE_CHEAP, **(BRIDGE_CHEAP_OFFLINE if kind == "offline" else {})}
-    if name.endswith(":ShapleyValues"):
-        opts.pop("grid", None)
+    if name.endswith(":ShapleyValues"):  # every ordering of the features: the fewest cells the kind allows
+        opts["grid"] = 1 if kind == "offline" else 2
     params = inspect.signature(vx.get_method(name).__init__).parameters
     return {k: v for k, v in opts.items() if k in params}
 
@@ -205,13 +220,13 @@ def check_contract(name: str, kind: str, model, opts: dict[str, Any]) -> None:
     for k, v in _maps(again).items():
         assert torch.equal(v, _maps(single[0])[k]), f"{k} differs between two identical runs"
     # a pair's result does not depend on the rest of the batch
+    # (gradient-free maps are sums and differences of similarities: batch and single forwards may
+    # round each similarity differently, see score_noise; so are bridged attributions in the score's
+    # units: a block's gradient x activation on a LayerNorm'd state cancels to such noise)
+    noise = score_noise(model) if not cls.needs_gradients or ":" in name else 0.0
     for j in range(2):
+        floor = max(noise, 1e-6 * abs(single[j].score)) if noise else 0.0
         for k, v in _maps(batched[j]).items():
-            # perturbation maps are differences of scores: batch and single forwards may round
-            # each score differently by a few float32 ulps (1e-6 of the score covers ~10); so are
-            # bridged attributions in the score's units (a block's gradient x activation on a
-            # LayerNorm'd state cancels to such noise)
-            floor = 1e-6 * abs(single[j].score) if not cls.needs_gradients or ":" in name else 0.0
             _close(v, _maps(single[j])[k], f"pair {j} {k}: batch of 2 vs one at a time", floor)
 
     assert torch.equal(images, pixels_before), "the input pixels were modified"

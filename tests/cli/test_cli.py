@@ -141,6 +141,10 @@ def test_models_and_methods(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "offline" in out and "hf:ORG/NAME" in out and "open_clip:" in out
+    builtin = out[out.index("built-in models") :]  # its rows: the specs as one types them, named models first
+    rows = [ln.split("│")[1].strip() for ln in builtin.splitlines() if ln.startswith("│")]
+    rows = [r for r in rows if r]  # (a wrapped description continues on rows without a spec)
+    assert rows[:2] == ["offline", "testbed:shapes"], rows
     assert main(["methods"]) == 0
     assert "m2ib" in capsys.readouterr().out
 
@@ -156,7 +160,8 @@ def test_demo_runs_on_offline_model(tmp_path):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--method", "center"]) == 0
     html = (out / "index.html").read_text()
-    assert html.count("class='card'") == 12 and "no match" in html
+    assert html.count("class='card'") == 12 and "expected no match" in html
+    assert "the label is the expected answer" in html and "<span class='nomatch'> · expected no match" in html
     assert len(list(out.glob("*_overlay.png"))) == 12
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import pytest
 from PIL import Image
 
 from tests.support.llm import POOL, FakeServer, generate_args
+from tests.support.pause import pause_command
 from vlexplain.cli import main
 from vlexplain.interrupt import Interrupted, atomic, catch_signals, message, track
 
@@ -39,19 +39,25 @@ def _one_thread():
     torch.set_num_threads(old)
 
 
-def interrupt(args: list[str], ready: Callable[[], bool], log: Path, sig: int = signal.SIGINT) -> str:
-    """Run ``vlexplain ARGS``, send ``sig`` once ``ready()``; check the exit code and return the last line."""
+def interrupt(
+    args: list[str], log: Path, sig: int = signal.SIGINT, *, ready: Callable[[], bool] | None = None, pause=None
+) -> str:
+    """Run ``vlexplain ARGS`` and send ``sig`` once it is ready; check the exit code and return the last line.
+
+    ``pause=(MODULE:FUNCTION, N)``: the command stops at the (N+1)-th call of that function (see
+    ``tests/support/pause.py``) and the signal is sent there, so exactly N calls are finished. ``ready``:
+    instead, a condition on what the command has written or asked (polled until it holds)."""
+    flag = log.with_suffix(".ready")
+    cmd = [sys.executable, "-m", "vlexplain.cli"] if pause is None else pause_command(pause[0], pause[1], flag)
+    wait = ready if pause is None else flag.exists
     with open(log, "w") as err:
-        p = subprocess.Popen(
-            [sys.executable, "-m", "vlexplain.cli", *args], env=ENV, stdout=subprocess.DEVNULL, stderr=err
-        )
+        p = subprocess.Popen([*cmd, *args], env=ENV, stdout=subprocess.DEVNULL, stderr=err)
         try:
-            deadline = time.monotonic() + 600
-            while p.poll() is None and not ready() and time.monotonic() < deadline:
-                time.sleep(0.05)
+            while p.poll() is None and not wait():  # waits on a file or a request, not on time
+                time.sleep(0.02)
             assert p.poll() is None, f"the command ended before it could be interrupted:\n{log.read_text()[-3000:]}"
             p.send_signal(sig)
-            rc = p.wait(timeout=300)
+            rc = p.wait()
         finally:
             if p.poll() is None:
                 p.kill()
@@ -60,6 +66,10 @@ def interrupt(args: list[str], ready: Callable[[], bool], log: Path, sig: int = 
     assert rc == 128 + sig, text[-3000:]
     assert "Traceback" not in text, text[-3000:]
     return text.strip().splitlines()[-1]
+
+
+#: the call every attribution batch goes through (explain, evaluate, benchmark)
+BATCH = "vlexplain.attribution.api:run_explainer"
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +188,7 @@ def test_concepts_generate(tmp_path, sig):
         classes.write_text("Cardinal\nBlue Jay\nRobin\n")
         out = tmp_path / "concepts.json"
         args = generate_args(classes, server.url, out, cache=tmp_path / "cache")
-        line = interrupt(args, lambda: len(server.requests) >= 2, tmp_path / "err.txt", sig)
+        line = interrupt(args, tmp_path / "err.txt", sig, ready=lambda: len(server.requests) >= 2)
         word = "interrupted" if sig == signal.SIGINT else "terminated"
         assert line == f"{word}; 1 of 3 classes done, rerun the same command (finished classes are cached)"
         assert not out.exists() and len(list((tmp_path / "cache").glob("*.json"))) == 1
@@ -207,12 +217,10 @@ def test_explain_several_images(tmp_path, tiny_dir):
         "--out",
         str(out),
     ]
-    done = lambda: any(out.glob("0*.json"))
-    line = interrupt(args, done, tmp_path / "err.txt")
-    m = re.fullmatch(r"interrupted; (\d+) of 8 pairs done, rerun with --resume", line)
-    assert m and 1 <= int(m.group(1)) < 8, line
+    line = interrupt(args, tmp_path / "err.txt", pause=(BATCH, 3))
+    assert line == "interrupted; 3 of 8 pairs done, rerun with --resume"
     kept = sorted(out.glob("0*.json"))
-    assert len(kept) >= int(m.group(1))
+    assert len(kept) == 3
     stamp = kept[0].stat().st_mtime_ns
     assert main(args + ["--resume"]) == 0
     assert len(list(out.glob("0*.json"))) == 8 and kept[0].stat().st_mtime_ns == stamp  # kept, not redone
@@ -248,10 +256,9 @@ def test_evaluate(tmp_path, tiny_dir):
         str(run),
         "--no-progress",
     ]
-    line = interrupt(args, lambda: (run / "shards" / "metrics-000000.parquet").exists(), tmp_path / "err.txt")
-    m = re.fullmatch(r"interrupted; (\d+) of 8 pairs done, rerun with --resume", line)
-    assert m and 1 <= int(m.group(1)) < 8, line
-    assert len(list((run / "shards").glob("metrics-*.parquet"))) >= int(m.group(1))
+    line = interrupt(args, tmp_path / "err.txt", pause=(BATCH, 2))  # shards of one pair: 2 shards done
+    assert line == "interrupted; 2 of 8 pairs done, rerun with --resume"
+    assert len(list((run / "shards").glob("metrics-*.parquet"))) == 2
     assert main(args + ["--resume"]) == 0
     assert json.loads((run / "manifest.json").read_text())["complete"]
 
@@ -274,9 +281,10 @@ def test_benchmark(tmp_path):
         str(out),
         "--no-progress",
     ]
-    line = interrupt(args, lambda: (out / "run" / "shards" / "metrics-000000.parquet").exists(), tmp_path / "err.txt")
-    m = re.fullmatch(r"interrupted; (\d+) of 8 pairs done, rerun with --resume", line)
-    assert m and 1 <= int(m.group(1)) < 8, line
+    # (shards of one pair, two methods: random and the center reference; two pairs done after four calls)
+    line = interrupt(args, tmp_path / "err.txt", pause=(BATCH, 4))
+    assert line == "interrupted; 2 of 8 pairs done, rerun with --resume"
+    assert len(list((out / "run" / "shards").glob("metrics-*.parquet"))) == 2
     assert main(args + ["--resume"]) == 0
     assert json.loads((out / "run" / "manifest.json").read_text())["complete"] and (out / "leaderboard.md").exists()
 
@@ -301,12 +309,9 @@ def test_deal_train(tmp_path):
         str(out),
         "--no-progress",
     ]
-    line = interrupt(args, lambda: (out / "checkpoint" / "state.json").exists(), tmp_path / "err.txt")
-    m = re.fullmatch(r"interrupted; (\d+) of 16 steps done, rerun \(without --fresh\) to continue", line)
-    assert m and 2 <= int(m.group(1)) < 16, line
-    assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == int(
-        m.group(1)
-    )  # saved on the way out
+    line = interrupt(args, tmp_path / "err.txt", pause=("vlexplain.concepts.train:deal_losses", 3))
+    assert line == "interrupted; 3 of 16 steps done, rerun (without --overwrite) to continue"
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 3  # saved on the way out
     assert main(args) == 0
     assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 16
 
@@ -327,15 +332,81 @@ def test_train_shapes(tmp_path):
         "--out",
         str(out),
     ]
-    args = common + ["--minutes", "1", "--save-every", "0.5"]
-    line = interrupt(args, lambda: (out / "model.safetensors").exists(), tmp_path / "err.txt")
-    m = re.fullmatch(
-        rf"interrupted; (\d+) steps done, weights saved to {re.escape(str(out))}; "
-        rf"continue with --init-from {re.escape(str(out))}",
-        line,
-    )
-    assert m and int(m.group(1)) >= 1, line
+    args = common + ["--minutes", "2"]
+    # (the learning-rate schedule is read at the start of every step, outside the step's atomic block)
+    line = interrupt(args, tmp_path / "err.txt", pause=("vlexplain.testbeds.shapes_train:_lr_factor", 2))
+    assert line == f"interrupted; 2 steps done, weights saved to {out}; continue with --init-from {out}"
+    assert (out / "model.safetensors").is_file()  # saved on the way out
     rows = (out / "train_log.csv").read_text().strip().splitlines()[1:]
-    assert int(m.group(1)) - 1 <= len(rows) <= int(m.group(1))  # the last step's row may be cut with it
+    assert len(rows) == 2
     assert main(common + ["--init-from", str(out), "--minutes", "1", "--steps", "2"]) == 0
     assert json.loads((out / "train_info.json").read_text())["steps"] == 2
+
+
+# --- a signal right after a unit's file is written: the count includes it ------------------------------
+def test_signal_right_after_a_shard_is_written_counts_it(tmp_path, monkeypatch, hf_clip):
+    from vlexplain.eval import runner
+    from vlexplain.eval.runner import evaluate
+
+    images = _images(tmp_path / "img", 3)
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"image": str(p), "caption": "a photo"}) + "\n" for p in images))
+    write = runner.write_table
+
+    def write_then_signal(*args, **kwargs):
+        write(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)  # lands before the shard is counted, unless held
+
+    monkeypatch.setattr(runner, "write_table", write_then_signal)
+    with catch_signals(), pytest.raises(Interrupted):
+        evaluate(
+            data,
+            hf_clip,
+            ["random"],
+            ["deletion_image"],
+            tmp_path / "run",
+            batch_size=1,
+            shard_size=1,
+            metric_options={"deletion_image": {"n_steps": 2}},
+            progress=False,
+        )
+    kept = len(list((tmp_path / "run" / "shards").glob("metrics-*.parquet")))
+    assert kept == 1 and message() == "interrupted; 1 of 3 pairs done, rerun with --resume"
+
+
+def test_signal_right_after_a_pair_is_saved_counts_it(tmp_path, monkeypatch, hf_clip):
+    from vlexplain.commands import explain as cmd
+
+    images = _images(tmp_path / "img", 2)
+    save = cmd.save_entry
+
+    def save_then_signal(*args, **kwargs):
+        entry = save(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)
+        return entry
+
+    monkeypatch.setattr(cmd, "save_entry", save_then_signal)
+    with catch_signals(), pytest.raises(Interrupted):
+        cmd.run_pairs(
+            hf_clip,
+            [(str(p), p) for p in images],
+            ["a photo"],
+            method="random",
+            out=tmp_path / "out",
+            zip_pairs=False,
+            seed=0,
+            target="cosine",
+            options={},
+        )
+    assert len(list((tmp_path / "out").glob("0*.json"))) == 1
+    assert message() == "interrupted; 1 of 2 pairs done, rerun with --resume"
+
+
+def test_ctrl_c_while_starting_up_is_one_line(tmp_path):
+    """The signal handlers are installed before anything heavy is imported: a Ctrl-C in the first
+    moments (here: while the commands are being registered) ends with one line, not a traceback."""
+    args = ["explain", "x.png", "-t", "a cat", "--out", str(tmp_path / "out")]
+    line = interrupt(args, tmp_path / "err.txt", pause=("vlexplain.cli:_register_commands", 0))
+    assert line == "interrupted"
+    assert (tmp_path / "err.ready").read_text() == "-"  # neither torch nor transformers was imported yet
+    assert len((tmp_path / "err.txt").read_text().strip().splitlines()) == 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
-import time
+import threading
 
 import pytest
 
@@ -136,8 +136,12 @@ def test_401_fails_at_once_with_the_server_message(server, sleeps, tmp_path, mon
 
 
 def test_timeout_is_retried(server, sleeps, tmp_path):
-    server.script = [("sleep", 0.8)]
-    out = gen(server, sleeps, tmp_path, classes=["Cardinal"], timeout=0.2, retries=1, backoff=0.25)
+    hold = threading.Event()  # the first reply never comes before the client's timeout
+    server.script = [("hold", hold)]
+    try:
+        out = gen(server, sleeps, tmp_path, classes=["Cardinal"], timeout=0.2, retries=1, backoff=0.25)
+    finally:
+        hold.set()
     assert out["Cardinal"] == POOL[:4] and sleeps == [0.25] and len(server.requests) == 2
 
 
@@ -272,9 +276,7 @@ def test_timeout_bounds_the_whole_reply(server, sleeps, tmp_path):
     server.script = [("trickle", 0.1)]
     with pytest.raises(InputError, match=r"no complete reply within 0.6 s \(gave up after 1 attempt"):
         gen(server, sleeps, tmp_path, classes=["Cardinal"], timeout=0.6, retries=0)
-    deadline = time.monotonic() + 30
-    while server.cut == 0 and time.monotonic() < deadline:  # the client hung up before the reply's end
-        time.sleep(0.05)
+    assert server.hung_up.wait(120)  # the client hung up before the reply's end (the trickle takes ~25 s)
     assert server.cut == 1 and len(server.requests) == 1
     # a timeout is retried once (not `retries` times), visibly
     said = []
@@ -293,13 +295,22 @@ def test_connection_refused_fails_at_once(sleeps, tmp_path):
 
 
 def test_retries_and_slow_replies_are_reported(server, sleeps, tmp_path):
-    said = []
+    said, hold = [], threading.Event()
+
+    def notify(line: str) -> None:
+        said.append(line)
+        if "waiting for" in line:  # the slow reply was reported: let it come
+            hold.set()
+
     server.script = [
         (429, {"error": {"message": "slow down"}}, {"Retry-After": "3"}),
         (502, "bad gateway"),
-        ("sleep", 1.0),
+        ("hold", hold),
     ]
-    out = gen(server, sleeps, tmp_path, classes=["Cardinal"], backoff=0.5, notify=said.append, notice_after=0.2)
+    try:
+        out = gen(server, sleeps, tmp_path, classes=["Cardinal"], backoff=0.5, notify=notify, notice_after=0.2)
+    finally:
+        hold.set()
     assert out["Cardinal"] == POOL[:4] and sleeps == [3.0, 1.0]
     assert said[:2] == [
         "Cardinal: HTTP 429: slow down; retrying in 3 s (attempt 2 of at most 4)",

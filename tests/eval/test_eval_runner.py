@@ -17,6 +17,7 @@ from PIL import Image
 
 import vlexplain as vx
 from tests.support.cli import two_process_cli
+from tests.support.pause import pause_command
 from vlexplain.errors import InputError
 from vlexplain.eval import evaluate, load_maps, load_results, report
 from vlexplain.eval.report import bootstrap_ci
@@ -441,16 +442,20 @@ def test_sigkill_then_resume_equals_uninterrupted(cli_setup):
     d, args, env, ref = cli_setup
     run = d / "killed"
     cmd = [sys.executable, "-m", "vlexplain.cli", *args, "--out", str(run)]
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    first = run / "shards" / "metrics-000000.parquet"
-    deadline = time.monotonic() + 600
-    while not first.exists() and p.poll() is None and time.monotonic() < deadline:
+    ready = d / "killed.ready"  # the run stops as its second shard starts (tests/support/pause.py), and is killed there
+    p = subprocess.Popen(
+        [*pause_command("vlexplain.eval.runner:_run_shard", 1, ready), *args, "--out", str(run)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    while not ready.exists() and p.poll() is None:  # waits on a file, not on time
         time.sleep(0.02)
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert p.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     done = sorted(x.name for x in (run / "shards").glob("metrics-*.parquet"))
-    assert 1 <= len(done) < 6, done
+    assert done == ["metrics-000000.parquet"], done
     r = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     _assert_same(_frame(run), _frame(ref))

@@ -129,8 +129,18 @@ def test_imagenet_seg_protocol(tmp_path, oracle) -> None:
     # resumable: a finished run resumed recomputes nothing and gives the same values
     again = run_imagenet_seg(tmp_path, tmp_path / "run", model=model, methods=["oracle"], progress=False, resume=True)
     assert again.values == res.values
-    with pytest.raises(InputError, match="not empty"):
+    with pytest.raises(InputError, match="holds a protocol run; pass --resume .* --overwrite to replace it"):
         run_imagenet_seg(tmp_path, tmp_path / "run", model=model, methods=["oracle"], progress=False)
+    # --overwrite replaces the run (its files only: a user's file in the folder stays)
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    (tmp_path / "run" / "shards" / "stats-000099.npz").write_bytes(b"stale")
+    fresh = run_imagenet_seg(
+        tmp_path, tmp_path / "run", model=model, methods=["oracle"], progress=False, overwrite=True
+    )
+    assert fresh.values == res.values and (tmp_path / "run" / "notes.txt").read_text() == "mine"
+    assert not (tmp_path / "run" / "shards" / "stats-000099.npz").exists()
+    with pytest.raises(InputError, match="give one of them"):
+        run_imagenet_seg(tmp_path, tmp_path / "run", model=model, methods=["oracle"], resume=True, overwrite=True)
     with pytest.raises(InputError, match="other settings"):
         run_imagenet_seg(tmp_path, tmp_path / "run", model=model, methods=["oracle"], resume=True, seed=3)
 

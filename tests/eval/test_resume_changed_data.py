@@ -37,7 +37,7 @@ def test_resume_refuses_changed_data_and_says_what_changed(tmp_path, hf_clip):
     with pytest.raises(
         InputError,
         match=r"the data file pairs.jsonl changed; the rows \(captions, image paths, "
-        r"boxes\) of samples 0-1 changed; start a new run",
+        r"boxes\) of samples 0-1 changed; pass --overwrite to replace the run",
     ):
         evaluate(data, hf_clip, ["random"], ["deletion_image"], out, resume=True, **kw)
     # captions restored, an image of the second shard rewritten (size or mtime)

@@ -108,7 +108,7 @@ def test_resume_of_a_brace_pattern_refuses_a_rewritten_shard(tmp_path, hf_clip):
     with pytest.raises(
         InputError,
         match=r"cannot resume .*: the data files 00000.tar, 00001.tar changed; "
-        r"start a new run",
+        r"pass --overwrite to replace the run",
     ):
         evaluate(pattern, hf_clip, ["random"], ["confidence_image"], run, resume=True, **KW)
 
@@ -185,7 +185,10 @@ def test_resume_of_coco_refuses_changed_instances_and_images_with_exit_2(tmp_pat
     assert main([*args, "--resume"]) == 2
     err = capsys.readouterr().err
     said = [line for line in err.splitlines() if "cannot resume" in line]  # one line, after what was read
-    assert len(said) == 1 and "the data file instances_val2017.json (--instances) changed; start a new run" in said[0]
+    assert (
+        len(said) == 1
+        and "the data file instances_val2017.json (--instances) changed; pass --overwrite to replace the run" in said[0]
+    )
     _instances(inst, [1, 1, 4, 1, 4, 3, 1, 3])
     assert main([*args, "--resume"]) == 0  # restored: resumes
     capsys.readouterr()

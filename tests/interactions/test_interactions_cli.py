@@ -39,6 +39,10 @@ def test_explain_writes_interactions_beside_the_explanations(clip_dir, photo, tm
     assert d["method"] == "integrated_jacobians" and d["settings"]["steps"] == 2
     assert d["tokens"] == ["a", "red", "bus"] and d["spans"][0]["span"] == "red bus"
     assert np.allclose(d["spans"][0]["region"], np.array(d["matrix"])[1:3].sum(0), atol=1e-6)
+    # written while the folder is claimed (no lock left after), and a rerun without them leaves none stale
+    assert not list(tmp_path.glob(".*lock*"))
+    assert main(argv[: argv.index("--span")]) == 0
+    assert not [p.name for p in out2.iterdir() if "_interactions" in p.name]
 
 
 @pytest.mark.parametrize(

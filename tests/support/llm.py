@@ -42,6 +42,7 @@ class FakeServer:
         self.requests: list[dict] = []
         self.script: list[tuple] = []
         self.cut = 0
+        self.hung_up = threading.Event()  # set when a client hangs up before a reply's end
         self.lock = threading.Lock()
         owner = self
 
@@ -88,6 +89,7 @@ class FakeServer:
                 except OSError:  # the client gave up waiting
                     with owner.lock:
                         owner.cut += 1
+                    owner.hung_up.set()
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True

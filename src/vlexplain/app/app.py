@@ -15,12 +15,18 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import logging
+import shutil
 import tempfile
+import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
+from ..attribution.base import list_methods
+from ..attribution.options import web_options
 from ..errors import InputError, MethodError, VlexplainError, require
+from ..validate import check_seed
 from .concept_runner import (
     MAX_DESCRIPTORS,
     concept_method_choices,
@@ -37,6 +43,9 @@ from .samples import concept_suggestions, sample_images
 from .widgets import _image_input, _model_choices, _model_label
 
 _LOG = logging.getLogger("vlexplain.app")
+
+#: result folders (a grid PNG and a JSON each) the explorer keeps on disk: its temp folder stays bounded
+KEEP_RESULTS = 16
 
 NOT_IMAGE = "That file is not an image vlexplain can read. Upload a PNG, JPEG, WebP, BMP, GIF or TIFF image."
 
@@ -104,6 +113,18 @@ class Explorer:
         self.concept_samples = concept_suggestions()
         self.presets = concept_presets()
         self._out = tempfile.TemporaryDirectory(prefix="vlexplain-serve-")
+        self._dirs: list[Path] = []  # the result folders kept, oldest first
+        self._dirs_lock = threading.Lock()
+
+    def _result_dir(self) -> Path:
+        """A new folder for one request's downloads; only the last ``KEEP_RESULTS`` are kept (the
+        page has copied older ones into Gradio's cache, which clears itself hourly)."""
+        with self._dirs_lock:
+            out = Path(tempfile.mkdtemp(dir=self._out.name))
+            self._dirs.append(out)
+            while len(self._dirs) > KEEP_RESULTS:
+                shutil.rmtree(self._dirs.pop(0), ignore_errors=True)
+            return out
 
     def check_upload(self, payload: Any) -> str:
         """Decode an uploaded image fully; a clear message if it is not an image."""
@@ -151,7 +172,10 @@ class Explorer:
             if not path:
                 raise InputError("upload an image or pick a built-in photo first")
             image = _decode(path)
-            texts = parse_texts(texts_raw)
+            with warnings.catch_warnings(record=True) as said:
+                warnings.simplefilter("always")
+                texts = parse_texts(texts_raw)  # control characters removed, as on the command line
+            notes = [str(w.message) for w in said]
             methods = list(methods or [])
             if not methods:
                 raise MethodError("choose at least one method")
@@ -165,10 +189,9 @@ class Explorer:
                     f"{', '.join(bad)} does not apply to {model.name}; choose from {', '.join(sorted(applicable))}"
                 )
             options = parse_options(options_raw, methods)
-            try:
-                seed = int(float(seed or 0))
-            except (TypeError, ValueError):
-                raise InputError(f"the seed must be a whole number, got {seed!r}") from None
+            options, lowered = web_options(methods, options, len(texts))  # bounded work per request
+            notes += lowered
+            seed = check_seed(0 if seed in (None, "") else seed, "the seed")
 
             def report(k: int, n: int, desc: str) -> None:
                 if progress is not None:
@@ -179,13 +202,15 @@ class Explorer:
                 report(0, len(methods), "waiting: another request is using this model")
             with lock:
                 res = run(model, image, texts, methods, options, seed=seed, image_name=Path(path).name, progress=report)
-            out = Path(tempfile.mkdtemp(dir=self._out.name))
+            out = self._result_dir()
             grid = grid_png(res, out / "vlexplain_grid.png")
             js = write_json(res, out / "vlexplain_results.json")
         except Exception as e:
             raise _user_error(e) from None
         dt = time.perf_counter() - t0
         status = f"Done: {len(texts)} text(s) × {len(methods)} method(s) in {dt:.1f} s on {model.name}."
+        if notes:
+            status += " Note: " + "; ".join(notes) + "."
         return scores_html(res), grid, tokens_html(res), [str(out / "vlexplain_grid.png"), str(js)], status
 
     # --- the concepts tab ------------------------------------------------------------------------
@@ -304,6 +329,10 @@ class Explorer:
             templates = parse_templates(category_tpl, concept_tpl)
             method = (method or "").strip() or "deal"
             options = parse_options(options_raw, [method]).get(method, {})
+            lowered: list[str] = []
+            if method in list_methods():  # bounded work per request: 1 + K maps
+                bounded, lowered = web_options([method], {method: options}, 1 + len(descriptors))
+                options = bounded[method]
             if progress is not None and spec not in self.cache:
                 progress(0, desc=f"loading {spec}")
             model, lock = self.cache.get(spec)
@@ -315,12 +344,14 @@ class Explorer:
                 res = run_concepts(
                     model, image, cls, descriptors, method, options, templates, image_name=Path(path).name
                 )
-            out = Path(tempfile.mkdtemp(dir=self._out.name))
+            out = self._result_dir()
             fig = concept_png(res, out / "vlexplain_concepts.png")
             js = write_concept_json(res, out / "vlexplain_concepts.json")
         except Exception as e:
             raise _user_error(e) from None
         status = f"Done: '{cls}' with {len(descriptors)} concept(s) by {method} in {res.seconds:.1f} s on {model.name}."
+        if lowered:
+            status += " Note: " + "; ".join(lowered) + "."
         return fig, concept_metrics_html(res), [str(out / "vlexplain_concepts.png"), str(js)], status
 
 

@@ -54,7 +54,11 @@ def concept_method_choices(model: DualEncoder) -> list[tuple[str, str]]:
 
 def parse_class(raw: str | None) -> str:
     """The class name: trimmed, inner whitespace collapsed."""
+    from ..textclean import clean_text
+
     cls = " ".join((raw or "").split())
+    if cls:
+        cls = " ".join(clean_text(cls).split())  # control characters removed, as everywhere
     if not cls:
         raise InputError("type a class name (e.g. 'cat'), or pick a class from a concept set")
     if len(cls) > MAX_CLASS_CHARS:
@@ -64,7 +68,9 @@ def parse_class(raw: str | None) -> str:
 
 def parse_descriptors(raw: str | None, cls: str) -> list[str]:
     """One descriptor per non-empty line, checked like a concept file (duplicates, length)."""
-    descs = [" ".join(d.split()) for d in (raw or "").splitlines() if d.strip()]
+    from ..textclean import clean_text
+
+    descs = [" ".join(clean_text(d).split()) for d in (raw or "").splitlines() if d.strip()]
     if not descs:
         raise InputError(f"type at least one descriptor of {cls!r} (one per line), or pick a class from a concept set")
     if len(descs) > MAX_DESCRIPTORS:

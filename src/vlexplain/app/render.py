@@ -22,7 +22,12 @@ def grid_figure(res: RunResult, dpi: int = 100):
     from matplotlib.figure import Figure
 
     nt, nm = len(res.texts), len(res.methods)
-    fig = Figure(figsize=(2.5 * (nm + 1), 3.0 * nt + 0.4), dpi=dpi)
+    width = 2.5 * (nm + 1)
+    # the title wraps to the figure's width (9-pt text: about 13 characters per inch), never clipped
+    head = textwrap.wrap(
+        f"model: {res.model}   (red = high attribution, blue = low; each map min-max scaled)", int(width * 13)
+    )
+    fig = Figure(figsize=(width, 3.0 * nt + 0.4 + 0.16 * len(head)), dpi=dpi, layout="constrained")
     axes = fig.subplots(nt, nm + 1, squeeze=False)
     for i, text in enumerate(res.texts):
         row = res.results[i]
@@ -53,8 +58,7 @@ def grid_figure(res: RunResult, dpi: int = 100):
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"model: {res.model}   (red = high attribution, blue = low; each map min-max scaled)", fontsize=9)
-    fig.tight_layout(h_pad=1.2)
+    fig.suptitle("\n".join(head), fontsize=9)
     return fig
 
 
@@ -74,19 +78,23 @@ def grid_png(res: RunResult, path: str | os.PathLike) -> np.ndarray:
 
 
 def scores_html(res: RunResult) -> str:
-    """HTML table: each text with its cosine similarity to the image, best first, with a bar."""
+    """HTML table: each text with its cosine similarity to the image, best first, with a bar whose
+    length is the score on [0, the highest score shown] (a negative score has no bar), so that 0.23
+    reads as half of 0.46."""
     scores = res.scores()
     order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    top = max([s for s in scores if s > 0], default=0.0)
     rows = []
     for rank, i in enumerate(order, 1):
         s = scores[i]
-        width = max(0.0, min(1.0, (s + 1) / 2)) * 100
+        width = max(0.0, min(1.0, s / top)) * 100 if top > 0 else 0.0
         rows.append(
             f"<tr><td>{rank}</td><td>{html.escape(res.texts[i])}</td><td class='vx-score'>{s:.4f}</td>"
             f"<td style='width:40%'><div style='background:#4a7bd0;height:10px;width:{width:.0f}%'></div></td></tr>"
         )
     return (
-        "<table class='vx-scores'><thead><tr><th>#</th><th>text</th><th>cosine similarity</th><th></th></tr></thead>"
+        "<table class='vx-scores'><thead><tr><th>#</th><th>text</th><th>cosine similarity</th>"
+        "<th title='bar length: the score on a scale from 0 to the highest score shown'>0 … highest</th></tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table>"
     )
 

@@ -128,8 +128,12 @@ def method_options_help(names: Sequence[str]) -> str:
 
 
 def parse_texts(raw: str) -> list[str]:
-    """One text per non-empty line."""
+    """One text per non-empty line, without control characters (as the command line cleans them:
+    ``vlexplain.textclean.clean_text``; a warning names what was removed)."""
+    from ..textclean import clean_text
+
     texts = [t.strip() for t in (raw or "").splitlines() if t.strip()]
+    texts = [clean_text(t).strip() for t in texts]
     if not texts:
         raise InputError("type at least one text (one per line)")
     if len(texts) > MAX_TEXTS:
@@ -141,7 +145,9 @@ def parse_texts(raw: str) -> list[str]:
 
 
 def parse_options(raw: str, methods: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """``method.option=value`` lines -> {method: {option: value}} (values are Python literals)."""
+    """``method.option=value`` lines -> {method: {option: value}} (values are Python literals),
+    each method's options checked (``Explainer.checked_options``: known keys, types,
+    finite numbers)."""
     out: dict[str, dict[str, Any]] = {m: {} for m in methods}
     for n, line in enumerate((raw or "").splitlines(), 1):
         line = line.split("#", 1)[0].strip()
@@ -158,7 +164,10 @@ def parse_options(raw: str, methods: Sequence[str]) -> dict[str, dict[str, Any]]
         except (ValueError, SyntaxError):
             val = value.strip()
         out[name][opt.strip()] = val
-    return out
+    from ..attribution.base import get_method, list_methods
+
+    registered = set(list_methods())  # (the concepts tab's "deal" maps take no option: they say so)
+    return {m: get_method(m).checked_options(o) if m in registered else o for m, o in out.items()}
 
 
 @dataclass

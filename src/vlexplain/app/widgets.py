@@ -8,7 +8,7 @@ from .runner import ModelCache
 
 
 def _model_choices(default: str, allowed: list[str] | None = None) -> list[str]:
-    from ..models.registry import registered_loaders
+    from ..models.loaders import registered_loaders
 
     if allowed is not None:
         return list(allowed)

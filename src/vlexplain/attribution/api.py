@@ -181,12 +181,16 @@ def explain(
 
 
 def _pair_seeds(seed: int | Sequence[int] | None, n: int) -> list[int]:
-    """One seed per pair from ``explain``'s ``seed`` argument."""
+    """One seed per pair from ``explain``'s ``seed`` argument (each a whole number in 0 .. 2**63 - 1)."""
+    from ..validate import check_seed
+
     if seed is None:
         return [0] * n
     if isinstance(seed, (int, np.integer)):
-        return [int(seed)] * n
-    seeds = [int(s) for s in seed]
+        return [check_seed(int(seed), "seed")] * n
+    if isinstance(seed, (str, bytes)) or not hasattr(seed, "__iter__"):
+        raise InputError(f"seed must be a whole number or one per pair, got {seed!r}")
+    seeds = [check_seed(int(s) if isinstance(s, np.integer) else s, "seed") for s in seed]
     if len(seeds) != n:
         raise InputError(f"got {len(seeds)} seeds for {n} image-text pairs; give one seed, or one per pair")
     return seeds

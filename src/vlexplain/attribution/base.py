@@ -98,6 +98,9 @@ class Explainer:
     needs_gradients: ClassVar[bool] = True
     #: sides the method explains
     sides: ClassVar[tuple[Side, ...]] = ("image", "text")
+    #: the options that set how much work a pair takes, with the largest value the web explorer
+    #: runs (larger values sent to it are lowered to these; the API and the command line take any)
+    web_limits: ClassVar[dict[str, int | float]] = {}
 
     def __init__(self, model: DualEncoder, **options: Any):
         if options:
@@ -105,15 +108,23 @@ class Explainer:
         self.model = model
 
     @classmethod
+    def checked_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """The method's options: known keys (its ``__init__``'s), the declared types, finite numbers
+        (``vlexplain.validate.check_options``). Raises [`MethodError`][vlexplain.MethodError];
+        returns the checked options (see ``vlexplain.validate.check_value``)."""
+        from ..validate import check_options, signature_options
+
+        known, open_ended = signature_options(cls.__init__, skip=2)
+        open_ended = open_ended and cls.__init__ is not Explainer.__init__  # the base takes no option
+        return check_options(options, known, open_ended, cls.name, MethodError)
+
+    @classmethod
     def create(cls, model: DualEncoder, **options: Any) -> Explainer:
-        """Build the method, turning unknown or bad options into a clear [`MethodError`][vlexplain.MethodError]."""
-        sig = inspect.signature(cls.__init__)
-        known = [k for k, p in list(sig.parameters.items())[2:] if p.kind is not inspect.Parameter.VAR_KEYWORD]
-        unknown = sorted(set(options) - set(known))
-        if unknown:
-            raise MethodError(
-                f"unknown option(s) for {cls.name}: {', '.join(unknown)}; options: {', '.join(known) or 'none'}"
-            )
+        """Build the method, turning unknown or bad options into a clear [`MethodError`][vlexplain.MethodError].
+
+        The options first pass ``checked_options`` (known keys, the types ``__init__`` declares,
+        finite numbers), then the method's own range checks."""
+        options = cls.checked_options(options)
         try:
             return cls(model, **options)
         except TypeError as e:
@@ -133,6 +144,21 @@ class Explainer:
         any: ``run_explainer`` then keeps it from the embedding pass (``PairBatch.hidden``)
         instead of the method running the tower up to it again."""
         return None
+
+    @classmethod
+    def cost(cls, options: dict[str, Any]) -> float:
+        """About how many model passes (forward or backward, summed over both sides) one pair takes
+        with ``options``; the explorer bounds a request's total. Default: a forward and a backward
+        pass per side."""
+        return 4.0
+
+    @classmethod
+    def option(cls, options: dict[str, Any], name: str) -> Any:
+        """The value of option ``name``: as given in ``options``, else ``__init__``'s default."""
+        if name in options:
+            return options[name]
+        p = inspect.signature(cls.__init__).parameters.get(name)
+        return None if p is None or p.default is inspect.Parameter.empty else p.default
 
     # --- applicability ------------------------------------------------------------------------
     @classmethod
@@ -327,7 +353,7 @@ class Explanation:
         return save_explanation(self, path_prefix)
 
     def to_html(self) -> str:
-        from ..viz.html import explanation_html
+        from ..viz.save import explanation_html
 
         return explanation_html(self)
 

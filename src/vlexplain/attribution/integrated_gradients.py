@@ -139,6 +139,11 @@ class IntegratedGradients(Explainer):
     name = "integrated_gradients"
     summary = "integrated gradients from a baseline (attributions sum to the score difference)"
     paper = "Sundararajan, Taly & Yan. Axiomatic Attribution for Deep Networks. ICML 2017"
+    web_limits = {"steps": 256, "internal_batch_size": 256}
+
+    @classmethod
+    def cost(cls, options: dict) -> float:
+        return 4.0 * cls.option(options, "steps")  # a forward and a backward pass per step and side
 
     def __init__(
         self,

@@ -131,6 +131,11 @@ class KernelShap(Explainer):
     summary = "Kernel SHAP: Shapley values of image regions and tokens (no gradients)"
     paper = "Lundberg & Lee. A Unified Approach to Interpreting Model Predictions. NeurIPS 2017"
     needs_gradients = False
+    web_limits = {"n_samples": 2048, "chunk": 256, "grid": 32, "n_segments": 400}
+
+    @classmethod
+    def cost(cls, options: dict) -> float:
+        return 2.0 * cls.option(options, "n_samples")  # n_samples coalitions per side
 
     def __init__(
         self,

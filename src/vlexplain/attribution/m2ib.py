@@ -192,6 +192,15 @@ class M2IB(Explainer):
     common_noise: bool = False
     #: the ``num_samples`` option as given (None in m2ib_fast: per-side counts instead)
     num_samples: int | None
+    web_limits = {"steps": 100, "num_samples": 64, "image_samples": 64, "text_samples": 64}
+
+    @classmethod
+    def cost(cls, options: dict) -> float:
+        """Per side: ``steps`` forward and backward passes of the blocks above the bottleneck, each
+        over the noise draws."""
+        n = cls.option(options, "num_samples")
+        draws = 2 * n if n is not None else cls.option(options, "image_samples") + cls.option(options, "text_samples")
+        return 2.0 * cls.option(options, "steps") * draws
 
     def __init__(
         self,

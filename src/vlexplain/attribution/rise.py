@@ -92,6 +92,11 @@ class Rise(Explainer):
     summary = "RISE: saliency from randomly masked inputs (no gradients)"
     paper = "Petsiuk, Das & Saenko. RISE: Randomized Input Sampling for Explanation of Black-box Models. BMVC 2018"
     needs_gradients = False
+    web_limits = {"n_masks": 4000, "cell": 64, "chunk": 256}
+
+    @classmethod
+    def cost(cls, options: dict) -> float:
+        return 2.0 * cls.option(options, "n_masks")  # n_masks masked inputs per side
 
     def __init__(
         self,

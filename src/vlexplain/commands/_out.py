@@ -1,5 +1,6 @@
 """typer callbacks for ``--out`` options (see ``vlexplain.outdir``) and the names of the files a
-command writes there."""
+command writes there. A command claims its folder itself (``vlexplain.outdir.claimed``) once its
+inputs are validated."""
 
 from __future__ import annotations
 
@@ -8,16 +9,14 @@ from pathlib import Path
 
 import typer
 
-from ..outdir import check_out_dir, check_out_file, claim
+from ..outdir import check_out_dir, check_out_file
 
 
 def out_dir(ctx: typer.Context, value: Path | None) -> Path | None:
-    """A folder ``--out``: checked (not a file, writable), then claimed until the command ends."""
+    """A folder ``--out``: checked (not a file, writable); nothing is created or claimed here."""
     if value is None or ctx.resilient_parsing:
         return value
-    p = check_out_dir(value)
-    ctx.call_on_close(claim(p).release)
-    return p
+    return check_out_dir(value)
 
 
 def out_file(ctx: typer.Context, value: Path | None) -> Path | None:

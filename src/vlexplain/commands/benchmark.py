@@ -13,7 +13,7 @@ from typing import Any
 import typer
 
 from ._out import out_dir
-from .evaluate import _D, DATA_HELP, _names, _options, open_data
+from .evaluate import _D, DATA_HELP, _names, _options, check_run_options, open_data
 
 #: the data options of ``evaluate`` that a kind reading the user's pairs takes (after ``--data``)
 _DATA_KEYS = (
@@ -80,6 +80,11 @@ def _shared(bench: Any) -> list[tuple[str, Any, Any]]:
         ),
         ("batch_size", int, typer.Option(8, "--batch-size", min=1, help="Pairs explained together.")),
         ("resume", bool, typer.Option(False, "--resume", help="Continue an interrupted benchmark in --out.")),
+        (
+            "overwrite",
+            bool,
+            typer.Option(False, "--overwrite", help="Replace the benchmark --out holds (its files are removed first)."),
+        ),
         ("sanity", bool, typer.Option(False, "--sanity", help="Also run cascading_randomization (expensive).")),
         (
             "method_options",
@@ -145,10 +150,16 @@ def _command(bench: Any):
 
 def _run(bench: Any, kw: dict[str, Any]) -> None:
     from ..eval.benchmarks.base import run_benchmark
+    from ..outdir import check_overwrite
 
     own = {o.name: kw[o.name] for o in bench.options}
     if bench.reads_data:  # the data first: a bad --data is the first thing to hear about
         own["data"] = open_data(own["data"], *(kw[k] for k in _DATA_KEYS))
+    check_overwrite(kw["resume"], kw["overwrite"])
+    m_opts = _options(kw["method_options"], "--method-options")
+    x_opts = _options(kw["metric_options"], "--metric-options")
+    names = _names(kw["methods"], "methods") if kw["methods"] else []
+    check_run_options(names, _names(kw["metrics"], "metrics") if kw["metrics"] else [], {}, {}, kw["seed"])
     res = run_benchmark(
         bench.name,
         kw["out"] or Path("benchmarks") / "runs" / bench.name,
@@ -159,9 +170,10 @@ def _run(bench: Any, kw: dict[str, Any]) -> None:
         seed=kw["seed"],
         batch_size=kw["batch_size"],
         resume=kw["resume"],
+        overwrite=kw["overwrite"],
         sanity=kw["sanity"],
-        method_options=_options(kw["method_options"], "--method-options"),
-        metric_options=_options(kw["metric_options"], "--metric-options"),
+        method_options=m_opts,
+        metric_options=x_opts,
         device=kw["device"],
         progress=not kw["no_progress"],
         **own,

@@ -126,7 +126,13 @@ def register(app: typer.Typer) -> None:
         text: list[str] = typer.Option(..., "--text", "-t", help="A text; repeat for several."),
         methods: str = typer.Option("all", "--methods", help="'all' or a comma list, e.g. m2ib,gradcam,rise."),
         model: str = typer.Option("offline", "--model", "-m", help="Model spec (see `vlexplain models`)."),
-        out: Path = typer.Option(Path("vlexplain-compare"), "--out", "-o", callback=out_dir, help="Output directory."),
+        out: Path = typer.Option(
+            Path("vlexplain-compare"),
+            "--out",
+            "-o",
+            callback=out_dir,
+            help="Output directory (default: vlexplain-compare in the current folder; a rerun replaces its files).",
+        ),
         seed: int = typer.Option(0, "--seed"),
         device: str | None = typer.Option(None, "--device"),
         options: str = typer.Option(
@@ -134,32 +140,44 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Every method on IMAGE and each --text: one figure (texts x methods), token highlights, JSON, HTML."""
-        from ..images import load_image
+        from ..attribution.options import check_methods_options
+        from ..images import check_image_size, load_image
+        from ..outdir import claimed
         from ..textclean import clean_text
-        from ..viz.save import atomic_write_text
+        from ..validate import check_seed, parse_json_option
         from .explain import load_model_cli
 
-        try:
-            opts = json.loads(options)
-        except json.JSONDecodeError as e:
-            raise InputError(f"--options is not valid JSON: {e}") from None
-        for t in text:
-            clean_text(t)  # no visible character once control characters are removed: refused
+        opts = parse_json_option(options, "--options", '{"rise": {"n_masks": 500}}')
+        text = [clean_text(t) for t in text]  # control characters removed; nothing visible: refused
+        check_seed(seed)
         img = load_image(image)
         m = load_model_cli(model, device)
+        check_image_size(img, tuple(m.input_size), str(image), warn=False)
         names, notes = resolve_methods(m, methods)
-        results = compare(m, img, list(text), names, seed=seed, options=opts)
-        out.mkdir(parents=True, exist_ok=True)
-        title = f"{image.name} · model {m.name}"
-        compare_figure(results, list(text), out / "compare.png", title)
-        data = {
-            "image": str(image),
-            "model": m.name,
-            "seed": seed,
-            "texts": list(text),
-            "skipped": notes,
-            "results": {k: [e.to_dict() for e in v] for k, v in results.items()},
-        }
-        atomic_write_text(out / "compare.json", json.dumps(data, indent=1))
-        atomic_write_text(out / "index.html", compare_page(results, list(text), "compare.png", title, notes))
-        typer.echo(f"wrote {out / 'index.html'}")
+        opts = check_methods_options(names, opts, "--options")
+        for n in names:  # the model-dependent checks (layers it has...), before any work
+            __import__("vlexplain").get_method(n).create(m, **opts.get(n, {}))
+        with claimed(out):
+            _write_compare(m, img, image, list(text), names, notes, seed, opts, out)
+
+
+def _write_compare(m, img, image: Path, text: list[str], names, notes, seed: int, opts, out: Path) -> None:
+    """Run every method and write compare.png, compare.json and index.html."""
+    from ..files import shown_name
+    from ..viz.save import atomic_write_text
+
+    results = compare(m, img, list(text), names, seed=seed, options=opts)
+    out.mkdir(parents=True, exist_ok=True)
+    title = f"{shown_name(image.name)} · model {m.name}"
+    compare_figure(results, list(text), out / "compare.png", title)
+    data = {
+        "image": shown_name(image),
+        "model": m.name,
+        "seed": seed,
+        "texts": list(text),
+        "skipped": notes,
+        "results": {k: [e.to_dict() for e in v] for k, v in results.items()},
+    }
+    atomic_write_text(out / "compare.json", json.dumps(data, indent=1))
+    atomic_write_text(out / "index.html", compare_page(results, list(text), "compare.png", title, notes))
+    typer.echo(f"wrote {out / 'index.html'}")

@@ -199,15 +199,35 @@ def register(app: typer.Typer) -> None:
         ),
         save_every: int = typer.Option(500, "--save-every", min=1, help="Checkpoint every N steps."),
         seed: int = typer.Option(0, "--seed", help="Data-order seed."),
-        fresh: bool = typer.Option(False, "--fresh", help="Ignore an existing checkpoint in --out (default: resume)."),
+        fresh: bool = typer.Option(
+            False,
+            "--overwrite",
+            "--fresh",
+            help="Start over: remove the run --out holds (default: continue it, with the same settings).",
+        ),
         device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: the model's)."),
         no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
     ) -> None:
         """Fine-tune with prediction + disentangle + localize losses (differentiable explanations)."""
-        from ..concepts.train import deal_train
+        from ..concepts.train import DealConfig, deal_train
+        from ..validate import check_number
 
-        if prediction not in ("classes", "contrastive", "none"):
-            raise InputError(f"--prediction {prediction!r}: use classes, contrastive or none")
+        DealConfig(
+            steps=steps,
+            lr=lr,
+            batch_size=batch_size,
+            lambda_sep=lambda_sep,
+            lambda_con=lambda_con,
+            prediction=prediction,  # type: ignore[arg-type]  # checked here
+            k=k,
+            weight_decay=weight_decay,
+            image_blocks=image_blocks,
+            save_every=save_every,
+            seed=seed,
+        ).check()  # every number, before the data is read or a model loaded
+        check_number(test_fraction, "--test-fraction", lo=0, hi=1)
+        check_number(val_fraction, "--val-fraction", lo=0, hi=1)
+        check_number(split_seed, "--split-seed", integer=True, lo=0, hi=2**63 - 1)
         _check_data(data)
         tpl = _prompts(data, category_template, concept_template, {})
         m = _load(model, device)
@@ -310,6 +330,7 @@ def register(app: typer.Typer) -> None:
         """Accuracy, disentanglability, localizability, ground-truth part metrics; report.html before/after."""
         from ..concepts.evaluate import concept_gallery, evaluate_concepts
         from ..concepts.report import read_report, write_report
+        from ..outdir import claimed
 
         _check_data(data)
         ck = _checkpoint(checkpoint) if checkpoint is not None else None
@@ -364,17 +385,18 @@ def register(app: typer.Typer) -> None:
 
         columns: dict[str, Any] = {}
         galleries: dict[str, Any] = {}
-        if earlier is not None:
-            columns["before"], galleries["before"] = earlier[1], earlier[2]
-        elif ck is not None:
-            columns["before"], galleries["before"] = run_one("the model before fine-tuning")
-        if ck is not None:
-            cfg["checkpoint_step"] = _load_checkpoint(m, ck)
-        if run:
-            cfg["training run"] = run
-        name = "after" if columns else "model"
-        columns[name], galleries[name] = run_one("the fine-tuned model" if ck is not None else "the model")
-        path = write_report(out, cfg, columns, galleries)
+        with claimed(out):
+            if earlier is not None:
+                columns["before"], galleries["before"] = earlier[1], earlier[2]
+            elif ck is not None:
+                columns["before"], galleries["before"] = run_one("the model before fine-tuning")
+            if ck is not None:
+                cfg["checkpoint_step"] = _load_checkpoint(m, ck)
+            if run:
+                cfg["training run"] = run
+            name = "after" if columns else "model"
+            columns[name], galleries[name] = run_one("the fine-tuned model" if ck is not None else "the model")
+            path = write_report(out, cfg, columns, galleries)
         typer.echo(_summary(columns))
         typer.echo(f"wrote {path}", err=True)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +19,28 @@ def _names(value: str, what: str) -> list[str]:
 
 
 def _options(value: str | None, flag: str) -> dict[str, dict[str, Any]]:
-    """``'{"m2ib": {"steps": 5}}'`` or a path to such a JSON file -> dict."""
-    if not value:
-        return {}
-    text = Path(value).read_text() if Path(value).is_file() else value
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputError(f'{flag}: not valid JSON ({e.msg}); expected e.g. \'{{"m2ib": {{"steps": 5}}}}\'') from None
-    if not isinstance(obj, dict) or not all(isinstance(v, dict) for v in obj.values()):
-        raise InputError(f'{flag}: expected a JSON object of objects, e.g. \'{{"m2ib": {{"steps": 5}}}}\'')
-    return obj
+    """``'{"m2ib": {"steps": 5}}'`` or a path to such a JSON file -> dict (``vlexplain.validate.parse_json_option``)."""
+    from ..validate import parse_json_option
+
+    example = '{"deletion_image": {"n_steps": 8}}' if "metric" in flag else '{"m2ib": {"steps": 5}}'
+    return parse_json_option(value, flag, example)
+
+
+def check_run_options(
+    methods: list[str], metrics: list[str], method_options: dict, metric_options: dict, seed: int
+) -> None:
+    """What ``evaluate`` and ``benchmark`` can check before any data is read or model loaded: the
+    method and metric names, their options (keys, types, finite numbers) and the seed."""
+    from ..attribution.base import get_method
+    from ..attribution.options import check_methods_options
+    from ..eval.run_config import resolve_metric
+    from ..validate import check_metrics_options, check_seed
+
+    check_seed(seed)
+    for m in methods:
+        get_method(m)
+    check_methods_options(methods, method_options)
+    check_metrics_options({m: resolve_metric(m) for m in metrics}, metric_options)
 
 
 def open_data(
@@ -140,6 +150,9 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(8, "--batch-size", min=1, help="Pairs explained together."),
         limit: int | None = typer.Option(None, "--limit", min=0, help="Only the first N pairs."),
         resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
+        overwrite: bool = typer.Option(
+            False, "--overwrite", help="Replace the run --out holds (its result files are removed first)."
+        ),
         save_maps: bool = typer.Option(False, "--save-maps", help="Also save maps and input images (safetensors)."),
         device: str | None = typer.Option(
             None,
@@ -179,7 +192,13 @@ def register(app: typer.Typer) -> None:
         """Explain every pair of a dataset with each method and score the maps with each metric."""
         from ..eval.problems import summary_line
         from ..eval.runner import dist_info, evaluate
+        from ..outdir import check_overwrite
 
+        check_overwrite(resume, overwrite)
+        names, mets = _names(methods, "methods"), _names(metrics, "metrics")
+        m_opts = _options(method_options, "--method-options")
+        x_opts = _options(metric_options, "--metric-options")
+        check_run_options(names, mets, m_opts, x_opts, seed)  # before the data is read or a model loaded
         ds = open_data(
             data,
             split,
@@ -196,15 +215,16 @@ def register(app: typer.Typer) -> None:
         run_dir = evaluate(
             ds,
             model,
-            _names(methods, "methods"),
-            _names(metrics, "metrics"),
+            names,
+            mets,
             out,
             batch_size=batch_size,
             limit=limit,
             resume=resume,
+            overwrite=overwrite,
             save_maps=save_maps,
-            method_options=_options(method_options, "--method-options"),
-            metric_options=_options(metric_options, "--metric-options"),
+            method_options=m_opts,
+            metric_options=x_opts,
             shard_size=shard_size,
             seed=seed,
             target=target,

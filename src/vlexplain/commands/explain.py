@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from ..errors import InputError, MethodError
-from ..interrupt import track
+from ..interrupt import atomic, track
 from ._interactions import check_request, explain_options, write_interactions
 from ._out import out_dir, pair_prefix, slug
 
@@ -29,6 +30,26 @@ def parse_options(pairs: list[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[k.strip()] = v
     return out
+
+
+def early_checks(
+    images: list[Path], texts: list[str], method: str, options: dict[str, Any], seed: int, target: str
+) -> dict[str, Any]:
+    """What can be checked before a model is loaded: the image files, the texts, the method and the
+    types of its options, the seed and the target. Returns the checked options."""
+    from ..attribution.base import get_method
+    from ..files import check_input_file
+    from ..textclean import clean_text
+    from ..validate import check_seed
+
+    for p in images:
+        check_input_file(p, "image")
+    for t in texts:
+        clean_text(t)
+    check_seed(seed)
+    if target not in ("cosine", "logit", "softmax"):
+        raise InputError(f"--target {target!r}: use cosine, logit or softmax")
+    return get_method(method).checked_options(options)
 
 
 def load_model_cli(spec: str, device: str | None):
@@ -89,28 +110,50 @@ def run_pairs(
     labels: dict[tuple[int, int], str] | None = None,
     title: str = "vlexplain",
     resume: bool = False,
+    then: Callable[[], Any] | None = None,
 ) -> Path:
     """Explain every (image, text) pair (or zipped pairs), write per-pair files and the gallery.
 
-    Inputs are validated (every image opened, every text checked, the method and options built)
-    before anything is written. With ``resume``, pairs whose files a run with the same settings
-    left in ``out`` are read back instead of explained again.
+    Inputs are validated (every image opened, every text checked, the method and options built,
+    the folder's earlier run compared) before anything is written or the folder is claimed. With
+    ``resume``, pairs whose files a run with the same settings and the same inputs (image files
+    fingerprinted by content) left in ``out`` are read back instead of explained again; without
+    it, an earlier run's files in ``out`` are replaced. ``then``: more writing into ``out`` (the
+    interactions) while the folder is still claimed.
     """
-    from rich.progress import Progress
+    from ..outdir import claimed
 
+    plan = _plan(model, images, texts, method, zip_pairs, seed, target, options, labels)
+    kept = _resumable(out, plan["settings"], plan["prefixes"]) if resume else set()
+    with claimed(out):
+        if not resume:
+            _remove_earlier_run(out)
+        index = _explain_pairs(model, plan, out, kept, method, seed, target, options, title)
+        if then is not None:
+            then()
+        return index
+
+
+def _plan(model, images, texts, method, zip_pairs, seed, target, options, labels) -> dict[str, Any]:
+    """Everything checked and prepared before anything is written: images, texts, pairs, method, settings."""
     import vlexplain as vx
 
-    from ..attribution.api import prepare_images
+    from ..attribution.targets import TARGETS
+    from ..files import shown_name
     from ..images import check_image_size, load_image
     from ..textclean import clean_text
-    from ..viz.gallery import write_gallery
-    from ..viz.save import atomic_write_text
+    from ..validate import check_seed
 
     if not texts:
         raise InputError("give at least one --text")
     for t in texts:
         clean_text(t)  # no visible character once control characters are removed: refused before writing
-    loaded = [(name, load_image(src)) for name, src in images]  # fails early on bad images
+    check_seed(seed)
+    if target not in TARGETS:
+        raise InputError(f"--target {target!r}: use one of {', '.join(TARGETS)}")
+    if target == "softmax" and len(texts) < 2:
+        raise InputError("--target softmax needs at least two texts (the others are the candidates)")
+    loaded = [(shown_name(name), load_image(src)) for name, src in images]  # fails early on bad images
     for name, img in loaded:  # too elongated for the model's preprocessing: refused before writing
         check_image_size(img, tuple(model.input_size), name, warn=False)
     if zip_pairs:
@@ -128,27 +171,55 @@ def run_pairs(
         for s, why in skipped.items():
             if why is not None:
                 typer.echo(f"note: {s} side not explained: {brief_reason(why)}", err=True)
-    entries = []
     settings = {
         "model": model.name,
         "method": method,
         "seed": seed,
         "target": target,
         "options": options,
-        "images": [name for name, _ in images],
+        "images": [name for name, _ in loaded],
+        "inputs": [_fingerprint(src) for _, src in images],  # what --resume must find unchanged
         "texts": texts,
         "zip": zip_pairs,
     }
     prefixes = [pair_prefix(k, loaded[i][0], texts[j]) for k, (i, j) in enumerate(pairs)]
-    kept = _resumable(out, settings, prefixes) if resume else set()
+    return {"loaded": loaded, "pairs": pairs, "labels": labels or {}, "settings": settings, "prefixes": prefixes}
+
+
+def _fingerprint(src: Any) -> str:
+    """The SHA-256 of an image file's bytes, or of an in-memory image's pixels."""
+    import hashlib
+
+    from ..eval.identity import file_fingerprint
+
+    if isinstance(src, (str, Path)):
+        return file_fingerprint(Path(src))
+    if hasattr(src, "tobytes"):
+        h = hashlib.sha256(f"{getattr(src, 'mode', '')}{getattr(src, 'size', '')}".encode())
+        h.update(src.tobytes())
+        return h.hexdigest()
+    return type(src).__name__
+
+
+def _explain_pairs(model, plan, out, kept, method, seed, target, options, title) -> Path:
+    from rich.progress import Progress
+
+    import vlexplain as vx
+
+    from ..attribution.api import prepare_images
+    from ..viz.gallery import write_gallery
+    from ..viz.save import atomic_write_text
+
+    loaded, pairs, labels, texts = plan["loaded"], plan["pairs"], plan["labels"], plan["settings"]["texts"]
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / RUN_FILE, json.dumps(settings, indent=1, default=str))
+    atomic_write_text(out / RUN_FILE, json.dumps(plan["settings"], indent=1, default=str))
+    entries = []
     pixels: dict[int, Any] = {}  # each image is preprocessed once, whatever the number of texts
     with Progress(transient=True) as prog, track("pairs", len(pairs), done=len(kept)) as work:
         task = prog.add_task(f"{method}", total=len(pairs))
         for k, (i, j) in enumerate(pairs):
             name, img = loaded[i]
-            prefix, label = prefixes[k], (labels or {}).get((i, j))
+            prefix, label = plan["prefixes"][k], labels.get((i, j))
             if prefix in kept:
                 entries.append(read_entry(out, prefix, Path(name).name, label))
                 prog.advance(task)
@@ -165,14 +236,33 @@ def run_pairs(
                 candidates=texts if target == "softmax" else None,
                 **options,
             )
-            entries.append(save_entry(exp, out, prefix, Path(name).name, label))
+            with atomic():  # the pair's files (its JSON last) and its count go together
+                entries.append(save_entry(exp, out, prefix, Path(name).name, label))
+                work.advance()
             prog.advance(task)
-            work.advance()
     sub = f"model {model.name} · method {method} · seed {seed} · target {target}"
     return write_gallery(out, entries, title, sub)
 
 
 RUN_FILE = "explain_run.json"  # the settings of the run that wrote a folder (checked by --resume)
+#: the files an explain run writes besides RUN_FILE: the gallery and each pair's files
+_PAIR_FILES = (
+    "[0-9][0-9][0-9]_*.json",
+    "[0-9][0-9][0-9]_*_overlay.png",
+    "[0-9][0-9][0-9]_*_text.html",
+    "[0-9][0-9][0-9]_*_text.png",
+    "[0-9][0-9][0-9]_*_interactions.png",
+    "[0-9][0-9][0-9]_*_interactions.html",
+)
+
+
+def _remove_earlier_run(out: Path) -> None:
+    """An earlier explain run's files in ``out`` (found by its RUN_FILE), so none is left stale."""
+    from ..outdir import remove_run
+
+    if (out / RUN_FILE).is_file():
+        typer.echo(f"note: replacing the earlier results in {out}", err=True)
+        remove_run(out, (RUN_FILE, "index.html"), _PAIR_FILES)
 
 
 def read_entry(out: Path, prefix: str, image_name: str, label: str | None) -> dict[str, Any]:
@@ -193,21 +283,30 @@ def read_entry(out: Path, prefix: str, image_name: str, label: str | None) -> di
 
 
 def _resumable(out: Path, settings: dict[str, Any], prefixes: list[str]) -> set[str]:
-    """The pairs an earlier run with the same settings finished in ``out`` (InputError if they differ)."""
+    """The pairs an earlier run with the same settings and inputs finished in ``out`` (InputError if they differ)."""
     run = out / RUN_FILE
+    again = "rerun without --resume to replace the earlier results, or choose another --out"
     if not run.is_file():
         return set()
     try:
-        before = json.loads(run.read_text())
+        before = json.loads(run.read_text(encoding="utf-8"))
+        if not isinstance(before, dict):
+            raise ValueError
     except (OSError, ValueError):
-        raise InputError(f"cannot resume {out}: {RUN_FILE} is unreadable; choose another --out") from None
+        raise InputError(f"cannot resume {out}: {RUN_FILE} is unreadable; {again}") from None
     now = json.loads(json.dumps(settings, default=str))
-    diff = sorted(k for k in now if before.get(k) != now[k])
+    diff = sorted(k for k in now if k != "inputs" and before.get(k) != now[k])
     if diff:
-        raise InputError(
-            f"cannot resume {out}: the settings differ in {', '.join(diff)}; "
-            "drop --resume to start over or choose another --out"
+        raise InputError(f"cannot resume {out}: the settings differ in {', '.join(diff)}; {again}")
+    old = before.get("inputs")
+    changed = [n for n, a, b in zip(now["images"], old or [], now["inputs"]) if a != b]
+    if old is None or changed:
+        what = (
+            f"the image file{'s' if len(changed) > 1 else ''} {', '.join(changed[:3])} changed since the first run"
+            if changed
+            else "the first run recorded no fingerprint of its images (an older vlexplain)"
         )
+        raise InputError(f"cannot resume {out}: {what}; {again}")
     return {p for p in prefixes if (out / (p + ".json")).is_file()}
 
 
@@ -244,9 +343,7 @@ def register(app: typer.Typer) -> None:
         for k, v in (("layer", layer), ("beta", beta), ("steps", steps)):
             if v is not None:
                 opts[k] = v
-        for p in images:  # check paths before loading a model
-            if not p.exists():
-                raise InputError(f"image not found: {p}")
+        opts = early_checks(images, list(text), method, opts, seed, target)  # before loading a model
         m = load_model_cli(model, device)
         if interactions:  # bad method, option or span: one line before anything is written
             check_request(m, list(text), interaction_method, ix_opts, span)
@@ -261,12 +358,11 @@ def register(app: typer.Typer) -> None:
             target=target,
             options=opts,
             resume=resume,
-        )
-        if interactions:
-            write_interactions(
+            then=(lambda: write_interactions(
                 m, list(images), list(text), zip_pairs=zip_pairs, out=out, seed=seed,
                 method=interaction_method, options=ix_opts, span=span,
-            )  # fmt: skip
+            )) if interactions else None,
+        )  # fmt: skip
         typer.echo(f"wrote {index}")
 
     @app.command()
@@ -277,14 +373,21 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed"),
     ) -> None:
         """The offline model on real photos (cat, coffee, rocket, astronaut, Grace Hopper), matching and non-matching texts."""
+        from ..outdir import claimed
         from ..testbeds.photos import demo_set
+        from ..validate import check_seed
 
+        check_seed(seed)
+        cls = __import__("vlexplain").get_method(method)  # unknown: the message lists the methods
         photos, texts, labels = demo_set()
-        if method not in __import__("vlexplain").list_methods():
-            raise MethodError(f"unknown method {method!r}")
         m = load_model_cli("offline", device)
+        if all(cls.why_not(m, s) is not None for s in ("image", "text")):
+            from ..attribution.api import not_applicable
+
+            raise MethodError(not_applicable(cls, m))
         images = [(name, img) for name, img in photos]
-        index = _run_demo(m, images, texts, labels, method, out, seed)
+        with claimed(out):
+            index = _run_demo(m, images, texts, labels, method, out, seed)
         typer.echo(f"wrote {index}  (open it in a browser)")
 
 
@@ -307,10 +410,19 @@ def _run_demo(m, images, texts, labels, method, out, seed):
             prefix = f"{k:03d}_{slug(name, 24)}_{slug(t)}"
             entries.append(save_entry(exp, out, prefix, name, lab))
             prog.advance(task)
-    return write_gallery(
-        out,
-        entries,
-        "vlexplain demo — offline model",
+    return write_gallery(out, entries, "vlexplain demo — offline model", demo_subtitle(method, seed))
+
+
+def demo_subtitle(method: str, seed: int) -> str:
+    """The demo page's subtitle: what the labels and the scores are (and, for M2IB, the unit)."""
+    unit = (
+        " · the colour bar is in nats: the information (natural-log units) the bottleneck lets through "
+        "at each spot of the image; more nats, more the match relies on it"
+        if method in ("m2ib", "m2ib_fast")
+        else ""
+    )
+    return (
         f"model offline (EfficientNet-Lite0 + MiniLM) · method {method} · seed {seed} · "
-        "green = text that describes the photo, red = one that does not",
+        "the label is the expected answer (green: the text describes the photo, red: it does not); "
+        f"the cosine is the model's own score{unit}"
     )

@@ -43,7 +43,8 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        from ..models.registry import SPEC_FORMS, registered_loaders
+        from ..models.loaders import registered_loaders
+        from ..models.registry import SPEC_FORMS
         from .family_table import GROUPS, family_rows, method_groups
 
         con = Console()
@@ -67,9 +68,9 @@ def register(app: typer.Typer) -> None:
         b.add_column("spec")
         b.add_column("available here")
         b.add_column("description")
-        for e in registered_loaders():
+        for e in sorted(registered_loaders(), key=lambda e: e.prefix.endswith(":")):  # named models first
             b.add_row(
-                e.prefix.rstrip(":") + ("shapes" if e.prefix.endswith(":") else ""),
+                e.prefix + ("shapes" if e.prefix.endswith(":") else ""),
                 "yes" if e.available() else "no (install extra)",
                 e.description,
             )
@@ -87,27 +88,19 @@ def register(app: typer.Typer) -> None:
 
         import vlexplain as vx
 
-        from ..attribution.base import brief_reason
         from .explain import load_model_cli
-        from .family_table import method_group
 
         m = load_model_cli(model, None) if model else None
-        t = Table(title="attribution methods" + (f" for {model}" if model else ""))
-        for c in ("method", "group", "image", "text", "description"):
-            t.add_column(c, overflow="fold")
-        for name in vx.list_methods(bridged=True):
-            cls = vx.get_method(name)
-            if m is None:
-                sides = [s if s in cls.sides else "-" for s in ("image", "text")]
-            else:
-                sides = []
-                for s in ("image", "text"):
-                    why = cls.why_not(m, s)
-                    sides.append("yes" if why is None else f"no: {brief_reason(why)}")
-            t.add_row(name, method_group(cls), sides[0], sides[1], cls.summary)
+        native = vx.list_methods()
+        bridged = [n for n in vx.list_methods(bridged=True) if n not in native]
         con = Console()
-        con.print(t)
-        if not any(n.startswith("captum:") for n in vx.list_methods(bridged=True)):
+        reasons: list[str] = []  # (the reasons go below the tables: the side columns stay narrow)
+        for title, names in (("attribution methods", native), ("bridged methods (Captum)", bridged)):
+            if names:
+                con.print(_methods_table(title + (f" for {model}" if model else ""), names, m, reasons))
+        for line in reasons:
+            con.print(line, markup=False, highlight=False)
+        if not bridged:
             con.print(
                 "captum:<Algorithm> (Captum's attribution algorithms): install them with pip install 'vlexplain[captum]'",
                 markup=False,
@@ -128,3 +121,34 @@ def register(app: typer.Typer) -> None:
             for row in default_layers(m):
                 d.add_row(*row)
             con.print(d)
+
+
+def _methods_table(title: str, names: list[str], model: Any, reasons: list[str]) -> Any:
+    """A table of methods (names kept whole, the narrow side columns say yes / no with a model; the
+    reasons are appended to ``reasons``)."""
+    from rich.table import Table
+
+    import vlexplain as vx
+
+    from ..attribution.base import brief_reason
+    from .family_table import method_group
+
+    t = Table(title=title)
+    t.add_column("method", no_wrap=True, min_width=max(map(len, names)))  # names stay whole
+    t.add_column("group", no_wrap=True)
+    for c in ("image", "text"):
+        t.add_column(c, overflow="fold", min_width=5)
+    t.add_column("description", overflow="fold", min_width=16)  # its longest words fit
+    for name in names:
+        cls = vx.get_method(name)
+        if model is None:
+            sides = [s if s in cls.sides else "-" for s in ("image", "text")]
+        else:
+            sides = []
+            for s in ("image", "text"):
+                why = cls.why_not(model, s)
+                sides.append("yes" if why is None else "no")
+                if why is not None:
+                    reasons.append(f"{name}, {s} side: {brief_reason(why)}")
+        t.add_row(name, method_group(cls), sides[0], sides[1], cls.summary)
+    return t

@@ -90,9 +90,11 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Train a small CLIP on the shapes world; writes weights, vocab.json and train_log.csv."""
+        from ..outdir import claimed
         from ..testbeds.shapes_eval import evaluate_shapes
         from ..testbeds.shapes_train import OPTIMIZERS, ShapesCLIPConfig, train_shapes
         from ..testbeds.testbed_models import load_shapes_clip
+        from ..validate import check_seed
 
         if loss not in ("sigmoid", "softmax"):
             raise InputError(f"--loss {loss!r}: use sigmoid or softmax")
@@ -123,29 +125,33 @@ def register(app: typer.Typer) -> None:
             spurious=spurious,
         )
         cfg.save_every_s = save_every
-        info = train_shapes(
-            minutes=minutes,
-            out_dir=out,
-            seed=seed,
-            config=cfg,
-            init_from=init_from,
-            processes=processes,
-            max_steps=steps,
-        )
-        (out / "train_info.json").write_text(json.dumps(info, indent=2) + "\n")
-        typer.echo(
-            f"trained {info['steps']} steps x {processes} process(es) in {info['seconds']} s "
-            f"({info['cpu_seconds']} CPU-s); loss {info['first_loss']:.3f} -> "
-            f"{info['last_loss']:.3f}; saved to {out}"
-        )
-        if evaluate:
-            metrics: dict[str, Any] = dict(evaluate_shapes(load_shapes_clip(out)))
-            if spurious is not None:
-                from ..testbeds.spurious import evaluate_spurious
+        check_seed(seed)
+        if init_from is not None and not (init_from / "config.json").is_file():
+            raise InputError(f"--init-from {init_from}: not a trained shapes model (no config.json there)")
+        with claimed(out):
+            info = train_shapes(
+                minutes=minutes,
+                out_dir=out,
+                seed=seed,
+                config=cfg,
+                init_from=init_from,
+                processes=processes,
+                max_steps=steps,
+            )
+            (out / "train_info.json").write_text(json.dumps(info, indent=2) + "\n")
+            typer.echo(
+                f"trained {info['steps']} steps x {processes} process(es) in {info['seconds']} s "
+                f"({info['cpu_seconds']} CPU-s); loss {info['first_loss']:.3f} -> "
+                f"{info['last_loss']:.3f}; saved to {out}"
+            )
+            if evaluate:
+                metrics: dict[str, Any] = dict(evaluate_shapes(load_shapes_clip(out)))
+                if spurious is not None:
+                    from ..testbeds.spurious import evaluate_spurious
 
-                metrics["groups"] = evaluate_spurious(load_shapes_clip(out))
-            (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-            typer.echo(json.dumps(metrics, indent=2))
+                    metrics["groups"] = evaluate_spurious(load_shapes_clip(out))
+                (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+                typer.echo(json.dumps(metrics, indent=2))
 
     @sub.command("eval-shapes")
     def eval_shapes_cmd(

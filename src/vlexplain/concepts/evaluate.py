@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor
 
 from ..data.classes import disk_mask, to_preprocessed
+from ..images import image_size
 from ..models.base import DualEncoder
 from .metrics import (
     class_text_embeddings,
@@ -173,8 +173,7 @@ def truth_mask(dataset: Any, i: int, descriptor: str, size: tuple[int, int], rad
         names = [p for p in descriptor_parts(descriptor) if p in s.parts]
         if not names:
             return None
-        with Image.open(s.path) as im:
-            wh = im.size
+        wh = image_size(s.path)
         mask = disk_mask([to_preprocessed(s.parts[p], wh, size) for p in names], size, radius * min(size))
     return mask if mask is not None and bool(mask.any()) else None
 

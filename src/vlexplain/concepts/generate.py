@@ -82,11 +82,10 @@ def read_classes(path: str | Path) -> list[str]:
     p = Path(path)
     if p.is_dir():
         names = _folder_classes(p)
-    elif p.is_file():
-        try:
-            text = p.read_text(encoding="utf-8-sig")
-        except UnicodeDecodeError:
-            raise InputError(f"--classes {p}: not a UTF-8 text file") from None
+    elif p.exists() or p.is_symlink():
+        from ..files import read_text
+
+        text = read_text(p, "class list")  # a FIFO, a link loop, invalid UTF-8 (with its line): one line each
         if text.lstrip().startswith(("[", "{")):
             try:
                 raw = json.loads(text)
@@ -392,11 +391,14 @@ def generate_concepts(
                 path = _cache_path(cache, _cache_key(url, model, cls, k, context, temperature, max_words), cls)
                 ds = _read_cache(path, cls, k, max_words) if use_cache else None
                 cached = ds is not None
-                if ds is None:
-                    ds = _generate_one(client, cls, k, context, temperature, max_words, retries, path, failed, say)
+                if ds is None:  # (counted as its cache file is written: an interruption counts what is kept)
+                    ds = _generate_one(
+                        client, cls, k, context, temperature, max_words, retries, path, failed, say, work.advance
+                    )
+                elif cached:
+                    work.advance()
                 if ds is not None:
                     out[cls] = ds
-                    work.advance()
                     if on_class is not None:
                         on_class(cls, ds, cached)
                 if bar is not None:
@@ -426,8 +428,11 @@ def _generate_one(
     path: Path,
     failed: dict[str, str],
     say: Callable[[str], Any] | None,
+    kept: Callable[[], Any],
 ) -> list[str] | None:
-    """Ask for one class and cache the answer; a refused request or unusable replies fail only this class."""
+    """Ask for one class and cache the answer (``kept()`` is called with the write, under ``atomic``);
+    a refused request or unusable replies fail only this class."""
+    from ..interrupt import atomic
     from ..viz.save import atomic_write_text
 
     try:
@@ -448,7 +453,9 @@ def _generate_one(
         "reply_chars": len(raw),
     }
     try:
-        atomic_write_text(path, json.dumps(entry, indent=1, ensure_ascii=False))
+        with atomic():  # the cache file and its count go together
+            atomic_write_text(path, json.dumps(entry, indent=1, ensure_ascii=False))
+            kept()
     except OSError as e:
         raise InputError(f"cannot write the cache {path}: {e}") from None
     return ds

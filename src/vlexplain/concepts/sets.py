@@ -232,16 +232,20 @@ def load_concepts(
     if isinstance(source, Mapping):
         raw, name = source, "dict"
     else:
+        from ..files import check_input_file, read_text, utf8_errors
+
         path = Path(source)
         name = str(path)
-        if not path.is_file():
+        if not path.exists() and not path.is_symlink():
             raise InputError(f"concept set not found: {path}")
+        check_input_file(path, "concept set")
         if path.suffix.lower() == ".csv":
-            raw = _read_csv(path)
+            with utf8_errors(path, "concept set"):
+                raw = _read_csv(path)
         else:
             try:
-                raw = json.loads(path.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raw = json.loads(read_text(path, "concept set"))
+            except json.JSONDecodeError as e:
                 raise InputError(f"concept set {path} is not valid JSON: {e}") from None
             if not isinstance(raw, dict):
                 raise InputError(f"concept set {path} must be a JSON object {{class: [descriptors]}}")

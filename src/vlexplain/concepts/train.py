@@ -75,6 +75,83 @@ class DealConfig:
     def templates(self) -> Templates:
         return Templates(self.category_template, self.concept_template)
 
+    def check(self) -> None:
+        """Every setting a finite number in its range (InputError naming the option otherwise)."""
+        from ..validate import check_number as num
+
+        num(self.steps, "--steps", integer=True, lo=1)
+        num(self.lr, "--lr", lo=0, lo_open=True)
+        num(self.eps, "eps", lo=0, lo_open=True)
+        num(self.weight_decay, "--weight-decay", lo=0)
+        num(self.batch_size, "--batch-size", integer=True, lo=1)
+        num(self.lambda_sep, "--lambda-sep", lo=0)
+        num(self.lambda_con, "--lambda-con", lo=0)
+        num(self.save_every, "--save-every", integer=True, lo=1)
+        num(self.seed, "--seed", integer=True, lo=0, hi=2**63 - 1)
+        num(self.explode_factor, "explode_factor", lo=1)
+        for b in self.betas:
+            num(b, "betas", lo=0, hi=1)
+        if self.k is not None:
+            num(self.k, "--k", integer=True, lo=1)
+        if self.image_blocks is not None:
+            num(self.image_blocks, "--image-blocks", integer=True, lo=1)
+        if self.max_grad_norm is not None:
+            num(self.max_grad_norm, "max_grad_norm", lo=0, lo_open=True)
+        if self.prediction not in ("classes", "contrastive", "none"):
+            raise InputError(f"--prediction {self.prediction!r}: use classes, contrastive or none")
+
+
+#: settings a continued run must share with the run whose checkpoint it loads (``steps`` may grow)
+IDENTITY = (
+    "lr",
+    "betas",
+    "eps",
+    "weight_decay",
+    "batch_size",
+    "lambda_sep",
+    "lambda_con",
+    "prediction",
+    "k",
+    "category_template",
+    "concept_template",
+    "freeze_text",
+    "freeze_image",
+    "image_blocks",
+    "train_logit_scale",
+    "max_grad_norm",
+    "seed",
+    "data",
+    "classes",
+    "images",
+    "concepts_digest",
+    "world_size",
+)
+
+
+def check_continuation(out: Path, new: dict[str, Any]) -> None:
+    """Refuse to continue the run in ``out`` with other settings, data or concepts than it was
+    trained with (its ``config.json``); keys an older run did not record are not compared."""
+    path = out / "config.json"
+    if not path.is_file():
+        return
+    again = "rerun with its options, pass --overwrite to start over, or choose another --out"
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(old, dict):
+            raise ValueError
+    except (OSError, ValueError):
+        raise InputError(f"cannot continue the run in {out}: its config.json is unreadable; {again}") from None
+    now = json.loads(json.dumps(new, default=str))
+    diff = [k for k in IDENTITY if k in old and k in now and old[k] != now[k]]
+    if diff:
+        shown = "; ".join(f"{k} {_brief(old[k])} there, {_brief(now[k])} here" for k in diff[:3])
+        raise InputError(f"cannot continue the run in {out}: it was trained with other settings ({shown}); {again}")
+
+
+def _brief(v: Any) -> str:
+    s = json.dumps(v, sort_keys=True, default=str)
+    return s if len(s) <= 60 else s[:57] + "..."
+
 
 @dataclass
 class TrainResult:
@@ -192,8 +269,16 @@ def load_checkpoint(path: str | Path, model: DualEncoder, opt: torch.optim.Optim
     from safetensors.torch import load_model
 
     path = Path(path)
-    load_model(model, str(path / "model.safetensors"), strict=True, device=str(model.device))
-    state = torch.load(path / "optimizer.pt", weights_only=True, map_location=model.device)
+    again = "pass --overwrite to start over, or choose another --out"
+    try:
+        load_model(model, str(path / "model.safetensors"), strict=True, device=str(model.device))
+        state = torch.load(path / "optimizer.pt", weights_only=True, map_location=model.device)
+        if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+            raise ValueError("no step count in optimizer.pt")
+    except Exception as e:  # a truncated file, a foreign or code-carrying pickle (refused by weights_only)
+        from ..models.registry import load_failure
+
+        raise InputError(f"cannot load the checkpoint in {path}: {load_failure(e)}; {again}") from None
     if opt is not None:
         try:
             opt.load_state_dict(state["optimizer"])
@@ -310,6 +395,7 @@ def deal_train(
         freeze_text=freeze_text,
         **options,
     )
+    cfg.check()
     classes = list(getattr(dataset, "classes", []) or [])
     if not classes or len(dataset) == 0:
         raise InputError("the dataset is empty or has no .classes")
@@ -318,7 +404,38 @@ def deal_train(
         concepts = ConceptSet({c: d[: cfg.k] for c, d in concepts.concepts.items()}, concepts.source)
     concepts.check_context(model, cfg.concept_template)
     out = Path(out_dir)
+    info = _run_info(dataset, classes, concepts)
+    if resume and find_checkpoint(out) is not None:
+        check_continuation(out, {**dataclasses.asdict(cfg), **info})
+    from ..outdir import claimed
+
+    with claimed(out):
+        return _train_claimed(model, dataset, classes, concepts, cfg, out, progress, resume, info)
+
+
+def _run_info(dataset: Any, classes: list[str], concepts: ConceptSet) -> dict[str, Any]:
+    """What a run was trained on (saved in config.json and compared when it is continued)."""
+    import hashlib
+
+    sets = {c: list(concepts.concepts[c]) for c in classes if c in concepts.concepts}
+    info: dict[str, Any] = {
+        "classes": len(classes),
+        "images": len(dataset),
+        "concepts_digest": hashlib.sha256(json.dumps(sets, sort_keys=True).encode()).hexdigest()[:16],
+    }
+    if callable(getattr(dataset, "describe", None)):  # the data read: layout, split, split rule
+        info["data"] = dataset.describe()
+    return info
+
+
+def _train_claimed(model, dataset, classes, concepts, cfg, out, progress, resume, info) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
+    from ..eval.runner import dist_info
+
+    if not resume and dist_info()[0] == 0:  # --overwrite / --fresh: no earlier checkpoint or log is kept
+        from ..outdir import remove_run
+
+        remove_run(out, (CKPT, CKPT + ".old", CKPT + ".tmp", "log.csv", "config.json", "stopped.json"))
     dist = _Dist(model.device)
     if model.dtype != torch.float32:
         model.float()  # fp32 master weights: 5e-7 steps round away in fp16
@@ -326,31 +443,24 @@ def deal_train(
     flags = [(p, p.requires_grad) for p in model.parameters()]
     try:
         params = _trainable(model, cfg)
-        return _run(model, dataset, classes, concepts, cfg, out, dist, params, progress, resume)
+        return _run(model, dataset, classes, concepts, cfg, out, dist, params, progress, resume, info)
     finally:
         for p, f in flags:  # freeze_text / logit-scale freezing last only as long as the run
             p.requires_grad_(f)
 
 
-def _run(model, dataset, classes, concepts, cfg, out, dist, params, progress, resume) -> TrainResult:
+def _run(model, dataset, classes, concepts, cfg, out, dist, params, progress, resume, info) -> TrainResult:
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
     start, ckpt = 0, find_checkpoint(out) if resume else None
     if ckpt is not None:
         start = load_checkpoint(ckpt, model, opt)
     if dist.main:
         (out / "stopped.json").unlink(missing_ok=True)
-        info = {
-            "classes": len(classes),
-            "images": len(dataset),
-            "world_size": dist.world,
-            "global_batch_size": cfg.batch_size * dist.world,
-        }
-        if callable(getattr(dataset, "describe", None)):  # the data read: layout, split, split rule
-            info["data"] = dataset.describe()
+        info = {**info, "world_size": dist.world, "global_batch_size": cfg.batch_size * dist.world}
         (out / "config.json").write_text(json.dumps({**dataclasses.asdict(cfg), **info}, indent=1))
     log = _Log(out, start, cfg.tensorboard) if dist.main else None
     try:
-        with track("steps", cfg.steps, done=start, resume="rerun (without --fresh) to continue") as work:
+        with track("steps", cfg.steps, done=start, resume="rerun (without --overwrite) to continue") as work:
             return _loop(
                 model, dataset, classes, concepts, cfg, out, dist, params, opt, start, ckpt, log, progress, work
             )

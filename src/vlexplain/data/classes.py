@@ -294,7 +294,9 @@ def _table(path: Path, min_cols: int) -> list[list[str]]:
     if not path.is_file():
         raise InputError(f"CUB file missing: {path}")
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+    from ..files import read_text
+
+    for n, line in enumerate(read_text(path, "CUB file").splitlines()):
         if not line.strip():
             continue
         cols = line.split()

@@ -52,11 +52,14 @@ ALIASES = {
 
 
 def _load(path: Path, what: str) -> dict[str, Any]:
+    from ..files import check_input_file, utf8_errors
+
+    if not Path(path).exists() and not Path(path).is_symlink():
+        raise InputError(f"{what} not found: {path}")
+    check_input_file(path, what)
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f, utf8_errors(path, what):
             obj = json.load(f)
-    except FileNotFoundError:
-        raise InputError(f"{what} not found: {path}") from None
     except json.JSONDecodeError as e:
         raise InputError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
     if (

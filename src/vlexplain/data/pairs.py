@@ -41,6 +41,7 @@ from typing import Any, Literal
 from PIL import Image
 
 from ..errors import InputError
+from ..files import check_input_file, shown_name, utf8_errors
 from ..images import load_image
 from .rows import Captions, Columns, LazyBytes, MissingImage, Pair, PairRow, is_url, open_bytes, refuse_url
 
@@ -102,7 +103,12 @@ class PairDataset:
         if is_url(str(source)):
             refuse_url(str(source), "--data", "the data")
         self.path = Path(source).expanduser()
+        single = not self.path.is_dir() and not BRACE.search(str(self.path))
+        if single and not self.path.exists() and not self.path.is_symlink():
+            raise InputError(f"data not found: {shown_name(self.path)}")
         self.format: Format = format or detect_format(self.path)
+        if single:
+            check_input_file(self.path, "data file")  # a FIFO, a link loop, an empty file: said before reading
         if self.format == "cc_tsv":
             self.format = "tsv"
         if self.format not in FORMATS:
@@ -322,7 +328,8 @@ def _is_coco(path: Path) -> bool:
     """A COCO annotation file: one JSON object with ``images`` and ``annotations``."""
     if not path.is_file():
         return False
-    with open(path, encoding="utf-8-sig") as f:
+    check_input_file(path, "data file")  # (never blocks on a FIFO)
+    with open(path, encoding="utf-8-sig") as f, utf8_errors(path, "data file"):
         head = f.read(1)
         while head.isspace():
             head = f.read(1)
@@ -365,17 +372,12 @@ def _open(image: Any, where: str) -> Image.Image:
     return load_image(image)
 
 
-def _load_mask(src: Any) -> Image.Image:
-    if isinstance(src, Image.Image):
-        return src.convert("L")
-    if isinstance(src, (bytes, bytearray, LazyBytes)):
-        return open_bytes(src.read() if isinstance(src, LazyBytes) else bytes(src), "mask").convert("L")
-    path = Path(src)
-    if not path.is_file():
-        raise InputError(f"mask not found: {path}")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.convert("L")
-    except (OSError, SyntaxError, ValueError) as e:
-        raise InputError(f"cannot read mask {path}: {e}") from None
+def _load_mask(src: Any, where: str = "") -> Image.Image:
+    """A mask (a path, bytes, a tar member or an image) as 8-bit greyscale, read like images."""
+    from ..images import load_mask
+
+    if isinstance(src, LazyBytes):
+        src = src.read()
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return load_mask(bytes(src), where or "mask")
+    return load_mask(src)

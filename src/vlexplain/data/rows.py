@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import io
 import json
+import math
 import re
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,6 +203,8 @@ def check_boxes(value: Any, where: str, key: str = "boxes") -> list[list[float]]
     for b in value:
         if not isinstance(b, (list, tuple)) or len(b) != 4 or not all(isinstance(v, (int, float)) for v in b):
             raise InputError(f"{where}: each box must be [x, y, w, h] (COCO, pixels), got {b!r}")
+        if not all(math.isfinite(v) for v in b):
+            raise InputError(f"{where}: box {list(b)} has a value that is not a finite number")
         if b[2] < 0 or b[3] < 0:
             raise InputError(f"{where}: box {list(b)} has a negative width or height")
         out.append([float(v) for v in b])
@@ -290,22 +291,8 @@ def expand(
 
 
 def open_bytes(data: bytes, where: str) -> Image.Image:
-    """Encoded image bytes -> RGB image, with Pillow's decompression-bomb guard on."""
-    from ..images import MAX_PIXELS, to_rgb
+    """Encoded image bytes -> RGB image, through the one image reader (``vlexplain.images.open_image``)."""
+    from ..images import open_image, to_rgb
 
-    if not data:
-        raise InputError(f"{where}: the image is empty (0 bytes)")
-    old = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                im.load()
-                return to_rgb(im)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InputError(f"{where}: image is too large (decompression-bomb guard, > {MAX_PIXELS} pixels)") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise InputError(f"{where}: cannot decode the image bytes ({e})") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = old
+    with open_image(data, "image", where) as im:
+        return to_rgb(im)

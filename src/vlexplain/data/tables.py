@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..files import utf8_errors
 from .classes import IMAGE_EXTENSIONS
 from .rows import Captions, Columns, PairRow, expand, is_url
 
@@ -47,7 +48,7 @@ def jsonl_rows(file: Path, base: Path, cols: Columns, captions: Captions) -> Ite
 
 def _jsonl_records(file: Path) -> Iterator[tuple[Any, str]]:
     first = True
-    with open(file, encoding="utf-8-sig") as f:
+    with open(file, encoding="utf-8-sig") as f, utf8_errors(file, "data file"):
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -79,7 +80,7 @@ def names_image(cell: str, base: Path) -> int:
 
 def table_rows(file: Path, base: Path, delim: str, cols: Columns, captions: Captions) -> Iterator[PairRow]:
     """CSV / TSV rows, header detected (see the module docstring)."""
-    with open(file, encoding="utf-8-sig", newline="") as f:
+    with open(file, encoding="utf-8-sig", newline="") as f, utf8_errors(file, "data file"):
         first_line = f.readline().rstrip("\r\n")
     if not first_line.strip():
         return
@@ -109,11 +110,20 @@ def table_rows(file: Path, base: Path, delim: str, cols: Columns, captions: Capt
 
 
 def _header_rows(file: Path, base: Path, delim: str, cols: Columns, captions: Captions) -> Iterator[PairRow]:
-    with open(file, encoding="utf-8-sig", newline="") as f:
+    with open(file, encoding="utf-8-sig", newline="") as f, utf8_errors(file, "data file"):
         try:
             header = [h.strip() for h in next(csv.reader(f, delimiter=delim))]
         except csv.Error as e:
             raise InputError(f"{file}:1: malformed header ({e})") from None
+    seen: dict[str, str] = {}
+    for h in header:
+        if h.lower() in seen:
+            raise InputError(
+                f"{file}:1: the header names the column {h!r} twice"
+                + (f" (as {seen[h.lower()]!r} and {h!r})" if seen[h.lower()] != h else "")
+                + "; rename one so that each column has its own name"
+            )
+        seen[h.lower()] = h
     if len(header) < 2:
         sep = "<TAB>" if delim == "\t" else ","
         raise InputError(
@@ -129,7 +139,7 @@ def _records(
     file: Path, delim: str, names: list[str], header: bool, keep: set[str] | None = None, expect: str = ""
 ) -> Iterator[tuple[dict[str, Any], str]]:
     raw = delim == "\t" and not header  # headerless TSV (Conceptual Captions): tabs only, quotes are text
-    with open(file, encoding="utf-8-sig", newline="") as f:
+    with open(file, encoding="utf-8-sig", newline="") as f, utf8_errors(file, "data file"):
         reader = csv.reader(f, delimiter=delim, quoting=csv.QUOTE_NONE if raw else csv.QUOTE_MINIMAL)
         if header:
             next(reader)
@@ -163,7 +173,7 @@ def _decode(value: str) -> Any:
 
 def txt_rows(file: Path, base: Path, cols: Columns, captions: Captions) -> Iterator[PairRow]:
     """``captions.txt`` of an image folder: ``file<TAB>caption`` lines, or a CSV with a header."""
-    with open(file, encoding="utf-8-sig") as f:
+    with open(file, encoding="utf-8-sig") as f, utf8_errors(file, "data file"):
         first = next((line for line in f if line.strip()), "")
     delim = "\t" if "\t" in first or "," not in first else ","
     yield from table_rows(file, base, delim, cols, captions)

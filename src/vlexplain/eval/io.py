@@ -112,12 +112,32 @@ def remove_temporaries(run_dir: str | os.PathLike) -> int:
     return n
 
 
+def unreadable(path: Path) -> str | None:
+    """Why a shard file cannot be read as Parquet (None: it can)."""
+    import pyarrow.parquet as pq
+
+    try:
+        pq.read_metadata(path)
+    except Exception as e:  # pyarrow's ArrowInvalid, OSError...
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
+    return None
+
+
 def load_results(run_dir: str | os.PathLike):
-    """All per-sample rows of a run as one ``pyarrow.Table``, ordered by sample index then method."""
+    """All per-sample rows of a run as one ``pyarrow.Table``, ordered by sample index then method.
+
+    Raises InputError naming a shard that cannot be read (and how to recompute it)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    tables = [pq.read_table(p) for p in finished_shards(run_dir).values()]
+    from ..errors import InputError
+
+    tables = []
+    for p in finished_shards(run_dir).values():
+        why = unreadable(p)
+        if why:
+            raise InputError(f"cannot read {p} ({why}); rerun the evaluation with --resume to compute that shard again")
+        tables.append(pq.read_table(p))
     if not tables:
         return pa.table({"index": pa.array([], pa.int64()), "method": pa.array([], pa.string())})
     return pa.concat_tables(tables, promote_options="default")
@@ -144,3 +164,42 @@ def load_maps(run_dir: str | os.PathLike, indices: set[int] | None = None) -> di
                 if key.endswith(".tokens") and (indices is None or int(key.split(".", 1)[0]) in indices):
                     out[key] = json.loads(v)
     return out
+
+
+def _arrow_type(vals: list[Any]) -> Any:
+    import pyarrow as pa
+
+    v = next((v for v in vals if v is not None), None)
+    if isinstance(v, list):
+        return pa.list_(pa.string()) if v and isinstance(v[0], str) else pa.list_(pa.float64())
+    return pa.string() if isinstance(v, str) else pa.float64()
+
+
+def write_table(path: Path, records: list[dict[str, Any]], methods: list[str]) -> None:
+    """Write a shard's records (one per sample and method) as Parquet, atomically, in a fixed column order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    order = {m: i for i, m in enumerate(methods)}
+    records = sorted(records, key=lambda r: (r["index"], order[r["method"]]))
+    cols: list[str] = []
+    for r in records:
+        cols += [c for c in r if c not in cols]
+    fixed = {
+        "index": pa.int64(),
+        "method": pa.string(),
+        "caption": pa.string(),
+        "image": pa.string(),
+        "error": pa.string(),
+        "warning": pa.string(),
+        "score": pa.float64(),
+        "seconds": pa.float64(),
+    }
+    arrays, fields = [], []
+    for c in cols:
+        vals = [r.get(c) for r in records]
+        typ = fixed.get(c) or _arrow_type(vals)
+        arrays.append(pa.array(vals, type=typ))
+        fields.append(pa.field(c, typ))
+    table = pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))

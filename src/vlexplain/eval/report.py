@@ -231,7 +231,7 @@ def _fmt(x: float) -> str:
     return "–" if x is None or np.isnan(x) else f"{x:.4g}"
 
 
-def _table_html(rows: list[dict[str, Any]], methods: list[str]) -> str:
+def _table_html(rows: list[dict[str, Any]], methods: list[str], cfg: dict[str, Any] | None = None) -> str:
     # the main table shows each metric's primary value; every column is in table.csv / table.json
     prim = [r for r in rows if r["higher_is_better"] is not None]
     done = {r["metric"] for r in prim}
@@ -239,7 +239,11 @@ def _table_html(rows: list[dict[str, Any]], methods: list[str]) -> str:
     cols = list(dict.fromkeys(r["column"] for r in rows))
     by = {(r["method"], r["column"]): r for r in rows}
     best: dict[str, str] = {}
+    info = (cfg or {}).get("metric_info", {})
+    nominal = {r["column"] for r in rows if info.get(r["metric"], {}).get("ranked", True) is False}
     for c in cols:
+        if c in nominal:  # no best value to shade: a faithful map follows the model
+            continue
         cand = [by[(m, c)] for m in methods if (m, c) in by and not np.isnan(by[(m, c)]["mean"])]
         hib = cand[0]["higher_is_better"] if cand else None
         if cand and hib is not None and len(cand) > 1:
@@ -264,7 +268,14 @@ def _table_html(rows: list[dict[str, Any]], methods: list[str]) -> str:
                 f"<td{cls}>{_fmt(r['mean'])}<br><span class='ci'>[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}] n={r['n']}</span></td>"
             )
         body.append(f"<tr><th class='l'>{html.escape(m)}</th>{''.join(cells)}</tr>")
-    return f"<table><tr><th class='l'>method</th>{head}</tr>{''.join(body)}</table>"
+    note = (
+        f"<p class='sub'>{html.escape(', '.join(sorted({r['metric'] for r in rows if r['column'] in nominal})))}: "
+        "no best value is shaded (the arrow is nominal): a faithful map follows the model's reliance on the "
+        "cue, so read these against the references and across models.</p>"
+        if nominal
+        else ""
+    )
+    return f"<table><tr><th class='l'>method</th>{head}</tr>{''.join(body)}</table>{note}"
 
 
 def _gallery_html(df: Any, cfg: dict[str, Any], run_dir: Path, methods: list[str]) -> str:
@@ -364,12 +375,18 @@ def report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> 
         "<h2>Methods × metrics</h2><p class='sub'>Mean over pairs with a 95 % percentile bootstrap "
         f"interval of the mean ({N_BOOT} resamples, seed {BOOT_SEED}); best per column shaded.</p>"
     )
-    body.append(_table_html(rows, methods) if rows else "<p>No metric columns.</p>")
+    body.append(_table_html(rows, methods, cfg) if rows else "<p>No metric columns.</p>")
     body.append(_curves_html(df, methods))
-    body.append("<h2>Gallery</h2>" + _gallery_html(df, cfg, run_dir, methods))
+    if cfg.get("save_maps"):
+        body.append("<h2>Gallery</h2>" + _gallery_html(df, cfg, run_dir, methods))
+    else:  # without maps a gallery would be empty boxes
+        body.append(
+            "<h2>Gallery</h2><p class='sub'>Maps were not saved, so there is no gallery: run the evaluation "
+            "with --save-maps to see the best and worst pairs of each method here.</p>"
+        )
     body.append("<h2>Errors</h2>" + _errors_html(df))
     body.append(
-        "<h2>Configuration</h2><details open><summary>config.json</summary><pre>"
+        "<h2>Configuration</h2><details><summary>config.json</summary><pre>"
         + html.escape(json.dumps(cfg, indent=2, sort_keys=True))
         + "</pre></details>"
     )

@@ -34,17 +34,20 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError, VlexplainError
-from ..interrupt import track
+from ..interrupt import atomic, track
 from . import io as rio
+from .io import write_table
 from .run_config import (
     EvalConfig,
     MetricInfo,
     _check_methods,
+    _check_quantus_options,
+    _check_scored,
     _jsonable,
     _model_and_spec,
     _prepare_dir,
     _resolve_device,
-    resolve_metric,
+    check_run_args,
 )
 
 if TYPE_CHECKING:
@@ -130,6 +133,7 @@ def evaluate(
     device: str | None = None,
     progress: bool = True,
     skip_missing: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Explain every pair of a dataset with each method, score the maps, write shards.
 
@@ -153,6 +157,11 @@ def evaluate(
         progress: show a progress bar (rank 0 only).
         skip_missing: run without the metrics whose ground truth no pair has (a warning names
             them) instead of refusing the run.
+        overwrite: replace the run ``out_dir`` holds (its files are removed first) instead of
+            refusing to write into it.
+
+    Every argument, the data's rows and the methods' options (on this model) are checked before
+    anything is written or the folder is claimed.
 
     Returns:
         The run directory (``problems.jsonl`` lists failed pairs, see ``vlexplain.eval.problems``).
@@ -165,29 +174,34 @@ def evaluate(
     """
     from ..data.pairs import open_pairs
 
-    if batch_size < 1:
-        raise InputError("batch_size must be at least 1")
-    if limit is not None and limit < 0:
-        raise InputError("limit must be >= 0")
-    if target not in ("cosine", "logit"):
-        raise InputError(f"target must be 'cosine' or 'logit' for evaluation runs, got {target!r}")
+    a = check_run_args(
+        batch_size, limit, shard_size, target, seed, resume, overwrite, methods, metrics, method_options, metric_options
+    )
+    batch_size, limit, shard_size, seed = a["batch_size"], a["limit"], a["shard_size"], a["seed"]
+    methods, metric_fns = a["methods"], a["metric_fns"]
+    method_options, metric_options = a["method_options"], a["metric_options"]
     rank, world = dist_info()
     s = shard_size or 8 * batch_size
     s = -(-s // batch_size) * batch_size
     ds = open_pairs(data)
     model, spec = _model_and_spec(model_spec_or_model, _resolve_device(device, world))
-    _check_methods(model, methods)
-    _check_bridge_options(model, methods, metrics, method_options or {}, metric_options or {})
-    metric_fns = {m: resolve_metric(m) for m in metrics}
+    _check_methods(model, methods, method_options)  # captum: bridges included
+    _check_quantus_options(metrics, metric_options)
     from . import problems
 
     n_total, have = problems.scan(ds, limit)  # validates every line before anything is written
+    if n_total == 0 and limit != 0:
+        raise InputError(
+            f"{getattr(ds, 'path', 'the data')} holds no pairs (no rows after its header, or an empty file)"
+        )
     if rank == 0:
         problems.announce(ds, n_total)  # what was read (split, notes) before the run starts
     metric_fns, skipped = problems.check_metrics(
         metric_fns, have, str(getattr(ds, "path", "the data")), skip_missing, show=rank == 0, n=n_total
     )
     metrics = list(metric_fns)
+    metric_options = {k: v for k, v in metric_options.items() if k in metric_fns}
+    _check_scored(model, list(methods), metric_fns, rank == 0)
     cfg = EvalConfig(
         ds.describe(),
         spec,
@@ -211,43 +225,27 @@ def evaluate(
 
     cfg.data_identity = data_identity(ds, n_total, s)  # what a resume must find unchanged
     out = Path(out_dir).expanduser()
-    _prepare_dir(out, cfg, resume)
-    _barrier(world)  # every process checked the directory before anyone writes to it
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        rio.remove_temporaries(out)
-        rio.atomic_write_json(out / rio.CONFIG, _jsonable(dataclasses.asdict(cfg)))
-    _barrier(world)
-    ctx = _Ctx(cfg, model, ds, out, metric_fns)
-    _run_shards(ctx, n_total, rank, world, progress and rank == 0)
-    _barrier(world)
-    if rank == 0:
-        write_manifest(out, n_total, s)
-        problems.write_summary(out, n_total)  # problems.jsonl; counts in the manifest
-    _barrier(world)
-    _release_group()
+    from ..outdir import claimed
+
+    with claimed(out):  # (no claim under a multi-process launcher: its processes share the folder)
+        if rank == 0 or not overwrite:  # (with --overwrite, process 0 alone removes the old run)
+            _prepare_dir(out, cfg, resume, overwrite)
+        _barrier(world)  # every process checked the directory before anyone writes to it
+        if rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            rio.remove_temporaries(out)
+            rio.atomic_write_json(out / rio.CONFIG, _jsonable(dataclasses.asdict(cfg)))
+        _barrier(world)
+        ctx = _Ctx(cfg, model, ds, out, metric_fns)
+        _run_shards(ctx, n_total, rank, world, progress and rank == 0)
+        _barrier(world)
+        if rank == 0:
+            write_manifest(out, n_total, s)
+            problems.write_summary(out, n_total)  # problems.jsonl; counts in the manifest
+        _barrier(world)
+        _release_group()
     problems.raise_if_all_failed(out)
     return out
-
-
-def _check_bridge_options(
-    model: Any,
-    methods: Sequence[str],
-    metrics: Sequence[str],
-    method_options: dict[str, dict[str, Any]],
-    metric_options: dict[str, dict[str, Any]],
-) -> None:
-    """Refuse unknown options of bridged methods (``captum:``) and metrics (``quantus:``) before
-    anything is written (a bad option would otherwise fail every pair)."""
-    from ..attribution.base import get_method
-    from ..metrics.quantus_bridge import PREFIX, check_options
-
-    for m in methods:
-        if m.startswith("captum:"):
-            get_method(m).create(model, **method_options.get(m, {}))
-    for m in metrics:
-        if m.startswith(PREFIX):
-            check_options(m, metric_options.get(m, {}))
 
 
 def write_manifest(out: Path, n_total: int, shard_size: int, done: dict[int, Path] | None = None) -> dict[str, Any]:
@@ -298,14 +296,19 @@ def _run_shards(ctx: _Ctx, n_total: int, rank: int, world: int, show: bool) -> N
         for k, rows in _shards(ctx.ds, n_total, size):
             if k % world != rank or k in done:
                 continue
-            finished[k] = _run_shard(ctx, k, rows)
+            path, records = _run_shard(ctx, k, rows)
+            with atomic():  # the metrics file marks the shard finished: it and its count go together
+                write_table(path, records, ctx.cfg.methods)
+                finished[k] = path
+                work.advance(len(rows))
             bar.advance(task, len(rows))
-            work.advance(len(rows))
             if world == 1:
                 write_manifest(ctx.out, n_total, size, finished)
 
 
-def _run_shard(ctx: _Ctx, k: int, rows: list[Any]) -> Path:
+def _run_shard(ctx: _Ctx, k: int, rows: list[Any]) -> tuple[Path, list[dict[str, Any]]]:
+    """Explain and score a shard's rows and write its maps; returns (its metrics file, its records),
+    the file still to be written (its existence marks the shard finished)."""
     records: list[dict[str, Any]] = []
     tensors: dict[str, Tensor] = {}
     meta: dict[str, str] = {}
@@ -317,9 +320,7 @@ def _run_shard(ctx: _Ctx, k: int, rows: list[Any]) -> Path:
         meta.update(met)
     if ctx.cfg.save_maps:
         _write_maps(ctx.out / rio.MAPS_DIR / rio.maps_name(k), tensors, meta)
-    path = ctx.out / rio.SHARD_DIR / rio.shard_name(k)
-    _write_table(path, records, ctx.cfg.methods)  # last: its existence marks the shard finished
-    return path
+    return ctx.out / rio.SHARD_DIR / rio.shard_name(k), records
 
 
 def _gt_mask(pair: Any, size: tuple[int, int]) -> Tensor | None:
@@ -567,41 +568,3 @@ def _write_maps(path: Path, tensors: dict[str, Tensor], meta: dict[str, str]) ->
     from safetensors.torch import save_file
 
     rio.atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta or None))
-
-
-def _arrow_type(vals: list[Any]) -> Any:
-    import pyarrow as pa
-
-    v = next((v for v in vals if v is not None), None)
-    if isinstance(v, list):
-        return pa.list_(pa.string()) if v and isinstance(v[0], str) else pa.list_(pa.float64())
-    return pa.string() if isinstance(v, str) else pa.float64()
-
-
-def _write_table(path: Path, records: list[dict[str, Any]], methods: list[str]) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    order = {m: i for i, m in enumerate(methods)}
-    records = sorted(records, key=lambda r: (r["index"], order[r["method"]]))
-    cols: list[str] = []
-    for r in records:
-        cols += [c for c in r if c not in cols]
-    fixed = {
-        "index": pa.int64(),
-        "method": pa.string(),
-        "caption": pa.string(),
-        "image": pa.string(),
-        "error": pa.string(),
-        "warning": pa.string(),
-        "score": pa.float64(),
-        "seconds": pa.float64(),
-    }
-    arrays, fields = [], []
-    for c in cols:
-        vals = [r.get(c) for r in records]
-        typ = fixed.get(c) or _arrow_type(vals)
-        arrays.append(pa.array(vals, type=typ))
-        fields.append(pa.field(c, typ))
-    table = pa.Table.from_arrays(arrays, schema=pa.schema(fields))
-    rio.atomic_write(path, lambda tmp: pq.write_table(table, tmp))

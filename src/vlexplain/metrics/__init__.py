@@ -35,7 +35,7 @@ from ..errors import InputError, MethodError
 from ._common import image_maps_from_explanations, token_maps_from_explanations
 from .confidence import confidence_image, confidence_text
 from .cue import cue_pointing, cue_reliance_rank, cue_share
-from .deletion_insertion import deletion_image, deletion_text, insertion_image, insertion_text
+from .deletion_insertion import deletion_image, deletion_text, image_curve, insertion_image, insertion_text, text_curve
 from .gridpg import grid_pointing_game
 from .localization import auroc, boxes_to_masks, energy_pointing_game, pointing_game
 from .road import linear_impute, road_scores
@@ -60,6 +60,11 @@ class MetricSpec:
         aggregate: "" when the dataset value is the mean of ``primary`` over pairs; otherwise how
             it is computed from the per-pair outputs: ``"spearman:A,B"`` is Spearman's rho of
             outputs ``A`` and ``B`` over the pairs (``primary`` then names that rho).
+        options_fn: the function whose keyword-only arguments are the metric's options (None:
+            ``fn``); options are checked against it before a run (``vlexplain.validate``).
+        ranked: whether a best value exists across methods (False: ``higher_is_better`` is
+            nominal, e.g. the cue metrics, where a faithful map follows the model's reliance on the
+            cue; reports then shade no best value).
     """
 
     name: str
@@ -71,6 +76,8 @@ class MetricSpec:
     needs_ground_truth: bool = False
     summary: str = ""
     aggregate: str = ""
+    options_fn: Callable | None = None
+    ranked: bool = True
 
     def __call__(self, model, pixels, texts, image_maps=None, token_maps=None, **extra: Any) -> dict[str, Any]:
         missing = [k for k in self.requires if extra.get(k) is None]
@@ -136,6 +143,7 @@ _REGISTRY: dict[str, MetricSpec] = {
             "confidence_drop",
             False,
             summary="confidence drop / increase after multiplying the image by its map",
+            options_fn=confidence_image,
         ),
         MetricSpec(
             "confidence_text",
@@ -144,6 +152,7 @@ _REGISTRY: dict[str, MetricSpec] = {
             "confidence_drop",
             False,
             summary="confidence drop / increase after padding tokens below the median",
+            options_fn=confidence_text,
         ),
         MetricSpec(
             "deletion_image",
@@ -152,6 +161,7 @@ _REGISTRY: dict[str, MetricSpec] = {
             "auc",
             False,
             summary="deletion AUC, most relevant pixels replaced first",
+            options_fn=image_curve,
         ),
         MetricSpec(
             "insertion_image",
@@ -160,6 +170,7 @@ _REGISTRY: dict[str, MetricSpec] = {
             "auc",
             True,
             summary="insertion AUC, most relevant pixels restored first",
+            options_fn=image_curve,
         ),
         MetricSpec(
             "deletion_text",
@@ -168,6 +179,7 @@ _REGISTRY: dict[str, MetricSpec] = {
             "auc",
             False,
             summary="deletion AUC, most relevant tokens padded first",
+            options_fn=text_curve,
         ),
         MetricSpec(
             "insertion_text",
@@ -176,6 +188,7 @@ _REGISTRY: dict[str, MetricSpec] = {
             "auc",
             True,
             summary="insertion AUC, most relevant tokens restored first",
+            options_fn=text_curve,
         ),
         MetricSpec(
             "road",
@@ -184,6 +197,7 @@ _REGISTRY: dict[str, MetricSpec] = {
             "road_combined",
             True,
             summary="ROAD MoRF / LeRF with noisy linear imputation",
+            options_fn=road_scores,
         ),
         MetricSpec(
             "pointing_game",
@@ -234,6 +248,7 @@ _REGISTRY: dict[str, MetricSpec] = {
             ("cue_mask",),
             True,
             summary="share of positive map mass on a cue's mask (cue_mask column)",
+            ranked=False,
         ),
         MetricSpec(
             "cue_pointing",
@@ -244,6 +259,7 @@ _REGISTRY: dict[str, MetricSpec] = {
             ("cue_mask",),
             True,
             summary="map maximum on a cue's mask (cue_mask column)",
+            ranked=False,
         ),
         MetricSpec(
             "cue_reliance_rank",

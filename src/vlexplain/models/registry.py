@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ from torch import nn
 
 from ..errors import ModelLoadError, VlexplainError, require
 from .base import DualEncoder
+from .loaders import _LOADERS, register_loader
 
 SPEC_FORMS = """accepted model specs:
   offline                                  built-in EfficientNet-Lite0 + MiniLM model (no download)
@@ -30,41 +30,6 @@ SPEC_FORMS = """accepted model specs:
   PATH                                     a local save_pretrained directory of any of those (class from model_type)
   SPEC#size=HxW, SPEC#aspect=HxW           SigLIP 2 NaFlex: explain HxW images, or the size its processor picks for HxW photos
   an in-memory transformers model of those classes or an OpenCLIP model object (`vlexplain models`)"""
-
-
-@dataclass
-class LoaderEntry:
-    prefix: str  # "offline", "testbed:", ...
-    load: Callable[[str], DualEncoder]
-    description: str
-    available: Callable[[], bool]
-    directory: Callable[[Path], str | None] | None = None  # a local directory -> the spec it loads as, or None
-
-
-_LOADERS: dict[str, LoaderEntry] = {}
-
-
-def register_loader(
-    prefix: str,
-    description: str,
-    available: Callable[[], bool] | None = None,
-    directory: Callable[[Path], str | None] | None = None,
-):
-    """Register a named model loader (``prefix`` is an exact name or ends with ':').
-
-    ``directory``: recognises a local directory of the loader's own (``PATH`` specs): returns the
-    spec to load it with, or None. Packages above the model layer (the testbeds) register theirs.
-    """
-
-    def deco(fn: Callable[[str], DualEncoder]):
-        _LOADERS[prefix] = LoaderEntry(prefix, fn, description, available or (lambda: True), directory)
-        return fn
-
-    return deco
-
-
-def registered_loaders() -> list[LoaderEntry]:
-    return list(_LOADERS.values())
 
 
 def _offline_available() -> bool:
@@ -103,6 +68,21 @@ def wrap_model(model: Any, tokenizer: Any = None, preprocess: Any = None, name: 
 
         return OpenCLIPDualEncoder(model, tokenizer=tokenizer, preprocess=preprocess, name=name or cls)
     raise ModelLoadError(f"cannot explain a {cls}: expected a CLIPModel, SiglipModel or OpenCLIP model\n{SPEC_FORMS}")
+
+
+def load_failure(e: BaseException) -> str:
+    """One line on why weights did not load."""
+    import pickle
+
+    text = " ".join(str(e).split())
+    if isinstance(e, pickle.UnpicklingError) or "weights only load failed" in text.lower():
+        return (
+            "a weights file holds code, not only tensors (torch.load with weights_only=True refused it); "
+            "convert it to safetensors on a machine you trust"
+        )
+    if type(e).__name__ == "SafetensorError":
+        return f"a safetensors file is damaged or truncated ({text[:120]})"
+    return text[:200] or type(e).__name__
 
 
 def _load_hf(ident: str, tokenizer: Any, preprocess: Any) -> DualEncoder:
@@ -146,8 +126,8 @@ def _load_hf(ident: str, tokenizer: Any, preprocess: Any) -> DualEncoder:
         )
     try:
         model = getattr(transformers, entry.model_class).from_pretrained(ident, **kw)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise ModelLoadError(f"cannot load {what} as a {entry.model_class}: {str(e).splitlines()[0][:160]}") from None
+    except Exception as e:  # OSError, a truncated safetensors file, a refused pickle...
+        raise ModelLoadError(f"cannot load {what} as a {entry.model_class}: {load_failure(e)}") from None
     tok_files = (
         "tokenizer.json",
         "tokenizer_config.json",
@@ -197,9 +177,11 @@ def parse_size_options(spec: str) -> tuple[str, dict[str, tuple[int, int]]]:
     for part in tail.split(","):
         k, eq, v = part.partition("=")
         hw = v.lower().split("x")
-        if not eq or k.strip() not in keys or len(hw) != 2 or not all(t.strip().isdigit() for t in hw):
+        ok = len(hw) == 2 and all(re.fullmatch(r"[0-9]{1,4}", t.strip()) and int(t) > 0 for t in hw)
+        if not eq or k.strip() not in keys or not ok:
             raise ModelLoadError(
-                f"model spec option {part!r} in {spec!r}: expected #size=HxW or #aspect=HxW (e.g. #size=256x384)"
+                f"model spec option {part!r} in {spec!r}: expected #size=HxW or #aspect=HxW with whole numbers "
+                "from 1 to 9999 (e.g. #size=256x384)"
             )
         out[keys[k.strip()]] = (int(hw[0]), int(hw[1]))
     if len(out) > 1:
@@ -293,6 +275,13 @@ def _load_spec(s: str, tokenizer: Any, preprocess: Any) -> DualEncoder:
         raise ModelLoadError(f"{p} has no config.json: not a save_pretrained model directory\n{SPEC_FORMS}")
     if p.exists():
         raise ModelLoadError(f"{p} is a file; pass an OpenCLIP checkpoint as open_clip:ARCH/{p}\n{SPEC_FORMS}")
+    if "/" in s or s.startswith((".", "~")):  # a path: say so, instead of listing the spec forms
+        hub = re.fullmatch(r"[\w.-]+/[\w.-]+", s) is not None
+        raise ModelLoadError(
+            f"model directory not found: {p}"
+            + (f" (for a Hugging Face model, write hf:{s})" if hub else "")
+            + "; `vlexplain models` lists the other model specs"
+        )
     raise ModelLoadError(f"unknown model {s!r}\n{SPEC_FORMS}")
 
 

@@ -22,7 +22,8 @@ def load_photo(name: str) -> Image.Image:
 
 
 def demo_set() -> tuple[list[tuple[str, Image.Image]], list[list[str]], dict[tuple[int, str], str]]:
-    """Photos, per-photo texts, and whether each text describes its photo ("match" / "no match")."""
+    """Photos, per-photo texts, and whether each text describes its photo (the expected answer:
+    "expected match" / "expected no match"; the model's own verdict is its score)."""
     plan = {
         "cat": (["a cat", "a photo of a tabby cat"], ["a cup of coffee"]),
         "coffee": (["a cup of coffee"], ["a rocket"]),
@@ -35,7 +36,7 @@ def demo_set() -> tuple[list[tuple[str, Image.Image]], list[list[str]], dict[tup
         photos.append((name, load_photo(name)))
         texts.append(pos + neg)
         for t in pos:
-            labels[(i, t)] = "match"
+            labels[(i, t)] = "expected match"
         for t in neg:
-            labels[(i, t)] = "no match"
+            labels[(i, t)] = "expected no match"
     return photos, texts, labels

@@ -5,8 +5,8 @@
 ``testbed:shapes@DIR`` loads one trained with ``vlexplain testbed train-shapes --out DIR``.
 ``testbed:spurious`` loads the shipped model trained with a badge cue
 (``vlexplain testbed train-shapes --spurious 0.9``, ``vlexplain/assets/spurious_clip``;
-``vlexplain.testbeds.spurious``). ``register`` (called by the package root) adds these specs to
-the model registry and the shapes-world CLIP to the families table: the model layer never imports
+``vlexplain.testbeds.spurious``). ``vlexplain.testbeds.specs`` registers these specs with the
+model registry and the shapes-world CLIP with the families table: the model layer never imports
 the testbeds.
 """
 
@@ -18,8 +18,6 @@ from pathlib import Path
 
 from ..errors import ModelLoadError
 from ..models.base import DualEncoder
-from ..models.families import Family, register_family
-from ..models.registry import register_loader
 from ..models.text import TokenizerSpec
 
 SPECIALS = ("<pad>", "<unk>", "<sos>", "<eos>")  # ids 0..3
@@ -87,7 +85,8 @@ def load_shapes_clip(directory: str | Path | None = None, name: str | None = Non
     return enc.eval()
 
 
-def _load_testbed(spec: str) -> DualEncoder:
+def load_testbed(spec: str) -> DualEncoder:
+    """Load a ``testbed:`` spec (registered by ``vlexplain.testbeds.specs``)."""
     name, _, where = spec[len("testbed:") :].partition("@")
     if name == "spurious" and not where:
         return load_shapes_clip(spurious_dir(), name="testbed:spurious")
@@ -96,29 +95,3 @@ def _load_testbed(spec: str) -> DualEncoder:
             f"unknown testbed model {spec!r}; available: testbed:shapes, testbed:shapes@DIR, testbed:spurious"
         )
     return load_shapes_clip(where or None)
-
-
-def _trained_dir(p: Path) -> str | None:
-    """A directory written by ``vlexplain testbed train-shapes --out`` loads as ``testbed:shapes@DIR``."""
-    return f"testbed:shapes@{p}" if (p / "vocab.json").exists() and (p / "train_config.json").exists() else None
-
-
-def register() -> None:
-    """Register the ``testbed:`` specs with the model registry and the shapes-world CLIP with the
-    families table (the package root calls this; calling it again changes nothing)."""
-    register_loader(
-        "testbed:",
-        "small CLIPs trained on the project's testbeds: testbed:shapes[@DIR], testbed:spurious",
-        lambda: (assets_dir() / "model.safetensors").exists(),
-        directory=_trained_dir,
-    )(_load_testbed)
-    register_family(
-        Family(
-            key="testbed-shapes",
-            name="shapes-world CLIP (trained by vlexplain)",
-            library="vlexplain",
-            examples="testbed:shapes, testbed:shapes@DIR",
-            tiny=load_shapes_clip,
-            notes="a small transformers CLIPModel with a word tokenizer; ground-truth masks in the shapes testbed; M2IB and Grad-CAM at block round(10 n / 12) - 1 of n",
-        )
-    )

@@ -35,7 +35,7 @@ def write_gallery(out_dir: str | os.PathLike, entries: Sequence[dict], title: st
         img = f"<img src='{html.escape(e['overlay'])}' alt='overlay'>" if e.get("overlay") else ""
         label = e.get("label")
         lab = (
-            f"<span class='{'match' if label == 'match' else 'nomatch'}'> · {html.escape(label)}</span>"
+            f"<span class='{'nomatch' if label.endswith('no match') else 'match'}'> · {html.escape(label)}</span>"
             if label
             else ""
         )

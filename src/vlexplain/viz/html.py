@@ -1,10 +1,9 @@
-"""HTML rendering of explanations (notebook cards and run galleries)."""
+"""The shared look of the self-contained HTML reports (no torch: the evaluation report's module and
+the command line's listing of benchmark kinds read it). Explanations' HTML is ``viz.save.explanation_html``."""
 
 from __future__ import annotations
 
-from .save import explanation_html
-
-__all__ = ["explanation_html", "REPORT_CSS"]
+__all__ = ["REPORT_CSS"]
 
 #: the shared look of the self-contained HTML reports (evaluation runs, DEAL before / after)
 REPORT_CSS = """

@@ -177,6 +177,7 @@ def run_benchmark(
     metric_options: dict[str, dict[str, Any]] | None = None,
     device: str | None = None,
     progress: bool = True,
+    overwrite: bool = False,
     **options: Any,
 ) -> Any:
     """Run the registered benchmark ``kind``: explain its pairs with every applicable method, score,
@@ -199,12 +200,18 @@ def run_benchmark(
         metric_options: per metric, keyword options.
         device: "cpu", "cuda"...; default cuda when available.
         progress: show a progress bar.
+        overwrite: replace the benchmark ``out`` holds instead of refusing to write into it.
         **options: the kind's own options (``grid`` for ``grids``, ``data`` for ``data``, ...).
+
+    Every option is checked before anything is written or the folder is claimed.
 
     Returns:
         The kind's result (``markdown``, ``leaderboard``, ``reports``; a ``BenchmarkResult`` for the
         kinds that generate their pairs).
     """
+    from ...outdir import check_overwrite
+    from ...validate import check_seed
+
     bench = get_benchmark(kind)
     own = {o.name: o for o in bench.options}
     unknown = sorted(set(options) - set(own))
@@ -221,6 +228,10 @@ def run_benchmark(
             metrics.append(SANITY_METRIC)
     if not methods and bench.default_methods:
         methods = list(bench.default_methods)
+    seed = check_seed(seed)
+    check_overwrite(resume, overwrite)
+    if bench.check is not None:  # the kind's own options, before anything is loaded or written
+        bench.check(**values)
     settings = dict(
         methods=methods,
         metrics=metrics,
@@ -229,6 +240,7 @@ def run_benchmark(
         seed=seed,
         batch_size=batch_size,
         resume=resume,
+        overwrite=overwrite,
         method_options=method_options,
         metric_options=metric_options,
         device=device,
@@ -250,6 +262,7 @@ def _run_generated(
     seed: int,
     batch_size: int,
     resume: bool,
+    overwrite: bool,
     method_options: dict[str, dict[str, Any]] | None,
     metric_options: dict[str, dict[str, Any]] | None,
     device: str | None,
@@ -257,47 +270,66 @@ def _run_generated(
 ) -> BenchmarkResult:
     """A kind whose pairs are generated: model, methods, pairs, evaluation, report, leaderboard."""
     from ...models.registry import load_model
+    from ...outdir import claimed, remove_run
+    from ...validate import check_number
     from ..report import report
     from ..run_config import _resolve_device
     from ..runner import evaluate
 
     assert bench.make_data is not None and bench.describe is not None  # checked at registration
-    n = bench.default_n if n is None else n
-    if n is None or n < 1:
-        raise InputError("--n must be at least 1")
+    n = int(check_number(bench.default_n if n is None else n, "--n", integer=True, lo=1, hi=1_000_000))
     out = Path(out).expanduser()
     run_dir = out / "run"
-    if (run_dir / "config.json").exists() and not resume:
-        raise InputError(f"{out} already holds a benchmark; pass --resume to continue it or choose another --out")
+    if (run_dir / "config.json").exists() and not resume and not overwrite:
+        raise InputError(
+            f"{out} already holds a benchmark; pass --resume to continue it, --overwrite to replace it, "
+            "or choose another --out"
+        )
     spec = model if model is not None else bench.default_model
     loaded = load_model(spec, device=_resolve_device(device, 1))
     names, skipped = applicable_methods(loaded, methods)
     method_options = _with_benchmark_defaults(bench.method_options, names, method_options)
     mets = list(metrics) if metrics else list(bench.default_metrics)
-    data = bench.make_data(out / "data", n, seed, **options)
-    # one shard per batch: an interrupted benchmark loses at most one batch
-    evaluate(
-        data,
-        loaded,
-        names,
-        mets,
-        run_dir,
-        batch_size=batch_size,
-        resume=resume,
-        shard_size=batch_size,
-        method_options=method_options,
-        metric_options=metric_options,
-        seed=seed,
-        progress=progress,
-    )
-    html = report(run_dir)
-    primary = bench.primary if bench.primary in mets else mets[0]
-    what = bench.describe(n, seed, **options)
-    header = _header(bench.name, loaded, what, names, skipped, method_options, metric_options, primary)
-    md = leaderboard_markdown(run_dir, primary, header)
-    lb = out / "leaderboard.md"
-    lb.write_text(md)
+    _check_options(loaded, names, mets, method_options, metric_options)
+    with claimed(out):
+        if overwrite:
+            remove_run(out, ("data", "run", "leaderboard.md"))
+        data = bench.make_data(out / "data", n, seed, **options)
+        # one shard per batch: an interrupted benchmark loses at most one batch
+        evaluate(
+            data,
+            loaded,
+            names,
+            mets,
+            run_dir,
+            batch_size=batch_size,
+            resume=resume,
+            shard_size=batch_size,
+            method_options=method_options,
+            metric_options=metric_options,
+            seed=seed,
+            progress=progress,
+        )
+        html = report(run_dir)
+        primary = bench.primary if bench.primary in mets else mets[0]
+        what = bench.describe(n, seed, **options)
+        header = _header(bench.name, loaded, what, names, skipped, method_options, metric_options, primary)
+        md = leaderboard_markdown(run_dir, primary, header)
+        lb = out / "leaderboard.md"
+        lb.write_text(md)
     return BenchmarkResult(out, data, run_dir, html, lb, md, names, skipped)
+
+
+def _check_options(model: Any, names: list[str], mets: list[str], method_options: dict, metric_options: Any) -> None:
+    """The methods' and metrics' options (keys, types, finite numbers, then on this model) before
+    anything is written."""
+    from ...attribution.options import check_methods_options
+    from ...validate import check_metrics_options
+    from ..run_config import _check_methods, resolve_metric
+
+    opts = check_methods_options(names, method_options)
+    check_metrics_options({m: resolve_metric(m) for m in mets}, metric_options or {})
+    _check_methods(model, names, opts)
 
 
 def _with_benchmark_defaults(

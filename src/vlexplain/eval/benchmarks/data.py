@@ -43,6 +43,7 @@ def run_data_benchmark(
     device: str | None = None,
     progress: bool = True,
     skip_missing: bool = False,
+    overwrite: bool = False,
 ) -> Any:
     """Explain ``ds`` with every applicable method, score, rank and report.
 
@@ -53,8 +54,8 @@ def run_data_benchmark(
             added; ``DEFAULT_METRICS``).
         n: only the first ``n`` pairs.
         model: a model spec or model (default ``offline``).
-        seed, batch_size, resume, method_options, metric_options, device, progress, skip_missing:
-            as in ``vlexplain.eval.evaluate`` (the costly methods get the grids benchmark's budgets
+        seed, batch_size, resume, method_options, metric_options, device, progress, skip_missing,
+        overwrite: as in ``vlexplain.eval.evaluate`` (the costly methods get the grids benchmark's budgets
             unless options are given).
 
     Returns:
@@ -62,17 +63,22 @@ def run_data_benchmark(
     """
     from ...data.pairs import open_pairs
     from ...models.registry import load_model
+    from ...outdir import check_overwrite, claimed
     from .. import io as rio
     from ..report import report
     from ..run_config import _resolve_device
     from ..runner import evaluate
-    from .base import BenchmarkResult, applicable_methods, leaderboard_markdown
+    from .base import BenchmarkResult, _check_options, applicable_methods, leaderboard_markdown
 
+    check_overwrite(resume, overwrite)
     ds = open_pairs(ds)
     out = Path(out).expanduser()
     run_dir = out / "run"
-    if (run_dir / rio.CONFIG).exists() and not resume:
-        raise InputError(f"{out} already holds a benchmark; pass --resume to continue it or choose another --out")
+    if (run_dir / rio.CONFIG).exists() and not resume and not overwrite:
+        raise InputError(
+            f"{out} already holds a benchmark; pass --resume to continue it, --overwrite to replace it, "
+            "or choose another --out"
+        )
     spec = model if model is not None else DEFAULT_MODEL
     loaded = load_model(spec, device=_resolve_device(device, 1))
     names, skipped = applicable_methods(loaded, methods)
@@ -80,47 +86,50 @@ def run_data_benchmark(
     for m, o in (method_options or {}).items():
         options[m] = {**options.get(m, {}), **o}
     mets = list(metrics) if metrics else list(DEFAULT_METRICS)
-    # one shard per batch: an interrupted benchmark loses at most one batch
-    evaluate(
-        ds,
-        loaded,
-        names,
-        mets,
-        run_dir,
-        batch_size=batch_size,
-        limit=n,
-        resume=resume,
-        shard_size=batch_size,
-        method_options=options,
-        metric_options=metric_options,
-        seed=seed,
-        progress=progress,
-        skip_missing=skip_missing,
-    )
-    html = report(run_dir)
-    cfg = rio.read_json(run_dir / rio.CONFIG)
-    ran = list(cfg["metrics"])
-    primary = PRIMARY if PRIMARY in ran else ran[0]
-    data = cfg["data"]
-    what = (
-        f"{cfg['num_samples']} pairs of {data.get('path')} ({data.get('format')}, split {data.get('split')}); "
-        "ground truth: the data's boxes / masks"
-    )
-    header = [
-        f"## Benchmark `data` — model `{getattr(loaded, 'name', spec)}`",
-        "",
-        f"{what}. Sorted by `{primary}` (best first). Cells: mean over pairs [95 % percentile bootstrap "
-        "interval of the mean, 1000 resamples]; ↑ higher is better, ↓ lower is better. `random` and `center` "
-        "are reference maps that ignore the model.",
-        "",
-        f"- methods: {', '.join(names)} (each with its default options unless listed below)",
-    ]
-    header += [f"- skipped {m}: {why}" for m, why in skipped.items()]
-    header += [f"- skipped metric {m}: {why}" for m, why in cfg.get("skipped_metrics", {}).items()]
-    header += [f"- {m} options: {json.dumps(o, sort_keys=True)}" for m, o in options.items()]
-    md = leaderboard_markdown(run_dir, primary, header)
-    lb = out / "leaderboard.md"
-    lb.write_text(md)
+    _check_options(loaded, names, mets, options, metric_options)  # before the folder is claimed
+    with claimed(out):
+        # one shard per batch: an interrupted benchmark loses at most one batch
+        evaluate(
+            ds,
+            loaded,
+            names,
+            mets,
+            run_dir,
+            batch_size=batch_size,
+            limit=n,
+            resume=resume,
+            shard_size=batch_size,
+            method_options=options,
+            metric_options=metric_options,
+            seed=seed,
+            progress=progress,
+            skip_missing=skip_missing,
+            overwrite=overwrite,
+        )
+        html = report(run_dir)
+        cfg = rio.read_json(run_dir / rio.CONFIG)
+        ran = list(cfg["metrics"])
+        primary = PRIMARY if PRIMARY in ran else ran[0]
+        data = cfg["data"]
+        what = (
+            f"{cfg['num_samples']} pairs of {data.get('path')} ({data.get('format')}, split {data.get('split')}); "
+            "ground truth: the data's boxes / masks"
+        )
+        header = [
+            f"## Benchmark `data` — model `{getattr(loaded, 'name', spec)}`",
+            "",
+            f"{what}. Sorted by `{primary}` (best first). Cells: mean over pairs [95 % percentile bootstrap "
+            "interval of the mean, 1000 resamples]; ↑ higher is better, ↓ lower is better. `random` and `center` "
+            "are reference maps that ignore the model.",
+            "",
+            f"- methods: {', '.join(names)} (each with its default options unless listed below)",
+        ]
+        header += [f"- skipped {m}: {why}" for m, why in skipped.items()]
+        header += [f"- skipped metric {m}: {why}" for m, why in cfg.get("skipped_metrics", {}).items()]
+        header += [f"- {m} options: {json.dumps(o, sort_keys=True)}" for m, o in options.items()]
+        md = leaderboard_markdown(run_dir, primary, header)
+        lb = out / "leaderboard.md"
+        lb.write_text(md)
     return BenchmarkResult(out, Path(ds.path), run_dir, html, lb, md, names, skipped)
 
 

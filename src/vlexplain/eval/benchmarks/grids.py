@@ -53,6 +53,16 @@ def _make(out_dir: str | os.PathLike, n: int, seed: int, grid: int) -> Path:
     return make_grid_data(out_dir, n, seed, rows=grid)
 
 
+def _check(grid: int) -> None:
+    """A grid size the photos allow (one small grid is composed; nothing is written)."""
+    from ...testbeds.grids import make_grid
+
+    try:
+        make_grid(seed=0, rows=grid)
+    except InputError as e:
+        raise InputError(f"--grid {grid}: {e}") from None
+
+
 def _describe(n: int, seed: int, grid: int) -> str:
     return f"{n} {grid}x{grid} grids of real photos, queried with one cell's class text; ground truth: the cell"
 
@@ -69,5 +79,6 @@ register_benchmark(
         describe=_describe,
         method_options=METHOD_OPTIONS,
         options=(Option("grid", 2, "Grid side (2: 2x2, 3: 3x3).", type=int, min=2),),
+        check=_check,
     )
 )

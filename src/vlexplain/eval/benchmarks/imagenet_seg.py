@@ -74,6 +74,7 @@ def run_imagenet_seg(
     seed: int = 0,
     clamp_negative: bool = False,
     resume: bool = False,
+    overwrite: bool = False,
     device: str | None = None,
     progress: bool = True,
     shard_size: int = 16,
@@ -125,7 +126,17 @@ def run_imagenet_seg(
         "shard_size": shard_size,
     }
     outp = Path(out).expanduser()
-    got = run_shards(outp, config, total, names, compute, resume=resume, shard_size=shard_size, progress=progress)
+    got = run_shards(
+        outp,
+        config,
+        total,
+        names,
+        compute,
+        resume=resume,
+        shard_size=shard_size,
+        progress=progress,
+        overwrite=overwrite,
+    )
     values = {m: bootstrap(rows, item, total, chefer_reduce, seed=seed) for m, (rows, item) in got.items()}
     clamp = (
         "negative values clamped to 0 first (TextSpan)"

@@ -39,6 +39,7 @@ def run_openimages_points(
     seed: int = 0,
     threshold: float = 0.5,
     resume: bool = False,
+    overwrite: bool = False,
     device: str | None = None,
     progress: bool = True,
     shard_size: int = 16,
@@ -78,7 +79,17 @@ def run_openimages_points(
         "shard_size": shard_size,
     }
     outp = Path(out).expanduser()
-    got = run_shards(outp, config, total, names, compute, resume=resume, shard_size=shard_size, progress=progress)
+    got = run_shards(
+        outp,
+        config,
+        total,
+        names,
+        compute,
+        resume=resume,
+        shard_size=shard_size,
+        progress=progress,
+        overwrite=overwrite,
+    )
     values = {m: bootstrap(rows, item, total, points_reduce, seed=seed) for m, (rows, item) in got.items()}
     missing = (
         f"{ds.missing} labelled images not on disk were left out" if ds.missing else "every labelled image is on disk"

@@ -150,6 +150,7 @@ def run_openvocab_seg(
     logit_scale: float = 40.0,
     prob_threshold: float | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     device: str | None = None,
     progress: bool = True,
     shard_size: int = 16,
@@ -212,7 +213,17 @@ def run_openvocab_seg(
         "shard_size": shard_size,
     }
     outp = Path(out).expanduser()
-    got = run_shards(outp, config, total, names, compute, resume=resume, shard_size=shard_size, progress=progress)
+    got = run_shards(
+        outp,
+        config,
+        total,
+        names,
+        compute,
+        resume=resume,
+        shard_size=shard_size,
+        progress=progress,
+        overwrite=overwrite,
+    )
     values = {m: bootstrap(rows, item, total, miou_reduce, seed=seed) for m, (rows, item) in got.items()}
     proto = _protocol_text(short_side, slide, crop, stride, templates, logit_scale, thd)
     title = f"openvocab-seg — {layout}{'' if ds.background else ' (no background)'}, {total} images, {nc} classes, model `{spec}`"

@@ -51,8 +51,15 @@ def _shard_path(out: Path, k: int) -> Path:
     return out / SHARDS / f"stats-{k:06d}.npz"
 
 
-def prepare(out: Path, config: dict[str, Any], resume: bool) -> None:
+#: what a protocol run writes in its folder (``--overwrite`` removes these and nothing else)
+RUN_FILES = (CONFIG, SHARDS, "results.json", "leaderboard.md")
+
+
+def prepare(out: Path, config: dict[str, Any], resume: bool, overwrite: bool = False) -> None:
     """Check the run directory against ``config`` (nothing is written here)."""
+    from ...outdir import check_overwrite
+
+    check_overwrite(resume, overwrite)
     cfg = out / CONFIG
     if resume:
         if not cfg.is_file():
@@ -61,8 +68,13 @@ def prepare(out: Path, config: dict[str, Any], resume: bool) -> None:
         if old != json.loads(json.dumps(config)):
             diff = sorted(k for k in set(old) | set(config) if old.get(k) != json.loads(json.dumps(config.get(k))))
             raise InputError(f"--resume: {out} was run with other settings ({', '.join(diff)}); use another --out")
+    elif overwrite:
+        return
     elif out.exists() and any(out.iterdir()):
-        raise InputError(f"{out} is not empty; pass --resume to continue the run there, or another --out")
+        what = "holds a protocol run" if cfg.is_file() else "is not empty"
+        raise InputError(
+            f"{out} {what}; pass --resume to continue it, --overwrite to replace it, or choose another --out"
+        )
 
 
 def run_shards(
@@ -75,13 +87,18 @@ def run_shards(
     resume: bool,
     shard_size: int,
     progress: bool,
+    overwrite: bool = False,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Compute ``compute(i)`` (method -> (rows, ...) statistics of item ``i``) for every item; returns
     method -> (all rows in item order, the item of each row), read back from the shard files."""
     rank, world = dist_info()
-    prepare(out, config, resume)
+    prepare(out, config, resume, overwrite)
     _barrier(world)
     if rank == 0:
+        if overwrite:
+            from ...outdir import remove_run
+
+            remove_run(out, RUN_FILES)
         (out / SHARDS).mkdir(parents=True, exist_ok=True)
         rio.remove_temporaries(out)
         rio.atomic_write_json(out / CONFIG, config)

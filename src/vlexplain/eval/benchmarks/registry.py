@@ -28,6 +28,7 @@ SHARED = (
     "seed",
     "batch_size",
     "resume",
+    "overwrite",
     "method_options",
     "metric_options",
     "device",
@@ -84,6 +85,8 @@ class Benchmark:
         reads_data: its ``data`` option is the user's pairs, read with the data options of
             ``vlexplain evaluate`` (``--split``, ``--image-key``, ...).
         model_help, n_help: ``--help`` of ``--model`` and ``--n`` when the defaults do not say it.
+        check: ``check(**options)`` refuses bad values of the kind's own options (an ``InputError``)
+            before a model is loaded or anything is written.
     """
 
     name: str
@@ -101,6 +104,7 @@ class Benchmark:
     reads_data: bool = False
     model_help: str = ""
     n_help: str = ""
+    check: Callable[..., None] | None = None
 
 
 _BENCHMARKS: dict[str, Benchmark] = {}

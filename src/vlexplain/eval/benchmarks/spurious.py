@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import InputError
-from .base import SEED_STRIDE, _save_mask, _write_jsonl, applicable_methods, leaderboard_markdown
+from .base import SEED_STRIDE, _check_options, _save_mask, _write_jsonl, applicable_methods, leaderboard_markdown
 from .registry import Benchmark, register_benchmark
 
 #: first scene seed (held out: below the training seeds, apart from the other benchmarks' and the
@@ -138,6 +138,7 @@ def run_spurious_benchmark(
     metric_options: dict[str, dict[str, Any]] | None = None,
     device: str | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> SpuriousResult:
     """Every method on the three groups, on the biased and the clean model; leaderboards and differences.
 
@@ -149,25 +150,32 @@ def run_spurious_benchmark(
         models: tag -> model spec or model (default ``MODELS``: ``spurious`` and ``shapes``);
             the difference table compares the first with the second.
         seed: selects the scenes and seeds the explanations.
-        batch_size, resume, method_options, metric_options, device, progress: as for
+        batch_size, resume, method_options, metric_options, device, progress, overwrite: as for
             [`run_benchmark`][vlexplain.eval.benchmarks.base.run_benchmark].
 
     Returns:
         A ``SpuriousResult``.
     """
     from ...models.registry import load_model
+    from ...outdir import check_overwrite, claimed, remove_run
+    from ...validate import check_number, check_seed
     from ..report import report
     from ..run_config import _resolve_device
     from ..runner import evaluate
 
-    n = DEFAULT_N if n is None else n
+    n = int(check_number(DEFAULT_N if n is None else n, "--n", integer=True, lo=1, hi=1_000_000))
+    seed = check_seed(seed)
+    check_overwrite(resume, overwrite)
     out = Path(out).expanduser()
     specs = dict(models or MODELS)
     if len(specs) < 1:
         raise InputError("give at least one model")
     runs = {t: out / f"run_{t}" for t in specs}
-    if any((r / "config.json").exists() for r in runs.values()) and not resume:
-        raise InputError(f"{out} already holds a benchmark; pass --resume to continue it or choose another --out")
+    if any((r / "config.json").exists() for r in runs.values()) and not resume and not overwrite:
+        raise InputError(
+            f"{out} already holds a benchmark; pass --resume to continue it, --overwrite to replace it, "
+            "or choose another --out"
+        )
     dev = _resolve_device(device, 1)
     loaded = {t: (load_model(m, device=dev) if isinstance(m, (str, os.PathLike)) else m) for t, m in specs.items()}
     names: list[str] | None = None
@@ -178,28 +186,33 @@ def run_spurious_benchmark(
         skipped.update(sk)
     assert names is not None  # at least one model
     mets = list(metrics) if metrics else list(DEFAULT_METRICS)
-    files = make_spurious_data(out / "data", loaded, n, seed)
-    for t, m in loaded.items():
-        evaluate(
-            files[t],
-            m,
-            names,
-            mets,
-            runs[t],
-            batch_size=batch_size,
-            resume=resume,
-            shard_size=batch_size,
-            method_options=method_options,
-            metric_options=metric_options,
-            seed=seed,
-            progress=progress,
-        )
-        report(runs[t])
-    rel = {t: _mean_reliance(files[t]) for t in loaded}
-    primary = PRIMARY if PRIMARY in mets else mets[0]
-    md = _markdown(loaded, runs, files, names, skipped, method_options, n, seed, primary, rel)
-    lb = out / "leaderboard.md"
-    lb.write_text(md)
+    for m in loaded.values():
+        _check_options(m, names, mets, method_options or {}, metric_options)
+    with claimed(out):
+        if overwrite:
+            remove_run(out, ("data", "leaderboard.md", *(r.name for r in runs.values())))
+        files = make_spurious_data(out / "data", loaded, n, seed)
+        for t, m in loaded.items():
+            evaluate(
+                files[t],
+                m,
+                names,
+                mets,
+                runs[t],
+                batch_size=batch_size,
+                resume=resume,
+                shard_size=batch_size,
+                method_options=method_options,
+                metric_options=metric_options,
+                seed=seed,
+                progress=progress,
+            )
+            report(runs[t])
+        rel = {t: _mean_reliance(files[t]) for t in loaded}
+        primary = PRIMARY if PRIMARY in mets else mets[0]
+        md = _markdown(loaded, runs, files, names, skipped, method_options, n, seed, primary, rel)
+        lb = out / "leaderboard.md"
+        lb.write_text(md)
     return SpuriousResult(out, lb, md, runs, rel, skipped)
 
 
