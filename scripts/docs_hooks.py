@@ -4,6 +4,8 @@ A page that contains one of these markers gets the generated table in its place:
 
 * ``<!-- generated: methods -->``: every registered attribution method (sides, group, summary,
   paper, CPU cost per pair from ``benchmarks/methods_speed.json`` when it lists the method);
+* ``<!-- generated: contrast -->``: how every registered method explains the ``contrast`` target
+  (or why it refuses it);
 * ``<!-- generated: metrics -->``: every registered metric (side, primary output, direction,
   ground truth it needs, summary);
 * ``<!-- generated: families -->``: the supported model families (the README's table).
@@ -47,6 +49,17 @@ def methods_table() -> str:
     return "\n".join(lines)
 
 
+def contrast_table() -> str:
+    import vlexplain as vx
+
+    lines = ["| method | how it explains a difference of scores |", "|---|---|"]
+    for name in vx.list_methods():
+        cls = vx.get_method(name)
+        form = cls.contrast_form or f"refused: {cls.no_contrast}"
+        lines.append(f"| `{name}` | {_cell(form)} |")
+    return "\n".join(lines)
+
+
 def metrics_table() -> str:
     from vlexplain.metrics import get_spec, list_metrics
 
@@ -67,6 +80,7 @@ def families_table() -> str:
 
 GENERATORS = {
     "<!-- generated: methods -->": methods_table,
+    "<!-- generated: contrast -->": contrast_table,
     "<!-- generated: metrics -->": metrics_table,
     "<!-- generated: families -->": families_table,
 }

@@ -92,6 +92,7 @@ class GradCAM(Explainer):
     """
 
     name = "gradcam"
+    contrast_form = "channel weights from the gradient of the difference, ReLU after (where the difference rises)"
     summary = "gradient-weighted block activations (Grad-CAM)"
     paper = (
         "Selvaraju et al. Grad-CAM: Visual Explanations from Deep Networks via Gradient-based Localization. ICCV 2017"
@@ -106,11 +107,11 @@ class GradCAM(Explainer):
 
     def attribute_image(self, batch: PairBatch) -> Tensor:
         tower = self.model.image
-        h, g = block_output_and_grad(tower, batch.pixels, self.image_layer, lambda e: batch.target(e, batch.text_emb))
+        h, g = block_output_and_grad(tower, batch.pixels, self.image_layer, batch.score_image)
         cam = gradcam_scores(tower, h, g, batch.pixels)
         return cam if cam.dim() == 3 else tower.token_scores_to_grid(cam, h)
 
     def attribute_text(self, batch: PairBatch) -> Tensor:
         tower = self.model.text
-        h, g = block_output_and_grad(tower, batch.texts, self.text_layer, lambda e: batch.target(batch.image_emb, e))
+        h, g = block_output_and_grad(tower, batch.texts, self.text_layer, batch.score_text)
         return gradcam_scores(tower, h, g, batch.texts)

@@ -64,6 +64,7 @@ class _status:
 def save_entry(exp: Any, out: Path, prefix: str, image_name: str, label: str | None) -> dict[str, Any]:
     """Write one pair's files under ``out/prefix*`` and return its gallery entry."""
     exp.save(str(out / prefix))
+    contrast = getattr(exp, "contrast", None)
     return {
         "overlay": prefix + "_overlay.png" if exp.image_map is not None else None,
         "text": exp.text,
@@ -75,6 +76,7 @@ def save_entry(exp: Any, out: Path, prefix: str, image_name: str, label: str | N
         "json": prefix + ".json",
         "image": image_name,
         "label": label,
+        "contrast": None if contrast is None else contrast.label(exp.text),
     }
 
 
@@ -87,17 +89,20 @@ def run_pairs(
     out: Path,
     zip_pairs: bool,
     seed: int,
-    target: str,
+    target: str | None,
     options: dict[str, Any],
     labels: dict[tuple[int, int], str] | None = None,
     title: str = "vlexplain",
     resume: bool = False,
+    versus: str | None = None,
+    versus_image: str | None = None,
 ) -> Path:
     """Explain every (image, text) pair (or zipped pairs), write per-pair files and the gallery.
 
     Inputs are validated (every image opened, every text checked, the method and options built)
     before anything is written. With ``resume``, pairs whose files a run with the same settings
-    left in ``out`` are read back instead of explained again.
+    left in ``out`` are read back instead of explained again. ``versus`` (a text) or
+    ``versus_image`` (a path) makes every pair a contrast (target ``contrast``).
     """
     from rich.progress import Progress
 
@@ -116,6 +121,7 @@ def run_pairs(
     loaded = [(name, load_image(src)) for name, src in images]  # fails early on bad images
     for name, img in loaded:  # too elongated for the model's preprocessing: refused before writing
         check_image_size(img, tuple(model.input_size), name, warn=False)
+    target = check_versus(model, method, target, texts, versus, versus_image, loaded)
     if zip_pairs:
         if len(loaded) != len(texts):
             raise InputError(f"--zip needs as many texts as images ({len(loaded)} images, {len(texts)} texts)")
@@ -141,6 +147,8 @@ def run_pairs(
         "images": [name for name, _ in images],
         "texts": texts,
         "zip": zip_pairs,
+        **({"versus": versus} if versus is not None else {}),
+        **({"versus_image": versus_image} if versus_image is not None else {}),
     }
     prefixes = [f"{k:03d}_{_slug(Path(loaded[i][0]).stem, 24)}_{_slug(texts[j])}" for k, (i, j) in enumerate(pairs)]
     kept = _resumable(out, settings, prefixes) if resume else set()
@@ -166,13 +174,59 @@ def run_pairs(
                 seed=seed,
                 target=target,
                 candidates=texts if target == "softmax" else None,
+                versus=versus,
+                versus_image=versus_image,
                 **options,
             )
             entries.append(save_entry(exp, out, prefix, Path(name).name, label))
             prog.advance(task)
             work.advance()
     sub = f"model {model.name} · method {method} · seed {seed} · target {target}"
+    if versus is not None or versus_image is not None:
+        sub += f" · versus {versus if versus is not None else Path(str(versus_image)).name}"
     return write_gallery(out, entries, title, sub)
+
+
+def check_versus(
+    model: Any,
+    methods: str | list[str],
+    target: str | None,
+    texts: list[str],
+    versus: str | None,
+    versus_image: str | None,
+    images: list[tuple[str, Any]],
+) -> str:
+    """The run's target; a bad contrast (an empty versus text or one that is also a --text, a versus
+    image that is unreadable or one of ``images`` (name, PIL image), ``methods`` without a contrastive
+    form, a contradicting --target) is refused before anything is written."""
+    import numpy as np
+
+    import vlexplain as vx
+
+    from ..attribution.contrast import resolve_target
+    from ..images import check_image_size, load_image
+    from ..textclean import clean_text
+
+    target = resolve_target(target, versus, versus_image)
+    if versus is not None:
+        try:
+            v = clean_text(versus).strip()
+        except InputError as e:
+            raise InputError(f"--versus: {e}") from None
+        if v in [t.strip() for t in texts]:
+            raise InputError(f"--versus {versus!r} is also a --text: contrast each text with a different one")
+    if versus_image is not None:  # unreadable or too elongated: refused here
+        other = load_image(versus_image)
+        check_image_size(other, tuple(model.input_size), versus_image, warn=False)
+        same = [name for name, img in images if np.array_equal(np.asarray(img), np.asarray(other))]
+        if same:
+            raise InputError(
+                f"--versus-image {versus_image} is the same image as {same[0]}: contrast with another image"
+            )
+    for method in [methods] if isinstance(methods, str) else methods:
+        if target == "contrast" and (why := vx.get_method(method).why_not_contrast()) is not None:
+            raise MethodError(why)
+    return target
 
 
 RUN_FILE = "explain_run.json"  # the settings of the run that wrote a folder (checked by --resume)
@@ -192,7 +246,20 @@ def read_entry(out: Path, prefix: str, image_name: str, label: str | None) -> di
         "json": prefix + ".json",
         "image": image_name,
         "label": label,
+        "contrast": _contrast_label(d),
     }
+
+
+def _contrast_label(d: dict[str, Any]) -> str | None:
+    """The contrast line of an explanation's JSON (None for a plain explanation)."""
+    from ..attribution.base import ContrastInfo
+
+    c = d.get("contrast")
+    if not c:
+        return None
+    return ContrastInfo(c["kind"], c["versus"], c["score"], c["versus_score"], c.get("role", "explained")).label(
+        d["text"]
+    )
 
 
 def _resumable(out: Path, settings: dict[str, Any], prefixes: list[str]) -> set[str]:
@@ -225,7 +292,19 @@ def register(app: typer.Typer) -> None:
         device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ..."),
         seed: int = typer.Option(0, "--seed", help="Seed for stochastic methods."),
         zip_pairs: bool = typer.Option(False, "--zip", help="Pair image i with text i instead of every image x text."),
-        target: str = typer.Option("cosine", "--target", help="cosine, logit or softmax (over the given texts)."),
+        target: str | None = typer.Option(
+            None,
+            "--target",
+            help="cosine (default), logit, softmax (over the given texts) or contrast (the default with --versus).",
+        ),
+        versus: str | None = typer.Option(
+            None, "--versus", help="Explain why each text rather than this one: cos(image, text) - cos(image, versus)."
+        ),
+        versus_image: Path | None = typer.Option(
+            None,
+            "--versus-image",
+            help="Explain why each image ranks above this one for the text (maps on both images).",
+        ),
         layer: int | None = typer.Option(
             None, "--layer", help="Block to attribute at (m2ib, gradcam; for m2ib -1 is the input of block 0)."
         ),
@@ -236,7 +315,10 @@ def register(app: typer.Typer) -> None:
             False, "--resume", help="Keep the pairs an interrupted run with the same settings finished in --out."
         ),
     ) -> None:
-        """Explain every IMAGE x TEXT pair: overlay PNGs, token highlights, JSON and an index.html gallery."""
+        """Explain every IMAGE x TEXT pair: overlay PNGs, token highlights, JSON and an index.html gallery.
+
+        With --versus or --versus-image every pair is a contrast: the maps explain a difference of two
+        scores, and the figures say what was contrasted."""
         opts = parse_options(option)
         for k, v in (("layer", layer), ("beta", beta), ("steps", steps)):
             if v is not None:
@@ -244,6 +326,8 @@ def register(app: typer.Typer) -> None:
         for p in images:  # check paths before loading a model
             if not p.exists():
                 raise InputError(f"image not found: {p}")
+        if versus_image is not None and not versus_image.exists():
+            raise InputError(f"--versus-image not found: {versus_image}")
         m = load_model_cli(model, device)
         index = run_pairs(
             m,
@@ -256,6 +340,8 @@ def register(app: typer.Typer) -> None:
             target=target,
             options=opts,
             resume=resume,
+            versus=versus,
+            versus_image=None if versus_image is None else str(versus_image),
         )
         typer.echo(f"wrote {index}")
 
