@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 import vlexplain as vx
-from vlexplain.data.shapes import render_scene
+from vlexplain.testbeds.shapes import render_scene
 
 SEED_BASE = 5_000_000
 

@@ -153,7 +153,7 @@ def explain(
     ii, ti = _broadcast(pixels.shape[0], len(tlist))
     vs = None
     if target == "contrast":
-        vs = bind_versus(model, versus, versus_image, pixels, ii, [tlist[t] for t in ti])
+        vs = bind_versus(model, versus, versus_image, pixels, ii, [tlist[t] for t in ti], prepare_images)
     if generator is not None:
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     seeds = _pair_seeds(seed, len(ii))

@@ -9,7 +9,7 @@ map on each image. How each method kind explains a difference is the method's ``
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -78,19 +78,24 @@ def bind_versus(
     pixels: Tensor,
     image_of: list[int],
     texts: list[str],
+    prepare: Callable[[DualEncoder, Any], Tensor],
 ) -> Versus:
     """Check the versus texts or images against the pairs and broadcast them (one, or one per pair).
 
     Args:
         pixels: (N, 3, H, W) the explained images; ``image_of[k]`` is pair k's image.
         texts: the explained text of every pair.
+        prepare: images -> (N, 3, H, W) preprocessed pixels (``explain``'s reader of images).
     """
-    from .api import _texts, prepare_images
+    from ..textclean import clean_texts
 
     n = len(texts)
     if versus is not None:
+        vt = [versus] if isinstance(versus, str) else list(versus)
+        if not vt:
+            raise InputError("versus: no texts given")
         try:
-            vt = _texts(versus)
+            vt = clean_texts(vt)
         except InputError as e:
             raise InputError(f"versus: {e}") from None
         per = _per_pair(vt, n, "versus texts")
@@ -103,7 +108,7 @@ def bind_versus(
     items: list[Any] = list(versus_image) if many else [versus_image]  # type: ignore[arg-type]
     if not items:
         raise InputError("versus_image is empty: give an image to contrast with")
-    vp = prepare_images(model, versus_image if isinstance(versus_image, Tensor) else items)
+    vp = prepare(model, versus_image if isinstance(versus_image, Tensor) else items)
     idx = _per_pair(list(range(vp.shape[0])), n, "versus images")
     names = [_image_name(items[i] if len(items) == vp.shape[0] else None, i) for i in range(vp.shape[0])]
     for k, i in enumerate(idx):

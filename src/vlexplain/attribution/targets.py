@@ -133,6 +133,12 @@ class Contrast:
             return [(sign, text_emb)], -sign * (w * text_emb).sum(-1)
         return [(sign, image_emb), (-sign, w)], zero  # sign * (cos(i, e) - cos(w, e))
 
+    def select(self, i: int) -> Contrast:
+        """The contrast of pair ``i`` alone (a batch of one)."""
+        vt = None if self.versus_text is None else self.versus_text[i : i + 1]
+        vi = None if self.versus_image is None else self.versus_image[i : i + 1]
+        return Contrast(vt, vi, self.lower)
+
     def versus_scores(self, image_emb: Tensor, text_emb: Tensor) -> Tensor:
         """(B,) the cosine of the other pair of the difference: ``cos(i, v)``, or ``cos(w, t)``."""
         if self.versus_text is not None:

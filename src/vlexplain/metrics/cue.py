@@ -7,7 +7,7 @@
   share, as in ``pointing_game``, with no tolerance).
 * ``cue_reliance_rank``: over a dataset, Spearman's rank correlation between the per-pair cue
   share and the pair's true reliance on the cue (its score with the cue minus its score on the
-  counterfactual without it; ``vlexplain.data.spurious.reliance``). A faithful method puts
+  counterfactual without it; ``vlexplain.testbeds.spurious.reliance``). A faithful method puts
   mass on the cue where, and as much as, the model uses it.
 
 In a pairs file the cue's mask is a ``cue_mask`` column (a PNG path, relative to the file, of the
