@@ -142,8 +142,9 @@ class Explorer:
             f"Model **{model.name}** ready: {len(names)} methods apply.",
         )
 
-    def explain(self, payload, texts_raw, spec, methods, options_raw, seed, progress: Any = None):
-        """Run every method on the image against every text; return the page's outputs."""
+    def explain(self, payload, texts_raw, spec, methods, options_raw, seed, versus_raw="", progress: Any = None):
+        """Run every method on the image against every text (with a versus text: why each text
+        rather than that one); return the page's outputs."""
         from .render import grid_png, scores_html, tokens_html, write_json
 
         try:
@@ -152,6 +153,7 @@ class Explorer:
                 raise InputError("upload an image or pick a built-in photo first")
             image = _decode(path)
             texts = parse_texts(texts_raw)
+            versus = " ".join(str(versus_raw or "").split()) or None
             methods = list(methods or [])
             if not methods:
                 raise MethodError("choose at least one method")
@@ -178,7 +180,17 @@ class Explorer:
             if lock.locked():
                 report(0, len(methods), "waiting: another request is using this model")
             with lock:
-                res = run(model, image, texts, methods, options, seed=seed, image_name=Path(path).name, progress=report)
+                res = run(
+                    model,
+                    image,
+                    texts,
+                    methods,
+                    options,
+                    seed=seed,
+                    image_name=Path(path).name,
+                    progress=report,
+                    versus=versus,
+                )
             out = Path(tempfile.mkdtemp(dir=self._out.name))
             grid = grid_png(res, out / "vlexplain_grid.png")
             js = write_json(res, out / "vlexplain_results.json")
@@ -344,8 +356,8 @@ def build_app(model: str = "offline", max_upload_mb: float = 10, cache: ModelCac
     def on_model(spec, selected, progress=gr.Progress()):
         return ex.change_model(spec, selected, progress)
 
-    def on_run(path, texts_raw, spec, methods, options_raw, seed, progress=gr.Progress()):
-        return ex.explain(path, texts_raw, spec, methods, options_raw, seed, progress)
+    def on_run(path, texts_raw, spec, methods, options_raw, seed, versus_raw, progress=gr.Progress()):
+        return ex.explain(path, texts_raw, spec, methods, options_raw, seed, versus_raw, progress)
 
     with gr.Blocks(title="vlexplain explorer", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(TITLE, elem_id="vx-title")
@@ -362,6 +374,13 @@ def build_app(model: str = "offline", max_upload_mb: float = 10, cache: ModelCac
                     )
                     texts = gr.Textbox(
                         value=first_texts, lines=4, max_lines=8, label="Texts (one per line)", elem_id="vx-texts"
+                    )
+                    versus = gr.Textbox(
+                        value="",
+                        lines=1,
+                        label="Versus text (optional): why each text rather than this one",
+                        placeholder="e.g. a dog",
+                        elem_id="vx-versus",
                     )
                     model_box = gr.Dropdown(
                         choices=_model_choices(model, cache.allowed),
@@ -421,7 +440,7 @@ def build_app(model: str = "offline", max_upload_mb: float = 10, cache: ModelCac
             )
             run_btn.click(
                 on_run,
-                inputs=[image, texts, model_box, methods, options, seed],
+                inputs=[image, texts, model_box, methods, options, seed, versus],
                 outputs=[scores, grid, tokens, files, status],
                 api_name="explain",
                 preprocess=False,

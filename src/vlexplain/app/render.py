@@ -31,7 +31,12 @@ def grid_figure(res: RunResult, dpi: int = 100):
         ax = axes[i, 0]
         ax.imshow(rgb.permute(1, 2, 0).numpy())
         label = "\n".join(textwrap.wrap(text, 26)[:3])
-        ax.set_title(f"{label}\ncosine {first.score:.3f}", fontsize=9, loc="left")
+        c = first.contrast
+        score = f"cosine {first.score:.3f}"
+        if c is not None:
+            v = "\n".join(textwrap.wrap(f"rather than \u201c{c.versus}\u201d", 26)[:2])
+            score = f"{v}\ncos {c.score:.3f} \u2212 {c.versus_score:.3f} = {c.difference:+.3f}"
+        ax.set_title(f"{label}\n{score}", fontsize=9, loc="left")
         for j, m in enumerate(res.methods):
             e = row[m]
             ax = axes[i, j + 1]
@@ -53,7 +58,10 @@ def grid_figure(res: RunResult, dpi: int = 100):
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"model: {res.model}   (red = high attribution, blue = low; each map min-max scaled)", fontsize=9)
+    what = "" if res.versus is None else f"   maps explain cos(image, text) \u2212 cos(image, {res.versus!r})"
+    fig.suptitle(
+        f"model: {res.model}{what}   (red = high attribution, blue = low; each map min-max scaled)", fontsize=9
+    )
     fig.tight_layout(h_pad=1.2)
     return fig
 
@@ -81,13 +89,25 @@ def scores_html(res: RunResult) -> str:
     for rank, i in enumerate(order, 1):
         s = scores[i]
         width = max(0.0, min(1.0, (s + 1) / 2)) * 100
+        c = next(iter(res.results[i].values())).contrast
+        diff = "" if c is None else f"<td class='vx-difference'>{c.difference:+.4f}</td>"
         rows.append(
-            f"<tr><td>{rank}</td><td>{html.escape(res.texts[i])}</td><td class='vx-score'>{s:.4f}</td>"
+            f"<tr><td>{rank}</td><td>{html.escape(res.texts[i])}</td><td class='vx-score'>{s:.4f}</td>{diff}"
             f"<td style='width:40%'><div style='background:#4a7bd0;height:10px;width:{width:.0f}%'></div></td></tr>"
         )
+    vhead = ""
+    note = ""
+    if res.versus is not None:
+        v = html.escape(res.versus)
+        vs = next(iter(res.results[0].values())).contrast.versus_score if res.results else float("nan")
+        vhead = f"<th>minus cosine with \u201c{v}\u201d</th>"
+        note = (
+            f"<p class='vx-note'>Cosine of the image with \u201c{v}\u201d: {vs:.4f}. The maps explain each "
+            f"text's difference: what makes the image match the text rather than \u201c{v}\u201d.</p>"
+        )
     return (
-        "<table class='vx-scores'><thead><tr><th>#</th><th>text</th><th>cosine similarity</th><th></th></tr></thead>"
-        f"<tbody>{''.join(rows)}</tbody></table>"
+        f"<table class='vx-scores'><thead><tr><th>#</th><th>text</th><th>cosine similarity</th>{vhead}<th></th></tr>"
+        f"</thead><tbody>{''.join(rows)}</tbody></table>{note}"
     )
 
 
