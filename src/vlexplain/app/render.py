@@ -22,7 +22,8 @@ def grid_figure(res: RunResult, dpi: int = 100):
     from matplotlib.figure import Figure
 
     nt, nm = len(res.texts), len(res.methods)
-    fig = Figure(figsize=(2.5 * (nm + 1), 3.0 * nt + 0.4), dpi=dpi)
+    row_h = 3.0 if res.versus is None else 3.3  # a contrast's titles take a third line
+    fig = Figure(figsize=(2.5 * (nm + 1), row_h * nt + 0.4), dpi=dpi)
     axes = fig.subplots(nt, nm + 1, squeeze=False)
     for i, text in enumerate(res.texts):
         row = res.results[i]
@@ -58,9 +59,11 @@ def grid_figure(res: RunResult, dpi: int = 100):
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    what = "" if res.versus is None else f"   maps explain cos(image, text) \u2212 cos(image, {res.versus!r})"
+    what = (
+        "" if res.versus is None else f"\nthe maps explain cos(image, text) \u2212 cos(image, \u201c{res.versus}\u201d)"
+    )
     fig.suptitle(
-        f"model: {res.model}{what}   (red = high attribution, blue = low; each map min-max scaled)", fontsize=9
+        f"model: {res.model}   (red = high attribution, blue = low; each map min-max scaled){what}", fontsize=9
     )
     fig.tight_layout(h_pad=1.2)
     return fig
@@ -100,7 +103,7 @@ def scores_html(res: RunResult) -> str:
     if res.versus is not None:
         v = html.escape(res.versus)
         vs = next(iter(res.results[0].values())).contrast.versus_score if res.results else float("nan")
-        vhead = f"<th>minus cosine with \u201c{v}\u201d</th>"
+        vhead = f"<th>difference: cosine \u2212 cosine with \u201c{v}\u201d</th>"
         note = (
             f"<p class='vx-note'>Cosine of the image with \u201c{v}\u201d: {vs:.4f}. The maps explain each "
             f"text's difference: what makes the image match the text rather than \u201c{v}\u201d.</p>"
