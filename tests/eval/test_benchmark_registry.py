@@ -50,7 +50,7 @@ def _toy(calls: list) -> Benchmark:
 
 
 def test_builtin_kinds_are_registered():
-    assert list_benchmarks() == ["data", "grids", "shapes", "spurious"]
+    assert list_benchmarks() == ["data", "grids", "interactions", "shapes", "spurious"]
     for name in list_benchmarks():
         b = get_benchmark(name)
         assert b.name == name and b.summary and b.primary in b.default_metrics
@@ -99,7 +99,9 @@ def test_run_benchmark_checks_the_kinds_options(registry, tmp_path):
         run_benchmark("shapes", tmp_path, grid=3)
     with pytest.raises(InputError, match="needs --data"):
         run_benchmark("data", tmp_path)
-    with pytest.raises(InputError, match="unknown benchmark 'nope'; choose from data, grids, shapes, spurious, toy"):
+    with pytest.raises(
+        InputError, match="unknown benchmark 'nope'; choose from data, grids, interactions, shapes, spurious, toy"
+    ):
         run_benchmark("nope", tmp_path)
     assert len(calls) == 1
 
