@@ -32,6 +32,7 @@ from .concept_runner import (
     run_concepts,
 )
 from .concepts_tab import _concepts_tab
+from .interactions_tab import WordsRegions, _interactions_tab
 from .runner import DEFAULT_MAX_MODELS, ModelCache, method_choices, method_options_help, parse_options, parse_texts, run
 from .samples import concept_suggestions, sample_images
 from .widgets import _image_input, _model_choices, _model_label
@@ -84,6 +85,14 @@ def _decode(path: str):
         if "too large" in str(e):
             raise InputError(f"The image has too many pixels (the limit is {MAX_PIXELS:,}).") from None
         raise InputError(NOT_IMAGE) from None
+
+
+def _read_upload(payload: Any):
+    """An image payload -> the decoded image (InputError when there is none or it is not an image)."""
+    path = _image_path(payload)
+    if not path:
+        raise InputError("upload an image or pick a built-in photo first")
+    return _decode(path)
 
 
 def _user_error(e: Exception):
@@ -337,7 +346,7 @@ class Explorer:
 
 
 def build_app(model: str = "offline", max_upload_mb: float = 10, cache: ModelCache | None = None):
-    """Build the explorer's Blocks: the Explain and Concepts tabs (the default model is loaded here).
+    """Build the explorer's Blocks: the Explain, Concepts and Words & regions tabs (the default model is loaded here).
 
     The model menus offer the cache's allowed specs when it has a list, else the built-in models
     and any spec typed in.
@@ -447,6 +456,9 @@ def build_app(model: str = "offline", max_upload_mb: float = 10, cache: ModelCac
             )
         with gr.Tab("Concepts", id="concepts", elem_id="vx-tab-concepts"):
             _concepts_tab(gr, ex, model, default_model, max_upload_mb)
+        with gr.Tab("Words & regions", id="interactions", elem_id="vx-tab-interactions"):
+            cb = WordsRegions(cache, _read_upload, _user_error)
+            _interactions_tab(gr, cb, model, default_model, first_image, max_upload_mb)
     demo.vx_explorer = ex  # keeps the output folder alive as long as the app
     return demo
 
