@@ -333,6 +333,7 @@ def test_cli_explain_versus(cli_files, tmp_path, capsys):
         (["--versus", "a tree", "--versus-image", "@im1"], "not both"),
         (["--versus", "a tree", "--target", "softmax"], "target='contrast'"),
         (["--versus", "a tree", "--method", "attention_rollout"], "cannot explain a contrast"),
+        (["--versus", "a tree", "--interactions"], "run them without --versus"),
     ],
 )
 def test_cli_bad_contrast_exits_2_before_writing(cli_files, tmp_path, capsys, args, msg):

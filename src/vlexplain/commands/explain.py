@@ -331,6 +331,11 @@ def register(app: typer.Typer) -> None:
                 raise InputError(f"image not found: {p}")
         if versus_image is not None and not versus_image.exists():
             raise InputError(f"--versus-image not found: {versus_image}")
+        if interactions and (versus is not None or versus_image is not None):
+            raise InputError(
+                "--interactions explain the pair's cosine: run them without --versus / --versus-image "
+                "(or the contrast without --interactions)"
+            )
         m = load_model_cli(model, device)
         if interactions:  # bad method, option or span: one line before anything is written
             check_request(m, list(text), interaction_method, ix_opts, span)
