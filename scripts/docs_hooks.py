@@ -5,6 +5,8 @@ A page that contains one of these markers gets the generated table in its place:
 * ``<!-- generated: methods -->``: every registered attribution method (sides, group, summary,
   paper, CPU cost per pair from ``benchmarks/methods_speed.json`` when it lists the method), then
   the Captum bridge's ``captum:<Algorithm>`` methods;
+* ``<!-- generated: contrast -->``: how every registered method explains the ``contrast`` target
+  (or why it refuses it);
 * ``<!-- generated: metrics -->``: every registered metric (side, primary output, direction,
   ground truth it needs, summary), then the Quantus bridge's ``quantus:<Metric>`` metrics;
 * ``<!-- generated: families -->``: the supported model families (the README's table);
@@ -51,6 +53,17 @@ def methods_table() -> str:
         lines.append(
             f"| `{name}` | {method_group(cls)} | {', '.join(cls.sides)} | {_cell(cls.summary)} | {_cell(paper)} | {cost} |"
         )
+    return "\n".join(lines)
+
+
+def contrast_table() -> str:
+    import vlexplain as vx
+
+    lines = ["| method | how it explains a difference of scores |", "|---|---|"]
+    for name in vx.list_methods():
+        cls = vx.get_method(name)
+        form = cls.contrast_form or f"refused: {cls.no_contrast}"
+        lines.append(f"| `{name}` | {_cell(form)} |")
     return "\n".join(lines)
 
 
@@ -136,6 +149,7 @@ def quantus_table() -> str:
 
 GENERATORS = {
     "<!-- generated: methods -->": methods_table,
+    "<!-- generated: contrast -->": contrast_table,
     "<!-- generated: metrics -->": metrics_table,
     "<!-- generated: families -->": families_table,
     "<!-- generated: benchmarks -->": benchmarks_table,

@@ -96,6 +96,38 @@ def test_browser_end_to_end(server, browser, files, tmp_path):
 
 
 @pytest.mark.slow
+def test_browser_versus_text(server, browser, files):
+    """A versus text turns every map into "why this text rather than that one": the scores table
+    gains the difference, the JSON says what was contrasted and its maps are the contrast's."""
+    page = _open(browser, server)
+    _upload(page, files["cat"])
+    page.wait_for_function("document.querySelector('#vx-status').innerText.includes('Image ready')", timeout=60_000)
+    page.locator("#vx-texts textarea").fill("a cat")
+    page.locator("#vx-versus textarea").fill("a cup of coffee")
+    boxes = page.locator("#vx-methods input[type=checkbox]")
+    for i in range(boxes.count()):
+        if boxes.nth(i).is_checked() != (boxes.nth(i).get_attribute("name") == "gradcam"):
+            boxes.nth(i).click()
+    page.locator("#vx-run").click()
+    page.wait_for_function("document.querySelector('#vx-status').innerText.includes('Done')", timeout=300_000)
+    cells = page.locator("#vx-scores table tbody tr").first.locator("td")
+    cosine, difference = float(cells.nth(2).inner_text()), float(cells.nth(3).inner_text())
+    assert "a cup of coffee" in page.locator("#vx-scores").inner_text()
+    links = page.locator("#vx-download a[href]")
+    href = next(h for i in range(links.count()) if (h := links.nth(i).get_attribute("href")).endswith(".json"))
+    import httpx
+
+    data = httpx.get(href if href.startswith("http") else server.rstrip("/") + href, timeout=10).json()
+    (e,) = data["explanations"]
+    assert data["versus"] == "a cup of coffee" and e["method"] == "gradcam"
+    c = e["contrast"]
+    assert c["kind"] == "text" and c["versus"] == "a cup of coffee" and e["settings"]["target"] == "contrast"
+    assert c["score"] == pytest.approx(cosine, abs=1e-4) and c["difference"] == pytest.approx(difference, abs=1e-4)
+    assert difference > 0  # the offline model: the cat photo is "a cat" rather than "a cup of coffee"
+    page.close()
+
+
+@pytest.mark.slow
 def test_bad_inputs_get_clear_messages_and_server_keeps_serving(server, browser, files):
     page = _open(browser, server)
     _upload(page, files["txt"])
@@ -198,6 +230,7 @@ def test_bad_requests_get_clear_messages(server, files):
         ((handle_file(str(files["fake"])), "a cat", "offline", ["m2ib"], "", 0), "not an image"),
         ((handle_file(str(files["bomb"])), "a cat", "offline", ["m2ib"], "", 0), "too many pixels"),
         ((cat, "a cat", "offline", ["m2ib"], "", "abc"), "whole number"),
+        ((cat, "a cat", "offline", ["m2ib"], "", 0, " a  cat "), "is the explained text"),
     ]
     for args, message in cases:
         with pytest.raises(Exception, match=re.escape(message)):

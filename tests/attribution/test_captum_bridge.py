@@ -260,3 +260,33 @@ def test_cli_lists_and_runs_captum(tmp_path, capsys):
         assert main([*args[:-1], str(fresh), *bad]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and not fresh.exists(), err
+
+
+# --- contrasts through the bridge -----------------------------------------------------------
+def test_contrasts_equal_the_native_method(hf_clip):
+    """Both contrasts run Captum's algorithm on the difference: captum:IntegratedGradients equals
+    the native integrated gradients of the same difference, on the explained and the versus image."""
+    px = _pixels(hf_clip, 3)
+    opts = dict(baseline="black")
+    for vs in ({"versus": ["a tree", "a red bus"]}, {"versus_image": px[2:]}):
+        ours = _both(hf_clip, px[:2], "integrated_gradients", steps=8, **opts, **vs)
+        theirs = _both(hf_clip, px[:2], "captum:IntegratedGradients", n_steps=8, **opts, **vs)
+        for a, b in zip(theirs, ours):
+            assert a.contrast is not None and a.contrast == b.contrast
+            _close(a.image_map, b.image_map)
+            _close(a.token_scores, b.token_scores)
+            if b.versus is not None:
+                _close(a.versus.image_map, b.versus.image_map)
+
+
+def test_perturbation_contrast_is_the_difference_of_maps(hf_clip):
+    """captum:FeatureAblation is linear in the score: the image map of cos(i, t) - cos(i, v) is the
+    map of t minus the map of v (the text map: the plain map, the subtracted cosine a constant)."""
+    px = _pixels(hf_clip, 1)
+    kw: dict = dict(method="captum:FeatureAblation", grid=4)
+    d = vx.explain(hf_clip, px[0], TEXTS[0], versus="a tree", **kw)
+    t = vx.explain(hf_clip, px[0], TEXTS[0], **kw)
+    v = vx.explain(hf_clip, px[0], "a tree", **kw)
+    scale = float(t.image_map.abs().max() + v.image_map.abs().max())
+    torch.testing.assert_close(d.image_map, t.image_map - v.image_map, rtol=0, atol=1e-4 * scale)
+    _close(d.token_scores, t.token_scores)

@@ -244,3 +244,67 @@ def test_registry_entry(name: str) -> None:
     assert cls.name == name and cls.summary, "every method needs a name and a one-line summary"
     assert set(cls.sides) <= {"image", "text"} and cls.sides
     assert cls.__doc__ and cls.__doc__.strip()
+
+
+#: model kinds on which the contrast targets are checked in full (a ViT with a class token and one
+#: without); the offline model's CNN runs one pair of each contrast (its 224-px tower is slow on a CPU).
+#: Contrasts reach every family through the same PairBatch scoring.
+CONTRAST_KINDS = ["hf_clip", "siglip", "offline"]
+
+
+def _same_maps(a, b, cls, what: str, scale: float) -> None:
+    """``a`` and ``b`` (batch of 2 and one at a time) agree map by map, up to float32 noise of the
+    maps the difference is made of (``scale``: the range of the plain map of the pair)."""
+    for k, v in _maps(a).items():
+        # perturbation maps are differences of scores (two per contrast): a few ulps of each
+        scores = abs(b.score) + (abs(b.contrast.versus_score) if b.contrast is not None else 0.0)
+        floor = 1e-6 * scores if not cls.needs_gradients else 2e-4 * scale
+        _close(v, _maps(b)[k], f"{what} {k}: batch of 2 vs one at a time", floor)
+
+
+@pytest.mark.parametrize("kind", CONTRAST_KINDS)
+@pytest.mark.parametrize("name", vx.list_methods())
+def test_contrast_contract(name: str, kind: str, request) -> None:
+    """Both contrast targets: shapes, finite values, batch == one at a time, the contrast recorded,
+    no hooks left; a method without a contrastive form is refused in one line."""
+    model = request.getfixturevalue(kind)
+    cls = vx.get_method(name)
+    sides = [s for s in ("image", "text") if cls.why_not(model, s) is None]
+    if not sides:
+        return
+    opts = cheap_options(name, kind)
+    images = _images(model, kind)
+    kw = dict(method=name, seed=0, sides=sides, **opts)
+    if cls.why_not_contrast() is not None:
+        for versus in ({"versus": "a tree"}, {"versus_image": images[1]}):
+            with pytest.raises(MethodError) as err:
+                vx.explain(model, images[0], TEXTS[0], **versus, **kw)
+            assert "\n" not in str(err.value) and name in str(err.value)
+        return
+    grid = image_grid_size(model)
+    n = 1 if kind == "offline" else 2
+    versus = ["a tree", "a red bus"][:n]
+    by_text = [vx.explain(model, images[:n], TEXTS[:n], versus=versus, batch_size=b, **kw) for b in (2, 1)[:n]]
+    # pair j: image j with text j, against the other image
+    pairs = dict(versus_image=images.flip(0)[:n], **kw)
+    by_image = [vx.explain(model, images[:n], TEXTS[:n], batch_size=b, **pairs) for b in (2, 1)[:n]]
+    image_sides = [s for s in sides if s == "image"]
+    for j in range(n):
+        e, c = by_text[0][j], by_image[0][j]
+        for x in (e, c):
+            _check_one(x, model, sides, grid)
+            assert x.contrast is not None and x.settings["target"] == "contrast"
+        assert e.contrast.kind == "text" and e.contrast.versus == versus[j] and e.versus is None
+        assert c.contrast.kind == "image" and c.versus is not None
+        _check_one(c.versus, model, image_sides, grid)
+        assert c.versus.contrast is not None and c.versus.contrast.role == "versus"
+        assert abs(c.versus.score - c.contrast.versus_score) < 1e-5
+        torch.testing.assert_close(c.versus.pixels, images[1 - j])
+    if n == 2:
+        plain = vx.explain(model, images, TEXTS, **kw)
+        for j in range(2):
+            scale = max(float(v.abs().max()) for v in _maps(plain[j]).values())
+            _same_maps(by_text[0][j], by_text[1][j], cls, f"text contrast, pair {j}", scale)
+            _same_maps(by_image[0][j], by_image[1][j], cls, f"image contrast, pair {j}", scale)
+            _same_maps(by_image[0][j].versus, by_image[1][j].versus, cls, f"pair {j}, versus image", scale)
+    assert _hook_state(model) == {}, f"hooks left on the model: {_hook_state(model)}"

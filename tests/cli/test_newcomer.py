@@ -157,7 +157,7 @@ def test_explorer_bars_scale_to_the_scores_shown():
 
     class E:
         def __init__(self, s):
-            self.score = s
+            self.score, self.contrast = s, None
 
     res = RunResult(["a", "b", "c"], ["center"], "m", "x", [{"center": E(s)} for s in (0.46, 0.23, -0.1)])
     widths = [float(w) for w in __import__("re").findall(r"height:10px;width:([\d.]+)%", scores_html(res))]

@@ -54,6 +54,7 @@ def test_builtin_kinds_are_registered():
         "data",
         "grids",
         "imagenet-seg",
+        "interactions",
         "openimages-points",
         "openvocab-seg",
         "shapes",
@@ -109,7 +110,8 @@ def test_run_benchmark_checks_the_kinds_options(registry, tmp_path):
         run_benchmark("data", tmp_path)
     with pytest.raises(
         InputError,
-        match="unknown benchmark 'nope'; choose from data, grids, imagenet-seg, openimages-points, openvocab-seg, shapes, spurious, toy",
+        match="unknown benchmark 'nope'; choose from data, grids, imagenet-seg, interactions, openimages-points, "
+        "openvocab-seg, shapes, spurious, toy",
     ):
         run_benchmark("nope", tmp_path)
     assert len(calls) == 1

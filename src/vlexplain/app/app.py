@@ -38,6 +38,7 @@ from .concept_runner import (
     run_concepts,
 )
 from .concepts_tab import _concepts_tab
+from .interactions_tab import WordsRegions, _interactions_tab
 from .runner import DEFAULT_MAX_MODELS, ModelCache, method_choices, method_options_help, parse_options, parse_texts, run
 from .samples import concept_suggestions, sample_images
 from .widgets import _image_input, _model_choices, _model_label
@@ -93,6 +94,14 @@ def _decode(path: str):
         if "too large" in str(e):
             raise InputError(f"The image has too many pixels (the limit is {MAX_PIXELS:,}).") from None
         raise InputError(NOT_IMAGE) from None
+
+
+def _read_upload(payload: Any):
+    """An image payload -> the decoded image (InputError when there is none or it is not an image)."""
+    path = _image_path(payload)
+    if not path:
+        raise InputError("upload an image or pick a built-in photo first")
+    return _decode(path)
 
 
 def _user_error(e: Exception):
@@ -163,8 +172,9 @@ class Explorer:
             f"Model **{model.name}** ready: {len(names)} methods apply.",
         )
 
-    def explain(self, payload, texts_raw, spec, methods, options_raw, seed, progress: Any = None):
-        """Run every method on the image against every text; return the page's outputs."""
+    def explain(self, payload, texts_raw, spec, methods, options_raw, seed, versus_raw="", progress: Any = None):
+        """Run every method on the image against every text (with a versus text: why each text
+        rather than that one); return the page's outputs."""
         from .render import grid_png, scores_html, tokens_html, write_json
 
         try:
@@ -176,6 +186,7 @@ class Explorer:
                 warnings.simplefilter("always")
                 texts = parse_texts(texts_raw)  # control characters removed, as on the command line
             notes = [str(w.message) for w in said]
+            versus = " ".join(str(versus_raw or "").split()) or None
             methods = list(methods or [])
             if not methods:
                 raise MethodError("choose at least one method")
@@ -201,7 +212,17 @@ class Explorer:
             if lock.locked():
                 report(0, len(methods), "waiting: another request is using this model")
             with lock:
-                res = run(model, image, texts, methods, options, seed=seed, image_name=Path(path).name, progress=report)
+                res = run(
+                    model,
+                    image,
+                    texts,
+                    methods,
+                    options,
+                    seed=seed,
+                    image_name=Path(path).name,
+                    progress=report,
+                    versus=versus,
+                )
             out = self._result_dir()
             grid = grid_png(res, out / "vlexplain_grid.png")
             js = write_json(res, out / "vlexplain_results.json")
@@ -356,7 +377,7 @@ class Explorer:
 
 
 def build_app(model: str = "offline", max_upload_mb: float = 10, cache: ModelCache | None = None):
-    """Build the explorer's Blocks: the Explain and Concepts tabs (the default model is loaded here).
+    """Build the explorer's Blocks: the Explain, Concepts and Words & regions tabs (the default model is loaded here).
 
     The model menus offer the cache's allowed specs when it has a list, else the built-in models
     and any spec typed in.
@@ -375,8 +396,8 @@ def build_app(model: str = "offline", max_upload_mb: float = 10, cache: ModelCac
     def on_model(spec, selected, progress=gr.Progress()):
         return ex.change_model(spec, selected, progress)
 
-    def on_run(path, texts_raw, spec, methods, options_raw, seed, progress=gr.Progress()):
-        return ex.explain(path, texts_raw, spec, methods, options_raw, seed, progress)
+    def on_run(path, texts_raw, spec, methods, options_raw, seed, versus_raw, progress=gr.Progress()):
+        return ex.explain(path, texts_raw, spec, methods, options_raw, seed, versus_raw, progress)
 
     with gr.Blocks(title="vlexplain explorer", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(TITLE, elem_id="vx-title")
@@ -393,6 +414,13 @@ def build_app(model: str = "offline", max_upload_mb: float = 10, cache: ModelCac
                     )
                     texts = gr.Textbox(
                         value=first_texts, lines=4, max_lines=8, label="Texts (one per line)", elem_id="vx-texts"
+                    )
+                    versus = gr.Textbox(
+                        value="",
+                        lines=1,
+                        label="Versus text (optional): why each text rather than this one",
+                        placeholder="e.g. a dog",
+                        elem_id="vx-versus",
                     )
                     model_box = gr.Dropdown(
                         choices=_model_choices(model, cache.allowed),
@@ -452,13 +480,16 @@ def build_app(model: str = "offline", max_upload_mb: float = 10, cache: ModelCac
             )
             run_btn.click(
                 on_run,
-                inputs=[image, texts, model_box, methods, options, seed],
+                inputs=[image, texts, model_box, methods, options, seed, versus],
                 outputs=[scores, grid, tokens, files, status],
                 api_name="explain",
                 preprocess=False,
             )
         with gr.Tab("Concepts", id="concepts", elem_id="vx-tab-concepts"):
             _concepts_tab(gr, ex, model, default_model, max_upload_mb)
+        with gr.Tab("Words & regions", id="interactions", elem_id="vx-tab-interactions"):
+            cb = WordsRegions(cache, _read_upload, _user_error)
+            _interactions_tab(gr, cb, model, default_model, first_image, max_upload_mb)
     demo.vx_explorer = ex  # keeps the output folder alive as long as the app
     return demo
 

@@ -27,7 +27,12 @@ def grid_figure(res: RunResult, dpi: int = 100):
     head = textwrap.wrap(
         f"model: {res.model}   (red = high attribution, blue = low; each map min-max scaled)", int(width * 13)
     )
-    fig = Figure(figsize=(width, 3.0 * nt + 0.4 + 0.16 * len(head)), dpi=dpi, layout="constrained")
+    if res.versus is not None:
+        head += textwrap.wrap(
+            f"the maps explain cos(image, text) \u2212 cos(image, \u201c{res.versus}\u201d)", int(width * 13)
+        )
+    row_h = 3.0 if res.versus is None else 3.3  # a contrast's titles take a third line
+    fig = Figure(figsize=(width, row_h * nt + 0.4 + 0.16 * len(head)), dpi=dpi, layout="constrained")
     axes = fig.subplots(nt, nm + 1, squeeze=False)
     for i, text in enumerate(res.texts):
         row = res.results[i]
@@ -36,7 +41,12 @@ def grid_figure(res: RunResult, dpi: int = 100):
         ax = axes[i, 0]
         ax.imshow(rgb.permute(1, 2, 0).numpy())
         label = "\n".join(textwrap.wrap(text, 26)[:3])
-        ax.set_title(f"{label}\ncosine {first.score:.3f}", fontsize=9, loc="left")
+        c = first.contrast
+        score = f"cosine {first.score:.3f}"
+        if c is not None:
+            v = "\n".join(textwrap.wrap(f"rather than \u201c{c.versus}\u201d", 26)[:2])
+            score = f"{v}\ncos {c.score:.3f} \u2212 {c.versus_score:.3f} = {c.difference:+.3f}"
+        ax.set_title(f"{label}\n{score}", fontsize=9, loc="left")
         for j, m in enumerate(res.methods):
             e = row[m]
             ax = axes[i, j + 1]
@@ -88,14 +98,26 @@ def scores_html(res: RunResult) -> str:
     for rank, i in enumerate(order, 1):
         s = scores[i]
         width = max(0.0, min(1.0, s / top)) * 100 if top > 0 else 0.0
+        c = next(iter(res.results[i].values())).contrast
+        diff = "" if c is None else f"<td class='vx-difference'>{c.difference:+.4f}</td>"
         rows.append(
-            f"<tr><td>{rank}</td><td>{html.escape(res.texts[i])}</td><td class='vx-score'>{s:.4f}</td>"
+            f"<tr><td>{rank}</td><td>{html.escape(res.texts[i])}</td><td class='vx-score'>{s:.4f}</td>{diff}"
             f"<td style='width:40%'><div style='background:#4a7bd0;height:10px;width:{width:.0f}%'></div></td></tr>"
+        )
+    vhead = ""
+    note = ""
+    if res.versus is not None:
+        v = html.escape(res.versus)
+        vs = next(iter(res.results[0].values())).contrast.versus_score if res.results else float("nan")
+        vhead = f"<th>difference: cosine \u2212 cosine with \u201c{v}\u201d</th>"
+        note = (
+            f"<p class='vx-note'>Cosine of the image with \u201c{v}\u201d: {vs:.4f}. The maps explain each "
+            f"text's difference: what makes the image match the text rather than \u201c{v}\u201d.</p>"
         )
     return (
         "<table class='vx-scores'><thead><tr><th>#</th><th>text</th><th>cosine similarity</th>"
-        "<th title='bar length: the score on a scale from 0 to the highest score shown'>0 … highest</th></tr></thead>"
-        f"<tbody>{''.join(rows)}</tbody></table>"
+        f"{vhead}<th title='bar length: the score on a scale from 0 to the highest score shown'>0 … highest</th>"
+        f"</tr></thead><tbody>{''.join(rows)}</tbody></table>{note}"
     )
 
 

@@ -180,6 +180,8 @@ class RunResult:
     image_name: str
     # results[text index][method name] -> Explanation
     results: list[dict[str, Any]] = field(default_factory=list)
+    # the versus text: every map explains cos(image, text) - cos(image, versus) (None: the cosine)
+    versus: str | None = None
 
     def scores(self) -> list[float]:
         return [next(iter(r.values())).score for r in self.results]
@@ -191,6 +193,7 @@ class RunResult:
             "texts": self.texts,
             "methods": self.methods,
             "scores": dict(zip(self.texts, self.scores())),
+            "versus": self.versus,
             "explanations": [self.results[i][m].to_dict() for i in range(len(self.texts)) for m in self.methods],
         }
 
@@ -204,18 +207,21 @@ def run(
     seed: int = 0,
     image_name: str = "image",
     progress: Callable[[int, int, str], None] | None = None,
+    versus: str | None = None,
 ) -> RunResult:
-    """Explain ``image`` against every text with every method (one ``explain`` call per method)."""
+    """Explain ``image`` against every text with every method (one ``explain`` call per method);
+    with ``versus``, why each text rather than ``versus`` (the contrast target)."""
     from ..attribution.api import explain
 
     if not methods:
         raise MethodError("choose at least one method")
     texts = list(texts)
-    res = RunResult(texts, list(methods), model.name, image_name, [{} for _ in texts])
+    res = RunResult(texts, list(methods), model.name, image_name, [{} for _ in texts], versus)
+    contrast: dict[str, Any] = {} if versus is None else {"versus": versus}
     for k, m in enumerate(methods):
         if progress is not None:
             progress(k, len(methods), f"{m} ({k + 1}/{len(methods)})")
-        exps = explain(model, image, texts, method=m, seed=seed, **options.get(m, {}))
+        exps = explain(model, image, texts, method=m, seed=seed, **contrast, **options.get(m, {}))
         if not isinstance(exps, list):
             exps = [exps]
         for i, e in enumerate(exps):

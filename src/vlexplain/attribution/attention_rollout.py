@@ -58,6 +58,9 @@ class AttentionRollout(Explainer):
     """
 
     name = "attention_rollout"
+    no_contrast = (
+        "its map reads attention only, not a score, so it is the same whatever two texts or images are contrasted"
+    )
     summary = "attention rollout (gradient-free)"
     paper = "Abnar & Zuidema. Quantifying Attention Flow in Transformers. ACL 2020"
     needs_attention = True

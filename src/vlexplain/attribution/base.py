@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ..errors import MethodError
 from ..models.base import DualEncoder, TextBatch, Tower, frozen
-from .targets import Target
+from .targets import Contrast, Target, Term
 
 Side = Literal["image", "text"]
 SIDES: tuple[Side, Side] = ("image", "text")
@@ -47,8 +47,14 @@ class PairBatch:
             generator so that a pair's result does not depend on the rest of the batch.
         hidden: side -> (block, hidden state after that block) computed with the embeddings, for
             methods that asked for it ([`Explainer.hidden_layer`][vlexplain.attribution.base.Explainer.hidden_layer]); empty otherwise.
+        contrast: with the ``contrast`` target, what is subtracted from each pair's score (else None).
         text_embeds: (B, T, D) token input embeddings to use instead of looking up ``texts``'
             (SmoothGrad's noisy copies); None: the tower's own lookup.
+
+    Methods score the inputs they vary with [`score_image`][vlexplain.attribution.base.PairBatch.score_image] /
+    [`score_text`][vlexplain.attribution.base.PairBatch.score_text] (the target against the fixed other
+    side, a contrast's difference included), or read the score as cosines with fixed embeddings
+    ([`terms`][vlexplain.attribution.base.PairBatch.terms]).
     """
 
     pixels: Tensor
@@ -58,7 +64,46 @@ class PairBatch:
     target: Target
     seeds: list[int]
     hidden: dict[str, tuple[int, Tensor]] = field(default_factory=dict)
+    contrast: Contrast | None = None
     text_embeds: Tensor | None = None
+
+    def score_image(self, e: Tensor, rows: Tensor | None = None) -> Tensor:
+        """(N,) scores of image embeddings ``e`` (N, d) against the pairs' fixed text side.
+
+        Args:
+            e: un-normalised embeddings of (perturbed, interpolated ...) images.
+            rows: (N,) the pair each row belongs to (None: N == B, in order).
+        """
+        return self._score("image", e, rows)
+
+    def score_text(self, e: Tensor, rows: Tensor | None = None) -> Tensor:
+        """(N,) scores of text embeddings ``e`` (N, d) against the pairs' fixed image side (as ``score_image``)."""
+        return self._score("text", e, rows)
+
+    def terms(self, side: Side) -> tuple[list[Term], Tensor]:
+        """The score as a function of the embedding ``e`` of ``side``:
+        ``sum_k c_k cos(e, o_k) + offset`` -> (``[(c_k, o_k (B, d))]``, offset (B,)). Without a
+        contrast: the cosine with the other side's embedding (logit and softmax targets are not such
+        sums; methods that read terms explain the cosine for them)."""
+        if self.contrast is not None:
+            return self.contrast.terms(side, self.image_emb, self.text_emb)
+        other = self.text_emb if side == "image" else self.image_emb
+        return [(1.0, other)], torch.zeros(len(self), dtype=other.dtype, device=other.device)
+
+    def _score(self, side: Side, e: Tensor, rows: Tensor | None) -> Tensor:
+        def pick(x: Tensor) -> Tensor:
+            return x if rows is None else x[rows]
+
+        def score(o: Tensor) -> Tensor:
+            return self.target(e, o) if side == "image" else self.target(o, e)
+
+        if self.contrast is None:
+            return score(pick(self.text_emb if side == "image" else self.image_emb))
+        terms, offset = self.terms(side)
+        out = pick(offset).to(e.dtype)
+        for c, o in terms:
+            out = out + c * score(pick(o))
+        return out
 
     def token_embeddings(self, tower: Tower) -> Tensor:
         """(B, T, D) the text tower's input embeddings of this batch (``text_embeds`` when set), no grad."""
@@ -101,6 +146,12 @@ class Explainer:
     #: the options that set how much work a pair takes, with the largest value the web explorer
     #: runs (larger values sent to it are lowered to these; the API and the command line take any)
     web_limits: ClassVar[dict[str, int | float]] = {}
+    #: how the method explains the ``contrast`` target, in one line for the docs ("": it has no
+    #: contrastive form and contrasts are refused with ``no_contrast``). A method declares one when it
+    #: scores inputs only through ``PairBatch.score_image`` / ``score_text`` / ``terms``.
+    contrast_form: ClassVar[str] = ""
+    #: why there is no contrastive form (refusals say it)
+    no_contrast: ClassVar[str] = "it does not say how it explains a difference of two scores"
 
     def __init__(self, model: DualEncoder, **options: Any):
         if options:
@@ -173,6 +224,14 @@ class Explainer:
                 f"{tower.kind.upper()} without token attention{usable_methods_hint(model, side)}"
             )
         return None
+
+    @classmethod
+    def why_not_contrast(cls) -> str | None:
+        """None if the method explains the ``contrast`` target, else the reason."""
+        if cls.contrast_form:
+            return None
+        ok = ", ".join(n for n in list_methods() if _METHODS[n].contrast_form)
+        return f"{cls.name} cannot explain a contrast: {cls.no_contrast} (methods that can: {ok})"
 
     def settings(self) -> dict[str, Any]:
         sig = inspect.signature(type(self).__init__)
@@ -253,7 +312,7 @@ def _load_builtin_methods() -> None:
     from .. import attribution
 
     for m in pkgutil.iter_modules(attribution.__path__):
-        if m.name not in ("base", "targets", "api", "upsample", "smooth", "captum_catalog"):
+        if m.name not in ("base", "targets", "api", "upsample", "contrast", "smooth", "captum_catalog"):
             importlib.import_module(f"{attribution.__name__}.{m.name}")
 
 
@@ -291,6 +350,44 @@ def methods_for(model: DualEncoder, bridged: bool = False) -> dict[str, list[Sid
 
 
 @dataclass
+class ContrastInfo:
+    """What a contrastive explanation explained: ``difference = score - versus_score``.
+
+    Attributes:
+        kind: ``text`` ("why the text rather than ``versus``") or ``image`` ("why the image
+            ranks above ``versus`` for the text").
+        versus: the versus text, or the versus image's name (its file name; ``the versus image``
+            for an image given in memory).
+        score: the cosine of the explained pair (for ``image``: image A's, the image the call explained).
+        versus_score: the cosine of the subtracted pair (image with the versus text, or the
+            versus image with the text).
+        role: ``explained`` for the image the call explained; ``versus`` for the map on the
+            versus image ([`Explanation.versus`][vlexplain.Explanation]), which explains the same
+            difference (its positive values lower the versus image's score).
+    """
+
+    kind: Literal["text", "image"]
+    versus: str
+    score: float
+    versus_score: float
+    role: Literal["explained", "versus"] = "explained"
+
+    @property
+    def difference(self) -> float:
+        return self.score - self.versus_score
+
+    def label(self, text: str) -> str:
+        """One line for titles: what was contrasted, with the scores."""
+        nums = f"cosine {self.score:.3f} \u2212 {self.versus_score:.3f} = {self.difference:+.3f}"
+        if self.kind == "text":
+            return f"\u201c{text}\u201d rather than \u201c{self.versus}\u201d   {nums}"
+        return f"this image rather than {self.versus} for \u201c{text}\u201d   {nums}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "difference": self.difference}
+
+
+@dataclass
 class Explanation:
     """The attribution of one image-text pair.
 
@@ -306,6 +403,10 @@ class Explanation:
         pixels: (3, H, W) the preprocessed image, for display.
         mean, std: the normalisation of ``pixels``.
         seconds: wall-clock time spent on this pair (batch time / batch size).
+        contrast: for the ``contrast`` target, what was contrasted and the scores (else None);
+            the maps then explain ``contrast.difference``.
+        versus: for a contrast of two images, the map of the same difference on the versus
+            image (an Explanation whose ``contrast.role`` is ``versus``); else None.
     """
 
     image_map: Tensor | None
@@ -321,6 +422,8 @@ class Explanation:
     std: tuple[float, ...] = (1.0, 1.0, 1.0)
     seconds: float = 0.0
     extras: dict[str, Any] = field(default_factory=dict)
+    contrast: ContrastInfo | None = None
+    versus: Explanation | None = None
 
     def image_rgb(self) -> Tensor:
         """(3, H, W) the image in [0, 1] as the model saw it."""
@@ -341,6 +444,8 @@ class Explanation:
             "token_scores": None if self.token_scores is None else self.token_scores.float().cpu().tolist(),
             "patch_map": None if self.patch_map is None else self.patch_map.float().cpu().tolist(),
             "image_map_shape": None if self.image_map is None else list(self.image_map.shape),
+            **({} if self.contrast is None else {"contrast": self.contrast.to_dict()}),
+            **({} if self.versus is None else {"versus": self.versus.to_dict()}),
         }
 
     # Display lives in vlexplain.viz, which knows explanations only through its Displayable
@@ -409,6 +514,33 @@ def run_explainer(
     sides: Sequence[Side],
 ) -> tuple[Tensor | None, Tensor | None, Tensor]:
     """Run one batch; returns (image maps (B,gh,gw) or (B,H,W), token scores (B,T), scores (B,))."""
+    img, txt, ie, te = _run(explainer, pixels, texts, target, seeds, sides, None)
+    return img, txt, (ie * te).sum(-1)
+
+
+def run_contrast(
+    explainer: Explainer,
+    pixels: Tensor,
+    texts: TextBatch,
+    target: Target,
+    seeds: Sequence[int],
+    sides: Sequence[Side],
+    contrast: Contrast,
+) -> tuple[Tensor | None, Tensor | None, Tensor, Tensor]:
+    """``run_explainer`` for the ``contrast`` target; returns (image maps, token scores, the pairs'
+    unit-norm image and text embeddings (B, d))."""
+    return _run(explainer, pixels, texts, target, seeds, sides, contrast)
+
+
+def _run(
+    explainer: Explainer,
+    pixels: Tensor,
+    texts: TextBatch,
+    target: Target,
+    seeds: Sequence[int],
+    sides: Sequence[Side],
+    contrast: Contrast | None,
+) -> tuple[Tensor | None, Tensor | None, Tensor, Tensor]:
     model = explainer.model
     hidden: dict[str, tuple[int, Tensor]] = {}
 
@@ -426,10 +558,10 @@ def run_explainer(
         with torch.no_grad():
             ie = F.normalize(embed("image", pixels), dim=-1)
             te = F.normalize(embed("text", texts), dim=-1)
-        batch = PairBatch(pixels, texts, ie, te, target, list(seeds), hidden)
+        batch = PairBatch(pixels, texts, ie, te, target, list(seeds), hidden, contrast)
         img = explainer.attribute_image(batch).detach() if "image" in sides else None
         txt = explainer.attribute_text(batch).detach() if "text" in sides else None
-    return img, txt, (ie * te).sum(-1)
+    return img, txt, ie, te
 
 
 def replace_settings(e: Explanation, **kw: Any) -> Explanation:

@@ -93,9 +93,12 @@ def from_view(tower: Tower, v: Tensor, h: Tensor, side: str) -> Tensor:
 class PairScore(nn.Module):
     """The pair's score as a function of one side's input, the other embedding held fixed.
 
-    ``forward(x, *rows)``: image side ``x`` = pixels (N, 3, H, W), ``rows`` = (other embedding,);
-    text side ``x`` = token embeddings (N, T, D), ``rows`` = (ids, attention mask, pool index,
-    content mask, other embedding). Every row tensor has N rows, so Captum can expand them.
+    ``forward(x, *rows)``: image side ``x`` = pixels (N, 3, H, W), ``rows`` = (others, coefficients,
+    offset); text side ``x`` = token embeddings (N, T, D), ``rows`` = (ids, attention mask, pool
+    index, content mask, others, coefficients, offset). The score is
+    ``sum_k coefficients[:, k] * target(x's embedding, others[:, k]) + offset`` (others (N, K, d)):
+    one term of weight 1 without a contrast, the difference's terms with one. Every row tensor has N
+    rows, so Captum can expand them.
     """
 
     def __init__(self, tower: Tower, side: str, target: Any, layer: int | None):
@@ -111,10 +114,29 @@ class PairScore(nn.Module):
     def forward(self, x: Tensor, *rows: Tensor) -> Tensor:
         cb = self._on_block if self.layer is not None else None
         if self.side == "image":
-            return self.target(self.tower.encode(x, on_block=cb), rows[0])
-        ids, am, pool, content, other = rows
+            return self._combine(self.tower.encode(x, on_block=cb), *rows)
+        ids, am, pool, content, *score_rows = rows
         tb = TextBatch(ids, am, pool, content, [], [])
-        return self.target(other, self.tower.encode(tb, inputs_embeds=x, on_block=cb))
+        return self._combine(self.tower.encode(tb, inputs_embeds=x, on_block=cb), *score_rows)
+
+    def _combine(self, e: Tensor, others: Tensor, coefs: Tensor, offset: Tensor) -> Tensor:
+        out = offset.to(e.dtype)
+        for k in range(others.shape[1]):  # K <= 2 terms
+            o = others[:, k]
+            out = out + coefs[:, k].to(e.dtype) * (self.target(e, o) if self.side == "image" else self.target(o, e))
+        return out
+
+
+def score_rows(batch: PairBatch, side: Side) -> tuple[Tensor, Tensor, Tensor]:
+    """(others (B, K, d), coefficients (B, K), offset (B,)) of the score ``PairScore`` computes for ``side``."""
+    if batch.contrast is None:
+        other = batch.text_emb if side == "image" else batch.image_emb
+        ones = torch.ones(len(batch), 1, dtype=other.dtype, device=other.device)
+        return other[:, None], ones, torch.zeros_like(ones[:, 0])
+    terms, offset = batch.terms(side)
+    others = torch.stack([o for _, o in terms], 1)
+    coefs = torch.tensor([[c for c, _ in terms]], dtype=others.dtype, device=others.device).expand(len(batch), -1)
+    return others, coefs.contiguous(), offset
 
 
 # --- options -------------------------------------------------------------------------------
@@ -274,10 +296,10 @@ class CaptumMethod(Explainer):
         tower = self.model.tower(side)
         fwd = PairScore(tower, side, batch.target, layer)
         if side == "image":
-            return batch.pixels.detach().clone(), (batch.text_emb,), fwd
+            return batch.pixels.detach().clone(), score_rows(batch, side), fwd
         tb = batch.texts
         x = batch.token_embeddings(tower).clone()
-        return x, (tb.ids, tb.attention_mask, tb.pool_index, tb.content_mask, batch.image_emb), fwd
+        return x, (tb.ids, tb.attention_mask, tb.pool_index, tb.content_mask, *score_rows(batch, side)), fwd
 
     def _baselines(self, batch: PairBatch, side: Side, x: Tensor) -> Tensor | None:
         """One reference per pair (B, ...), or a distribution (K, ...) for a single pair."""
@@ -341,7 +363,7 @@ class CaptumMethod(Explainer):
             seen: dict[str, Tensor] = {}
             handle = fwd.probe.register_forward_hook(lambda m, i, o: seen.setdefault("v", o))
             try:
-                fwd(batch.pixels[:1], batch.text_emb[:1])
+                fwd(batch.pixels[:1], *(r[:1] for r in score_rows(batch, "image")))
             finally:
                 handle.remove()
         hw = tuple(seen["v"].shape[2:])
@@ -436,6 +458,7 @@ def _select(batch: PairBatch, i: int, unpadded: bool = False) -> PairBatch:
         batch.target,
         [batch.seeds[i]],
         {},
+        None if batch.contrast is None else batch.contrast.select(i),
         emb,
     )
 
@@ -485,6 +508,11 @@ def _make_class(algo: Algorithm) -> type[CaptumMethod]:
         "paper": algo.paper,
         "sides": algo.sides,
         "needs_gradients": algo.kind == "gradient",
+        "contrast_form": (
+            "a layer's activations, which no score changes: the same map as without a contrast"
+            if algo.kind == "activation"
+            else "Captum's algorithm run on the difference (its forward returns cos(x, t) - cos(x, v))"
+        ),
         "algorithm": algo,
         "__init__": __init__,
         "__doc__": doc,

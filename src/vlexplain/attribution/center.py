@@ -25,6 +25,7 @@ class CenterMap(Explainer):
     """
 
     name = "center"
+    contrast_form = "a reference map that ignores every target: the same Gaussian as without a contrast"
     summary = "centred Gaussian / equal token scores (baseline for evaluations)"
     needs_gradients = False
 

@@ -145,6 +145,7 @@ class Chefer(Explainer):
     """
 
     name = "chefer"
+    contrast_form = "relevance from the gradient of the difference times attention, positive part"
     summary = "gradient-weighted attention relevance (Chefer et al. 2021)"
     paper = "Chefer, Gur & Wolf. Generic Attention-model Explainability for Interpreting Bi-Modal and Encoder-Decoder Transformers. ICCV 2021"
     needs_attention = True
@@ -159,9 +160,9 @@ class Chefer(Explainer):
 
     def attribute_image(self, batch: PairBatch) -> Tensor:
         tower = self.model.image
-        R = self._relevance(tower, batch.pixels, lambda e: batch.target(e, batch.text_emb))
+        R = self._relevance(tower, batch.pixels, batch.score_image)
         return image_readout(tower, R.detach())
 
     def attribute_text(self, batch: PairBatch) -> Tensor:
-        R = self._relevance(self.model.text, batch.texts, lambda e: batch.target(batch.image_emb, e))
+        R = self._relevance(self.model.text, batch.texts, batch.score_text)
         return text_readout(batch.texts, R.detach())

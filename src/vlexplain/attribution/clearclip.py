@@ -19,7 +19,7 @@ from torch import Tensor
 from ..models.base import DualEncoder
 from ..models.blocks import BlockRecord
 from .base import Explainer, PairBatch, Side, register_method
-from .clip_native import last_block_features, merge_heads, split_heads, text_cosines, why_not_native
+from .clip_native import PATCH_CONTRAST, last_block_features, merge_heads, pair_cosines, split_heads, why_not_native
 
 
 def qq_attention(r: BlockRecord) -> Tensor:
@@ -46,6 +46,7 @@ class ClearCLIP(Explainer):
     needs_attention = True
     needs_gradients = False
     sides = ("image",)
+    contrast_form = PATCH_CONTRAST
 
     @classmethod
     def why_not(cls, model: DualEncoder, side: Side) -> str | None:
@@ -54,4 +55,4 @@ class ClearCLIP(Explainer):
     def attribute_image(self, batch: PairBatch) -> Tensor:
         tower = self.model.image
         f = last_block_features(tower, batch.pixels, qq_attention, residual=False, mlp=False)
-        return text_cosines(tower, f, batch.text_emb)
+        return pair_cosines(tower, f, batch)

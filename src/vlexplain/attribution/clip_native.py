@@ -22,7 +22,7 @@ from torch import Tensor
 from ..errors import MethodError
 from ..models.base import DualEncoder, Tower
 from ..models.blocks import BlockRecord, record_blocks
-from .base import Side, usable_methods_hint
+from .base import PairBatch, Side, usable_methods_hint
 
 
 @dataclass(frozen=True)
@@ -166,3 +166,15 @@ def text_cosines(tower: Tower, feats: Tensor, text_emb: Tensor) -> Tensor:
     """(B, T, d) unit-norm token features, (B, d) text embeddings -> (B, gh, gw) patch cosines."""
     cos = (feats * F.normalize(text_emb, dim=-1)[:, None]).sum(-1)  # (B, T)
     return to_grid(tower, cos)
+
+
+#: how the dense methods built on ``pair_cosines`` explain a contrast
+PATCH_CONTRAST = "per patch, the difference of cosines: cos(f, t) - cos(f, v); -cos(f, t) on the lower-ranked image"
+
+
+def pair_cosines(tower: Tower, feats: Tensor, batch: PairBatch) -> Tensor:
+    """``text_cosines`` with the pairs' texts, or for the ``contrast`` target the difference per
+    patch, ``sum_k c_k cos(f, o_k)`` (e.g. cos(f, t) - cos(f, v))."""
+    if batch.contrast is None:
+        return text_cosines(tower, feats, batch.text_emb)
+    return torch.stack([c * text_cosines(tower, feats, o) for c, o in batch.terms("image")[0]]).sum(0)

@@ -184,6 +184,10 @@ class CLIPSurgery(Explainer):
     needs_attention = True
     needs_gradients = False
     sides = ("image",)
+    contrast_form = (
+        "single-text surgery of the difference: f.(t - v) (the redundant feature cancels); "
+        "-f.(t - r) on the lower-ranked image"
+    )
 
     def __init__(self, model, blocks: int | None = None, neutral_prompts: Sequence[str] | None = None):
         super().__init__(model)
@@ -229,7 +233,10 @@ class CLIPSurgery(Explainer):
             if cands is not None and cands.shape[0] > 0:
                 texts = torch.cat([t[:, None], cands.to(t)[None].expand(t.shape[0], -1, -1)], 1)  # (B, C, d)
                 sim = feature_surgery(f, texts, F.normalize(batch.image_emb, dim=-1))[..., 0]
-            else:
+            elif batch.contrast is None:
                 sim = f @ (t - self.redundant_feature().to(t))[:, :, None]  # (B, T, 1)
                 sim = sim[..., 0]
+            else:  # single-text surgery of each term: sum_k c_k f.(o_k - r); r cancels in t - v
+                r = self.redundant_feature().to(t)
+                sim = torch.stack([c * (f @ (o - r)[:, :, None])[..., 0] for c, o in batch.terms("image")[0]]).sum(0)
         return to_grid(tower, sim)

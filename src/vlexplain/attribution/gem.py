@@ -25,7 +25,7 @@ from torch import Tensor
 from ..errors import MethodError
 from ..models.base import DualEncoder
 from .base import Explainer, PairBatch, Side, register_method
-from .clip_native import check_count, merge_heads, run_tail, split_heads, text_cosines, why_not_native
+from .clip_native import PATCH_CONTRAST, check_count, merge_heads, pair_cosines, run_tail, split_heads, why_not_native
 
 #: the released default: ``GEMWrapper(depth=7)`` replaces blocks -1 .. -6
 RELEASED_BLOCKS = 6
@@ -66,6 +66,7 @@ class GEM(Explainer):
     needs_attention = True
     needs_gradients = False
     sides = ("image",)
+    contrast_form = PATCH_CONTRAST
 
     def __init__(self, model, blocks: int | None = None, iterations: int = 1, temperature: float | None = None):
         super().__init__(model)
@@ -105,4 +106,4 @@ class GEM(Explainer):
     def attribute_image(self, batch: PairBatch) -> Tensor:
         with torch.no_grad():
             f = self.features(batch.pixels)
-        return text_cosines(self.model.image, f, batch.text_emb)
+        return pair_cosines(self.model.image, f, batch)

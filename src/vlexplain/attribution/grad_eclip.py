@@ -125,6 +125,7 @@ class GradECLIP(Explainer):
     """
 
     name = "grad_eclip"
+    contrast_form = "channel weights from the gradient of the difference at the pooled token, ReLU after"
     paper = "Zhao et al. Gradient-based Visual Explanation for Transformer-based CLIP. ICML 2024"
     summary = "attention-output gradient x values, query-key weighted (Zhao et al., ICML 2024)"
     needs_attention = True
@@ -157,18 +158,14 @@ class GradECLIP(Explainer):
     def attribute_image(self, batch: PairBatch) -> Tensor:
         tower = self.model.image
         if tower.pool_attention() is not None and tower.pooled_positions(batch.pixels) is None:
-            m = pool_head_map(tower, batch.pixels, lambda e: batch.target(e, batch.text_emb), self.withksim)
+            m = pool_head_map(tower, batch.pixels, batch.score_image, self.withksim)
             return to_grid(tower, m.relu())
-        maps = grad_eclip_maps(
-            tower, batch.pixels, lambda e: batch.target(e, batch.text_emb), self.image_blocks, self.withksim, None
-        )
+        maps = grad_eclip_maps(tower, batch.pixels, batch.score_image, self.image_blocks, self.withksim, None)
         return to_grid(tower, maps.relu().sum(0))
 
     def attribute_text(self, batch: PairBatch) -> Tensor:
         texts: TextBatch = batch.texts
         keep = texts.attention_mask.bool()
         assert self.text_blocks is not None, "resolved in __init__ when the text side applies"
-        maps = grad_eclip_maps(
-            self.model.text, texts, lambda e: batch.target(batch.image_emb, e), self.text_blocks, self.withksim, keep
-        )
+        maps = grad_eclip_maps(self.model.text, texts, batch.score_text, self.text_blocks, self.withksim, keep)
         return maps.sum(0).relu()

@@ -96,6 +96,7 @@ class GradCAM(Explainer):
     """
 
     name = "gradcam"
+    contrast_form = "channel weights from the gradient of the difference, ReLU after (where the difference rises)"
     summary = "gradient-weighted block activations (Grad-CAM)"
     paper = (
         "Selvaraju et al. Grad-CAM: Visual Explanations from Deep Networks via Gradient-based Localization. ICCV 2017"
@@ -121,15 +122,13 @@ class GradCAM(Explainer):
 
     def _image(self, batch: PairBatch) -> Tensor:
         tower = self.model.image
-        h, g = block_output_and_grad(tower, batch.pixels, self.image_layer, lambda e: batch.target(e, batch.text_emb))
+        h, g = block_output_and_grad(tower, batch.pixels, self.image_layer, batch.score_image)
         cam = gradcam_scores(tower, h, g, batch.pixels)
         return cam if cam.dim() == 3 else tower.token_scores_to_grid(cam, h)
 
     def _text(self, batch: PairBatch) -> Tensor:
         tower = self.model.text
-        h, g = block_output_and_grad(
-            tower, batch.texts, self.text_layer, lambda e: batch.target(batch.image_emb, e), batch.text_embeds
-        )
+        h, g = block_output_and_grad(tower, batch.texts, self.text_layer, batch.score_text, batch.text_embeds)
         return gradcam_scores(tower, h, g, batch.texts)
 
     def attribute_image(self, batch: PairBatch) -> Tensor:

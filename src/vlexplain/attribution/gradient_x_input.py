@@ -31,6 +31,7 @@ class GradientXInput(Explainer):
     """
 
     name = "gradient_x_input"
+    contrast_form = "input times the gradient of the difference (linear: the map of s1 minus the map of s2)"
     summary = "input times gradient (signed)"
     paper = "Shrikumar et al. Not Just a Black Box: Learning Important Features Through Propagating Activation Differences. 2016"
 

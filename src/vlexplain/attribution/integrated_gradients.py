@@ -137,6 +137,7 @@ class IntegratedGradients(Explainer):
     """
 
     name = "integrated_gradients"
+    contrast_form = "integrated gradients of the difference from the same baseline (linear: IG of s1 minus IG of s2; sums to d(x) - d(baseline))"
     summary = "integrated gradients from a baseline (attributions sum to the score difference)"
     paper = "Sundararajan, Taly & Yan. Axiomatic Attribution for Deep Networks. ICML 2017"
     web_limits = {"steps": 256, "internal_batch_size": 256}
@@ -178,10 +179,11 @@ class IntegratedGradients(Explainer):
         model = self.model
         base = image_baseline(model, batch.pixels, self.baseline, batch.generators(), self.blur_sigma)
 
-        def forward(px: Tensor, other: Tensor) -> Tensor:  # (N, 3, H, W), (N, d) -> (N,)
-            return batch.target(model.image.encode(px), other)
+        def forward(px: Tensor, rows: Tensor) -> Tensor:  # (N, 3, H, W), (N,) pair of each row -> (N,)
+            return batch.score_image(model.image.encode(px), rows)
 
-        return self._ig(forward, batch.pixels.detach(), base, (batch.text_emb,)), base
+        rows = torch.arange(len(batch), device=batch.pixels.device)  # repeated with the path points
+        return self._ig(forward, batch.pixels.detach(), base, (rows,)), base
 
     def text_attributions(self, batch: PairBatch) -> tuple[Tensor, Tensor]:
         """(attributions (B, T, D), baseline embeddings (B, T, D))."""
@@ -190,11 +192,12 @@ class IntegratedGradients(Explainer):
         with torch.no_grad():
             base = text_baseline(model, tb, emb)
 
-        def forward(e: Tensor, ids: Tensor, am: Tensor, pool: Tensor, content: Tensor, other: Tensor) -> Tensor:
-            rows = TextBatch(ids, am, pool, content, [], [])  # the batch repeated for every path point
-            return batch.target(other, model.text.encode(rows, inputs_embeds=e))
+        def forward(e: Tensor, ids: Tensor, am: Tensor, pool: Tensor, content: Tensor, rows: Tensor) -> Tensor:
+            texts = TextBatch(ids, am, pool, content, [], [])  # the batch repeated for every path point
+            return batch.score_text(model.text.encode(texts, inputs_embeds=e), rows)
 
-        args = (tb.ids, tb.attention_mask, tb.pool_index, tb.content_mask, batch.image_emb)
+        rows = torch.arange(len(batch), device=tb.ids.device)
+        args = (tb.ids, tb.attention_mask, tb.pool_index, tb.content_mask, rows)
         return self._ig(forward, emb.detach(), base, args), base
 
     def attribute_image(self, batch: PairBatch) -> Tensor:

@@ -128,6 +128,7 @@ class KernelShap(Explainer):
     """
 
     name = "kernel_shap"
+    contrast_form = "Shapley values of the difference of perturbed scores (linear: SHAP of s1 minus SHAP of s2)"
     summary = "Kernel SHAP: Shapley values of image regions and tokens (no gradients)"
     paper = "Lundberg & Lee. A Unified Approach to Interpreting Model Predictions. NeurIPS 2017"
     needs_gradients = False

@@ -99,6 +99,7 @@ class LeGrad(Explainer):
     """
 
     name = "legrad"
+    contrast_form = "positive gradients of each block's read-out difference w.r.t. its attention"
     paper = "Bousselham et al. LeGrad: An Explainability Method for Vision Transformers via Feature Formation Sensitivity. arXiv 2404.03214, 2024"
     summary = "layer-wise positive gradients of the read-out score w.r.t. attention (Bousselham et al. 2024)"
     needs_attention = True
@@ -133,7 +134,7 @@ class LeGrad(Explainer):
         r = legrad_map(
             tower,
             batch.pixels,
-            lambda e: batch.target(e, batch.text_emb),
+            batch.score_image,
             self._blocks(tower),
             self._pooling("image"),
             None,
@@ -146,7 +147,7 @@ class LeGrad(Explainer):
         return legrad_map(
             tower,
             texts,
-            lambda e: batch.target(batch.image_emb, e),
+            batch.score_text,
             self._blocks(tower),
             self._pooling("text"),
             texts.attention_mask,

@@ -13,8 +13,8 @@ depend on the rest of the batch); noise is drawn from a seeded generator per pai
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,10 @@ from torch import Tensor
 from ..errors import MethodError
 from ..models.base import TextBatch, Tower
 from .base import Explainer, PairBatch, Side, check_layer, register_method
+from .targets import Term
+
+ContrastMode = Literal["maps", "fit"]
+CONTRAST_MODES: tuple[ContrastMode, ...] = ("maps", "fit")
 
 
 def kl_capacity(h: Tensor, lam: Tensor) -> Tensor:
@@ -43,7 +47,7 @@ def _token_mask(tower: Tower, h: Tensor, x: Any) -> Tensor:
 def fit_bottleneck(
     tower: Tower,
     x: Any,
-    target: Tensor,
+    target: Tensor | Sequence[Term],
     *,
     layer: int,
     beta: float,
@@ -61,7 +65,9 @@ def fit_bottleneck(
 
     Args:
         tower: the tower to bottleneck; ``x`` its input batch (B rows).
-        target: (B, d) unit-norm embedding of the other modality.
+        target: (B, d) unit-norm embedding of the other modality (fit = cosine with it), or a
+            contrast's terms ``[(c_k, o_k (B, d))]``: fit = ``sum_k c_k cos(e, o_k)`` (what a
+            constant offset would add changes no gradient).
         layer: the bottleneck sits on the output of this block (-1: on the input of block 0).
         beta: weight of the compression term.
         steps, lr: Adam steps and learning rate on ``alpha``.
@@ -93,7 +99,8 @@ def fit_bottleneck(
     # each row's mean over its own (token, channel) elements, as in the single-pair reference
     per_row_count = tmask.sum(1) * tower.tokens(H).shape[-1]
     xs = _repeat_input(x, S)
-    tgt = target.repeat(S, 1)  # (S*B, d) — sample-major
+    terms = [(1.0, target)] if isinstance(target, Tensor) else list(target)
+    tgts = [(c, o.repeat(S, 1)) for c, o in terms]  # (S*B, d) each — sample-major
     draw = _noise_sampler(H, x, S, gens, antithetic=antithetic, common=common_noise)
     cap = None
     for step in range(steps):
@@ -106,7 +113,7 @@ def fit_bottleneck(
         z = z.reshape(S * B, *H.shape[1:])
         with torch.autocast(H.device.type, dtype=torch.bfloat16, enabled=bf16 and H.device.type == "cuda"):
             e = tower.encode(xs, start=layer, hidden=z).float()
-        fit = F.cosine_similarity(e, tgt, dim=-1, eps=1e-6).view(S, B).mean(0)  # (B,)
+        fit = _fit(e, tgts).view(S, B).mean(0)  # (B,)
         cap = kl_capacity(H, lam)  # after the forward pass: the reference's gradient summation order
         capt = tower.tokens(cap) * tmask[..., None]
         comp = capt.flatten(1).sum(1) / per_row_count  # (B,)
@@ -117,6 +124,17 @@ def fit_bottleneck(
     assert cap is not None
     scores = tower.tokens(cap.detach()).sum(-1) * tmask  # (B, T) nats per token
     return scores, H
+
+
+def _fit(e: Tensor, terms: list[Term]) -> Tensor:
+    """(N,) ``sum_k c_k cos(e, o_k)``; a single term of weight 1 is the plain cosine."""
+    out: Tensor | None = None
+    for c, o in terms:
+        f = F.cosine_similarity(e, o, dim=-1, eps=1e-6)
+        f = f if c == 1.0 else c * f
+        out = f if out is None else out + f
+    assert out is not None
+    return out
 
 
 def _noise_sampler(
@@ -178,6 +196,9 @@ class M2IB(Explainer):
         steps: Adam steps (10). lr: Adam learning rate on ``alpha`` (1.0).
         num_samples: noise draws per step (10).
         bf16: bfloat16 autocast for the blocks above the bottleneck on CUDA (ignored on the CPU).
+        contrast_mode: how the ``contrast`` target is explained: ``"maps"`` (one bottleneck per
+            cosine of the difference, capacities combined with its signs: a signed map) or
+            ``"fit"`` (one bottleneck whose fit term is the difference; nats, never negative).
 
     Paper: Wang, Rudner, Wilson. Visual Explanations of Image-Text Representations via
     Multi-Modal Information Bottleneck Attribution. NeurIPS 2023.
@@ -187,6 +208,11 @@ class M2IB(Explainer):
     summary = "multi-modal information bottleneck (label-free, nats per token)"
     paper = "Wang, Rudner & Wilson. Visual Explanations of Image-Text Representations via Multi-Modal Information Bottleneck Attribution. NeurIPS 2023"
     needs_gradients = True
+    contrast_form = (
+        "one bottleneck per cosine of the difference, the capacity maps combined with its signs: "
+        "map(t) - map(v) for a text contrast; map of A on A and -map of B on B for two images "
+        "(contrast_mode='fit': one bottleneck whose fit is the difference)"
+    )
     #: the noise estimator (fixed for m2ib: fresh i.i.d. draws at every step, as in the paper)
     antithetic: bool = False
     common_noise: bool = False
@@ -213,6 +239,7 @@ class M2IB(Explainer):
         lr: float = 1.0,
         num_samples: int = 10,
         bf16: bool = False,
+        contrast_mode: ContrastMode = "maps",
     ):
         super().__init__(model)
         self.layer = layer
@@ -222,6 +249,11 @@ class M2IB(Explainer):
             raise MethodError(f"{self.name} needs beta >= 0, steps >= 1, num_samples >= 1 and lr > 0")
         self.beta, self.steps, self.lr, self.num_samples = beta, steps, lr, num_samples
         self.bf16 = bf16
+        if contrast_mode not in CONTRAST_MODES:
+            raise MethodError(
+                f"{self.name}: contrast_mode must be one of {', '.join(CONTRAST_MODES)}, got {contrast_mode!r}"
+            )
+        self.contrast_mode = contrast_mode
         # noise draws per step on each side (m2ib: the same on both)
         self.image_samples = self.text_samples = num_samples
 
@@ -232,7 +264,7 @@ class M2IB(Explainer):
         self,
         tower: Tower,
         x: Any,
-        target: Tensor,
+        target: Tensor | Sequence[Term],
         layer: int,
         seeds: list[int],
         num_samples: int,
@@ -255,17 +287,38 @@ class M2IB(Explainer):
                 hidden=hidden,
             )
 
+    def _capacity(self, batch: PairBatch, side: Side) -> tuple[Tensor, Tensor]:
+        """Per-token capacity (B, T) for ``side`` and the bottlenecked hidden state.
+
+        Without a contrast: one bottleneck whose fit is the cosine with the other side. For a
+        contrast ``sum_k c_k cos(e, o_k) + offset``: with ``contrast_mode="maps"`` one bottleneck
+        per term (fitted together, the same noise), capacities summed with the weights ``c_k``;
+        with ``"fit"`` one bottleneck whose fit is the whole sum.
+        """
+        tower = self.model.tower(side)
+        x: Any = batch.pixels if side == "image" else batch.texts
+        L = self.image_layer if side == "image" else self.text_layer
+        S = self.image_samples if side == "image" else self.text_samples
+        hidden = batch.hidden_at(side, L)
+        if batch.contrast is None:
+            other = batch.text_emb if side == "image" else batch.image_emb
+            return self._fit(tower, x, other, L, batch.seeds, S, hidden)
+        terms = batch.terms(side)[0]
+        if self.contrast_mode == "fit" or (len(terms) == 1 and terms[0][0] == 1.0):
+            return self._fit(tower, x, terms, L, batch.seeds, S, hidden)
+        K, B = len(terms), len(batch)
+        rows = list(range(B)) * K  # term-major copies of the batch
+        xs = x.select(rows) if isinstance(x, TextBatch) else x.repeat(K, *([1] * (x.dim() - 1)))
+        hs = None if hidden is None else hidden.repeat(K, *([1] * (hidden.dim() - 1)))
+        other = torch.cat([o for _, o in terms])  # (K*B, d)
+        caps, H = self._fit(tower, xs, other, L, batch.seeds * K, S, hs)
+        weights = torch.tensor([c for c, _ in terms], dtype=caps.dtype, device=caps.device)
+        return (weights[:, None, None] * caps.view(K, B, *caps.shape[1:])).sum(0), H[:B]
+
     def attribute_image(self, batch: PairBatch) -> Tensor:
-        tower = self.model.image
-        L = self.image_layer
-        scores, H = self._fit(
-            tower, batch.pixels, batch.text_emb, L, batch.seeds, self.image_samples, batch.hidden_at("image", L)
-        )
-        return tower.token_scores_to_grid(scores, H)
+        scores, H = self._capacity(batch, "image")
+        return self.model.image.token_scores_to_grid(scores, H)
 
     def attribute_text(self, batch: PairBatch) -> Tensor:
-        L = self.text_layer
-        scores, _ = self._fit(
-            self.model.text, batch.texts, batch.image_emb, L, batch.seeds, self.text_samples, batch.hidden_at("text", L)
-        )
+        scores, _ = self._capacity(batch, "text")
         return scores

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from ..errors import MethodError
 from .base import register_method
-from .m2ib import M2IB
+from .m2ib import M2IB, ContrastMode
 
 
 @register_method
@@ -20,7 +20,7 @@ class M2IBFast(M2IB):
     """M2IB attribution with fewer, antithetic noise draws (same options and units as ``m2ib``).
 
     Args:
-        model, layer, image_layer, text_layer, beta, steps, lr, bf16: as for ``m2ib``.
+        model, layer, image_layer, text_layer, beta, steps, lr, bf16, contrast_mode: as for ``m2ib``.
         num_samples: noise draws per step on both sides (None: ``image_samples`` / ``text_samples``).
         image_samples / text_samples: noise draws per step on each side (2 and 6: one and three
             antithetic pairs).
@@ -51,13 +51,16 @@ class M2IBFast(M2IB):
         antithetic: bool = True,
         common_noise: bool = False,
         bf16: bool = False,
+        contrast_mode: ContrastMode = "maps",
     ):
         per_side = {"image": image_samples, "text": text_samples}
         if num_samples is not None:
             per_side = {"image": num_samples, "text": num_samples}
         if min(per_side.values()) < 1:
             raise MethodError(f"m2ib_fast needs at least 1 noise draw per step, got {per_side}")
-        super().__init__(model, layer, image_layer, text_layer, beta, steps, lr, max(per_side.values()), bf16)
+        super().__init__(
+            model, layer, image_layer, text_layer, beta, steps, lr, max(per_side.values()), bf16, contrast_mode
+        )
         if antithetic and any(n % 2 for n in per_side.values()):
             raise MethodError(
                 f"m2ib_fast with antithetic noise needs even numbers of draws, got {per_side}; "

@@ -11,7 +11,7 @@ residual connection and MLP; the final norm and projection then give one embeddi
 This is the released ViT code (``skip_last_attn``) and Grad-ECLIP's MaskCLIP baseline; the
 latter also multiplies by a class-key/patch-key cosine that is not part of MaskCLIP, which we
 leave out. Training-free and gradient-free; image side of towers whose head reads the class
-token through a norm and a projection (CLIP ViTs). The map is a cosine whatever the run's target.
+token through a norm and a projection (CLIP ViTs). The map is a cosine whatever the run's target; for the ``contrast`` target, a difference of cosines.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ class MaskCLIP(Explainer):
     needs_attention = True
     needs_gradients = False
     sides = ("image",)
+    contrast_form = "per patch, the difference of cosines: cos(f, t) - cos(f, v); -cos(f, t) on the lower-ranked image"
 
     @classmethod
     def why_not(cls, model: DualEncoder, side: Side) -> str | None:
@@ -55,5 +56,8 @@ class MaskCLIP(Explainer):
             u = r.h + r.attn_branch(r.v)  # (B, T, D): attention replaced by the identity
             u = u + r.mlp_branch(u)
             f = F.normalize(tower.project_tokens(u, batch.pixels), dim=-1)  # (B, T, d)
-            cos = (f * F.normalize(batch.text_emb, dim=-1)[:, None]).sum(-1)  # (B, T)
+            if batch.contrast is None:
+                cos = (f * F.normalize(batch.text_emb, dim=-1)[:, None]).sum(-1)  # (B, T)
+            else:  # the difference per patch: sum_k c_k cos(f, o_k), e.g. cos(f, t) - cos(f, v)
+                cos = torch.stack([c * (f * o[:, None]).sum(-1) for c, o in batch.terms("image")[0]]).sum(0)
         return to_grid(tower, cos)

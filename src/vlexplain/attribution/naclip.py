@@ -23,7 +23,7 @@ from ..errors import MethodError
 from ..models.base import DualEncoder
 from ..models.blocks import BlockRecord
 from .base import Explainer, PairBatch, Side, register_method
-from .clip_native import last_block_features, merge_heads, split_heads, text_cosines, why_not_native
+from .clip_native import PATCH_CONTRAST, last_block_features, merge_heads, pair_cosines, split_heads, why_not_native
 
 
 def neighbourhood_bias(grid: tuple[int, int], prefix: int, std: float) -> Tensor:
@@ -59,6 +59,7 @@ class NACLIP(Explainer):
     needs_attention = True
     needs_gradients = False
     sides = ("image",)
+    contrast_form = PATCH_CONTRAST
 
     def __init__(self, model, std: float = 5.0):
         super().__init__(model)
@@ -81,4 +82,4 @@ class NACLIP(Explainer):
     def attribute_image(self, batch: PairBatch) -> Tensor:
         tower = self.model.image
         f = last_block_features(tower, batch.pixels, self.mix, residual=False, mlp=False)
-        return text_cosines(tower, f, batch.text_emb)
+        return pair_cosines(tower, f, batch)

@@ -92,7 +92,7 @@ def score_images(model: DualEncoder, batch: PairBatch, base: Tensor, pair: Tenso
     """
     m = masks.to(batch.pixels.dtype)[:, None]  # (k, 1, H, W)
     x = batch.pixels[pair] * m + base[pair] * (1 - m)
-    return batch.target(model.image.encode(x), batch.text_emb[pair])
+    return batch.score_image(model.image.encode(x), pair)
 
 
 @torch.no_grad()
@@ -107,7 +107,7 @@ def score_texts(model: DualEncoder, batch: PairBatch, pair: Tensor, keep: Tensor
         (k,) target scores against each pair's image embedding.
     """
     tb = _perturbed_texts(batch.texts, pair, keep, model.pad_token_id)
-    return batch.target(batch.image_emb[pair], model.text.encode(tb))
+    return batch.score_text(model.text.encode(tb), pair)
 
 
 def content_positions(texts: TextBatch) -> tuple[Tensor, Tensor]:

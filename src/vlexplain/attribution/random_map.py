@@ -17,6 +17,7 @@ class RandomMap(Explainer):
     """
 
     name = "random"
+    contrast_form = "a reference map that ignores every target: the same noise as without a contrast"
     summary = "uniform noise (baseline for evaluations)"
     needs_gradients = False
 

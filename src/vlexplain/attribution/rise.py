@@ -89,6 +89,7 @@ class Rise(Explainer):
     """
 
     name = "rise"
+    contrast_form = "mask-weighted mean of the difference of masked scores (linear: RISE of s1 minus RISE of s2)"
     summary = "RISE: saliency from randomly masked inputs (no gradients)"
     paper = "Petsiuk, Das & Saenko. RISE: Randomized Input Sampling for Explanation of Black-box Models. BMVC 2018"
     needs_gradients = False

@@ -22,7 +22,7 @@ def image_input_gradient(model: DualEncoder, batch: PairBatch) -> tuple[Tensor, 
     """(pixels, d sum_b target_b / d pixels), both (B, 3, H, W); the text embedding is held fixed."""
     x = batch.pixels.detach().clone().requires_grad_(True)
     with torch.enable_grad():
-        y = batch.target(model.image.encode(x), batch.text_emb)  # (B,)
+        y = batch.score_image(model.image.encode(x))  # (B,)
         (g,) = torch.autograd.grad(y.sum(), x)
     return x.detach(), g
 
@@ -32,7 +32,7 @@ def text_input_gradient(model: DualEncoder, batch: PairBatch) -> tuple[Tensor, T
     tower = model.text
     e = batch.token_embeddings(tower).clone().requires_grad_(True)
     with torch.enable_grad():
-        y = batch.target(batch.image_emb, tower.encode(batch.texts, inputs_embeds=e))  # (B,)
+        y = batch.score_text(tower.encode(batch.texts, inputs_embeds=e))  # (B,)
         (g,) = torch.autograd.grad(y.sum(), e)
     return e.detach(), g
 
@@ -52,6 +52,7 @@ class Saliency(Explainer):
     """
 
     name = "saliency"
+    contrast_form = "the gradient magnitude of the difference, |d(s1 - s2)/dx| (not linear in the target)"
     summary = "input-gradient magnitude (pixels: max over channels; tokens: L2 norm)"
     paper = "Simonyan, Vedaldi & Zisserman. Deep Inside Convolutional Networks: Visualising Image Classification Models and Saliency Maps. ICLR workshop 2014"
 

@@ -13,8 +13,9 @@ from ..errors import InputError, MethodError
 from ._out import out_dir
 
 
-def resolve_methods(model: Any, spec: str) -> tuple[list[str], list[str]]:
-    """``all`` or a comma list -> (methods to run, notes about skipped ones)."""
+def resolve_methods(model: Any, spec: str, contrast: bool = False) -> tuple[list[str], list[str]]:
+    """``all`` or a comma list -> (methods to run, notes about skipped ones). With ``contrast``
+    the methods must explain a contrast too (``all`` skips the others with a note)."""
     import vlexplain as vx
 
     from ..attribution.base import brief_reason
@@ -27,6 +28,10 @@ def resolve_methods(model: Any, spec: str) -> tuple[list[str], list[str]]:
             for n in vx.list_methods()
             if n not in names
         ]
+        if contrast:
+            no = {n: vx.get_method(n).why_not_contrast() for n in names}
+            notes += [f"{n}: {brief_reason(w).split(' (methods that can', 1)[0]}" for n, w in no.items() if w]
+            names = [n for n in names if not no[n]]
         return names, notes
     names = [n.strip() for n in spec.split(",") if n.strip()]
     if not names:
@@ -37,6 +42,8 @@ def resolve_methods(model: Any, spec: str) -> tuple[list[str], list[str]]:
         if why is not None:
             ok = [m for m, s in applicable.items() if "image" in s]
             raise MethodError(f"{brief_reason(why)}; methods that apply to this model's images: {', '.join(ok)}")
+        if contrast and (why := cls.why_not_contrast()) is not None:
+            raise MethodError(why)
     return names, []
 
 
@@ -48,8 +55,11 @@ def compare(
     seed: int = 0,
     options: dict[str, dict[str, Any]] | None = None,
     progress: bool = True,
+    versus: str | None = None,
+    versus_image: Any = None,
 ) -> dict[str, list[Any]]:
-    """Run each method on (image, every text); returns ``{method: [Explanation per text]}``."""
+    """Run each method on (image, every text); returns ``{method: [Explanation per text]}``.
+    ``versus`` / ``versus_image``: every map explains that contrast (see ``vx.explain``)."""
     from rich.progress import Progress
 
     import vlexplain as vx
@@ -59,7 +69,16 @@ def compare(
         task = prog.add_task("methods", total=len(methods))
         for m in methods:
             prog.update(task, description=m)
-            exps = vx.explain(model, image, texts, method=m, seed=seed, **(options or {}).get(m, {}))
+            exps = vx.explain(
+                model,
+                image,
+                texts,
+                method=m,
+                seed=seed,
+                versus=versus,
+                versus_image=versus_image,
+                **(options or {}).get(m, {}),
+            )
             out[m] = exps if isinstance(exps, list) else [exps]
             prog.advance(task)
     return out
@@ -72,18 +91,23 @@ def compare_figure(results: dict[str, list[Any]], texts: list[str], path: Path, 
 
     plt = _mpl()
     methods = list(results)
-    rows, cols = len(texts), len(methods) + 1
+    # a row per text; a contrast of two images adds each text's row of maps on the versus image
+    plan = [(r, False) for r in range(len(texts))]
+    if results[methods[0]][0].versus is not None:
+        plan = [(r, v) for r in range(len(texts)) for v in (False, True)]
+    rows, cols = len(plan), len(methods) + 1
     fig, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, 2.3 * rows + 0.6), squeeze=False)
-    for r, t in enumerate(texts):
+    for row, (r, on_versus) in enumerate(plan):
         first = results[methods[0]][r]
-        rgb = first.image_rgb().cpu()
-        axes[r][0].imshow(rgb.permute(1, 2, 0).numpy())
-        axes[r][0].set_title(f"\u201c{t}\u201d\ncosine {first.score:.3f}", fontsize=9)
+        shown = first.versus if on_versus else first
+        rgb = shown.image_rgb().cpu()
+        axes[row][0].imshow(rgb.permute(1, 2, 0).numpy())
+        axes[row][0].set_title(_row_title(texts[r], first, on_versus), fontsize=8)
         for c, m in enumerate(methods, start=1):
-            e = results[m][r]
+            e = results[m][r].versus if on_versus else results[m][r]
             m_ = e.image_map.detach().float().cpu()
-            axes[r][c].imshow(overlay(rgb, m_.clamp_min(0) if float(m_.min()) < 0 else m_))
-            axes[r][c].set_title(f"{m}\n{e.seconds:.2f} s", fontsize=9)
+            axes[row][c].imshow(overlay(rgb, m_.clamp_min(0) if float(m_.min()) < 0 else m_))
+            axes[row][c].set_title(f"{m}\n{e.seconds:.2f} s", fontsize=9)
     for a in axes.flat:
         a.axis("off")
     fig.suptitle(
@@ -94,19 +118,34 @@ def compare_figure(results: dict[str, list[Any]], texts: list[str], path: Path, 
     plt.close(fig)
 
 
+def _row_title(text: str, e: Any, on_versus: bool) -> str:
+    """A figure row's title: the text and its cosine, or what a contrast contrasted."""
+    from ..viz.save import wrap_title
+
+    c = e.contrast
+    if c is None:
+        return f"\u201c{text}\u201d\ncosine {e.score:.3f}"
+    if c.kind == "text":
+        return wrap_title(f"\u201c{text}\u201d rather than \u201c{c.versus}\u201d {c.difference:+.3f}", 26, 3)
+    if on_versus:
+        return wrap_title(f"versus image {c.versus}, \u201c{text}\u201d cosine {c.versus_score:.3f}", 26, 3)
+    return wrap_title(f"this image, \u201c{text}\u201d cosine {c.score:.3f} ({c.difference:+.3f})", 26, 3)
+
+
 def compare_page(results: dict[str, list[Any]], texts: list[str], figure: str, title: str, notes: list[str]) -> str:
     from ..viz.core import token_html
 
     head = "".join(f"<th>{html.escape(m)}</th>" for m in results)
     rows = []
     for r, t in enumerate(texts):
-        score = results[next(iter(results))][r].score
+        first = results[next(iter(results))][r]
+        line = f"cosine {first.score:.3f}" if first.contrast is None else first.contrast.label(t)
         cells = "".join(
             f"<td>{token_html(e.tokens, e.token_scores) if e.token_scores is not None else '—'}"
             f"<div class='t'>{e.seconds:.2f} s</div></td>"
             for e in (results[m][r] for m in results)
         )
-        rows.append(f"<tr><th>{html.escape(t)}<div class='t'>cosine {score:.3f}</div></th>{cells}</tr>")
+        rows.append(f"<tr><th>{html.escape(t)}<div class='t'>{html.escape(line)}</div></th>{cells}</tr>")
     skipped = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
     return (
         "<!doctype html><meta charset='utf-8'><title>" + html.escape(title) + "</title>"
@@ -138,6 +177,10 @@ def register(app: typer.Typer) -> None:
         options: str = typer.Option(
             "{}", "--options", help='Per-method options as JSON, e.g. \'{"rise": {"n_masks": 500}}\'.'
         ),
+        versus: str | None = typer.Option(None, "--versus", help="Explain why each text rather than this one."),
+        versus_image: Path | None = typer.Option(
+            None, "--versus-image", help="Explain why IMAGE ranks above this one for each text (maps on both)."
+        ),
     ) -> None:
         """Every method on IMAGE and each --text: one figure (texts x methods), token highlights, JSON, HTML."""
         from ..attribution.options import check_methods_options
@@ -145,28 +188,34 @@ def register(app: typer.Typer) -> None:
         from ..outdir import claimed
         from ..textclean import clean_text
         from ..validate import check_seed, parse_json_option
-        from .explain import load_model_cli
+        from .explain import check_versus, load_model_cli
 
         opts = parse_json_option(options, "--options", '{"rise": {"n_masks": 500}}')
         text = [clean_text(t) for t in text]  # control characters removed; nothing visible: refused
         check_seed(seed)
         img = load_image(image)
+        if versus_image is not None and not versus_image.exists():
+            raise InputError(f"--versus-image not found: {versus_image}")
         m = load_model_cli(model, device)
         check_image_size(img, tuple(m.input_size), str(image), warn=False)
-        names, notes = resolve_methods(m, methods)
+        vi = None if versus_image is None else str(versus_image)
+        target = check_versus(m, [], None, list(text), versus, vi, [(str(image), img)])
+        names, notes = resolve_methods(m, methods, contrast=target == "contrast")
         opts = check_methods_options(names, opts, "--options")
         for n in names:  # the model-dependent checks (layers it has...), before any work
             __import__("vlexplain").get_method(n).create(m, **opts.get(n, {}))
         with claimed(out):
-            _write_compare(m, img, image, list(text), names, notes, seed, opts, out)
+            _write_compare(m, img, image, list(text), names, notes, seed, opts, out, versus, vi)
 
 
-def _write_compare(m, img, image: Path, text: list[str], names, notes, seed: int, opts, out: Path) -> None:
+def _write_compare(
+    m, img, image: Path, text: list[str], names, notes, seed: int, opts, out: Path, versus, versus_image
+) -> None:
     """Run every method and write compare.png, compare.json and index.html."""
     from ..files import shown_name
     from ..viz.save import atomic_write_text
 
-    results = compare(m, img, list(text), names, seed=seed, options=opts)
+    results = compare(m, img, list(text), names, seed=seed, options=opts, versus=versus, versus_image=versus_image)
     out.mkdir(parents=True, exist_ok=True)
     title = f"{shown_name(image.name)} · model {m.name}"
     compare_figure(results, list(text), out / "compare.png", title)
@@ -175,6 +224,8 @@ def _write_compare(m, img, image: Path, text: list[str], names, notes, seed: int
         "model": m.name,
         "seed": seed,
         "texts": list(text),
+        **({"versus": versus} if versus is not None else {}),
+        **({"versus_image": shown_name(Path(versus_image))} if versus_image is not None else {}),
         "skipped": notes,
         "results": {k: [e.to_dict() for e in v] for k, v in results.items()},
     }

@@ -33,7 +33,7 @@ def parse_options(pairs: list[str]) -> dict[str, Any]:
 
 
 def early_checks(
-    images: list[Path], texts: list[str], method: str, options: dict[str, Any], seed: int, target: str
+    images: list[Path], texts: list[str], method: str, options: dict[str, Any], seed: int, target: str | None
 ) -> dict[str, Any]:
     """What can be checked before a model is loaded: the image files, the texts, the method and the
     types of its options, the seed and the target. Returns the checked options."""
@@ -47,8 +47,8 @@ def early_checks(
     for t in texts:
         clean_text(t)
     check_seed(seed)
-    if target not in ("cosine", "logit", "softmax"):
-        raise InputError(f"--target {target!r}: use cosine, logit or softmax")
+    if target is not None and target not in ("cosine", "logit", "softmax", "contrast"):
+        raise InputError(f"--target {target!r}: use cosine, logit, softmax or contrast")
     return get_method(method).checked_options(options)
 
 
@@ -82,6 +82,7 @@ class _status:
 def save_entry(exp: Any, out: Path, prefix: str, image_name: str, label: str | None) -> dict[str, Any]:
     """Write one pair's files under ``out/prefix*`` and return its gallery entry."""
     exp.save(str(out / prefix))
+    contrast = getattr(exp, "contrast", None)
     return {
         "overlay": prefix + "_overlay.png" if exp.image_map is not None else None,
         "text": exp.text,
@@ -93,6 +94,7 @@ def save_entry(exp: Any, out: Path, prefix: str, image_name: str, label: str | N
         "json": prefix + ".json",
         "image": image_name,
         "label": label,
+        "contrast": None if contrast is None else contrast.label(exp.text),
     }
 
 
@@ -105,12 +107,14 @@ def run_pairs(
     out: Path,
     zip_pairs: bool,
     seed: int,
-    target: str,
+    target: str | None,
     options: dict[str, Any],
     labels: dict[tuple[int, int], str] | None = None,
     title: str = "vlexplain",
     resume: bool = False,
     then: Callable[[], Any] | None = None,
+    versus: str | None = None,
+    versus_image: str | None = None,
 ) -> Path:
     """Explain every (image, text) pair (or zipped pairs), write per-pair files and the gallery.
 
@@ -119,11 +123,12 @@ def run_pairs(
     ``resume``, pairs whose files a run with the same settings and the same inputs (image files
     fingerprinted by content) left in ``out`` are read back instead of explained again; without
     it, an earlier run's files in ``out`` are replaced. ``then``: more writing into ``out`` (the
-    interactions) while the folder is still claimed.
+    interactions) while the folder is still claimed. ``versus`` (a text) or ``versus_image`` (a
+    path) makes every pair a contrast (target ``contrast``).
     """
     from ..outdir import claimed
 
-    plan = _plan(model, images, texts, method, zip_pairs, seed, target, options, labels)
+    plan = _plan(model, images, texts, method, zip_pairs, seed, target, options, labels, versus, versus_image)
     kept = _resumable(out, plan["settings"], plan["prefixes"]) if resume else set()
     with claimed(out):
         if not resume:
@@ -134,7 +139,9 @@ def run_pairs(
         return index
 
 
-def _plan(model, images, texts, method, zip_pairs, seed, target, options, labels) -> dict[str, Any]:
+def _plan(
+    model, images, texts, method, zip_pairs, seed, target, options, labels, versus=None, versus_image=None
+) -> dict[str, Any]:
     """Everything checked and prepared before anything is written: images, texts, pairs, method, settings."""
     import vlexplain as vx
 
@@ -149,13 +156,14 @@ def _plan(model, images, texts, method, zip_pairs, seed, target, options, labels
     for t in texts:
         clean_text(t)  # no visible character once control characters are removed: refused before writing
     check_seed(seed)
-    if target not in TARGETS:
+    if target is not None and target not in TARGETS:
         raise InputError(f"--target {target!r}: use one of {', '.join(TARGETS)}")
-    if target == "softmax" and len(texts) < 2:
-        raise InputError("--target softmax needs at least two texts (the others are the candidates)")
     loaded = [(shown_name(name), load_image(src)) for name, src in images]  # fails early on bad images
     for name, img in loaded:  # too elongated for the model's preprocessing: refused before writing
         check_image_size(img, tuple(model.input_size), name, warn=False)
+    target = check_versus(model, method, target, texts, versus, versus_image, loaded)
+    if target == "softmax" and len(texts) < 2:
+        raise InputError("--target softmax needs at least two texts (the others are the candidates)")
     if zip_pairs:
         if len(loaded) != len(texts):
             raise InputError(f"--zip needs as many texts as images ({len(loaded)} images, {len(texts)} texts)")
@@ -181,6 +189,8 @@ def _plan(model, images, texts, method, zip_pairs, seed, target, options, labels
         "inputs": [_fingerprint(src) for _, src in images],  # what --resume must find unchanged
         "texts": texts,
         "zip": zip_pairs,
+        **({"versus": versus} if versus is not None else {}),
+        **({"versus_image": versus_image, "versus_input": _fingerprint(versus_image)} if versus_image else {}),
     }
     prefixes = [pair_prefix(k, loaded[i][0], texts[j]) for k, (i, j) in enumerate(pairs)]
     return {"loaded": loaded, "pairs": pairs, "labels": labels or {}, "settings": settings, "prefixes": prefixes}
@@ -211,6 +221,8 @@ def _explain_pairs(model, plan, out, kept, method, seed, target, options, title)
     from ..viz.save import atomic_write_text
 
     loaded, pairs, labels, texts = plan["loaded"], plan["pairs"], plan["labels"], plan["settings"]["texts"]
+    target = plan["settings"]["target"]  # resolved (a versus makes it "contrast")
+    versus, versus_image = plan["settings"].get("versus"), plan["settings"].get("versus_image")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / RUN_FILE, json.dumps(plan["settings"], indent=1, default=str))
     entries = []
@@ -234,6 +246,8 @@ def _explain_pairs(model, plan, out, kept, method, seed, target, options, title)
                 seed=seed,
                 target=target,
                 candidates=texts if target == "softmax" else None,
+                versus=versus,
+                versus_image=versus_image,
                 **options,
             )
             with atomic():  # the pair's files (its JSON last) and its count go together
@@ -241,7 +255,51 @@ def _explain_pairs(model, plan, out, kept, method, seed, target, options, title)
                 work.advance()
             prog.advance(task)
     sub = f"model {model.name} · method {method} · seed {seed} · target {target}"
+    if versus is not None or versus_image is not None:
+        sub += f" · versus {versus if versus is not None else Path(str(versus_image)).name}"
     return write_gallery(out, entries, title, sub)
+
+
+def check_versus(
+    model: Any,
+    methods: str | list[str],
+    target: str | None,
+    texts: list[str],
+    versus: str | None,
+    versus_image: str | None,
+    images: list[tuple[str, Any]],
+) -> str:
+    """The run's target; a bad contrast (an empty versus text or one that is also a --text, a versus
+    image that is unreadable or one of ``images`` (name, PIL image), ``methods`` without a contrastive
+    form, a contradicting --target) is refused before anything is written."""
+    import numpy as np
+
+    import vlexplain as vx
+
+    from ..attribution.contrast import resolve_target
+    from ..images import check_image_size, load_image
+    from ..textclean import clean_text
+
+    target = resolve_target(target, versus, versus_image)
+    if versus is not None:
+        try:
+            v = clean_text(versus).strip()
+        except InputError as e:
+            raise InputError(f"--versus: {e}") from None
+        if v in [t.strip() for t in texts]:
+            raise InputError(f"--versus {versus!r} is also a --text: contrast each text with a different one")
+    if versus_image is not None:  # unreadable or too elongated: refused here
+        other = load_image(versus_image)
+        check_image_size(other, tuple(model.input_size), versus_image, warn=False)
+        same = [name for name, img in images if np.array_equal(np.asarray(img), np.asarray(other))]
+        if same:
+            raise InputError(
+                f"--versus-image {versus_image} is the same image as {same[0]}: contrast with another image"
+            )
+    for method in [methods] if isinstance(methods, str) else methods:
+        if target == "contrast" and (why := vx.get_method(method).why_not_contrast()) is not None:
+            raise MethodError(why)
+    return target
 
 
 RUN_FILE = "explain_run.json"  # the settings of the run that wrote a folder (checked by --resume)
@@ -279,7 +337,20 @@ def read_entry(out: Path, prefix: str, image_name: str, label: str | None) -> di
         "json": prefix + ".json",
         "image": image_name,
         "label": label,
+        "contrast": _contrast_label(d),
     }
+
+
+def _contrast_label(d: dict[str, Any]) -> str | None:
+    """The contrast line of an explanation's JSON (None for a plain explanation)."""
+    from ..attribution.base import ContrastInfo
+
+    c = d.get("contrast")
+    if not c:
+        return None
+    return ContrastInfo(c["kind"], c["versus"], c["score"], c["versus_score"], c.get("role", "explained")).label(
+        d["text"]
+    )
 
 
 def _resumable(out: Path, settings: dict[str, Any], prefixes: list[str]) -> set[str]:
@@ -321,7 +392,19 @@ def register(app: typer.Typer) -> None:
         device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ..."),
         seed: int = typer.Option(0, "--seed", help="Seed for stochastic methods."),
         zip_pairs: bool = typer.Option(False, "--zip", help="Pair image i with text i instead of every image x text."),
-        target: str = typer.Option("cosine", "--target", help="cosine, logit or softmax (over the given texts)."),
+        target: str | None = typer.Option(
+            None,
+            "--target",
+            help="cosine (default), logit, softmax (over the given texts) or contrast (the default with --versus).",
+        ),
+        versus: str | None = typer.Option(
+            None, "--versus", help="Explain why each text rather than this one: cos(image, text) - cos(image, versus)."
+        ),
+        versus_image: Path | None = typer.Option(
+            None,
+            "--versus-image",
+            help="Explain why each image ranks above this one for the text (maps on both images).",
+        ),
         layer: int | None = typer.Option(
             None, "--layer", help="Block to attribute at (m2ib, gradcam; for m2ib -1 is the input of block 0)."
         ),
@@ -336,13 +419,25 @@ def register(app: typer.Typer) -> None:
         interaction_method: str = _IX["interaction_method"],
         interaction_option: list[str] = _IX["interaction_option"],
     ) -> None:
-        """Explain every IMAGE x TEXT pair: overlay PNGs, token highlights, JSON and an index.html gallery."""
+        """Explain every IMAGE x TEXT pair: overlay PNGs, token highlights, JSON and an index.html gallery.
+
+        With --versus or --versus-image every pair is a contrast: the maps explain a difference of two
+        scores, and the figures say what was contrasted."""
         opts = parse_options(option)
         ix_opts = parse_options(interaction_option)
         interactions = interactions or span is not None
         for k, v in (("layer", layer), ("beta", beta), ("steps", steps)):
             if v is not None:
                 opts[k] = v
+        if interactions and (versus is not None or versus_image is not None):
+            raise InputError(
+                "--interactions explain the pair's cosine: run them without --versus / --versus-image "
+                "(or the contrast without --interactions)"
+            )
+        if versus_image is not None:
+            from ..files import check_input_file
+
+            check_input_file(versus_image, "--versus-image")
         opts = early_checks(images, list(text), method, opts, seed, target)  # before loading a model
         m = load_model_cli(model, device)
         if interactions:  # bad method, option or span: one line before anything is written
@@ -358,6 +453,8 @@ def register(app: typer.Typer) -> None:
             target=target,
             options=opts,
             resume=resume,
+            versus=versus,
+            versus_image=None if versus_image is None else str(versus_image),
             then=(lambda: write_interactions(
                 m, list(images), list(text), zip_pairs=zip_pairs, out=out, seed=seed,
                 method=interaction_method, options=ix_opts, span=span,

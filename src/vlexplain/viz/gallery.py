@@ -27,7 +27,8 @@ def write_gallery(out_dir: str | os.PathLike, entries: Sequence[dict], title: st
     Args:
         entries: dicts with keys ``overlay`` (relative PNG path or None), ``text``, ``tokens``,
             ``token_scores``, ``score``, ``method``, ``seconds``, ``json`` (relative path), ``image``
-            (image name) and optionally ``label`` (e.g. "expected match").
+            (image name) and optionally ``label`` (e.g. "expected match") and ``contrast`` (what a
+            contrastive explanation contrasted, shown instead of the cosine).
     """
     out = Path(out_dir)
     cards = []
@@ -40,10 +41,11 @@ def write_gallery(out_dir: str | os.PathLike, entries: Sequence[dict], title: st
             else ""
         )
         toks = token_html(e["tokens"], e.get("token_scores"))
+        score = html.escape(e["contrast"]) if e.get("contrast") else f"cosine {e['score']:.3f}"
         cards.append(
             "<div class='card'>"
             f"{img}<div class='text'>{toks}</div>"
-            f"<div class='meta'><span class='score'>cosine {e['score']:.3f}</span>{lab}<br>"
+            f"<div class='meta'><span class='score'>{score}</span>{lab}<br>"
             f"{html.escape(e['image'])} · {html.escape(e['method'])} · {e['seconds']:.2f} s · "
             f"<a href='{html.escape(e['json'])}'>json</a></div></div>"
         )

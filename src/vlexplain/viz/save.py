@@ -34,10 +34,19 @@ class Displayable(Protocol):
     text: str
     pixels: Tensor | None
     seconds: float
+    #: for a contrast, what was contrasted (``label(text)``, ``versus``), else None
+    contrast: Any
+    #: for a contrast of two images, the versus image's explanation (the same attributes), else None
+    versus: Any
 
     def image_rgb(self) -> Tensor: ...
 
     def to_dict(self) -> dict[str, Any]: ...
+
+
+def score_line(exp: Displayable) -> str:
+    """``cosine 0.312``, or for a contrast what was contrasted and the scores."""
+    return f"cosine {exp.score:.3f}" if exp.contrast is None else exp.contrast.label(exp.text)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> None:
@@ -85,7 +94,11 @@ def wrap_title(text: str, width: int = TITLE_CHARS, max_lines: int = TITLE_LINES
 
 
 def overlay_figure(exp: Displayable, path: str | os.PathLike, title: str | None = None) -> None:
-    """Image | heatmap overlay with a colour bar in the map's raw units; a long title is wrapped."""
+    """Image | heatmap overlay with a colour bar in the map's raw units; a long title is wrapped.
+
+    A contrast is drawn by [`contrast_figure`][vlexplain.viz.save.contrast_figure] instead."""
+    if exp.contrast is not None:
+        return contrast_figure(exp, path)
     plt = _mpl()
     rgb = exp.image_rgb().cpu()
     head = wrap_title(title or f"\u201c{exp.text}\u201d   cosine {exp.score:.3f}")
@@ -106,6 +119,46 @@ def overlay_figure(exp: Displayable, path: str | os.PathLike, title: str | None 
     axes[1].set_title(f"{exp.method}", fontsize=10)
     for a in axes:
         a.axis("off")
+    fig.suptitle(head, fontsize=11)
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
+    plt.close(fig)
+
+
+def contrast_figure(exp: Displayable, path: str | os.PathLike) -> None:
+    """A contrast: each image beside its map of the difference, on one diverging colour scale centred
+    on zero (red raises the difference, blue lowers it); the title says what was contrasted. Two
+    panels for "this text rather than that one", four for "this image rather than that one"."""
+    plt = _mpl()
+    c, versus = exp.contrast, exp.versus
+    panels = [(exp, "this image" if versus is not None else "image")]
+    if versus is not None:
+        panels.append((versus, str(c.versus)))
+    maps = [p.image_map.detach().float().cpu() for p, _ in panels if p.image_map is not None]
+    lim = max([float(m.abs().max()) for m in maps] + [1e-12])
+    side = 2.7  # inches per panel
+    width = 2 * len(panels) * side + 0.9
+    head = wrap_title(c.label(exp.text), width=int(width * 11))
+    fig, axes = plt.subplots(
+        1, 2 * len(panels), figsize=(width, side + 0.9 + 0.22 * head.count("\n")), layout="constrained"
+    )
+    im = None
+    for i, (p, name) in enumerate(panels):
+        rgb = p.image_rgb().cpu().permute(1, 2, 0).numpy()
+        axes[2 * i].imshow(rgb)
+        label = f"{name}   cosine {p.score:.3f}" if versus is not None else name  # (text: both in the title)
+        axes[2 * i].set_title(wrap_title(label, 34, 2), fontsize=9)
+        axes[2 * i + 1].imshow(rgb)
+        if p.image_map is not None:
+            m = p.image_map.detach().float().cpu().numpy()
+            im = axes[2 * i + 1].imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim, alpha=0.6)
+        axes[2 * i + 1].set_title(f"{exp.method}: the difference", fontsize=9)
+    for a in axes:
+        a.axis("off")
+    if im is not None:
+        cb = fig.colorbar(im, ax=list(axes), fraction=0.025, pad=0.02)
+        unit = "nats" if exp.method in ("m2ib", "m2ib_fast") else "attribution"
+        cb.set_label(f"{unit} (red: raises the difference)", fontsize=8)
+        cb.ax.tick_params(labelsize=7)
     fig.suptitle(head, fontsize=11)
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
     plt.close(fig)
@@ -168,6 +221,7 @@ def text_figure(exp: Displayable, path: str | os.PathLike, max_width: float = 12
 def explanation_html(exp: Displayable, image_src: str | None = None) -> str:
     """A small HTML card: the overlay (inline or linked), the token highlight, the score."""
     import base64
+    import html
     import io
 
     from PIL import Image
@@ -182,13 +236,15 @@ def explanation_html(exp: Displayable, image_src: str | None = None) -> str:
         "<div style='display:inline-block;margin:6px;padding:8px;border:1px solid #ddd;border-radius:6px;"
         "font-family:sans-serif;vertical-align:top;max-width:260px'>"
         f"{img}<div style='margin-top:6px'>{toks}</div>"
-        f"<div style='color:#555;font-size:12px;margin-top:4px'>{exp.method} · cosine {exp.score:.3f}"
+        f"<div style='color:#555;font-size:12px;margin-top:4px'>{exp.method} · {html.escape(score_line(exp))}"
         f" · {exp.seconds:.2f} s</div></div>"
     )
 
 
 def save_explanation(exp: Displayable, path_prefix: str | os.PathLike) -> list[str]:
     """Write PREFIX_overlay.png, PREFIX_text.html, PREFIX_text.png and PREFIX.json; return the paths."""
+    import html
+
     prefix = str(path_prefix)
     written = []
     if exp.image_map is not None:
@@ -198,7 +254,7 @@ def save_explanation(exp: Displayable, path_prefix: str | os.PathLike) -> list[s
         page = (
             "<!doctype html><meta charset='utf-8'><title>vlexplain tokens</title>"
             f"<body style='font-family:sans-serif'><p>{token_html(exp.tokens, exp.token_scores)}</p>"
-            f"<p style='color:#555'>{exp.method} · cosine {exp.score:.3f}</p></body>"
+            f"<p style='color:#555'>{exp.method} · {html.escape(score_line(exp))}</p></body>"
         )
         atomic_write_text(prefix + "_text.html", page)
         text_figure(exp, prefix + "_text.png")

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from .protocol_common import image_maps, refuse_metrics, require_model, resize_mask, select_methods, squash
 from .protocol_run import ProtocolResult, finish, run_shards
 from .protocol_stats import bootstrap, chefer_reduce, chefer_stats
 from .registry import Benchmark, Option, register_benchmark
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 PROTOCOL = (
     "Protocol: Chefer et al. (CVPR 2021) `imagenet_seg_eval.py`, as TextSpan (ICLR 2024) and LeGrad (ICCV 2025) "
@@ -51,8 +53,10 @@ def _imagenet_names() -> list[str]:
     return list(require("open_clip.zero_shot_metadata", "openclip").IMAGENET_CLASSNAMES)
 
 
-def _zero_shot(model: Any, names: list[str]) -> torch.Tensor:
+def _zero_shot(model: Any, names: list[str]) -> Tensor:
     """(1000, d) unit-norm text embeddings of "a photo of a {c}." for the ImageNet classes."""
+    import torch
+
     with torch.no_grad():
         t = torch.cat(
             [
@@ -80,6 +84,8 @@ def run_imagenet_seg(
     shard_size: int = 16,
 ) -> ProtocolResult:
     """Run the ImageNet-Segmentation protocol; every input is checked before anything is written."""
+    import torch
+
     from ..run_config import _model_and_spec, _resolve_device
     from ..runner import dist_info, pair_seed
 

@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import Tensor
 
 from ...errors import InputError
 from .protocol_common import refuse_metrics, require_model, select_methods, squash
 from .protocol_run import ProtocolResult, finish, run_shards
 from .protocol_stats import bootstrap, confusion_stats, miou_reduce
 from .registry import Benchmark, Option, register_benchmark
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 Templates = Literal["imagenet80", "single"]
 
@@ -41,6 +41,9 @@ PROTOCOL = (
 
 def query_embeddings(model: Any, classes: tuple[str, ...], templates: Templates) -> tuple[Tensor, Tensor]:
     """(Q, d) unit-norm query embeddings (template means) and (Q,) the class of each query."""
+    import torch
+    import torch.nn.functional as F
+
     from ...attribution.clip_surgery import TEMPLATES
 
     temps = list(TEMPLATES[:80]) if templates == "imagenet80" else ["a photo of a {}."]
@@ -71,6 +74,9 @@ def _windows(h: int, w: int, crop: int, stride: int) -> list[tuple[int, int]]:
 
 def _maps(model: Any, explainer: Any, px: Tensor, te: Tensor, seed: int) -> Tensor:
     """(Q, H, W) maps of one input-size image against each query embedding."""
+    import torch
+    import torch.nn.functional as F
+
     from ...attribution.base import PairBatch, upsample_grid
     from ...attribution.targets import make_target
     from ...models.base import frozen
@@ -97,6 +103,8 @@ def slide_maps(
 ) -> Tensor:
     """(Q, h, w) maps of a (3, h, w) image: every window's maps added where it lies, divided by the
     number of windows over each pixel (the released ``forward_slide``)."""
+    import torch
+
     size = tuple(px.shape[-2:])
     acc = torch.zeros(len(te), *size)
     count = torch.zeros(1, *size)
@@ -108,6 +116,8 @@ def slide_maps(
 
 def predict(logits: Tensor, owner: Tensor, n_classes: int, logit_scale: float, thd: float) -> Tensor:
     """(Q, H, W) query maps -> (H, W) class ids (the released ``postprocess_result``)."""
+    import torch
+
     probs = (logits * logit_scale).softmax(0)
     flat = probs.flatten(1)  # (Q, H * W)
     per_class = torch.zeros(n_classes, flat.shape[1], dtype=probs.dtype)
@@ -156,6 +166,9 @@ def run_openvocab_seg(
     shard_size: int = 16,
 ) -> ProtocolResult:
     """Run the open-vocabulary segmentation protocol; every input is checked before anything is written."""
+    import torch
+    import torch.nn.functional as F
+
     from ...attribution.base import get_method
     from ...data.semseg import SemSegFolder
     from ..run_config import _model_and_spec, _resolve_device

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
-from torch import Tensor
 
 from ...errors import InputError, MethodError
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 #: reference maps that ignore the model, always run beside the methods
 REFERENCES = ("random", "center")
@@ -47,6 +48,8 @@ def squash(
 ) -> Tensor:
     """(3, H, W) normalised pixels of ``image`` resized to ``size`` (default: the model's input) without
     cropping, as the published protocols' ``Resize((H, W))``."""
+    import torch
+
     h, w = size or tuple(model.input_size)
     x = torch.from_numpy(np.asarray(image.convert("RGB").resize((w, h), resample), dtype=np.float32) / 255.0)
     x = x.permute(2, 0, 1)
@@ -63,6 +66,8 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def image_maps(model: Any, pixels: Tensor, texts: list[str], method: str, seed: int, options: dict[str, Any]) -> Tensor:
     """(len(texts), H, W) image maps of one image (``pixels`` (3, H, W)) for each text."""
+    import torch
+
     from ...attribution.api import explain
 
     if not texts:

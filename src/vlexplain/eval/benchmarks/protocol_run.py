@@ -25,7 +25,6 @@ import numpy as np
 from ...errors import InputError
 from ...interrupt import track
 from .. import io as rio
-from ..runner import _barrier, _release_group, dist_info
 
 SHARDS = "shards"
 CONFIG = "config.json"
@@ -91,6 +90,8 @@ def run_shards(
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Compute ``compute(i)`` (method -> (rows, ...) statistics of item ``i``) for every item; returns
     method -> (all rows in item order, the item of each row), read back from the shard files."""
+    from ..runner import _barrier, _release_group, dist_info
+
     rank, world = dist_info()
     prepare(out, config, resume, overwrite)
     _barrier(world)
@@ -165,6 +166,8 @@ def finish(
     out: Path, title: str, protocol: str, values: dict[str, dict[str, tuple[float, float, float]]], extra: dict
 ) -> ProtocolResult:
     """Write results.json and leaderboard.md (rank 0) and return them."""
+    from ..runner import dist_info
+
     metrics = list(next(iter(values.values())))
     lines = [
         f"### {title}",

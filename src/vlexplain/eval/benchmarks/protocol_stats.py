@@ -19,9 +19,12 @@ image adds to those sums. The bootstrap resamples images and recomputes the data
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-from torch import Tensor
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 # --- ImageNet-Segmentation -----------------------------------------------------------------------
@@ -47,6 +50,8 @@ def chefer_stats(heatmap: Tensor, target: Tensor, clamp_negative: bool = False) 
         target: (H, W) int: 1 object, 0 background, -1 ignored.
         clamp_negative: set negative values to 0 before normalising (TextSpan's variant).
     """
+    import torch
+
     r = heatmap.double()
     if clamp_negative:
         r = r.clamp_min(0)
@@ -78,6 +83,8 @@ def chefer_reduce(stats: np.ndarray, w: np.ndarray) -> dict[str, float]:
 def point_stats(heatmap: Tensor, pos: np.ndarray, neg: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     """[tp, fp, fn] of one (image, class): points (x, y) in [0, 1] read from the min-max normalised map
     (the pixel a point falls in; foreground is ``> threshold``)."""
+    import torch
+
     H, W = heatmap.shape
     r = heatmap.double()
     r = torch.nan_to_num((r - r.min()) / (r.max() - r.min()), nan=0.0)
@@ -106,6 +113,8 @@ def points_reduce(stats: np.ndarray, w: np.ndarray) -> dict[str, float]:
 # --- semantic segmentation ------------------------------------------------------------------------
 def confusion_stats(pred: Tensor, label: Tensor, num_classes: int, ignore: int = 255) -> np.ndarray:
     """(2, C) [intersection, union] per class of one image (pixels labelled ``ignore`` left out)."""
+    import torch
+
     keep = label != ignore
     p, t = pred[keep].long(), label[keep].long()
     area_inter = torch.bincount(t[p == t], minlength=num_classes)[:num_classes]

@@ -87,6 +87,9 @@ class Benchmark:
         model_help, n_help: ``--help`` of ``--model`` and ``--n`` when the defaults do not say it.
         check: ``check(**options)`` refuses bad values of the kind's own options (an ``InputError``)
             before a model is loaded or anything is written.
+        method_registry: ``"attribution"`` (methods and metrics are the attribution methods and
+            the metrics, checked by the command line before the run) or another registry's name,
+            whose kind checks its methods and metrics itself (``interactions``).
     """
 
     name: str
@@ -105,6 +108,7 @@ class Benchmark:
     model_help: str = ""
     n_help: str = ""
     check: Callable[..., None] | None = None
+    method_registry: str = "attribution"
 
 
 _BENCHMARKS: dict[str, Benchmark] = {}
