@@ -154,8 +154,9 @@ def explain(
                 torch.cuda.synchronize()
             dt = (time.perf_counter() - t0) / len(chunk)
             patch = full = None
+            pixel_level = img is not None and tuple(img.shape[-2:]) == tuple(model.input_size)
             if img is not None:
-                if tuple(img.shape[-2:]) == tuple(model.input_size):
+                if pixel_level:
                     full, patch = img, pool_to_grid(img, grid)  # type: ignore[arg-type]
                 else:
                     patch, full = img, upsample_grid(img, model.input_size)
@@ -175,6 +176,7 @@ def explain(
                     mean=tuple(model.mean),
                     std=tuple(model.std),
                     seconds=dt,
+                    map_resolution="pixel" if pixel_level else "patch",
                 )
     out = [r for r in results if r is not None]
     return out[0] if single and len(out) == 1 else out

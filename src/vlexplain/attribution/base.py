@@ -233,6 +233,8 @@ class Explanation:
         pixels: (3, H, W) the preprocessed image, for display.
         mean, std: the normalisation of ``pixels``.
         seconds: wall-clock time spent on this pair (batch time / batch size).
+        map_resolution: "patch" when the method scored the token grid (``image_map`` is its
+            bilinear upsampling), "pixel" when it scored pixels (``patch_map`` is their area mean).
     """
 
     image_map: Tensor | None
@@ -248,6 +250,12 @@ class Explanation:
     std: tuple[float, ...] = (1.0, 1.0, 1.0)
     seconds: float = 0.0
     extras: dict[str, Any] = field(default_factory=dict)
+    map_resolution: Literal["patch", "pixel"] = "patch"
+
+    @property
+    def native_map(self) -> Tensor | None:
+        """The image map at the resolution the method computed it: ``patch_map`` or ``image_map``."""
+        return self.image_map if self.map_resolution == "pixel" else self.patch_map
 
     def image_rgb(self) -> Tensor:
         """(3, H, W) the image in [0, 1] as the model saw it."""

@@ -74,6 +74,7 @@ class MetricInfo:
     requires: tuple[str, ...]  # keywords that must be given: masks, method, per-row extras
     primary: str | None  # output key that summarises the metric
     higher_is_better: bool | None
+    native_maps: bool = False  # read each map at its own resolution (``MetricSpec.native_maps``)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -109,6 +110,7 @@ def resolve_metric(name: str) -> MetricInfo:
         tuple(getattr(fn, "requires", ())),
         getattr(fn, "primary", None),
         getattr(fn, "higher_is_better", None),
+        bool(getattr(fn, "native_maps", False)),
     )
 
 
