@@ -208,9 +208,9 @@ def test_runner_scores_native_maps_and_within_groups(tmp_path, hf_clip):
 
 
 def test_spurious_headline_is_the_paired_difference(tmp_path, hf_clip):
-    import vlexplain as vx
     from PIL import Image
 
+    import vlexplain as vx
     from vlexplain.eval import io as rio
     from vlexplain.eval.report import bootstrap_ci
     from vlexplain.eval.runner import evaluate
@@ -225,7 +225,9 @@ def test_spurious_headline_is_the_paired_difference(tmp_path, hf_clip):
         cue[4:14, 50:60] = 255
         Image.fromarray(cue).save(tmp_path / f"cue{i}.png")
         g = "aligned" if i < 4 else "conflicting"
-        rows.append({"image": f"im{i}.png", "caption": "a photo", "cue_mask": f"cue{i}.png", "reliance": 0.1 * i, "group": g})
+        rows.append(
+            {"image": f"im{i}.png", "caption": "a photo", "cue_mask": f"cue{i}.png", "reliance": 0.1 * i, "group": g}
+        )
     (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     other = vx.load_model(tiny_clip(seed=1))
     metrics = ["cue_share", "cue_pointing", "cue_reliance_rank_within"]
