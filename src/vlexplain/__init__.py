@@ -11,12 +11,15 @@ from .attribution.targets import Target
 from .errors import InputError, MethodError, ModelLoadError, VlexplainError
 from .models.base import DualEncoder, TextBatch, Tower
 from .models.registry import SPEC_FORMS, load_model
+from .repair.decompose import Decomposition, decompose
 
 __version__ = "0.1.0"
 
 __all__ = [
     "load_model",
     "explain",
+    "decompose",
+    "Decomposition",
     "list_methods",
     "get_method",
     "methods_for",

@@ -537,7 +537,9 @@ def _metrics_for(
             **ctx.cfg.metric_options.get(name, {}),
         )
         for key, val in res.items():
-            col = name if len(res) == 1 or key == name else f"{name}.{key}"  # the output named like the metric: its column
+            col = (
+                name if len(res) == 1 or key == name else f"{name}.{key}"
+            )  # the output named like the metric: its column
             vals: list[Any] = [None] * n
             if isinstance(val, Tensor):
                 t = val.detach().float().cpu()

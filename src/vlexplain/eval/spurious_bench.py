@@ -241,7 +241,11 @@ def _markdown(loaded, runs, files, names, skipped, method_options, n, seed, prim
         lines += ["", f"### `{t}` (`{getattr(loaded[t], 'name', loaded[t])}`)", ""]
         lines.append(leaderboard_markdown(runs[t], primary).rstrip())
     if len(tags) >= 2:
-        lines += ["", f"### Difference `{tags[0]}` − `{tags[1]}`, every metric (same pairs; paired bootstrap 95 % interval)", ""]
+        lines += [
+            "",
+            f"### Difference `{tags[0]}` − `{tags[1]}`, every metric (same pairs; paired bootstrap 95 % interval)",
+            "",
+        ]
         lines += _difference_table(runs[tags[0]], runs[tags[1]], names, primary)
     lines += ["", "### Cue share by group (mean [95 % interval])", ""]
     lines += _group_table(runs, names)

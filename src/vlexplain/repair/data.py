@@ -1,0 +1,198 @@
+"""What audits and repairs read: image-caption pairs that show a cue, with the cue's mask, a group
+label and (where available) the same image without the cue.
+
+Two sources:
+
+* ``spurious`` / ``spurious:N``: the spurious-cue testbed (``vlexplain.data.spurious``): ``N``
+  held-out single-object scenes (default 64) rendered with their category's badge (group
+  *aligned*) and with another category's (*conflicting*), each with its exact badge mask and its
+  counterfactual without a badge (the same seed), queried with the main object's category caption.
+  The scenes are those of ``benchmark spurious`` (seeds ``9 000 000 + 100 000 * seed``), apart from
+  the group evaluation's (0 ..) and the training scenes.
+* a JSONL pairs file, one row per pair: ``image``, ``caption``, ``cue_mask`` (a PNG of the image's
+  size, white on the cue), and optionally ``group`` (any label), ``clean_image`` (the same image
+  without the cue), ``reliance`` (the model's score with the cue minus without it), ``label``
+  (a class name). Paths are relative to the file. Without ``clean_image`` the cue-free image is
+  made by filling the cue's pixels with the mean colour of a 3-pixel ring around them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from ..errors import InputError
+
+DEFAULT_AUDIT_N = 64  # testbed scenes per group
+
+
+@dataclass
+class CuePairs:
+    """Pairs that show a cue.
+
+    Attributes:
+        images: the images with their cue.
+        captions: the query caption of each pair.
+        masks: per pair, an (h, w) bool mask of the cue at the image's size.
+        groups: per pair, its group label (``"all"`` when the data has none).
+        clean: per pair, the same image without the cue (given or made by filling the mask).
+        clean_given: whether ``clean`` came with the data (exact counterfactuals).
+        reliance: the data's own ``reliance`` column, if any.
+        source: what was read.
+    """
+
+    images: list[Image.Image]
+    captions: list[str]
+    masks: list[np.ndarray]
+    groups: list[str]
+    clean: list[Image.Image]
+    clean_given: bool
+    reliance: np.ndarray | None
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def pixels(self, model: Any, clean: bool = False) -> Tensor:
+        """(N, 3, H, W) the images (or their cue-free versions) as the model sees them."""
+        ims = self.clean if clean else self.images
+        return torch.stack([model.preprocess(im) for im in ims]).to(model.device, model.dtype)
+
+    def cue_masks(self, model: Any) -> Tensor:
+        """(N, H, W) bool masks in the model's input frame (its resize and centre crop)."""
+        return frame_masks(self.masks, tuple(model.input_size))
+
+    def true_reliance(self, model: Any) -> np.ndarray:
+        """Per pair, the model's score with the cue minus its score without it (the data's column
+        when given, else measured on the cue-free images)."""
+        if self.reliance is not None:
+            return self.reliance
+        from ..data.spurious import reliance
+
+        return reliance(model, self.images, self.clean, self.captions)
+
+
+def frame_masks(masks: Sequence[np.ndarray], size: tuple[int, int]) -> Tensor:
+    """(h, w) bool masks -> (N, H, W) in a model's input frame: shortest side resized to ``min(size)``
+    (nearest), centre crop, as ``vlexplain.metrics.cue.load_cue_masks`` maps mask files."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    out = []
+    for m in masks:
+        im = Image.fromarray(np.asarray(m, dtype=np.uint8) * 255)
+        im = TF.resize(im, min(size), interpolation=InterpolationMode.NEAREST)
+        out.append(torch.from_numpy(np.asarray(TF.center_crop(im, list(size))) > 127))
+    return torch.stack(out)
+
+
+def fill_cue(image: Image.Image, mask: np.ndarray, ring: int = 3) -> Image.Image:
+    """The image with the mask's pixels replaced by the mean colour of a ``ring``-pixel band around them."""
+    from ..metrics.localization import dilate
+
+    m = torch.from_numpy(np.asarray(mask, dtype=bool))[None]
+    band = (dilate(m, ring) & ~m)[0].numpy()
+    arr = np.asarray(image.convert("RGB")).copy()
+    if band.any():
+        arr[np.asarray(mask, dtype=bool)] = arr[band].mean(0).round().astype(np.uint8)
+    return Image.fromarray(arr)
+
+
+def parse_count(spec: str, name: str, default: int) -> int | None:
+    """``name`` -> default, ``name:N`` -> N; None when ``spec`` is not of this form."""
+    head, sep, tail = spec.partition(":")
+    if head != name:
+        return None
+    if not sep:
+        return default
+    if not tail.isdigit() or int(tail) < 1:
+        raise InputError(f"--data {spec}: expected {name} or {name}:N with N >= 1")
+    return int(tail)
+
+
+def audit_pairs(spec: str, seed: int = 0) -> CuePairs:
+    """The pairs of an audit: ``spurious[:N]`` or a JSONL pairs file (see the module's docstring)."""
+    n = parse_count(spec, "spurious", DEFAULT_AUDIT_N)
+    if n is not None:
+        return spurious_pairs(n, seed)
+    return jsonl_pairs(Path(spec))
+
+
+def spurious_pairs(n: int, seed: int = 0) -> CuePairs:
+    """``n`` testbed scenes per group, aligned then conflicting, with their badge-free counterfactuals."""
+    from ..data.shapes import category_caption
+    from ..data.shapes_cue import main_object, render_cue_scene
+    from ..eval.spurious_bench import spurious_seeds
+
+    seeds = spurious_seeds(n, seed)
+    ims, caps, masks, groups, clean = [], [], [], [], []
+    for group, mode in (("aligned", "own"), ("conflicting", "other")):
+        for s in seeds:
+            scene = render_cue_scene(s, mode)
+            assert scene.badge is not None and scene.badge_mask is not None
+            ims.append(scene.pil())
+            caps.append(category_caption(scene.objects[main_object(scene)].category))
+            masks.append(scene.badge_mask)
+            groups.append(group)
+            clean.append(render_cue_scene(s, "none").pil())
+    return CuePairs(ims, caps, masks, groups, clean, True, None, f"spurious:{n} (seed {seed})")
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise InputError(f"--data {path}: not found (expected spurious[:N] or a JSONL pairs file)")
+    rows = []
+    for k, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                raise InputError(f"{path}:{k}: not a JSON object") from None
+    if not rows:
+        raise InputError(f"{path} has no rows")
+    return rows
+
+
+def jsonl_pairs(path: Path) -> CuePairs:
+    """A JSONL pairs file with a ``cue_mask`` on every row (the module's docstring lists the columns)."""
+    from ..images import load_image
+
+    rows = _read_rows(path)
+    missing = [i for i, r in enumerate(rows, 1) if not r.get("cue_mask") or "image" not in r or "caption" not in r]
+    if missing:
+        raise InputError(
+            f"{path}: row {missing[0]} lacks image, caption or cue_mask; an audit or a repair needs the cue's mask "
+            "on every pair"
+        )
+    base = path.parent
+    ims, masks, clean = [], [], []
+    given = all(r.get("clean_image") for r in rows)
+    for r in rows:
+        im = load_image(base / r["image"]).convert("RGB")
+        mk = np.asarray(_mask(base / r["cue_mask"])) > 127
+        if mk.shape != (im.size[1], im.size[0]):
+            raise InputError(
+                f"cue_mask {r['cue_mask']} is {mk.shape[1]}x{mk.shape[0]} but the image is {im.size[0]}x{im.size[1]}"
+            )
+        ims.append(im)
+        masks.append(mk)
+        clean.append(load_image(base / r["clean_image"]).convert("RGB") if given else fill_cue(im, mk))
+    rel = None
+    if all(isinstance(r.get("reliance"), (int, float)) for r in rows):
+        rel = np.array([float(r["reliance"]) for r in rows])
+    groups = [str(r.get("group", "all")) for r in rows]
+    return CuePairs(ims, [str(r["caption"]) for r in rows], masks, groups, clean, given, rel, str(path))
+
+
+def _mask(path: Path) -> Image.Image:
+    from ..data.pairs import _load_mask
+
+    return _load_mask(path)
