@@ -303,9 +303,7 @@ def _spatial_parts(parts: Tensor, records: list, ref_rows: int = 0) -> Tensor:
         v = rec.v  # (B, T, D), heads concatenated
         src = a.transpose(1, 2)[..., None] * v.view(B, T, H, D // H)  # (B, T, H, dh)
         src = src.permute(2, 0, 1, 3)  # (H, B, T, dh)
-        full = torch.zeros(H, B, T, D, device=v.device, dtype=v.dtype)
-        for h in range(H):
-            full[h, ..., h * (D // H) : (h + 1) * (D // H)] = src[h]
+        full = src.repeat(1, 1, 1, H) * mask[:, None, None, :]  # head h's values on its own channels
         Q[k : k + H] = branch(full) - branch(torch.zeros_like(full))
         k += H + 1
     return Q
