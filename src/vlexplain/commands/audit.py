@@ -48,8 +48,15 @@ def _write(out: Path | None, name: str, md: str, payload: dict) -> None:
     if out is None:
         return
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / f"{name}.md", lambda tmp: Path(tmp).write_text(md))
-    atomic_write(out / f"{name}.json", lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=1)))
+
+    def text(body: str):
+        def write(tmp: str) -> None:
+            Path(tmp).write_text(body)
+
+        return write
+
+    atomic_write(out / f"{name}.md", text(md))
+    atomic_write(out / f"{name}.json", text(json.dumps(payload, indent=1)))
 
 
 def register(app: typer.Typer) -> None:
@@ -90,6 +97,30 @@ def register(app: typer.Typer) -> None:
         sweep = sweep_layers(m, pairs, ref, names, lays, bets, seed=seed, batch_size=batch_size)
         md = sweep.markdown()
         _write(out, "layers", md, sweep.to_dict())
+        typer.echo(md)
+
+    @audit.command("heads")
+    def heads_cmd(
+        model: str = typer.Option(..., "--model", "-m", help="The model audited (a ViT image tower)."),
+        data: str = typer.Option(..., "--data", help=AUDIT_DATA_HELP),
+        seed: int = typer.Option(0, "--seed", min=0, help="Selects the testbed scenes."),
+        top: int | None = typer.Option(None, "--top", min=1, help="Show only the top N heads."),
+        batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images decomposed together."),
+        out: Path | None = typer.Option(
+            None, "--out", callback=out_dir, help="Also write heads.md and heads.json here."
+        ),
+        device: str | None = typer.Option(None, "--device", help="cpu, cuda (default: cuda when available)."),
+    ) -> None:
+        """Rank the image tower's heads by how much their part of the score rises when the cue is present."""
+        from ..repair.heads import audit_heads, check_heads
+        from .explain import load_model_cli
+
+        pairs = _pairs(data, seed)
+        m = load_model_cli(model, device)
+        check_heads(m, [])
+        result = audit_heads(m, pairs, batch_size=batch_size)
+        md = result.markdown(top)
+        _write(out, "heads", md, result.to_dict())
         typer.echo(md)
 
     app.add_typer(audit, name="audit")

@@ -23,7 +23,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from ..distributed import average_gradients
 from ..errors import InputError
 from ..interrupt import atomic, track
 from ..models.base import DualEncoder
-from .losses import PredictionLoss, deal_losses
+from .losses import DealLosses, PredictionLoss, deal_losses
 from .relevance import Templates
 from .sets import ConceptSet
 
@@ -208,14 +208,15 @@ def load_checkpoint(path: str | Path, model: DualEncoder, opt: torch.optim.Optim
 class _Log:
     """``log.csv`` (rows after ``start`` dropped on resume) and optional TensorBoard."""
 
-    def __init__(self, out_dir: Path, start: int, tensorboard: bool):
+    def __init__(self, out_dir: Path, start: int, tensorboard: bool, fields: Sequence[str] = LOG_FIELDS):
         self.path = out_dir / "log.csv"
+        self.fields = tuple(fields)
         rows = []
         if self.path.is_file() and start > 0:
             with self.path.open(newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start]
         with self.path.open("w", newline="") as f:
-            w = csv.DictWriter(f, LOG_FIELDS)
+            w = csv.DictWriter(f, self.fields)
             w.writeheader()
             w.writerows(rows)
         self.tb = None
@@ -229,7 +230,7 @@ class _Log:
 
     def write(self, row: dict[str, float]) -> None:
         with self.path.open("a", newline="") as f:
-            csv.DictWriter(f, LOG_FIELDS).writerow(row)
+            csv.DictWriter(f, self.fields).writerow(row)
         if self.tb is not None:
             for k, v in row.items():
                 if k != "step":
@@ -280,6 +281,7 @@ def deal_train(
     freeze_text: bool = False,
     resume: bool = True,
     progress: bool = True,
+    losses_fn: Callable[..., DealLosses] | None = None,
     **options: Any,
 ) -> TrainResult:
     """Fine-tune ``model`` in place with the DEAL losses.
@@ -292,6 +294,10 @@ def deal_train(
         steps, lr, batch_size, lambda_sep, lambda_con, freeze_text: see ``DealConfig``.
         resume: continue from ``out_dir/checkpoint`` when it exists.
         progress: show a progress bar.
+        losses_fn: replaces the DEAL losses: ``losses_fn(model, pixels, labels, indices)`` returns the
+            batch's ``DealLosses`` (``indices``: the batch's dataset items); the names of its
+            ``extra`` terms, listed in its ``fields`` attribute, are logged too. The rest of the
+            run (data order, optimiser, checkpoints, logging) is the same.
         **options: any other ``DealConfig`` field (betas, eps, weight_decay, prediction, k, ...).
 
     Returns:
@@ -326,13 +332,13 @@ def deal_train(
     flags = [(p, p.requires_grad) for p in model.parameters()]
     try:
         params = _trainable(model, cfg)
-        return _run(model, dataset, classes, concepts, cfg, out, dist, params, progress, resume)
+        return _run(model, dataset, classes, concepts, cfg, out, dist, params, progress, resume, losses_fn)
     finally:
         for p, f in flags:  # freeze_text / logit-scale freezing last only as long as the run
             p.requires_grad_(f)
 
 
-def _run(model, dataset, classes, concepts, cfg, out, dist, params, progress, resume) -> TrainResult:
+def _run(model, dataset, classes, concepts, cfg, out, dist, params, progress, resume, losses_fn=None) -> TrainResult:
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
     start, ckpt = 0, find_checkpoint(out) if resume else None
     if ckpt is not None:
@@ -348,11 +354,26 @@ def _run(model, dataset, classes, concepts, cfg, out, dist, params, progress, re
         if callable(getattr(dataset, "describe", None)):  # the data read: layout, split, split rule
             info["data"] = dataset.describe()
         (out / "config.json").write_text(json.dumps({**dataclasses.asdict(cfg), **info}, indent=1))
-    log = _Log(out, start, cfg.tensorboard) if dist.main else None
+    fields = LOG_FIELDS[:5] + tuple(getattr(losses_fn, "fields", ())) + LOG_FIELDS[5:]
+    log = _Log(out, start, cfg.tensorboard, fields) if dist.main else None
     try:
         with track("steps", cfg.steps, done=start, resume="rerun (without --fresh) to continue") as work:
             return _loop(
-                model, dataset, classes, concepts, cfg, out, dist, params, opt, start, ckpt, log, progress, work
+                model,
+                dataset,
+                classes,
+                concepts,
+                cfg,
+                out,
+                dist,
+                params,
+                opt,
+                start,
+                ckpt,
+                log,
+                progress,
+                work,
+                losses_fn,
             )
     finally:
         if log is not None:
@@ -360,7 +381,7 @@ def _run(model, dataset, classes, concepts, cfg, out, dist, params, progress, re
 
 
 def _loop(
-    model, dataset, classes, concepts, cfg, out, dist, params, opt, start, ckpt, log, progress, work
+    model, dataset, classes, concepts, cfg, out, dist, params, opt, start, ckpt, log, progress, work, losses_fn=None
 ) -> TrainResult:
     use_amp = cfg.amp and dist.device.type == "cuda"
     ema: float | None = None
@@ -374,17 +395,21 @@ def _loop(
             idx = batch_indices(len(dataset), cfg.batch_size, step, cfg.seed, dist.rank, dist.world)
             pixels, labels = _load_batch(model, dataset, idx, dist.device)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                losses = deal_losses(
-                    model,
-                    pixels,
-                    labels,
-                    classes,
-                    concepts,
-                    lambda_sep=cfg.lambda_sep,
-                    lambda_con=cfg.lambda_con,
-                    prediction=cfg.prediction,
-                    k=cfg.k,
-                    templates=cfg.templates,
+                losses = (
+                    losses_fn(model, pixels, labels, idx)
+                    if losses_fn is not None
+                    else deal_losses(
+                        model,
+                        pixels,
+                        labels,
+                        classes,
+                        concepts,
+                        lambda_sep=cfg.lambda_sep,
+                        lambda_con=cfg.lambda_con,
+                        prediction=cfg.prediction,
+                        k=cfg.k,
+                        templates=cfg.templates,
+                    )
                 )
             vals = dist.mean(losses.as_floats())  # the union batch's losses (each is a mean over images)
             reason = _bad_loss(vals["total"], ema, step - start, cfg)

@@ -70,7 +70,12 @@ def headline_rows(run_a: Path, run_b: Path, names: list[str]) -> list[dict[str, 
                 "rank_b": _rank(sb),
             }
         )
-    rows.sort(key=lambda r: (np.isnan(r["aligned"][0]), -np.nan_to_num(r["aligned"][0])))
+
+    def order(r: dict[str, Any]) -> tuple[bool, float]:
+        v = float(r["aligned"][0])
+        return (bool(np.isnan(v)), 0.0 if np.isnan(v) else -v)
+
+    rows.sort(key=order)
     return rows
 
 

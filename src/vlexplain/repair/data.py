@@ -196,3 +196,88 @@ def _mask(path: Path) -> Image.Image:
     from ..data.pairs import _load_mask
 
     return _load_mask(path)
+
+
+# --- training data of the fine-tuning repairs -----------------------------------------------------
+class SpuriousTraining:
+    """The spurious testbed's training scenes (``SpuriousClassDataset``) with their badge masks."""
+
+    has_parts = False
+
+    def __init__(self, n: int, p: float, transform: Any = None):
+        from ..data.spurious import SpuriousClassDataset
+
+        self.ds = SpuriousClassDataset(n, p=p, split="train", transform=transform)
+        self.classes = self.ds.classes
+        self.p = p
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        return self.ds[i]
+
+    def cue_mask(self, i: int) -> np.ndarray | None:
+        return self.ds.scene(i).badge_mask
+
+    def describe(self) -> dict[str, Any]:
+        return {"layout": "spurious testbed (train split)", "images": len(self), "badge_probability": self.p}
+
+
+class JsonlTraining:
+    """Labelled images from a JSONL file: ``image``, ``label`` (a class name), optional ``cue_mask``."""
+
+    has_parts = False
+
+    def __init__(self, path: Path, transform: Any = None):
+        rows = _read_rows(path)
+        bad = [i for i, r in enumerate(rows, 1) if "image" not in r or "label" not in r]
+        if bad:
+            raise InputError(
+                f"{path}: row {bad[0]} lacks image or label (a class name); a fine-tuning repair needs both"
+            )
+        self.base, self.rows, self.transform = path.parent, rows, transform
+        self.classes = sorted({str(r["label"]) for r in rows})
+        self.path = path
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        from ..images import load_image
+
+        r = self.rows[i]
+        im = load_image(self.base / r["image"]).convert("RGB")
+        return (self.transform(im) if self.transform is not None else im), self.classes.index(str(r["label"]))
+
+    def has_masks(self) -> bool:
+        return any(r.get("cue_mask") for r in self.rows)
+
+    def cue_mask(self, i: int) -> np.ndarray | None:
+        p = self.rows[i].get("cue_mask")
+        return None if not p else np.asarray(_mask(self.base / p)) > 127
+
+    def describe(self) -> dict[str, Any]:
+        return {"layout": "jsonl", "path": str(self.path), "images": len(self), "classes": len(self.classes)}
+
+
+def training_data(spec: str, model: Any, p: float | None = None) -> SpuriousTraining | JsonlTraining:
+    """The training images of a fine-tuning repair: ``spurious[:N]`` (default 3000 scenes, badge
+    probability ``p``, default the model's own training value, else 1) or a JSONL file."""
+    n = parse_count(spec, "spurious", 3000)
+    if n is not None:
+        return SpuriousTraining(n, training_badge_probability(model) if p is None else p, model.preprocess)
+    return JsonlTraining(Path(spec), model.preprocess)
+
+
+def training_badge_probability(model: Any) -> float:
+    """The badge probability a shapes-world model was trained with (its ``train_config.json``), else 1."""
+    from .checkpoint import _testbed_source
+
+    src = _testbed_source(getattr(model, "name", ""))
+    cfg = src / "train_config.json" if src is not None else None
+    if cfg is not None and cfg.is_file():
+        got = json.loads(cfg.read_text()).get("spurious")
+        if got is not None:
+            return float(got)
+    return 1.0

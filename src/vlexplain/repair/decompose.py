@@ -152,7 +152,8 @@ def _block(tower: Any, i: int, h: Tensor, x: Any, spatial: bool) -> tuple[Tensor
 def _stream(tower: Any, x: Tensor, spatial: bool) -> tuple[list[str], list[tuple], Tensor, Tensor, Tensor, list]:
     """The residual stream's parts (K, B, T, D), its constant (B, T, D) and the final hidden state."""
     h = tower.encode(x, stop=-1)
-    names, where, parts = ["embeddings"], [(None, None)], [h]
+    names, parts = ["embeddings"], [h]
+    where: list[tuple[int | None, int | None]] = [(None, None)]
     const = torch.zeros_like(h)
     records = []
     for i in range(tower.num_blocks):
