@@ -8,5 +8,6 @@
 """
 
 from .decompose import Decomposition, decompose
+from .run import METHODS, RepairConfig, RepairResult, repair
 
-__all__ = ["Decomposition", "decompose"]
+__all__ = ["Decomposition", "decompose", "repair", "RepairConfig", "RepairResult", "METHODS"]
