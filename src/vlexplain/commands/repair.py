@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ..errors import InputError
+from ._out import out_dir
 
 REPAIR_DATA_HELP = (
     "spurious[:N] (the spurious testbed: for ablate_heads N audited scenes per group, default 64; for the "
@@ -24,7 +25,9 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Option(..., "--model", "-m", help="The model to repair (see `vlexplain models`)."),
         method: str = typer.Option(..., "--method", help="ablate_heads, rrr, deal or control."),
         data: str = typer.Option(..., "--data", help=REPAIR_DATA_HELP),
-        out: Path = typer.Option(..., "--out", help="Output folder: the repaired model (loads as a model spec)."),
+        out: Path = typer.Option(
+            ..., "--out", callback=out_dir, help="Output folder: the repaired model (loads as a model spec)."
+        ),
         heads: int = typer.Option(3, "--heads", min=1, help="ablate_heads: how many top-ranked heads to ablate."),
         steps: int = typer.Option(300, "--steps", min=1, help="Fine-tuning: optimiser steps."),
         lr: float = typer.Option(1e-4, "--lr", help="Fine-tuning: AdamW learning rate."),
@@ -49,7 +52,6 @@ def register(app: typer.Typer) -> None:
         no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
     ) -> None:
         """Repair a model's shortcut with one of four methods; print the spec that loads the result."""
-        from ..outdir import check_out_dir
         from ..repair.checkpoint import check_out
         from ..repair.data import parse_count
         from ..repair.run import METHODS, repair
@@ -57,7 +59,6 @@ def register(app: typer.Typer) -> None:
 
         if method not in METHODS:
             raise InputError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
-        check_out_dir(out)
         check_out(out)
         if parse_count(data, "spurious", 1) is None and not Path(data).is_file():
             raise InputError(f"--data {data}: not found ({REPAIR_DATA_HELP})")

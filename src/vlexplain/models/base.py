@@ -159,7 +159,7 @@ class Tower(nn.Module):
 
     def head_ops(self, x: TowerInput) -> list[Any]:
         """The head as operations that are linear once norms and pooling weights are held fixed
-        ([`vlexplain.models.head_ops`][vlexplain.models.head_ops]; for the decomposition)."""
+        (the operations of ``vlexplain.models.head_ops``; for the decomposition)."""
         raise NotImplementedError(f"{type(self).__name__} does not describe its head for a decomposition")
 
     def attention_projection(self, i: int) -> tuple[nn.Module, Callable[[Tensor], Tensor]] | None:
