@@ -38,8 +38,16 @@ from .spurious_headline import headline, undefined_pairs
 SPURIOUS_SEED_BASE = 9_000_000
 DEFAULT_N = 24  # scenes per group
 MODELS = {"spurious": "testbed:spurious", "shapes": "testbed:shapes"}
-DEFAULT_METRICS = ["cue_reliance_rank", "cue_share", "cue_pointing", "energy_pointing_game", "pointing_game", "auroc"]
-PRIMARY = "cue_reliance_rank"
+DEFAULT_METRICS = [
+    "cue_reliance_rank_within",
+    "cue_reliance_rank",
+    "cue_share",
+    "cue_pointing",
+    "energy_pointing_game",
+    "pointing_game",
+    "auroc",
+]
+PRIMARY = "cue_reliance_rank_within"
 GROUPS = ("aligned", "absent", "conflicting")
 
 
