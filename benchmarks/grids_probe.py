@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 import vlexplain as vx
-from vlexplain.data.grids import grid_dataset
-from vlexplain.eval.benchmark import BENCHMARK_METHOD_OPTIONS, GRIDS_SEED_BASE
+from vlexplain.eval.benchmarks.grids import GRIDS_SEED_BASE, METHOD_OPTIONS
 from vlexplain.eval.runner import pair_seed
 from vlexplain.metrics.gridpg import cell_masks, grid_pointing_game
+from vlexplain.testbeds.grids import grid_dataset
 
 METHODS = ["m2ib", "gradcam", "saliency", "gradient_x_input", "integrated_gradients"]
 
@@ -80,7 +80,7 @@ def main(n: int = 48) -> None:
     print(f"{n} grids (2 x 2); the queried cell dominates the grid's embedding in {int(is_dom.sum())}")
     print(f"{'method':<22}{'mass':>7}{'top cell':>10}   {'dominant: mass / top':>22}   {'other: mass / top':>19}")
     for m in METHODS:
-        share, top = score(model, grids, query, m, **BENCHMARK_METHOD_OPTIONS["grids"].get(m, {}))
+        share, top = score(model, grids, query, m, **METHOD_OPTIONS.get(m, {}))
         print(
             f"{m:<22}{np.nanmean(share):>7.3f}{top.mean():>10.3f}   "
             f"{np.nanmean(share[is_dom]):>13.3f} / {top[is_dom].mean():.3f}   "

@@ -64,7 +64,7 @@ REF_SEED, OTHER_SEED = 0, 1000
 
 def load(name: str):
     """(model, images, texts) for one of the benchmark's models."""
-    from vlexplain.data.grids import load_photo
+    from vlexplain.testbeds.grids import load_photo
 
     photos = [load_photo(p) for _ in range(2) for p in PHOTOS]  # every photo with its first caption, then its second
     texts = [caps[k] for k in range(2) for caps in PHOTOS.values()]
@@ -76,8 +76,9 @@ def load(name: str):
         torch.manual_seed(0)
         return vx.load_model(CLIPModel(CLIPConfig()).eval()), photos, texts
     if name == "shapes":
-        from vlexplain.data.shapes import category_caption, render_scene
-        from vlexplain.eval.benchmark import shapes_query, shapes_seeds
+        from vlexplain.eval.benchmarks.shapes import shapes_query, shapes_seeds
+        from vlexplain.testbeds.shapes import render_scene
+        from vlexplain.testbeds.shapes_categories import category_caption
 
         scenes = [render_scene(s) for s in shapes_seeds(64)]
         texts = []

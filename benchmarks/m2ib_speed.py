@@ -2,13 +2,13 @@
 
 Models (random weights, no download), CPU by default:
 
-* ``vit-b-32``: a ViT-B/32-size Hugging Face CLIPModel; reference from tests/test_m2ib.py;
+* ``vit-b-32``: a ViT-B/32-size Hugging Face CLIPModel; reference from tests/attribution/test_m2ib.py;
 * ``rn50``: OpenCLIP ``RN50`` (ModifiedResNet, bottleneck after layer3: 14 x 14 x 1024);
 * ``siglip-b-16``: OpenCLIP ``ViT-B-16-SigLIP`` (timm ViT-B/16, MAP head, 196 patch tokens; its
   SentencePiece tokenizer lives on the hub, so a stand-in callable maps CLIP BPE ids into its
   32 000-token vocabulary: the cost does not depend on which ids).
 
-For rn50 / siglip-b-16 the reference is tests/m2ib_module_reference.py (the same literal algorithm,
+For rn50 / siglip-b-16 the reference is tests/support/m2ib_module_reference.py (the same literal algorithm,
 hooking the tower's own block module). Measures seconds per pair (image map + text map) for the
 reference and the fast version at batch 1, and of the fast version at larger batches; prints the
 ratios measured in this run. Usage:
@@ -27,12 +27,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from m2ib_module_reference import reference_m2ib_module
-from test_m2ib import reference_m2ib
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.* imports
 
 import vlexplain as vx
+from tests.attribution.test_m2ib import reference_m2ib
+from tests.support.m2ib_module_reference import reference_m2ib_module
 
 TEXTS = ["a photo of a cat", "a red car parked on the street", "two dogs playing in the snow", "a bowl of soup"]
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 import torch
 
 import vlexplain as vx
-from vlexplain.data.shapes import render_scene
-from vlexplain.eval.benchmark import SCENE_SIZE, shapes_query, shapes_seeds
+from vlexplain.eval.benchmarks.shapes import SCENE_SIZE, shapes_query, shapes_seeds
 from vlexplain.eval.runner import pair_seed
+from vlexplain.testbeds.shapes import render_scene
 
 
 def main(n: int = 64, draws: int = 10) -> None:

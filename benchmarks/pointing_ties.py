@@ -49,7 +49,7 @@ for _f in (first_argmax_pointing_game, tied_maxima):
 
 
 def run(kind: str, n: int, methods: list[str] | None, out: Path) -> None:
-    from vlexplain.eval.benchmark import run_benchmark
+    from vlexplain.eval.benchmarks.base import run_benchmark
     from vlexplain.eval.io import load_results
 
     mets = ["pointing_game", "pointing_ties:first_argmax_pointing_game", "pointing_ties:tied_maxima"]

@@ -1,6 +1,6 @@
 """Compare shapes-world CLIP recipes side by side on this machine.
 
-Each recipe (a set of :class:`~vlexplain.data.shapes_train.ShapesCLIPConfig` overrides) trains in
+Each recipe (a set of :class:`~vlexplain.testbeds.shapes_train.ShapesCLIPConfig` overrides) trains in
 its own single-threaded process for the same wall-clock budget, all recipes at once, so they share
 the machine's load; then each model is measured on the same held-out scenes (300 single-object,
 500 multi-object). Prints steps, the bars and each recipe's multi-object ranking against the first
@@ -38,8 +38,9 @@ def _parse(recipe: str) -> dict:
 def _run(recipe: str, minutes: float, out: str, seed: int, queue) -> None:
     import torch
 
-    from vlexplain.data.shapes_train import ShapesCLIPConfig, evaluate_shapes, train_shapes
-    from vlexplain.data.testbed_models import load_shapes_clip
+    from vlexplain.testbeds.shapes_eval import evaluate_shapes
+    from vlexplain.testbeds.shapes_train import ShapesCLIPConfig, train_shapes
+    from vlexplain.testbeds.testbed_models import load_shapes_clip
 
     cfg = ShapesCLIPConfig(**{"threads": 1, **_parse(recipe)})
     info = train_shapes(minutes=minutes, out_dir=out, seed=seed, config=cfg, progress=False)
@@ -55,7 +56,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="keep the trained models here (default: a temporary folder)")
     args = ap.parse_args()
-    from vlexplain.data.shapes_train import ShapesCLIPConfig
+    from vlexplain.testbeds.shapes_train import ShapesCLIPConfig
 
     defaults = ShapesCLIPConfig()
     for r in args.recipes:  # bad overrides fail before anything trains

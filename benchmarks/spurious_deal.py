@@ -36,9 +36,9 @@ import vlexplain as vx
 from vlexplain.concepts.relevance import Templates, deal_maps
 from vlexplain.concepts.sets import ConceptSet
 from vlexplain.concepts.train import deal_train
-from vlexplain.data.shapes import category_caption, concept_set
-from vlexplain.data.spurious import GROUPS, SpuriousClassDataset, group_scenes, image_embeddings, text_embeddings
 from vlexplain.metrics.cue import cue_share
+from vlexplain.testbeds.shapes_categories import category_caption, concept_set
+from vlexplain.testbeds.spurious import GROUPS, SpuriousClassDataset, group_scenes, image_embeddings, text_embeddings
 
 CATS = list(concept_set())
 TEMPLATES = Templates("a {class}", "{descriptor}")
@@ -123,7 +123,7 @@ def main() -> None:
     ap.add_argument("--towers", nargs="+", default=["text", "both"], choices=["text", "both"])
     a = ap.parse_args()
     if a.p is None:  # the model's own training distribution
-        from vlexplain.data.testbed_models import spurious_dir
+        from vlexplain.testbeds.testbed_models import spurious_dir
 
         d = spurious_dir() if a.model == "testbed:spurious" else Path(a.model.split("@", 1)[-1])
         cfg = d / "train_config.json"

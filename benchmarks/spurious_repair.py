@@ -40,10 +40,11 @@ import numpy as np
 import torch
 
 import vlexplain as vx
-from vlexplain.data.shapes import CATEGORIES, category_caption, render_scene
-from vlexplain.data.shapes_eval import MULTI_SEEDS
-from vlexplain.data.spurious import GROUPS, group_scenes, image_embeddings, text_embeddings
 from vlexplain.metrics.cue import cue_share_report
+from vlexplain.testbeds.shapes import render_scene
+from vlexplain.testbeds.shapes_categories import CATEGORIES, category_caption
+from vlexplain.testbeds.shapes_eval import MULTI_SEEDS
+from vlexplain.testbeds.spurious import GROUPS, group_scenes, image_embeddings, text_embeddings
 
 CATS = [c.name for c in CATEGORIES]
 
@@ -207,7 +208,9 @@ def write_tables(a, before: dict, runs: dict[str, dict]) -> None:
         _, d_al, _, _ = paired(r, before, STATS["aligned"])
         goal = "yes" if closed[0] >= 0.5 and d_al >= -0.01 else "no"
         lines.append(
-            f"| {name} | " + " | ".join(cells) + f" | {100 * closed[0]:.0f} % [{100 * closed[1]:.0f}, {100 * closed[2]:.0f}] | {goal} |"
+            f"| {name} | "
+            + " | ".join(cells)
+            + f" | {100 * closed[0]:.0f} % [{100 * closed[1]:.0f}, {100 * closed[2]:.0f}] | {goal} |"
         )
     names = {n.rsplit(", seed", 1)[0] for n in runs}
     if "control" in names:

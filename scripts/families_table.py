@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from vlexplain.models.family_table import (
+from vlexplain.commands.family_table import (
     METHODS_END,
     METHODS_START,
     README_END,

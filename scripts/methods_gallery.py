@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 
 import vlexplain as vx
-from vlexplain.data.shapes import render_scene
-from vlexplain.eval.benchmark import shapes_query
+from vlexplain.eval.benchmarks.shapes import shapes_query
+from vlexplain.testbeds.shapes import render_scene
 from vlexplain.viz.core import overlay
 
 

@@ -1,4 +1,8 @@
-"""Shared fixtures: tiny models of every adapter kind (random weights, no download)."""
+"""Shared fixtures: tiny models of every adapter kind (random weights, no download).
+
+Fixtures used by one folder only live in that folder's conftest.py (``tests/app/conftest.py``);
+plain helpers that tests import are in ``tests/support/``.
+"""
 
 from __future__ import annotations
 
@@ -7,59 +11,10 @@ import os
 import pytest
 import torch
 
-from vlexplain.models.hf_clip import tiny_clip, tiny_siglip
+from tests.support.models import tiny_hf_clip, tiny_open_clip
+from vlexplain.models.hf_clip import tiny_siglip
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-
-
-# The transformers builders are the families table's own (one definition for the fixtures, the
-# contract tests over the families and ``vlexplain models``).
-tiny_hf_clip = tiny_clip
-
-
-def two_process_cli(*cli_args: str) -> list[str]:
-    """``accelerate launch`` of ``vlexplain`` with two CPU processes on a free port. (``--cpu
-    --num_processes 2`` starts a single process unless an MPI hostfile is configured; ``--multi_gpu``
-    starts two processes through torch.distributed.run, also on a CPU-only machine.)"""
-    import socket
-    import sys
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--num_cpu_threads_per_process",
-        "1",
-        "--main_process_port",
-        str(port),
-        "-m",
-        "vlexplain.cli",
-        *cli_args,
-    ]
-
-
-def tiny_open_clip(image_size: int = 64, patch: int = 16, layers: int = 3, seed: int = 0):
-    from open_clip.model import CLIP
-
-    torch.manual_seed(seed)
-    m = CLIP(
-        embed_dim=16,
-        vision_cfg=dict(image_size=image_size, patch_size=patch, width=32, layers=layers, head_width=8),
-        text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=4, layers=layers),
-    )
-    return m.eval()
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""Where a command writes: ``--out`` checked before any work, and one run at a time per folder.
+"""Where a command writes: ``--out`` checked before any work, one run at a time per folder, and the
+mode new files get (``file_mode``: 0o666 less the umask, for every atomic write of the package).
 
 The commands' ``--out`` options run these checks through typer callbacks
 (``vlexplain.commands._out``). They refuse, in one line, an ``--out`` that names an existing file where a folder is expected (or a
@@ -17,6 +18,29 @@ from pathlib import Path
 from .errors import InputError
 
 LOCK_SUFFIX = ".vlexplain-lock"
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux: /proc).
+
+    Setting the umask to read it back would briefly change it for every thread of the process
+    (the web explorer writes files from several threads).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def file_mode() -> int:
+    """The mode an ordinary new file gets: 0o666 less the umask."""
+    return 0o666 & ~current_umask()
 
 
 def _nearest_existing(p: Path) -> Path:

@@ -31,9 +31,10 @@ from .concept_runner import (
     read_concept_file,
     run_concepts,
 )
-from .concepts_tab import CONCEPTS_INTRO, _concepts_tab, _image_input, _model_choices, _model_label  # noqa: F401
+from .concepts_tab import _concepts_tab
 from .runner import DEFAULT_MAX_MODELS, ModelCache, method_choices, method_options_help, parse_options, parse_texts, run
 from .samples import concept_suggestions, sample_images
+from .widgets import _image_input, _model_choices, _model_label
 
 _LOG = logging.getLogger("vlexplain.app")
 

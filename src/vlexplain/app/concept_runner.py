@@ -138,7 +138,7 @@ def read_concept_file(path: str | Path, name: str | None = None) -> ConceptSet:
 def shapes_templates() -> Templates:
     """The prompts of the shapes world: its captions ("a house") and bare descriptors ("a triangular roof")."""
     try:
-        from ..data.shapes_classes import SHAPES_CATEGORY_TEMPLATE, SHAPES_CONCEPT_TEMPLATE
+        from ..testbeds.shapes_classes import SHAPES_CATEGORY_TEMPLATE, SHAPES_CONCEPT_TEMPLATE
     except ImportError:
         return Templates("a {class}", "{descriptor}")
     return Templates(SHAPES_CATEGORY_TEMPLATE, SHAPES_CONCEPT_TEMPLATE)
@@ -147,12 +147,12 @@ def shapes_templates() -> Templates:
 def concept_presets() -> dict[str, tuple[Callable[[], ConceptSet], Templates]]:
     """Built-in concept sets: menu label -> (loader, the prompt templates that suit the set).
 
-    The shapes world's part descriptors (``vlexplain.data.shapes.concept_set``) come with the
+    The shapes world's part descriptors (``vlexplain.testbeds.shapes.concept_set``) come with the
     prompts the ``testbed:shapes`` model was trained on.
     """
     out: dict[str, tuple[Callable[[], ConceptSet], Templates]] = {}
     try:
-        from ..data.shapes import concept_set
+        from ..testbeds.shapes_categories import concept_set
     except ImportError:
         return out
 

@@ -1,17 +1,16 @@
-"""The explorer's Concepts tab (``_concepts_tab``) and the widget helpers both tabs share.
+"""The explorer's Concepts tab (``_concepts_tab``); ``vlexplain.app.app`` builds the page with it.
 
-``vlexplain.app.app`` builds the page from these and re-exports every name here.
+The tab reaches the explorer's state and callbacks through ``ConceptCallbacks`` (which
+``vlexplain.app.app.Explorer`` provides), so this module does not import the page that imports it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .concept_runner import CONCEPT_FILE_TYPES, MAX_DESCRIPTORS, concept_method_choices
 from .runner import ModelCache
-
-if TYPE_CHECKING:
-    from .app import Explorer
+from .widgets import _image_input, _model_choices, _model_label
 
 CONCEPTS_INTRO = """Which pixels does each visual concept of a class rest on? (DEAL concept explanations.)
 **1.** Upload an image or pick a built-in one. **2.** Type a class and its descriptors, one per line,
@@ -23,42 +22,24 @@ prompt. **Disentanglability** is high when the concept maps cover different pixe
 """
 
 
-def _model_choices(default: str, allowed: list[str] | None = None) -> list[str]:
-    from ..models.registry import registered_loaders
+class ConceptCallbacks(Protocol):
+    """What the Concepts tab uses of the explorer (``vlexplain.app.app.Explorer``)."""
 
-    if allowed is not None:
-        return list(allowed)
-    choices = ["offline"]
-    for entry in registered_loaders():
-        if entry.prefix == "testbed:" and entry.available():
-            choices.append("testbed:shapes")
-    if default not in choices:
-        choices.insert(0, default)
-    return choices
+    cache: ModelCache
+    samples: dict[str, Any]
+    concept_samples: dict[str, Any]
+    presets: dict[str, Any]
 
-
-def _model_label(cache: ModelCache) -> str:
-    return "Model (or type any model spec)" if cache.allowed is None else "Model (those this server offers)"
-
-
-def _image_input(gr, value: Any, max_upload_mb: float, height: int, elem_id: str):
-    """The image upload of both tabs (a file path; upload or clipboard; the size limit in its label).
-
-    ``value``: the image shown first (a path or a PIL image), or None.
-    """
-    return gr.Image(
-        value=value,
-        label=f"Image (PNG, JPEG, WebP…; up to {max_upload_mb:g} MB)",
-        type="filepath",
-        image_mode=None,
-        sources=["upload", "clipboard"],
-        format="png",
-        height=height,
-        elem_id=elem_id,
-    )
+    def check_upload(self, *args: Any, **kwargs: Any) -> Any: ...
+    def change_concept_model(self, *args: Any, **kwargs: Any) -> Any: ...
+    def explain_concepts(self, *args: Any, **kwargs: Any) -> Any: ...
+    def pick_concept_sample(self, *args: Any, **kwargs: Any) -> Any: ...
+    def upload_concepts(self, *args: Any, **kwargs: Any) -> Any: ...
+    def pick_concept_set(self, *args: Any, **kwargs: Any) -> Any: ...
+    def pick_concept_class(self, *args: Any, **kwargs: Any) -> Any: ...
 
 
-def _concepts_tab(gr, ex: Explorer, model: str, default_model, max_upload_mb: float) -> None:
+def _concepts_tab(gr, ex: ConceptCallbacks, model: str, default_model, max_upload_mb: float) -> None:
     """The Concepts tab: a class and its descriptors -> category map, concept maps and DEAL metrics."""
     from ..concepts.sets import CATEGORY_TEMPLATE, CONCEPT_TEMPLATE
 

@@ -99,11 +99,12 @@ def _release_memory() -> None:
 
 
 def method_choices(model: DualEncoder) -> list[tuple[str, str]]:
-    """(label, name) for every registered method that applies to ``model`` (read from the registry)."""
+    """(label, name) for every registered method that applies to ``model`` (read from the registry),
+    then the bridged ones (``captum:<Algorithm>``) when their library is installed."""
     from ..attribution.base import methods_for
 
     out = []
-    for name, sides in methods_for(model).items():
+    for name, sides in methods_for(model, bridged=True).items():
         out.append((name if len(sides) == 2 else f"{name} ({sides[0]} only)", name))
     return out
 

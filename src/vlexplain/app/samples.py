@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 Sample = tuple[Image.Image, str]  # (RGB image, suggested texts one per line)
 
-# label shown in the menu -> (photo name in vlexplain.data.photos, suggested texts)
+# label shown in the menu -> (photo name in vlexplain.testbeds.photos, suggested texts)
 _PHOTOS: dict[str, tuple[str, str]] = {
     "cat (scikit-image 'chelsea')": ("cat", "a cat\na cup of coffee"),
     "coffee (scikit-image)": ("coffee", "a cup of coffee\na rocket"),
@@ -35,7 +35,7 @@ _SHAPES_SEEDS = (1, 2)
 
 def _photo_loader(name: str, texts: str) -> Callable[[], Sample]:
     def load() -> Sample:
-        from ..data.photos import load_photo
+        from ..testbeds.photos import load_photo
 
         return load_photo(name), texts
 
@@ -44,7 +44,7 @@ def _photo_loader(name: str, texts: str) -> Callable[[], Sample]:
 
 def _shapes_loader(seed: int) -> Callable[[], Sample]:
     def load() -> Sample:
-        from ..data.shapes import render_scene
+        from ..testbeds.shapes import render_scene
 
         scene = render_scene(seed, size=128)
         captions = [obj.captions()[1] for obj in scene.objects]
@@ -55,7 +55,7 @@ def _shapes_loader(seed: int) -> Callable[[], Sample]:
 
 def _shapes_available() -> bool:
     try:
-        from ..data.shapes import render_scene  # noqa: F401
+        from ..testbeds.shapes import render_scene  # noqa: F401
     except ImportError:
         return False
     return True
@@ -92,7 +92,8 @@ def _photo_concepts(cls: str, descs: tuple[str, ...]) -> Callable[[], ConceptSam
 
 def _shapes_concepts(seed: int) -> Callable[[], ConceptSample]:
     def load() -> ConceptSample:
-        from ..data.shapes import concept_set, render_scene
+        from ..testbeds.shapes import render_scene
+        from ..testbeds.shapes_categories import concept_set
         from .concept_runner import shapes_templates
 
         scene = render_scene(seed, size=128)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -47,6 +47,8 @@ class PairBatch:
             generator so that a pair's result does not depend on the rest of the batch.
         hidden: side -> (block, hidden state after that block) computed with the embeddings, for
             methods that asked for it ([`Explainer.hidden_layer`][vlexplain.attribution.base.Explainer.hidden_layer]); empty otherwise.
+        text_embeds: (B, T, D) token input embeddings to use instead of looking up ``texts``'
+            (SmoothGrad's noisy copies); None: the tower's own lookup.
     """
 
     pixels: Tensor
@@ -56,6 +58,14 @@ class PairBatch:
     target: Target
     seeds: list[int]
     hidden: dict[str, tuple[int, Tensor]] = field(default_factory=dict)
+    text_embeds: Tensor | None = None
+
+    def token_embeddings(self, tower: Tower) -> Tensor:
+        """(B, T, D) the text tower's input embeddings of this batch (``text_embeds`` when set), no grad."""
+        if self.text_embeds is not None:
+            return self.text_embeds.detach()
+        with torch.no_grad():
+            return tower.token_embeddings(self.texts)
 
     def hidden_at(self, side: str, layer: int) -> Tensor | None:
         """The no-grad hidden state of ``side`` after block ``layer``, if it came with the batch."""
@@ -174,6 +184,34 @@ def usable_methods_hint(model: DualEncoder, side: Side) -> str:
     return f"{_HINT}{', '.join(usable)})" if usable else ""
 
 
+@dataclass(frozen=True)
+class Bridge:
+    """Methods of another library, named ``prefix + name`` (``captum:Occlusion``) and built on demand.
+
+    Attributes:
+        prefix: e.g. ``"captum:"``.
+        resolve: ``name -> Explainer class`` for a full name; raises MethodError (unknown or not
+            applicable names, with the reason) or MissingExtraError (the library is not installed).
+        names: the full names that can be resolved (empty when the library is not installed).
+    """
+
+    prefix: str
+    resolve: Callable[[str], type[Explainer]]
+    names: Callable[[], list[str]]
+
+
+_BRIDGES: dict[str, Bridge] = {}
+
+
+def register_bridge(bridge: Bridge) -> None:
+    """Add a bridge: ``get_method`` resolves its names, ``list_methods(bridged=True)`` lists them."""
+    _BRIDGES[bridge.prefix] = bridge
+
+
+def _bridge_of(name: str) -> Bridge | None:
+    return next((b for p, b in _BRIDGES.items() if name.startswith(p)), None)
+
+
 def register_method(cls: type[Explainer]) -> type[Explainer]:
     """Class decorator adding a method to the registry under ``cls.name``."""
     if not cls.name:
@@ -189,28 +227,37 @@ def _load_builtin_methods() -> None:
     from .. import attribution
 
     for m in pkgutil.iter_modules(attribution.__path__):
-        if m.name not in ("base", "targets", "api", "upsample"):
+        if m.name not in ("base", "targets", "api", "upsample", "smooth", "captum_catalog"):
             importlib.import_module(f"{attribution.__name__}.{m.name}")
 
 
-def list_methods() -> list[str]:
-    """Names of all registered attribution methods."""
+def list_methods(bridged: bool = False) -> list[str]:
+    """Names of the registered attribution methods; with ``bridged``, also those of the bridges to
+    other libraries (``captum:Occlusion`` ...) that are installed."""
     _load_builtin_methods()
-    return sorted(_METHODS)
+    out = sorted(_METHODS)
+    if bridged:
+        for b in _BRIDGES.values():
+            out += b.names()
+    return out
 
 
 def get_method(name: str) -> type[Explainer]:
+    """The method class registered under ``name`` (or built by a bridge, ``captum:NAME``)."""
     _load_builtin_methods()
+    bridge = _bridge_of(name)
+    if bridge is not None:
+        return bridge.resolve(name)
     if name not in _METHODS:
         raise MethodError(f"unknown method {name!r}; available: {', '.join(sorted(_METHODS))}")
     return _METHODS[name]
 
 
-def methods_for(model: DualEncoder) -> dict[str, list[Side]]:
-    """Which sides each registered method applies to on this model."""
+def methods_for(model: DualEncoder, bridged: bool = False) -> dict[str, list[Side]]:
+    """Which sides each registered method (with ``bridged``: and bridged method) applies to on this model."""
     out: dict[str, list[Side]] = {}
-    for n in list_methods():
-        cls = _METHODS[n]
+    for n in list_methods(bridged):
+        cls = get_method(n)
         sides = [s for s in SIDES if cls.why_not(model, s) is None]
         if sides:
             out[n] = sides

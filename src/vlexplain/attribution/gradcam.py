@@ -24,6 +24,7 @@ from torch import Tensor
 
 from ..models.base import TextBatch, Tower
 from .base import Explainer, PairBatch, check_layer, register_method
+from .smooth import Smooth, check_smooth, smoothed
 
 
 def block_output_and_grad(
@@ -83,6 +84,9 @@ class GradCAM(Explainer):
             tower, as in the Grad-CAM paper; each other tower's ``default_layer()``, as a ViT's
             last block passes gradients only to its class token).
         image_layer / text_layer: per-tower overrides of ``layer``.
+        smooth: None, or ``smoothgrad`` / ``smoothgrad_sq`` / ``vargrad`` over noisy inputs.
+        n_samples: noisy copies per pair when smoothing (8).
+        stdev: noise standard deviation as a fraction of the input's range (0.15).
 
     Paper: Selvaraju et al. Grad-CAM: Visual Explanations from Deep Networks via Gradient-based
     Localization. ICCV 2017.
@@ -97,20 +101,39 @@ class GradCAM(Explainer):
         "Selvaraju et al. Grad-CAM: Visual Explanations from Deep Networks via Gradient-based Localization. ICCV 2017"
     )
 
-    def __init__(self, model, layer: int | None = None, image_layer: int | None = None, text_layer: int | None = None):
+    def __init__(
+        self,
+        model,
+        layer: int | None = None,
+        image_layer: int | None = None,
+        text_layer: int | None = None,
+        smooth: Smooth | None = None,
+        n_samples: int = 8,
+        stdev: float = 0.15,
+    ):
         super().__init__(model)
+        check_smooth(self.name, smooth, n_samples, stdev)
+        self.smooth, self.n_samples, self.stdev = smooth, n_samples, stdev
         self.layer = layer
         cnn_last = model.image.num_blocks - 1 if model.image.kind == "cnn" else None
         self.image_layer = check_layer(model.image, image_layer if image_layer is not None else layer, cnn_last)
         self.text_layer = check_layer(model.text, text_layer if text_layer is not None else layer)
 
-    def attribute_image(self, batch: PairBatch) -> Tensor:
+    def _image(self, batch: PairBatch) -> Tensor:
         tower = self.model.image
         h, g = block_output_and_grad(tower, batch.pixels, self.image_layer, lambda e: batch.target(e, batch.text_emb))
         cam = gradcam_scores(tower, h, g, batch.pixels)
         return cam if cam.dim() == 3 else tower.token_scores_to_grid(cam, h)
 
-    def attribute_text(self, batch: PairBatch) -> Tensor:
+    def _text(self, batch: PairBatch) -> Tensor:
         tower = self.model.text
-        h, g = block_output_and_grad(tower, batch.texts, self.text_layer, lambda e: batch.target(batch.image_emb, e))
+        h, g = block_output_and_grad(
+            tower, batch.texts, self.text_layer, lambda e: batch.target(batch.image_emb, e), batch.text_embeds
+        )
         return gradcam_scores(tower, h, g, batch.texts)
+
+    def attribute_image(self, batch: PairBatch) -> Tensor:
+        return smoothed(self._image, batch, "image", self.model, self.smooth, self.n_samples, self.stdev)
+
+    def attribute_text(self, batch: PairBatch) -> Tensor:
+        return smoothed(self._text, batch, "text", self.model, self.smooth, self.n_samples, self.stdev)

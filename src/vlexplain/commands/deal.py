@@ -65,14 +65,14 @@ def _run_config(ck: Path) -> dict[str, Any]:
 
 
 def _is_shapes(data: str) -> bool:
-    from ..data.shapes_classes import is_shapes_spec
+    from ..testbeds.shapes_classes import is_shapes_spec
 
     return is_shapes_spec(data)
 
 
 def _check_data(data: str) -> None:
     if _is_shapes(data):
-        from ..data.shapes_classes import parse_shapes_spec
+        from ..testbeds.shapes_classes import parse_shapes_spec
 
         parse_shapes_spec(data)
     elif not Path(data).exists():
@@ -86,7 +86,7 @@ def _check_data(data: str) -> None:
 def _data(data: str, split: str, model, rule: tuple[float, float, int] | None = None):
     """The dataset's ``split``; ``rule`` = (test fraction, val fraction, seed) of flat class folders."""
     if _is_shapes(data):
-        from ..data.shapes_classes import parse_shapes_spec, shapes_classes
+        from ..testbeds.shapes_classes import parse_shapes_spec, shapes_classes
 
         return shapes_classes(parse_shapes_spec(data), split, transform=model.preprocess)
     from ..data.classes import DEFAULT_TEST_FRACTION, Split, open_class_dataset
@@ -117,14 +117,14 @@ def _concepts(concepts: Path | None, data: str, k: int | None, classes):
         return load_concepts(concepts, k=k, classes=classes)
     if not _is_shapes(data):
         raise InputError("--concepts is required (a JSON or CSV concept set) unless --data is shapes:N")
-    from ..data.shapes import concept_set
+    from ..testbeds.shapes_categories import concept_set
 
     return load_concepts(concept_set(), k=k, classes=classes)
 
 
 def _prompts(data: str, category: str | None, concept: str | None, run: dict[str, Any]):
     """Explicit templates, else the training run's, else the defaults for the data."""
-    from ..data.shapes_classes import SHAPES_CATEGORY_TEMPLATE, SHAPES_CONCEPT_TEMPLATE
+    from ..testbeds.shapes_classes import SHAPES_CATEGORY_TEMPLATE, SHAPES_CONCEPT_TEMPLATE
 
     shapes = _is_shapes(data)
     category = category or run.get("category_template") or (SHAPES_CATEGORY_TEMPLATE if shapes else CATEGORY)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +10,11 @@ import typer
 
 from ..errors import InputError, MethodError
 from ..interrupt import track
-from ._out import out_dir
+from ._interactions import check_request, explain_options, write_interactions
+from ._out import out_dir, pair_prefix, slug
 
 ModelOpt = typer.Option("offline", "--model", "-m", help="Model spec (see `vlexplain models`).")
-
-
-def _slug(s: str, n: int = 40) -> str:
-    return re.sub(r"[^a-zA-Z0-9]+", "-", s).strip("-").lower()[:n] or "text"
+_IX = explain_options()
 
 
 def parse_options(pairs: list[str]) -> dict[str, Any]:
@@ -142,7 +139,7 @@ def run_pairs(
         "texts": texts,
         "zip": zip_pairs,
     }
-    prefixes = [f"{k:03d}_{_slug(Path(loaded[i][0]).stem, 24)}_{_slug(texts[j])}" for k, (i, j) in enumerate(pairs)]
+    prefixes = [pair_prefix(k, loaded[i][0], texts[j]) for k, (i, j) in enumerate(pairs)]
     kept = _resumable(out, settings, prefixes) if resume else set()
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / RUN_FILE, json.dumps(settings, indent=1, default=str))
@@ -235,9 +232,15 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(
             False, "--resume", help="Keep the pairs an interrupted run with the same settings finished in --out."
         ),
+        interactions: bool = _IX["interactions"],
+        span: str | None = _IX["span"],
+        interaction_method: str = _IX["interaction_method"],
+        interaction_option: list[str] = _IX["interaction_option"],
     ) -> None:
         """Explain every IMAGE x TEXT pair: overlay PNGs, token highlights, JSON and an index.html gallery."""
         opts = parse_options(option)
+        ix_opts = parse_options(interaction_option)
+        interactions = interactions or span is not None
         for k, v in (("layer", layer), ("beta", beta), ("steps", steps)):
             if v is not None:
                 opts[k] = v
@@ -245,6 +248,8 @@ def register(app: typer.Typer) -> None:
             if not p.exists():
                 raise InputError(f"image not found: {p}")
         m = load_model_cli(model, device)
+        if interactions:  # bad method, option or span: one line before anything is written
+            check_request(m, list(text), interaction_method, ix_opts, span)
         index = run_pairs(
             m,
             [(str(p), p) for p in images],
@@ -257,6 +262,11 @@ def register(app: typer.Typer) -> None:
             options=opts,
             resume=resume,
         )
+        if interactions:
+            write_interactions(
+                m, list(images), list(text), zip_pairs=zip_pairs, out=out, seed=seed,
+                method=interaction_method, options=ix_opts, span=span,
+            )  # fmt: skip
         typer.echo(f"wrote {index}")
 
     @app.command()
@@ -267,7 +277,7 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed"),
     ) -> None:
         """The offline model on real photos (cat, coffee, rocket, astronaut, Grace Hopper), matching and non-matching texts."""
-        from ..data.photos import demo_set
+        from ..testbeds.photos import demo_set
 
         photos, texts, labels = demo_set()
         if method not in __import__("vlexplain").list_methods():
@@ -294,7 +304,7 @@ def _run_demo(m, images, texts, labels, method, out, seed):
         for k, (i, t, lab) in enumerate(plan):
             name, img = images[i]
             exp = vx.explain(m, img, t, method=method, seed=seed)
-            prefix = f"{k:03d}_{_slug(name, 24)}_{_slug(t)}"
+            prefix = f"{k:03d}_{slug(name, 24)}_{slug(t)}"
             entries.append(save_entry(exp, out, prefix, name, lab))
             prog.advance(task)
     return write_gallery(

@@ -43,8 +43,8 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        from ..models.family_table import GROUPS, family_rows, method_groups
         from ..models.registry import SPEC_FORMS, registered_loaders
+        from .family_table import GROUPS, family_rows, method_groups
 
         con = Console()
         lines = ["supported model families (image side / text side: the method groups that apply)", ""]
@@ -78,21 +78,21 @@ def register(app: typer.Typer) -> None:
             None, "--model", "-m", help="Show which methods apply to this model and their default layers."
         ),
     ) -> None:
-        """Registered attribution methods (with --model: which sides apply, why not, default layers)."""
+        """Registered attribution and interaction methods (with --model: which apply, why not, default layers)."""
         from rich.console import Console
         from rich.table import Table
 
         import vlexplain as vx
 
         from ..attribution.base import brief_reason
-        from ..models.family_table import method_group
         from .explain import load_model_cli
+        from .family_table import method_group
 
         m = load_model_cli(model, None) if model else None
         t = Table(title="attribution methods" + (f" for {model}" if model else ""))
         for c in ("method", "group", "image", "text", "description"):
             t.add_column(c, overflow="fold")
-        for name in vx.list_methods():
+        for name in vx.list_methods(bridged=True):
             cls = vx.get_method(name)
             if m is None:
                 sides = [s if s in cls.sides else "-" for s in ("image", "text")]
@@ -104,6 +104,15 @@ def register(app: typer.Typer) -> None:
             t.add_row(name, method_group(cls), sides[0], sides[1], cls.summary)
         con = Console()
         con.print(t)
+        if not any(n.startswith("captum:") for n in vx.list_methods(bridged=True)):
+            con.print(
+                "captum:<Algorithm> (Captum's attribution algorithms): install them with pip install 'vlexplain[captum]'",
+                markup=False,
+                highlight=False,
+            )
+        from ._interactions import print_interaction_methods
+
+        print_interaction_methods(con, m)
         if m is not None:
             con.print(
                 f"image tower: {m.image.kind}, {m.image.num_blocks} blocks; text tower: {m.text.num_blocks} blocks",

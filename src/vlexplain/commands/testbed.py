@@ -90,8 +90,9 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Train a small CLIP on the shapes world; writes weights, vocab.json and train_log.csv."""
-        from ..data.shapes_train import OPTIMIZERS, ShapesCLIPConfig, evaluate_shapes, train_shapes
-        from ..data.testbed_models import load_shapes_clip
+        from ..testbeds.shapes_eval import evaluate_shapes
+        from ..testbeds.shapes_train import OPTIMIZERS, ShapesCLIPConfig, train_shapes
+        from ..testbeds.testbed_models import load_shapes_clip
 
         if loss not in ("sigmoid", "softmax"):
             raise InputError(f"--loss {loss!r}: use sigmoid or softmax")
@@ -140,7 +141,7 @@ def register(app: typer.Typer) -> None:
         if evaluate:
             metrics: dict[str, Any] = dict(evaluate_shapes(load_shapes_clip(out)))
             if spurious is not None:
-                from ..data.spurious import evaluate_spurious
+                from ..testbeds.spurious import evaluate_spurious
 
                 metrics["groups"] = evaluate_spurious(load_shapes_clip(out))
             (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -152,8 +153,8 @@ def register(app: typer.Typer) -> None:
         n: int = typer.Option(500, "--n", min=10, help="Held-out scenes per test."),
     ) -> None:
         """Measure zero-shot bars of a shapes-world model on held-out scenes (JSON to stdout)."""
-        from ..data.shapes_train import evaluate_shapes
         from ..models.registry import load_model
+        from ..testbeds.shapes_eval import evaluate_shapes
 
         typer.echo(json.dumps(evaluate_shapes(load_model(model), n_single=n, n_multi=n), indent=2))
 
@@ -167,15 +168,15 @@ def register(app: typer.Typer) -> None:
         n: int = typer.Option(500, "--n", min=10, help="Held-out single-object scenes per group."),
     ) -> None:
         """Zero-shot accuracy with the category's badge, without a badge and with another's (JSON to stdout)."""
-        from ..data.spurious import evaluate_spurious
         from ..models.registry import load_model
+        from ..testbeds.spurious import evaluate_spurious
 
         typer.echo(json.dumps(evaluate_spurious(load_model(model), n=n), indent=2))
 
     @sub.command("concepts")
     def concepts_cmd(out: Path = typer.Argument(..., help="JSON file to write.")) -> None:
         """Write the shapes world's concept set (DEAL format: {class: [descriptors]})."""
-        from ..data.shapes import write_concept_set
+        from ..testbeds.shapes_categories import write_concept_set
 
         typer.echo(f"wrote {write_concept_set(out)}")
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..interrupt import track
-from .chat import MAX_WAIT, ChatClient, RequestError, ServerError, chat_url, is_loopback, stderr_notify  # noqa: F401
+from .chat import ChatClient, RequestError, chat_url, is_loopback, stderr_notify
 from .sets import MAX_WORDS, _norm_descriptor, normalize_name, validate
 
 #: bump when the prompt changes, so cached replies of an older prompt are not reused

@@ -43,7 +43,6 @@ from PIL import Image
 from ..errors import InputError
 from ..images import load_image
 from .rows import Captions, Columns, LazyBytes, MissingImage, Pair, PairRow, is_url, open_bytes, refuse_url
-from .rows import check_boxes as _check_boxes  # noqa: F401  (kept importable from here)
 
 __all__ = ["Pair", "PairRow", "PairDataset", "open_pairs", "detect_format", "FORMATS"]
 

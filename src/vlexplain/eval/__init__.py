@@ -2,6 +2,7 @@
 
 from .io import load_maps, load_results
 from .report import report
-from .runner import EvalConfig, evaluate
+from .run_config import EvalConfig
+from .runner import evaluate
 
 __all__ = ["evaluate", "EvalConfig", "load_results", "load_maps", "report"]

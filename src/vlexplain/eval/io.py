@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..outdir import file_mode
+
 CONFIG = "config.json"
 MANIFEST = "manifest.json"
 SHARD_DIR = "shards"
@@ -33,29 +35,6 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def current_umask() -> int:
-    """The process's umask, read without changing it where the system allows (Linux: /proc).
-
-    Setting the umask to read it back would briefly change it for every thread of the process
-    (the web explorer writes files from several threads).
-    """
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    old = os.umask(0o022)
-    os.umask(old)
-    return old
-
-
-def file_mode() -> int:
-    """The mode an ordinary new file gets: 0o666 less the umask."""
-    return 0o666 & ~current_umask()
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:

@@ -86,14 +86,15 @@ class MetricInfo:
 
 
 def resolve_metric(name: str) -> MetricInfo:
-    """A metric from the registry, or ``package.module:function`` following the same signature.
+    """A metric from the registry (``quantus:<Metric>`` included), or ``package.module:function``
+    following the same signature.
 
     A plug-in function may carry the attributes ``side``, ``requires``, ``primary`` and
     ``higher_is_better`` of [`vlexplain.metrics.MetricSpec`][vlexplain.metrics.MetricSpec].
     """
     import importlib
 
-    if ":" in name:
+    if ":" in name and not name.startswith("quantus:"):
         mod, _, attr = name.partition(":")
         try:
             fn = getattr(importlib.import_module(mod), attr)

@@ -36,9 +36,7 @@ from torch import Tensor
 from ..errors import InputError, VlexplainError
 from ..interrupt import track
 from . import io as rio
-from .run_config import (  # noqa: F401  (CONFIG_VERSION, IDENTITY_KEYS, resolve_metric: importable from here)
-    CONFIG_VERSION,
-    IDENTITY_KEYS,
+from .run_config import (
     EvalConfig,
     MetricInfo,
     _check_methods,
@@ -179,6 +177,7 @@ def evaluate(
     ds = open_pairs(data)
     model, spec = _model_and_spec(model_spec_or_model, _resolve_device(device, world))
     _check_methods(model, methods)
+    _check_bridge_options(model, methods, metrics, method_options or {}, metric_options or {})
     metric_fns = {m: resolve_metric(m) for m in metrics}
     from . import problems
 
@@ -229,6 +228,26 @@ def evaluate(
     _release_group()
     problems.raise_if_all_failed(out)
     return out
+
+
+def _check_bridge_options(
+    model: Any,
+    methods: Sequence[str],
+    metrics: Sequence[str],
+    method_options: dict[str, dict[str, Any]],
+    metric_options: dict[str, dict[str, Any]],
+) -> None:
+    """Refuse unknown options of bridged methods (``captum:``) and metrics (``quantus:``) before
+    anything is written (a bad option would otherwise fail every pair)."""
+    from ..attribution.base import get_method
+    from ..metrics.quantus_bridge import PREFIX, check_options
+
+    for m in methods:
+        if m.startswith("captum:"):
+            get_method(m).create(model, **method_options.get(m, {}))
+    for m in metrics:
+        if m.startswith(PREFIX):
+            check_options(m, metric_options.get(m, {}))
 
 
 def write_manifest(out: Path, n_total: int, shard_size: int, done: dict[int, Path] | None = None) -> dict[str, Any]:

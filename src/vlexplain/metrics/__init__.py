@@ -295,17 +295,28 @@ _REGISTRY: dict[str, MetricSpec] = {
 }
 
 
-def list_metrics(side: str | None = None, ground_truth: bool | None = None) -> list[str]:
-    """Registered metric names, optionally filtered by side and by whether they need ground truth."""
-    return sorted(
-        n
-        for n, s in _REGISTRY.items()
-        if (side is None or s.side == side) and (ground_truth is None or s.needs_ground_truth == ground_truth)
-    )
+def list_metrics(side: str | None = None, ground_truth: bool | None = None, bridged: bool = False) -> list[str]:
+    """Registered metric names, optionally filtered by side and by whether they need ground truth;
+    with ``bridged``, also the Quantus metrics of the bridge (``quantus:<Metric>``) when Quantus is installed."""
+    names = sorted(_REGISTRY)
+    if bridged:
+        from .quantus_bridge import quantus_names
+
+        names += quantus_names()
+    out = []
+    for n in names:
+        s = get_spec(n)
+        if (side is None or s.side == side) and (ground_truth is None or s.needs_ground_truth == ground_truth):
+            out.append(n)
+    return out
 
 
 def get_spec(name: str) -> MetricSpec:
-    """The [`MetricSpec`][vlexplain.metrics.MetricSpec] registered under ``name``."""
+    """The [`MetricSpec`][vlexplain.metrics.MetricSpec] registered under ``name`` (or ``quantus:<Metric>``)."""
+    from .quantus_bridge import PREFIX, quantus_spec
+
+    if name.startswith(PREFIX):
+        return quantus_spec(name)
     if name not in _REGISTRY:
         raise MethodError(f"unknown metric {name!r}; available: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]

@@ -16,7 +16,8 @@ its pixels), so that methods of different resolutions are compared fairly:
   dilates the mask first.
 * ``cue_reliance_rank``: over a dataset, Spearman's rank correlation between the per-pair cue
   share and the pair's true reliance on the cue (its score with the cue minus its score on the
-  counterfactual without it; ``vlexplain.data.spurious.reliance``), pooled over all pairs.
+  counterfactual without it; ``vlexplain.testbeds.spurious.reliance``), pooled over all pairs. A
+  faithful method puts mass on the cue where, and as much as, the model uses it.
 * ``cue_reliance_rank_within``: the same within each group of a ``group`` column (e.g. aligned
   and conflicting cues), averaged with the groups' pair counts as weights, so that a method is not
   rewarded for telling the groups apart alone (``spearman_within``).

@@ -1,6 +1,7 @@
-"""The families of library "vlexplain": the built-in offline model and the shapes-world testbed CLIP.
+"""The family of library "vlexplain" in the model layer: the built-in offline model.
 
-Both ship with the package (no download), so their "tiny" builders load the real models.
+It ships with pip packages (no download), so its "tiny" builder loads the real model. (The
+shapes-world testbed CLIP's family is registered by ``vlexplain.testbeds.testbed_models``.)
 """
 
 from __future__ import annotations
@@ -15,12 +16,6 @@ def _offline() -> DualEncoder:
     return load_offline()
 
 
-def _shapes() -> DualEncoder:
-    from ..data.testbed_models import load_shapes_clip
-
-    return load_shapes_clip()
-
-
 register_family(
     Family(
         key="offline",
@@ -31,15 +26,5 @@ register_family(
         image_tower="cnn",
         notes="pretrained weights from pip packages; blocks = the 7 EfficientNet stages; M2IB after stage 4 "
         "(14 x 14), Grad-CAM after the last stage; MiniLM text tower (mean pooling)",
-    )
-)
-register_family(
-    Family(
-        key="testbed-shapes",
-        name="shapes-world CLIP (trained by vlexplain)",
-        library="vlexplain",
-        examples="testbed:shapes, testbed:shapes@DIR",
-        tiny=_shapes,
-        notes="a small transformers CLIPModel with a word tokenizer; ground-truth masks in the shapes testbed; M2IB and Grad-CAM at block round(10 n / 12) - 1 of n",
     )
 )

@@ -196,11 +196,11 @@ def _tokenizer(open_clip: Any, name: str, tok_dir: str | None, offline: bool, sp
         ) from None
 
 
-def load_open_clip(rest: str, tokenizer: Any = None, preprocess: Any = None) -> Any:
-    """Load an ``open_clip:`` spec (see the module docstring) into an OpenCLIP dual encoder."""
+def load_open_clip(rest: str, tokenizer: Any = None, preprocess: Any = None) -> tuple[Any, Any, Any, str]:
+    """Load an ``open_clip:`` spec (see the module docstring): ``(model, tokenizer, preprocess, name)``,
+    which ``registry.wrap_model`` turns into an OpenCLIP dual encoder."""
     open_clip = require("open_clip", "openclip")
     from .hub import hub_offline
-    from .registry import wrap_model
 
     spec = f"open_clip:{rest}"
     arch, weights, tok_dir = split_spec(rest)
@@ -236,4 +236,4 @@ def load_open_clip(rest: str, tokenizer: Any = None, preprocess: Any = None) -> 
             raise _offline_error(spec, LOCAL_CKPT) from None
         msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise ModelLoadError(f"cannot load {spec}: {msg}; without network pass {LOCAL_CKPT}") from None
-    return wrap_model(model.eval(), tokenizer, preprocess or pre, name=spec)
+    return model.eval(), tokenizer, preprocess or pre, spec

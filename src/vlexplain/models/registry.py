@@ -36,35 +36,33 @@ class LoaderEntry:
     load: Callable[[str], DualEncoder]
     description: str
     available: Callable[[], bool]
+    directory: Callable[[Path], str | None] | None = None  # a local directory -> the spec it loads as, or None
 
 
 _LOADERS: dict[str, LoaderEntry] = {}
 
 
-def register_loader(prefix: str, description: str, available: Callable[[], bool] | None = None):
-    """Register a named model loader (``prefix`` is an exact name or ends with ':')."""
+def register_loader(
+    prefix: str,
+    description: str,
+    available: Callable[[], bool] | None = None,
+    directory: Callable[[Path], str | None] | None = None,
+):
+    """Register a named model loader (``prefix`` is an exact name or ends with ':').
+
+    ``directory``: recognises a local directory of the loader's own (``PATH`` specs): returns the
+    spec to load it with, or None. Packages above the model layer (the testbeds) register theirs.
+    """
 
     def deco(fn: Callable[[str], DualEncoder]):
-        _LOADERS[prefix] = LoaderEntry(prefix, fn, description, available or (lambda: True))
+        _LOADERS[prefix] = LoaderEntry(prefix, fn, description, available or (lambda: True), directory)
         return fn
 
     return deco
 
 
 def registered_loaders() -> list[LoaderEntry]:
-    _import_builtin_loaders()
     return list(_LOADERS.values())
-
-
-def _import_builtin_loaders() -> None:
-    # Modules that register loaders on import.
-    import importlib
-
-    for mod in ("vlexplain.data.testbed_models",):
-        try:
-            importlib.import_module(mod)
-        except ImportError:
-            pass
 
 
 def _offline_available() -> bool:
@@ -181,7 +179,8 @@ def _load_open_clip(rest: str, tokenizer: Any, preprocess: Any) -> DualEncoder:
     """``open_clip:ARCH[/TAG | /PATH][@TOKENIZER_DIR]`` or ``local-dir:DIR`` (see ``.open_clip_load``)."""
     from .open_clip_load import load_open_clip
 
-    return load_open_clip(rest, tokenizer, preprocess)
+    model, tokenizer, preprocess, name = load_open_clip(rest, tokenizer, preprocess)
+    return wrap_model(model, tokenizer, preprocess, name=name)
 
 
 def parse_size_options(spec: str) -> tuple[str, dict[str, tuple[int, int]]]:
@@ -264,7 +263,6 @@ def load_model(
 
 
 def _load_spec(s: str, tokenizer: Any, preprocess: Any) -> DualEncoder:
-    _import_builtin_loaders()
     if s in _LOADERS:
         return _LOADERS[s].load(s)
     head, sep, rest = s.partition(":")
@@ -276,8 +274,10 @@ def _load_spec(s: str, tokenizer: Any, preprocess: Any) -> DualEncoder:
         return _load_open_clip(rest, tokenizer, preprocess)
     p = Path(s).expanduser()
     if p.is_dir():
-        if (p / "vocab.json").exists() and (p / "train_config.json").exists():  # `testbed train-shapes --out`
-            return _LOADERS["testbed:"].load(f"testbed:shapes@{p}")
+        for entry in list(_LOADERS.values()):
+            own = entry.directory(p) if entry.directory is not None else None
+            if own is not None:  # e.g. a `testbed train-shapes --out` directory
+                return entry.load(own)
         if (p / "open_clip_config.json").exists():
             return _load_open_clip(f"local-dir:{p}", tokenizer, preprocess)
         if (p / "config.json").exists():

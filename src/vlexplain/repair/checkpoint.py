@@ -24,7 +24,7 @@ _WEIGHTS = ("model.safetensors", "pytorch_model.bin", "config.json", "model.safe
 
 
 def _testbed_source(name: str) -> Path | None:
-    from ..data.testbed_models import assets_dir, spurious_dir
+    from ..testbeds.testbed_models import assets_dir, spurious_dir
 
     if name == "testbed:spurious":
         return spurious_dir()

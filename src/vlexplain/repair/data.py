@@ -3,7 +3,7 @@ label and (where available) the same image without the cue.
 
 Two sources:
 
-* ``spurious`` / ``spurious:N``: the spurious-cue testbed (``vlexplain.data.spurious``): ``N``
+* ``spurious`` / ``spurious:N``: the spurious-cue testbed (``vlexplain.testbeds.spurious``): ``N``
   held-out single-object scenes (default 64) rendered with their category's badge (group
   *aligned*) and with another category's (*conflicting*), each with its exact badge mask and its
   counterfactual without a badge (the same seed), queried with the main object's category caption.
@@ -75,7 +75,7 @@ class CuePairs:
         when given, else measured on the cue-free images)."""
         if self.reliance is not None:
             return self.reliance
-        from ..data.spurious import reliance
+        from ..testbeds.spurious import reliance
 
         return reliance(model, self.images, self.clean, self.captions)
 
@@ -128,9 +128,9 @@ def audit_pairs(spec: str, seed: int = 0) -> CuePairs:
 
 def spurious_pairs(n: int, seed: int = 0) -> CuePairs:
     """``n`` testbed scenes per group, aligned then conflicting, with their badge-free counterfactuals."""
-    from ..data.shapes import category_caption
-    from ..data.shapes_cue import main_object, render_cue_scene
-    from ..eval.spurious_bench import spurious_seeds
+    from ..eval.benchmarks.spurious import spurious_seeds
+    from ..testbeds.shapes_categories import category_caption
+    from ..testbeds.shapes_cue import main_object, render_cue_scene
 
     seeds = spurious_seeds(n, seed)
     ims, caps, masks, groups, clean = [], [], [], [], []
@@ -205,7 +205,7 @@ class SpuriousTraining:
     has_parts = False
 
     def __init__(self, n: int, p: float, transform: Any = None):
-        from ..data.spurious import SpuriousClassDataset
+        from ..testbeds.spurious import SpuriousClassDataset
 
         self.ds = SpuriousClassDataset(n, p=p, split="train", transform=transform)
         self.classes = self.ds.classes

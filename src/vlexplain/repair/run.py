@@ -153,7 +153,7 @@ def _finetune(model: Any, cfg: RepairConfig, data: str, out: Path, concepts: Any
     from ..concepts.relevance import Templates
     from ..concepts.sets import CATEGORY_TEMPLATE, CONCEPT_TEMPLATE, ConceptSet, load_concepts
     from ..concepts.train import deal_train
-    from ..data.shapes_classes import SHAPES_CATEGORY_TEMPLATE, SHAPES_CONCEPT_TEMPLATE
+    from ..testbeds.shapes_classes import SHAPES_CATEGORY_TEMPLATE, SHAPES_CONCEPT_TEMPLATE
     from .data import JsonlTraining, training_data
     from .rrr import RRRLoss
 
@@ -168,7 +168,7 @@ def _finetune(model: Any, cfg: RepairConfig, data: str, out: Path, concepts: Any
     if concepts is not None:
         cs = load_concepts(concepts, k=cfg.k, classes=ds.classes)
     elif testbed:
-        from ..data.shapes import concept_set
+        from ..testbeds.shapes_categories import concept_set
 
         cs = load_concepts(concept_set(), k=cfg.k, classes=ds.classes)
     else:  # rrr / control on your data: the loss reads no concept; one placeholder per class

@@ -42,7 +42,7 @@ class Displayable(Protocol):
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> None:
     """Call ``write(tmp_path)`` then rename the temporary file to ``path`` (mode 0o666 less the umask)."""
-    from ..eval.io import file_mode
+    from ..outdir import file_mode
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

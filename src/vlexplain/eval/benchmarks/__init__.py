@@ -1,0 +1,1 @@
+"""Benchmark kinds: one module per kind (``shapes``, ``grids``, ``spurious``, ``data``), registered in ``.registry``; ``.base``: what they share."""
