@@ -13,7 +13,7 @@ from ._out import out_dir
 AUDIT_DATA_HELP = (
     "spurious[:N] (N testbed scenes per group, aligned and conflicting badges, with their badge-free "
     "counterfactuals; default 64) or a JSONL pairs file with image, caption, cue_mask (a PNG of the cue) "
-    "and optionally group, clean_image, reliance."
+    "or cue_boxes (COCO [x, y, w, h] pixel boxes) and optionally group, clean_image, reliance."
 )
 
 

@@ -12,8 +12,8 @@ from ._out import out_dir
 REPAIR_DATA_HELP = (
     "spurious[:N] (the spurious testbed: for ablate_heads N audited scenes per group, default 64; for the "
     "fine-tuning methods N training scenes, default 3000) or a JSONL file: pairs with image, caption, "
-    "cue_mask (ablate_heads), or labelled images with image, label and cue_mask (rrr; deal and control "
-    "need no mask)."
+    "cue_mask or cue_boxes (ablate_heads), or labelled images with image, label and cue_mask or cue_boxes "
+    "(rrr; deal and control need neither)."
 )
 
 

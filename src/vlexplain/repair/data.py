@@ -10,7 +10,8 @@ Two sources:
   The scenes are those of ``benchmark spurious`` (seeds ``9 000 000 + 100 000 * seed``), apart from
   the group evaluation's (0 ..) and the training scenes.
 * a JSONL pairs file, one row per pair: ``image``, ``caption``, ``cue_mask`` (a PNG of the image's
-  size, white on the cue), and optionally ``group`` (any label), ``clean_image`` (the same image
+  size, white on the cue) or ``cue_boxes`` (COCO ``[x, y, w, h]`` boxes in the image's pixels, one
+  or a list; the cue is their union), and optionally ``group`` (any label), ``clean_image`` (the same image
   without the cue), ``reliance`` (the model's score with the cue minus without it), ``label``
   (a class name). Paths are relative to the file. Without ``clean_image`` the cue-free image is
   made by filling the cue's pixels with the mean colour of a 3-pixel ring around them.
@@ -166,22 +167,20 @@ def jsonl_pairs(path: Path) -> CuePairs:
     from ..images import load_image
 
     rows = _read_rows(path)
-    missing = [i for i, r in enumerate(rows, 1) if not r.get("cue_mask") or "image" not in r or "caption" not in r]
+    missing = [i for i, r in enumerate(rows, 1) if not _has_cue(r) or "image" not in r or "caption" not in r]
     if missing:
         raise InputError(
-            f"{path}: row {missing[0]} lacks image, caption or cue_mask; an audit or a repair needs the cue's mask "
-            "on every pair"
+            f"{path}: row {missing[0]} lacks image, caption or cue_mask / cue_boxes; an audit or a repair needs "
+            "the cue's region on every pair"
         )
     base = path.parent
     ims, masks, clean = [], [], []
     given = all(r.get("clean_image") for r in rows)
-    for r in rows:
+    for i, r in enumerate(rows, 1):
         im = load_image(base / r["image"]).convert("RGB")
-        mk = np.asarray(_mask(base / r["cue_mask"])) > 127
-        if mk.shape != (im.size[1], im.size[0]):
-            raise InputError(
-                f"cue_mask {r['cue_mask']} is {mk.shape[1]}x{mk.shape[0]} but the image is {im.size[0]}x{im.size[1]}"
-            )
+        mk = row_cue_mask(r, base, (im.size[1], im.size[0]), f"{path}: row {i}")
+        if mk is None or not mk.any():
+            raise InputError(f"{path}: row {i}: the cue's region covers no pixel of the image")
         ims.append(im)
         masks.append(mk)
         clean.append(load_image(base / r["clean_image"]).convert("RGB") if given else fill_cue(im, mk))
@@ -196,6 +195,35 @@ def _mask(path: Path) -> Image.Image:
     from ..data.pairs import _load_mask
 
     return _load_mask(path)
+
+
+def _has_cue(row: dict[str, Any]) -> bool:
+    return bool(row.get("cue_mask")) or row.get("cue_boxes") not in (None, "", [])
+
+
+def row_cue_mask(row: dict[str, Any], base: Path, size: tuple[int, int], where: str) -> np.ndarray | None:
+    """A row's cue region as an (h, w) bool mask of the image's ``size``: its ``cue_mask`` PNG, or the
+    union of its ``cue_boxes`` (COCO ``[x, y, w, h]`` in pixels; a pixel is in a box when its centre
+    is), or None when the row has neither."""
+    from ..data.rows import check_boxes
+
+    if row.get("cue_mask"):
+        mk = np.asarray(_mask(base / row["cue_mask"])) > 127
+        if mk.shape != size:
+            raise InputError(
+                f"{where}: cue_mask {row['cue_mask']} is {mk.shape[1]}x{mk.shape[0]} but the image is "
+                f"{size[1]}x{size[0]}"
+            )
+        return mk
+    boxes = check_boxes(row.get("cue_boxes"), where, key="cue_boxes")
+    if not boxes:
+        return None
+    h, w = size
+    ys, xs = np.arange(h)[:, None] + 0.5, np.arange(w)[None, :] + 0.5
+    mk = np.zeros(size, dtype=bool)
+    for x, y, bw, bh in boxes:
+        mk |= (xs >= x) & (xs < x + bw) & (ys >= y) & (ys < y + bh)
+    return mk
 
 
 # --- training data of the fine-tuning repairs -----------------------------------------------------
@@ -225,17 +253,22 @@ class SpuriousTraining:
 
 
 class JsonlTraining:
-    """Labelled images from a JSONL file: ``image``, ``label`` (a class name), optional ``cue_mask``."""
+    """Labelled images from a JSONL file: ``image``, ``label`` (a class name), optional ``cue_mask`` or
+    ``cue_boxes`` (as in a pairs file)."""
 
     has_parts = False
 
     def __init__(self, path: Path, transform: Any = None):
+        from ..data.rows import check_boxes
+
         rows = _read_rows(path)
         bad = [i for i, r in enumerate(rows, 1) if "image" not in r or "label" not in r]
         if bad:
             raise InputError(
                 f"{path}: row {bad[0]} lacks image or label (a class name); a fine-tuning repair needs both"
             )
+        for i, r in enumerate(rows, 1):  # box syntax checked before anything runs
+            check_boxes(r.get("cue_boxes"), f"{path}: row {i}", key="cue_boxes")
         self.base, self.rows, self.transform = path.parent, rows, transform
         self.classes = sorted({str(r["label"]) for r in rows})
         self.path = path
@@ -251,11 +284,16 @@ class JsonlTraining:
         return (self.transform(im) if self.transform is not None else im), self.classes.index(str(r["label"]))
 
     def has_masks(self) -> bool:
-        return any(r.get("cue_mask") for r in self.rows)
+        return any(_has_cue(r) for r in self.rows)
 
     def cue_mask(self, i: int) -> np.ndarray | None:
-        p = self.rows[i].get("cue_mask")
-        return None if not p else np.asarray(_mask(self.base / p)) > 127
+        from ..images import load_image
+
+        r = self.rows[i]
+        if not _has_cue(r):
+            return None
+        w, h = load_image(self.base / r["image"]).size
+        return row_cue_mask(r, self.base, (h, w), f"{self.path}: row {i + 1}")
 
     def describe(self) -> dict[str, Any]:
         return {"layout": "jsonl", "path": str(self.path), "images": len(self), "classes": len(self.classes)}

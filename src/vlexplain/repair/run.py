@@ -160,7 +160,7 @@ def _finetune(model: Any, cfg: RepairConfig, data: str, out: Path, concepts: Any
     ds = training_data(data, model, cfg.p)
     testbed = not isinstance(ds, JsonlTraining)
     if cfg.method == "rrr" and isinstance(ds, JsonlTraining) and not ds.has_masks():
-        raise InputError(f"--method rrr needs cue masks: {data} has no cue_mask on any row")
+        raise InputError(f"--method rrr needs cue masks: {data} has no cue_mask or cue_boxes on any row")
     if len(ds.classes) < 2:
         raise InputError(f"{data} has a single class: a fine-tuning repair needs images of several classes")
     cat = cfg.category_template or (SHAPES_CATEGORY_TEMPLATE if testbed else CATEGORY_TEMPLATE)
