@@ -69,6 +69,9 @@ class DealConfig:
     amp: bool = True  # bf16 autocast on CUDA (never on CPU)
     explode_factor: float = 20.0  # stop if the loss exceeds this multiple of its running mean
     explode_warmup: int = 10  # steps before the explosion test starts
+    # a running mean below this counts as this: a loss that has converged near 0 (a noisy batch of
+    # 0.14 against a mean of 0.003) is not an explosion; with the factor 20, nothing under 1 is
+    explode_floor: float = 0.05
     tensorboard: bool = True  # also log to TensorBoard when it is installed
 
     @property
@@ -468,7 +471,7 @@ def load_step(ckpt: Path) -> int:
 def _bad_loss(total: float, ema: float | None, seen: int, cfg: DealConfig) -> str | None:
     if not math.isfinite(total):
         return f"loss is {total}"
-    if ema is not None and seen >= cfg.explode_warmup and total > cfg.explode_factor * max(abs(ema), 1e-8):
+    if ema is not None and seen >= cfg.explode_warmup and total > cfg.explode_factor * max(abs(ema), cfg.explode_floor):
         return f"loss exploded ({total:.4g} > {cfg.explode_factor} x running mean {ema:.4g})"
     return None
 
