@@ -25,7 +25,7 @@ multi-object scenes (no harm). Intervals: 95 % paired percentile bootstrap over 
 resamples; an image's renderings move together).
 
 Usage:
-    OMP_NUM_THREADS=1 python benchmarks/spurious_repair.py --out /tmp/spur/repair [--seeds 0 1 2 --steps 300]
+    OMP_NUM_THREADS=1 python benchmarks/spurious_repair.py --out /tmp/spur/repair [--seeds 0 1 2 --steps 150]
 Each run is cached (``OUT/<name>.npz`` and the model in ``OUT/<name>/``): an interrupted run resumes.
 """
 
@@ -146,13 +146,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="testbed:spurious")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--train-n", type=int, default=3000)
     ap.add_argument("--heads", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--lambda-relevance", type=float, default=100.0)
-    ap.add_argument("--lambda-gradient", type=float, default=1.0)
+    ap.add_argument("--lambda-gradient", type=float, default=3.0)
     ap.add_argument("--n", type=int, default=300, help="held-out scenes per group")
     ap.add_argument("--n-multi", type=int, default=300, help="clean multi-object scenes")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
