@@ -183,10 +183,14 @@ def test_repair_ablate_heads_writes_a_loadable_model(tmp_path, capsys):
 def test_repair_fine_tuning_runs_share_one_loop(method, tmp_path, capsys):
     out = tmp_path / method
     args = ["repair", "--model", "testbed:spurious", "--method", method, "--data", "spurious:16"]
+    args += ["--explanation", "gradient"] if method == "rrr" else []  # relevance: test_rrr_penalty_alone_...
     assert _run(args + ["--steps", "2", "--batch-size", "4", "--out", str(out), "--no-progress"]) == 0
     spec = capsys.readouterr().out.strip().splitlines()[-1]
     header = (out / "training" / "log.csv").read_text().splitlines()[0].split(",")
     assert ("rrr" in header) == (method == "rrr")
+    assert json.loads((out / "repair.json").read_text())["config"]["explanation"] == (
+        "gradient" if method == "rrr" else "relevance"
+    )
     cfg = json.loads((out / "training" / "config.json").read_text())
     assert (cfg["lambda_sep"], cfg["lambda_con"]) == ((0.1, 0.01) if method == "deal" else (0.0, 0.0))
     model = vx.load_model(spec)
@@ -254,6 +258,20 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
             "lacks image, caption or cue_mask",
         ),
         (["repair", "--model", "testbed:spurious", "--method", "prune", "--data", "spurious:2"], "--method must be"),
+        (
+            [
+                "repair",
+                "--model",
+                "testbed:spurious",
+                "--method",
+                "rrr",
+                "--explanation",
+                "saliency",
+                "--data",
+                "spurious:2",
+            ],
+            "--explanation must be",
+        ),
     ]
     for args, needle in cases:
         code = _run(args + ["--out", str(out)])

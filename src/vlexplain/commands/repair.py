@@ -33,6 +33,12 @@ def register(app: typer.Typer) -> None:
         lr: float = typer.Option(1e-4, "--lr", help="Fine-tuning: AdamW learning rate."),
         batch_size: int = typer.Option(32, "--batch-size", min=1, help="Fine-tuning: images per step."),
         lambda_rrr: float = typer.Option(1.0, "--lambda-rrr", min=0.0, help="rrr: weight of the explanation penalty."),
+        explanation: str = typer.Option(
+            "relevance",
+            "--explanation",
+            help="rrr: the explanation penalised on the cue: relevance (DEAL's, last block) or gradient (input "
+            "gradients of the class log-probabilities, Ross et al.'s own).",
+        ),
         lambda_sep: float = typer.Option(0.1, "--lambda-sep", help="deal: weight of the disentangle loss."),
         lambda_con: float = typer.Option(0.01, "--lambda-con", help="deal: weight of the localize loss."),
         concepts: Path | None = typer.Option(
@@ -54,11 +60,14 @@ def register(app: typer.Typer) -> None:
         """Repair a model's shortcut with one of four methods; print the spec that loads the result."""
         from ..repair.checkpoint import check_out
         from ..repair.data import parse_count
+        from ..repair.rrr import EXPLANATIONS
         from ..repair.run import METHODS, repair
         from .explain import load_model_cli
 
         if method not in METHODS:
             raise InputError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+        if explanation not in EXPLANATIONS:
+            raise InputError(f"--explanation must be one of {', '.join(EXPLANATIONS)}, got {explanation!r}")
         check_out(out)
         if parse_count(data, "spurious", 1) is None and not Path(data).is_file():
             raise InputError(f"--data {data}: not found ({REPAIR_DATA_HELP})")
@@ -75,6 +84,7 @@ def register(app: typer.Typer) -> None:
             lr=lr,
             batch_size=batch_size,
             lambda_rrr=lambda_rrr,
+            explanation=explanation,
             lambda_sep=lambda_sep,
             lambda_con=lambda_con,
             freeze_text=freeze_text,
