@@ -50,6 +50,8 @@ _LAZY = {
     "DualEncoder": ".models.base",
     "TextBatch": ".models.base",
     "Tower": ".models.base",
+    "decompose": ".repair.decompose",
+    "Decomposition": ".repair.decompose",
 }
 
 if TYPE_CHECKING:
@@ -75,6 +77,7 @@ if TYPE_CHECKING:
     from .interactions.similarity import Similarity, explain_similarity
     from .models.base import DualEncoder, TextBatch, Tower
     from .models.registry import SPEC_FORMS, load_model
+    from .repair.decompose import Decomposition, decompose
 
 
 def __getattr__(name: str) -> Any:
@@ -92,6 +95,8 @@ def __dir__() -> list[str]:
 __all__ = [
     "load_model",
     "explain",
+    "decompose",
+    "Decomposition",
     "interactions",
     "Interactions",
     "list_interaction_methods",

@@ -139,6 +139,18 @@ CASES = [
     ),
     ("benchmark-out-unwritable", ["benchmark", "shapes", "--n", "2", "--out", "PROC"], "cannot write in /proc"),
     ("deal-train-out-unwritable", ["deal", "train", "--data", "shapes:4", "--out", "PROC"], "cannot write in /proc"),
+    ("audit-layers-missing-data", ["audit", "layers", "--model", "MODEL", "--data", "MISSING.jsonl"], "not found"),
+    ("audit-heads-missing-data", ["audit", "heads", "--model", "MODEL", "--data", "MISSING.jsonl"], "not found"),
+    (
+        "repair-missing-data",
+        ["repair", "--model", "MODEL", "--method", "control", "--data", "MISSING.jsonl", "--out", "OUT"],
+        "not found",
+    ),
+    (
+        "repair-out-unwritable",
+        ["repair", "--model", "MODEL", "--method", "control", "--data", "spurious:2", "--out", "PROC"],
+        "cannot write in /proc",
+    ),
     ("testbed-out-unwritable", ["testbed", "train-shapes", "--out", "PROC"], "cannot write in /proc"),
     ("report-out-unwritable", ["report", "RUN", "--out", "PROC/r.html"], "cannot write in /proc"),
     # --- --out held by another run ------------------------------------------------------------------

@@ -170,3 +170,17 @@ def test_evaluate_concepts(tiny_cub, hf_clip):
     assert r["part_maps"] == 4  # one bill descriptor per image, beak visible in every image
     assert 0 <= r["part_pointing"] <= 100 and 0 <= r["part_energy"] <= 1
     assert "localizability" in format_report(r)
+
+
+def test_the_explosion_guard_by_hand():
+    from vlexplain.concepts.train import DealConfig, _bad_loss
+
+    cfg = DealConfig()  # factor 20, warm-up 10 steps, floor 0.05
+    assert _bad_loss(25.0, 1.0, 20, cfg) is not None  # 25 > 20 x 1
+    assert _bad_loss(15.0, 1.0, 20, cfg) is None
+    assert _bad_loss(25.0, 1.0, 5, cfg) is None  # still warming up
+    assert _bad_loss(float("nan"), 1.0, 0, cfg) is not None
+    # a converged loss: a noisy batch of 0.14 against a running mean of 0.003 is not an explosion
+    # (the control run of the spurious repair benchmark was stopped by it), 1.5 is
+    assert _bad_loss(0.14, 0.003, 144, cfg) is None
+    assert _bad_loss(1.5, 0.003, 144, cfg) is not None

@@ -470,6 +470,7 @@ def test_registry_runs_every_metric(hf_clip):
         "cue_share",
         "cue_pointing",
         "cue_reliance_rank",
+        "cue_reliance_rank_within",
     }
     px, tb = _pixels(), hf_clip.tokenize(TEXTS)
     im = torch.rand(2, 64, 64, generator=torch.Generator().manual_seed(12))
@@ -490,6 +491,7 @@ def test_registry_runs_every_metric(hf_clip):
         "cue_share": {"cue_mask": masks},
         "cue_pointing": {"cue_mask": masks},
         "cue_reliance_rank": {"cue_mask": masks, "reliance": torch.tensor([0.1, 0.2])},
+        "cue_reliance_rank_within": {"cue_mask": masks, "reliance": torch.tensor([0.1, 0.2]), "group": ["a", "b"]},
     }
     for name in names:
         spec = get_spec(name)

@@ -298,6 +298,7 @@ def test_benchmark_spurious_cli_end_to_end(tmp_path, tiny_shapes_dir, capsys):
     for heading in ("### `spurious`", "### `shapes`", "### Difference `spurious` − `shapes`", "### Cue share by group"):
         assert heading in md
     assert "| cue_reliance_rank ↑ |" in md.replace("| rank | method ", "")
+    assert "| rank | method | cue_reliance_rank_within ↑ |" in md and "### Headline" in md
     # the data: three groups of the same seeds; badges only where they belong; reliance per model
     models = {"spurious": load_model(f"testbed:shapes@{tiny_shapes_dir}"), "shapes": load_model("testbed:shapes")}
     for tag, model in models.items():
@@ -315,11 +316,11 @@ def test_benchmark_spurious_cli_end_to_end(tmp_path, tiny_shapes_dir, capsys):
         df = rio.load_results(out / f"run_{tag}").to_pandas()
         assert set(df["method"]) == {"saliency", "random", "center"} and df["error"].isna().all()
         assert df[df["index"].isin([3, 4, 5])]["cue_share"].isna().all()  # absent group: no cue
-    # the center reference ignores the model: its differences are 0 (but cue_reliance_rank's, which
-    # ranks against each model's own reliance)
+    # the center reference ignores the model: its differences are 0 (but the two reliance ranks',
+    # which rank against each model's own reliance)
     diff = md.split("### Difference")[1].split("###")[0]
     center_row = next(x for x in diff.splitlines() if x.startswith("| center |"))
-    assert all(c.strip() == "+0.000 [+0.000, +0.000]" for c in center_row.split("|")[3:-1])
+    assert all(c.strip() == "+0.000 [+0.000, +0.000]" for c in center_row.split("|")[4:-1])
     assert main(args) == 2  # an existing benchmark is refused without --resume
 
 

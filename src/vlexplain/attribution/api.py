@@ -232,8 +232,9 @@ class _Run:
         """One Explanation per pair of ``chunk`` from a batch's maps (B, ...) and scores (B,)."""
         model, ex = self.explainer.model, self.explainer
         patch = full = None
+        pixel_level = img is not None and tuple(img.shape[-2:]) == tuple(model.input_size)
         if img is not None:
-            if tuple(img.shape[-2:]) == tuple(model.input_size):
+            if pixel_level:
                 full, patch = img, pool_to_grid(img, image_grid_size(model))
             else:
                 patch, full = img, upsample_grid(img, model.input_size)
@@ -255,6 +256,7 @@ class _Run:
                     mean=tuple(model.mean),
                     std=tuple(model.std),
                     seconds=dt,
+                    map_resolution="pixel" if pixel_level else "patch",
                 )
             )
         return out

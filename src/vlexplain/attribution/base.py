@@ -407,6 +407,8 @@ class Explanation:
             the maps then explain ``contrast.difference``.
         versus: for a contrast of two images, the map of the same difference on the versus
             image (an Explanation whose ``contrast.role`` is ``versus``); else None.
+        map_resolution: "patch" when the method scored the token grid (``image_map`` is its
+            bilinear upsampling), "pixel" when it scored pixels (``patch_map`` is their area mean).
     """
 
     image_map: Tensor | None
@@ -424,6 +426,12 @@ class Explanation:
     extras: dict[str, Any] = field(default_factory=dict)
     contrast: ContrastInfo | None = None
     versus: Explanation | None = None
+    map_resolution: Literal["patch", "pixel"] = "patch"
+
+    @property
+    def native_map(self) -> Tensor | None:
+        """The image map at the resolution the method computed it: ``patch_map`` or ``image_map``."""
+        return self.image_map if self.map_resolution == "pixel" else self.patch_map
 
     def image_rgb(self) -> Tensor:
         """(3, H, W) the image in [0, 1] as the model saw it."""

@@ -15,7 +15,7 @@ The maps must come from ``deal_maps`` with
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -103,9 +103,11 @@ class DealLosses:
     prediction: Tensor
     disentangle: Tensor
     localize: Tensor
+    extra: dict[str, Tensor] = field(default_factory=dict)  # other terms of ``total`` (logged by name)
 
     def as_floats(self) -> dict[str, float]:
-        return {k: float(getattr(self, k).detach()) for k in ("total", "prediction", "disentangle", "localize")}
+        out = {k: float(getattr(self, k).detach()) for k in ("total", "prediction", "disentangle", "localize")}
+        return {**out, **{k: float(v.detach()) for k, v in self.extra.items()}}
 
 
 def deal_losses(

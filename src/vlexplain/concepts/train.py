@@ -23,7 +23,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from ..distributed import average_gradients
 from ..errors import InputError
 from ..interrupt import atomic, track
 from ..models.base import DualEncoder
-from .losses import PredictionLoss, deal_losses
+from .losses import DealLosses, PredictionLoss, deal_losses
 from .relevance import Templates
 from .sets import ConceptSet
 
@@ -69,6 +69,9 @@ class DealConfig:
     amp: bool = True  # bf16 autocast on CUDA (never on CPU)
     explode_factor: float = 20.0  # stop if the loss exceeds this multiple of its running mean
     explode_warmup: int = 10  # steps before the explosion test starts
+    # a running mean below this counts as this: a loss that has converged near 0 (a noisy batch of
+    # 0.14 against a mean of 0.003) is not an explosion; with the factor 20, nothing under 1 is
+    explode_floor: float = 0.05
     tensorboard: bool = True  # also log to TensorBoard when it is installed
 
     @property
@@ -293,14 +296,15 @@ def load_checkpoint(path: str | Path, model: DualEncoder, opt: torch.optim.Optim
 class _Log:
     """``log.csv`` (rows after ``start`` dropped on resume) and optional TensorBoard."""
 
-    def __init__(self, out_dir: Path, start: int, tensorboard: bool):
+    def __init__(self, out_dir: Path, start: int, tensorboard: bool, fields: Sequence[str] = LOG_FIELDS):
         self.path = out_dir / "log.csv"
+        self.fields = tuple(fields)
         rows = []
         if self.path.is_file() and start > 0:
             with self.path.open(newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start]
         with self.path.open("w", newline="") as f:
-            w = csv.DictWriter(f, LOG_FIELDS)
+            w = csv.DictWriter(f, self.fields)
             w.writeheader()
             w.writerows(rows)
         self.tb = None
@@ -314,7 +318,7 @@ class _Log:
 
     def write(self, row: dict[str, float]) -> None:
         with self.path.open("a", newline="") as f:
-            csv.DictWriter(f, LOG_FIELDS).writerow(row)
+            csv.DictWriter(f, self.fields).writerow(row)
         if self.tb is not None:
             for k, v in row.items():
                 if k != "step":
@@ -365,6 +369,7 @@ def deal_train(
     freeze_text: bool = False,
     resume: bool = True,
     progress: bool = True,
+    losses_fn: Callable[..., DealLosses] | None = None,
     **options: Any,
 ) -> TrainResult:
     """Fine-tune ``model`` in place with the DEAL losses.
@@ -377,6 +382,10 @@ def deal_train(
         steps, lr, batch_size, lambda_sep, lambda_con, freeze_text: see ``DealConfig``.
         resume: continue from ``out_dir/checkpoint`` when it exists.
         progress: show a progress bar.
+        losses_fn: replaces the DEAL losses: ``losses_fn(model, pixels, labels, indices)`` returns the
+            batch's ``DealLosses`` (``indices``: the batch's dataset items); the names of its
+            ``extra`` terms, listed in its ``fields`` attribute, are logged too. The rest of the
+            run (data order, optimiser, checkpoints, logging) is the same.
         **options: any other ``DealConfig`` field (betas, eps, weight_decay, prediction, k, ...).
 
     Returns:
@@ -410,7 +419,7 @@ def deal_train(
     from ..outdir import claimed
 
     with claimed(out):
-        return _train_claimed(model, dataset, classes, concepts, cfg, out, progress, resume, info)
+        return _train_claimed(model, dataset, classes, concepts, cfg, out, progress, resume, info, losses_fn)
 
 
 def _run_info(dataset: Any, classes: list[str], concepts: ConceptSet) -> dict[str, Any]:
@@ -428,7 +437,7 @@ def _run_info(dataset: Any, classes: list[str], concepts: ConceptSet) -> dict[st
     return info
 
 
-def _train_claimed(model, dataset, classes, concepts, cfg, out, progress, resume, info) -> TrainResult:
+def _train_claimed(model, dataset, classes, concepts, cfg, out, progress, resume, info, losses_fn=None) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
     from ..eval.runner import dist_info
 
@@ -443,13 +452,15 @@ def _train_claimed(model, dataset, classes, concepts, cfg, out, progress, resume
     flags = [(p, p.requires_grad) for p in model.parameters()]
     try:
         params = _trainable(model, cfg)
-        return _run(model, dataset, classes, concepts, cfg, out, dist, params, progress, resume, info)
+        return _run(model, dataset, classes, concepts, cfg, out, dist, params, progress, resume, info, losses_fn)
     finally:
         for p, f in flags:  # freeze_text / logit-scale freezing last only as long as the run
             p.requires_grad_(f)
 
 
-def _run(model, dataset, classes, concepts, cfg, out, dist, params, progress, resume, info) -> TrainResult:
+def _run(
+    model, dataset, classes, concepts, cfg, out, dist, params, progress, resume, info, losses_fn=None
+) -> TrainResult:
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
     start, ckpt = 0, find_checkpoint(out) if resume else None
     if ckpt is not None:
@@ -458,11 +469,26 @@ def _run(model, dataset, classes, concepts, cfg, out, dist, params, progress, re
         (out / "stopped.json").unlink(missing_ok=True)
         info = {**info, "world_size": dist.world, "global_batch_size": cfg.batch_size * dist.world}
         (out / "config.json").write_text(json.dumps({**dataclasses.asdict(cfg), **info}, indent=1))
-    log = _Log(out, start, cfg.tensorboard) if dist.main else None
+    fields = LOG_FIELDS[:5] + tuple(getattr(losses_fn, "fields", ())) + LOG_FIELDS[5:]
+    log = _Log(out, start, cfg.tensorboard, fields) if dist.main else None
     try:
         with track("steps", cfg.steps, done=start, resume="rerun (without --overwrite) to continue") as work:
             return _loop(
-                model, dataset, classes, concepts, cfg, out, dist, params, opt, start, ckpt, log, progress, work
+                model,
+                dataset,
+                classes,
+                concepts,
+                cfg,
+                out,
+                dist,
+                params,
+                opt,
+                start,
+                ckpt,
+                log,
+                progress,
+                work,
+                losses_fn,
             )
     finally:
         if log is not None:
@@ -470,7 +496,7 @@ def _run(model, dataset, classes, concepts, cfg, out, dist, params, progress, re
 
 
 def _loop(
-    model, dataset, classes, concepts, cfg, out, dist, params, opt, start, ckpt, log, progress, work
+    model, dataset, classes, concepts, cfg, out, dist, params, opt, start, ckpt, log, progress, work, losses_fn=None
 ) -> TrainResult:
     use_amp = cfg.amp and dist.device.type == "cuda"
     ema: float | None = None
@@ -484,17 +510,21 @@ def _loop(
             idx = batch_indices(len(dataset), cfg.batch_size, step, cfg.seed, dist.rank, dist.world)
             pixels, labels = _load_batch(model, dataset, idx, dist.device)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                losses = deal_losses(
-                    model,
-                    pixels,
-                    labels,
-                    classes,
-                    concepts,
-                    lambda_sep=cfg.lambda_sep,
-                    lambda_con=cfg.lambda_con,
-                    prediction=cfg.prediction,
-                    k=cfg.k,
-                    templates=cfg.templates,
+                losses = (
+                    losses_fn(model, pixels, labels, idx)
+                    if losses_fn is not None
+                    else deal_losses(
+                        model,
+                        pixels,
+                        labels,
+                        classes,
+                        concepts,
+                        lambda_sep=cfg.lambda_sep,
+                        lambda_con=cfg.lambda_con,
+                        prediction=cfg.prediction,
+                        k=cfg.k,
+                        templates=cfg.templates,
+                    )
                 )
             vals = dist.mean(losses.as_floats())  # the union batch's losses (each is a mean over images)
             reason = _bad_loss(vals["total"], ema, step - start, cfg)
@@ -553,7 +583,7 @@ def load_step(ckpt: Path) -> int:
 def _bad_loss(total: float, ema: float | None, seen: int, cfg: DealConfig) -> str | None:
     if not math.isfinite(total):
         return f"loss is {total}"
-    if ema is not None and seen >= cfg.explode_warmup and total > cfg.explode_factor * max(abs(ema), 1e-8):
+    if ema is not None and seen >= cfg.explode_warmup and total > cfg.explode_factor * max(abs(ema), cfg.explode_floor):
         return f"loss exploded ({total:.4g} > {cfg.explode_factor} x running mean {ema:.4g})"
     return None
 

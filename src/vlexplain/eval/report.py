@@ -136,13 +136,14 @@ def _aggregate_rows(method: str, sub: Any, cfg: dict[str, Any]) -> list[dict[str
         except MethodError:  # a plug-in metric (module:function): averaged like any other
             continue
         kind, _, cols = spec.aggregate.partition(":")
-        if kind != "spearman":
+        if kind not in ("spearman", "spearman_within"):
             continue
-        a, b = (f"{m}.{c}" for c in cols.split(","))
-        if a not in sub or b not in sub:
+        names = [f"{m}.{c}" for c in cols.split(",")]
+        if any(c not in sub for c in names):
             continue
-        x, y = (sub[c].to_numpy(dtype=np.float64, na_value=np.nan) for c in (a, b))
-        rho, lo, hi = spearman_ci(x, y, N_BOOT, BOOT_SEED)
+        x, y = (sub[c].to_numpy(dtype=np.float64, na_value=np.nan) for c in names[:2])
+        groups = sub[names[2]].to_numpy(dtype=np.float64, na_value=np.nan) if kind == "spearman_within" else None
+        rho, lo, hi = spearman_ci(x, y, N_BOOT, BOOT_SEED, groups=groups)
         out.append(
             {
                 "method": method,

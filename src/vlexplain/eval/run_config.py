@@ -76,6 +76,7 @@ class MetricInfo:
     primary: str | None  # output key that summarises the metric
     higher_is_better: bool | None
     ranked: bool = True  # False: the direction is nominal, no method is "best" (cue metrics)
+    native_maps: bool = False  # read each map at its own resolution (``MetricSpec.native_maps``)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -117,6 +118,7 @@ def resolve_metric(name: str) -> MetricInfo:
         getattr(fn, "primary", None),
         getattr(fn, "higher_is_better", None),
         bool(getattr(fn, "ranked", True)),
+        bool(getattr(fn, "native_maps", False)),
     )
 
 

@@ -497,7 +497,12 @@ def _extra(
             kw[key] = load_cue_masks(paths, size or (0, 0), [pairs[i].image.size for i in idx]).to(device)
         elif key != "method":
             vals = [pairs[i].row.extras[key] for i in idx]
-            kw[key] = vals[0] if all(v == vals[0] for v in vals) else torch.tensor(vals, device=device)
+            if all(v == vals[0] for v in vals):
+                kw[key] = vals[0]
+            elif all(isinstance(v, (int, float)) for v in vals):
+                kw[key] = torch.tensor(vals, device=device)
+            else:  # labels (e.g. a group column): the list as it is
+                kw[key] = list(vals)
     return idx, kw
 
 
@@ -527,6 +532,7 @@ def _metrics_for(
 
     n = len(exps)
     image_maps = torch.stack([e.image_map.float() for e in exps]) if exps[0].image_map is not None else None
+    native = torch.stack([e.native_map.float() for e in exps]) if exps[0].image_map is not None else None
     token_maps = token_maps_from_explanations(exps, texts) if exps[0].token_scores is not None else None
     out: dict[str, list[Any]] = {}
     for name, info in ctx.metric_fns.items():
@@ -545,13 +551,15 @@ def _metrics_for(
             ctx.model,
             pick(px),
             texts if sel is None else texts.select(sel),
-            pick(image_maps),
+            pick(native if info.native_maps else image_maps),
             pick(token_maps),
             **kw,
             **ctx.cfg.metric_options.get(name, {}),
         )
         for key, val in res.items():
-            col = name if len(res) == 1 else f"{name}.{key}"
+            col = (
+                name if len(res) == 1 or key == name else f"{name}.{key}"
+            )  # the output named like the metric: its column
             vals: list[Any] = [None] * n
             if isinstance(val, Tensor):
                 t = val.detach().float().cpu()

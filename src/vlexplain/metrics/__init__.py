@@ -34,7 +34,7 @@ from torch import Tensor
 from ..errors import InputError, MethodError
 from ._common import image_maps_from_explanations, token_maps_from_explanations
 from .confidence import confidence_image, confidence_text
-from .cue import cue_pointing, cue_reliance_rank, cue_share
+from .cue import cue_pointing, cue_reliance_rank, cue_share, cue_share_ceiling, cue_share_report
 from .deletion_insertion import deletion_image, deletion_text, image_curve, insertion_image, insertion_text, text_curve
 from .gridpg import grid_pointing_game
 from .localization import auroc, boxes_to_masks, energy_pointing_game, pointing_game
@@ -59,7 +59,11 @@ class MetricSpec:
         summary: one line for listings.
         aggregate: "" when the dataset value is the mean of ``primary`` over pairs; otherwise how
             it is computed from the per-pair outputs: ``"spearman:A,B"`` is Spearman's rho of
-            outputs ``A`` and ``B`` over the pairs (``primary`` then names that rho).
+            outputs ``A`` and ``B`` over the pairs, ``"spearman_within:A,B,G"`` its mean within the
+            groups of output ``G`` (``primary`` then names that rho).
+        native_maps: the metric reads each map at its own resolution (a patch-level method's
+            (B, gh, gw) patch map, a pixel-level method's (B, H, W) map) instead of the maps
+            upsampled to the input size.
         options_fn: the function whose keyword-only arguments are the metric's options (None:
             ``fn``); options are checked against it before a run (``vlexplain.validate``).
         ranked: whether a best value exists across methods (False: ``higher_is_better`` is
@@ -78,6 +82,7 @@ class MetricSpec:
     aggregate: str = ""
     options_fn: Callable | None = None
     ranked: bool = True
+    native_maps: bool = False
 
     def __call__(self, model, pixels, texts, image_maps=None, token_maps=None, **extra: Any) -> dict[str, Any]:
         missing = [k for k in self.requires if extra.get(k) is None]
@@ -121,16 +126,21 @@ def _gridpg(model, pixels, texts, image_maps, token_maps, *, cell_index, grid_n:
 
 
 def _cue_share(model, pixels, texts, image_maps, token_maps, *, cue_mask: Tensor):
-    return {"cue_share": cue_share(image_maps.to(cue_mask.device), cue_mask)}
+    return cue_share_report(image_maps.to(cue_mask.device), cue_mask)
 
 
-def _cue_pointing(model, pixels, texts, image_maps, token_maps, *, cue_mask: Tensor):
-    return {"cue_pointing": cue_pointing(image_maps.to(cue_mask.device), cue_mask)}
+def _cue_pointing(model, pixels, texts, image_maps, token_maps, *, cue_mask: Tensor, tolerance: int = 0):
+    return {"cue_pointing": cue_pointing(image_maps.to(cue_mask.device), cue_mask, tolerance)}
 
 
 def _cue_reliance(model, pixels, texts, image_maps, token_maps, *, cue_mask: Tensor, reliance):
     out = cue_reliance_rank(image_maps.to(cue_mask.device), cue_mask, reliance)
-    return {"cue_share": out["cue_share"], "reliance": out["reliance"]}  # rho: over the dataset
+    return {k: out[k] for k in ("cue_share", "reliance", "no_mass")}  # rho: over the dataset
+
+
+def _cue_reliance_within(model, pixels, texts, image_maps, token_maps, *, cue_mask: Tensor, reliance, group):
+    out = cue_reliance_rank(image_maps.to(cue_mask.device), cue_mask, reliance, group)
+    return {k: out[k] for k in ("cue_share", "reliance", "group", "no_mass")}  # rho: within groups
 
 
 _REGISTRY: dict[str, MetricSpec] = {
@@ -247,7 +257,8 @@ _REGISTRY: dict[str, MetricSpec] = {
             False,
             ("cue_mask",),
             True,
-            summary="share of positive map mass on a cue's mask (cue_mask column)",
+            summary="share of positive map mass on a cue's mask (cue_mask column), its ceiling at the map's resolution",
+            native_maps=True,
             ranked=False,
         ),
         MetricSpec(
@@ -258,7 +269,8 @@ _REGISTRY: dict[str, MetricSpec] = {
             False,
             ("cue_mask",),
             True,
-            summary="map maximum on a cue's mask (cue_mask column)",
+            summary="map maximum on a cue's mask at the map's resolution (cue_mask column)",
+            native_maps=True,
             ranked=False,
         ),
         MetricSpec(
@@ -271,6 +283,19 @@ _REGISTRY: dict[str, MetricSpec] = {
             True,
             summary="Spearman rho over pairs of cue share vs true reliance (cue_mask, reliance columns)",
             aggregate="spearman:cue_share,reliance",
+            native_maps=True,
+        ),
+        MetricSpec(
+            "cue_reliance_rank_within",
+            _cue_reliance_within,
+            "image",
+            "spearman_within",
+            True,
+            ("cue_mask", "reliance", "group"),
+            True,
+            summary="cue_reliance_rank within each group of a group column, averaged over groups",
+            aggregate="spearman_within:cue_share,reliance,group",
+            native_maps=True,
         ),
         MetricSpec(
             "cascading_randomization",
@@ -327,6 +352,8 @@ __all__ = [
     "cue_pointing",
     "cue_reliance_rank",
     "cue_share",
+    "cue_share_ceiling",
+    "cue_share_report",
     "confidence_text",
     "deletion_image",
     "deletion_text",

@@ -162,6 +162,18 @@ class Tower(nn.Module):
         """The modules holding the parameters of blocks 0 .. num_blocks - 1, in order."""
         raise NotImplementedError(f"{type(self).__name__} does not expose its block modules")
 
+    def head_ops(self, x: TowerInput) -> list[Any]:
+        """The head as operations that are linear once norms and pooling weights are held fixed
+        (the operations of ``vlexplain.models.head_ops``; for the decomposition)."""
+        raise NotImplementedError(f"{type(self).__name__} does not describe its head for a decomposition")
+
+    def attention_projection(self, i: int) -> tuple[nn.Module, Callable[[Tensor], Tensor]] | None:
+        """For blocks that do not run through ``prenorm_block``: block ``i``'s attention output
+        projection (a module whose input is the heads' outputs, concatenated) and the map from its
+        output to what the block adds to the residual stream (layer scale). None: the block's
+        ``record_blocks`` record has them."""
+        return None
+
     # --- shared ---------------------------------------------------------------------------------
     def encode(
         self,

@@ -55,6 +55,22 @@ class SiglipVisionTower(Tower):
     def head(self, h: Tensor, x: Any) -> Tensor:
         return self.vm.head(self.vm.post_layernorm(h))
 
+    def head_ops(self, x: Any) -> list[Any]:
+        return siglip_head_ops(self.vm, None)
+
+
+def siglip_head_ops(vm: Any, key_padding_mask: Tensor | None) -> list[Any]:
+    """The final norm and the attention-pooling head of a transformers SigLIP / SigLIP 2 vision model."""
+    from .head_ops import MHAPool, Norm, ResidualMLP, Select
+
+    head = vm.head
+    return [
+        Norm(vm.post_layernorm),
+        MHAPool(head.attention, lambda b: head.probe.expand(b, -1, -1), key_padding_mask),
+        ResidualMLP(head.layernorm, head.mlp),
+        Select(0),
+    ]
+
 
 class HFTextTower(Tower):
     """Causal CLIP text tower (pooled at EOS) or bidirectional SigLIP text tower (last token)."""

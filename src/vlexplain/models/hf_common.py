@@ -281,6 +281,11 @@ class ClipViTTower(Tower):
     def project_tokens(self, h: Tensor, x: Any) -> Tensor:
         return self.projection(self.vm.post_layernorm(h))
 
+    def head_ops(self, x: Any) -> list[Any]:
+        from .head_ops import Affine, Norm, Select
+
+        return [Select(0), Norm(self.vm.post_layernorm), Affine(self.projection)]
+
 
 class BertTextTower(Tower):
     """Post-norm BERT / RoBERTa text tower pooled at position 0 ([CLS] / <s>).

@@ -113,6 +113,12 @@ class Siglip2VisionTower(Tower):
         mask = x["pixel_attention_mask"] if isinstance(x, dict) else None
         return self.vm.head(self.vm.post_layernorm(h), mask)
 
+    def head_ops(self, x: Any) -> list[Any]:
+        from .hf_clip import siglip_head_ops
+
+        mask = x["pixel_attention_mask"] if isinstance(x, dict) else None
+        return siglip_head_ops(self.vm, None if mask is None else ~mask.bool())
+
 
 def template_tokenizer(tok: Any, context_length: int) -> TokenizerSpec:
     """A SigLIP 2 tokenizer as its own template lays texts out: the special tokens it adds around a

@@ -76,6 +76,30 @@ class OpenCLIPVisionTower(Tower):
         pooled, _ = self.v._pool(h)
         return pooled @ self.v.proj if self.v.proj is not None else pooled
 
+    def head_ops(self, x: Any) -> list[Any]:
+        from .head_ops import Affine, Mean, MHAPool, Norm, Select
+
+        v = self.v
+        pool = {"tok": Select(0), "avg": Mean(1)}.get(v.pool_type)
+        if pool is None or getattr(v, "attn_pool_contrastive", None) is not None:
+            raise NotImplementedError(
+                f"this OpenCLIP ViT's pooling ({v.pool_type}) is not described for a decomposition"
+            )
+        if v.attn_pool is not None:  # CoCa: attentional pooler, then the final norm per query
+            ap = v.attn_pool
+            ops: list[Any] = [
+                Norm(ap.ln_k),
+                MHAPool(ap.attn, lambda b: ap.ln_q(ap.query).unsqueeze(0).expand(b, -1, -1)),
+            ]
+            ops += [Norm(v.ln_post), pool]
+        elif getattr(v, "final_ln_after_pool", False):
+            ops = [pool, Norm(v.ln_post)]
+        else:
+            ops = [Norm(v.ln_post), pool]
+        if v.proj is not None:
+            ops.append(Affine(lambda t: t @ v.proj))
+        return ops
+
     def project_tokens(self, h: Tensor, x: Any) -> Tensor:
         if not self.reads_class_token:
             raise NotImplementedError("this OpenCLIP ViT pools over all tokens (average or attentional), not one")

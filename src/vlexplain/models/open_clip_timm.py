@@ -172,6 +172,40 @@ class TimmViTTower(Tower):
         t = self.trunk
         return self.v.head(t.forward_head(t.norm(h)))
 
+    def head_ops(self, x: Any) -> list[Any]:
+        from .head_ops import Affine, LatentPool, Mean, Norm, ResidualMLP, Select, Tokens
+
+        t = self.trunk
+        ops: list[Any] = [Norm(t.norm)]
+        include = getattr(t, "pool_include_prefix", False)
+        ap = getattr(t, "attn_pool", None)
+        if ap is not None:
+            if not include:
+                ops.append(Tokens(self.num_prefix_tokens))
+            ops.append(LatentPool(ap))
+            if ap.mlp is not None:
+                ops.append(ResidualMLP(ap.norm, ap.mlp))
+            latent = {"token": Select(0), "avg": Mean(0)}.get(ap.pool)
+            if latent is None:
+                raise NotImplementedError(f"timm latent pooling {ap.pool!r} is not described for a decomposition")
+            ops.append(latent)
+        elif t.global_pool == "token":
+            ops.append(Select(0))
+        elif t.global_pool == "avg":
+            ops.append(Mean(0 if include else self.num_prefix_tokens))
+        else:
+            raise NotImplementedError(f"timm pooling {t.global_pool!r} is not described for a decomposition")
+        return ops + [Norm(t.fc_norm), Affine(lambda z: t.head(t.head_drop(z))), Affine(self.v.head)]
+
+    def attention_projection(self, i: int) -> tuple[nn.Module, Any] | None:
+        blk = self.trunk.blocks[i]
+        if type(blk).__name__ == "Block":  # timm: x + drop_path1(ls1(attn(norm1(x))))
+            return blk.attn.proj, blk.ls1
+        if type(blk).__name__ == "EvaBlock":  # x + drop_path1(gamma_1 * attn(norm1(x)))
+            g = blk.gamma_1
+            return blk.attn.proj, (lambda y: y) if g is None else (lambda y: g * y)
+        raise NotImplementedError(f"timm block {type(blk).__name__} is not a pre-norm residual block")
+
 
 #: post-stage module of each supported stage trunk (run between the last stage and forward_head)
 _POST_STAGES = {"ConvNeXt": "norm_pre", "FastVit": "final_conv"}

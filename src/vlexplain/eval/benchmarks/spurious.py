@@ -32,14 +32,23 @@ import numpy as np
 from ...errors import InputError
 from .base import SEED_STRIDE, _check_options, _save_mask, _write_jsonl, applicable_methods, leaderboard_markdown
 from .registry import Benchmark, register_benchmark
+from .spurious_headline import headline, undefined_pairs
 
 #: first scene seed (held out: below the training seeds, apart from the other benchmarks' and the
 #: class datasets' seeds)
 SPURIOUS_SEED_BASE = 9_000_000
 DEFAULT_N = 24  # scenes per group
 MODELS = {"spurious": "testbed:spurious", "shapes": "testbed:shapes"}
-DEFAULT_METRICS = ["cue_reliance_rank", "cue_share", "cue_pointing", "energy_pointing_game", "pointing_game", "auroc"]
-PRIMARY = "cue_reliance_rank"
+DEFAULT_METRICS = [
+    "cue_reliance_rank_within",
+    "cue_reliance_rank",
+    "cue_share",
+    "cue_pointing",
+    "energy_pointing_game",
+    "pointing_game",
+    "auroc",
+]
+PRIMARY = "cue_reliance_rank_within"
 GROUPS = ("aligned", "absent", "conflicting")
 
 
@@ -235,10 +244,13 @@ def _markdown(loaded, runs, files, names, skipped, method_options, n, seed, prim
         "from the same seeds: aligned (the main object's category badge), absent (no badge), conflicting "
         "(another category's badge); each queried with the main object's category caption. Cue metrics "
         "use the badge's exact mask (pairs with a badge only); object metrics the caption's mask. "
+        "Maps are read at their own resolution (patch maps on their grid). "
         "`cue_reliance_rank` is Spearman's rho over pairs between a method's cue share and the model's "
-        "true reliance on the badge (score with it minus score without it); its interval resamples pairs. "
+        "true reliance on the badge (score with it minus score without it), pooled over the aligned and "
+        "conflicting pairs; `cue_reliance_rank_within` the same within each group, averaged (it does not "
+        "reward telling the groups apart); their intervals resample pairs. "
         "`cue_share` / `cue_pointing` have no better direction in general (↓ is nominal): a faithful map "
-        "follows the model's reliance, so compare the two models.",
+        "follows the model's reliance, so compare the two models: the headline table does.",
         "",
         f"- methods: {', '.join(names)} (default options unless listed below)",
     ]
@@ -250,11 +262,18 @@ def _markdown(loaded, runs, files, names, skipped, method_options, n, seed, prim
             f"- true reliance of `{t}` (mean over pairs, cosine): aligned {r.get('aligned', float('nan')):+.4f}, "
             f"conflicting {r.get('conflicting', float('nan')):+.4f}"
         )
+    if len(tags) >= 2:
+        lines += headline(runs[tags[0]], runs[tags[1]], tags[0], tags[1], names)
+    lines += undefined_pairs(runs, names)
     for t in tags:
         lines += ["", f"### `{t}` (`{getattr(loaded[t], 'name', loaded[t])}`)", ""]
         lines.append(leaderboard_markdown(runs[t], primary).rstrip())
     if len(tags) >= 2:
-        lines += ["", f"### Difference `{tags[0]}` − `{tags[1]}` (same pairs; paired bootstrap 95 % interval)", ""]
+        lines += [
+            "",
+            f"### Difference `{tags[0]}` − `{tags[1]}`, every metric (same pairs; paired bootstrap 95 % interval)",
+            "",
+        ]
         lines += _difference_table(runs[tags[0]], runs[tags[1]], names, primary)
     lines += ["", "### Cue share by group (mean [95 % interval])", ""]
     lines += _group_table(runs, names)
@@ -268,7 +287,7 @@ def _frame(run: Path) -> Any:
 
 
 def _difference_table(run_a: Path, run_b: Path, names: list[str], primary: str) -> list[str]:
-    from ...metrics.cue import spearman
+    from ...metrics.cue import spearman, spearman_within
     from .. import io as rio
     from ..report import BOOT_SEED, N_BOOT, bootstrap_ci
 
@@ -285,12 +304,18 @@ def _difference_table(run_a: Path, run_b: Path, names: list[str], primary: str) 
         sa, sb = sa.loc[common], sb.loc[common]
         cells = []
         for m in mets:
-            if m == "cue_reliance_rank":
-                xa, ya = (sa[f"{m}.{c}"].to_numpy(dtype=np.float64, na_value=np.nan) for c in ("cue_share", "reliance"))
-                xb, yb = (sb[f"{m}.{c}"].to_numpy(dtype=np.float64, na_value=np.nan) for c in ("cue_share", "reliance"))
-                d = spearman(xa, ya) - spearman(xb, yb)
+            if m in ("cue_reliance_rank", "cue_reliance_rank_within"):
+                cols = ("cue_share", "reliance") + (("group",) if m.endswith("within") else ())
+                xa, ya, *ga = (sa[f"{m}.{c}"].to_numpy(dtype=np.float64, na_value=np.nan) for c in cols)
+                xb, yb = (sb[f"{m}.{c}"].to_numpy(dtype=np.float64, na_value=np.nan) for c in cols[:2])
+
+                def rho(x, y, i, g=ga[0] if ga else None):
+                    return spearman(x[i], y[i]) if g is None else spearman_within(x[i], y[i], g[i])
+
+                every = np.arange(len(xa))
+                d = rho(xa, ya, every) - rho(xb, yb, every)
                 idx = rng.integers(0, len(xa), size=(N_BOOT, len(xa)))
-                boots = np.array([spearman(xa[i], ya[i]) - spearman(xb[i], yb[i]) for i in idx])
+                boots = np.array([rho(xa, ya, i) - rho(xb, yb, i) for i in idx])
                 boots = boots[~np.isnan(boots)]
                 lo, hi = np.percentile(boots, [2.5, 97.5]) if boots.size else (np.nan, np.nan)
             else:
