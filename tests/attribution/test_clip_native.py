@@ -457,8 +457,12 @@ def test_refusals(siglip, offline) -> None:
     assert "pools several tokens" in vx.get_method("grad_eclip").why_not(offline, "text")
     assert vx.get_method("legrad").why_not(offline, "text") is None
     oc = vx.load_model(tiny_open_clip())
-    for bad in ({"image_blocks": 0}, {"image_blocks": 9}, {"text_blocks": True}):
-        with pytest.raises(MethodError, match="last blocks"):
+    for bad, says in (
+        ({"image_blocks": 0}, "image_blocks must be >= 1"),  # the shared option check
+        ({"image_blocks": 9}, "last blocks in 1..3"),  # the model-dependent bound
+        ({"text_blocks": True}, "text_blocks must be a whole number"),
+    ):
+        with pytest.raises(MethodError, match=says):
             vx.explain(oc, torch.zeros(3, 64, 64), "a cat", method="grad_eclip", **bad)
     with pytest.raises(MethodError, match="blocks"):
         vx.explain(oc, torch.zeros(3, 64, 64), "a cat", method="legrad", blocks=0)

@@ -110,7 +110,7 @@ IDENTITY = (
     "betas",
     "eps",
     "weight_decay",
-    "batch_size",
+    "global_batch_size",
     "lambda_sep",
     "lambda_con",
     "prediction",
@@ -415,7 +415,11 @@ def deal_train(
     out = Path(out_dir)
     info = _run_info(dataset, classes, concepts)
     if resume and find_checkpoint(out) is not None:
-        check_continuation(out, {**dataclasses.asdict(cfg), **info})
+        from ..eval.runner import dist_info
+
+        # the batch a step trains on is the global one: two processes of 2 continue one process of 4
+        world = dist_info()[1]
+        check_continuation(out, {**dataclasses.asdict(cfg), **info, "global_batch_size": cfg.batch_size * world})
     from ..outdir import claimed
 
     with claimed(out):
