@@ -15,9 +15,6 @@ from vlexplain.repair.decompose import _block
 #: are not pre-norm residual blocks: refused in one line (test below)
 NOT_DECOMPOSED = {
     "hf-groupvit": "does not describe its head",
-    "hf-vision-text": "does not describe its head",
-    "hf-aimv2": "does not describe its head",
-    "hf-tipsv2": "does not describe its head",
     "open_clip-relpos": "is not a pre-norm residual block",
 }
 VIT_FAMILIES = [f.key for f in families() if f.image_tower == "vit" and f.key not in NOT_DECOMPOSED]
@@ -60,6 +57,13 @@ def _reference_attention(key, model, i, h, x):
     """What block ``i`` adds to the residual stream through attention, from the library's own modules."""
     tower = model.image
     blk = tower.block_modules()[i]
+    name = type(blk).__name__
+    if name == "ViTLayer":  # hf-vision-text
+        return blk.attention(blk.layernorm_before(h))[0]
+    if name == "Aimv2EncoderLayer":
+        return blk.attention(blk.rms_norm1(h))[0]
+    if name == "Tipsv2VisionLayer":
+        return blk.layer_scale1(blk.attention(blk.norm1(h))[0])
     if key.startswith("hf-") or key == "testbed-shapes":
         return blk.self_attn(blk.layer_norm1(h))[0]
     if type(blk).__name__ == "ResidualAttentionBlock":
@@ -135,7 +139,12 @@ def test_heads_match_a_plain_clip_implementation(family_model):
 
 
 @pytest.mark.parametrize(
-    "key", [k for k in VIT_FAMILIES if k in ("testbed-shapes", "hf-clip", "hf-blip", "open_clip-vit")]
+    "key",
+    [
+        k
+        for k in VIT_FAMILIES
+        if k in ("testbed-shapes", "hf-clip", "hf-blip", "open_clip-vit", "hf-vision-text", "hf-tipsv2")
+    ],
 )
 def test_per_token_contributions(key, family_model):
     model = family_model(key)
