@@ -15,7 +15,6 @@ from vlexplain.repair.decompose import _block
 #: are not pre-norm residual blocks: refused in one line (test below)
 NOT_DECOMPOSED = {
     "hf-groupvit": "does not describe its head",
-    "open_clip-relpos": "is not a pre-norm residual block",
 }
 VIT_FAMILIES = [f.key for f in families() if f.image_tower == "vit" and f.key not in NOT_DECOMPOSED]
 #: parts are sums of float32 products over a few hundred terms; their sum equals the embedding up to
@@ -71,6 +70,9 @@ def _reference_attention(key, model, i, h, x):
     if type(blk).__name__ == "EvaBlock":
         a = blk.attn(blk.norm1(h), rope=tower._rope(x, i))
         return a if blk.gamma_1 is None else blk.gamma_1 * a
+    if type(blk).__name__ == "RelPosBlock":
+        shared = tower.trunk.shared_rel_pos
+        return blk.ls1(blk.attn(blk.norm1(h), shared_rel_pos=None if shared is None else shared.get_bias()))
     return blk.ls1(blk.attn(blk.norm1(h)))  # timm Block
 
 
@@ -199,3 +201,19 @@ def test_a_non_linear_head_is_refused(family_model):
     finally:
         tower.head_ops = orig
         del tower.head
+
+
+def test_a_post_norm_relpos_block_is_refused():
+    """timm's ResPostRelPosBlock (``x + norm1(attn(x))``, a norm between the heads and the stream):
+    not a block the decomposition reads, refused in one line."""
+    from vlexplain.models.open_clip_timm import _VIT, _tiny_custom
+
+    clip = _tiny_custom(
+        dict(timm_model_name="vit_relpos_small_patch16_rpn_224", timm_pool="", timm_proj="linear", image_size=32),
+        dict(_VIT, patch_size=8),
+    )
+    assert type(clip.visual.trunk.blocks[0]).__name__ == "ResPostRelPosBlock"
+    model = vx.load_model(clip)
+    with pytest.raises(MethodError, match="ResPostRelPosBlock is not a pre-norm residual block") as e:
+        vx.decompose(model, _pixels(model, 1))
+    assert "\n" not in str(e.value)
