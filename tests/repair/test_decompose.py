@@ -11,10 +11,10 @@ from vlexplain.errors import MethodError
 from vlexplain.models.families import families
 from vlexplain.repair.decompose import _block
 
-#: ViT families whose towers do not (yet) describe their head for a decomposition, or whose blocks
-#: are not pre-norm residual blocks: refused in one line (test below)
+#: ViT families whose head is not linear in the blocks' output once norms and pooling weights are
+#: held fixed: refused in one line (test below)
 NOT_DECOMPOSED = {
-    "hf-groupvit": "does not describe its head",
+    "hf-groupvit": "grouping block maps the group tokens through an MLP without a residual",
 }
 VIT_FAMILIES = [f.key for f in families() if f.image_tower == "vit" and f.key not in NOT_DECOMPOSED]
 #: parts are sums of float32 products over a few hundred terms; their sum equals the embedding up to

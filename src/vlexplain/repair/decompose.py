@@ -7,8 +7,8 @@ embeddings and every block's attention heads and MLP wrote into it::
     h_L = h_0 + sum_l (sum_h attn_{l,h} + mlp_l)          (+ the attention output biases)
 
 and the head (final norm, pooling, projection) is linear in ``h_L`` once the norm's per-sample
-scale is held at the value it takes on the real input (and an attention-pooling head's weights
-too), so the embedding is the sum of the components' images through that linear map. Constant
+scale is held at the value it takes on the real input (and an attention-pooling head's weights,
+and a pooler activation's ratio ``f(y) / y``, too), so the embedding is the sum of the components' images through that linear map. Constant
 terms (norm and projection biases, attention output biases) are spread equally over the parts, as
 TextSpan spreads the final norm's bias; the MLP of an attention-pooling head (SigLIP's MAP head)
 is a part of its own. Parts sum to ``model.image.encode`` (checked on every call; a tower whose
