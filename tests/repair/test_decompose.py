@@ -11,14 +11,10 @@ from vlexplain.errors import MethodError
 from vlexplain.models.families import families
 from vlexplain.repair.decompose import _block
 
-#: ViT families whose towers do not (yet) describe their head for a decomposition, or whose blocks
-#: are not pre-norm residual blocks: refused in one line (test below)
+#: ViT families whose head is not linear in the blocks' output once norms and pooling weights are
+#: held fixed: refused in one line (test below)
 NOT_DECOMPOSED = {
-    "hf-groupvit": "does not describe its head",
-    "hf-vision-text": "does not describe its head",
-    "hf-aimv2": "does not describe its head",
-    "hf-tipsv2": "does not describe its head",
-    "open_clip-relpos": "is not a pre-norm residual block",
+    "hf-groupvit": "grouping block maps the group tokens through an MLP without a residual",
 }
 VIT_FAMILIES = [f.key for f in families() if f.image_tower == "vit" and f.key not in NOT_DECOMPOSED]
 #: parts are sums of float32 products over a few hundred terms; their sum equals the embedding up to
@@ -60,6 +56,13 @@ def _reference_attention(key, model, i, h, x):
     """What block ``i`` adds to the residual stream through attention, from the library's own modules."""
     tower = model.image
     blk = tower.block_modules()[i]
+    name = type(blk).__name__
+    if name == "ViTLayer":  # hf-vision-text
+        return blk.attention(blk.layernorm_before(h))[0]
+    if name == "Aimv2EncoderLayer":
+        return blk.attention(blk.rms_norm1(h))[0]
+    if name == "Tipsv2VisionLayer":
+        return blk.layer_scale1(blk.attention(blk.norm1(h))[0])
     if key.startswith("hf-") or key == "testbed-shapes":
         return blk.self_attn(blk.layer_norm1(h))[0]
     if type(blk).__name__ == "ResidualAttentionBlock":
@@ -67,6 +70,9 @@ def _reference_attention(key, model, i, h, x):
     if type(blk).__name__ == "EvaBlock":
         a = blk.attn(blk.norm1(h), rope=tower._rope(x, i))
         return a if blk.gamma_1 is None else blk.gamma_1 * a
+    if type(blk).__name__ == "RelPosBlock":
+        shared = tower.trunk.shared_rel_pos
+        return blk.ls1(blk.attn(blk.norm1(h), shared_rel_pos=None if shared is None else shared.get_bias()))
     return blk.ls1(blk.attn(blk.norm1(h)))  # timm Block
 
 
@@ -135,7 +141,12 @@ def test_heads_match_a_plain_clip_implementation(family_model):
 
 
 @pytest.mark.parametrize(
-    "key", [k for k in VIT_FAMILIES if k in ("testbed-shapes", "hf-clip", "hf-blip", "open_clip-vit")]
+    "key",
+    [
+        k
+        for k in VIT_FAMILIES
+        if k in ("testbed-shapes", "hf-clip", "hf-blip", "open_clip-vit", "hf-vision-text", "hf-tipsv2")
+    ],
 )
 def test_per_token_contributions(key, family_model):
     model = family_model(key)
@@ -190,3 +201,19 @@ def test_a_non_linear_head_is_refused(family_model):
     finally:
         tower.head_ops = orig
         del tower.head
+
+
+def test_a_post_norm_relpos_block_is_refused():
+    """timm's ResPostRelPosBlock (``x + norm1(attn(x))``, a norm between the heads and the stream):
+    not a block the decomposition reads, refused in one line."""
+    from vlexplain.models.open_clip_timm import _VIT, _tiny_custom
+
+    clip = _tiny_custom(
+        dict(timm_model_name="vit_relpos_small_patch16_rpn_224", timm_pool="", timm_proj="linear", image_size=32),
+        dict(_VIT, patch_size=8),
+    )
+    assert type(clip.visual.trunk.blocks[0]).__name__ == "ResPostRelPosBlock"
+    model = vx.load_model(clip)
+    with pytest.raises(MethodError, match="ResPostRelPosBlock is not a pre-norm residual block") as e:
+        vx.decompose(model, _pixels(model, 1))
+    assert "\n" not in str(e.value)

@@ -4,7 +4,8 @@
 applied in order to the hidden state after the last block. Each is linear in the hidden state
 once the norms' per-token scales and the pooling's attention weights are held at the values the
 model computes on the real input (TextSpan's reading of a ViT), except ``ResidualMLP``, whose
-output the decomposition keeps as a part of its own. ``vlexplain.repair.decompose`` interprets
+output the decomposition keeps as a part of its own, and ``Gate``, an element-wise activation
+held at its ratio ``f(y) / y`` on the real input (as a norm's scale is). ``vlexplain.repair.decompose`` interprets
 them; a tower without ``head_ops`` cannot be decomposed.
 """
 
@@ -68,6 +69,30 @@ class MHAPool:
 
 
 @dataclass(frozen=True)
+class AttentionPool:
+    """Attention pooling whose weights come from the hidden state (held at their values on the
+    real input) over a linear value map: (B, T, D) -> (B, L, E), ``out`` applied to each row.
+
+    Attributes:
+        weights: (B, T, D) hidden state -> (B, heads, L, T) attention probabilities.
+        value: the value projection (an ``nn.Linear``, heads concatenated on its output).
+        out: the output projection (an ``nn.Linear``).
+    """
+
+    weights: Callable[[Tensor], Tensor]
+    value: nn.Linear
+    out: nn.Linear
+
+
+@dataclass(frozen=True)
+class Gate:
+    """An element-wise activation ``f`` with ``f(0) = 0`` (e.g. a pooler's tanh), linear once its
+    ratio ``f(y) / y`` is held at the value it takes on the real input (``f'(0)`` where ``y = 0``)."""
+
+    fn: Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
 class LatentPool:
     """timm's ``AttentionPoolLatent`` without its MLP and final pooling: (B, T, D) -> (B, L, D)."""
 
@@ -83,4 +108,4 @@ class ResidualMLP:
     name: str = "pool mlp"
 
 
-HeadOp = Norm | Select | Mean | Tokens | Affine | MHAPool | LatentPool | ResidualMLP
+HeadOp = Norm | Select | Mean | Tokens | Affine | MHAPool | AttentionPool | Gate | LatentPool | ResidualMLP

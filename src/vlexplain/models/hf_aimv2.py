@@ -73,6 +73,27 @@ class Aimv2VisionTower(Tower):
     def head(self, h: Tensor, x: Any) -> Tensor:
         return self.projection(self.vm.head(self.vm.rms_norm(h)))
 
+    def head_ops(self, x: Any) -> list[Any]:
+        from .head_ops import Affine, AttentionPool, Mean, Norm
+
+        pool = self.vm.head
+        return [
+            Norm(self.vm.rms_norm),
+            AttentionPool(lambda u: _pool_weights(pool, u), pool.v_proj, pool.output_proj),
+            Mean(0),
+            Affine(self.projection),
+        ]
+
+
+def _pool_weights(pool: Any, u: Tensor) -> Tensor:
+    """(B, heads, 1, T): the attention of ``Aimv2AttentionPoolingHead``'s learned query (its
+    ``cls_token``, not projected) over the keys ``k_proj(u)``."""
+    B, T, D = u.shape
+    H = int(pool.num_heads)
+    q = pool.cls_token.reshape(1, H, 1, D // H)
+    k = pool.k_proj(u).reshape(B, T, H, D // H).transpose(1, 2)
+    return ((q @ k.transpose(-1, -2)) * (D // H) ** -0.5).softmax(-1)
+
 
 class Aimv2TextTower(Tower):
     """AIMv2's causal text tower, pooled at the first end-of-text token."""

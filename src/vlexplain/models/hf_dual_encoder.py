@@ -95,6 +95,12 @@ class ViTPoolerTower(Tower):
     def project_tokens(self, h: Tensor, x: Any) -> Tensor:
         return self._pool(h)
 
+    def head_ops(self, x: Any) -> list[Any]:
+        from .head_ops import Affine, Gate, Norm, Select
+
+        p = self.vit.pooler
+        return [Select(0), Norm(self.vit.layernorm), Affine(p.dense), Gate(p.activation), Affine(self.projection)]
+
 
 def _vision_tower(model: Any) -> Tower:
     vm, name = model.vision_model, type(model.vision_model).__name__

@@ -69,6 +69,15 @@ class GroupViTImageTower(Tower):
             out, groups = stage(out, groups)[:2]
         return self.projection(self.vm.layernorm(out).mean(dim=1))
 
+    def head_ops(self, x: Any) -> list[Any]:
+        # the grouping block's group-token path is mlp_inter (a GELU MLP over the token axis) and
+        # norm_post_tokens with no residual around them: the groups that reach the embedding are not
+        # a sum of images of stage 0's parts, whatever norms and assignment weights are held fixed
+        raise NotImplementedError(
+            "GroupViT's head is not linear in stage 0's tokens once norms and pooling weights are held fixed: "
+            "its grouping block maps the group tokens through an MLP without a residual"
+        )
+
 
 class GroupViTDualEncoder(HFDualEncoder):
     """``GroupViTModel`` behind the DualEncoder protocol (CLIP's text tower and tokenizer rules)."""

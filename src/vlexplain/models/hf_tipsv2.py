@@ -74,6 +74,11 @@ class Tipsv2VisionTower(Tower):
     def project_tokens(self, h: Tensor, x: Any) -> Tensor:
         return self.vm.layernorm(h)
 
+    def head_ops(self, x: Any) -> list[Any]:
+        from .head_ops import Norm, Select
+
+        return [Select(0), Norm(self.vm.layernorm)]
+
 
 class Tipsv2TextTower(Tower):
     """Bidirectional text tower, padding masked, masked mean of the final layer norm."""

@@ -199,7 +199,7 @@ class TimmViTTower(Tower):
 
     def attention_projection(self, i: int) -> tuple[nn.Module, Any] | None:
         blk = self.trunk.blocks[i]
-        if type(blk).__name__ == "Block":  # timm: x + drop_path1(ls1(attn(norm1(x))))
+        if type(blk).__name__ in ("Block", "RelPosBlock"):  # timm: x + drop_path1(ls1(attn(norm1(x), ...)))
             return blk.attn.proj, blk.ls1
         if type(blk).__name__ == "EvaBlock":  # x + drop_path1(gamma_1 * attn(norm1(x)))
             g = blk.gamma_1

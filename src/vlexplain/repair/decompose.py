@@ -7,8 +7,8 @@ embeddings and every block's attention heads and MLP wrote into it::
     h_L = h_0 + sum_l (sum_h attn_{l,h} + mlp_l)          (+ the attention output biases)
 
 and the head (final norm, pooling, projection) is linear in ``h_L`` once the norm's per-sample
-scale is held at the value it takes on the real input (and an attention-pooling head's weights
-too), so the embedding is the sum of the components' images through that linear map. Constant
+scale is held at the value it takes on the real input (and an attention-pooling head's weights,
+and a pooler activation's ratio ``f(y) / y``, too), so the embedding is the sum of the components' images through that linear map. Constant
 terms (norm and projection biases, attention output biases) are spread equally over the parts, as
 TextSpan spreads the final norm's bias; the MLP of an attention-pooling head (SigLIP's MAP head)
 is a part of its own. Parts sum to ``model.image.encode`` (checked on every call; a tower whose
@@ -173,7 +173,7 @@ def _stream(tower: Any, x: Tensor, spatial: bool) -> tuple[list[str], list[tuple
 
 def _scale(mod: nn.Module, ref: Tensor) -> tuple[Tensor, bool]:
     """The per-token scale of a norm on ``ref`` (held fixed) and whether it centres first."""
-    eps = float(getattr(mod, "eps", 1e-6))
+    eps = float(getattr(mod, "eps", getattr(mod, "variance_epsilon", 1e-6)))
     if isinstance(mod, nn.LayerNorm):
         return (ref.var(-1, unbiased=False, keepdim=True) + eps).sqrt(), True
     if "rmsnorm" in type(mod).__name__.lower():
@@ -247,6 +247,27 @@ def _latent(m: Any, P: Tensor, c: Tensor, ref: Tensor) -> tuple[Tensor, Tensor, 
     return F.linear(_pool(probs, vP, H), pr.weight), pr(_pool(probs, vc, H)), out_ref
 
 
+def _attention_pool(op: ops_.AttentionPool, P: Tensor, c: Tensor, ref: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Attention pooling with its weights held at their values on ``ref``."""
+    probs = op.weights(ref)  # (B, H, L, T)
+    H, v, o = probs.shape[1], op.value, op.out
+    vP, vc = _values(P, c, v.weight, v.bias)
+    out_ref = o(_pool(probs, v(ref), H))
+    return F.linear(_pool(probs, vP, H), o.weight), o(_pool(probs, vc, H)), out_ref
+
+
+def _ratio(op: ops_.Gate, y: Tensor) -> Tensor:
+    """f(y) / y element-wise (the slope at 0 where y = 0)."""
+    tiny = torch.full_like(y, 1e-4)
+    return torch.where(y != 0, op.fn(y) / torch.where(y != 0, y, 1), op.fn(tiny) / tiny)
+
+
+def _gate(op: ops_.Gate, P: Tensor, c: Tensor, ref: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """An element-wise activation held at its ratio f(y) / y on ``ref`` (the parts sum to ``ref``'s)."""
+    r = _ratio(op, ref)
+    return P * r, c * r, op.fn(ref)
+
+
 def _run_head(ops: list[Any], P: Tensor, c: Tensor, ref: Tensor) -> tuple[Tensor, Tensor, list[str]]:
     """Apply the head's operations to the parts (K, B, T, D) and the constant; extra part names."""
     extra: list[str] = []
@@ -264,6 +285,10 @@ def _run_head(ops: list[Any], P: Tensor, c: Tensor, ref: Tensor) -> tuple[Tensor
             P, c, ref = op.fn(P) - zero, op.fn(c), op.fn(ref)
         elif isinstance(op, ops_.MHAPool):
             P, c, ref = _mha(op, P, c, ref)
+        elif isinstance(op, ops_.AttentionPool):
+            P, c, ref = _attention_pool(op, P, c, ref)
+        elif isinstance(op, ops_.Gate):
+            P, c, ref = _gate(op, P, c, ref)
         elif isinstance(op, ops_.LatentPool):
             P, c, ref = _latent(op.module, P, c, ref)
         elif isinstance(op, ops_.ResidualMLP):
@@ -278,7 +303,12 @@ def _run_head(ops: list[Any], P: Tensor, c: Tensor, ref: Tensor) -> tuple[Tensor
 def _spatial_head(ops: list[Any], Q: Tensor, ref: Tensor) -> Tensor:
     """Per-token parts (K, B, S, D) at the class token -> (K, B, S, d) through a class-token head."""
     kinds = {type(op) for op in ops}
-    if not any(isinstance(op, ops_.Select) for op in ops) or not kinds <= {ops_.Select, ops_.Norm, ops_.Affine}:
+    if not any(isinstance(op, ops_.Select) for op in ops) or not kinds <= {
+        ops_.Select,
+        ops_.Norm,
+        ops_.Affine,
+        ops_.Gate,
+    }:
         raise MethodError("per-token contributions need a head that reads the class token (CLS pooling)")
     r0 = ref[:, next(op.index for op in ops if isinstance(op, ops_.Select))]  # (B, D): the row the head reads
     for op in ops:
@@ -287,6 +317,8 @@ def _spatial_head(ops: list[Any], Q: Tensor, ref: Tensor) -> Tensor:
             Q, r0 = _linear_norm(op.module, Q, s[:, None], centred), op.module(r0)
         elif isinstance(op, ops_.Affine):
             Q, r0 = op.fn(Q) - op.fn(torch.zeros_like(r0))[:, None], op.fn(r0)
+        elif isinstance(op, ops_.Gate):
+            Q, r0 = Q * _ratio(op, r0)[:, None], op.fn(r0)
     return Q
 
 

@@ -168,7 +168,7 @@ def head_means(model: Any, pixels: Tensor, heads: Sequence[Head], batch_size: in
 def read_position(ops: Sequence[Any]) -> tuple[str, int]:
     """Where a tower's head reads the tokens: ``("row", i)`` (one token, e.g. the class token) or
     ``("mean", start)`` (pooled over tokens ``start ..``: average or attention pooling)."""
-    from ..models.head_ops import LatentPool, Mean, MHAPool, Select, Tokens
+    from ..models.head_ops import AttentionPool, LatentPool, Mean, MHAPool, Select, Tokens
 
     start = 0
     for op in ops:
@@ -178,7 +178,7 @@ def read_position(ops: Sequence[Any]) -> tuple[str, int]:
             start += op.start
         if isinstance(op, Mean):
             return "mean", start + op.start
-        if isinstance(op, (MHAPool, LatentPool)):
+        if isinstance(op, (MHAPool, LatentPool, AttentionPool)):
             return "mean", start
     return "mean", start
 
