@@ -187,3 +187,11 @@ def default_preprocess(
     image = F.center_crop(image, list(size))
     t = F.to_tensor(image)
     return F.normalize(t, mean, std)
+
+
+def denormalize(pixels: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """Preprocessed (..., 3, H, W) pixels -> RGB in [0, 1] for display (the inverse of the model's
+    normalisation, on the pixels' device and dtype)."""
+    m = torch.tensor(mean, device=pixels.device, dtype=pixels.dtype).view(3, 1, 1)
+    s = torch.tensor(std, device=pixels.device, dtype=pixels.dtype).view(3, 1, 1)
+    return (pixels * s + m).clamp(0, 1)

@@ -435,10 +435,10 @@ class Explanation:
 
     def image_rgb(self) -> Tensor:
         """(3, H, W) the image in [0, 1] as the model saw it."""
+        from ..images import denormalize
+
         assert self.pixels is not None
-        m = torch.tensor(self.mean, dtype=self.pixels.dtype, device=self.pixels.device).view(3, 1, 1)
-        s = torch.tensor(self.std, dtype=self.pixels.dtype, device=self.pixels.device).view(3, 1, 1)
-        return (self.pixels * s + m).clamp(0, 1)
+        return denormalize(self.pixels, self.mean, self.std)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (maps as nested lists at patch resolution)."""

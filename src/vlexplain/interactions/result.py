@@ -119,10 +119,10 @@ class Interactions:
 
     def image_rgb(self) -> Tensor:
         """(3, H, W) the image in [0, 1] as the model saw it."""
+        from ..images import denormalize
+
         assert self.pixels is not None
-        m = torch.tensor(self.mean, dtype=self.pixels.dtype, device=self.pixels.device).view(3, 1, 1)
-        s = torch.tensor(self.std, dtype=self.pixels.dtype, device=self.pixels.device).view(3, 1, 1)
-        return (self.pixels * s + m).clamp(0, 1)
+        return denormalize(self.pixels, self.mean, self.std)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the matrix as nested lists (T x gh x gw), the content words and their token indices."""

@@ -313,9 +313,9 @@ class DualEncoder(nn.Module):
 
     def denormalize(self, pixels: Tensor) -> Tensor:
         """Preprocessed pixels -> [0, 1] RGB for display."""
-        m = torch.tensor(self.mean, device=pixels.device, dtype=pixels.dtype).view(3, 1, 1)
-        s = torch.tensor(self.std, device=pixels.device, dtype=pixels.dtype).view(3, 1, 1)
-        return (pixels * s + m).clamp(0, 1)
+        from ..images import denormalize
+
+        return denormalize(pixels, self.mean, self.std)
 
     def tower(self, modality: Modality) -> Tower:
         return self.image if modality == "image" else self.text

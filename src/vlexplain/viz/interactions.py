@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -40,9 +39,9 @@ def _up(m: Tensor, size: tuple[int, int]) -> np.ndarray:
 
 def _rgb(pixels: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
     """(H, W, 3) float image in [0, 1] from preprocessed (3, H, W) pixels."""
-    m = torch.tensor(mean).view(3, 1, 1)
-    s = torch.tensor(std).view(3, 1, 1)
-    return (pixels.detach().float().cpu() * s + m).clamp(0, 1).permute(1, 2, 0).numpy()
+    from ..images import denormalize
+
+    return denormalize(pixels.detach().float().cpu(), mean, std).permute(1, 2, 0).numpy()
 
 
 def _limit(maps: list[Tensor]) -> float:
