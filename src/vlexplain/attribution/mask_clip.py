@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ..models.base import DualEncoder
 from .base import Explainer, PairBatch, Side, register_method
-from .clip_native import run_tail, to_grid, why_not_native
+from .clip_native import PATCH_CONTRAST, pair_cosines, run_tail, why_not_native
 
 
 @register_method
@@ -41,7 +41,7 @@ class MaskCLIP(Explainer):
     needs_attention = True
     needs_gradients = False
     sides = ("image",)
-    contrast_form = "per patch, the difference of cosines: cos(f, t) - cos(f, v); -cos(f, t) on the lower-ranked image"
+    contrast_form = PATCH_CONTRAST
 
     @classmethod
     def why_not(cls, model: DualEncoder, side: Side) -> str | None:
@@ -56,8 +56,4 @@ class MaskCLIP(Explainer):
             u = r.h + r.attn_branch(r.v)  # (B, T, D): attention replaced by the identity
             u = u + r.mlp_branch(u)
             f = F.normalize(tower.project_tokens(u, batch.pixels), dim=-1)  # (B, T, d)
-            if batch.contrast is None:
-                cos = (f * F.normalize(batch.text_emb, dim=-1)[:, None]).sum(-1)  # (B, T)
-            else:  # the difference per patch: sum_k c_k cos(f, o_k), e.g. cos(f, t) - cos(f, v)
-                cos = torch.stack([c * (f * o[:, None]).sum(-1) for c, o in batch.terms("image")[0]]).sum(0)
-        return to_grid(tower, cos)
+            return pair_cosines(tower, f, batch)  # per patch; for a contrast, the difference of cosines
