@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .protocol_common import image_maps, refuse_metrics, require_model, resize_mask, select_methods, squash
-from .protocol_run import ProtocolResult, finish, run_shards
-from .protocol_stats import bootstrap, chefer_reduce, chefer_stats
+from .protocol_run import ProtocolResult, finish, run_protocol
+from .protocol_stats import chefer_reduce, chefer_stats
 from .registry import Benchmark, Option, register_benchmark
 
 if TYPE_CHECKING:
@@ -120,30 +120,23 @@ def run_imagenet_seg(
             stats[m] = chefer_stats(hm.cpu(), t, clamp_negative)[None]
         return stats
 
-    config = {
-        "kind": "imagenet-seg",
-        "data": ds.describe(),
-        "model": spec,
-        "methods": names,
-        "n": total,
-        "seed": seed,
-        "clamp_negative": clamp_negative,
-        "method_options": opts,
-        "shard_size": shard_size,
-    }
-    outp = Path(out).expanduser()
-    got = run_shards(
-        outp,
-        config,
-        total,
+    outp, config, values = run_protocol(
+        out,
+        "imagenet-seg",
+        ds,
+        spec,
         names,
+        total,
+        seed,
+        opts,
         compute,
+        chefer_reduce,
         resume=resume,
         shard_size=shard_size,
         progress=progress,
         overwrite=overwrite,
+        clamp_negative=clamp_negative,
     )
-    values = {m: bootstrap(rows, item, total, chefer_reduce, seed=seed) for m, (rows, item) in got.items()}
     clamp = (
         "negative values clamped to 0 first (TextSpan)"
         if clamp_negative

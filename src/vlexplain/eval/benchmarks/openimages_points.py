@@ -14,8 +14,8 @@ import numpy as np
 from PIL import Image
 
 from .protocol_common import image_maps, refuse_metrics, require_model, select_methods, squash
-from .protocol_run import ProtocolResult, finish, run_shards
-from .protocol_stats import bootstrap, point_stats, points_reduce
+from .protocol_run import ProtocolResult, finish, run_protocol
+from .protocol_stats import point_stats, points_reduce
 from .registry import Benchmark, Option, register_benchmark
 
 PROTOCOL = (
@@ -67,30 +67,23 @@ def run_openimages_points(
             stats[m] = np.asarray(rows, dtype=np.float64).reshape(-1, 4)
         return stats
 
-    config = {
-        "kind": "openimages-points",
-        "data": ds.describe(),
-        "model": spec,
-        "methods": names,
-        "n": total,
-        "seed": seed,
-        "threshold": threshold,
-        "method_options": opts,
-        "shard_size": shard_size,
-    }
-    outp = Path(out).expanduser()
-    got = run_shards(
-        outp,
-        config,
-        total,
+    outp, config, values = run_protocol(
+        out,
+        "openimages-points",
+        ds,
+        spec,
         names,
+        total,
+        seed,
+        opts,
         compute,
+        points_reduce,
         resume=resume,
         shard_size=shard_size,
         progress=progress,
         overwrite=overwrite,
+        threshold=threshold,
     )
-    values = {m: bootstrap(rows, item, total, points_reduce, seed=seed) for m, (rows, item) in got.items()}
     missing = (
         f"{ds.missing} labelled images not on disk were left out" if ds.missing else "every labelled image is on disk"
     )

@@ -19,8 +19,8 @@ import numpy as np
 
 from ...errors import InputError
 from .protocol_common import refuse_metrics, require_model, select_methods, squash
-from .protocol_run import ProtocolResult, finish, run_shards
-from .protocol_stats import bootstrap, confusion_stats, miou_reduce
+from .protocol_run import ProtocolResult, finish, run_protocol
+from .protocol_stats import confusion_stats, miou_reduce
 from .registry import Benchmark, Option, register_benchmark
 
 if TYPE_CHECKING:
@@ -209,35 +209,28 @@ def run_openvocab_seg(
             stats[m] = confusion_stats(pred, torch.from_numpy(label), nc)[None]
         return stats
 
-    config = {
-        "kind": "openvocab-seg",
-        "data": ds.describe(),
-        "model": spec,
-        "methods": names,
-        "n": total,
-        "seed": seed,
-        "short_side": short_side,
-        "slide": slide,
-        "stride": stride,
-        "templates": templates,
-        "logit_scale": logit_scale,
-        "prob_threshold": thd,
-        "method_options": opts,
-        "shard_size": shard_size,
-    }
-    outp = Path(out).expanduser()
-    got = run_shards(
-        outp,
-        config,
-        total,
+    outp, config, values = run_protocol(
+        out,
+        "openvocab-seg",
+        ds,
+        spec,
         names,
+        total,
+        seed,
+        opts,
         compute,
+        miou_reduce,
         resume=resume,
         shard_size=shard_size,
         progress=progress,
         overwrite=overwrite,
+        short_side=short_side,
+        slide=slide,
+        stride=stride,
+        templates=templates,
+        logit_scale=logit_scale,
+        prob_threshold=thd,
     )
-    values = {m: bootstrap(rows, item, total, miou_reduce, seed=seed) for m, (rows, item) in got.items()}
     proto = _protocol_text(short_side, slide, crop, stride, templates, logit_scale, thd)
     title = f"openvocab-seg — {layout}{'' if ds.background else ' (no background)'}, {total} images, {nc} classes, model `{spec}`"
     return finish(outp, title, proto, values, {"skipped": skipped, "config": config})

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,56 @@ def prepare(out: Path, config: dict[str, Any], resume: bool, overwrite: bool = F
         raise InputError(
             f"{out} {what}; pass --resume to continue it, --overwrite to replace it, or choose another --out"
         )
+
+
+def run_protocol(
+    out: str | os.PathLike,
+    kind: str,
+    ds: Any,
+    spec: str,
+    names: list[str],
+    total: int,
+    seed: int,
+    opts: dict[str, Any],
+    compute: Callable[[int], dict[str, np.ndarray]],
+    reduce: Callable[..., Any],
+    *,
+    resume: bool,
+    shard_size: int,
+    progress: bool,
+    overwrite: bool,
+    **own: Any,
+) -> tuple[Path, dict[str, Any], dict[str, dict[str, tuple[float, float, float]]]]:
+    """A protocol kind's run: its config (the shared keys and the kind's ``own`` settings), its shards
+    (``run_shards``) and each method's dataset values with bootstrap intervals (``reduce``).
+    Returns (the run directory, the config, method -> metric -> (value, low, high))."""
+    from .protocol_stats import bootstrap
+
+    config = {
+        "kind": kind,
+        "data": ds.describe(),
+        "model": spec,
+        "methods": names,
+        "n": total,
+        "seed": seed,
+        **own,
+        "method_options": opts,
+        "shard_size": shard_size,
+    }
+    outp = Path(out).expanduser()
+    got = run_shards(
+        outp,
+        config,
+        total,
+        names,
+        compute,
+        resume=resume,
+        shard_size=shard_size,
+        progress=progress,
+        overwrite=overwrite,
+    )
+    values = {m: bootstrap(rows, item, total, reduce, seed=seed) for m, (rows, item) in got.items()}
+    return outp, config, values
 
 
 def run_shards(
